@@ -1,0 +1,497 @@
+"""The mask config (SPEC section 4, INTERFACES section 3): which STA window every (step, layer, head) uses.
+
+In memory a :class:`MaskConfig` holds the full table ``windows[step, layer, head] = (wt, wh, ww)``; on
+disk it is a compact, self-describing YAML file::
+
+    schema: sta-search/mask/v1
+    model: {family: wan, transformer_class: WanTransformer3DModel, num_layers: 30, num_heads: 12}
+    canvas: [21, 30, 52]          # video token grid (T, H, W) the windows were chosen for
+    tile: [6, 8, 8]               # tile size in tokens; windows count tiles
+    text_len: 0                   # joint text tokens (informative; text keys are always attended)
+    steps: 50                     # denoising steps
+    dense_steps: [0, 1, 2]        # steps that run full attention
+    default_window: [3, 3, 3]     # window of every head not listed below
+    layers:                       # layers whose heads differ from the default: one entry per head,
+      0: ["3,3,3", "1,6,10", ...] #   or a single "t,h,w" string for all heads of the layer
+    step_overrides:               # sparse steps whose table differs from `layers`, layer by layer
+      30: {4: "5,6,10"}
+    summary: {density: 0.31, ...} # what the selector predicted (informative)
+
+The compact form is canonical: ``default_window`` is the most common window of the sparse steps,
+``layers`` holds, per layer, the most common per-head row over the sparse steps, and ``step_overrides``
+only the sparse (step, layer) rows that differ from it. Rows of dense steps carry no meaning; they are
+set to the per-layer rows so that saving and loading round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from .errors import UserError
+
+MASK_SCHEMA = "sta-search/mask/v1"
+MODEL_KEYS = ("family", "transformer_class", "num_layers", "num_heads")
+MAX_TABLE_ENTRIES = 10_000_000  # steps * layers * heads; far above any real model, keeps bad files cheap
+MAX_WINDOW = 1_000_000
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+def model_fields(info: Any) -> dict:
+    """``family, transformer_class, num_layers, num_heads`` of a ``ModelInfo``, a dict, or a header."""
+    if isinstance(info, Mapping):
+        get = info.get
+    else:
+        def get(key, default=None):
+            return getattr(info, key, default)
+    out = {k: get(k) for k in MODEL_KEYS}
+    missing = [k for k, v in out.items() if v is None]
+    if missing:
+        raise UserError(f"model description lacks {', '.join(missing)}")
+    out["family"], out["transformer_class"] = str(out["family"]), str(out["transformer_class"])
+    out["num_layers"], out["num_heads"] = int(out["num_layers"]), int(out["num_heads"])
+    return out
+
+
+def format_window(window: Iterable[int]) -> str:
+    return ",".join(str(int(v)) for v in window)
+
+
+def parse_window(text: Any, what: str = "window") -> tuple[int, int, int]:
+    """``"3,3,3"``, ``"3x3x3"``, ``[3, 3, 3]`` -> ``(3, 3, 3)``; UserError naming ``what`` otherwise."""
+    if isinstance(text, str):
+        parts = text.replace("x", ",").replace(" ", "").strip("()[]").split(",")
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise UserError(f"{what}: {text!r} is not three integers t,h,w") from None
+    elif isinstance(text, (list, tuple)) and all(_is_int(v) for v in text):
+        values = [int(v) for v in text]
+    else:
+        raise UserError(f"{what}: {text!r} is not three integers t,h,w")
+    if len(values) != 3:
+        raise UserError(f"{what}: {text!r} is not three integers t,h,w")
+    if min(values) < 1 or max(values) > MAX_WINDOW:
+        raise UserError(f"{what}: {text!r} has entries outside [1, {MAX_WINDOW}]")
+    return tuple(values)  # type: ignore[return-value]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, eq=False)
+class MaskConfig:
+    """Per (step, layer, head) STA windows for one model, canvas and number of steps.
+
+    ``windows`` is ``(steps, num_layers, num_heads, 3)`` int32 (read-only); rows of ``dense_steps``
+    carry no meaning. ``summary`` holds what the selector predicted (density, speedup, errors).
+    """
+
+    model: dict
+    canvas: tuple[int, int, int]
+    tile: tuple[int, int, int]
+    text_len: int
+    steps: int
+    dense_steps: tuple[int, ...]
+    windows: np.ndarray = field(repr=False)
+    summary: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        problems: list[str] = []
+        model = _check_model(self.model, problems)
+        canvas = _check_triple(self.canvas, "canvas", problems)
+        tile = _check_triple(self.tile, "tile", problems)
+        if tile is not None and math.prod(tile) % 16:
+            problems.append(f"tile {list(tile)} has volume {math.prod(tile)}, not a multiple of 16")
+        steps = self.steps if _is_int(self.steps) and self.steps >= 1 else None
+        if steps is None:
+            problems.append(f"steps must be a positive integer, got {self.steps!r}")
+        if not _is_int(self.text_len) or self.text_len < 0:
+            problems.append(f"text_len must be a non-negative integer, got {self.text_len!r}")
+        dense = _check_dense_steps(self.dense_steps, steps, problems)
+        windows = np.asarray(self.windows)
+        if model is not None and steps is not None:
+            expected = (steps, model["num_layers"], model["num_heads"], 3)
+            if windows.shape != expected:
+                problems.append(f"window table has shape {windows.shape}, expected (steps, layers, heads, 3) = {expected}")
+            elif windows.size and (not np.issubdtype(windows.dtype, np.integer) or windows.min() < 1):
+                problems.append("window entries must be integers >= 1")
+            elif windows.size and windows.max() > MAX_WINDOW:
+                problems.append(f"window entries must be <= {MAX_WINDOW}")
+        if not isinstance(self.summary, Mapping):
+            problems.append(f"summary must be a mapping, got {type(self.summary).__name__}")
+        if problems:
+            raise UserError("invalid mask config: " + "; ".join(problems))
+        windows = _canonical_dense_rows(windows.astype(np.int32), dense)
+        windows.flags.writeable = False
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "canvas", canvas)
+        object.__setattr__(self, "tile", tile)
+        object.__setattr__(self, "text_len", int(self.text_len))
+        object.__setattr__(self, "steps", int(steps))
+        object.__setattr__(self, "dense_steps", dense)
+        object.__setattr__(self, "windows", windows)
+        object.__setattr__(self, "summary", _plain(dict(self.summary)))
+
+    # ------------------------------------------------------------------ views
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, MaskConfig):
+            return NotImplemented
+        return (
+            self.model == other.model
+            and self.canvas == other.canvas
+            and self.tile == other.tile
+            and self.text_len == other.text_len
+            and self.steps == other.steps
+            and self.dense_steps == other.dense_steps
+            and np.array_equal(self.windows, other.windows)
+            and self.summary == other.summary
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def num_layers(self) -> int:
+        return self.model["num_layers"]
+
+    @property
+    def num_heads(self) -> int:
+        return self.model["num_heads"]
+
+    @property
+    def sparse_steps(self) -> tuple[int, ...]:
+        dense = set(self.dense_steps)
+        return tuple(s for s in range(self.steps) if s not in dense)
+
+    @property
+    def geometry(self):
+        from .kernels.geometry import Geometry
+
+        return Geometry(self.canvas, self.tile)
+
+    def window_table(self, step: int) -> np.ndarray | None:
+        """``(layers, heads, 3)`` windows of ``step``, or None when the step runs full attention."""
+        if not 0 <= int(step) < self.steps:
+            raise IndexError(f"step {step} outside [0, {self.steps})")
+        if int(step) in self.dense_steps:
+            return None
+        return self.windows[int(step)]
+
+    def density_table(self) -> np.ndarray:
+        """``(steps, layers, heads)`` exact density of every entry; dense steps are 1.0."""
+        geometry = self.geometry
+        unique, inverse = np.unique(self.windows.reshape(-1, 3), axis=0, return_inverse=True)
+        dens = np.array([geometry.density(tuple(int(v) for v in w)) for w in unique])
+        table = dens[np.asarray(inverse).reshape(-1)].reshape(self.windows.shape[:3])
+        if self.dense_steps:
+            table[list(self.dense_steps)] = 1.0
+        return table
+
+    def density(self) -> float:
+        """Mean exact density over the sparse steps, layers and heads (1.0 if every step is dense)."""
+        sparse = list(self.sparse_steps)
+        if not sparse:
+            return 1.0
+        return float(self.density_table()[sparse].mean())
+
+    def overall_density(self) -> float:
+        """Mean exact density over all steps, dense steps counting 1.0."""
+        return float(self.density_table().mean())
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def uniform(cls, info, canvas, tile, text_len, steps, window, dense_steps=(), summary=None) -> "MaskConfig":
+        """The same ``window`` for every head of every sparse step."""
+        model = model_fields(info)
+        w = parse_window(list(window) if not isinstance(window, str) else window)
+        table = np.broadcast_to(np.asarray(w, np.int32), (int(steps), model["num_layers"], model["num_heads"], 3))
+        return cls(model, tuple(canvas), tuple(tile), int(text_len), int(steps), tuple(dense_steps), table.copy(), summary or {})
+
+    def replace(self, **changes) -> "MaskConfig":
+        values = {
+            "model": self.model, "canvas": self.canvas, "tile": self.tile, "text_len": self.text_len,
+            "steps": self.steps, "dense_steps": self.dense_steps, "windows": self.windows, "summary": self.summary,
+        }
+        values.update(changes)
+        return MaskConfig(**values)
+
+    # ------------------------------------------------------------------ compact form
+    def to_dict(self) -> dict:
+        """The compact YAML document (see module docstring)."""
+        default, base = _base_rows(self.windows, self.sparse_steps)
+        layers = {}
+        for layer in range(self.num_layers):
+            if not np.all(base[layer] == default):
+                layers[layer] = _row_text(base[layer])
+        overrides: dict[int, dict] = {}
+        for step in self.sparse_steps:
+            diff = {}
+            for layer in range(self.num_layers):
+                if not np.array_equal(self.windows[step, layer], base[layer]):
+                    diff[layer] = _row_text(self.windows[step, layer])
+            if diff:
+                overrides[step] = diff
+        return {
+            "schema": MASK_SCHEMA,
+            "model": dict(self.model),
+            "canvas": list(self.canvas),
+            "tile": list(self.tile),
+            "text_len": self.text_len,
+            "steps": self.steps,
+            "dense_steps": list(self.dense_steps),
+            "default_window": [int(v) for v in default],
+            "layers": layers,
+            "step_overrides": overrides,
+            "summary": self.summary,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Any, source: str = "mask config") -> "MaskConfig":
+        """Parse the compact form; UserError naming every problem found."""
+        if not isinstance(doc, Mapping):
+            raise UserError(f"{source}: expected a YAML mapping at the top, got {type(doc).__name__}")
+        problems: list[str] = []
+        required = ("schema", "model", "canvas", "tile", "steps", "dense_steps", "default_window")
+        missing = [k for k in required if k not in doc]
+        if missing:
+            problems.append(f"missing {', '.join(missing)}")
+        unknown = [str(k) for k in doc if k not in required + ("text_len", "layers", "step_overrides", "summary")]
+        if unknown:
+            problems.append(f"unknown keys {', '.join(unknown)}")
+        if "schema" in doc and doc["schema"] != MASK_SCHEMA:
+            problems.append(f"schema {doc['schema']!r} is not {MASK_SCHEMA!r}")
+        model = _check_model(doc.get("model"), problems) if "model" in doc else None
+        canvas = _check_triple(doc["canvas"], "canvas", problems) if "canvas" in doc else None
+        tile = _check_triple(doc["tile"], "tile", problems) if "tile" in doc else None
+        text_len = doc.get("text_len", 0)
+        if not _is_int(text_len) or text_len < 0:
+            problems.append(f"text_len must be a non-negative integer, got {text_len!r}")
+        steps = doc.get("steps")
+        if "steps" in doc and (not _is_int(steps) or steps < 1):
+            problems.append(f"steps must be a positive integer, got {steps!r}")
+            steps = None
+        dense = _check_dense_steps(doc["dense_steps"], steps, problems) if "dense_steps" in doc else ()
+        default = None
+        if "default_window" in doc:
+            try:
+                default = parse_window(doc["default_window"], "default_window")
+            except UserError as exc:
+                problems.append(str(exc))
+        summary = doc.get("summary") or {}
+        if not isinstance(summary, Mapping):
+            problems.append(f"summary must be a mapping, got {type(summary).__name__}")
+            summary = {}
+        if model is not None and steps is not None and steps * model["num_layers"] * model["num_heads"] > MAX_TABLE_ENTRIES:
+            problems.append(f"steps x layers x heads exceeds {MAX_TABLE_ENTRIES}")
+            model = None
+        if problems or model is None or steps is None or default is None:
+            raise UserError(f"{source}: " + "; ".join(problems or ["incomplete"]))
+        L, H = model["num_layers"], model["num_heads"]
+        base = np.broadcast_to(np.asarray(default, np.int32), (L, H, 3)).copy()
+        for layer, row in _layer_rows(doc.get("layers"), "layers", L, H, problems).items():
+            base[layer] = row
+        windows = np.broadcast_to(base, (steps, L, H, 3)).copy()
+        overrides = doc.get("step_overrides") or {}
+        if not isinstance(overrides, Mapping):
+            problems.append(f"step_overrides must map step -> {{layer: windows}}, got {type(overrides).__name__}")
+            overrides = {}
+        for step, layers in overrides.items():
+            if not _is_int(step) or not 0 <= step < steps:
+                problems.append(f"step_overrides: step {step!r} outside [0, {steps})")
+                continue
+            if step in dense:
+                problems.append(f"step_overrides: step {step} is a dense step")
+                continue
+            for layer, row in _layer_rows(layers, f"step_overrides[{step}]", L, H, problems).items():
+                windows[step, layer] = row
+        if problems:
+            raise UserError(f"{source}: " + "; ".join(problems))
+        return cls(model, canvas, tile, int(text_len), int(steps), dense, windows, dict(summary))
+
+    # ------------------------------------------------------------------ files
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=1_000_000, allow_unicode=True)
+
+    def save(self, path) -> None:
+        """Write the compact YAML atomically."""
+        from .artifacts import atomic_write_text
+
+        atomic_write_text(path, self.to_yaml())
+
+    @classmethod
+    def loads(cls, text: str, source: str = "mask config") -> "MaskConfig":
+        import yaml
+
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UserError(f"{source} is not valid YAML: {' '.join(str(exc).split())}") from None
+        except (RecursionError, ValueError, TypeError, OverflowError) as exc:
+            raise UserError(f"{source} is not a valid mask config ({type(exc).__name__}: {exc})") from None
+        return cls.from_dict(doc, source)
+
+    @classmethod
+    def load(cls, path) -> "MaskConfig":
+        """Read and check a YAML mask config; UserError naming every problem."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"mask config not found: {path}")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise UserError(f"{path} is larger than {MAX_FILE_BYTES} bytes; not a mask config")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read {path}: {exc}") from None
+        return cls.loads(text, str(path))
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, info, canvas, steps: int | None = None, *, tile=None) -> None:
+        """UserError listing every difference between this config and the model/canvas/steps it is applied to."""
+        model = model_fields(info)
+        problems = []
+        for key in MODEL_KEYS:
+            if self.model[key] != model[key]:
+                problems.append(f"{key}: config has {self.model[key]!r}, model has {model[key]!r}")
+        if tuple(int(v) for v in canvas) != self.canvas:
+            problems.append(f"canvas: config has {list(self.canvas)}, run has {[int(v) for v in canvas]}")
+        if steps is not None and int(steps) != self.steps:
+            problems.append(f"steps: config has {self.steps}, run has {int(steps)}")
+        if tile is not None and tuple(int(v) for v in tile) != self.tile:
+            problems.append(f"tile: config has {list(self.tile)}, run has {[int(v) for v in tile]}")
+        if problems:
+            raise UserError("mask config does not match: " + "; ".join(problems))
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_model(model: Any, problems: list[str]) -> dict | None:
+    if not isinstance(model, Mapping):
+        problems.append(f"model must be a mapping with {', '.join(MODEL_KEYS)}, got {model!r}")
+        return None
+    out = {}
+    for key in ("family", "transformer_class"):
+        if not isinstance(model.get(key), str) or not model.get(key):
+            problems.append(f"model.{key} must be a non-empty string, got {model.get(key)!r}")
+        out[key] = model.get(key)
+    for key in ("num_layers", "num_heads"):
+        value = model.get(key)
+        if not _is_int(value) or not 1 <= value <= 100_000:
+            problems.append(f"model.{key} must be a positive integer, got {value!r}")
+            out[key] = None
+        else:
+            out[key] = int(value)
+    extra = [str(k) for k in model if k not in MODEL_KEYS]
+    if extra:
+        problems.append(f"model has unknown keys {', '.join(extra)}")
+    if any(v is None or v == "" for v in out.values()) or extra:
+        return None
+    return out
+
+
+def _check_triple(value: Any, what: str, problems: list[str]) -> tuple[int, int, int] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 3 and all(_is_int(v) and 1 <= v <= MAX_WINDOW for v in value):
+        return tuple(int(v) for v in value)  # type: ignore[return-value]
+    problems.append(f"{what} must be three positive integers, got {value!r}")
+    return None
+
+
+def _check_dense_steps(value: Any, steps: int | None, problems: list[str]) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):
+        problems.append(f"dense_steps must be a list of step indices, got {value!r}")
+        return ()
+    dense = sorted(set(int(v) for v in value))
+    if len(dense) != len(value):
+        problems.append("dense_steps lists a step twice")
+    if steps is not None:
+        bad = [s for s in dense if not 0 <= s < steps]
+        if bad:
+            problems.append(f"dense_steps {bad} outside [0, {steps})")
+            dense = [s for s in dense if 0 <= s < steps]
+    return tuple(dense)
+
+
+def _layer_rows(value: Any, where: str, L: int, H: int, problems: list[str]) -> dict[int, np.ndarray]:
+    """``{layer: "t,h,w" | [per-head windows]}`` -> ``{layer: (H, 3) array}``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.append(f"{where} must map layer -> windows, got {type(value).__name__}")
+        return {}
+    rows = {}
+    for layer, heads in value.items():
+        if not _is_int(layer) or not 0 <= layer < L:
+            problems.append(f"{where}: layer {layer!r} outside [0, {L}) (the model has {L} layers)")
+            continue
+        try:
+            if isinstance(heads, str) or (isinstance(heads, list) and len(heads) == 3 and all(_is_int(v) for v in heads)):
+                rows[int(layer)] = np.broadcast_to(np.asarray(parse_window(heads), np.int32), (H, 3))
+            elif isinstance(heads, list):
+                if len(heads) != H:
+                    problems.append(f"{where}[{layer}]: {len(heads)} windows for {H} heads")
+                    continue
+                rows[int(layer)] = np.asarray(
+                    [parse_window(w, f"{where}[{layer}] head {h}") for h, w in enumerate(heads)], np.int32
+                )
+            else:
+                problems.append(f"{where}[{layer}]: expected \"t,h,w\" or a list of {H} such windows, got {heads!r}")
+        except UserError as exc:
+            problems.append(str(exc))
+    return rows
+
+
+def _mode_rows(rows: np.ndarray) -> np.ndarray:
+    """Most common row of a 2-D array (ties: the lexicographically smallest)."""
+    unique, counts = np.unique(rows, axis=0, return_counts=True)
+    return unique[int(np.argmax(counts))]
+
+
+def _base_rows(windows: np.ndarray, sparse_steps: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(default window (3,), per-layer base rows (L, H, 3)) of the sparse steps (all steps if none)."""
+    steps = list(sparse_steps) or list(range(windows.shape[0]))
+    picked = windows[steps]  # (S', L, H, 3)
+    S, L, H, _ = picked.shape
+    default = _mode_rows(picked.reshape(-1, 3))
+    base = np.stack([_mode_rows(picked[:, layer].reshape(S, H * 3)).reshape(H, 3) for layer in range(L)]) if L else (
+        np.zeros((0, H, 3), np.int32)
+    )
+    return default, base
+
+
+def _canonical_dense_rows(windows: np.ndarray, dense: tuple[int, ...]) -> np.ndarray:
+    windows = np.array(windows, dtype=np.int32, copy=True)
+    if dense and windows.shape[0] and windows.shape[1] and windows.shape[2]:
+        sparse = [s for s in range(windows.shape[0]) if s not in set(dense)]
+        _, base = _base_rows(windows, sparse)
+        windows[list(dense)] = base
+    return windows
+
+
+def _row_text(row: np.ndarray):
+    """A layer row for YAML: one string when all heads agree, else a list of per-head strings."""
+    if np.all(row == row[0]):
+        return format_window(row[0])
+    return [format_window(w) for w in row]
+
+
+def _plain(value: Any) -> Any:
+    """Convert numpy scalars/arrays and tuples to plain YAML-safe Python values."""
+    if isinstance(value, Mapping):
+        return {str(k) if not isinstance(k, (int, str)) else k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+__all__ = ["MASK_SCHEMA", "MaskConfig", "format_window", "parse_window", "model_fields"]
