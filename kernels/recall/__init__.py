@@ -1,0 +1,116 @@
+"""Attention mass by (query tile, key tile) without materialising the attention matrix.
+
+``tile_mass`` gives, for every query tile, the softmax mass of its real video queries on every key tile
+(plus one column for all valid text keys). From it the recall of every STA window and the mass by tile
+offset follow by small reductions (``sta_search.stats``). Backends: ``"triton"`` (a QK^T pass that reuses
+the dense pass's log-sum-exp; CUDA, or CPU under ``TRITON_INTERPRET=1``) and ``"reference"`` (pure
+PyTorch, materialises the softmax in query chunks).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..geometry import Geometry, to_tiles
+from .reference import attention_lse_reference, tile_mass_reference, video_and_text_slices
+from .triton_kernel import tile_mass_triton_tiled
+
+RECALL_BACKENDS = ("auto", "triton", "reference")
+
+
+def resolve_recall_backend(backend: str, q: torch.Tensor) -> str:
+    if backend not in RECALL_BACKENDS:
+        raise ValueError(f"recall backend must be one of {RECALL_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if q.device.type == "cuda" else "reference"
+    if backend == "triton" and q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("the triton recall backend needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
+    return backend
+
+
+def _fused_attention_lse(q, k, v, scale):
+    """One fused dense attention returning ``(out, lse)``: FlashAttention, else memory-efficient attention."""
+    S = q.shape[2]
+    if q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+        try:
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
+            return out, lse[:, :, :S].float()
+        except RuntimeError:
+            pass
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False, scale=scale)[:2]
+    return out, lse[:, :, :S].float()
+
+
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, text_len: int = 0,
+                       text_first: bool = False, text_mask: torch.Tensor | None = None,
+                       scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense attention over all valid keys and the natural-log log-sum-exp of every query.
+
+    On CUDA one fused kernel gives both (padded text keys are dropped per batch element, which is exact:
+    a masked key carries no mass). On CPU a chunked PyTorch computation.
+
+    Returns:
+        ``out`` ``(B, heads, S, D)`` in q's dtype, ``lse`` ``(B, heads, S)`` float32.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if q.device.type != "cuda":
+        return attention_lse_reference(q, k, v, text_len=text_len, text_first=text_first, text_mask=text_mask,
+                                       scale=scale)
+    if not text_len or text_mask is None or bool(text_mask.all()):
+        return _fused_attention_lse(q, k, v, scale)
+    V = q.shape[2] - text_len
+    video, text = video_and_text_slices(V, text_len, text_first)
+    outs, lses = [], []
+    for b in range(q.shape[0]):
+        valid = torch.ones(q.shape[2], dtype=torch.bool, device=q.device)
+        valid[text] = text_mask[b].to(q.device, torch.bool)
+        idx = torch.nonzero(valid).squeeze(1)
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        if hi - lo == idx.numel():  # one contiguous run of valid keys: a view, no copy
+            kb, vb = k[b:b + 1, :, lo:hi], v[b:b + 1, :, lo:hi]
+        else:
+            kb, vb = k[b:b + 1].index_select(2, idx), v[b:b + 1].index_select(2, idx)
+        o, l = _fused_attention_lse(q[b:b + 1], kb, vb, scale)
+        outs.append(o)
+        lses.append(l)
+    return torch.cat(outs), torch.cat(lses)
+
+
+def tile_mass(q: torch.Tensor, k: torch.Tensor, *, canvas, tile, text_len: int = 0, text_first: bool = False,
+              text_mask: torch.Tensor | None = None, scale: float | None = None,
+              lse: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+    """Per-(query tile, key tile) attention mass of the video queries (natural-order inputs).
+
+    Args:
+        q, k: ``(B, heads, S, D)``, ``S = T*H*W + text_len``, video tokens in natural T-major order.
+        lse: ``(B, heads, S)`` natural-log log-sum-exp of the dense attention (triton backend; computed
+            here when missing).
+        backend: ``"triton"``, ``"reference"`` or ``"auto"`` (triton on CUDA, reference on CPU).
+
+    Returns:
+        ``(B, heads, num_tiles, num_tiles + 1)`` float32; row ``i`` holds the mass of the real video
+        queries of query tile ``i`` (tile order) on each key tile, then on all valid text keys.
+    """
+    geometry = Geometry(canvas, tile)
+    backend = resolve_recall_backend(backend, q)
+    if backend == "reference":
+        return tile_mass_reference(q, k, canvas=geometry.canvas, tile=geometry.tile, text_len=text_len,
+                                   text_first=text_first, text_mask=text_mask, scale=scale)
+    if lse is None:
+        _, lse = attention_with_lse(q, k, k, text_len=text_len, text_first=text_first, text_mask=text_mask,
+                                    scale=scale)
+    video, text = video_and_text_slices(geometry.video_len, text_len, text_first)
+    q_tiled = to_tiles(geometry, q[:, :, video])
+    k_tiled = to_tiles(geometry, k[:, :, video])
+    if text_len:
+        k_tiled = torch.cat([k_tiled, k[:, :, text]], dim=2)
+    lse_tiled = to_tiles(geometry, lse[:, :, video], dim=-1)
+    return tile_mass_triton_tiled(q_tiled, k_tiled, lse_tiled, geometry, text_len, text_mask, scale)
+
+
+__all__ = [
+    "RECALL_BACKENDS", "attention_lse_reference", "attention_with_lse", "resolve_recall_backend", "tile_mass",
+    "tile_mass_reference", "tile_mass_triton_tiled",
+]
