@@ -95,7 +95,7 @@ def _llama_tokenizer():
 
 def tiny_wan_pipeline(two_experts: bool = False):
     """Tiny `WanPipeline` (Wan 2.1 layout; `two_experts=True` adds `transformer_2` and a boundary ratio of
-    0.5 like Wan 2.2 A14B, so a 2+ step call uses both experts). 2 layers, 2 heads, head_dim 16."""
+    0.5 like Wan 2.2 A14B, so a 2+ step call uses both experts). 2 layers, 2 heads, head_dim 32."""
     from transformers import UMT5Config, UMT5EncoderModel
 
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
@@ -104,7 +104,7 @@ def tiny_wan_pipeline(two_experts: bool = False):
         return WanTransformer3DModel(
             patch_size=(1, 2, 2),
             num_attention_heads=2,
-            attention_head_dim=16,
+            attention_head_dim=32,
             in_channels=16,
             out_channels=16,
             text_dim=32,
@@ -152,7 +152,7 @@ def tiny_wan_pipeline(two_experts: bool = False):
 
 def tiny_hunyuan_pipeline():
     """Tiny `HunyuanVideoPipeline`: 1 dual-stream + 1 single-stream block (+ 1 token-refiner block),
-    2 heads, head_dim 16, patch 2 x 1, Llama (3 layers) + CLIP text encoders, guidance-distilled."""
+    2 heads, head_dim 32, patch 2 x 1, Llama (3 layers) + CLIP text encoders, guidance-distilled."""
     from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
 
     from diffusers import (
@@ -167,7 +167,7 @@ def tiny_hunyuan_pipeline():
         in_channels=4,
         out_channels=4,
         num_attention_heads=2,
-        attention_head_dim=16,
+        attention_head_dim=32,
         num_layers=1,
         num_single_layers=1,
         num_refiner_layers=1,
@@ -177,7 +177,7 @@ def tiny_hunyuan_pipeline():
         guidance_embeds=True,
         text_embed_dim=16,
         pooled_projection_dim=8,
-        rope_axes_dim=(4, 6, 6),
+        rope_axes_dim=(8, 12, 12),
     )
     torch.manual_seed(0)
     vae = AutoencoderKLHunyuanVideo(
@@ -239,7 +239,7 @@ def tiny_hunyuan_pipeline():
 
 def tiny_cogvideox_pipeline():
     """Tiny `CogVideoXPipeline` (CogVideoX-5B layout: rotary positions, patch 2), 2 layers, 2 heads,
-    head_dim 16, T5 text encoder; call it with `max_sequence_length=TINY_COGVIDEOX_TEXT_LEN` (16)."""
+    head_dim 32, T5 text encoder; call it with `max_sequence_length=TINY_COGVIDEOX_TEXT_LEN` (16)."""
     from transformers import T5Config, T5EncoderModel
 
     from diffusers import (
@@ -252,7 +252,7 @@ def tiny_cogvideox_pipeline():
     torch.manual_seed(0)
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=2,
-        attention_head_dim=16,
+        attention_head_dim=32,
         in_channels=4,
         out_channels=4,
         time_embed_dim=8,
