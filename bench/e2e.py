@@ -1,0 +1,373 @@
+"""End-to-end speed: one denoising step's transformer forward, dense vs Sliding Tile Attention.
+
+Random-init transformers of the real architectures (weights do not change speed), built directly on
+the GPU in bf16:
+
+- ``hunyuan-720p``: ``HunyuanVideoTransformer3DModel`` with its default (13B) config, 720p 117 frames:
+  latent (30, 96, 160) -> canvas (30, 48, 80) = 115,200 video tokens + 256 joint text tokens.
+- ``wan-1.3b-480p``: ``WanTransformer3DModel`` with the Wan 2.1 1.3B config, 480p 81 frames:
+  latent (21, 60, 104) -> canvas (21, 30, 52) = 32,760 video tokens (text is cross-attention).
+
+Modes, all in one process and on one GPU (one transformer forward = one denoising step for
+guidance-distilled HunyuanVideo; Wan under CFG runs two of them per step):
+
+- ``dense-native``: diffusers' own attention processors, SDPA with cuDNN attention first in priority.
+- ``dense``: the sta-search hook with ``dense_attention`` (same SDPA priority), timed per attention call
+  with CUDA events: gives the attention share.
+- ``sta-triton-WWW``: ``sta_search.accelerate`` with a uniform mask config of window WWW, Triton kernel.
+- ``sta-flex-WWW``: the same through FlexAttention (what a user has today).
+
+each eager and, with ``--compile``, again after regional ``torch.compile`` of the transformer blocks
+(attention itself stays outside the graphs). Per mode: warm-up, then ``--reps`` timed forwards (CUDA
+events, median), attention seconds per forward, peak GPU memory of the timed forward. The JSON
+(``--out``) is rewritten after every mode, so a run cut short keeps what it measured.
+
+    python bench/e2e.py --models hunyuan-720p wan-1.3b-480p --windows 5,5,5 3,3,3 --compile both \
+        --out bench/results/e2e-h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import gc
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+TILE = (6, 8, 8)
+
+MODELS = {
+    "hunyuan-720p": dict(
+        cls="HunyuanVideoTransformer3DModel",
+        config={},  # diffusers' defaults are HunyuanVideo 13B: 20 dual + 40 single blocks, 24 heads x 128
+        latent=(1, 16, 30, 96, 160),
+        canvas=(30, 48, 80),
+        text_len=256,
+        text_dim=4096,
+        pooled_dim=768,
+        forwards_per_step=1,
+    ),
+    "wan-1.3b-480p": dict(
+        cls="WanTransformer3DModel",
+        config=dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
+                    cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
+        latent=(1, 16, 21, 60, 104),
+        canvas=(21, 30, 52),
+        text_len=512,  # cross-attention context (Wan's umT5 length), not joint tokens
+        text_dim=4096,
+        forwards_per_step=2,
+    ),
+    # CPU smoke test of this script (tiny shapes; flex/reference backends)
+    "tiny-hunyuan": dict(
+        cls="HunyuanVideoTransformer3DModel",
+        config=dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=32, num_layers=1,
+                    num_single_layers=1, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
+                    text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(8, 12, 12)),
+        latent=(1, 4, 6, 32, 32),
+        canvas=(6, 16, 16),
+        text_len=16,
+        text_dim=16,
+        pooled_dim=8,
+        forwards_per_step=1,
+    ),
+}
+
+
+def parse_window(text: str) -> tuple[int, int, int]:
+    values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"window {text!r} is not t,h,w")
+    return values  # type: ignore[return-value]
+
+
+def build_transformer(spec: dict, device: torch.device, dtype: torch.dtype):
+    import diffusers
+
+    cls = getattr(diffusers, spec["cls"])
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with device, torch.no_grad():
+            model = cls(**spec["config"])
+    finally:
+        torch.set_default_dtype(previous)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    # like from_pretrained(torch_dtype=...): the modules the class keeps in float32 stay float32
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    for name, module in model.named_modules():
+        if any(part in keep for part in name.split(".")):
+            module.float()
+    return model
+
+
+def make_inputs(spec: dict, device: torch.device, dtype: torch.dtype, seed: int = 0) -> dict:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+    inputs = dict(hidden_states=randn(*spec["latent"]),
+                  timestep=torch.tensor([500], device=device, dtype=torch.long),
+                  encoder_hidden_states=randn(1, spec["text_len"], spec["text_dim"]),
+                  return_dict=False)
+    if spec["cls"].startswith("Hunyuan"):
+        inputs["encoder_attention_mask"] = torch.ones(1, spec["text_len"], device=device, dtype=torch.bool)
+        inputs["pooled_projections"] = randn(1, spec["pooled_dim"])
+        inputs["guidance"] = torch.tensor([6016.0], device=device, dtype=dtype)
+    return inputs
+
+
+@contextlib.contextmanager
+def sdpa_priority(device: torch.device):
+    """cuDNN attention first, then flash, then memory-efficient (what 'dense (cuDNN SDPA)' means here)."""
+    if device.type != "cuda":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    try:
+        ctx = sdpa_kernel(order, set_priority=True)
+    except TypeError:  # older torch without set_priority
+        ctx = sdpa_kernel(order)
+    with ctx:
+        yield
+
+
+def sdpa_backend_probe(spec: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    """Which SDPA backend serves the dense attention shape (with and without the text key mask)."""
+    if device.type != "cuda":
+        return {}
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    heads = spec["config"].get("num_attention_heads", 24)
+    dim = spec["config"].get("attention_head_dim", 128)
+    S = math.prod(spec["canvas"]) + (spec["text_len"] if spec["cls"].startswith("Hunyuan") else 0)
+    q = torch.randn(1, heads, min(S, 4096), dim, device=device, dtype=dtype)
+    mask = torch.ones(1, 1, 1, q.shape[2], device=device, dtype=torch.bool)
+    found = {}
+    for label, m in (("no_mask", None), ("bool_key_mask", mask)):
+        usable = []
+        for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+            try:
+                with sdpa_kernel([backend]):
+                    F.scaled_dot_product_attention(q, q, q, attn_mask=m)
+                usable.append(backend.name)
+            except RuntimeError:
+                pass
+        found[label] = usable
+    return found
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.device = torch.device(args.device)
+        self.dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
+        self.t0 = time.perf_counter()
+        self.results = {
+            "schema": "sta-search/bench-e2e/v1",
+            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor(),
+            "versions": versions(),
+            "dtype": args.dtype,
+            "tile": list(TILE),
+            "reps": args.reps,
+            "notes": "one transformer forward (one denoising step for HunyuanVideo; Wan runs two per step under CFG). "
+                     "dense = SDPA with cuDNN first in priority; speedup = dense (hooked) median / mode median.",
+            "models": {},
+        }
+
+    # ------------------------------------------------------------------ bookkeeping
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def save(self):
+        out = Path(self.args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(self.results, indent=2) + "\n")
+
+    def log(self, *parts):
+        print(f"[{self.elapsed():7.1f}s]", *parts, flush=True)
+
+    # ------------------------------------------------------------------ timing
+    def time_forward(self, model, inputs, timer=None, reps=None):
+        reps = reps or self.args.reps
+        times, attention = [], []
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(reps):
+            before = timer.total_seconds() if timer is not None else 0.0
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                model(**inputs)
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 1000)
+            else:
+                t = time.perf_counter()
+                model(**inputs)
+                times.append(time.perf_counter() - t)
+            if timer is not None:
+                attention.append(timer.total_seconds() - before)
+        row = {"seconds": times, "median_seconds": statistics.median(times)}
+        if attention:
+            row["attention_seconds"] = statistics.median(attention)
+            row["attention_share"] = row["attention_seconds"] / row["median_seconds"]
+        if cuda:
+            row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        return row
+
+    def run_mode(self, name, model, inputs, spec, info, compiled: bool):
+        from sta_search.accelerate import AttentionTimer, accelerate, timed_dense_attention
+        from sta_search.maskconfig import MaskConfig
+        from sta_search.models import get_adapter, hook_attention
+
+        adapter = get_adapter(model)
+        timer = AttentionTimer()
+        if name == "dense-native":
+            ctx = contextlib.nullcontext()
+            timer = None
+        elif name == "dense":
+            ctx = hook_attention(model, timed_dense_attention(timer), adapter=adapter)
+        else:
+            _, backend, window = name.split("-")
+            window = tuple(int(c) for c in window)
+            text_len = spec["text_len"] if spec["cls"].startswith("Hunyuan") else 0
+            config = MaskConfig.uniform(info, spec["canvas"], TILE, text_len, 64, window)
+            ctx = accelerate(model, config, backend=backend, timer=timer)
+        with sdpa_priority(self.device), torch.inference_mode(), ctx as acc:
+            t = time.perf_counter()
+            for _ in range(self.args.warmup):
+                model(**inputs)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            warm = time.perf_counter() - t
+            if timer is not None:
+                timer.reset()
+            row = self.time_forward(model, inputs, timer if name != "dense-native" else None)
+            row["warmup_seconds"] = warm
+            if acc is not None and hasattr(acc, "attention"):
+                density = acc.attention.density(1)
+                row["density"] = density["overall"]
+                row["attention_calls"] = dict(acc.attention.calls)
+        return row
+
+    # ------------------------------------------------------------------ per model
+    def run_model(self, key: str):
+        from sta_search.accelerate import compile_transformer
+        from sta_search.kernels.geometry import Geometry
+        from sta_search.models import get_adapter
+
+        spec = MODELS[key]
+        t = time.perf_counter()
+        model = build_transformer(spec, self.device, self.dtype)
+        build_seconds = time.perf_counter() - t
+        info = get_adapter(model).info(model)
+        inputs = make_inputs(spec, self.device, self.dtype)
+        geometry = Geometry(spec["canvas"], TILE)
+        entry = self.results["models"][key] = {
+            "transformer_class": spec["cls"], "config": {k: list(v) if isinstance(v, tuple) else v for k, v in spec["config"].items()},
+            "parameters_billion": sum(p.numel() for p in model.parameters()) / 1e9,
+            "latent": list(spec["latent"]), "canvas": list(spec["canvas"]), "text_len": spec["text_len"],
+            "forwards_per_step": spec["forwards_per_step"], "build_seconds": build_seconds,
+            "grid": list(geometry.grid),
+            "window_density": {",".join(map(str, w)): geometry.density(w) for w in self.args.windows},
+            "sdpa_backends_usable": sdpa_backend_probe(spec, self.device, self.dtype),
+            "eager": {}, "compiled": {},
+        }
+        self.log(key, f"built {entry['parameters_billion']:.2f}B params in {build_seconds:.1f}s")
+        modes = ["dense-native", "dense"] if self.args.native else ["dense"]
+        for window in self.args.windows:
+            tag = "".join(map(str, window))
+            modes += [f"sta-{backend}-{tag}" for backend in self.args.backends]
+        phases = {"off": [False], "on": [True], "both": [False, True]}[self.args.compile]
+        for compiled in phases:
+            section = entry["compiled" if compiled else "eager"]
+            if compiled:
+                t = time.perf_counter()
+                section["compiled_blocks"] = compile_transformer(model)
+            for mode in modes:
+                if compiled and mode == "dense-native":
+                    continue
+                if self.elapsed() > self.args.time_budget:
+                    self.log("time budget spent; skipping", key, mode, "compiled" if compiled else "eager")
+                    section[mode] = {"skipped": "time budget"}
+                    continue
+                try:
+                    row = self.run_mode(mode, model, inputs, spec, info, compiled)
+                except Exception as exc:  # keep the other modes' numbers
+                    row = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+                section[mode] = row
+                self._speedups(section)
+                self.log(key, "compiled" if compiled else "eager", mode,
+                         {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "seconds"})
+                self.save()
+                gc.collect()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        del model
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @staticmethod
+    def _speedups(section: dict):
+        base = section.get("dense", {}).get("median_seconds")
+        if not base:
+            return
+        for name, row in section.items():
+            if isinstance(row, dict) and row.get("median_seconds"):
+                row["speedup_vs_dense"] = base / row["median_seconds"]
+
+    def run(self):
+        for key in self.args.models:
+            self.run_model(key)
+        self.results["wall_seconds"] = self.elapsed()
+        self.save()
+        self.log("wrote", self.args.out)
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    for name in ("triton", "diffusers"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001
+            out[name] = None
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["hunyuan-720p", "wan-1.3b-480p"], choices=sorted(MODELS))
+    parser.add_argument("--windows", nargs="+", type=parse_window, default=[(5, 5, 5), (3, 3, 3)])
+    parser.add_argument("--backends", nargs="+", default=["triton", "flex"], choices=["triton", "flex", "reference"])
+    parser.add_argument("--compile", choices=["off", "on", "both"], default="both")
+    parser.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time diffusers' own processors (dense-native)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--time-budget", type=float, default=1e9, help="seconds; later modes are skipped after it")
+    parser.add_argument("--out", default="bench/results/e2e.json")
+    args = parser.parse_args(argv)
+    Bench(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""Run a diffusers video pipeline (or a bare transformer) with the windows of a mask config.
+
+    import sta_search
+    with sta_search.accelerate(pipe, "mask.yaml"):
+        video = pipe(prompt, num_inference_steps=50, ...).frames[0]
+
+Inside the ``with`` block every self-attention layer of ``pipe.transformer`` runs Sliding Tile
+Attention with the window the config gives its (step, layer, head), full attention on the config's
+dense steps and on layers whose every head has a full window; on exit (also on error) the original
+attention processors are back. The config is checked against the model on entry and against the
+canvas and step count as soon as they are known (pass ``height``/``width``/``frames``/``steps`` to
+check everything before the first step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+import types
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+logger = logging.getLogger("sta_search.accelerate")
+
+
+# --------------------------------------------------------------------------------------- configs
+def load_mask(mask):
+    """A :class:`~sta_search.maskconfig.MaskConfig`, or a path to its YAML file, -> MaskConfig."""
+    from .maskconfig import MaskConfig
+
+    if isinstance(mask, MaskConfig):
+        return mask
+    if isinstance(mask, (str, Path)):
+        path = Path(mask)
+        if not path.is_file():
+            raise UserError(f"mask config {str(path)!r} does not exist")
+        return MaskConfig.load(path)
+    raise TypeError(f"mask must be a MaskConfig or a path to a mask YAML, got {type(mask).__name__}")
+
+
+def check_config(config, info, canvas=None, steps: int | None = None) -> None:
+    """Raise :class:`UserError` naming every way ``config`` does not fit this model / canvas / step count."""
+    from .kernels.geometry import Geometry
+
+    config.validate(info, canvas, steps)
+    try:
+        Geometry(tuple(config.canvas), tuple(config.tile))
+    except ValueError as exc:
+        raise UserError(f"mask config tile {tuple(config.tile)} does not fit canvas {tuple(config.canvas)}: {exc}") from None
+
+
+def _transformers_of(pipe_or_transformer) -> tuple[torch.nn.Module, object | None]:
+    """(transformer, pipeline or None) of a diffusers pipeline or a bare transformer module."""
+    transformer = getattr(pipe_or_transformer, "transformer", None)
+    if isinstance(transformer, torch.nn.Module):
+        if getattr(pipe_or_transformer, "transformer_2", None) is not None:
+            raise UserError("pipelines with two transformer experts (transformer_2, Wan 2.2) are not supported yet; "
+                            "accelerate pipe.transformer directly to sparsify the first expert only")
+        return transformer, pipe_or_transformer
+    if isinstance(pipe_or_transformer, torch.nn.Module):
+        return pipe_or_transformer, None
+    raise TypeError(f"expected a diffusers pipeline or a transformer module, got {type(pipe_or_transformer).__name__}")
+
+
+# --------------------------------------------------------------------------------------- timing
+class AttentionTimer:
+    """Time spent inside attention calls, per denoising step.
+
+    On CUDA each call is bracketed by CUDA events (no synchronisation in the hot path; results are
+    read when asked for); on CPU by ``time.perf_counter``.
+    """
+
+    def __init__(self):
+        self._events: list[tuple[int, torch.cuda.Event, torch.cuda.Event]] = []
+        self._cpu_seconds: dict[int, float] = defaultdict(float)
+        self.calls = 0
+
+    def wrap(self, attention_fn):
+        def timed(call):
+            self.calls += 1
+            if call.q.is_cuda:
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                out = attention_fn(call)
+                end.record()
+                self._events.append((call.step, start, end))
+                return out
+            t0 = time.perf_counter()
+            out = attention_fn(call)
+            self._cpu_seconds[call.step] += time.perf_counter() - t0
+            return out
+
+        return timed
+
+    def reset(self) -> None:
+        """Forget what was recorded (e.g. after warm-up); wrapped functions keep recording into this timer."""
+        self._events.clear()
+        self._cpu_seconds.clear()
+        self.calls = 0
+
+    def seconds_per_step(self) -> dict[int, float]:
+        totals = defaultdict(float, self._cpu_seconds)
+        if self._events:
+            torch.cuda.synchronize()
+            for step, start, end in self._events:
+                totals[step] += start.elapsed_time(end) / 1000.0
+        return dict(sorted(totals.items()))
+
+    def total_seconds(self) -> float:
+        return float(sum(self.seconds_per_step().values()))
+
+
+# --------------------------------------------------------------------------------------- attention
+@dataclass
+class MaskAttention:
+    """The :data:`~sta_search.models.AttentionFn` of a mask config.
+
+    Per call (step, layer): full attention (``dense_attention``, what diffusers does) on the config's
+    dense steps and on layers whose every head's window covers the whole grid; otherwise
+    :func:`sta_search.kernels.sta_attention` with the layer's ``(heads, 3)`` window table (kept on the
+    call's device, one tensor per distinct table). Inputs larger than ``max_chunk_bytes`` per tensor
+    run a few heads at a time (the kernel entry copies q, k, v into tile order; chunking bounds those
+    copies so peak memory stays at the dense level); ``None`` runs all heads in one call.
+    """
+
+    config: object
+    backend: str = "auto"
+    max_chunk_bytes: int | None = 64 * 2**20
+    calls: Counter = field(default_factory=Counter)
+
+    def __post_init__(self):
+        from .kernels.geometry import Geometry
+
+        self.geometry = Geometry(tuple(self.config.canvas), tuple(self.config.tile))
+        self._plans: dict[int, list[bytes | None]] = {}
+        self._tables: dict[bytes, np.ndarray] = {}
+        self._on_device: dict[tuple[bytes, str], torch.Tensor] = {}
+
+    def plan(self, step: int) -> list[np.ndarray | None]:
+        """Per layer of ``step``: the ``(heads, 3)`` int32 window table, or None for full attention."""
+        return [None if key is None else self._tables[key] for key in self._plan_keys(step)]
+
+    def _plan_keys(self, step: int) -> list[bytes | None]:
+        keys = self._plans.get(step)
+        if keys is not None:
+            return keys
+        table = self.config.window_table(step)
+        if table is None:
+            keys = [None] * int(np.asarray(self.config.windows).shape[1])
+        else:
+            keys = []
+            for layer_windows in np.asarray(table):
+                clipped = np.array([self.geometry.clip_window(w) for w in layer_windows.tolist()], dtype=np.int32)
+                if all(self.geometry.is_full(w) for w in clipped.tolist()):
+                    keys.append(None)
+                    continue
+                key = clipped.tobytes()
+                self._tables.setdefault(key, clipped)
+                keys.append(key)
+        self._plans[step] = keys
+        return keys
+
+    def density(self, steps: int | None = None) -> dict:
+        """Exact video-video attention density this config runs with, averaged over steps, layers, heads."""
+        steps = int(self.config.steps) if steps is None else steps
+        per_step = []
+        for step in range(steps):
+            layers = []
+            for table in self.plan(step):
+                layers.append(1.0 if table is None else float(np.mean([self.geometry.density(w) for w in table.tolist()])))
+            per_step.append(float(np.mean(layers)) if layers else 1.0)
+        sparse = [d for s, d in enumerate(per_step) if self.config.window_table(s) is not None]
+        return {"overall": float(np.mean(per_step)) if per_step else 1.0,
+                "sparse_steps": float(np.mean(sparse)) if sparse else 1.0,
+                "per_step": per_step}
+
+    def __call__(self, call) -> torch.Tensor:
+        from .kernels import sta_attention
+        from .models import dense_attention
+
+        if tuple(call.canvas) != self.geometry.canvas:
+            raise UserError(f"mask config is for canvas {self.geometry.canvas} but the model runs on canvas "
+                            f"{tuple(call.canvas)}; profile and select again for this resolution/frame count")
+        if call.step >= int(self.config.steps):
+            raise UserError(f"mask config is for {self.config.steps} denoising steps but the pipeline runs step "
+                            f"{call.step + 1}; use --steps {self.config.steps} or select a config for this step count")
+        keys = self._plan_keys(call.step)
+        if call.layer >= len(keys):
+            raise UserError(f"mask config has {len(keys)} layers but the model called attention layer {call.layer}")
+        key = keys[call.layer]
+        if key is None:
+            self.calls["dense"] += 1
+            return dense_attention(call)
+        self.calls["sparse"] += 1
+        device_key = (key, str(call.q.device))
+        windows = self._on_device.get(device_key)
+        if windows is None:
+            windows = torch.from_numpy(self._tables[key]).to(call.q.device)
+            self._on_device[device_key] = windows
+        q, k, v = call.q, call.k, call.v
+        kwargs = dict(canvas=self.geometry.canvas, tile=self.geometry.tile, text_len=call.text_len,
+                      text_first=call.text_first, text_mask=call.text_mask, backend=self.backend)
+        heads = q.shape[1]
+        per_head_bytes = q[:, :1].numel() * q.element_size()
+        chunk = max(1, self.max_chunk_bytes // per_head_bytes) if self.max_chunk_bytes else heads
+        if chunk >= heads:
+            return sta_attention(q, k, v, windows=windows, **kwargs)
+        # Large inputs: a few heads at a time, so the tile-order copies stay a small fraction of q
+        # and the whole call allocates little more than the output SDPA would allocate.
+        out = torch.empty_like(q)
+        for h0 in range(0, heads, chunk):
+            h1 = min(heads, h0 + chunk)
+            out[:, h0:h1] = sta_attention(q[:, h0:h1], k[:, h0:h1], v[:, h0:h1], windows=windows[h0:h1], **kwargs)
+        return out
+
+
+def timed_dense_attention(timer: AttentionTimer | None = None):
+    """``dense_attention`` (optionally timed), kept out of torch.compile graphs like the STA path."""
+    from .models import dense_attention
+
+    fn = timer.wrap(dense_attention) if timer is not None else dense_attention
+    return torch.compiler.disable(fn)
+
+
+# --------------------------------------------------------------------------------------- compile
+def compile_transformer(transformer: torch.nn.Module, **compile_kwargs) -> int:
+    """Regional ``torch.compile``: compile every repeated transformer block in place.
+
+    The attention call inside each block is excluded from the graph (a graph break), so the same compiled
+    blocks serve dense and STA attention; the fusable work around attention (norms, modulation, RoPE,
+    gates, MLP activations) is what gets faster. Returns the number of blocks compiled.
+    """
+    repeated = set(getattr(transformer, "_repeated_blocks", None) or ())
+    compiled = 0
+    for module in transformer.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 1:
+            names = {type(block).__name__ for block in module}
+            if len(names) == 1 and (not repeated or names & repeated or "Block" in next(iter(names))):
+                for block in module:
+                    block.compile(**compile_kwargs)
+                    compiled += 1
+    if not compiled:
+        transformer.compile(**compile_kwargs)
+        compiled = 1
+    return compiled
+
+
+# --------------------------------------------------------------------------------------- public API
+@dataclass
+class Acceleration:
+    """What :func:`accelerate` yields: the config, the attention function, the hook state and timings."""
+
+    config: object
+    attention: MaskAttention
+    timer: AttentionTimer
+    info: object
+    state: object = None
+
+    @property
+    def step(self) -> int:
+        return getattr(self.state, "step", 0)
+
+
+@contextlib.contextmanager
+def accelerate(pipe_or_transformer, mask, *, backend: str = "auto", height: int | None = None,
+               width: int | None = None, frames: int | None = None, steps: int | None = None,
+               timer: AttentionTimer | None = None):
+    """Run ``pipe_or_transformer`` with the Sliding Tile Attention windows of ``mask`` inside the block.
+
+    Args:
+        pipe_or_transformer: a diffusers video pipeline (its ``.transformer`` is hooked) or a transformer.
+        mask: a :class:`~sta_search.maskconfig.MaskConfig` or the path of a mask YAML.
+        backend: STA kernel backend, ``"auto"`` (Triton on CUDA), ``"triton"``, ``"flex"`` or ``"reference"``.
+        height, width, frames: pipeline call sizes; when all three are given the config's canvas is checked
+            on entry, otherwise at the first attention call (before any sparse attention runs).
+        steps: number of denoising steps the pipeline will run; checked on entry when given.
+        timer: an :class:`AttentionTimer` collecting the time spent in attention.
+
+    Yields:
+        :class:`Acceleration`. The original attention processors are restored on exit, also on error.
+
+    Raises:
+        UserError: the config is for another model (class, layers, heads), canvas, tile or step count.
+    """
+    from .models import get_adapter, hook_attention
+
+    config = load_mask(mask)
+    transformer, _pipe = _transformers_of(pipe_or_transformer)
+    adapter = get_adapter(transformer)
+    info = adapter.info(transformer)
+    canvas = None
+    if height is not None and width is not None and frames is not None:
+        canvas = tuple(adapter.canvas(transformer, height, width, frames))
+    check_config(config, info, canvas, steps)
+    attention = MaskAttention(config, backend=backend)
+    timer = timer if timer is not None else AttentionTimer()
+    acceleration = Acceleration(config=config, attention=attention, timer=timer, info=info)
+    attention_fn = torch.compiler.disable(timer.wrap(attention))
+    with hook_attention(transformer, attention_fn, adapter=adapter) as state:
+        acceleration.state = state
+        yield acceleration
+
+
+class _CallableModule(types.ModuleType):
+    """``sta_search.accelerate`` is both this module and the context manager: once the submodule is
+    imported, Python binds the package attribute to the module, so the module forwards calls."""
+
+    def __call__(self, *args, **kwargs):
+        return accelerate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,395 @@
+"""The generate stage: videos from a mask config, their speed, and their fidelity against dense attention.
+
+:func:`generate` loads a local diffusers pipeline folder (or the bundled model), checks the mask config
+against the model, canvas, tile and step count before anything runs, then for every prompt runs the
+pipeline with Sliding Tile Attention (and, with ``compare_dense``, once more with full attention and the
+same seed), writes mp4 files and returns (and writes) a JSON report: per-step latency, total time, time
+spent in attention and its share, peak GPU memory, the density used, PSNR/SSIM against dense, speedup,
+and the provenance of the config and the model.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+REPORT_SCHEMA = "sta-search/generate-report/v1"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+FAMILY_FPS = {"wan": 16, "hunyuan_video": 24, "cogvideox": 8}
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """Everything one ``sta-search generate`` invocation needs. ``None`` sizes/steps come from the config."""
+
+    model: str
+    mask: str
+    prompts: tuple[str, ...]
+    out: str = "sta-out"
+    seed: int = 0
+    steps: int | None = None
+    height: int | None = None
+    width: int | None = None
+    frames: int | None = None
+    dtype: str | None = None          # default: bfloat16 on CUDA, float32 on CPU
+    device: str | None = None         # default: cuda when available
+    compare_dense: bool = False
+    compile: bool = False
+    backend: str = "auto"
+    fps: int | None = None
+
+
+@dataclass
+class RunTiming:
+    """Timing of one pipeline run (one prompt, one attention mode)."""
+
+    step_seconds: list[float] = field(default_factory=list)
+    attention_step_seconds: list[float] = field(default_factory=list)
+    total_seconds: float = 0.0            # whole pipeline call (text encoding, denoising, VAE decode)
+    peak_memory_bytes: int | None = None  # CUDA only
+
+    @property
+    def denoise_seconds(self) -> float:
+        return float(sum(self.step_seconds))
+
+    @property
+    def attention_seconds(self) -> float:
+        return float(sum(self.attention_step_seconds))
+
+    def to_json(self) -> dict:
+        steady = self.step_seconds[1:] or self.step_seconds
+        return {
+            "total_seconds": self.total_seconds,
+            "denoise_seconds": self.denoise_seconds,
+            "step_seconds": self.step_seconds,
+            "median_step_seconds": statistics.median(steady) if steady else None,
+            "attention_seconds": self.attention_seconds,
+            "attention_step_seconds": self.attention_step_seconds,
+            "attention_share": self.attention_seconds / self.denoise_seconds if self.denoise_seconds else None,
+            "peak_memory_bytes": self.peak_memory_bytes,
+        }
+
+
+# ----------------------------------------------------------------------------------- small helpers
+def resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a torch device (try cpu or cuda)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device!r}: CUDA is not available on this machine")
+    return resolved
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype.lower() not in DTYPES:
+        raise UserError(f"--dtype {dtype!r} is not one of float32, bfloat16, float16")
+    return DTYPES[dtype.lower()]
+
+
+def read_prompts(prompt: str | None, prompts_file: str | None) -> tuple[str, ...]:
+    """The prompts of ``--prompt`` or ``--prompts FILE`` (one a line; blank lines and ``#`` comments skipped)."""
+    if (prompt is None) == (prompts_file is None):
+        raise UserError("give exactly one of --prompt TEXT or --prompts FILE")
+    if prompt is not None:
+        if not prompt.strip():
+            raise UserError("--prompt is empty")
+        return (prompt,)
+    path = Path(prompts_file)
+    if not path.is_file():
+        raise UserError(f"prompts file {str(path)!r} does not exist")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    found = tuple(line for line in lines if line and not line.startswith("#"))
+    if not found:
+        raise UserError(f"prompts file {str(path)!r} holds no prompts")
+    return found
+
+
+def prepare_output_folder(out) -> Path:
+    """Create ``out`` and prove it can be written (UserError otherwise)."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True):
+            pass
+    except OSError as exc:
+        raise UserError(f"output folder {str(path)!r} cannot be written: {exc.strerror or exc}") from None
+    return path
+
+
+def slug(text: str, limit: int = 40) -> str:
+    cleaned = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return cleaned[:limit].rstrip("-") or "prompt"
+
+
+def infer_video_size(adapter, transformer, canvas, patch_size) -> tuple[int, int, int]:
+    """Pipeline ``(height, width, frames)`` whose token canvas is ``canvas`` (for defaults from a config).
+
+    Tries the usual VAE compression factors (spatial 8/16, temporal 4/8/1) and keeps the first
+    combination the adapter maps back to ``canvas``.
+    """
+    T, H, W = (int(c) for c in canvas)
+    pt, ph, pw = (int(p) for p in patch_size)
+    for spatial in (8, 16, 4, 32):
+        for temporal in (4, 8, 1):
+            for frames in ((T * pt - 1) * temporal + 1, T * pt * temporal):
+                height, width = H * ph * spatial, W * pw * spatial
+                try:
+                    if tuple(adapter.canvas(transformer, height, width, frames)) == (T, H, W):
+                        return height, width, frames
+                except Exception:  # noqa: BLE001 - an adapter may reject impossible sizes
+                    continue
+    raise UserError(f"cannot infer --height/--width/--frames for canvas {tuple(canvas)}; pass them explicitly")
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("triton", "diffusers", "transformers"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001
+            out[name] = None
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _json_safe(value):
+    if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+# ----------------------------------------------------------------------------------- one pipeline run
+def run_pipeline(loaded, call_kwargs: dict, attention_fn, timer, device: torch.device, progress=None,
+                 description: str = "") -> tuple[np.ndarray, RunTiming]:
+    """One pipeline call with ``attention_fn`` hooked into every self-attention layer.
+
+    Per-step latency runs from the first transformer forward of a step to the pipeline's
+    ``callback_on_step_end`` (synchronised on CUDA); attention time comes from ``timer``.
+    """
+    from .models import hook_attention
+    from .video import to_uint8_frames
+
+    timing = RunTiming()
+    marks: list[float] = []
+    steps = int(call_kwargs.get("num_inference_steps", 0)) or None
+    task = progress.add_task(description, total=steps) if progress is not None else None
+
+    def first_forward(_module, _args):
+        if not marks:
+            _sync(device)
+            marks.append(time.perf_counter())
+
+    def on_step_end(_pipe, step_index, _timestep, callback_kwargs):
+        _sync(device)
+        marks.append(time.perf_counter())
+        if progress is not None:
+            progress.update(task, advance=1)
+        return callback_kwargs
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    handle = loaded.transformer.register_forward_pre_hook(first_forward)
+    try:
+        with hook_attention(loaded.transformer, attention_fn, adapter=loaded.adapter):
+            _sync(device)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                result = loaded.pipeline(**call_kwargs, output_type="np", callback_on_step_end=on_step_end)
+            _sync(device)
+            timing.total_seconds = time.perf_counter() - t0
+    finally:
+        handle.remove()
+        if progress is not None:
+            progress.remove_task(task)
+    timing.step_seconds = [b - a for a, b in zip(marks, marks[1:])]
+    per_step = timer.seconds_per_step()
+    timing.attention_step_seconds = [per_step.get(i, 0.0) for i in range(len(timing.step_seconds))]
+    if device.type == "cuda":
+        timing.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
+    return to_uint8_frames(result.frames[0]), timing
+
+
+# ----------------------------------------------------------------------------------- the stage
+def generate(settings: GenerateSettings, console=None) -> dict:
+    """Run the generate stage; returns the report (also written to ``<out>/report.json``).
+
+    Raises:
+        UserError: missing model folder or mask file, a config made for another model, canvas, tile or
+            step count, an output folder that cannot be written, bad options.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .accelerate import AttentionTimer, MaskAttention, check_config, compile_transformer, load_mask, timed_dense_attention
+    from .models import load_model
+    from .video import fidelity, side_by_side, write_mp4
+
+    console = console or Console(stderr=True)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    if not settings.prompts:
+        raise UserError("no prompts given")
+    out = prepare_output_folder(settings.out)
+    config = load_mask(settings.mask)
+
+    loaded = load_model(settings.model, device=str(device), dtype=dtype)
+    if loaded.pipeline is None:
+        raise UserError(f"{settings.model!r} is a bare transformer folder; generate needs a whole diffusers pipeline "
+                        "folder (use sta_search.accelerate(transformer, mask) to script a bare transformer)")
+    if getattr(loaded, "transformer_2", None) is not None:
+        raise UserError(f"{settings.model!r} has two transformer experts (Wan 2.2); generate supports one transformer")
+    info = loaded.adapter.info(loaded.transformer)
+
+    steps = int(settings.steps) if settings.steps is not None else int(config.steps)
+    if settings.height is None or settings.width is None or settings.frames is None:
+        h, w, f = infer_video_size(loaded.adapter, loaded.transformer, config.canvas, info.patch_size)
+        height, width, frames = settings.height or h, settings.width or w, settings.frames or f
+    else:
+        height, width, frames = settings.height, settings.width, settings.frames
+    for name, value in (("--height", height), ("--width", width), ("--frames", frames), ("--steps", steps)):
+        if value < 1:
+            raise UserError(f"{name} must be >= 1, got {value}")
+    canvas = tuple(int(c) for c in loaded.adapter.canvas(loaded.transformer, height, width, frames))
+    check_config(config, info, canvas, steps)
+
+    attention = MaskAttention(config, backend=settings.backend)
+    if settings.compile:
+        compile_transformer(loaded.transformer)
+    fps = settings.fps or FAMILY_FPS.get(info.family, 16)
+
+    report = {
+        "schema": REPORT_SCHEMA,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "tool_version": _tool_version(),
+        "versions": _versions(),
+        "device": {"type": device.type,
+                   "name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"},
+        "model": {"source": str(loaded.source), **_info_json(info)},
+        "mask": {"path": str(Path(settings.mask).resolve()) if isinstance(settings.mask, (str, Path)) else None,
+                 "sha256": _file_sha256(Path(settings.mask)) if isinstance(settings.mask, (str, Path)) else None,
+                 "canvas": list(config.canvas), "tile": list(config.tile), "steps": int(config.steps),
+                 "text_len": int(getattr(config, "text_len", 0)), "dense_steps": [int(s) for s in config.dense_steps],
+                 "summary": _json_safe(dict(getattr(config, "summary", {}) or {}))},
+        "settings": {"seed": settings.seed, "steps": steps, "height": height, "width": width, "frames": frames,
+                     "canvas": list(canvas), "dtype": str(dtype).replace("torch.", ""), "backend": settings.backend,
+                     "compile": settings.compile, "compare_dense": settings.compare_dense, "fps": fps},
+        "density_used": attention.density(steps),
+        "videos": [],
+    }
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        for index, prompt in enumerate(settings.prompts):
+            stem = f"{index:03d}-{slug(prompt)}"
+            kwargs = _call_kwargs(loaded, prompt, height, width, frames, steps, settings.seed, device)
+
+            entry = {"prompt": prompt, "seed": settings.seed}
+            dense_frames = None
+            if settings.compare_dense:
+                dense_timer = AttentionTimer()
+                dense_frames, dense_timing = run_pipeline(
+                    loaded, _call_kwargs(loaded, prompt, height, width, frames, steps, settings.seed, device),
+                    timed_dense_attention(dense_timer), dense_timer, device, progress, f"dense  {stem}")
+                entry["dense"] = dense_timing.to_json()
+                entry["dense_video"] = write_mp4(out / f"{stem}.dense.mp4", dense_frames, fps=fps).name
+
+            sta_timer = AttentionTimer()
+            attention.calls.clear()
+            sta_fn = torch.compiler.disable(sta_timer.wrap(attention))
+            sta_frames, sta_timing = run_pipeline(loaded, kwargs, sta_fn, sta_timer, device, progress, f"STA    {stem}")
+            entry["sta"] = {**sta_timing.to_json(), "attention_calls": dict(attention.calls)}
+            entry["video"] = write_mp4(out / f"{stem}.mp4", sta_frames, fps=fps).name
+            entry["frames"] = int(sta_frames.shape[0])
+
+            if dense_frames is not None:
+                entry["fidelity"] = fidelity(sta_frames, dense_frames).to_json()
+                entry["side_by_side"] = write_mp4(out / f"{stem}.side-by-side.mp4",
+                                                  side_by_side(dense_frames, sta_frames), fps=fps).name
+                entry["speedup"] = _speedups(dense_timing, sta_timing)
+            report["videos"].append(entry)
+            console.print(_summary_line(entry), highlight=False)
+
+    report = _json_safe(report)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def _call_kwargs(loaded, prompt, height, width, frames, steps, seed, device) -> dict:
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    return dict(loaded.adapter.pipeline_kwargs(prompt, height, width, frames, steps, generator))
+
+
+def _speedups(dense: RunTiming, sta: RunTiming) -> dict:
+    def ratio(a, b):
+        return a / b if a and b else None
+
+    dense_json, sta_json = dense.to_json(), sta.to_json()
+    return {"total": ratio(dense.total_seconds, sta.total_seconds),
+            "denoise": ratio(dense.denoise_seconds, sta.denoise_seconds),
+            "median_step": ratio(dense_json["median_step_seconds"], sta_json["median_step_seconds"]),
+            "attention": ratio(dense.attention_seconds, sta.attention_seconds)}
+
+
+def _summary_line(entry: dict) -> str:
+    sta = entry["sta"]
+    parts = [f"{entry['video']}: {sta['denoise_seconds']:.2f} s denoising"]
+    if sta.get("attention_share") is not None:
+        parts.append(f"attention {100 * sta['attention_share']:.0f}%")
+    if "fidelity" in entry:
+        fid = entry["fidelity"]
+        psnr = fid["psnr_db"]
+        parts.append(f"PSNR {psnr if isinstance(psnr, str) else f'{psnr:.2f}'} dB, SSIM {fid['ssim']:.4f}")
+        if entry["speedup"]["denoise"]:
+            parts.append(f"speedup {entry['speedup']['denoise']:.2f}x")
+    return ", ".join(parts)
+
+
+def _info_json(info) -> dict:
+    try:
+        data = asdict(info)
+    except TypeError:
+        data = dict(vars(info))
+    return _json_safe({k: list(v) if isinstance(v, tuple) else v for k, v in data.items()})
+
+
+def _tool_version() -> str:
+    from . import __version__
+
+    return __version__

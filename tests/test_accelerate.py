@@ -1,0 +1,167 @@
+"""sta_search.accelerate: STA from a mask config on tiny real diffusers pipelines (CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import sta_search
+from sta_search.accelerate import AttentionTimer, MaskAttention
+from sta_search.errors import UserError
+from sta_search.maskconfig import MaskConfig
+
+from tiny_pipes import tiny_call_kwargs, tiny_pipeline
+
+# 128 x 128 pixels, 9 frames -> latent (3, 16, 16) -> canvas (3, 8, 8) for every tiny family;
+# tile (1, 4, 4) gives a (3, 2, 2) grid, so (1, 1, 1) windows are really sparse.
+SIZE = dict(height=128, width=128, frames=9)
+TILE = (1, 4, 4)
+CANVAS = (3, 8, 8)
+SPARSE = (1, 1, 1)
+FULL = (3, 2, 2)
+
+
+@pytest.fixture(scope="module")
+def wan_pipe():
+    return tiny_pipeline("wan")
+
+
+def _config(pipe, window, steps=2, dense_steps=(), canvas=CANVAS, tile=TILE, text_len=0):
+    from sta_search.models import get_adapter
+
+    info = get_adapter(pipe.transformer).info(pipe.transformer)
+    return MaskConfig.uniform(info, canvas, tile, text_len, steps, window, dense_steps=dense_steps)
+
+
+def _call(pipe, kind, seed=0, **overrides):
+    kwargs = tiny_call_kwargs(kind, generator=torch.Generator("cpu").manual_seed(seed), height=SIZE["height"],
+                              width=SIZE["width"], num_frames=SIZE["frames"], num_inference_steps=2,
+                              output_type="pt", **overrides)
+    with torch.no_grad():
+        return pipe(**kwargs).frames[0].float()
+
+
+def _processors(transformer):
+    return dict(transformer.attn_processors)
+
+
+def test_processors_restored_after_block_and_after_error(wan_pipe):
+    before = _processors(wan_pipe.transformer)
+    config = _config(wan_pipe, SPARSE)
+    with sta_search.accelerate(wan_pipe, config, backend="reference") as acc:
+        assert _processors(wan_pipe.transformer) != before  # hooked inside
+        _call(wan_pipe, "wan")
+        assert acc.attention.calls["sparse"] > 0
+    assert _processors(wan_pipe.transformer) == before
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with sta_search.accelerate(wan_pipe, config, backend="reference"):
+            raise RuntimeError("boom")
+    assert _processors(wan_pipe.transformer) == before
+
+    # an error inside the pipeline call (a step count the config does not cover) also restores them
+    with pytest.raises(UserError, match="steps"):
+        with sta_search.accelerate(wan_pipe, config, backend="reference"):
+            _call(wan_pipe, "wan", num_inference_steps=3)
+    assert _processors(wan_pipe.transformer) == before
+
+
+@pytest.mark.parametrize("kind", ["wan", "hunyuan_video", "cogvideox"])
+def test_full_windows_give_the_dense_output(kind, seed):
+    pipe = tiny_pipeline(kind)
+    text_len = 0
+    dense = _call(pipe, kind, seed=seed)
+    with sta_search.accelerate(pipe, _config(pipe, FULL, text_len=text_len), backend="reference") as acc:
+        full = _call(pipe, kind, seed=seed)
+    assert acc.attention.calls["sparse"] == 0 and acc.attention.calls["dense"] > 0
+    assert (full - dense).abs().max().item() <= 1e-5
+
+    # a really sparse window changes the video, and flex and the reference agree on it
+    with sta_search.accelerate(pipe, _config(pipe, SPARSE), backend="reference") as acc:
+        sparse_ref = _call(pipe, kind, seed=seed)
+    assert acc.attention.calls["sparse"] > 0
+    assert (sparse_ref - dense).abs().max().item() > 1e-4
+    with sta_search.accelerate(pipe, _config(pipe, SPARSE), backend="flex"):
+        sparse_flex = _call(pipe, kind, seed=seed)
+    assert (sparse_flex - sparse_ref).abs().max().item() <= 1e-4
+
+
+def test_dense_steps_and_full_layers_run_dense(wan_pipe):
+    config = _config(wan_pipe, SPARSE, steps=4, dense_steps=(0, 2))
+    attention = MaskAttention(config)
+    plan0, plan1 = attention.plan(0), attention.plan(1)
+    assert plan0 == [None] * config.num_layers
+    assert all(t is not None and t.shape == (config.num_heads, 3) for t in plan1)
+    windows = config.windows.copy()
+    windows[1, 0] = (7, 9, 9)  # larger than the grid on every axis: full, clipped
+    windows[1, 1, 0] = (9, 1, 1)
+    attention = MaskAttention(config.replace(windows=windows))
+    layer0, layer1 = attention.plan(1)
+    assert layer0 is None
+    assert layer1.tolist() == [[3, 1, 1], [1, 1, 1]]
+    density = attention.density()
+    assert density["per_step"][0] == 1.0 and density["per_step"][2] == 1.0
+    assert 0 < density["per_step"][3] < 1
+
+
+def test_bare_transformer_and_timer(wan_pipe):
+    transformer = wan_pipe.transformer
+    before = _processors(transformer)
+    timer = AttentionTimer()
+    with sta_search.accelerate(transformer, _config(wan_pipe, SPARSE), backend="reference", timer=timer) as acc:
+        _call(wan_pipe, "wan")
+    assert _processors(transformer) == before
+    per_step = timer.seconds_per_step()
+    assert sorted(per_step) == [0, 1] and all(v > 0 for v in per_step.values())
+    assert timer.calls == acc.attention.calls["sparse"] + acc.attention.calls["dense"]
+
+
+def test_mismatched_configs_are_refused_before_running(wan_pipe, tmp_path):
+    before = _processors(wan_pipe.transformer)
+    good = _config(wan_pipe, SPARSE)
+    other_model = MaskConfig.uniform({**good.model, "num_layers": 5}, CANVAS, TILE, 0, 2, SPARSE)
+    with pytest.raises(UserError, match="num_layers"):
+        with sta_search.accelerate(wan_pipe, other_model):
+            pass
+    with pytest.raises(UserError, match="canvas"):
+        with sta_search.accelerate(wan_pipe, good, height=64, width=64, frames=9):
+            pass
+    with pytest.raises(UserError, match="steps"):
+        with sta_search.accelerate(wan_pipe, good, steps=3, **SIZE):
+            pass
+    # canvas checked at the first attention call when the sizes are not given up front
+    with pytest.raises(UserError, match="canvas"):
+        with sta_search.accelerate(wan_pipe, good, backend="reference"):
+            with torch.no_grad():
+                wan_pipe(**tiny_call_kwargs("wan", height=64, width=64, num_inference_steps=2))
+    assert _processors(wan_pipe.transformer) == before
+    # a path works as well as a MaskConfig; a missing file is a UserError
+    good.save(tmp_path / "mask.yaml")
+    with sta_search.accelerate(wan_pipe, str(tmp_path / "mask.yaml"), **SIZE, steps=2) as acc:
+        assert acc.config == good
+    with pytest.raises(UserError, match="does not exist|not found"):
+        with sta_search.accelerate(wan_pipe, tmp_path / "missing.yaml"):
+            pass
+
+
+def test_triton_backend_through_mask_attention(seed):
+    """The Triton kernel (interpreted on CPU) behind MaskAttention matches the reference, text included."""
+    pytest.importorskip("sta_search.kernels.sta.triton_fwd")
+    from sta_search.models import AttentionCall
+
+    canvas, tile, text_len, heads, dim = (2, 8, 8), (1, 4, 4), 16, 2, 32
+    config = MaskConfig.uniform({"family": "hunyuan_video", "transformer_class": "X", "num_layers": 1,
+                                 "num_heads": heads}, canvas, tile, text_len, 1, (1, 1, 1))
+    windows = config.windows.copy()
+    windows[0, 0, 1] = (2, 1, 2)
+    config = config.replace(windows=windows)
+    S = int(np.prod(canvas)) + text_len
+    q, k, v = (torch.randn(1, heads, S, dim) for _ in range(3))
+    text_mask = torch.ones(1, text_len, dtype=torch.bool)
+    text_mask[0, -5:] = False
+    call = AttentionCall(step=0, layer=0, q=q, k=k, v=v, canvas=canvas, text_len=text_len, text_first=False,
+                         text_mask=text_mask, forward_index=0)
+    out_triton = MaskAttention(config, backend="triton")(call)
+    out_ref = MaskAttention(config, backend="reference")(call)
+    assert (out_triton - out_ref).abs().max().item() <= 2e-5

@@ -1,0 +1,149 @@
+"""`sta-search generate` end to end on tiny offline pipelines saved to disk (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from sta_search.errors import UserError
+from sta_search.generate import GenerateSettings, generate, read_prompts
+from sta_search.maskconfig import MaskConfig
+from sta_search.video import read_mp4
+
+from tiny_pipes import save_tiny
+
+# 128 x 128 pixels, 9 frames -> canvas (3, 8, 8); tile (1, 4, 4) -> grid (3, 2, 2)
+SIZE = ["--height", "128", "--width", "128", "--frames", "9"]
+CANVAS, TILE, STEPS, FRAMES = (3, 8, 8), (1, 4, 4), 2, 9
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {kind: save_tiny(kind, root / kind) for kind in ("wan", "hunyuan_video", "cogvideox")}
+
+
+def _mask(folder, path, window, steps=STEPS, canvas=CANVAS, tile=TILE, dense_steps=()):
+    from sta_search.models import load_model
+
+    loaded = load_model(str(folder), device="cpu", dtype=torch.float32)
+    info = loaded.adapter.info(loaded.transformer)
+    MaskConfig.uniform(info, canvas, tile, 0, steps, window, dense_steps=dense_steps).save(path)
+    return path
+
+
+def _cli(*args, cwd=None):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "sta_search", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("kind", ["wan", "hunyuan_video", "cogvideox"])
+def test_cli_end_to_end(kind, folders, tmp_path):
+    mask = _mask(folders[kind], tmp_path / "mask.yaml", (1, 1, 1), dense_steps=(0,))
+    out = tmp_path / "out"
+    result = _cli("generate", folders[kind], "--mask", mask, "--prompt", "a red cat running on the beach",
+                  *SIZE, "--steps", STEPS, "--backend", "reference", "--out", out, "--seed", 3)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    (video,) = report["videos"]
+    frames = read_mp4(out / video["video"])
+    assert frames.shape == (FRAMES, 128, 128, 3)
+    sta = video["sta"]
+    assert len(sta["step_seconds"]) == STEPS and all(s > 0 for s in sta["step_seconds"])
+    assert 0 < sta["attention_share"] < 1
+    assert sta["attention_calls"]["dense"] > 0 and sta["attention_calls"]["sparse"] > 0  # step 0 dense, step 1 sparse
+    assert report["model"]["family"] == kind and report["mask"]["canvas"] == list(CANVAS)
+    assert report["density_used"]["per_step"][0] == 1.0 and report["density_used"]["per_step"][1] < 1.0
+    assert report["mask"]["sha256"] and report["settings"]["seed"] == 3
+
+
+def test_compare_dense_with_full_windows_is_lossless(folders, tmp_path):
+    mask = _mask(folders["wan"], tmp_path / "full.yaml", (9, 9, 9))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# comment\na dog in the snow\n\na boat on the river\n")
+    out = tmp_path / "out"
+    report = generate(GenerateSettings(model=str(folders["wan"]), mask=str(mask), prompts=read_prompts(None, str(prompts)),
+                                       out=str(out), height=128, width=128, frames=9, compare_dense=True,
+                                       backend="reference"))
+    assert [v["prompt"] for v in report["videos"]] == ["a dog in the snow", "a boat on the river"]
+    for video in report["videos"]:
+        psnr = video["fidelity"]["psnr_db"]
+        assert psnr == "inf" or psnr >= 60
+        assert video["fidelity"]["ssim"] > 0.999
+        assert video["speedup"]["denoise"] > 0
+        side = read_mp4(out / video["side_by_side"])
+        assert side.shape[0] == FRAMES and side.shape[2] > 2 * 128
+        assert read_mp4(out / video["dense_video"]).shape == (FRAMES, 128, 128, 3)
+    assert report["density_used"]["overall"] == 1.0
+
+
+def test_compare_dense_with_sparse_windows_reports_a_finite_psnr(folders, tmp_path):
+    mask = _mask(folders["hunyuan_video"], tmp_path / "sparse.yaml", (1, 1, 1))
+    report = generate(GenerateSettings(model=str(folders["hunyuan_video"]), mask=str(mask), prompts=("a cat",),
+                                       out=str(tmp_path / "out"), height=128, width=128, frames=9,
+                                       compare_dense=True, backend="flex"))
+    fid = report["videos"][0]["fidelity"]
+    assert fid["psnr_db"] != "inf" and fid["max_abs_diff"] > 0
+
+
+def test_sizes_and_steps_default_to_the_config(folders, tmp_path):
+    mask = _mask(folders["cogvideox"], tmp_path / "mask.yaml", (1, 2, 2), steps=1)
+    report = generate(GenerateSettings(model=str(folders["cogvideox"]), mask=str(mask), prompts=("a cat",),
+                                       out=str(tmp_path / "out"), backend="reference"))
+    settings = report["settings"]
+    assert settings["canvas"] == list(CANVAS) and settings["steps"] == 1
+    assert (settings["height"], settings["width"]) == (128, 128)
+
+
+def _exit_code(*args):
+    """Run the console entry in-process; return (exit code, stderr text)."""
+    from sta_search import cli
+
+    old = sys.argv
+    sys.argv = ["sta-search", *map(str, args)]
+    try:
+        cli.run()
+    except SystemExit as exc:
+        return exc.code
+    finally:
+        sys.argv = old
+    return 0
+
+
+def test_user_errors_exit_2(folders, tmp_path, capsys):
+    wan, cog = folders["wan"], folders["cogvideox"]
+    good = _mask(wan, tmp_path / "wan.yaml", (1, 1, 1))
+    cases = {
+        "canvas": ["generate", wan, "--mask", good, "--prompt", "x", "--height", "64", "--width", "64", "--frames", "9"],
+        "steps": ["generate", wan, "--mask", good, "--prompt", "x", *SIZE, "--steps", "3"],
+        "transformer_class": ["generate", cog, "--mask", good, "--prompt", "x", *SIZE],
+        "does not exist|not found": ["generate", tmp_path / "no-such-model", "--mask", good, "--prompt", "x"],
+        "mask config": ["generate", wan, "--mask", tmp_path / "missing.yaml", "--prompt", "x"],
+        "--prompt": ["generate", wan, "--mask", good],
+        "--backend": ["generate", wan, "--mask", good, "--prompt", "x", "--backend", "cudnn"],
+    }
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cases["cannot be written"] = ["generate", wan, "--mask", good, "--prompt", "x", *SIZE, "--out", blocker / "out"]
+    for expected, args in cases.items():
+        code = _exit_code(*args)
+        err = capsys.readouterr().err
+        assert code == 2, (expected, err)
+        assert any(word in err for word in expected.split("|")), (expected, err)
+
+
+def test_read_prompts_errors(tmp_path):
+    with pytest.raises(UserError):
+        read_prompts(None, None)
+    with pytest.raises(UserError):
+        read_prompts("a", str(tmp_path / "p.txt"))
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    with pytest.raises(UserError, match="no prompts"):
+        read_prompts(None, str(tmp_path / "empty.txt"))
