@@ -1,0 +1,30 @@
+"""``sta-search merge``: combine profiles of the same setup exactly (sums added, prompts appended)."""
+
+from __future__ import annotations
+
+from typing import List
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("merge")
+    def merge_command(
+        profiles: List[str] = typer.Argument(..., help="Profile folders of the same model, canvas, tile, steps and windows."),
+        out: str = typer.Option(..., "--out", help="Folder for the merged profile."),
+        force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    ):
+        """Merge profiles exactly: sums and counts added, per-prompt statistics concatenated."""
+        from pathlib import Path
+
+        from ..artifacts import Profile, merge_profiles
+        from ..errors import UserError
+
+        if len(profiles) < 2:
+            raise UserError("merge needs two or more profiles")
+        target = Path(out)
+        if target.exists() and not force:
+            raise UserError(f"{out} exists; pass --force to replace it")
+        merged = merge_profiles([Profile.load(p) for p in profiles])
+        merged.save(target)
+        typer.echo(f"merged {len(profiles)} profiles ({merged.num_prompts} prompts) into {out}")
