@@ -1,0 +1,56 @@
+"""Model adapters and the self-attention hook (INTERFACES section 1).
+
+Supported families (diffusers 0.42): Wan 2.1/2.2 (`WanTransformer3DModel`, both experts),
+HunyuanVideo (`HunyuanVideoTransformer3DModel`), CogVideoX (`CogVideoXTransformer3DModel`).
+
+    from sta_search.models import load_model, hook_attention, dense_attention
+    loaded = load_model("path/to/pipeline", "cuda", torch.bfloat16)
+    with hook_attention(loaded, my_attention_fn) as state:   # my_attention_fn(AttentionCall) -> out
+        loaded.pipeline(**loaded.adapter.pipeline_kwargs(prompt, 480, 832, 81, 50, generator))
+
+Adding a family: write `sta_search/models/<family>.py` with a processor that copies the diffusers processor
+but hands q, k, v (after norms and RoPE) to ``runtime.attend(layer, q, k, v, text_len=..., text_mask=...)``,
+and a `ModelAdapter` subclass decorated with `@register_adapter` (family, transformer_classes, text_first,
+attention_modules, runtime_canvas, make_processor, _patch_size); import it below; add a tiny builder to
+tests/tiny_pipes.py and the family to tests/test_models.py.
+"""
+
+from .base import (
+    AttentionCall,
+    AttentionFn,
+    ModelAdapter,
+    ModelInfo,
+    adapter_for_class,
+    get_adapter,
+    register_adapter,
+    supported_transformer_classes,
+)
+from .hook import HookState, dense_attention, hook_attention, text_key_mask
+from . import cogvideox, hunyuan_video, wan  # noqa: F401  (register the adapters)
+from .cogvideox import CogVideoXAdapter
+from .hunyuan_video import HunyuanVideoAdapter
+from .wan import WanAdapter
+from .loading import LoadedModel, bundled_names, load_model, register_bundled, resolve_model_path
+
+__all__ = [
+    "AttentionCall",
+    "AttentionFn",
+    "CogVideoXAdapter",
+    "HookState",
+    "HunyuanVideoAdapter",
+    "LoadedModel",
+    "ModelAdapter",
+    "ModelInfo",
+    "WanAdapter",
+    "adapter_for_class",
+    "bundled_names",
+    "dense_attention",
+    "get_adapter",
+    "hook_attention",
+    "load_model",
+    "register_adapter",
+    "register_bundled",
+    "resolve_model_path",
+    "supported_transformer_classes",
+    "text_key_mask",
+]

@@ -1,0 +1,139 @@
+"""HunyuanVideo (`HunyuanVideoTransformer3DModel`): joint attention of the dual-stream blocks
+(``transformer_blocks[i].attn``, separate text projections) and single-stream blocks
+(``single_transformer_blocks[i].attn``, text concatenated), text tokens AFTER the video tokens, RoPE on the
+video tokens only, key-padding mask from the prompt attention mask. The token refiner's attention (text
+only) is not hooked. Layers: dual-stream blocks first, then single-stream blocks."""
+
+from __future__ import annotations
+
+import torch
+
+from diffusers.models.embeddings import apply_rotary_emb
+
+from .base import ModelAdapter, register_adapter
+
+
+class HunyuanVideoJointAttnProcessor:
+    """`diffusers.models.transformers.transformer_hunyuan_video.HunyuanVideoAttnProcessor2_0` with the
+    attention op handed to the hook runtime."""
+
+    def __init__(self, runtime, layer: int):
+        self.runtime = runtime
+        self.layer = layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        if attn.add_q_proj is None and encoder_hidden_states is not None:
+            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
+
+        # 1. QKV projections
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+
+        query = query.unflatten(2, (attn.heads, -1))
+        key = key.unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+
+        # 2. QK normalization
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        # 3. Rotational positional embeddings applied to latent stream
+        if image_rotary_emb is not None:
+            if attn.add_q_proj is None and encoder_hidden_states is not None:
+                text = encoder_hidden_states.shape[1]
+                query = torch.cat(
+                    [apply_rotary_emb(query[:, :-text], image_rotary_emb, sequence_dim=1), query[:, -text:]], dim=1
+                )
+                key = torch.cat(
+                    [apply_rotary_emb(key[:, :-text], image_rotary_emb, sequence_dim=1), key[:, -text:]], dim=1
+                )
+            else:
+                query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+                key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        # 4. Encoder condition QKV projection and normalization
+        if attn.add_q_proj is not None and encoder_hidden_states is not None:
+            encoder_query = attn.add_q_proj(encoder_hidden_states)
+            encoder_key = attn.add_k_proj(encoder_hidden_states)
+            encoder_value = attn.add_v_proj(encoder_hidden_states)
+
+            encoder_query = encoder_query.unflatten(2, (attn.heads, -1))
+            encoder_key = encoder_key.unflatten(2, (attn.heads, -1))
+            encoder_value = encoder_value.unflatten(2, (attn.heads, -1))
+
+            if attn.norm_added_q is not None:
+                encoder_query = attn.norm_added_q(encoder_query)
+            if attn.norm_added_k is not None:
+                encoder_key = attn.norm_added_k(encoder_key)
+
+            query = torch.cat([query, encoder_query], dim=1)
+            key = torch.cat([key, encoder_key], dim=1)
+            value = torch.cat([value, encoder_value], dim=1)
+
+        # 5. Attention (handed over; (B, S, H, D) -> (B, H, S, D) views as diffusers' native backend does)
+        text_len = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        out = self.runtime.attend(
+            self.layer,
+            query.transpose(1, 2),
+            key.transpose(1, 2),
+            value.transpose(1, 2),
+            text_len=text_len,
+            text_mask=_text_mask(attention_mask, query.shape[0], text_len),
+        )
+        hidden_states = out.transpose(1, 2).flatten(2, 3)
+        hidden_states = hidden_states.to(query.dtype)
+
+        # 6. Output projection
+        if encoder_hidden_states is not None:
+            hidden_states, encoder_hidden_states = (
+                hidden_states[:, : -encoder_hidden_states.shape[1]],
+                hidden_states[:, -encoder_hidden_states.shape[1] :],
+            )
+
+            if getattr(attn, "to_out", None) is not None:
+                hidden_states = attn.to_out[0](hidden_states)
+                hidden_states = attn.to_out[1](hidden_states)
+
+            if getattr(attn, "to_add_out", None) is not None:
+                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+
+        return hidden_states, encoder_hidden_states
+
+
+def _text_mask(attention_mask, batch: int, text_len: int):
+    """Text part of HunyuanVideo's ``(B, 1, 1, video + text)`` key mask as ``(B, text_len)`` bool."""
+    if attention_mask is None or text_len == 0:
+        return None
+    mask = attention_mask.reshape(attention_mask.shape[0], -1)[:, -text_len:]
+    if mask.dtype != torch.bool:  # an additive mask: 0 keeps a key, -inf drops it
+        mask = mask == 0
+    return mask.expand(batch, text_len)
+
+
+@register_adapter
+class HunyuanVideoAdapter(ModelAdapter):
+    """HunyuanVideo text-to-video. Latent input ``(B, C, F, H, W)``; text after video, key-padding mask."""
+
+    family = "hunyuan_video"
+    transformer_classes = ("HunyuanVideoTransformer3DModel",)
+    text_first = False
+
+    def attention_modules(self, transformer):
+        return [block.attn for block in transformer.transformer_blocks] + [
+            block.attn for block in transformer.single_transformer_blocks
+        ]
+
+    def runtime_canvas(self, transformer, hidden_states):
+        p_t, p_h, p_w = self._patch_size(transformer)
+        _, _, frames, height, width = hidden_states.shape
+        return (frames // p_t, height // p_h, width // p_w)
+
+    def make_processor(self, runtime, layer):
+        return HunyuanVideoJointAttnProcessor(runtime, layer)
+
+    def _patch_size(self, transformer):
+        config = transformer.config
+        return (int(config.patch_size_t), int(config.patch_size), int(config.patch_size))

@@ -1,0 +1,189 @@
+"""Load a model for sta-search: a local diffusers pipeline folder, a bare transformer folder, or a
+bundled model name. Nothing is downloaded (``local_files_only=True``)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import UserError
+from .base import ModelAdapter, ModelInfo, adapter_for_class, get_adapter, supported_transformer_classes
+
+_BUNDLED: dict[str, Callable[[], Path]] = {}
+
+# Pipeline classes that live outside diffusers: model_index.json `_class_name` -> "module:attribute".
+_LOCAL_PIPELINE_CLASSES = {"TinyVideoPipeline": "sta_search.tiny.pipeline:TinyVideoPipeline"}
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model: the pipeline (None for a bare transformer folder), its transformer(s) and adapter.
+
+    `adapter` is bound to the pipeline (its VAE factors and call defaults), so
+    ``adapter.canvas(transformer, height, width, frames)`` and ``adapter.pipeline_kwargs(...)`` fit it.
+    """
+
+    pipeline: object | None
+    transformer: torch.nn.Module
+    adapter: ModelAdapter
+    source: str
+    transformer_2: torch.nn.Module | None = None
+
+    @property
+    def info(self) -> ModelInfo:
+        """Model info over both experts (Wan 2.2: ``num_layers`` counts ``transformer_2``'s layers too)."""
+        return self.adapter.info(self.transformer, self.transformer_2)
+
+    def canvas(self, height: int, width: int, frames: int) -> tuple[int, int, int]:
+        return self.adapter.canvas(self.transformer, height, width, frames)
+
+
+def register_bundled(name: str, path_fn: Callable[[], Path]) -> None:
+    """Make `name` a model name that `load_model` resolves to the folder ``path_fn()`` (called lazily)."""
+    _BUNDLED[name] = path_fn
+
+
+def bundled_names() -> list[str]:
+    _import_bundled()
+    return sorted(_BUNDLED)
+
+
+def _import_bundled() -> None:
+    # The bundled tiny model registers itself on import.
+    try:
+        importlib.import_module("sta_search.tiny")
+    except ImportError:
+        pass
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a JSON object")
+    return data
+
+
+def resolve_model_path(model: str) -> tuple[Path, str]:
+    """(folder, source) for a folder path or a bundled name; UserError if neither exists."""
+    model = str(model)
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"model {model!r} is a file, not a diffusers folder")
+        return path, str(path)
+    _import_bundled()
+    if model in _BUNDLED:
+        folder = Path(_BUNDLED[model]())
+        if not folder.is_dir():
+            raise UserError(f"bundled model {model!r} is missing its folder {folder}")
+        return folder, model
+    names = ", ".join(sorted(_BUNDLED)) or "none"
+    raise UserError(f"model folder {model!r} does not exist (bundled model names: {names})")
+
+
+def _device(device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise UserError(f"invalid device {device!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {str(device)!r} requested but CUDA is not available")
+    return device
+
+
+def _pipeline_class(class_name: str):
+    if class_name in _LOCAL_PIPELINE_CLASSES:
+        module, attribute = _LOCAL_PIPELINE_CLASSES[class_name].split(":")
+        return getattr(importlib.import_module(module), attribute)
+    import diffusers
+
+    cls = getattr(diffusers, class_name, None)
+    if cls is None:
+        raise UserError(f"unknown pipeline class {class_name!r} in model_index.json (not in diffusers)")
+    return cls
+
+
+def load_model(model: str, device="cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load `model` onto `device` in `dtype`.
+
+    `model` is a local diffusers pipeline folder (``model_index.json`` with a ``transformer``), a bare
+    transformer folder (``config.json`` of a supported transformer class), or a bundled model name
+    registered with `register_bundled` (e.g. ``"tiny"``). The transformer class is checked before any
+    weights are read. UserError (one line naming the bad value) for a missing folder, a folder that is
+    not a diffusers folder, an unsupported transformer class (the message lists the supported ones),
+    weights that fail to load, or an unusable device.
+    """
+    folder, source = resolve_model_path(model)
+    torch_device = _device(device)
+    if (folder / "model_index.json").is_file():
+        return _load_pipeline(folder, source, torch_device, dtype)
+    if (folder / "config.json").is_file():
+        return _load_transformer(folder, source, torch_device, dtype)
+    raise UserError(f"{folder} is not a diffusers folder (no model_index.json or config.json)")
+
+
+def _load_pipeline(folder: Path, source: str, device: torch.device, dtype) -> LoadedModel:
+    index = _read_json(folder / "model_index.json")
+    class_name = index.get("_class_name")
+    if not isinstance(class_name, str):
+        raise UserError(f"{folder / 'model_index.json'} has no _class_name: not a diffusers pipeline folder")
+    if "transformer" not in index:
+        raise UserError(
+            f"pipeline {class_name} in {folder} has no transformer; supported transformer classes: "
+            f"{', '.join(supported_transformer_classes())}"
+        )
+    for name in ("transformer", "transformer_2"):
+        entry = index.get(name)
+        if isinstance(entry, list) and entry and entry[-1] is not None:
+            config = folder / name / "config.json"
+            transformer_class = _read_json(config).get("_class_name", entry[-1]) if config.is_file() else entry[-1]
+            adapter_for_class(str(transformer_class))  # UserError for unsupported classes, before loading weights
+    cls = _pipeline_class(class_name)
+    try:
+        pipeline = cls.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise UserError(f"cannot load pipeline {class_name} from {folder}: {_one_line(error)}") from None
+    pipeline = pipeline.to(device)
+    if hasattr(pipeline, "set_progress_bar_config"):
+        pipeline.set_progress_bar_config(disable=True)
+    transformer = getattr(pipeline, "transformer", None)
+    if transformer is None:
+        raise UserError(f"pipeline {class_name} in {folder} loaded without a transformer")
+    transformer_2 = getattr(pipeline, "transformer_2", None)
+    adapter = get_adapter(transformer).bind(pipeline)
+    for module in (transformer, transformer_2):
+        if module is not None:
+            module.eval().requires_grad_(False)
+    return LoadedModel(pipeline=pipeline, transformer=transformer, adapter=adapter, source=source,
+                       transformer_2=transformer_2)
+
+
+def _load_transformer(folder: Path, source: str, device: torch.device, dtype) -> LoadedModel:
+    config = _read_json(folder / "config.json")
+    class_name = config.get("_class_name")
+    if not isinstance(class_name, str):
+        raise UserError(f"{folder / 'config.json'} has no _class_name: not a diffusers model folder")
+    adapter = adapter_for_class(class_name)
+    import diffusers
+
+    cls = getattr(diffusers, class_name)
+    try:
+        transformer = cls.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise UserError(f"cannot load {class_name} from {folder}: {_one_line(error)}") from None
+    transformer = transformer.to(device).eval().requires_grad_(False)
+    return LoadedModel(pipeline=None, transformer=transformer, adapter=adapter.bind(transformer=transformer),
+                       source=source)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
