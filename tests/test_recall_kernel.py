@@ -71,6 +71,23 @@ def test_reference_is_the_softmax_mass(seed, canvas, tile, text_len, text_first,
     torch.testing.assert_close(got.sum(1), real, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("config", [(16, 16, 4, 1, True), (32, 16, 4, 1, False), (16, 32, 4, 1, True)])
+def test_triton_loop_variants_and_blocks(seed, config):
+    """Both loop structures the CUDA tuner picks from, and query/key blocks smaller than a tile."""
+    canvas, tile, text_len = (3, 5, 6), (2, 2, 8), 9  # tile volume 32, padded
+    g = Geometry(canvas, tile)
+    q, k, _ = _inputs(canvas, text_len, heads=2, batch=1)
+    mask = _text_mask(1, text_len)
+    ref = tile_mass_reference(q, k, canvas=canvas, tile=tile, text_len=text_len, text_mask=mask)
+    _, lse = attention_with_lse(q, k, k, text_len=text_len, text_mask=mask)
+    tiled = lambda x: torch.cat([to_tiles(g, x[:, :, : g.video_len]), x[:, :, g.video_len:]], dim=2)
+    from sta_search.kernels.recall import tile_mass_triton_tiled
+
+    got = tile_mass_triton_tiled(tiled(q), tiled(k), to_tiles(g, lse[:, :, : g.video_len], dim=-1), g, text_len,
+                                 mask, config=config)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_triton_bf16_and_chunked_reference(seed):
     canvas, tile = (2, 8, 8), (2, 4, 4)
     q, k, _ = _inputs(canvas, 0, heads=3, batch=1, dtype=torch.bfloat16)
@@ -102,4 +119,6 @@ def test_tiled_entry_checks_shapes():
 
     with pytest.raises(ValueError, match="padded video"):
         tile_mass_triton_tiled(q, q[:, :, :-1], torch.zeros(1, 1, g.padded_len), g)
+    with pytest.raises(ValueError, match="must divide the tile volume"):
+        tile_mass_triton_tiled(q, q, torch.zeros(1, 1, g.padded_len), g, config=(32, 16, 4, 1, False))
     assert to_tiles(g, q[:, :, : g.video_len]).shape == q.shape

@@ -55,7 +55,7 @@ def _tile_mass_kernel(
     H, num_key_blocks, text_len, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCKS_PER_TILE: tl.constexpr, VIDEO_PADDED: tl.constexpr, HAS_TEXT: tl.constexpr,
-    HAS_TEXT_MASK: tl.constexpr,
+    HAS_TEXT_MASK: tl.constexpr, NESTED_LOOPS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -72,19 +72,32 @@ def _tile_mass_kernel(
     k_base = K + b * stride_kb + h * stride_kh
     num_tiles = num_key_blocks // BLOCKS_PER_TILE
     out_row = OUT + (pid_bh * num_m + pid_m) * (num_tiles + 1)
-    acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for kb in range(0, num_key_blocks):
-        offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None])
-        s = tl.dot(q, k) * qk_scale - lse2[:, None]
-        p = tl.math.exp2(s)
-        if VIDEO_PADDED:
-            k_valid = tl.load(KEY_VALID + offs_n) != 0
-            p = tl.where(k_valid[None, :], p, 0.0)
-        acc += tl.sum(p, 1)
-        if kb % BLOCKS_PER_TILE == BLOCKS_PER_TILE - 1:
-            tl.store(out_row + kb // BLOCKS_PER_TILE, tl.sum(acc, 0))
+    if NESTED_LOOPS:
+        # one loop over key tiles, an inner loop over the key blocks of a tile
+        for kt in range(0, num_tiles):
             acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for j in range(0, BLOCKS_PER_TILE):
+                offs_n = (kt * BLOCKS_PER_TILE + j) * BLOCK_N + tl.arange(0, BLOCK_N)
+                k = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None])
+                p = tl.math.exp2(tl.dot(q, k) * qk_scale - lse2[:, None])
+                if VIDEO_PADDED:
+                    p = tl.where((tl.load(KEY_VALID + offs_n) != 0)[None, :], p, 0.0)
+                acc += tl.sum(p, 1)
+            tl.store(out_row + kt, tl.sum(acc, 0))
+        acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    else:
+        # one flat loop over all key blocks (better software pipelining), storing at each tile's end
+        acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for kb in range(0, num_key_blocks):
+            offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+            k = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None])
+            p = tl.math.exp2(tl.dot(q, k) * qk_scale - lse2[:, None])
+            if VIDEO_PADDED:
+                p = tl.where((tl.load(KEY_VALID + offs_n) != 0)[None, :], p, 0.0)
+            acc += tl.sum(p, 1)
+            if kb % BLOCKS_PER_TILE == BLOCKS_PER_TILE - 1:
+                tl.store(out_row + kb // BLOCKS_PER_TILE, tl.sum(acc, 0))
+                acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     if HAS_TEXT:
         text_base = num_key_blocks * BLOCK_N
         for start in range(0, text_len, BLOCK_N):
@@ -100,12 +113,13 @@ def _tile_mass_kernel(
     tl.store(out_row + num_tiles, tl.sum(acc, 0))
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) tried on CUDA, first call per shape
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, nested loops) tried on CUDA, first call per shape
 _CUDA_CONFIGS = (
-    (128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 128, 4, 3),
-    (128, 64, 4, 4), (64, 64, 4, 3),
+    (128, 128, 8, 3, False), (128, 64, 4, 3, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
+    (64, 128, 4, 3, False), (128, 64, 4, 4, False), (64, 64, 4, 3, False),
+    (128, 128, 8, 3, True), (128, 64, 4, 3, True),
 )
-_INTERPRET_CONFIG = (16, 16, 4, 1)
+_INTERPRET_CONFIG = (16, 16, 4, 1, False)
 _TUNED: dict = {}
 
 
@@ -114,7 +128,9 @@ def _divides(block: int, tile_volume: int) -> bool:
 
 
 def _launch(config, q, k, lse, key_valid, text_valid, geometry: Geometry, text_len: int, scale: float):
-    block_m, block_n, num_warps, num_stages = config
+    block_m, block_n, num_warps, num_stages, nested = config
+    if geometry.tile_volume % block_m or geometry.tile_volume % block_n:
+        raise ValueError(f"BLOCK_M {block_m} and BLOCK_N {block_n} must divide the tile volume {geometry.tile_volume}")
     B, H, _, D = q.shape
     num_q_blocks = geometry.padded_len // block_m
     out = torch.empty(B * H * num_q_blocks * (geometry.num_tiles + 1), dtype=torch.float32, device=q.device)
@@ -128,7 +144,7 @@ def _launch(config, q, k, lse, key_valid, text_valid, geometry: Geometry, text_l
         tv.stride(0) if has_mask else 0,
         H, geometry.padded_len // block_n, text_len, scale * LOG2E,
         HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, BLOCKS_PER_TILE=geometry.tile_volume // block_n,
-        VIDEO_PADDED=not geometry.is_divisible, HAS_TEXT=text_len > 0, HAS_TEXT_MASK=has_mask,
+        VIDEO_PADDED=not geometry.is_divisible, HAS_TEXT=text_len > 0, HAS_TEXT_MASK=has_mask, NESTED_LOOPS=nested,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out.view(B, H, geometry.num_tiles, geometry.tile_volume // block_m, geometry.num_tiles + 1).sum(3)
@@ -150,7 +166,7 @@ def tile_mass_triton_tiled(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, 
         lse: ``(B, heads, >= padded_len)`` float32 natural-log log-sum-exp of each video query over all its
             valid keys (values at padded positions are ignored).
         text_mask: ``(B, text_len)`` bool, True = real text key.
-        config: ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``; default: tuned once per shape on CUDA.
+        config: ``(BLOCK_M, BLOCK_N, num_warps, num_stages, nested_loops)``; default: tuned once per shape on CUDA.
 
     Returns:
         ``(B, heads, num_tiles, num_tiles + 1)`` float32 (last column: text keys), as
@@ -197,7 +213,7 @@ def _tune(args):
 
     geometry, head_dim = args[5], args[0].shape[-1]
     best, best_ms = None, float("inf")
-    for config in candidate_configs(geometry, head_dim) or [(16, 16, 4, 2)]:
+    for config in candidate_configs(geometry, head_dim) or [(16, 16, 4, 2, False)]:
         try:
             ms = do_bench(lambda: _launch(config, *args), warmup=3, rep=15)
         except Exception:  # out of shared memory / registers for this config

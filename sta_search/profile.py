@@ -1,0 +1,429 @@
+"""The profile stage: run a diffusers video pipeline with dense attention over a prompt set and record,
+for every profiled (step, layer, head), the recall of every STA window, the attention mass by tile offset
+and the output error of a window shortlist (INTERFACES section 2).
+
+The denoising trajectory stays dense: the hook returns the dense attention output. Statistics are summed
+(not averaged) so that profiles merge exactly; the artifact is rewritten atomically after every prompt,
+and ``resume=True`` continues a folder left by a crash or Ctrl-C, losing at most the prompt in flight.
+Prompt ``i`` of the prompt list is generated with seed ``seed + i``, so a resumed run is bit-identical
+to an uninterrupted one (on the same machine and software).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .artifacts import HEADER_FILE, STATS_FILE, Profile
+from .errors import UserError
+from .kernels.geometry import DEFAULT_TILE, Geometry
+from .stats import AttentionProfiler, CallStats, clip_windows, default_error_windows
+
+Triple = tuple[int, int, int]
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+BUNDLED_PROMPT_SETS = ("default", "quick")
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+
+#: Test-only: ``"P:S"`` makes the process SIGKILL itself at the first attention call of step S of prompt P
+#: (prompt index in the prompt list), to test crash recovery deterministically.
+KILL_ENV = "STA_SEARCH_TEST_KILL_AT"
+
+# Header fields that must match for --resume (besides the model identity).
+_RESUME_KEYS = ("canvas", "tile", "height", "width", "frames", "steps", "seed", "dtype", "profile_steps",
+                "error_windows")
+_RESUME_MODEL_KEYS = ("family", "transformer_class", "source", "num_layers", "num_heads", "head_dim", "patch_size")
+
+
+# ----------------------------------------------------------------------------------- prompts
+def read_prompts(path) -> list[str]:
+    """One prompt a line; ``#`` comment lines and blank lines are skipped.
+
+    ``path`` is a text file, or the name of a bundled set (``default``: 16 prompts, ``quick``: 4).
+    UserError for a missing or empty file.
+    """
+    p = Path(path)
+    if not p.exists() and str(path) in BUNDLED_PROMPT_SETS:
+        p = PROMPTS_DIR / f"{path}.txt"
+    if not p.is_file():
+        raise UserError(f"prompts file not found: {path}")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read prompts file {path}: {exc}") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise UserError(f"prompts file {path} holds no prompts (one a line; '#' lines and blank lines are skipped)")
+    return prompts
+
+
+def parse_profile_steps(value: str | int, steps: int) -> list[int]:
+    """``"all"`` -> every step; ``k`` -> every k-th step starting at 0."""
+    text = str(value).strip().lower()
+    if text == "all":
+        every = 1
+    else:
+        try:
+            every = int(text)
+        except ValueError:
+            raise UserError(f"--profile-steps must be 'all' or a positive integer k (every k-th step), got {value!r}") from None
+        if every < 1:
+            raise UserError(f"--profile-steps must be 'all' or a positive integer k, got {value!r}")
+    return list(range(0, steps, every))
+
+
+def parse_dtype(name: str | None, device: str) -> tuple[str, torch.dtype]:
+    if name is None:
+        name = "bfloat16" if device.startswith("cuda") else "float32"
+    key = name.lower().replace("torch.", "")
+    if key not in DTYPES:
+        raise UserError(f"--dtype {name!r} is not one of float32, bfloat16, float16")
+    dtype = DTYPES[key]
+    return str(dtype).replace("torch.", ""), dtype
+
+
+def parse_tile(text) -> Triple:
+    if isinstance(text, (tuple, list)):
+        parts = list(text)
+    else:
+        parts = str(text).replace("x", ",").split(",")
+    try:
+        tile = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UserError(f"--tile {text!r} must be three integers t,h,w") from None
+    if len(tile) != 3 or min(tile) < 1 or math.prod(tile) % 16:
+        raise UserError(f"--tile {text!r} must be three positive integers t,h,w whose product is a multiple of 16")
+    return tile  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class ProfileSettings:
+    """What to profile. ``None`` sizes come from the pipeline's defaults; ``windows=None`` is the default
+    shortlist; ``device=None`` is CUDA when available; ``dtype=None`` is bfloat16 on CUDA, float32 on CPU."""
+
+    model: str
+    prompts: tuple[str, ...]
+    steps: int = 50
+    height: int | None = None
+    width: int | None = None
+    frames: int | None = None
+    seed: int = 0
+    profile_steps: str | int = "all"
+    tile: Triple = DEFAULT_TILE
+    windows: tuple[Triple, ...] | None = None
+    device: str | None = None
+    dtype: str | None = None
+    backend: str = "auto"
+
+    def __post_init__(self):
+        if not self.prompts:
+            raise UserError("no prompts to profile")
+        if self.steps < 1:
+            raise UserError(f"--steps must be >= 1, got {self.steps}")
+        for name in ("height", "width", "frames"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name} must be >= 1, got {value}")
+
+
+class ProgressSink:
+    """Progress callbacks of :func:`run_profile`; the default does nothing."""
+
+    def start(self, total_prompts: int, done_prompts: int, steps: int) -> None: ...
+    def prompt_started(self, index: int, prompt: str) -> None: ...
+    def step_done(self, step: int) -> None: ...
+    def prompt_done(self, index: int, profile: Profile) -> None: ...
+
+
+# ----------------------------------------------------------------------------------- accumulation
+@dataclass
+class _PromptSums:
+    """Sums of one prompt over its forwards (CFG) and batch items, on the CPU."""
+
+    profile_steps: list[int]
+    num_layers: int
+    num_heads: int
+    grid: Triple
+    num_windows: int
+    recall: torch.Tensor = field(init=False)
+    offsets: torch.Tensor = field(init=False)
+    error: torch.Tensor = field(init=False)
+    shortlist_recall: torch.Tensor = field(init=False)
+    samples: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        P, L, H, K = len(self.profile_steps), self.num_layers, self.num_heads, self.num_windows
+        nt, nh, nw = self.grid
+        self.recall = torch.zeros(P, L, H, nt, nh, nw)
+        self.offsets = torch.zeros(P, L, H, 2 * nt - 1, 2 * nh - 1, 2 * nw - 1)
+        self.error = torch.zeros(P, L, H, K, dtype=torch.float64)
+        self.shortlist_recall = torch.zeros(P, L, H, K, dtype=torch.float64)
+        self.samples = torch.zeros(P, L, dtype=torch.long)
+
+    def add(self, slot: int, layer: int, stats: CallStats) -> None:
+        if not 0 <= layer < self.num_layers:
+            raise RuntimeError(f"attention hook reported layer {layer}, the model has {self.num_layers}")
+        self.recall[slot, layer] += stats.recall.float().cpu()
+        self.offsets[slot, layer] += stats.offset_mass.float().cpu()
+        self.error[slot, layer] += stats.error.cpu()
+        self.shortlist_recall[slot, layer] += stats.shortlist_recall.cpu()
+        self.samples[slot, layer] += stats.samples
+
+    def finish(self) -> dict:
+        samples = self.samples
+        if bool((samples == 0).any()):
+            slot, layer = (int(i) for i in torch.nonzero(samples == 0)[0])
+            raise RuntimeError(f"profiled step {self.profile_steps[slot]}, layer {layer} saw no attention call; "
+                               "the attention hook did not see every layer at every step")
+        if bool((samples != samples[:, :1]).any()):
+            raise RuntimeError(f"layers saw different numbers of attention calls per step: {samples.tolist()}")
+        per = samples[:, 0].to(torch.float64)
+        shape = (-1, 1, 1, 1)
+        return dict(recall_sum=self.recall, offset_mass_sum=self.offsets,
+                    error=(self.error / per.view(shape)).float(),
+                    recall=(self.shortlist_recall / per.view(shape)).float(), count=per)
+
+
+# ----------------------------------------------------------------------------------- the stage
+def _default_sizes(pipeline, transformer) -> dict[str, int | None]:
+    """Height, width and frames the pipeline uses when not told (its ``__call__`` defaults)."""
+    params = inspect.signature(type(pipeline).__call__).parameters
+    sizes = {}
+    for ours, theirs in (("height", "height"), ("width", "width"), ("frames", "num_frames")):
+        default = params[theirs].default if theirs in params else None
+        sizes[ours] = default if isinstance(default, int) else None
+    config = getattr(transformer, "config", None)
+    spatial = getattr(pipeline, "vae_scale_factor_spatial", None)
+    if config is not None and spatial:
+        if sizes["height"] is None and getattr(config, "sample_height", None):
+            sizes["height"] = int(config.sample_height) * int(spatial)
+        if sizes["width"] is None and getattr(config, "sample_width", None):
+            sizes["width"] = int(config.sample_width) * int(spatial)
+    return sizes
+
+
+def _kill_point() -> tuple[int, int] | None:
+    value = os.environ.get(KILL_ENV)
+    if not value:
+        return None
+    prompt, step = value.split(":")
+    return int(prompt), int(step)
+
+
+def _check_finite(call) -> None:
+    for name in ("q", "k", "v"):
+        x = getattr(call, name)
+        if not bool(torch.isfinite(x).all()):
+            raise UserError(f"non-finite values in the attention input {name} of layer {call.layer} at step "
+                            f"{call.step} (forward {call.forward_index}); the model produced NaN/Inf before "
+                            "attention (try --dtype float32 or check the weights)")
+
+
+def _compare_for_resume(old: dict, new: dict) -> list[str]:
+    diffs = []
+    for key in _RESUME_MODEL_KEYS:
+        a, b = old.get("model", {}).get(key), new["model"].get(key)
+        if a != b:
+            diffs.append(f"model.{key}: {a!r} in the profile vs {b!r} now")
+    for key in _RESUME_KEYS:
+        a, b = old.get(key), new.get(key)
+        if a != b:
+            diffs.append(f"{key}: {a!r} in the profile vs {b!r} now")
+    return diffs
+
+
+def run_profile(settings: ProfileSettings, out, *, resume: bool = False, progress: ProgressSink | None = None,
+                loaded=None) -> Profile:
+    """Profile ``settings.model`` over ``settings.prompts`` into the folder ``out``; returns the profile.
+
+    ``loaded``: an already loaded :class:`sta_search.models.LoadedModel` (tests), else ``load_model``.
+    Raises UserError for bad input (see the command's help) and for a folder that holds a profile of a
+    different setup when resuming.
+    """
+    from .models import dense_attention, hook_attention, load_model
+
+    progress = progress or ProgressSink()
+    out = Path(out)
+    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_name, dtype = parse_dtype(settings.dtype, device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    existing = None
+    if (out / STATS_FILE).exists() or (out / HEADER_FILE).exists():
+        if not resume:
+            raise UserError(f"{out} already holds a profile; pass --resume to continue it or choose another --out")
+        existing = Profile.load(out)
+    elif out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+
+    if loaded is None:
+        loaded = load_model(settings.model, device, dtype)
+    if loaded.pipeline is None:
+        raise UserError(f"profiling runs the whole pipeline, but {settings.model} holds only a transformer; "
+                        "pass a diffusers pipeline folder (with model_index.json)")
+    pipeline, transformer, adapter = loaded.pipeline, loaded.transformer, loaded.adapter
+    defaults = _default_sizes(pipeline, transformer)
+    sizes = {name: getattr(settings, name) or defaults[name] for name in ("height", "width", "frames")}
+    missing = [name for name, value in sizes.items() if value is None]
+    if missing:
+        raise UserError(f"cannot tell the default {', '.join(missing)} of this pipeline; pass "
+                        + " ".join(f"--{m}" for m in missing))
+    canvas = tuple(int(c) for c in adapter.canvas(transformer, sizes["height"], sizes["width"], sizes["frames"]))
+    try:
+        geometry = Geometry(canvas, settings.tile)
+    except ValueError as exc:
+        raise UserError(f"--tile {settings.tile}: {exc}") from None
+    info = adapter.info(transformer)
+    windows = clip_windows(geometry, settings.windows) if settings.windows else default_error_windows(geometry)
+    profile_steps = parse_profile_steps(settings.profile_steps, settings.steps)
+    header = {
+        "model": {"family": info.family, "transformer_class": info.transformer_class, "source": str(loaded.source),
+                  "num_layers": int(info.num_layers), "num_heads": int(info.num_heads),
+                  "head_dim": int(info.head_dim), "patch_size": [int(p) for p in info.patch_size]},
+        "canvas": list(canvas), "tile": list(geometry.tile), "text_len": None, "text_first": None,
+        "height": int(sizes["height"]), "width": int(sizes["width"]), "frames": int(sizes["frames"]),
+        "steps": int(settings.steps), "seed": int(settings.seed), "dtype": dtype_name,
+        "profile_steps": profile_steps, "error_windows": [list(w) for w in windows], "prompts": [],
+        "forwards_per_step": None,
+    }
+    if loaded.transformer_2 is not None:
+        header["model"]["experts"] = 2
+    prompts = list(settings.prompts)
+    profile = existing
+    if existing is not None:
+        diffs = _compare_for_resume(existing.header, header)
+        if diffs:
+            raise UserError(f"cannot resume {out}: its settings differ: " + "; ".join(diffs))
+        done = list(existing.prompts)
+        if prompts[: len(done)] != done:
+            raise UserError(f"cannot resume {out}: its {len(done)} finished prompts are not the first "
+                            f"{len(done)} prompts of the prompts file")
+        for key in ("text_len", "text_first", "forwards_per_step"):
+            header[key] = existing.header.get(key)
+
+    profiler = AttentionProfiler(geometry, windows, backend=settings.backend)
+    slots = {step: i for i, step in enumerate(profile_steps)}
+    kill_at = _kill_point()
+    start = profile.num_prompts if profile is not None else 0
+    progress.start(len(prompts), start, settings.steps)
+    if hasattr(pipeline, "set_progress_bar_config"):
+        pipeline.set_progress_bar_config(disable=True)
+    call_params = inspect.signature(type(pipeline).__call__).parameters
+
+    for index in range(start, len(prompts)):
+        prompt = prompts[index]
+        progress.prompt_started(index, prompt)
+        sums = _PromptSums(profile_steps, int(info.num_layers), int(info.num_heads), geometry.grid, len(windows))
+        seen = {"text": None, "forwards": {}}
+
+        def attention_fn(call, index=index, sums=sums, seen=seen):
+            if kill_at is not None and kill_at == (index, call.step):
+                os.kill(os.getpid(), signal.SIGKILL)
+            _check_finite(call)
+            if tuple(call.canvas) != canvas:
+                raise UserError(f"the model attended over a {tuple(call.canvas)} canvas, expected {canvas} "
+                                f"from --height/--width/--frames")
+            text = (int(call.text_len), bool(call.text_first))
+            if seen["text"] is None:
+                seen["text"] = text
+            elif seen["text"] != text:
+                raise RuntimeError(f"text tokens changed between attention calls: {seen['text']} vs {text}")
+            slot = slots.get(call.step)
+            if slot is None:
+                return dense_attention(call)
+            if call.layer == 0:
+                seen["forwards"][call.step] = seen["forwards"].get(call.step, 0) + 1
+            on_cpu = call.q.device.type != "cuda"
+            out, stats = profiler(call.q, call.k, call.v, text_len=call.text_len, text_first=call.text_first,
+                                  text_mask=call.text_mask, dense_out=dense_attention(call) if on_cpu else None)
+            sums.add(slot, call.layer, stats)
+            return out.to(call.q.dtype)
+
+        generator = torch.Generator(device="cpu").manual_seed(int(settings.seed) + index)
+        kwargs = dict(adapter.pipeline_kwargs(prompt, sizes["height"], sizes["width"], sizes["frames"],
+                                              settings.steps, generator))
+        if "output_type" in call_params:
+            kwargs["output_type"] = "latent"  # statistics only: skip the VAE decode
+        if "callback_on_step_end" in call_params:
+            def on_step_end(pipe, step, timestep, callback_kwargs):
+                progress.step_done(int(step))
+                return callback_kwargs
+
+            kwargs["callback_on_step_end"] = on_step_end
+        with _hooked(hook_attention, loaded, attention_fn):
+            with torch.inference_mode():
+                pipeline(**kwargs)
+        result = sums.finish()
+        text_len, text_first = seen["text"]
+        forwards = max(seen["forwards"].values()) if seen["forwards"] else None
+        if profile is None:
+            header.update(text_len=text_len, text_first=text_first, forwards_per_step=forwards)
+            profile = Profile.empty(header)
+        elif (profile.header.get("text_len"), profile.header.get("text_first")) != (text_len, text_first):
+            raise UserError(f"text tokens {text_len} (first={text_first}) differ from the profile's "
+                            f"{profile.header.get('text_len')} (first={profile.header.get('text_first')})")
+        profile = profile.add_prompt(prompt, **result)
+        profile.save(out)
+        progress.prompt_done(index, profile)
+    if profile is None:  # nothing left to do and nothing done: cannot happen (prompts non-empty)
+        raise UserError("no prompts were profiled")
+    return profile
+
+
+class _hooked:
+    """Hook ``transformer`` and, for two-expert models (Wan 2.2), ``transformer_2`` with the same function."""
+
+    def __init__(self, hook_attention, loaded, fn):
+        self._contexts = [hook_attention(loaded.transformer, fn, loaded.adapter)]
+        if getattr(loaded, "transformer_2", None) is not None:
+            self._contexts.append(hook_attention(loaded.transformer_2, fn, loaded.adapter))
+
+    def __enter__(self):
+        entered = []
+        try:
+            for ctx in self._contexts:
+                ctx.__enter__()
+                entered.append(ctx)
+        except BaseException:
+            for ctx in reversed(entered):
+                ctx.__exit__(None, None, None)
+            raise
+        self._entered = entered
+        return self
+
+    def __exit__(self, *exc):
+        suppress = False
+        for ctx in reversed(self._entered):
+            suppress = bool(ctx.__exit__(*exc)) or suppress
+        return suppress
+
+
+# ----------------------------------------------------------------------------------- summary
+def summary_windows(profile: Profile, targets: Sequence[float] = (0.05, 0.15, 0.3, 0.5)) -> list[Triple]:
+    """A few shortlist windows near the given tile densities (for the summary table)."""
+    g = profile.geometry
+    chosen: list[Triple] = []
+    for target in targets:
+        w = min(profile.error_windows, key=lambda w: abs(g.tile_density(w) - target))
+        if w not in chosen:
+            chosen.append(w)
+    return chosen
+
+
+def summary_rows(profile: Profile, windows: Sequence[Triple]) -> list[tuple[int, list[float]]]:
+    """Per layer, the mean recall (over profiled steps, heads and samples) of each window."""
+    recall = profile.mean_recall()  # (P, L, H, nt, nh, nw)
+    rows = []
+    for layer in range(profile.num_layers):
+        values = [float(recall[:, layer, :, w[0] - 1, w[1] - 1, w[2] - 1].mean()) for w in windows]
+        rows.append((layer, values))
+    return rows
