@@ -1,0 +1,63 @@
+"""``sta-search convert``: FastVideo mask strategy JSON <-> our mask config YAML."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("convert")
+    def convert_command(
+        file: str = typer.Argument(..., help="FastVideo JSON (with --to yaml) or mask config YAML (with --to fastvideo)."),
+        to: str = typer.Option(..., "--to", help="yaml: import FastVideo JSON; fastvideo: export a mask config."),
+        out: Optional[str] = typer.Option(None, "--out", help="Output file [default: FILE with .yaml or .json]."),
+        canvas: Optional[str] = typer.Option(None, "--canvas", help="Token canvas T,H,W (import; required)."),
+        tile: str = typer.Option("6,8,8", "--tile", help="Tile size (import) [FastVideo: 6,8,8]."),
+        layers: Optional[int] = typer.Option(None, "--layers", help="Self-attention layers of the model (import) [default: from --model or the file]."),
+        heads: Optional[int] = typer.Option(None, "--heads", help="Attention heads (import) [default: from --model or the file]."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (import) [default: from the file]."),
+        model: Optional[str] = typer.Option(None, "--model", help="Diffusers folder to read family, class, layers and heads from (import)."),
+        family: Optional[str] = typer.Option(None, "--family", help="Model family (import): wan, hunyuan_video, cogvideox."),
+        transformer_class: Optional[str] = typer.Option(None, "--transformer-class", help="diffusers transformer class (import)."),
+        text_len: int = typer.Option(0, "--text-len", help="Joint text tokens (import; informative)."),
+        round_even_up: bool = typer.Option(False, "--round-even-up", help="Export: write even windows w < n as w + 1 (FastVideo's reading)."),
+    ):
+        """Convert FastVideo's mask strategy JSON to a mask config YAML and back."""
+        import json
+        from pathlib import Path
+
+        from ..artifacts import atomic_write_text
+        from ..convert import fastvideo_to_mask, load_fastvideo, mask_to_fastvideo, model_from_folder
+        from ..errors import UserError
+        from ..maskconfig import MaskConfig, parse_window
+
+        if to == "yaml":
+            if canvas is None:
+                raise UserError("--canvas T,H,W is required to import a FastVideo mask (the file does not record it)")
+            info = model_from_folder(model) if model else {}
+            for key, value in (("num_layers", layers), ("num_heads", heads), ("family", family),
+                               ("transformer_class", transformer_class)):
+                if value is not None:
+                    info[key] = value
+            report = fastvideo_to_mask(load_fastvideo(file), canvas=parse_window(canvas, "--canvas"), model=info,
+                                       steps=steps, tile=parse_window(tile, "--tile"), text_len=text_len)
+            target = out or str(Path(file).with_suffix(".yaml"))
+            report.config.save(target)
+            notes = []
+            if report.inferred:
+                notes.append("taken from the file: " + ", ".join(report.inferred))
+            if report.even_converted:
+                notes.append(f"{report.even_converted} even window entries widened to w + 1")
+            typer.echo(f"wrote {target}: {report.config.steps} steps ({len(report.config.dense_steps)} dense), "
+                       f"{report.config.num_layers} layers x {report.config.num_heads} heads"
+                       + (f" ({'; '.join(notes)})" if notes else ""))
+        elif to == "fastvideo":
+            config = MaskConfig.load(file)
+            mapping, widened = mask_to_fastvideo(config, round_even_up=round_even_up)
+            target = out or str(Path(file).with_suffix(".json"))
+            atomic_write_text(target, json.dumps(mapping, indent=4) + "\n")
+            typer.echo(f"wrote {target}: {len(mapping)} entries" + (f" ({widened} even windows widened to w + 1)" if widened else ""))
+        else:
+            raise UserError(f"--to {to!r} is not one of yaml, fastvideo")

@@ -1,0 +1,289 @@
+"""Window selection: the budget solver against brute force, FastVideo's argmin rule, the CLI and its errors."""
+
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sta_search.cli import app
+from sta_search.costmodel import CostModel, load_cost_model
+from sta_search.errors import UserError
+from sta_search.kernels.geometry import Geometry
+from sta_search.maskconfig import MaskConfig
+from sta_search.select import (
+    SelectOptions,
+    lagrangian_choice,
+    nearest_profiled,
+    select_windows,
+    solve_argmin,
+    solve_budget,
+)
+from synthetic_profile import synthetic_profile
+
+
+def brute_force(C, D, budget):
+    G, K = C.shape
+    D = np.broadcast_to(D, C.shape)
+    best = np.inf
+    for choice in itertools.product(range(K), repeat=G):
+        choice = np.array(choice)
+        if D[np.arange(G), choice].mean() <= budget + 1e-12:
+            best = min(best, C[np.arange(G), choice].sum())
+    return best
+
+
+def random_instance(rng):
+    G, K = int(rng.integers(1, 6)), int(rng.integers(1, 5))
+    C = rng.random((G, K))
+    if rng.random() < 0.3:  # exact ties in cost and density happen with shortlists: include them
+        C = np.round(C, 1)
+    D = rng.uniform(0.05, 1.0, size=K) if rng.random() < 0.5 else rng.uniform(0.05, 1.0, size=(G, K))
+    return C, D
+
+
+def test_solver_against_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    optimal = 0
+    trials = 200
+    for _ in range(trials):
+        C, D = random_instance(rng)
+        least = np.broadcast_to(D, C.shape).min(axis=1).mean()
+        budget = float(rng.uniform(least, 1.0))
+        solution = solve_budget(C, D, budget)
+        best = brute_force(C, D, budget)
+        chosen_density = np.broadcast_to(D, C.shape)[np.arange(C.shape[0]), solution.choice].mean()
+        assert chosen_density <= budget + 1e-12  # the budget is always respected
+        assert solution.density == pytest.approx(chosen_density)
+        assert solution.cost == pytest.approx(C[np.arange(C.shape[0]), solution.choice].sum())
+        assert solution.lower_bound <= best + 1e-9  # the reported bound is a true lower bound
+        assert solution.cost >= best - 1e-9
+        optimal += solution.cost <= best + 1e-9
+    assert optimal >= 0.9 * trials, f"optimal in only {optimal}/{trials} random instances"
+
+
+def test_solver_is_exact_on_the_convex_hull(seed):
+    """Budgets at the density of a Lagrangian solution: the solver must find the brute-force optimum."""
+    rng = np.random.default_rng(seed)
+    for _ in range(150):
+        C, D = random_instance(rng)
+        multiplier = float(rng.exponential(2.0))
+        Dg = np.broadcast_to(D, C.shape)
+        if D.ndim == 1:  # lagrangian_choice expects shared densities sorted ascending
+            order = np.argsort(D, kind="stable")
+            choice = order[lagrangian_choice(C[:, order], D[order], multiplier)]
+        else:
+            choice = lagrangian_choice(C, D, multiplier)
+        budget = float(Dg[np.arange(C.shape[0]), choice].mean())
+        solution = solve_budget(C, D, budget)
+        assert solution.cost == pytest.approx(brute_force(C, D, budget), abs=1e-9)
+
+
+def test_unconstrained_budget_gives_the_per_group_minimum(seed):
+    rng = np.random.default_rng(seed)
+    C = rng.random((50, 6))
+    solution = solve_budget(C, np.linspace(0.1, 1.0, 6), 1.0)
+    assert solution.cost == pytest.approx(C.min(axis=1).sum())
+    assert solution.gap_bound == pytest.approx(0.0, abs=1e-12)
+
+
+def test_solver_scales_and_respects_budget(seed):
+    rng = np.random.default_rng(seed)
+    C = rng.random((20000, 12))
+    D = np.sort(rng.uniform(0.02, 1.0, 12))
+    C = C + (1.0 - D)[None, :]  # denser windows tend to be more accurate
+    for fraction in (1e-9, 0.2, 0.45, 0.9):
+        budget = D.min() + fraction * (D.max() - D.min())
+        solution = solve_budget(C, D, budget)
+        assert solution.density <= budget + 1e-12
+        assert solution.gap_bound / C.shape[0] < 1e-3  # within 0.001 of optimal per group
+
+
+def test_budget_below_smallest_density_is_a_user_error():
+    with pytest.raises(UserError, match="below the smallest"):
+        solve_budget(np.ones((3, 2)), np.array([0.2, 0.5]), 0.1)
+
+
+def test_argmin_reproduces_fastvideo_rule(seed):
+    """FastVideo's select_best_mask_strategy, transcribed: per head, argmin of the averaged loss over the
+    sparse candidates (full attention last and excluded), first skip_time_steps full."""
+    profile = synthetic_profile(prompts=3, rng=seed, steps=6, profile_steps=list(range(6)))
+    skip = 2
+    windows = [list(w) for w in profile.error_windows]
+    full = windows[-1]
+    assert Geometry(profile.canvas, profile.tile).is_full(full)
+    losses = profile.mean_error().numpy()  # (P = steps, L, H, K)
+    averaged = {str(w): losses[..., k].tolist() for k, w in enumerate(windows)}
+    expected = {}
+    for t in range(profile.steps):
+        for l in range(profile.num_layers):
+            for h in range(profile.num_heads):
+                if t < skip:
+                    strategy = full
+                else:
+                    head_losses = [averaged[str(s)][t][l][h] for s in windows[:-1]]
+                    strategy = windows[int(np.argmin(head_losses))]
+                expected[f"{t}_{l}_{h}"] = strategy
+    selection = select_windows(profile, SelectOptions(strategy="argmin", full_steps=skip))
+    config = selection.config
+    assert config.dense_steps == (0, 1)
+    for t in range(skip, profile.steps):
+        for l in range(profile.num_layers):
+            for h in range(profile.num_heads):
+                assert config.windows[t, l, h].tolist() == expected[f"{t}_{l}_{h}"]
+
+
+def test_argmin_ties_take_the_first_candidate():
+    C = np.array([[0.5, 0.2, 0.2, 0.0], [0.1, 0.1, 0.3, 0.0]])
+    allowed = np.array([True, True, True, False])
+    assert solve_argmin(C, allowed).tolist() == [1, 0]
+
+
+def test_select_respects_budget_and_reports(seed):
+    profile = synthetic_profile(prompts=4, rng=seed)
+    for granularity in ("step", "layer"):
+        for objective in ("error", "recall"):
+            selection = select_windows(profile, SelectOptions(budget=0.35, granularity=granularity, objective=objective))
+            config, summary = selection.config, selection.summary
+            assert config.density() <= 0.35 + 1e-12
+            assert summary["density"] == pytest.approx(config.density(), rel=1e-5)
+            assert summary["predicted_speedup"] > 1
+            assert 0 <= summary["predicted_recall"] <= 1
+            if granularity == "layer":
+                sparse = config.windows[list(config.sparse_steps)]
+                assert (sparse == sparse[:1]).all()
+    summary = select_windows(profile, SelectOptions(budget=0.35)).summary
+    assert summary["heldout_error"] is not None and summary["folds"] == "leave-one-out (4)"
+    assert summary["predicted_error"] > 0
+
+
+def test_more_budget_never_hurts(seed):
+    profile = synthetic_profile(prompts=2, rng=seed)
+    errors = [select_windows(profile, SelectOptions(budget=b, folds=2)).summary["predicted_error"]
+              for b in (0.1, 0.3, 0.6, 1.0)]
+    assert all(a >= b - 1e-6 for a, b in zip(errors, errors[1:]))
+    assert errors[-1] == pytest.approx(0.0, abs=1e-6)  # the full window is in the shortlist
+
+
+def test_budget_solution_beats_argmin_at_the_same_density(seed):
+    profile = synthetic_profile(prompts=3, rng=seed)
+    argmin = select_windows(profile, SelectOptions(strategy="argmin"))
+    budget = select_windows(profile, SelectOptions(budget=argmin.config.density()))
+    assert budget.config.density() <= argmin.config.density() + 1e-12
+    assert budget.summary["predicted_error"] <= argmin.summary["predicted_error"] + 1e-6
+
+
+def test_heldout_needs_two_prompts():
+    summary = select_windows(synthetic_profile(prompts=1), SelectOptions(budget=0.5)).summary
+    assert summary["heldout_error"] is None
+
+
+def test_nearest_profiled_step():
+    assert nearest_profiled([0, 1, 2, 3, 5, 7], [0, 4]).tolist() == [0, 0, 0, 1, 1, 1]
+    assert nearest_profiled([2], [0, 4]).tolist() == [0]  # ties go to the earlier profiled step
+
+
+def test_default_full_steps_is_about_a_quarter():
+    profile = synthetic_profile(prompts=1, steps=50, profile_steps=[0, 25, 49])
+    config = select_windows(profile, SelectOptions(budget=0.5)).config
+    assert config.dense_steps == tuple(range(12))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (SelectOptions(budget=0.0), r"outside \(0, 1\]"),
+        (SelectOptions(budget=1.5), r"outside \(0, 1\]"),
+        (SelectOptions(budget=float("nan")), r"outside \(0, 1\]"),
+        (SelectOptions(budget=0.01), "below the smallest"),
+        (SelectOptions(sparsity=1.0), "sparsity"),
+        (SelectOptions(speedup=1000.0), "out of reach"),
+        (SelectOptions(speedup=0.5), ">= 1"),
+        (SelectOptions(budget=0.3, sparsity=0.7), "exactly one"),
+        (SelectOptions(), "exactly one"),
+        (SelectOptions(budget=0.5, full_steps=8), "full-steps"),
+        (SelectOptions(budget=0.5, objective="mse"), "objective"),
+        (SelectOptions(budget=0.5, granularity="block"), "granularity"),
+        (SelectOptions(budget=0.5, candidates="all"), "shortlist"),
+    ],
+)
+def test_select_user_errors(options, message):
+    with pytest.raises(UserError, match=message):
+        select_windows(synthetic_profile(prompts=2), options)
+
+
+def test_speedup_maps_through_the_cost_model():
+    profile = synthetic_profile(prompts=2)
+    model = CostModel(overhead=0.1, source="test")
+    selection = select_windows(profile, SelectOptions(speedup=1.5), cost_model=model)
+    assert selection.summary["predicted_speedup"] >= 1.5 - 1e-9
+    assert selection.summary["cost_model"] == "test"
+
+
+def test_cost_model_fits_bench_results(tmp_path):
+    records = [{"shape": "s", "density": d, "median_ms": 10 * (0.2 + 0.8 * d)} for d in (0.1, 0.3, 0.6)]
+    records.append({"shape": "s", "density": 1.0, "median_ms": 10.0})
+    (tmp_path / "kernel-test.json").write_text(json.dumps({"results": records}))
+    model = load_cost_model(tmp_path)
+    assert model.overhead == pytest.approx(0.2)
+    assert "fitted" in model.source
+    density = model.density_for_speedup(2.0, sparse_steps=38, dense_steps=12)
+    assert model.speedup(density, 38, 12) == pytest.approx(2.0)
+    assert load_cost_model(tmp_path / "none").source.startswith("default")
+
+
+# ------------------------------------------------------------------------ command line
+def test_select_cli_writes_a_valid_config(tmp_path):
+    a = synthetic_profile(prompts=2, rng=1)
+    b = synthetic_profile(prompts=2, rng=1)
+    b = b.select_prompts([0, 1])
+    b = type(b)(dict(b.header, prompts=["other 0", "other 1"]), b.tensors)
+    a.save(tmp_path / "a")
+    b.save(tmp_path / "b")
+    out = tmp_path / "mask.yaml"
+    result = CliRunner().invoke(app, ["select", str(tmp_path / "a"), str(tmp_path / "b"), "--budget", "0.3",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "predicted_speedup" in result.output and "heldout_error" in result.output
+    config = MaskConfig.load(out)
+    assert config.density() <= 0.3 + 1e-12
+    assert yaml.safe_load(out.read_text())["summary"]["prompts"] == 4
+    config.validate(a.model, a.canvas, a.steps)
+
+
+def test_merge_cli(tmp_path):
+    a = synthetic_profile(prompts=1, rng=1)
+    b = type(a)(dict(a.header, prompts=["second"]), a.tensors)
+    a.save(tmp_path / "a")
+    b.save(tmp_path / "b")
+    result = CliRunner().invoke(app, ["merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    from sta_search.artifacts import Profile
+
+    merged = Profile.load(tmp_path / "c")
+    assert merged.prompts == (a.prompts[0], "second")
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "sta_search", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_user_errors_exit_2(tmp_path):
+    synthetic_profile(prompts=1, rng=1).save(tmp_path / "a")
+    synthetic_profile(prompts=1, rng=2, canvas=(4, 8, 12)).save(tmp_path / "b")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "stats.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{trunc")
+    cases = [
+        (["select", str(tmp_path / "a"), "--budget", "1.5"], "outside"),
+        (["select", str(tmp_path / "a"), str(tmp_path / "b"), "--budget", "0.5"], "canvas"),
+        (["select", str(tmp_path / "broken"), "--budget", "0.5"], "corrupt"),
+        (["select", str(tmp_path / "a"), "--budget", "0.001"], "below the smallest"),
+    ]
+    for args, message in cases:
+        result = _run(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr
