@@ -330,6 +330,8 @@ def resolve_budget(options: SelectOptions, min_density: float, sparse_steps: int
     """The density budget of the sparse steps from --budget, --sparsity or --speedup (exactly one)."""
     given = [name for name in ("budget", "sparsity", "speedup") if getattr(options, name) is not None]
     if options.strategy == "argmin":
+        if given:
+            raise UserError("--strategy argmin (FastVideo's rule) has no budget; drop " + ", ".join(f"--{g}" for g in given))
         return None
     if len(given) != 1:
         raise UserError("give exactly one of --budget, --sparsity, --speedup" + (f" (got {', '.join(given)})" if given else ""))
@@ -378,7 +380,10 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
     step_map = nearest_profiled(sparse_steps, profile.profile_steps)
     L, H, S = profile.num_layers, profile.num_heads, len(sparse_steps)
 
-    cands = build_candidates(profile, options.objective, options.candidates)
+    candidate_set = options.candidates
+    if candidate_set == "auto" and options.strategy == "argmin":
+        candidate_set = "shortlist"  # FastVideo's rule picks among a fixed candidate list
+    cands = build_candidates(profile, options.objective, candidate_set)
     budget = resolve_budget(options, float(cands.densities.min()), S, full_steps, cost_model)
 
     def choose(mean_cost):

@@ -209,6 +209,7 @@ def test_default_full_steps_is_about_a_quarter():
         (SelectOptions(budget=0.5, objective="mse"), "objective"),
         (SelectOptions(budget=0.5, granularity="block"), "granularity"),
         (SelectOptions(budget=0.5, candidates="all"), "shortlist"),
+        (SelectOptions(budget=0.5, strategy="argmin"), "has no budget"),
     ],
 )
 def test_select_user_errors(options, message):
