@@ -249,6 +249,20 @@ def test_canvas_rules():
     assert wan.canvas(pipes_["wan"].transformer, 16, 32, 5, pipeline=PixelPipeline()) == (5, 8, 16)
 
 
+def test_cogvideox15_temporal_patch(seed):
+    pipe = tiny_pipes.tiny_pipeline("cogvideox15")
+    adapter = get_adapter(pipe.transformer).bind(pipe)
+    assert adapter.info(pipe.transformer).patch_size == (2, 2, 2)
+    for frames, canvas in ((9, (2, 4, 4)), (5, (1, 4, 4))):  # latent 3 -> padded to 4; latent 2
+        assert adapter.canvas(pipe.transformer, 64, 64, frames) == canvas
+        reference = run_latents(pipe, "cogvideox15", seed, num_frames=frames)
+        calls: list[AttentionCall] = []
+        with hook_attention(pipe, recording(calls)):
+            hooked = run_latents(pipe, "cogvideox15", seed, num_frames=frames)
+        assert {call.canvas for call in calls} == {canvas}
+        assert (hooked - reference).abs().max().item() <= 1e-5
+
+
 def test_pipeline_kwargs_run_the_pipeline(pipes, seed):
     for kind in ("wan", "cogvideox"):
         pipe = pipes[kind]

@@ -29,6 +29,7 @@ import torch
 TINY_CALL = dict(height=64, width=64, frames=9, steps=2)
 TINY_COGVIDEOX_TEXT_LEN = 16
 KINDS = ("wan", "wan22", "hunyuan_video", "cogvideox")
+EXTRA_KINDS = ("cogvideox15",)  # variants built on request only
 
 _SPECIALS = ("<pad>", "</s>", "<unk>", "<s>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 _WORDS = (
@@ -237,9 +238,11 @@ def tiny_hunyuan_pipeline():
     return _finish(pipe)
 
 
-def tiny_cogvideox_pipeline():
+def tiny_cogvideox_pipeline(temporal_patch: bool = False):
     """Tiny `CogVideoXPipeline` (CogVideoX-5B layout: rotary positions, patch 2), 2 layers, 2 heads,
-    head_dim 32, T5 text encoder; call it with `max_sequence_length=TINY_COGVIDEOX_TEXT_LEN` (16)."""
+    head_dim 32, T5 text encoder; call it with `max_sequence_length=TINY_COGVIDEOX_TEXT_LEN` (16).
+    `temporal_patch=True` gives the CogVideoX 1.5 layout (patch_size_t=2: the pipeline pads the latent
+    frames to an even count, e.g. 9 frames -> 3 latent -> 4 -> canvas T = 2)."""
     from transformers import T5Config, T5EncoderModel
 
     from diffusers import (
@@ -266,6 +269,8 @@ def tiny_cogvideox_pipeline():
         max_text_seq_length=TINY_COGVIDEOX_TEXT_LEN,
         use_rotary_positional_embeddings=True,
         use_learned_positional_embeddings=False,
+        patch_size_t=2 if temporal_patch else None,
+        patch_bias=not temporal_patch,
     )
     torch.manual_seed(0)
     vae = AutoencoderKLCogVideoX(
@@ -317,13 +322,14 @@ _BUILDERS = {
     "wan22": lambda: tiny_wan_pipeline(two_experts=True),
     "hunyuan_video": tiny_hunyuan_pipeline,
     "cogvideox": tiny_cogvideox_pipeline,
+    "cogvideox15": lambda: tiny_cogvideox_pipeline(temporal_patch=True),
 }
 
 
 def tiny_pipeline(kind: str):
-    """Build the tiny pipeline of `kind` ("wan", "wan22", "hunyuan_video", "cogvideox")."""
+    """Build the tiny pipeline of `kind` ("wan", "wan22", "hunyuan_video", "cogvideox", "cogvideox15")."""
     if kind not in _BUILDERS:
-        raise ValueError(f"unknown tiny pipeline kind {kind!r}; choose from {', '.join(KINDS)}")
+        raise ValueError(f"unknown tiny pipeline kind {kind!r}; choose from {', '.join(KINDS + EXTRA_KINDS)}")
     return _BUILDERS[kind]()
 
 
@@ -349,7 +355,7 @@ def tiny_call_kwargs(kind: str, generator=None, **overrides) -> dict:
         kwargs.update(max_sequence_length=16, guidance_scale=5.0)
     elif kind == "hunyuan_video":
         kwargs.update(max_sequence_length=32)
-    elif kind == "cogvideox":
+    elif kind.startswith("cogvideox"):
         kwargs.update(max_sequence_length=TINY_COGVIDEOX_TEXT_LEN, guidance_scale=6.0)
     kwargs.update(overrides)
     return kwargs

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -148,7 +149,8 @@ def _load_pipeline(folder: Path, source: str, device: torch.device, dtype) -> Lo
             adapter_for_class(str(transformer_class))  # UserError for unsupported classes, before loading weights
     cls = _pipeline_class(class_name)
     try:
-        pipeline = cls.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
+        with _quiet_loading():
+            pipeline = cls.from_pretrained(str(folder), **_dtype_kwargs(dtype), local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise UserError(f"cannot load pipeline {class_name} from {folder}: {_one_line(error)}") from None
     pipeline = pipeline.to(device)
@@ -176,12 +178,42 @@ def _load_transformer(folder: Path, source: str, device: torch.device, dtype) ->
 
     cls = getattr(diffusers, class_name)
     try:
-        transformer = cls.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
+        with _quiet_loading():
+            transformer = cls.from_pretrained(str(folder), **_dtype_kwargs(dtype), local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise UserError(f"cannot load {class_name} from {folder}: {_one_line(error)}") from None
     transformer = transformer.to(device).eval().requires_grad_(False)
     return LoadedModel(pipeline=None, transformer=transformer, adapter=adapter.bind(transformer=transformer),
                        source=source)
+
+
+@contextmanager
+def _quiet_loading():
+    """No diffusers / transformers loading progress bars or info logs (the CLI has its own progress)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    saved = []
+    for library in (diffusers_logging, transformers_logging):
+        saved.append((library, library.is_progress_bar_enabled(), library.get_verbosity()))
+        library.disable_progress_bar()
+        library.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for library, bar, verbosity in saved:
+            if bar:
+                library.enable_progress_bar()
+            library.set_verbosity(verbosity)
+
+
+def _dtype_kwargs(dtype) -> dict:
+    """diffusers >= 0.42 takes `dtype` (and deprecates `torch_dtype`); older versions take `torch_dtype`."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
 
 
 def _one_line(error: BaseException) -> str:
