@@ -1,14 +1,16 @@
 """Attention time as a function of density, for turning ``--speedup`` into a density budget.
 
-The model is linear: the time of one STA attention call, relative to the dense call on the same
-shape, is ``a + b * density`` with ``a + b = 1`` (density 1 costs exactly a dense call). ``a`` is the
-fixed overhead a sparse kernel pays whatever the window (launch, text keys, the tail of the grid).
+The model is linear: the time of one STA attention call, relative to the dense attention call of the
+same shape (what the dense steps run: cuDNN / FlashAttention SDPA), is ``a + b * density``. ``a`` is the
+fixed overhead a sparse call pays whatever the window (token permutes, launch, text keys), ``b`` the cost
+of the attended work relative to the dense kernel's rate.
 
-Where ``bench/results/kernel-*.json`` files exist, ``a`` and ``b`` are fitted by least squares to every
-record there that carries a density and a time together with a dense time of the same shape (see
-:func:`records_from_json`). Otherwise the documented default is used: ``a = 0.03``, ``b = 0.97``,
-i.e. the kernel keeps ~97% of dense throughput on the work it does, as the STA paper reports for its
-H100 kernel (its kernel-level speedup tracks 1/density closely). The source is always reported.
+Where ``bench/results/kernel-*.json`` files exist (``sta-search bench`` / ``bench/kernel.py``), ``a`` and
+``b`` are fitted by least squares to every record there with a density, an STA time and a dense time
+of the same shape (see :func:`records_from_json`): with two or more distinct densities both are fitted,
+with one the default shape is scaled through it. Otherwise the documented default is used: ``a = 0.03``,
+``b = 0.97``, i.e. the kernel keeps ~97% of the dense kernel's throughput on the work it does, as the
+STA paper reports for its H100 kernel (kernel speedup close to 1/density). The source is always reported.
 """
 
 from __future__ import annotations
@@ -20,21 +22,22 @@ from pathlib import Path
 from typing import Any, Iterable
 
 DEFAULT_OVERHEAD = 0.03
-TIME_KEYS = ("median_ms", "time_ms", "ms", "triton_ms", "sta_ms", "median_time_ms")
+DEFAULT_SLOPE = 0.97
+TIME_KEYS = ("median_ms", "time_ms", "triton_ms", "sta_ms", "median_time_ms")
 DENSE_TIME_KEYS = ("dense_ms", "dense_median_ms", "baseline_ms", "sdpa_ms", "flash_ms", "full_ms")
+# `sta-search bench` records: {"density": d, "ms": {"ours+permutes": t, "ours": t, "cudnn-dense": t, ...}}
+BENCH_STA_KEYS = ("ours+permutes", "ours")
+BENCH_DENSE_KEYS = ("cudnn-dense", "fa2-dense")
 
 
 @dataclass(frozen=True)
 class CostModel:
-    """Relative attention time ``a + b * density`` (``a + b = 1``)."""
+    """Relative attention time ``overhead + slope * density`` (1.0 = one dense attention call)."""
 
     overhead: float = DEFAULT_OVERHEAD
+    slope: float = DEFAULT_SLOPE
     source: str = "default (a=0.03, b=0.97: STA paper's kernel efficiency)"
     points: int = 0
-
-    @property
-    def slope(self) -> float:
-        return 1.0 - self.overhead
 
     def relative_time(self, density: float) -> float:
         """Time of an attention call at ``density`` relative to a dense call."""
@@ -74,6 +77,13 @@ def records_from_json(doc: Any) -> list[tuple[float, float]]:
         return None
 
     def walk(node):
+        if isinstance(node, dict) and isinstance(node.get("ms"), dict) and isinstance(node.get("density"), (int, float)):
+            times = node["ms"]
+            sta = next((times[k] for k in BENCH_STA_KEYS if isinstance(times.get(k), (int, float))), None)
+            dense = next((times[k] for k in BENCH_DENSE_KEYS if isinstance(times.get(k), (int, float))), None)
+            if sta and dense and sta > 0 and dense > 0:
+                pairs.append((float(node["density"]), float(sta) / float(dense)))
+            return
         if isinstance(node, dict):
             density, t = node.get("density"), time_of(node)
             if isinstance(density, (int, float)) and t is not None:
@@ -106,16 +116,24 @@ def records_from_json(doc: Any) -> list[tuple[float, float]]:
 
 
 def fit(pairs: Iterable[tuple[float, float]], source: str) -> CostModel | None:
-    """Least-squares ``a`` of ``r = a + (1 - a) d`` (r - d = a (1 - d)); None without informative points."""
-    pairs = [(d, r) for d, r in pairs if d < 1]
-    if len(pairs) < 2:
+    """Least-squares ``r = a + b d``; one distinct density scales the default; None without points."""
+    pairs = [(float(d), float(r)) for d, r in pairs]
+    if not pairs:
         return None
-    num = sum((r - d) * (1 - d) for d, r in pairs)
-    den = sum((1 - d) ** 2 for d, _ in pairs)
-    if den <= 0:
-        return None
-    overhead = min(max(num / den, 0.0), 0.99)
-    return CostModel(overhead=overhead, source=source, points=len(pairs))
+    densities = sorted({d for d, _ in pairs})
+    if len(densities) == 1:
+        scale = sum(r for _, r in pairs) / len(pairs) / (DEFAULT_OVERHEAD + DEFAULT_SLOPE * densities[0])
+        return CostModel(DEFAULT_OVERHEAD * scale, DEFAULT_SLOPE * scale,
+                         f"{source} (one density: default shape scaled x{scale:.3g})", len(pairs))
+    n = len(pairs)
+    mean_d = sum(d for d, _ in pairs) / n
+    mean_r = sum(r for _, r in pairs) / n
+    slope = sum((d - mean_d) * (r - mean_r) for d, r in pairs) / sum((d - mean_d) ** 2 for d, _ in pairs)
+    overhead = mean_r - slope * mean_d
+    if slope <= 0 or overhead < 0:  # noise on a narrow density range: keep the model physical
+        overhead = max(overhead, 0.0)
+        slope = max(sum(r - overhead for _, r in pairs) / max(sum(d for d, _ in pairs), 1e-12), 1e-6)
+    return CostModel(overhead, slope, f"{source} (a={overhead:.3g}, b={slope:.3g})", n)
 
 
 def load_cost_model(results_dir: str | Path | None = None) -> CostModel:
@@ -135,7 +153,7 @@ def load_cost_model(results_dir: str | Path | None = None) -> CostModel:
                 pairs += records_from_json(json.loads(file.read_text(encoding="utf-8")))
             except (OSError, ValueError):
                 continue
-        model = fit(pairs, source=f"fitted to {len(files)} file(s) {folder}/kernel-*.json")
+        model = fit(pairs, source=f"fitted to {len(pairs)} records of {len(files)} file(s) {folder}/kernel-*.json")
         if model is not None:
             return model
     return CostModel()

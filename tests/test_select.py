@@ -219,7 +219,7 @@ def test_select_user_errors(options, message):
 
 def test_speedup_maps_through_the_cost_model():
     profile = synthetic_profile(prompts=2)
-    model = CostModel(overhead=0.1, source="test")
+    model = CostModel(overhead=0.1, slope=0.9, source="test")
     selection = select_windows(profile, SelectOptions(speedup=1.5), cost_model=model)
     assert selection.summary["predicted_speedup"] >= 1.5 - 1e-9
     assert selection.summary["cost_model"] == "test"
@@ -231,10 +231,25 @@ def test_cost_model_fits_bench_results(tmp_path):
     (tmp_path / "kernel-test.json").write_text(json.dumps({"results": records}))
     model = load_cost_model(tmp_path)
     assert model.overhead == pytest.approx(0.2)
+    assert model.slope == pytest.approx(0.8)
     assert "fitted" in model.source
     density = model.density_for_speedup(2.0, sparse_steps=38, dense_steps=12)
     assert model.speedup(density, 38, 12) == pytest.approx(2.0)
     assert load_cost_model(tmp_path / "none").source.startswith("default")
+
+
+def test_cost_model_reads_sta_search_bench_results(tmp_path):
+    """The format `sta-search bench` writes: per case a density and times per implementation."""
+    results = [
+        {"shape": {"name": "hunyuan-720p"}, "density": d,
+         "ms": {"ours": 100 * (0.02 + 1.1 * d), "ours+permutes": 100 * (0.05 + 1.1 * d), "cudnn-dense": 100.0,
+                "fa2-dense": 120.0, "flex": 300 * d}}
+        for d in (0.09, 0.417, 0.25)
+    ]
+    (tmp_path / "kernel-20260101T000000.json").write_text(json.dumps({"environment": {}, "results": results}))
+    model = load_cost_model(tmp_path)
+    assert model.overhead == pytest.approx(0.05) and model.slope == pytest.approx(1.1)
+    assert model.points == 3
 
 
 # ------------------------------------------------------------------------ command line
