@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from ..artifacts import Profile, merge_profiles
-        from ..inspect import summary_table
+        from ..inspect import summary_table, window_histogram
+        from ..maskconfig import format_window
         from ..select import SelectOptions, select_windows
 
         loaded = [Profile.load(p) for p in profiles]
@@ -40,3 +41,9 @@ def register(app: typer.Typer) -> None:
         console = Console()
         title = f"selected windows ({len(loaded)} profile(s), {profile.num_prompts} prompt(s)) -> {out}"
         console.print(summary_table(selection.summary, title=title))
+        histogram = window_histogram(selection.config)
+        total = sum(n for _, n in histogram) or 1
+        geometry = selection.config.geometry
+        console.print("windows of the sparse steps: " + ", ".join(
+            f"{format_window(w)} {n / total:.0%} (density {geometry.density(w):.3f})" for w, n in histogram[:8])
+            + (f", ... ({len(histogram) - 8} more)" if len(histogram) > 8 else ""), highlight=False)
