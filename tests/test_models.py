@@ -360,3 +360,33 @@ def test_load_model_errors(tmp_path):
 
     with pytest.raises(UserError, match="device"):
         load_model(str(flux), "nodevice", torch.float32)
+
+
+REAL_CONFIGS = [
+    # (class, config of the released checkpoint, expected info fields, (height, width, frames), canvas)
+    ("WanTransformer3DModel",  # Wan 2.1 T2V 1.3B
+     dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30, text_dim=4096, freq_dim=256),
+     (30, 12, 128, (1, 2, 2)), (480, 832, 81), (21, 30, 52)),
+    ("HunyuanVideoTransformer3DModel",  # HunyuanVideo 13B
+     dict(), (60, 24, 128, (1, 2, 2)), (768, 1280, 117), (30, 48, 80)),
+    ("CogVideoXTransformer3DModel",  # CogVideoX-5b
+     dict(num_attention_heads=48, attention_head_dim=64, num_layers=42, use_rotary_positional_embeddings=True),
+     (42, 48, 64, (1, 2, 2)), (480, 720, 49), (13, 30, 45)),
+    ("CogVideoXTransformer3DModel",  # CogVideoX1.5-5B
+     dict(num_attention_heads=48, attention_head_dim=64, num_layers=42, use_rotary_positional_embeddings=True,
+          patch_size_t=2, patch_bias=False, sample_height=96, sample_width=170, sample_frames=81),
+     (42, 48, 64, (2, 2, 2)), (768, 1360, 81), (11, 48, 85)),
+]
+
+
+@pytest.mark.parametrize("class_name, config, expected, size, canvas", REAL_CONFIGS,
+                         ids=["wan2.1-1.3b", "hunyuan-13b", "cogvideox-5b", "cogvideox1.5-5b"])
+def test_real_architectures_on_meta_device(class_name, config, expected, size, canvas):
+    import diffusers
+
+    with torch.device("meta"):
+        transformer = getattr(diffusers, class_name)(**config)
+    adapter = get_adapter(transformer)
+    info = adapter.info(transformer)
+    assert (info.num_layers, info.num_heads, info.head_dim, info.patch_size) == expected
+    assert adapter.canvas(transformer, *size) == canvas
