@@ -178,19 +178,31 @@ class _PromptSums:
         self.shortlist_recall[slot, layer] += stats.shortlist_recall.cpu()
         self.samples[slot, layer] += stats.samples
 
-    def finish(self) -> dict:
+    def finish(self, experts: int = 1) -> tuple[dict, list[list[int]]]:
+        """This prompt's tensors for ``Profile.add_prompt`` and, per profiled step, the ``[first, last + 1)``
+        layer range that ran (all layers, except for two-expert models where one expert runs per step;
+        the other expert's layers keep zero sums at that step)."""
         samples = self.samples
-        if bool((samples == 0).any()):
-            slot, layer = (int(i) for i in torch.nonzero(samples == 0)[0])
-            raise RuntimeError(f"profiled step {self.profile_steps[slot]}, layer {layer} saw no attention call; "
-                               "the attention hook did not see every layer at every step")
-        if bool((samples != samples[:, :1]).any()):
-            raise RuntimeError(f"layers saw different numbers of attention calls per step: {samples.tolist()}")
-        per = samples[:, 0].to(torch.float64)
+        active_ranges = []
+        for slot, step in enumerate(self.profile_steps):
+            active = torch.nonzero(samples[slot] > 0).squeeze(1)
+            if active.numel() == 0:
+                raise RuntimeError(f"profiled step {step} saw no attention call: the pipeline ran fewer steps "
+                                   "than --steps or the attention hook did not run")
+            lo, hi = int(active[0]), int(active[-1]) + 1
+            if active.numel() != hi - lo or (experts == 1 and (lo, hi) != (0, self.num_layers)):
+                raise RuntimeError(f"at profiled step {step} only layers {active.tolist()} of {self.num_layers} "
+                                   "saw attention calls; the hook missed some layers")
+            if bool((samples[slot, lo:hi] != samples[slot, lo]).any()):
+                raise RuntimeError(f"layers saw different numbers of attention calls at step {step}: "
+                                   f"{samples[slot].tolist()}")
+            active_ranges.append([lo, hi])
+        per = samples.max(dim=1).values.to(torch.float64)
         shape = (-1, 1, 1, 1)
-        return dict(recall_sum=self.recall, offset_mass_sum=self.offsets,
-                    error=(self.error / per.view(shape)).float(),
-                    recall=(self.shortlist_recall / per.view(shape)).float(), count=per)
+        tensors = dict(recall_sum=self.recall, offset_mass_sum=self.offsets,
+                       error=(self.error / per.view(shape)).float(),
+                       recall=(self.shortlist_recall / per.view(shape)).float(), count=per)
+        return tensors, active_ranges
 
 
 # ----------------------------------------------------------------------------------- the stage
@@ -217,15 +229,6 @@ def _kill_point() -> tuple[int, int] | None:
         return None
     prompt, step = value.split(":")
     return int(prompt), int(step)
-
-
-def _check_finite(call) -> None:
-    for name in ("q", "k", "v"):
-        x = getattr(call, name)
-        if not bool(torch.isfinite(x).all()):
-            raise UserError(f"non-finite values in the attention input {name} of layer {call.layer} at step "
-                            f"{call.step} (forward {call.forward_index}); the model produced NaN/Inf before "
-                            "attention (try --dtype float32 or check the weights)")
 
 
 def _compare_for_resume(old: dict, new: dict) -> list[str]:
@@ -277,12 +280,12 @@ def run_profile(settings: ProfileSettings, out, *, resume: bool = False, progres
     if missing:
         raise UserError(f"cannot tell the default {', '.join(missing)} of this pipeline; pass "
                         + " ".join(f"--{m}" for m in missing))
-    canvas = tuple(int(c) for c in adapter.canvas(transformer, sizes["height"], sizes["width"], sizes["frames"]))
+    canvas = tuple(int(c) for c in loaded.canvas(sizes["height"], sizes["width"], sizes["frames"]))
     try:
         geometry = Geometry(canvas, settings.tile)
     except ValueError as exc:
         raise UserError(f"--tile {settings.tile}: {exc}") from None
-    info = adapter.info(transformer)
+    info = loaded.info  # both experts' layers for Wan 2.2
     windows = clip_windows(geometry, settings.windows) if settings.windows else default_error_windows(geometry)
     profile_steps = parse_profile_steps(settings.profile_steps, settings.steps)
     header = {
@@ -328,7 +331,6 @@ def run_profile(settings: ProfileSettings, out, *, resume: bool = False, progres
         def attention_fn(call, index=index, sums=sums, seen=seen):
             if kill_at is not None and kill_at == (index, call.step):
                 os.kill(os.getpid(), signal.SIGKILL)
-            _check_finite(call)
             if tuple(call.canvas) != canvas:
                 raise UserError(f"the model attended over a {tuple(call.canvas)} canvas, expected {canvas} "
                                 f"from --height/--width/--frames")
@@ -351,23 +353,27 @@ def run_profile(settings: ProfileSettings, out, *, resume: bool = False, progres
         generator = torch.Generator(device="cpu").manual_seed(int(settings.seed) + index)
         kwargs = dict(adapter.pipeline_kwargs(prompt, sizes["height"], sizes["width"], sizes["frames"],
                                               settings.steps, generator))
-        if "output_type" in call_params:
-            kwargs["output_type"] = "latent"  # statistics only: skip the VAE decode
+        kwargs["output_type"] = "latent"  # statistics only: skip the VAE decode
         if "callback_on_step_end" in call_params:
             def on_step_end(pipe, step, timestep, callback_kwargs):
                 progress.step_done(int(step))
                 return callback_kwargs
 
             kwargs["callback_on_step_end"] = on_step_end
-        with _hooked(hook_attention, loaded, attention_fn):
+        with hook_attention(loaded, attention_fn, adapter, check_finite=True):
             with torch.inference_mode():
                 pipeline(**kwargs)
-        result = sums.finish()
+        result, active_layers = sums.finish(experts=2 if loaded.transformer_2 is not None else 1)
         text_len, text_first = seen["text"]
         forwards = max(seen["forwards"].values()) if seen["forwards"] else None
         if profile is None:
             header.update(text_len=text_len, text_first=text_first, forwards_per_step=forwards)
+            if loaded.transformer_2 is not None:
+                header["active_layers"] = active_layers  # per profiled step: the expert's [first, last+1) layers
             profile = Profile.empty(header)
+        elif loaded.transformer_2 is not None and profile.header.get("active_layers") != active_layers:
+            raise RuntimeError(f"the expert switch moved between prompts: {active_layers} vs "
+                               f"{profile.header.get('active_layers')}")
         elif (profile.header.get("text_len"), profile.header.get("text_first")) != (text_len, text_first):
             raise UserError(f"text tokens {text_len} (first={text_first}) differ from the profile's "
                             f"{profile.header.get('text_len')} (first={profile.header.get('text_first')})")
@@ -377,34 +383,6 @@ def run_profile(settings: ProfileSettings, out, *, resume: bool = False, progres
     if profile is None:  # nothing left to do and nothing done: cannot happen (prompts non-empty)
         raise UserError("no prompts were profiled")
     return profile
-
-
-class _hooked:
-    """Hook ``transformer`` and, for two-expert models (Wan 2.2), ``transformer_2`` with the same function."""
-
-    def __init__(self, hook_attention, loaded, fn):
-        self._contexts = [hook_attention(loaded.transformer, fn, loaded.adapter)]
-        if getattr(loaded, "transformer_2", None) is not None:
-            self._contexts.append(hook_attention(loaded.transformer_2, fn, loaded.adapter))
-
-    def __enter__(self):
-        entered = []
-        try:
-            for ctx in self._contexts:
-                ctx.__enter__()
-                entered.append(ctx)
-        except BaseException:
-            for ctx in reversed(entered):
-                ctx.__exit__(None, None, None)
-            raise
-        self._entered = entered
-        return self
-
-    def __exit__(self, *exc):
-        suppress = False
-        for ctx in reversed(self._entered):
-            suppress = bool(ctx.__exit__(*exc)) or suppress
-        return suppress
 
 
 # ----------------------------------------------------------------------------------- summary
@@ -420,10 +398,19 @@ def summary_windows(profile: Profile, targets: Sequence[float] = (0.05, 0.15, 0.
 
 
 def summary_rows(profile: Profile, windows: Sequence[Triple]) -> list[tuple[int, list[float]]]:
-    """Per layer, the mean recall (over profiled steps, heads and samples) of each window."""
+    """Per layer, the mean recall (over the profiled steps where the layer ran, heads and samples) of each
+    window."""
     recall = profile.mean_recall()  # (P, L, H, nt, nh, nw)
+    active = torch.ones(recall.shape[0], recall.shape[1], dtype=torch.bool)
+    ranges = profile.header.get("active_layers")
+    if ranges:
+        active[:] = False
+        for slot, (lo, hi) in enumerate(ranges):
+            active[slot, lo:hi] = True
     rows = []
     for layer in range(profile.num_layers):
-        values = [float(recall[:, layer, :, w[0] - 1, w[1] - 1, w[2] - 1].mean()) for w in windows]
+        steps = active[:, layer]
+        values = [float(recall[steps, layer, :, w[0] - 1, w[1] - 1, w[2] - 1].mean()) if bool(steps.any())
+                  else float("nan") for w in windows]
         rows.append((layer, values))
     return rows

@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
         from ..stats import parse_windows
 
         console = Console(stderr=True)
+        _quiet_loading_bars()
         settings = ProfileSettings(
             model=model, prompts=tuple(read_prompts(prompts)), steps=steps, height=height, width=width,
             frames=frames, seed=seed, profile_steps=profile_steps, tile=parse_tile(tile),
@@ -55,6 +56,19 @@ def register(app: typer.Typer) -> None:
             table.add_row(str(layer), *(f"{v:.3f}" for v in values))
         Console().print(table)
         Console().print(f"profile written to {out}")
+
+
+def _quiet_loading_bars() -> None:
+    """diffusers/transformers print their own loading bars; ours are enough."""
+    try:
+        import diffusers.utils.logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+        import transformers.utils.logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except Exception:  # cosmetic only
+        pass
 
 
 class _RichProgress:

@@ -1,0 +1,168 @@
+"""`sta-search profile` end to end on tiny random-init Wan / HunyuanVideo / CogVideoX pipelines (CPU),
+crash recovery with --resume, and the user errors (exit code 2)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sta_search.artifacts import Profile
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_pipes import save_tiny  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SIZE = ["--height", "64", "--width", "128", "--frames", "9", "--tile", "1,4,4"]  # canvas (3, 4, 8), grid (3, 1, 2)
+
+
+def _cli(*args, env=None, timeout=240):
+    full_env = dict(os.environ, COLUMNS="1000", **(env or {}))  # no wrapping of the one-line errors
+    full_env.pop("TRITON_INTERPRET", None)  # the CPU path of the profiler is the PyTorch reference
+    return subprocess.run([sys.executable, "-m", "sta_search", *map(str, args)], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {kind: save_tiny(kind, root / kind) for kind in ("wan", "hunyuan_video", "cogvideox")}
+
+
+@pytest.fixture
+def prompts(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("# three prompts\na cat running in the street\n\nthe red car in the city\n"
+                    "  a boat on the ocean at night  \n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["wan", "hunyuan_video", "cogvideox"])
+def test_profile_end_to_end(tiny_models, prompts, tmp_path, kind):
+    out = tmp_path / "profile"
+    result = _cli("profile", tiny_models[kind], "--prompts", prompts, "--steps", "3", "--profile-steps", "2",
+                  "--windows", "1,1,1;1,1,2", "--windows", "2,1,2", "--windows", "9,9,9", *SIZE, "--seed", "3",
+                  "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mean recall per layer" in result.stdout
+    profile = Profile.load(out)
+    h = profile.header
+    assert h["model"]["family"] == kind
+    assert h["canvas"] == [3, 4, 8] and h["tile"] == [1, 4, 4] and profile.grid == (3, 1, 2)
+    assert h["profile_steps"] == [0, 2] and h["steps"] == 3 and h["seed"] == 3
+    assert h["prompts"] == ["a cat running in the street", "the red car in the city", "a boat on the ocean at night"]
+    assert h["error_windows"] == [[1, 1, 1], [1, 1, 2], [2, 1, 2], [3, 1, 2]]  # clipped, deduped, by density
+    assert h["text_first"] == (kind == "cogvideox")
+    assert (h["text_len"] > 0) == (kind != "wan")
+    P, L, H = 2, h["model"]["num_layers"], h["model"]["num_heads"]
+    samples_per_step = h["forwards_per_step"] * 1  # batch 1 per forward, or 2 items in one CFG batch
+    count = profile.tensors["count"]
+    assert count.shape == (P,) and bool((count == count[0]).all()) and count[0] >= 3
+    recall = profile.mean_recall()
+    assert recall.shape == (P, L, H, 3, 1, 2)
+    assert bool((recall >= -1e-6).all()) and bool((recall <= 1 + 1e-5).all())
+    torch.testing.assert_close(recall[..., -1, -1, -1], torch.ones(P, L, H), atol=1e-4, rtol=0)
+    assert bool((recall.diff(dim=3) >= -1e-6).all()) and bool((recall.diff(dim=5) >= -1e-6).all())
+    offsets = profile.mean_offset_mass()
+    assert offsets.shape == (P, L, H, 5, 1, 3)
+    text_mass = 1 - offsets.sum(dim=(-3, -2, -1))
+    assert bool((text_mass >= -1e-4).all()) and (bool((text_mass > 1e-3).all()) == (kind != "wan"))
+    error = profile.tensors["error"]
+    assert error.shape == (3, P, L, H, 4)
+    assert bool((error[..., -1] == 0).all())  # full window
+    assert bool((error[..., :-1] > 0).all()) and bool(torch.isfinite(error).all())
+    # per-prompt shortlist recall agrees with the summed all-window table
+    short = profile.tensors["recall"].mean(0)
+    windows = [tuple(w) for w in h["error_windows"]]
+    for i, w in enumerate(windows):
+        torch.testing.assert_close(short[..., i], recall[..., w[0] - 1, w[1] - 1, w[2] - 1], atol=1e-5, rtol=1e-5)
+    assert samples_per_step >= 1
+
+
+def test_kill_during_second_prompt_then_resume_is_bit_identical(tiny_models, prompts, tmp_path):
+    args = ["profile", tiny_models["wan"], "--prompts", prompts, "--steps", "2", *SIZE, "--seed", "11"]
+    crashed = tmp_path / "crashed"
+    result = _cli(*args, "--out", crashed, env={"STA_SEARCH_TEST_KILL_AT": "1:1"})
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    partial = Profile.load(crashed)
+    assert partial.prompts == ("a cat running in the street",)
+    result = _cli(*args, "--out", crashed, "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    whole = tmp_path / "whole"
+    result = _cli(*args, "--out", whole)
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed, uninterrupted = Profile.load(crashed), Profile.load(whole)
+    assert resumed.header == uninterrupted.header
+    for name, tensor in uninterrupted.tensors.items():
+        assert torch.equal(resumed.tensors[name], tensor), name
+    # resuming a finished profile does nothing; resuming with other settings is refused
+    result = _cli(*args[:-2], "--seed", "12", "--out", crashed, "--resume")
+    assert result.returncode == 2
+    assert "seed: 11 in the profile vs 12 now" in result.stderr
+    result = _cli(*args, "--out", crashed)  # no --resume on an existing profile
+    assert result.returncode == 2 and "--resume" in result.stderr
+
+
+def _in_process(*args):
+    """The command in-process (CliRunner): returns the UserError it raised (cli.run maps it to exit 2,
+    checked through subprocesses above and below), or None."""
+    from typer.testing import CliRunner
+
+    from sta_search.cli import app
+    from sta_search.errors import UserError
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, UserError), repr(result.exception)
+    return result.exception
+
+
+def test_user_errors_exit_2(tiny_models, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only a comment\n\n")
+    result = _cli("profile", tiny_models["wan"], "--prompts", empty, "--out", tmp_path / "o")
+    assert result.returncode == 2 and "holds no prompts" in result.stderr
+    assert "Traceback" not in result.stderr
+    good = tmp_path / "p.txt"
+    good.write_text("a cat\n")
+    assert "nope" in str(_in_process("profile", tmp_path / "nope", "--prompts", good, "--out", tmp_path / "o"))
+    not_diffusers = tmp_path / "plain"
+    not_diffusers.mkdir()
+    (not_diffusers / "weights.bin").write_bytes(b"\0" * 8)
+    assert "plain" in str(_in_process("profile", not_diffusers, "--prompts", good, "--out", tmp_path / "o"))
+    unsupported = tmp_path / "flux"
+    (unsupported / "transformer").mkdir(parents=True)
+    (unsupported / "model_index.json").write_text(json.dumps(
+        {"_class_name": "FluxPipeline", "_diffusers_version": "0.42.1",
+         "transformer": ["diffusers", "FluxTransformer2DModel"]}))
+    (unsupported / "transformer" / "config.json").write_text(json.dumps({"_class_name": "FluxTransformer2DModel"}))
+    message = str(_in_process("profile", unsupported, "--prompts", good, "--out", tmp_path / "o"))
+    assert "FluxTransformer2DModel" in message and "WanTransformer3DModel" in message  # supported ones listed
+    message = str(_in_process("profile", tiny_models["wan"], "--prompts", good, "--profile-steps", "zero",
+                              "--out", tmp_path / "o"))
+    assert "zero" in message
+    assert "--tile" in str(_in_process("profile", tiny_models["wan"], "--prompts", good, "--tile", "1,3,3",
+                                       "--out", tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_non_finite_attention_inputs_name_layer_and_step(tiny_models, tmp_path):
+    from safetensors.torch import load_file, save_file
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_models["wan"], broken)
+    weights = next((broken / "transformer").glob("*.safetensors"))
+    state = load_file(str(weights))
+    name = next(n for n in state if "blocks.1.attn1.to_k.weight" in n)
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(weights))
+    good = tmp_path / "p.txt"
+    good.write_text("a cat\n")
+    result = _cli("profile", broken, "--prompts", good, "--steps", "2", *SIZE, "--out", tmp_path / "o")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "non-finite" in result.stderr and "layer 1" in result.stderr and "step 0" in result.stderr
+    assert not (tmp_path / "o").exists()
