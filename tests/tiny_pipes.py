@@ -335,8 +335,19 @@ def tiny_pipeline(kind: str):
 
 def save_tiny(kind: str, folder) -> Path:
     """Write the tiny pipeline of `kind` as a diffusers pipeline folder (safetensors); returns the folder."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
     folder = Path(folder)
-    tiny_pipeline(kind).save_pretrained(folder, safe_serialization=True)
+    pipe = tiny_pipeline(kind)
+    libraries = [lib for lib in (diffusers_logging, transformers_logging) if lib.is_progress_bar_enabled()]
+    for library in libraries:
+        library.disable_progress_bar()
+    try:
+        pipe.save_pretrained(folder, safe_serialization=True)
+    finally:
+        for library in libraries:
+            library.enable_progress_bar()
     return folder
 
 
