@@ -50,7 +50,7 @@ def check_config(config, info, canvas=None, steps: int | None = None) -> None:
     """Raise :class:`UserError` naming every way ``config`` does not fit this model / canvas / step count."""
     from .kernels.geometry import Geometry
 
-    config.validate(info, canvas, steps)
+    config.validate(info, config.canvas if canvas is None else canvas, steps)
     try:
         Geometry(tuple(config.canvas), tuple(config.tile))
     except ValueError as exc:

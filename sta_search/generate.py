@@ -231,7 +231,7 @@ def run_pipeline(loaded, call_kwargs: dict, attention_fn, timer, device: torch.d
             _sync(device)
             t0 = time.perf_counter()
             with torch.inference_mode():
-                result = loaded.pipeline(**call_kwargs, output_type="np", callback_on_step_end=on_step_end)
+                result = loaded.pipeline(**{**call_kwargs, "output_type": "np", "callback_on_step_end": on_step_end})
             _sync(device)
             timing.total_seconds = time.perf_counter() - t0
     finally:

@@ -35,9 +35,10 @@ def _config(pipe, window, steps=2, dense_steps=(), canvas=CANVAS, tile=TILE, tex
 
 
 def _call(pipe, kind, seed=0, **overrides):
-    kwargs = tiny_call_kwargs(kind, generator=torch.Generator("cpu").manual_seed(seed), height=SIZE["height"],
-                              width=SIZE["width"], num_frames=SIZE["frames"], num_inference_steps=2,
-                              output_type="pt", **overrides)
+    settings = dict(height=SIZE["height"], width=SIZE["width"], num_frames=SIZE["frames"], num_inference_steps=2,
+                    output_type="latent")
+    settings.update(overrides)
+    kwargs = tiny_call_kwargs(kind, generator=torch.Generator("cpu").manual_seed(seed), **settings)
     with torch.no_grad():
         return pipe(**kwargs).frames[0].float()
 
