@@ -47,6 +47,9 @@ class _HookRuntime:
         self.text_first = text_first
         self.check_finite = check_finite
 
+    # Both run eagerly under torch.compile (a deliberate graph break): they read Python state and the
+    # timestep value, and the attention function brings its own kernels.
+    @torch.compiler.disable
     def before_forward(self, adapter: ModelAdapter, transformer_index: int, module, args, kwargs):
         hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         timestep = kwargs["timestep"] if "timestep" in kwargs else (args[1] if len(args) > 1 else None)
@@ -65,6 +68,7 @@ class _HookRuntime:
         state.transformer_index = transformer_index
         state.canvas = tuple(int(n) for n in adapter.runtime_canvas(module, hidden_states))
 
+    @torch.compiler.disable
     def attend(self, layer: int, q, k, v, text_len: int = 0, text_mask=None) -> torch.Tensor:
         """Run the attention function on ``(batch, heads, tokens, head_dim)`` q, k, v of `layer`."""
         state = self.state
