@@ -90,7 +90,7 @@ def main() -> int:
     from sta_search.kernels.recall import attention_with_lse, tile_mass_reference
     from sta_search.kernels.recall.triton_kernel import _TUNED, tile_mass_triton_tiled
     from sta_search.kernels.sta import sta_attention_tiled
-    from sta_search.stats import AttentionProfiler, default_error_windows
+    from sta_search.stats import AttentionProfiler, default_error_windows, window_recall
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -159,20 +159,27 @@ def main() -> int:
     times["recall_with_tiling"] = attempt("recall_with_tiling", lambda: timer(
         lambda: tile_mass_triton_tiled(tiled(q), tiled(k), to_tiles(g, lse[:, :, : g.video_len], dim=-1), g, T,
                                        text_mask), reps=reps))
-    # config sweep (every candidate, already compiled by tuning)
-    from sta_search.kernels.recall.triton_kernel import _launch, candidate_configs
+    # every candidate config, as timed by the tuner (do_bench), and the fast-exp variant's accuracy
+    from sta_search.kernels.recall.triton_kernel import TUNING_LOG, _launch
 
     sweep = {}
-    if device.type == "cuda":
-        for cfg in candidate_configs(g, D):
-            r = attempt(f"recall_config_{cfg}", lambda cfg=cfg: timer(
-                lambda: _launch(cfg, q_t, k_t, lse_t.float().contiguous(),
-                                g.key_valid().to(device=device, dtype=torch.int8),
-                                text_mask.to(torch.int8).contiguous() if text_mask is not None else None,
-                                g, T, D**-0.5), reps=3))
-            if r:
-                sweep[str(cfg)] = r["median_ms"]
+    for key, log in TUNING_LOG.items():
+        sweep.update({str(cfg): ms for cfg, ms in log.items()})
     result["recall_config_sweep_ms"] = sweep
+    timed = [(ms, cfg) for log in TUNING_LOG.values() for cfg, ms in log.items() if isinstance(ms, float)]
+
+    def fast_vs_exact():
+        exact = min((t for t in timed if not t[1][5]), default=None)
+        fast = min((t for t in timed if t[1][5]), default=None)
+        if exact is None or fast is None:
+            return None
+        launch_args = (q_t, k_t, lse_t.float().contiguous(), g.key_valid().to(device=device, dtype=torch.int8),
+                       text_mask.to(torch.int8).contiguous() if text_mask is not None else None, g, T, D**-0.5)
+        a, b = _launch(exact[1], *launch_args), _launch(fast[1], *launch_args)
+        return {"exact_config": list(exact[1]), "fast_config": list(fast[1]),
+                "max_abs_diff_per_token": float((a - b).abs().max() / g.tile_volume),
+                "recall_table_max_abs_diff": float((window_recall(a, g) - window_recall(b, g)).abs().max())}
+    result["fast_exp_accuracy"] = attempt("fast_vs_exact", fast_vs_exact)
 
     # --- accuracy of the recall pass on this shape: rows must sum to the real tokens of each query tile
     mass = attempt("recall_mass", lambda: tile_mass_triton_tiled(q_t, k_t, lse_t, g, T, text_mask))

@@ -71,7 +71,7 @@ def test_reference_is_the_softmax_mass(seed, canvas, tile, text_len, text_first,
     torch.testing.assert_close(got.sum(1), real, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("config", [(16, 16, 4, 1, True), (32, 16, 4, 1, False), (16, 32, 4, 1, True)])
+@pytest.mark.parametrize("config", [(16, 16, 4, 1, True, False), (32, 16, 4, 1, False, False), (16, 32, 4, 1, True, False)])
 def test_triton_loop_variants_and_blocks(seed, config):
     """Both loop structures the CUDA tuner picks from, and query/key blocks smaller than a tile."""
     canvas, tile, text_len = (3, 5, 6), (2, 2, 8), 9  # tile volume 32, padded
@@ -120,5 +120,24 @@ def test_tiled_entry_checks_shapes():
     with pytest.raises(ValueError, match="padded video"):
         tile_mass_triton_tiled(q, q[:, :, :-1], torch.zeros(1, 1, g.padded_len), g)
     with pytest.raises(ValueError, match="must divide the tile volume"):
-        tile_mass_triton_tiled(q, q, torch.zeros(1, 1, g.padded_len), g, config=(32, 16, 4, 1, False))
+        tile_mass_triton_tiled(q, q, torch.zeros(1, 1, g.padded_len), g, config=(32, 16, 4, 1, False, False))
     assert to_tiles(g, q[:, :, : g.video_len]).shape == q.shape
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_recall_pass_matches_reference(seed, dtype):
+    """The compiled kernel (tuned config) on a real tile (6,8,8), d=128, masked text after the video."""
+    canvas, tile, text_len = (6, 20, 24), (6, 8, 8), 77  # padded along h and w
+    g = Geometry(canvas, tile)
+    q, k, v = (x.cuda() for x in _inputs(canvas, text_len, heads=3, batch=2, dim=128, dtype=dtype))
+    mask = _text_mask(2, text_len).cuda()
+    out, lse = attention_with_lse(q, k, v, text_len=text_len, text_mask=mask)
+    ref_out, ref_lse = attention_with_lse(q.cpu().float(), k.cpu().float(), v.cpu().float(), text_len=text_len,
+                                          text_mask=mask.cpu())
+    torch.testing.assert_close(lse.cpu(), ref_lse, rtol=1e-2, atol=2e-2)
+    torch.testing.assert_close(out.cpu().float(), ref_out, rtol=2e-2, atol=2e-2)
+    got = tile_mass(q, k, canvas=canvas, tile=tile, text_len=text_len, text_mask=mask, lse=lse, backend="triton")
+    ref = tile_mass_reference(q.cpu(), k.cpu(), canvas=canvas, tile=tile, text_len=text_len, text_mask=mask.cpu())
+    per_token = (got.cpu() - ref).abs() / g.tile_volume
+    assert per_token.max() < 2e-3

@@ -178,3 +178,21 @@ def test_shortlist_clipping_and_parsing():
         parse_windows(["0,1,1"])
     with pytest.raises(UserError, match="a,b"):
         parse_windows(["a,b"])
+
+
+@pytest.mark.gpu
+def test_cuda_profiler_matches_cpu_reference(seed):
+    """The CUDA path (fused dense+LSE, Triton recall pass, Triton STA shortlist) against the fp32 CPU path."""
+    canvas, tile, text_len = (6, 16, 24), (6, 8, 8), 40
+    g = Geometry(canvas, tile)
+    S = g.video_len + text_len
+    q, k, v = (torch.randn(1, 4, S, 64) for _ in range(3))
+    q = q * 2
+    text_mask = torch.rand(1, text_len) > 0.3
+    windows = default_error_windows(g)
+    _, ref = _profile("reference", "auto", canvas, tile, q, k, v, windows, text_len, text_mask)
+    cuda = [x.cuda().to(torch.bfloat16) for x in (q, k, v)]
+    _, got = AttentionProfiler(g, windows)(*cuda, text_len=text_len, text_mask=text_mask.cuda())
+    torch.testing.assert_close(got.recall.cpu(), ref.recall, rtol=0, atol=1e-2)
+    torch.testing.assert_close(got.offset_mass.cpu(), ref.offset_mass, rtol=0, atol=1e-2)
+    torch.testing.assert_close(got.error.cpu(), ref.error, rtol=0.1, atol=2e-2)

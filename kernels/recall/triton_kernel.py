@@ -46,6 +46,18 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 
 
 @triton.jit
+def _probabilities(s, FAST_EXP: tl.constexpr):
+    """``exp2(s)`` for ``s <= 0`` (scores minus the log-sum-exp). FAST_EXP: two values per MUFU op through
+    ``ex2.approx.f16x2`` (about 1e-3 relative error per probability, enough for mass statistics)."""
+    if FAST_EXP:
+        p = tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [s.to(tl.float16)],
+                                      dtype=tl.float16, is_pure=True, pack=2)
+        return p.to(tl.float32)
+    else:
+        return tl.math.exp2(s)
+
+
+@triton.jit
 def _tile_mass_kernel(
     Q, K, LSE, KEY_VALID, TEXT_VALID, OUT,
     stride_qb, stride_qh, stride_qs,
@@ -55,7 +67,7 @@ def _tile_mass_kernel(
     H, num_key_blocks, text_len, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCKS_PER_TILE: tl.constexpr, VIDEO_PADDED: tl.constexpr, HAS_TEXT: tl.constexpr,
-    HAS_TEXT_MASK: tl.constexpr, NESTED_LOOPS: tl.constexpr,
+    HAS_TEXT_MASK: tl.constexpr, NESTED_LOOPS: tl.constexpr, FAST_EXP: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -79,7 +91,7 @@ def _tile_mass_kernel(
             for j in range(0, BLOCKS_PER_TILE):
                 offs_n = (kt * BLOCKS_PER_TILE + j) * BLOCK_N + tl.arange(0, BLOCK_N)
                 k = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None])
-                p = tl.math.exp2(tl.dot(q, k) * qk_scale - lse2[:, None])
+                p = _probabilities(tl.dot(q, k) * qk_scale - lse2[:, None], FAST_EXP)
                 if VIDEO_PADDED:
                     p = tl.where((tl.load(KEY_VALID + offs_n) != 0)[None, :], p, 0.0)
                 acc += tl.sum(p, 1)
@@ -91,7 +103,7 @@ def _tile_mass_kernel(
         for kb in range(0, num_key_blocks):
             offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
             k = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None])
-            p = tl.math.exp2(tl.dot(q, k) * qk_scale - lse2[:, None])
+            p = _probabilities(tl.dot(q, k) * qk_scale - lse2[:, None], FAST_EXP)
             if VIDEO_PADDED:
                 p = tl.where((tl.load(KEY_VALID + offs_n) != 0)[None, :], p, 0.0)
             acc += tl.sum(p, 1)
@@ -113,14 +125,17 @@ def _tile_mass_kernel(
     tl.store(out_row + num_tiles, tl.sum(acc, 0))
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages, nested loops) tried on CUDA, first call per shape
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, nested loops, fast exp) tried on CUDA, first call per shape
 _CUDA_CONFIGS = (
-    (128, 128, 8, 3, False), (128, 64, 4, 3, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
-    (64, 128, 4, 3, False), (128, 64, 4, 4, False), (64, 64, 4, 3, False),
-    (128, 128, 8, 3, True), (128, 64, 4, 3, True),
+    (128, 128, 8, 3, False, False), (128, 64, 4, 3, False, False), (128, 64, 8, 3, False, False),
+    (64, 128, 4, 3, False, False), (128, 128, 8, 3, True, False),
+    (128, 128, 8, 3, False, True), (128, 64, 4, 3, False, True), (128, 64, 8, 3, False, True),
 )
-_INTERPRET_CONFIG = (16, 16, 4, 1, False)
+_INTERPRET_CONFIG = (16, 16, 4, 1, False, False)
 _TUNED: dict = {}
+#: per tuned shape key: {config: milliseconds or error text}, for benchmarks
+TUNING_LOG: dict = {}
+CONFIG_ENV = "STA_SEARCH_RECALL_CONFIG"  # e.g. "128,64,4,3,0,0": skip tuning (tests, debugging)
 
 
 def _divides(block: int, tile_volume: int) -> bool:
@@ -128,7 +143,7 @@ def _divides(block: int, tile_volume: int) -> bool:
 
 
 def _launch(config, q, k, lse, key_valid, text_valid, geometry: Geometry, text_len: int, scale: float):
-    block_m, block_n, num_warps, num_stages, nested = config
+    block_m, block_n, num_warps, num_stages, nested, fast_exp = config
     if geometry.tile_volume % block_m or geometry.tile_volume % block_n:
         raise ValueError(f"BLOCK_M {block_m} and BLOCK_N {block_n} must divide the tile volume {geometry.tile_volume}")
     B, H, _, D = q.shape
@@ -145,6 +160,7 @@ def _launch(config, q, k, lse, key_valid, text_valid, geometry: Geometry, text_l
         H, geometry.padded_len // block_n, text_len, scale * LOG2E,
         HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, BLOCKS_PER_TILE=geometry.tile_volume // block_n,
         VIDEO_PADDED=not geometry.is_divisible, HAS_TEXT=text_len > 0, HAS_TEXT_MASK=has_mask, NESTED_LOOPS=nested,
+        FAST_EXP=fast_exp,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out.view(B, H, geometry.num_tiles, geometry.tile_volume // block_m, geometry.num_tiles + 1).sum(3)
@@ -166,7 +182,7 @@ def tile_mass_triton_tiled(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, 
         lse: ``(B, heads, >= padded_len)`` float32 natural-log log-sum-exp of each video query over all its
             valid keys (values at padded positions are ignored).
         text_mask: ``(B, text_len)`` bool, True = real text key.
-        config: ``(BLOCK_M, BLOCK_N, num_warps, num_stages, nested_loops)``; default: tuned once per shape on CUDA.
+        config: ``(BLOCK_M, BLOCK_N, num_warps, num_stages, nested_loops, fast_exp)``; default: tuned once per shape on CUDA.
 
     Returns:
         ``(B, heads, num_tiles, num_tiles + 1)`` float32 (last column: text keys), as
@@ -197,9 +213,12 @@ def tile_mass_triton_tiled(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, 
         args = (q.float(), k.float(), *args[2:])
         block = math.gcd(geometry.tile_volume, _INTERPRET_CONFIG[0])
         return _launch((block, block, *_INTERPRET_CONFIG[2:]), *args)
+    forced = os.environ.get(CONFIG_ENV)
+    if forced:
+        return _launch(tuple(int(x) if i < 4 else bool(int(x)) for i, x in enumerate(forced.split(","))), *args)
     key = (geometry, B, H, D, text_len, q.dtype, text_valid is not None, str(q.device))
     if key not in _TUNED:
-        _TUNED[key] = _tune(args)
+        _TUNED[key] = _tune(args, key)
     return _launch(_TUNED[key], *args)
 
 
@@ -208,16 +227,19 @@ def candidate_configs(geometry: Geometry, head_dim: int):
             and not (head_dim > 128 and c[0] * c[1] > 64 * 64)]
 
 
-def _tune(args):
+def _tune(args, key):
     from triton.testing import do_bench
 
     geometry, head_dim = args[5], args[0].shape[-1]
     best, best_ms = None, float("inf")
-    for config in candidate_configs(geometry, head_dim) or [(16, 16, 4, 2, False)]:
+    log = TUNING_LOG.setdefault(key, {})
+    for config in candidate_configs(geometry, head_dim) or [(16, 16, 4, 2, False, False)]:
         try:
             ms = do_bench(lambda: _launch(config, *args), warmup=3, rep=15)
-        except Exception:  # out of shared memory / registers for this config
+        except Exception as exc:  # out of shared memory / registers, or no f16x2 exp on this GPU
+            log[config] = f"{type(exc).__name__}: {str(exc)[:200]}"
             continue
+        log[config] = ms
         if ms < best_ms:
             best, best_ms = config, ms
     if best is None:
