@@ -390,3 +390,15 @@ def test_real_architectures_on_meta_device(class_name, config, expected, size, c
     info = adapter.info(transformer)
     assert (info.num_layers, info.num_heads, info.head_dim, info.patch_size) == expected
     assert adapter.canvas(transformer, *size) == canvas
+
+
+def test_hook_through_torch_compile_wrapper(seed):
+    pipe = tiny_pipes.tiny_pipeline("hunyuan_video")
+    reference = run_latents(pipe, "hunyuan_video", seed)
+    pipe.transformer = torch.compile(pipe.transformer, backend="eager")  # dynamo tracing, no codegen
+    assert get_adapter(pipe.transformer).family == "hunyuan_video"
+    calls: list[AttentionCall] = []
+    with hook_attention(pipe, recording(calls)):
+        hooked = run_latents(pipe, "hunyuan_video", seed)
+    assert [(c.step, c.layer) for c in calls] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert (hooked - reference).abs().max().item() <= 1e-5

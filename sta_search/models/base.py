@@ -113,6 +113,7 @@ class ModelAdapter:
     # ------------------------------------------------------------------ shared
     def info(self, transformer, transformer_2=None) -> ModelInfo:
         """Layers, heads, head dim and patch of `transformer` (plus `transformer_2`'s layers, Wan 2.2)."""
+        transformer = unwrap(transformer)
         config = transformer.config
         num_layers = len(self.attention_modules(transformer))
         if transformer_2 is not None:
@@ -208,8 +209,14 @@ def adapter_for_class(class_name: str) -> ModelAdapter:
     return cls()
 
 
+def unwrap(module):
+    """The module inside a ``torch.compile`` wrapper (or `module` itself)."""
+    return getattr(module, "_orig_mod", module)
+
+
 def get_adapter(transformer) -> ModelAdapter:
     """Adapter for a transformer instance (standard VAE factors); UserError for unsupported classes."""
+    transformer = unwrap(transformer)
     for klass in type(transformer).__mro__:  # subclasses of a supported class use its adapter
         if klass.__name__ in _REGISTRY:
             return _REGISTRY[klass.__name__]()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .base import AttentionCall, AttentionFn, ModelAdapter, get_adapter
+from .base import AttentionCall, AttentionFn, ModelAdapter, get_adapter, unwrap
 
 
 @dataclass
@@ -129,6 +129,7 @@ def _transformers_and_adapter(model, adapter):
             adapter = model.adapter
     if not transformers:
         raise TypeError(f"no transformer to hook in {type(model).__name__}")
+    transformers = [unwrap(t) for t in transformers]  # hooks go on the module inside torch.compile
     if adapter is None:
         adapter = get_adapter(transformers[0]).bind(model if not isinstance(model, (torch.nn.Module, list, tuple))
                                                     else None)
