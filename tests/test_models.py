@@ -402,3 +402,32 @@ def test_hook_through_torch_compile_wrapper(seed):
         hooked = run_latents(pipe, "hunyuan_video", seed)
     assert [(c.step, c.layer) for c in calls] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert (hooked - reference).abs().max().item() <= 1e-5
+
+
+def test_load_model_pixel_space_tiny_format(tmp_path, seed):
+    """The bundled model's format (`TinyVideoPipeline`, VAE factors 1) loads and hooks like any pipeline."""
+    tiny = pytest.importorskip("sta_search.tiny.pipeline")
+    text = pytest.importorskip("sta_search.tiny.text")
+    pipe = tiny.TinyVideoPipeline(
+        tokenizer=text.build_tokenizer(),
+        **tiny.build_components(dict(num_layers=2, num_attention_heads=2, ffn_dim=64), dict(num_layers=1)),
+    )
+    pipe.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), "cpu", torch.float32)
+    assert (loaded.adapter.vae_scale_temporal, loaded.adapter.vae_scale_spatial) == (1, 1)
+    patch = loaded.info.patch_size
+    assert loaded.canvas(32, 32, 4) == (4 // patch[0], 32 // patch[1], 32 // patch[2])
+
+    def call():
+        generator = torch.Generator("cpu").manual_seed(seed)
+        kwargs = loaded.adapter.pipeline_kwargs("a red circle", 32, 32, 4, 2, generator, output_type="latent")
+        with torch.no_grad():
+            return loaded.pipeline(**kwargs).frames
+
+    reference = call()
+    calls: list[AttentionCall] = []
+    with hook_attention(loaded, recording(calls)):
+        hooked = call()
+    assert {c.canvas for c in calls} == {loaded.canvas(32, 32, 4)}
+    assert len(calls) == 2 * 2 * 2  # steps x CFG forwards x layers
+    assert (hooked - reference).abs().max().item() <= 1e-5
