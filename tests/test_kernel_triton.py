@@ -174,6 +174,20 @@ def test_smaller_blocks_than_tile_agree(seed):
     assert rel_rms(split, whole) < 1e-6
 
 
+def test_descriptor_loads_and_strided_inputs_agree(seed):
+    """The TMA-descriptor path (and warp-specialize flag) on inputs in a transposed (B, S, H, D) layout."""
+    geometry = Geometry(**ODD)
+    text_len = 7
+    q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2)
+               for x in make_qkv(2, 2, geometry.padded_len + text_len, 32))
+    windows = normalize_windows([(1, 2, 2), (2, 1, 3)], 2)
+    text_mask = make_text_mask(2, text_len)
+    plain = sta_triton_tiled(q, k, v, geometry, windows, text_len, text_mask, None)
+    tma = sta_triton_tiled(q, k, v, geometry, windows, text_len, text_mask, None,
+                           config=KernelConfig(32, 32, 4, 1, tma=True, warp_specialize=True))
+    assert torch.equal(plain, tma)
+
+
 def test_block_sizes_must_divide_tile_volume():
     geometry = Geometry(canvas=(2, 4, 4), tile=(2, 4, 4))
     q, k, v = make_qkv(1, 1, geometry.padded_len, 32)

@@ -26,13 +26,15 @@ query blocks of heads sorted by window volume, heaviest first, query blocks of o
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..geometry import Geometry
 
@@ -73,10 +75,16 @@ class KernelConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    tma: bool = False  # K/V of the window loop through TMA tensor descriptors (Hopper+, CUDA only)
+    warp_specialize: bool = False  # Triton's automatic warp specialization of the window loop
 
 
 def default_config(tile_volume: int, head_dim: int, dtype: torch.dtype, on_gpu: bool) -> KernelConfig:
-    """A fixed, measured config per (tile volume, head dim, dtype): no autotuning on the first call."""
+    """A fixed config per (tile volume, head dim, dtype), from the H100 sweep in bench/NOTES.md.
+
+    No autotuning at the first call. TMA descriptors are used on GPUs that have them (Hopper+);
+    :func:`sta_triton_tiled` falls back to pointer loads when the strides do not allow them.
+    """
     if not on_gpu:
         # Interpreter: the fewer programs and loop trips the faster; numpy does not care about registers.
         b = math.gcd(tile_volume, 128)
@@ -85,10 +93,20 @@ def default_config(tile_volume: int, head_dim: int, dtype: torch.dtype, on_gpu: 
         bm = math.gcd(tile_volume, 64)
         bn = math.gcd(tile_volume, 64 if head_dim <= 64 else 32)
         return KernelConfig(bm, bn, 4, 2)
+    tma = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
     bm = math.gcd(tile_volume, 128)
-    bn = math.gcd(tile_volume, 128 if head_dim <= 64 else 64)
+    bn = math.gcd(tile_volume, 128)
+    # Measured on H100 at hunyuan-720p (3,3,3), d=128 bf16: TMA 128x128/8 warps/3 stages 27.7 ms,
+    # pointer loads 128x64/8/3 39.5 ms, 128x128 pointer loads run out of shared memory.
+    if not tma and bn == 128 and head_dim == 128:
+        bn = 64
     warps = 8 if bm >= 128 else 4
-    return KernelConfig(bm, bn, warps, 3)
+    return KernelConfig(bm, bn, warps, 3, tma=tma)
+
+
+def _tma_compatible(*tensors: torch.Tensor) -> bool:
+    return all(x.data_ptr() % 16 == 0 and all((st * x.element_size()) % 16 == 0 for st in x.stride()[:-1])
+               for x in tensors)
 
 
 @triton.jit
@@ -145,7 +163,7 @@ def _text_keys(acc, m_i, l_i, q, K, V, TextMask, text_len, qk_scale, offs_n, off
 
 @triton.jit
 def _sta_fwd_kernel(
-    Q, K, V, Out, Windows, HeadOrder, TextMask,
+    Q, K, V, Out, Windows, HeadOrder, TextMask, KDesc, VDesc,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -157,7 +175,8 @@ def _sta_fwd_kernel(
     REM_T: tl.constexpr, REM_H: tl.constexpr, REM_W: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_PADDING: tl.constexpr, HAS_TEXT: tl.constexpr, HAS_TEXT_MASK: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr, USE_TMA: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
 ):
     TILE_VOL: tl.constexpr = TT * TH * TW
     PADDED_LEN: tl.constexpr = NT * NH * NW * TILE_VOL
@@ -226,15 +245,19 @@ def _sta_fwd_kernel(
         sh = tl.minimum(tl.maximum(ch - (wh - 1) // 2, 0), NH - wh)
         sw = tl.minimum(tl.maximum(cw - (ww - 1) // 2, 0), NW - ww)
         blocks_per_span = ww * BLOCKS_PER_TILE
-        for j in range(0, wt * wh * blocks_per_span):
+        for j in tl.range(0, wt * wh * blocks_per_span, warp_specialize=WARP_SPECIALIZE):
             span = j // blocks_per_span
             in_span = j - span * blocks_per_span
             kt = st + span // wh
             kh = sh + span % wh
             start = ((kt * NH + kh) * NW + sw) * TILE_VOL + in_span * BLOCK_N
-            cols = start + offs_n
-            k = tl.load(Kb + cols[:, None] * stride_kn + offs_d[None, :])
-            v = tl.load(Vb + cols[:, None] * stride_vn + offs_d[None, :])
+            if USE_TMA:
+                k = KDesc.load([b.to(tl.int32), h.to(tl.int32), start, 0]).reshape(BLOCK_N, HEAD_DIM)
+                v = VDesc.load([b.to(tl.int32), h.to(tl.int32), start, 0]).reshape(BLOCK_N, HEAD_DIM)
+            else:
+                cols = start + offs_n
+                k = tl.load(Kb + cols[:, None] * stride_kn + offs_d[None, :])
+                v = tl.load(Vb + cols[:, None] * stride_vn + offs_d[None, :])
             if HAS_PADDING:
                 key_ok = _padding_ok(start // TILE_VOL, start % TILE_VOL + offs_n, NH, NW, TH, TW, NT,
                                      REM_T, REM_H, REM_W)
@@ -253,9 +276,14 @@ def _sta_fwd_kernel(
     tl.store(Ob + rows[:, None] * stride_om + offs_d[None, :], out.to(Out.dtype.element_ty), mask=row_ok[:, None])
 
 
+@functools.lru_cache(maxsize=16)
+def _grid_on(grid, device: torch.device) -> torch.Tensor:
+    return torch.tensor(grid, device=device, dtype=torch.int32)
+
+
 def _head_order(windows: torch.Tensor, grid) -> torch.Tensor:
     """Heads sorted by clipped window volume, heaviest first (on device, no host sync)."""
-    limits = torch.tensor(grid, device=windows.device, dtype=windows.dtype)
+    limits = _grid_on(tuple(grid), windows.device)
     volume = torch.minimum(windows, limits).prod(dim=1)
     return torch.argsort(volume, descending=True, stable=True).to(torch.int32)
 
@@ -307,8 +335,17 @@ def sta_triton_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry
     (nt, nh, nw), (tt, th, tw) = geometry.grid, geometry.tile
     rem = [c - (n - 1) * t for c, n, t in zip(geometry.canvas, geometry.grid, geometry.tile)]
 
+    if config.tma and not _tma_compatible(k, v):
+        # Pointer loads hold K/V stages in shared memory less compactly: 128-wide key blocks overflow it.
+        config = replace(config, tma=False, block_n=math.gcd(config.block_n, 64))
+    if config.tma:
+        block = [1, 1, config.block_n, D]
+        k_desc = TensorDescriptor(k, list(k.shape), list(k.stride()), block)
+        v_desc = TensorDescriptor(v, list(v.shape), list(v.stride()), block)
+    else:
+        k_desc, v_desc = k, v  # unused
     _sta_fwd_kernel[(text_programs + video_programs,)](
-        q, k, v, out, windows, head_order, text_mask_arg,
+        q, k, v, out, windows, head_order, text_mask_arg, k_desc, v_desc,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         stride_tb, stride_tm,
         scale * LOG2E, heads, text_len, text_programs,
@@ -318,6 +355,7 @@ def sta_triton_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry
         HAS_TEXT_MASK=text_len > 0 and text_mask is not None,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         UPCAST_DOTS=q.device.type != "cuda" and q.dtype == torch.bfloat16,
+        USE_TMA=config.tma, WARP_SPECIALIZE=config.warp_specialize,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out

@@ -1,0 +1,118 @@
+"""Kernel benchmark driver for one GPU session: correctness check, config sweep, the issue-3 cases.
+
+    python bench/kernel.py --out DIR [--cases all|quick|none] [--sweep] [--check]
+
+Same logic as ``sta-search bench`` (``sta_search.benchmark``), batched so one device call covers
+every case. The JSON (``kernel-<utc>.json`` under ``--out``) is rewritten after every case, so a run
+cut short still leaves its finished cases; a plain-text table is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sta_search.benchmark import make_shape, run_shape, sweep_configs, write_results
+from sta_search.kernels.sta.triton_fwd import KernelConfig
+
+CASES = {
+    "none": [],
+    "quick": [("hunyuan-720p", "3,3,3", 0)],
+    "all": [
+        ("hunyuan-720p", "3,3,3", 0),
+        ("hunyuan-720p", "5,5,5", 0),
+        ("hunyuan-720p", "mixed", 0),
+        ("hunyuan-720p", "3,3,3", 256),
+        ("wan-480p", "3,3,3", 0),
+        ("wan-720p", "3,3,3", 0),
+    ],
+}
+
+K = KernelConfig
+SWEEP = [
+    K(128, 128, 8, 3), K(128, 64, 4, 3), K(64, 128, 4, 3),
+    K(128, 128, 8, 3, tma=True), K(128, 128, 8, 2, tma=True), K(128, 64, 8, 3, tma=True),
+    K(128, 64, 4, 3, tma=True), K(128, 128, 4, 3, tma=True),
+    K(128, 128, 8, 3, tma=True, warp_specialize=True), K(128, 128, 4, 3, tma=True, warp_specialize=True),
+    K(128, 128, 8, 3, warp_specialize=True),
+]
+
+
+def check_against_flex(log=print) -> list[dict]:
+    """Issue-2 GPU check: triton vs flex at hunyuan-720p (bf16, d=128, 24 heads), uniform and mixed windows."""
+    from sta_search.kernels import Geometry
+    from sta_search.kernels.sta import sta_attention_tiled
+
+    geometry = Geometry((30, 48, 80), (6, 8, 8))
+    mixed = [[(1, 2, 3), (3, 3, 3), (5, 6, 10), (2, 3, 5), (3, 5, 5), (1, 1, 1)][h % 6] for h in range(24)]
+    rows = []
+    for name, table, text_len in (("uniform-333", (3, 3, 3), 0), ("mixed", mixed, 0), ("333-text256", (3, 3, 3), 256)):
+        torch.manual_seed(int(time.time()))
+        q, k, v = (torch.randn(1, 24, geometry.padded_len + text_len, 128, device="cuda", dtype=torch.bfloat16)
+                   for _ in range(3))
+        text_mask = None
+        if text_len:
+            text_mask = torch.ones(1, text_len, dtype=torch.bool, device="cuda")
+            text_mask[:, 200:] = False
+        ours = sta_attention_tiled(q, k, v, geometry=geometry, windows=table, text_len=text_len, text_mask=text_mask,
+                                   backend="triton")
+        flex = sta_attention_tiled(q, k, v, geometry=geometry, windows=table, text_len=text_len, text_mask=text_mask,
+                                   backend="flex")
+        err = ((ours.float() - flex.float()).norm() / flex.float().norm()).item()
+        finite = bool(torch.isfinite(ours).all())
+        log(f"check {name}: triton vs flex rel RMS {err:.3e} finite={finite}")
+        rows.append({"case": name, "rel_rms_vs_flex": err, "finite": finite})
+    return rows
+
+
+def plain_table(results) -> str:
+    lines = [f"{'shape':<14}{'windows':<10}{'text':>5} {'impl':<15}{'ms':>9}{'TFLOP/s':>9}{'cudnn/x':>9}"]
+    for r in results:
+        w = r.shape["windows"]
+        wtext = "x".join(map(str, w[0])) if len(w) == 1 else "mixed"
+        base = r.ms.get("cudnn-dense")
+        for impl, ms in r.ms.items():
+            ratio = f"{base / ms:.2f}" if base else "-"
+            lines.append(f"{r.shape['name']:<14}{wtext:<10}{r.shape['text_len']:>5} {impl:<15}{ms:9.2f}"
+                         f"{r.tflops[impl]:9.0f}{ratio:>9}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--cases", default="all", choices=sorted(CASES))
+    parser.add_argument("--sweep", action="store_true", help="sweep launch configs on hunyuan-720p (3,3,3)")
+    parser.add_argument("--check", action="store_true", help="triton vs flex at hunyuan-720p")
+    parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--iters", type=int, default=20)
+    args = parser.parse_args(argv)
+    log = lambda *a: print(*a, flush=True)  # noqa: E731
+    extra: dict = {}
+    results: list = []
+    path = None
+    if args.check:
+        extra["check"] = check_against_flex(log)
+        path = write_results(results, args.out, extra=extra)
+    if args.sweep:
+        log("config sweep: hunyuan-720p (3,3,3)")
+        extra["sweep"] = sweep_configs(make_shape("hunyuan-720p", window="3,3,3"), SWEEP, log=log)
+        path = write_results(results, args.out, extra=extra)
+    for name, window, text_len in CASES[args.cases]:
+        shape = make_shape(name, window=window, text_len=text_len)
+        log(f"{shape.name} windows {window} text {text_len}")
+        results.append(run_shape(shape, iters=args.iters, baselines=not args.no_baselines, log=log))
+        if path is not None:
+            path.unlink(missing_ok=True)
+        path = write_results(results, args.out, extra=extra)
+    log(plain_table(results))
+    log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

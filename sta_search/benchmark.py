@@ -1,0 +1,342 @@
+"""Kernel benchmark: STA (ours, FlexAttention) against dense SDPA (cuDNN, FlashAttention-2) on one GPU.
+
+Everything runs in one process on the same inputs: medians of per-call CUDA-event timings after
+warm-up, with the inputs rotated over several independent sets so L2 never holds the last call's
+data. Effective TFLOP/s counts only attended (query, key) pairs: ``4 * D * pairs`` per head.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+Triple = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class BenchShape:
+    """One attention call: a video canvas (plus optional joint text) with per-head windows."""
+
+    name: str
+    canvas: Triple
+    heads: int
+    head_dim: int = 128
+    tile: Triple = (6, 8, 8)
+    batch: int = 1
+    windows: tuple[Triple, ...] = ((3, 3, 3),)  # one entry for every head, or one per head
+    text_len: int = 0
+    text_valid: int | None = None  # real text keys per row (the rest padded out); None = all real
+    dtype: str = "bfloat16"
+
+    def window_table(self) -> list[Triple]:
+        return list(self.windows) * self.heads if len(self.windows) == 1 else list(self.windows)
+
+
+NAMED_SHAPES = {
+    "hunyuan-720p": BenchShape("hunyuan-720p", (30, 48, 80), 24),
+    "wan-480p": BenchShape("wan-480p", (21, 30, 52), 12),
+    "wan-720p": BenchShape("wan-720p", (21, 45, 80), 40),
+}
+
+# Per-head windows whose mean tile volume equals (3,3,3)'s 27 (45, 9, 45, 9, 27, 27).
+MIXED_WINDOWS: tuple[Triple, ...] = ((3, 3, 5), (1, 3, 3), (5, 3, 3), (3, 3, 1), (3, 3, 3), (1, 3, 9))
+
+
+def parse_triple(text: str, what: str) -> Triple:
+    try:
+        values = tuple(int(x) for x in text.replace("x", ",").split(","))
+    except ValueError:
+        raise UserError(f"{what} must be three integers like 3,3,3, got {text!r}") from None
+    if len(values) != 3 or min(values) < 1:
+        raise UserError(f"{what} must be three integers >= 1 like 3,3,3, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def make_shape(name: str | None = "hunyuan-720p", *, canvas: str | None = None, heads: int | None = None,
+               window: str | None = None, text_len: int | None = None, head_dim: int | None = None,
+               tile: str | None = None, batch: int | None = None) -> BenchShape:
+    """A named shape with overrides. ``window`` is ``t,h,w`` or ``mixed`` (a per-head table)."""
+    if name is not None and name not in NAMED_SHAPES:
+        raise UserError(f"unknown shape {name!r}; choose one of {', '.join(NAMED_SHAPES)}")
+    shape = NAMED_SHAPES[name] if name else BenchShape("custom", (30, 48, 80), 24)
+    if canvas is not None:
+        shape = replace(shape, name=f"{shape.name}+canvas", canvas=parse_triple(canvas, "--canvas"))
+    if tile is not None:
+        shape = replace(shape, tile=parse_triple(tile, "--tile"))
+        if math.prod(shape.tile) % 16:
+            raise UserError(f"--tile volume must be a multiple of 16, got {tile}")
+    if heads is not None:
+        if heads < 1:
+            raise UserError(f"--heads must be >= 1, got {heads}")
+        shape = replace(shape, heads=heads)
+    if head_dim is not None:
+        if head_dim not in (32, 64, 128):
+            raise UserError(f"--head-dim must be 32, 64 or 128, got {head_dim}")
+        shape = replace(shape, head_dim=head_dim)
+    if batch is not None:
+        shape = replace(shape, batch=batch)
+    if window is not None:
+        if window == "mixed":
+            table = tuple(MIXED_WINDOWS[h % len(MIXED_WINDOWS)] for h in range(shape.heads))
+            shape = replace(shape, windows=table)
+        else:
+            shape = replace(shape, windows=(parse_triple(window, "--window"),))
+    if text_len is not None:
+        if text_len < 0:
+            raise UserError(f"--text-len must be >= 0, got {text_len}")
+        # A realistic prompt: the last fifth of the text slots are padding.
+        shape = replace(shape, text_len=text_len, text_valid=text_len - text_len // 5 if text_len else None)
+    return shape
+
+
+def attended_pairs(shape: BenchShape) -> tuple[int, int]:
+    """(attended (query, key) pairs summed over heads, dense pairs summed over heads), batch included."""
+    from .kernels import Geometry
+
+    geometry = Geometry(shape.canvas, shape.tile)
+    V, T = geometry.video_len, shape.text_len
+    Tv = T if shape.text_valid is None else shape.text_valid
+    pairs = 0
+    for window in shape.window_table():
+        video = round(geometry.density(window) * V * V)
+        pairs += video + V * Tv + T * (V + Tv)
+    S = V + T
+    return pairs * shape.batch, shape.heads * S * S * shape.batch
+
+
+def _median_ms(fn, input_sets, warmup: int, iters: int) -> tuple[float, list[float]]:
+    for i in range(warmup):
+        fn(*input_sets[i % len(input_sets)])
+    torch.cuda.synchronize()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    for i in range(iters):
+        args = input_sets[i % len(input_sets)]
+        starts[i].record()
+        fn(*args)
+        ends[i].record()
+    torch.cuda.synchronize()
+    times = [s.elapsed_time(e) for s, e in zip(starts, ends)]
+    return statistics.median(times), times
+
+
+def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm()).item()
+
+
+@dataclass
+class BenchResult:
+    shape: dict
+    density: float
+    attended_tflop: float
+    dense_tflop: float
+    ms: dict = field(default_factory=dict)
+    tflops: dict = field(default_factory=dict)
+    speedup: dict = field(default_factory=dict)
+    flex_mask_build_ms: float | None = None
+    flex_first_call_s: float | None = None
+    ours_first_call_s: float | None = None
+    ours_vs_flex_rel_rms: list = field(default_factory=list)
+    kernel_config: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmup: int = 3, rotate: int = 3,
+              baselines: bool = True, flex: bool = True, config=None, log=print) -> BenchResult:
+    """Time every implementation on ``shape``; see the module docstring."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from .kernels import Geometry, to_tiles
+    from .kernels.sta import normalize_windows, sta_attention
+    from .kernels.sta.flex import build_block_mask
+    from .kernels.sta.triton_fwd import default_config, sta_triton_tiled
+
+    if not torch.cuda.is_available():
+        raise UserError("the kernel benchmark needs a CUDA GPU")
+    device = torch.device("cuda")
+    dtype = getattr(torch, shape.dtype)
+    geometry = Geometry(shape.canvas, shape.tile)
+    B, H, D, T = shape.batch, shape.heads, shape.head_dim, shape.text_len
+    S = geometry.video_len + T
+    windows = normalize_windows(shape.window_table(), H, device=device)
+    text_mask = None
+    if T:
+        text_mask = torch.zeros(B, T, dtype=torch.bool, device=device)
+        text_mask[:, : shape.text_valid] = True
+
+    pairs, dense_pairs = attended_pairs(shape)
+    attended_flop, dense_flop = 4.0 * D * pairs, 4.0 * D * dense_pairs
+    result = BenchResult(shape=asdict(shape), density=pairs / dense_pairs, attended_tflop=attended_flop / 1e12,
+                         dense_tflop=dense_flop / 1e12)
+    cfg = config or default_config(geometry.tile_volume, D, dtype, True)
+    result.kernel_config = asdict(cfg)
+
+    def natural_set():
+        return [torch.randn(B, H, S, D, device=device, dtype=dtype) for _ in range(3)]
+
+    def tiled(x):
+        if not T:
+            return to_tiles(geometry, x)
+        return torch.cat([to_tiles(geometry, x[:, :, : geometry.video_len]), x[:, :, geometry.video_len:]], 2)
+
+    natural_sets = [natural_set() for _ in range(rotate)]
+    tiled_sets = [[tiled(x) for x in s] for s in natural_sets]
+
+    def ours_tiled(q, k, v):
+        return sta_triton_tiled(q, k, v, geometry, windows, T, text_mask, None, config=cfg)
+
+    def ours_natural(q, k, v):
+        return sta_attention(q, k, v, canvas=geometry.canvas, tile=geometry.tile, windows=windows, text_len=T,
+                             text_mask=text_mask, backend="triton")
+
+    t0 = time.perf_counter()
+    ours_tiled(*tiled_sets[0])
+    torch.cuda.synchronize()
+    result.ours_first_call_s = time.perf_counter() - t0
+
+    def record(name, ms, flop):
+        result.ms[name] = ms
+        result.tflops[name] = flop / ms / 1e9
+        log(f"  {name:<22} {ms:9.3f} ms  {flop / ms / 1e9:7.1f} TFLOP/s")
+
+    record("ours", _median_ms(ours_tiled, tiled_sets, warmup, iters)[0], attended_flop)
+    record("ours+permutes", _median_ms(ours_natural, natural_sets, warmup, iters)[0], attended_flop)
+
+    if flex:
+        from .kernels.sta import flex as flex_module
+
+        # Time FlexAttention itself: mask built once (timed separately), inputs pre-padded to its block size.
+        L = geometry.padded_len + T
+        bs = flex_module.flex_block_size(geometry)
+        Lp = -(-L // bs) * bs
+        key_valid = torch.zeros(B, Lp, dtype=torch.bool, device=device)
+        key_valid[:, : geometry.padded_len] = geometry.key_valid().to(device)
+        if T:
+            key_valid[:, geometry.padded_len: L] = text_mask
+        flex_module._MASK_CACHE.clear()
+        flex_module._block_pattern.cache_clear()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        mask = build_block_mask(geometry, windows, T, key_valid, tiled_sets[0][0].device)
+        torch.cuda.synchronize()
+        result.flex_mask_build_ms = (time.perf_counter() - t0) * 1e3
+        compiled = flex_module._flex_fn(device)
+        padded_sets = [[torch.nn.functional.pad(x, (0, 0, 0, Lp - L)) if Lp != L else x for x in s]
+                       for s in tiled_sets]
+
+        def flex_tiled(q, k, v):
+            return compiled(q, k, v, block_mask=mask)
+
+        t0 = time.perf_counter()
+        flex_tiled(*padded_sets[0])
+        torch.cuda.synchronize()
+        result.flex_first_call_s = time.perf_counter() - t0
+        record("flex", _median_ms(flex_tiled, padded_sets, warmup, iters)[0], attended_flop)
+        valid = torch.cat([geometry.key_valid(), torch.ones(T, dtype=torch.bool)]).to(device)
+        for s, ps in zip(tiled_sets, padded_sets):
+            ours_out, flex_out = ours_tiled(*s), flex_tiled(*ps)[:, :, :L]
+            result.ours_vs_flex_rel_rms.append(_rel_rms(ours_out[:, :, valid], flex_out[:, :, valid]))
+        log(f"  ours vs flex rel RMS: {max(result.ours_vs_flex_rel_rms):.2e}")
+        del ours_out, flex_out, padded_sets
+
+    if baselines:
+        for name, backend in (("cudnn-dense", SDPBackend.CUDNN_ATTENTION), ("fa2-dense", SDPBackend.FLASH_ATTENTION)):
+            def dense(q, k, v, backend=backend):
+                with sdpa_kernel(backend):
+                    return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            try:
+                record(name, _median_ms(dense, natural_sets, 1, dense_iters)[0], dense_flop)
+            except RuntimeError as exc:  # a backend missing from this build
+                result.extra[f"{name}-error"] = str(exc).splitlines()[0]
+                log(f"  {name}: not available ({result.extra[f'{name}-error']})")
+
+    for base in ("cudnn-dense", "fa2-dense", "flex"):
+        if base in result.ms:
+            for ours in ("ours", "ours+permutes"):
+                result.speedup[f"{ours} vs {base}"] = result.ms[base] / result.ms[ours]
+    return result
+
+
+def sweep_configs(shape: BenchShape, configs, *, iters: int = 15, warmup: int = 2, rotate: int = 3, log=print):
+    """Time our kernel alone under several launch configs (same inputs); returns [(config dict, ms)]."""
+    from .kernels import Geometry
+    from .kernels.sta import normalize_windows
+    from .kernels.sta.triton_fwd import sta_triton_tiled
+
+    device = torch.device("cuda")
+    dtype = getattr(torch, shape.dtype)
+    geometry = Geometry(shape.canvas, shape.tile)
+    L = geometry.padded_len + shape.text_len
+    windows = normalize_windows(shape.window_table(), shape.heads, device=device)
+    sets = [[torch.randn(shape.batch, shape.heads, L, shape.head_dim, device=device, dtype=dtype) for _ in range(3)]
+            for _ in range(rotate)]
+    text_mask = None
+    if shape.text_len:
+        text_mask = torch.zeros(shape.batch, shape.text_len, dtype=torch.bool, device=device)
+        text_mask[:, : shape.text_valid] = True
+    pairs, _ = attended_pairs(shape)
+    out = []
+    for cfg in configs:
+        try:
+            ms = _median_ms(lambda q, k, v: sta_triton_tiled(q, k, v, geometry, windows, shape.text_len, text_mask,
+                                                             None, config=cfg), sets, warmup, iters)[0]
+        except Exception as exc:  # e.g. out of shared memory for this config
+            log(f"  {cfg}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+            out.append((asdict(cfg), None))
+            continue
+        log(f"  {cfg}: {ms:.3f} ms  {4 * shape.head_dim * pairs / ms / 1e9:.1f} TFLOP/s")
+        out.append((asdict(cfg), ms))
+    return out
+
+
+def environment() -> dict:
+    import triton
+
+    props = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None
+    return {
+        "device": torch.cuda.get_device_name(0) if props else "cpu",
+        "sm_count": props.multi_processor_count if props else None,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def write_results(results: list[BenchResult], out_dir: Path, tag: str = "kernel", extra: dict | None = None) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    stamp = env["utc"].replace(":", "").replace("-", "")
+    path = out_dir / f"{tag}-{stamp}.json"
+    payload = {"environment": env, "results": [asdict(r) for r in results], **(extra or {})}
+    path.write_text(json.dumps(payload, indent=1))
+    return path
+
+
+def results_table(results: list[BenchResult]):
+    from rich.table import Table
+
+    table = Table(title="STA attention forward (median ms, effective TFLOP/s)")
+    for col in ("shape", "windows", "text", "density", "impl", "ms", "TFLOP/s", "cuDNN / this"):
+        table.add_column(col, justify="right" if col not in ("shape", "impl", "windows") else "left")
+    for r in results:
+        windows = r.shape["windows"]
+        wtext = "x".join(map(str, windows[0])) if len(windows) == 1 else f"mixed({len(windows)})"
+        base = r.ms.get("cudnn-dense")
+        for i, (impl, ms) in enumerate(r.ms.items()):
+            table.add_row(r.shape["name"] if i == 0 else "", wtext if i == 0 else "",
+                          str(r.shape["text_len"]) if i == 0 else "", f"{r.density:.3f}" if i == 0 else "",
+                          impl, f"{ms:.2f}", f"{r.tflops[impl]:.0f}", f"{base / ms:.2f}x" if base else "-")
+    return table

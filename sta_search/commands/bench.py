@@ -1,0 +1,37 @@
+"""``sta-search bench``: time the STA kernel against FlexAttention and dense SDPA on this GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench")
+    def bench(
+        shape: str = typer.Option("hunyuan-720p", "--shape", help="hunyuan-720p, wan-480p or wan-720p."),
+        canvas: str = typer.Option(None, "--canvas", help="Override the canvas, T,H,W in tokens."),
+        heads: int = typer.Option(None, "--heads", help="Override the number of heads."),
+        window: list[str] = typer.Option(None, "--window",
+                                         help="t,h,w in tiles, or 'mixed' (per-head, mean volume 27); repeatable."),
+        text_len: int = typer.Option(None, "--text-len", help="Joint text tokens after the video (last 20% padded)."),
+        tile: str = typer.Option(None, "--tile", help="Tile t,h,w (default 6,8,8)."),
+        iters: int = typer.Option(20, "--iters", help="Timed calls of each sparse kernel (median reported)."),
+        no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip dense cuDNN / FlashAttention-2."),
+        out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for the JSON result."),
+    ):
+        """Median times, effective TFLOP/s and speedups; writes a JSON result under --out."""
+        from ..benchmark import make_shape, results_table, run_shape, write_results
+
+        console = Console()
+        shapes = [make_shape(shape, canvas=canvas, heads=heads, window=w, text_len=text_len, tile=tile)
+                  for w in (window or [None])]
+        results = []
+        for s in shapes:
+            console.print(f"[bold]{s.name}[/] canvas {s.canvas} heads {s.heads} windows "
+                          f"{s.windows[0] if len(s.windows) == 1 else 'mixed'} text {s.text_len}")
+            results.append(run_shape(s, iters=iters, baselines=not no_baselines, log=console.print))
+        console.print(results_table(results))
+        console.print(f"wrote {write_results(results, out)}")
