@@ -231,7 +231,9 @@ class Bench:
             row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         return row
 
-    def run_mode(self, name, model, inputs, spec, info, compiled: bool):
+    def run_mode(self, name, model, inputs, spec, info, full_warmup: bool):
+        """Time one mode. ``full_warmup``: warm up with whole forwards (first mode of a phase: cuBLAS,
+        cuDNN, torch.compile); otherwise one attention call on the recorded shapes warms the kernel up."""
         from sta_search.accelerate import AttentionTimer, accelerate, timed_dense_attention
         from sta_search.maskconfig import MaskConfig
         from sta_search.models import get_adapter, hook_attention
@@ -251,20 +253,67 @@ class Bench:
             ctx = accelerate(model, config, backend=backend, timer=timer)
         with sdpa_priority(self.device), torch.inference_mode(), ctx as acc:
             t = time.perf_counter()
-            for _ in range(self.args.warmup):
-                model(**inputs)
+            if full_warmup or self.call_shape is None:
+                record = self._record_call_shape(acc) if name == "dense" else contextlib.nullcontext()
+                with record:
+                    for _ in range(max(1, self.args.warmup)):
+                        model(**inputs)
+            elif hasattr(acc, "attention"):
+                acc.attention(self._fake_call())
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             warm = time.perf_counter() - t
             if timer is not None:
                 timer.reset()
-            row = self.time_forward(model, inputs, timer if name != "dense-native" else None)
+            graphs_before = _unique_graphs()
+            row = self.time_forward(model, inputs, timer)
+            if _unique_graphs() != graphs_before:  # torch.compile recompiled inside the timed forwards: again
+                graphs_before = _unique_graphs()
+                timer is not None and timer.reset()
+                first = row["seconds"]
+                row = self.time_forward(model, inputs, timer)
+                row["discarded_seconds_with_recompile"] = first
             row["warmup_seconds"] = warm
-            if acc is not None and hasattr(acc, "attention"):
-                density = acc.attention.density(1)
-                row["density"] = density["overall"]
-                row["attention_calls"] = dict(acc.attention.calls)
+            row["warmup"] = "forward" if (full_warmup or self.call_shape is None) else "attention call"
+            row["compiled_during_timing"] = _unique_graphs() != graphs_before
+            if hasattr(acc, "attention"):
+                row["density"] = acc.attention.density(1)["overall"]
+                row["attention_calls_per_forward"] = {k: v // self.args.reps for k, v in acc.attention.calls.items()}
         return row
+
+    @contextlib.contextmanager
+    def _record_call_shape(self, state):
+        """Wrap the hooked attention function to remember one call's shapes and text mask."""
+        runtime = None
+        for module in self._attention_modules:
+            runtime = getattr(module.processor, "runtime", None)
+            if runtime is not None:
+                break
+        if runtime is None:
+            yield
+            return
+        original = runtime.attention_fn
+
+        def recording(call):
+            if self.call_shape is None:
+                self.call_shape = dict(shape=tuple(call.q.shape), dtype=call.q.dtype, canvas=call.canvas,
+                                       text_len=call.text_len, text_first=call.text_first,
+                                       text_mask=None if call.text_mask is None else call.text_mask.clone())
+            return original(call)
+
+        runtime.attention_fn = recording
+        try:
+            yield
+        finally:
+            runtime.attention_fn = original
+
+    def _fake_call(self):
+        from sta_search.models import AttentionCall
+
+        c = self.call_shape
+        q, k, v = (torch.randn(c["shape"], device=self.device, dtype=c["dtype"]) for _ in range(3))
+        return AttentionCall(step=0, layer=0, q=q, k=k, v=v, canvas=c["canvas"], text_len=c["text_len"],
+                             text_first=c["text_first"], text_mask=c["text_mask"], forward_index=0)
 
     # ------------------------------------------------------------------ per model
     def run_model(self, key: str):
@@ -290,7 +339,9 @@ class Bench:
             "eager": {}, "compiled": {},
         }
         self.log(key, f"built {entry['parameters_billion']:.2f}B params in {build_seconds:.1f}s")
-        modes = ["dense-native", "dense"] if self.args.native else ["dense"]
+        self.call_shape = None
+        self._attention_modules = get_adapter(model).attention_modules(model)
+        modes = ["dense", "dense-native"] if self.args.native else ["dense"]
         for window in self.args.windows:
             tag = "".join(map(str, window))
             modes += [f"sta-{backend}-{tag}" for backend in self.args.backends]
@@ -298,7 +349,6 @@ class Bench:
         for compiled in phases:
             section = entry["compiled" if compiled else "eager"]
             if compiled:
-                t = time.perf_counter()
                 section["compiled_blocks"] = compile_transformer(model)
             for mode in modes:
                 if compiled and mode == "dense-native":
@@ -308,8 +358,11 @@ class Bench:
                     section[mode] = {"skipped": "time budget"}
                     continue
                 try:
-                    row = self.run_mode(mode, model, inputs, spec, info, compiled)
+                    row = self.run_mode(mode, model, inputs, spec, info, full_warmup=(mode == "dense"))
                 except Exception as exc:  # keep the other modes' numbers
+                    import traceback
+
+                    traceback.print_exc()
                     row = {"error": f"{type(exc).__name__}: {exc}"[:500]}
                 section[mode] = row
                 self._speedups(section)
@@ -339,6 +392,12 @@ class Bench:
         self.results["wall_seconds"] = self.elapsed()
         self.save()
         self.log("wrote", self.args.out)
+
+
+def _unique_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"].get("unique_graphs", 0))
 
 
 def versions() -> dict:

@@ -57,16 +57,15 @@ def check_config(config, info, canvas=None, steps: int | None = None) -> None:
         raise UserError(f"mask config tile {tuple(config.tile)} does not fit canvas {tuple(config.canvas)}: {exc}") from None
 
 
-def _transformers_of(pipe_or_transformer) -> tuple[torch.nn.Module, object | None]:
-    """(transformer, pipeline or None) of a diffusers pipeline or a bare transformer module."""
+def _model_parts(pipe_or_transformer):
+    """(transformer, transformer_2 or None, pipeline or None) of a diffusers pipeline, a ``LoadedModel``
+    or a bare transformer module (Wan 2.2 pipelines carry a second expert, ``transformer_2``)."""
     transformer = getattr(pipe_or_transformer, "transformer", None)
     if isinstance(transformer, torch.nn.Module):
-        if getattr(pipe_or_transformer, "transformer_2", None) is not None:
-            raise UserError("pipelines with two transformer experts (transformer_2, Wan 2.2) are not supported yet; "
-                            "accelerate pipe.transformer directly to sparsify the first expert only")
-        return transformer, pipe_or_transformer
+        pipeline = getattr(pipe_or_transformer, "pipeline", pipe_or_transformer)
+        return transformer, getattr(pipe_or_transformer, "transformer_2", None), pipeline
     if isinstance(pipe_or_transformer, torch.nn.Module):
-        return pipe_or_transformer, None
+        return pipe_or_transformer, None, None
     raise TypeError(f"expected a diffusers pipeline or a transformer module, got {type(pipe_or_transformer).__name__}")
 
 
@@ -277,7 +276,9 @@ def accelerate(pipe_or_transformer, mask, *, backend: str = "auto", height: int 
     """Run ``pipe_or_transformer`` with the Sliding Tile Attention windows of ``mask`` inside the block.
 
     Args:
-        pipe_or_transformer: a diffusers video pipeline (its ``.transformer`` is hooked) or a transformer.
+        pipe_or_transformer: a diffusers video pipeline (its ``transformer``, and ``transformer_2`` for
+            Wan 2.2, are hooked; the second expert's layers follow the first's), a ``LoadedModel`` or a
+            bare transformer module.
         mask: a :class:`~sta_search.maskconfig.MaskConfig` or the path of a mask YAML.
         backend: STA kernel backend, ``"auto"`` (Triton on CUDA), ``"triton"``, ``"flex"`` or ``"reference"``.
         height, width, frames: pipeline call sizes; when all three are given the config's canvas is checked
@@ -291,12 +292,14 @@ def accelerate(pipe_or_transformer, mask, *, backend: str = "auto", height: int 
     Raises:
         UserError: the config is for another model (class, layers, heads), canvas, tile or step count.
     """
-    from .models import get_adapter, hook_attention
+    from .models import ModelAdapter, get_adapter, hook_attention
 
     config = load_mask(mask)
-    transformer, _pipe = _transformers_of(pipe_or_transformer)
-    adapter = get_adapter(transformer)
-    info = adapter.info(transformer)
+    transformer, transformer_2, pipeline = _model_parts(pipe_or_transformer)
+    adapter = getattr(pipe_or_transformer, "adapter", None)
+    if not isinstance(adapter, ModelAdapter):
+        adapter = get_adapter(transformer).bind(pipeline)
+    info = adapter.info(transformer, transformer_2)
     canvas = None
     if height is not None and width is not None and frames is not None:
         canvas = tuple(adapter.canvas(transformer, height, width, frames))
@@ -305,7 +308,8 @@ def accelerate(pipe_or_transformer, mask, *, backend: str = "auto", height: int 
     timer = timer if timer is not None else AttentionTimer()
     acceleration = Acceleration(config=config, attention=attention, timer=timer, info=info)
     attention_fn = torch.compiler.disable(timer.wrap(attention))
-    with hook_attention(transformer, attention_fn, adapter=adapter) as state:
+    target = transformer if pipeline is None else [transformer, transformer_2]
+    with hook_attention(target, attention_fn, adapter=adapter) as state:
         acceleration.state = state
         yield acceleration
 

@@ -225,9 +225,10 @@ def run_pipeline(loaded, call_kwargs: dict, attention_fn, timer, device: torch.d
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    handle = loaded.transformer.register_forward_pre_hook(first_forward)
+    transformers = [t for t in (loaded.transformer, loaded.transformer_2) if t is not None]
+    handles = [t.register_forward_pre_hook(first_forward) for t in transformers]
     try:
-        with hook_attention(loaded.transformer, attention_fn, adapter=loaded.adapter):
+        with hook_attention(transformers, attention_fn, adapter=loaded.adapter):
             _sync(device)
             t0 = time.perf_counter()
             with torch.inference_mode():
@@ -235,7 +236,8 @@ def run_pipeline(loaded, call_kwargs: dict, attention_fn, timer, device: torch.d
             _sync(device)
             timing.total_seconds = time.perf_counter() - t0
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         if progress is not None:
             progress.remove_task(task)
     timing.step_seconds = [b - a for a, b in zip(marks, marks[1:])]
@@ -273,9 +275,7 @@ def generate(settings: GenerateSettings, console=None) -> dict:
     if loaded.pipeline is None:
         raise UserError(f"{settings.model!r} is a bare transformer folder; generate needs a whole diffusers pipeline "
                         "folder (use sta_search.accelerate(transformer, mask) to script a bare transformer)")
-    if getattr(loaded, "transformer_2", None) is not None:
-        raise UserError(f"{settings.model!r} has two transformer experts (Wan 2.2); generate supports one transformer")
-    info = loaded.adapter.info(loaded.transformer)
+    info = loaded.adapter.info(loaded.transformer, loaded.transformer_2)
 
     steps = int(settings.steps) if settings.steps is not None else int(config.steps)
     if settings.height is None or settings.width is None or settings.frames is None:
@@ -291,7 +291,9 @@ def generate(settings: GenerateSettings, console=None) -> dict:
 
     attention = MaskAttention(config, backend=settings.backend)
     if settings.compile:
-        compile_transformer(loaded.transformer)
+        for transformer in (loaded.transformer, loaded.transformer_2):
+            if transformer is not None:
+                compile_transformer(transformer)
     fps = settings.fps or FAMILY_FPS.get(info.family, 16)
 
     report = {

@@ -30,7 +30,7 @@ def wan_pipe():
 def _config(pipe, window, steps=2, dense_steps=(), canvas=CANVAS, tile=TILE, text_len=0):
     from sta_search.models import get_adapter
 
-    info = get_adapter(pipe.transformer).info(pipe.transformer)
+    info = get_adapter(pipe.transformer).info(pipe.transformer, getattr(pipe, "transformer_2", None))
     return MaskConfig.uniform(info, canvas, tile, text_len, steps, window, dense_steps=dense_steps)
 
 
@@ -166,3 +166,34 @@ def test_triton_backend_through_mask_attention(seed):
     out_triton = MaskAttention(config, backend="triton")(call)
     out_ref = MaskAttention(config, backend="reference")(call)
     assert (out_triton - out_ref).abs().max().item() <= 2e-5
+
+
+class LayerRecorder(AttentionTimer):
+    """A timer that also remembers which (step, layer) pairs were attended."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def wrap(self, attention_fn):
+        timed = super().wrap(attention_fn)
+
+        def recording(call):
+            self.seen.add((call.step, call.layer))
+            return timed(call)
+
+        return recording
+
+
+def test_wan22_two_experts_are_both_accelerated():
+    pipe = tiny_pipeline("wan22")
+    before = (_processors(pipe.transformer), _processors(pipe.transformer_2))
+    config = _config(pipe, SPARSE)
+    assert config.num_layers == 2 * len(pipe.transformer.blocks) == 4
+    recorder = LayerRecorder()
+    with sta_search.accelerate(pipe, config, backend="reference", timer=recorder) as acc:
+        _call(pipe, "wan22")
+    assert acc.attention.calls["sparse"] > 0 and acc.attention.calls["dense"] == 0
+    # boundary ratio 0.5 over 2 steps: step 0 on the first expert (layers 0-1), step 1 on the second (2-3)
+    assert recorder.seen == {(0, 0), (0, 1), (1, 2), (1, 3)}
+    assert (_processors(pipe.transformer), _processors(pipe.transformer_2)) == before
