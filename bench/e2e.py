@@ -269,7 +269,8 @@ class Bench:
             row = self.time_forward(model, inputs, timer)
             if _unique_graphs() != graphs_before:  # torch.compile recompiled inside the timed forwards: again
                 graphs_before = _unique_graphs()
-                timer is not None and timer.reset()
+                if timer is not None:
+                    timer.reset()
                 first = row["seconds"]
                 row = self.time_forward(model, inputs, timer)
                 row["discarded_seconds_with_recompile"] = first
