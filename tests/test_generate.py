@@ -88,7 +88,8 @@ def test_compare_dense_with_sparse_windows_reports_a_finite_psnr(folders, tmp_pa
     mask = _mask(folders["hunyuan_video"], tmp_path / "sparse.yaml", (1, 1, 1))
     report = generate(GenerateSettings(model=str(folders["hunyuan_video"]), mask=str(mask), prompts=("a cat",),
                                        out=str(tmp_path / "out"), height=128, width=128, frames=9,
-                                       compare_dense=True, backend="flex"))
+                                       compare_dense=True, backend="flex", warmup_steps=1))
+    assert report["warmup_seconds"] > 0 and report["settings"]["warmup_steps"] == 1
     fid = report["videos"][0]["fidelity"]
     assert fid["psnr_db"] != "inf" and fid["max_abs_diff"] > 0
 

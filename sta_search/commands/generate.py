@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
         compile: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks (both sides of a comparison)."),
         backend: str = typer.Option("auto", "--backend", help="STA kernel backend: auto (triton on CUDA), triton, flex, reference."),
         fps: Optional[int] = typer.Option(None, "--fps", help="Frames per second of the mp4 files [default: per model family]."),
+        warmup_steps: int = typer.Option(0, "--warmup-steps", help="Untimed short run(s) of this many steps first "
+                                         "(recommended with --compile and for timing comparisons)."),
     ):
         """Generate videos with the Sliding Tile Attention windows of a mask config."""
         from ..errors import UserError
@@ -35,6 +37,7 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--backend {backend!r} is not one of auto, triton, flex, reference")
         settings = GenerateSettings(model=model, mask=mask, prompts=read_prompts(prompt, prompts), out=out, seed=seed,
                                     steps=steps, height=height, width=width, frames=frames, dtype=dtype, device=device,
-                                    compare_dense=compare_dense, compile=compile, backend=backend, fps=fps)
+                                    compare_dense=compare_dense, compile=compile, backend=backend, fps=fps,
+                                    warmup_steps=warmup_steps)
         report = generate(settings)
         typer.echo(f"wrote {len(report['videos'])} video(s) and report.json to {out}")
