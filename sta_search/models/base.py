@@ -30,6 +30,13 @@ class AttentionCall:
     `forward_index` counts the transformer forwards inside the step (CFG: 0 then 1).
     `layer` is the self-attention layer in adapter order; with two experts (Wan 2.2 ``transformer_2``)
     the second expert's layers continue after the first's.
+
+    Under Ulysses context parallelism (diffusers ``ContextParallelConfig(ulysses_degree=N)``) each rank
+    attends over the full sequence for a slice of the heads: `q`, `k`, `v` hold heads
+    ``head_offset .. head_offset + q.shape[1] - 1`` of the layer's `total_heads`. A per-head table
+    (e.g. STA windows) is indexed with these global head indices
+    (:func:`sta_search.models.parallel.windows_for_call`). Without parallelism ``head_offset=0`` and
+    ``total_heads == q.shape[1]``.
     """
 
     step: int
@@ -42,6 +49,17 @@ class AttentionCall:
     text_first: bool
     text_mask: torch.Tensor | None
     forward_index: int
+    head_offset: int = 0
+    total_heads: int | None = None
+
+    def __post_init__(self):
+        if self.total_heads is None:
+            self.total_heads = int(self.q.shape[1])
+
+    @property
+    def local_heads(self) -> int:
+        """Heads held by this call (``q.shape[1]``)."""
+        return int(self.q.shape[1])
 
 
 AttentionFn = Callable[[AttentionCall], torch.Tensor]

@@ -33,6 +33,7 @@ class HookState:
     forwards: int = 0
     num_layers: int = 0
     transformer_index: int = -1
+    parallel_config: object = None  # diffusers ParallelConfig of the transformer now running (enable_parallelism)
 
     def reset(self) -> None:
         self.step, self.forward_index, self.timestep, self.canvas = -1, -1, None, None
@@ -66,11 +67,16 @@ class _HookRuntime:
         state.timestep = t
         state.forwards += 1
         state.transformer_index = transformer_index
+        state.parallel_config = getattr(module, "_parallel_config", None)
         state.canvas = tuple(int(n) for n in adapter.runtime_canvas(module, hidden_states))
 
     @torch.compiler.disable
-    def attend(self, layer: int, q, k, v, text_len: int = 0, text_mask=None) -> torch.Tensor:
-        """Run the attention function on ``(batch, heads, tokens, head_dim)`` q, k, v of `layer`."""
+    def attend(self, layer: int, q, k, v, text_len: int = 0, text_mask=None, head_offset: int = 0,
+               total_heads: int | None = None) -> torch.Tensor:
+        """Run the attention function on ``(batch, heads, tokens, head_dim)`` q, k, v of `layer`.
+
+        Under Ulysses context parallelism q, k, v hold the full sequence for heads
+        ``head_offset .. head_offset + heads - 1`` of `total_heads` (see `AttentionCall`)."""
         state = self.state
         if state.canvas is None:
             raise RuntimeError("a hooked attention layer ran outside a hooked transformer forward")
@@ -100,6 +106,8 @@ class _HookRuntime:
             text_first=self.text_first,
             text_mask=text_mask,
             forward_index=state.forward_index,
+            head_offset=int(head_offset),
+            total_heads=int(total_heads) if total_heads is not None else None,
         )
         out = self.attention_fn(call)
         if tuple(out.shape) != tuple(q.shape):

@@ -10,6 +10,7 @@ import torch
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
 from .base import ModelAdapter, register_adapter
+from .parallel import ulysses_attention
 
 
 class WanSelfAttnProcessor:
@@ -36,9 +37,16 @@ class WanSelfAttnProcessor:
             query = _apply_rotary_emb(query, *rotary_emb)
             key = _apply_rotary_emb(key, *rotary_emb)
 
-        # (B, S, H, D) -> (B, H, S, D) views, as diffusers' native backend permutes them for SDPA
-        out = self.runtime.attend(self.layer, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
-        hidden_states = out.transpose(1, 2).flatten(2, 3)
+        parallel_config = self.runtime.state.parallel_config
+        if parallel_config is not None and getattr(parallel_config, "context_parallel_config", None) is not None:
+            # diffusers context parallelism: this rank holds a slice of the sequence; Ulysses all-to-all
+            # gives the attention function the full sequence for a slice of the heads, and back.
+            hidden_states = ulysses_attention(self.runtime, self.layer, query, key, value, parallel_config)
+        else:
+            # (B, S, H, D) -> (B, H, S, D) views, as diffusers' native backend permutes them for SDPA
+            out = self.runtime.attend(self.layer, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+            hidden_states = out.transpose(1, 2)
+        hidden_states = hidden_states.flatten(2, 3)
         hidden_states = hidden_states.type_as(query)
 
         hidden_states = attn.to_out[0](hidden_states)
