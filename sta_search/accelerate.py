@@ -211,7 +211,7 @@ class MaskAttention:
         heads = q.shape[1]
         per_head_bytes = q[:, :1].numel() * q.element_size()
         chunk = max(1, self.max_chunk_bytes // per_head_bytes) if self.max_chunk_bytes else heads
-        if chunk >= heads:
+        if chunk >= heads or not self._copies_needed(q, k, v):
             return sta_attention(q, k, v, windows=windows, **kwargs)
         # Large inputs: a few heads at a time, so the tile-order copies stay a small fraction of q
         # and the whole call allocates little more than the output SDPA would allocate.
@@ -220,6 +220,22 @@ class MaskAttention:
             h1 = min(heads, h0 + chunk)
             out[:, h0:h1] = sta_attention(q[:, h0:h1], k[:, h0:h1], v[:, h0:h1], windows=windows[h0:h1], **kwargs)
         return out
+
+
+    def _copies_needed(self, q, k, v) -> bool:
+        """Whether the kernel entry will copy q, k, v into tile order (False: the Triton kernel reads the
+        natural layout in place, so chunking heads would only add launches)."""
+        from .kernels.sta.api import choose_backend
+
+        backend = choose_backend(q)[0] if self.backend == "auto" else self.backend
+        if backend != "triton" or q.device.type != "cuda":
+            return True
+        try:
+            from .kernels.sta.triton_fwd import default_config, natural_layout_supported
+        except ImportError:
+            return True
+        config = default_config(self.geometry.tile_volume, q.shape[-1], q.dtype, True)
+        return not natural_layout_supported(q, k, v, self.geometry, config)[0]
 
 
 def timed_dense_attention(timer: AttentionTimer | None = None):

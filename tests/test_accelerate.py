@@ -197,3 +197,21 @@ def test_wan22_two_experts_are_both_accelerated():
     # boundary ratio 0.5 over 2 steps: step 0 on the first expert (layers 0-1), step 1 on the second (2-3)
     assert recorder.seen == {(0, 0), (0, 1), (1, 2), (1, 3)}
     assert (_processors(pipe.transformer), _processors(pipe.transformer_2)) == before
+
+
+def test_head_chunks_give_the_same_output(seed):
+    """Large inputs run a few heads at a time (bounded tile-order copies): same result as one call."""
+    from sta_search.models import AttentionCall
+
+    canvas, tile, text_len, heads, dim = (2, 8, 8), (1, 4, 4), 8, 3, 32
+    info = {"family": "cogvideox", "transformer_class": "X", "num_layers": 1, "num_heads": heads}
+    windows = np.array([[[1, 1, 1], [2, 1, 2], [1, 2, 1]]], np.int32)[None]
+    config = MaskConfig(info, canvas, tile, text_len, 1, (), windows)
+    S = int(np.prod(canvas)) + text_len
+    q, k, v = (torch.randn(2, heads, S, dim) for _ in range(3))
+    text_mask = torch.rand(2, text_len) > 0.3
+    call = AttentionCall(step=0, layer=0, q=q, k=k, v=v, canvas=canvas, text_len=text_len, text_first=True,
+                         text_mask=text_mask, forward_index=0)
+    whole = MaskAttention(config, backend="reference", max_chunk_bytes=None)(call)
+    per_head = MaskAttention(config, backend="reference", max_chunk_bytes=1)(call)
+    torch.testing.assert_close(per_head, whole, atol=1e-6, rtol=0)
