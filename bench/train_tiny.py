@@ -147,6 +147,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--text-dropout", type=float, default=0.1)
     ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--sample-steps", type=int, default=None,
+                    help="only one sample grid with this many steps (default: 8, 4, 16 steps at guidance 4, 8 at 1)")
     ap.add_argument("--smoke", action="store_true", help="tiny model and frame size, for a CPU check")
     ap.add_argument("--finalize", type=Path, default=None, help="only add tokenizer/ to this folder")
     args = ap.parse_args()
@@ -270,7 +272,8 @@ def main() -> None:
 
     prompts = SAMPLE_PROMPTS if not args.smoke else SAMPLE_PROMPTS[:2]
     log["sample_prompts"] = prompts
-    for steps, guidance in ((8, 4.0), (4, 4.0), (16, 4.0), (8, 1.0)):
+    configs = ((8, 4.0), (4, 4.0), (16, 4.0), (8, 1.0)) if args.sample_steps is None else ((args.sample_steps, 4.0),)
+    for steps, guidance in configs:
         t0 = time.time()
         videos = sample(ema_components, prompts, steps, guidance, settings, seed=args.seed)
         write_png(args.out / f"samples_s{steps}_g{guidance:g}.png", video_grid(videos))
