@@ -26,10 +26,9 @@ from .kernels.recall import (
     attention_lse_reference,
     attention_with_lse,
     resolve_recall_backend,
-    tile_mass_reference,
     tile_mass_triton_tiled,
 )
-from .kernels.recall.reference import video_and_text_slices
+from .kernels.recall.reference import _token_tile, video_and_text_slices
 
 Triple = tuple[int, int, int]
 
@@ -154,7 +153,8 @@ class AttentionProfiler:
     """Computes the dense output and :class:`CallStats` of attention calls on one geometry.
 
     ``backend``: recall pass, ``"auto"`` (Triton on CUDA, PyTorch reference on CPU), ``"triton"``,
-    ``"reference"``. ``sta_backend``: backend of the STA outputs of the error shortlist (``"auto"``).
+    ``"reference"``. ``sta_backend``: backend of the shortlist's STA outputs on the tile-order (Triton recall)
+    path, ``"auto"`` = triton on CUDA, flex elsewhere; the reference path computes them from its own scores.
     ``memory_budget``: bytes of extra activations (tile-order copies, one STA output) per head chunk.
     """
 
@@ -188,11 +188,10 @@ class AttentionProfiler:
             if dense_out is None:
                 dense_out, _ = attention_lse_reference(q, k, v, text_len=text_len, text_first=text_first,
                                                        text_mask=text_mask, scale=scale)
-            mass = tile_mass_reference(q, k, canvas=g.canvas, tile=g.tile, text_len=text_len,
-                                       text_first=text_first, text_mask=text_mask, scale=scale)
+            mass, partial_errors = self._reference_fused(q, k, v, dense_out, partial, text_len, text_first,
+                                                         text_mask, scale)
             if partial:
-                errors[:, :, partial] = self._errors_natural(q, k, v, dense_out, partial, text_len, text_first,
-                                                             text_mask, scale)
+                errors[:, :, partial] = partial_errors
         else:
             dense_out, lse = attention_with_lse(q, k, v, text_len=text_len, text_first=text_first,
                                                 text_mask=text_mask, scale=scale)
@@ -214,21 +213,57 @@ class AttentionProfiler:
         return dense_out, stats
 
     # --------------------------------------------------------------------------- helpers
-    def _errors_natural(self, q, k, v, dense_out, partial, text_len, text_first, text_mask, scale):
-        from .kernels.sta import sta_attention
-
+    def _reference_fused(self, q, k, v, dense_out, partial, text_len, text_first, text_mask, scale,
+                         chunk_bytes: int = 64 << 20):
+        """CPU path: per chunk of video queries, one fp32 ``QK^T`` gives the tile mass and, through
+        per-window tile masks (SPEC section 1), every shortlist window's STA output. Same results as
+        ``tile_mass_reference`` and ``sta_attention(backend="reference")``, without a mask per window."""
         g = self.geometry
-        video, _ = video_and_text_slices(g.video_len, text_len, text_first)
-        ref = dense_out[:, :, video].float()
-        norm = torch.linalg.vector_norm(ref, dim=(-2, -1)).double()
-        out = []
+        B, H, S, D = q.shape
+        V, n = g.video_len, g.num_tiles
+        video, text = video_and_text_slices(V, text_len, text_first)
+        token_tile = _token_tile(g).to(q.device)
+        column = torch.full((S,), n, dtype=torch.long, device=q.device)  # key -> tile (text keys: column n)
+        column[video] = token_tile
+        key_bias = torch.zeros(B, 1, 1, S, dtype=torch.float32, device=q.device)
+        if text_len and text_mask is not None:
+            key_bias[:, 0, 0, text] = torch.where(text_mask.to(q.device, torch.bool), 0.0, float("-inf"))
+        allowed = []  # per window: (n + 1 query tiles, n + 1 key columns) bool; text columns always allowed
         for i in partial:
-            o = sta_attention(q, k, v, canvas=g.canvas, tile=g.tile, windows=self.error_windows[i],
-                              text_len=text_len, text_first=text_first, text_mask=text_mask, scale=scale,
-                              backend=self.sta_backend)
-            diff = torch.linalg.vector_norm(o[:, :, video].float() - ref, dim=(-2, -1)).double()
-            out.append(diff / norm.clamp_min(1e-30))
-        return torch.stack(out, dim=-1)
+            table = torch.zeros(n, n + 1, dtype=torch.bool)
+            table.scatter_(1, torch.from_numpy(g.key_tiles(self.error_windows[i]).astype("int64")), True)
+            table[:, n] = True
+            allowed.append(table.to(q.device))
+        kf, vf = k.float(), v.float()
+        qv, ref = q[:, :, video].float(), dense_out[:, :, video].float()
+        mass = torch.zeros(B, H, n, n + 1, dtype=torch.float32, device=q.device)
+        diff2 = torch.zeros(B, H, len(partial), dtype=torch.float64, device=q.device)
+        rows = max(1, chunk_bytes // (4 * S * B * H))
+        for start in range(0, V, rows):
+            stop = min(V, start + rows)
+            scores = torch.matmul(qv[:, :, start:stop], kf.transpose(-1, -2)) * scale + key_bias
+            # one exp for the dense softmax and every window: exp(s - rowmax) restricted to a window and
+            # renormalised is that window's softmax (rows whose window mass underflows are redone exactly)
+            weights = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
+            probs = weights / weights.sum(dim=-1, keepdim=True)
+            by_key_tile = torch.zeros(B, H, stop - start, n + 1, dtype=torch.float32, device=q.device)
+            by_key_tile.index_add_(3, column, probs)
+            mass.index_add_(2, token_tile[start:stop], by_key_tile)
+            del probs, by_key_tile
+            q_tiles = token_tile[start:stop]
+            for j, table in enumerate(allowed):
+                inside = table[q_tiles][:, column]  # (rows, S)
+                windowed = weights * inside
+                denom = windowed.sum(dim=-1, keepdim=True)
+                if bool((denom < 1e-30).any()):
+                    windowed = torch.softmax(scores.masked_fill(~inside, float("-inf")), dim=-1)
+                    denom = 1.0
+                out = torch.matmul(windowed, vf) / denom
+                diff2[:, :, j] += (out - ref[:, :, start:stop]).square().sum(dim=(-2, -1)).double()
+        if not partial:
+            return mass, None
+        norm = torch.linalg.vector_norm(ref, dim=(-2, -1)).double()
+        return mass, diff2.sqrt() / norm.clamp_min(1e-30)[..., None]
 
     def _tiled_chunk(self, q, k, v, dense_out, lse, partial, text_len, text_first, text_mask, scale):
         g = self.geometry

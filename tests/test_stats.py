@@ -196,3 +196,26 @@ def test_cuda_profiler_matches_cpu_reference(seed):
     torch.testing.assert_close(got.recall.cpu(), ref.recall, rtol=0, atol=1e-2)
     torch.testing.assert_close(got.offset_mass.cpu(), ref.offset_mass, rtol=0, atol=1e-2)
     torch.testing.assert_close(got.error.cpu(), ref.error, rtol=0.1, atol=2e-2)
+
+
+def test_error_when_the_window_misses_all_the_mass(seed):
+    """Queries look only at the *next* tile with logits ~1000 above the rest: inside a (1,1,1) window the
+    weights of a shared exp underflow, and the reference path must still give the window's own softmax."""
+    canvas, tile = (4, 6, 16), (2, 2, 4)
+    g = Geometry(canvas, tile)
+    dim = 32
+    codes = torch.linalg.qr(torch.randn(dim, dim))[0][: g.num_tiles]
+    natural_tile = torch.empty(g.video_len, dtype=torch.long)
+    natural_tile[g.tile_index()[g.key_valid()]] = torch.nonzero(g.key_valid()).squeeze(1) // g.tile_volume
+    q = 6000.0 * codes[(natural_tile + 1) % g.num_tiles]
+    k = codes[natural_tile] + 0.01 * torch.randn(g.video_len, dim)
+    q, k = q[None, None], k[None, None]
+    v = torch.randn_like(k)
+    windows = ((1, 1, 1), (2, 3, 4))
+    dense = F.scaled_dot_product_attention(q, k, v)
+    _, stats = AttentionProfiler(g, windows, backend="reference")(q, k, v, dense_out=dense)
+    o = sta_attention(q, k, v, canvas=canvas, tile=tile, windows=(1, 1, 1), backend="reference")
+    expected = (o - dense).norm() / dense.norm()
+    assert torch.isfinite(stats.error).all() and expected > 0.5
+    assert stats.error[0, 0].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert stats.error[0, 1].item() == 0
