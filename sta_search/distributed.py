@@ -256,11 +256,14 @@ def _check_shard_manifest(folder: Path, manifest: dict) -> None:
 def combine_shards(out, prompts, world_size: int, seed: int):
     """Merge the prompt profiles of a sharded run in the original prompt order into one profile whose header
     is that of a single-process run (base seed, no merge bookkeeping). Returns the Profile (not saved)."""
-    from .artifacts import Profile, merge_profiles
+    from .artifacts import STATS_FILE, Profile, merge_profiles
 
     parts = []
     for index, prompt in enumerate(prompts):
         folder = prompt_folder(out, index, world_size)
+        if not (folder / STATS_FILE).exists():
+            raise UserError(f"prompt {index} is missing from shard rank{index % world_size} ({folder}): is --out "
+                            "on a filesystem every rank writes to?")
         part = Profile.load(folder)
         if part.prompts != (prompt,) or part.header.get("seed") != seed + index:
             raise UserError(f"{folder} holds prompt {part.prompts!r} with seed {part.header.get('seed')!r}, "
@@ -302,6 +305,7 @@ def sharded_profile(settings, out, *, resume: bool = False, progress=None, loade
                 "seed": int(settings.seed)}
     if resume:
         _check_shard_manifest(folder, manifest)
+    barrier(context)  # every rank has checked `out` before any rank writes to it
     folder.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(folder / SHARD_FILE, manifest)
 
