@@ -33,12 +33,15 @@ CASES = {
 }
 
 K = KernelConfig
-SWEEP = [
-    K(128, 128, 8, 3), K(128, 64, 4, 3), K(64, 128, 4, 3),
-    K(128, 128, 8, 3, tma=True), K(128, 128, 8, 2, tma=True), K(128, 64, 8, 3, tma=True),
-    K(128, 64, 4, 3, tma=True), K(128, 128, 4, 3, tma=True),
-    K(128, 128, 8, 3, tma=True, warp_specialize=True), K(128, 128, 4, 3, tma=True, warp_specialize=True),
-    K(128, 128, 8, 3, warp_specialize=True),
+SWEEP = [  # tile-order kernel, hunyuan-720p (3,3,3)
+    K(128, 128, 8, 3, tma=True), K(128, 128, 8, 3, tma=True, warp_specialize=True),
+]
+SWEEP_NATURAL = [  # in-place kernel on natural order, hunyuan-720p (3,3,3)
+    K(128, 128, 8, 3, tma=True), K(128, 128, 8, 3, tma=True, warp_specialize=True),
+]
+SWEEP_TEXT = [  # text 256: separate text loop vs text blocks in the window loop
+    K(128, 128, 8, 3, tma=True, warp_specialize=True),
+    K(128, 128, 8, 3, tma=True, warp_specialize=True, text_in_loop=True),
 ]
 
 
@@ -101,11 +104,24 @@ def main(argv=None) -> int:
     if args.sweep:
         log("config sweep: hunyuan-720p (3,3,3)")
         extra["sweep"] = sweep_configs(make_shape("hunyuan-720p", window="3,3,3"), SWEEP, log=log)
+        log("config sweep, natural layout: hunyuan-720p (3,3,3)")
+        extra["sweep_natural"] = sweep_configs(make_shape("hunyuan-720p", window="3,3,3"), SWEEP_NATURAL, log=log,
+                                               natural=True)
+        text_shape = make_shape("hunyuan-720p", window="3,3,3", text_len=256)
+        log("config sweep, text 256, tile order / natural")
+        extra["sweep_text"] = sweep_configs(text_shape, SWEEP_TEXT, log=log)
+        extra["sweep_text_natural"] = sweep_configs(text_shape, SWEEP_TEXT, log=log, natural=True)
         path = write_results(results, args.out, extra=extra)
     for name, window, text_len in CASES[args.cases]:
         shape = make_shape(name, window=window, text_len=text_len)
         log(f"{shape.name} windows {window} text {text_len}")
-        results.append(run_shape(shape, iters=args.iters, baselines=not args.no_baselines, log=log))
+        try:
+            results.append(run_shape(shape, iters=args.iters, baselines=not args.no_baselines, log=log))
+        except Exception as exc:  # keep the other cases
+            log(f"  FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+            extra.setdefault("failed", []).append([name, window, text_len, f"{type(exc).__name__}: {exc}"[:500]])
+            torch.cuda.empty_cache()
+            continue
         if path is not None:
             path.unlink(missing_ok=True)
         path = write_results(results, args.out, extra=extra)

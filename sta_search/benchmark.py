@@ -157,7 +157,7 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
     """Time every implementation on ``shape``; see the module docstring."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from .kernels import Geometry, to_tiles
+    from .kernels import Geometry, from_tiles, to_tiles
     from .kernels.sta import normalize_windows, sta_attention
     from .kernels.sta.flex import build_block_mask
     from .kernels.sta.triton_fwd import default_config, sta_triton_tiled
@@ -200,6 +200,12 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
         return sta_attention(q, k, v, canvas=geometry.canvas, tile=geometry.tile, windows=windows, text_len=T,
                              text_mask=text_mask, backend="triton")
 
+    def ours_permuted(q, k, v):
+        """Tile, run in tile order, untile: what a caller pays without the in-place (natural) path."""
+        out = ours_tiled(*(tiled(x) for x in (q, k, v)))
+        video = from_tiles(geometry, out[:, :, : geometry.padded_len])
+        return torch.cat([video, out[:, :, geometry.padded_len:]], 2) if T else video
+
     t0 = time.perf_counter()
     ours_tiled(*tiled_sets[0])
     torch.cuda.synchronize()
@@ -211,7 +217,14 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
         log(f"  {name:<22} {ms:9.3f} ms  {flop / ms / 1e9:7.1f} TFLOP/s")
 
     record("ours", _median_ms(ours_tiled, tiled_sets, warmup, iters)[0], attended_flop)
-    record("ours+permutes", _median_ms(ours_natural, natural_sets, warmup, iters)[0], attended_flop)
+    record("ours+permutes", _median_ms(ours_permuted, natural_sets, warmup, iters)[0], attended_flop)
+    record("ours-natural", _median_ms(ours_natural, natural_sets, warmup, iters)[0], attended_flop)
+    natural_out, permuted_out = ours_natural(*natural_sets[0]), ours_permuted(*natural_sets[0])
+    result.extra["natural_equals_tiled"] = bool(torch.equal(natural_out, permuted_out))
+    result.extra["natural_vs_tiled_rel_rms"] = _rel_rms(natural_out, permuted_out)
+    log(f"  natural == tiled path: {result.extra['natural_equals_tiled']} "
+        f"(rel RMS {result.extra['natural_vs_tiled_rel_rms']:.1e})")
+    del natural_out, permuted_out
 
     if flex:
         from .kernels.sta import flex as flex_module
@@ -263,21 +276,25 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
 
     for base in ("cudnn-dense", "fa2-dense", "flex"):
         if base in result.ms:
-            for ours in ("ours", "ours+permutes"):
+            for ours in ("ours", "ours+permutes", "ours-natural"):
                 result.speedup[f"{ours} vs {base}"] = result.ms[base] / result.ms[ours]
     return result
 
 
-def sweep_configs(shape: BenchShape, configs, *, iters: int = 15, warmup: int = 2, rotate: int = 3, log=print):
-    """Time our kernel alone under several launch configs (same inputs); returns [(config dict, ms)]."""
+def sweep_configs(shape: BenchShape, configs, *, iters: int = 15, warmup: int = 2, rotate: int = 3, log=print,
+                  natural: bool = False):
+    """Time our kernel alone under several launch configs (same inputs); returns [(config dict, ms)].
+
+    ``natural``: the in-place kernel on natural-order tokens instead of the tile-order kernel.
+    """
     from .kernels import Geometry
     from .kernels.sta import normalize_windows
-    from .kernels.sta.triton_fwd import sta_triton_tiled
+    from .kernels.sta.triton_fwd import sta_triton_natural, sta_triton_tiled
 
     device = torch.device("cuda")
     dtype = getattr(torch, shape.dtype)
     geometry = Geometry(shape.canvas, shape.tile)
-    L = geometry.padded_len + shape.text_len
+    L = (geometry.video_len if natural else geometry.padded_len) + shape.text_len
     windows = normalize_windows(shape.window_table(), shape.heads, device=device)
     sets = [[torch.randn(shape.batch, shape.heads, L, shape.head_dim, device=device, dtype=dtype) for _ in range(3)]
             for _ in range(rotate)]
@@ -289,8 +306,17 @@ def sweep_configs(shape: BenchShape, configs, *, iters: int = 15, warmup: int = 
     out = []
     for cfg in configs:
         try:
-            ms = _median_ms(lambda q, k, v: sta_triton_tiled(q, k, v, geometry, windows, shape.text_len, text_mask,
-                                                             None, config=cfg), sets, warmup, iters)[0]
+            if natural:
+                def fn(q, k, v, cfg=cfg):
+                    out = sta_triton_natural(q, k, v, geometry, windows, shape.text_len, False, text_mask, None,
+                                             config=cfg)
+                    if out is None:
+                        raise ValueError("natural layout not supported for this config")
+                    return out
+            else:
+                def fn(q, k, v, cfg=cfg):
+                    return sta_triton_tiled(q, k, v, geometry, windows, shape.text_len, text_mask, None, config=cfg)
+            ms = _median_ms(fn, sets, warmup, iters)[0]
         except Exception as exc:  # e.g. out of shared memory for this config
             log(f"  {cfg}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
             out.append((asdict(cfg), None))

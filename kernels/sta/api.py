@@ -124,6 +124,13 @@ def sta_attention(q, k, v, *, canvas, tile=(6, 8, 8), windows, text_len: int = 0
 
         return sta_reference(q, k, v, canvas=geometry.canvas, tile=geometry.tile, windows=windows,
                              text_len=text_len, text_first=text_first, text_mask=text_mask, scale=scale)
+    if backend == "triton":
+        # Read and write the natural layout in place when TMA allows it (no tile/untile copies).
+        from .triton_fwd import sta_triton_natural
+
+        out = sta_triton_natural(q, k, v, geometry, windows.to(q.device), text_len, text_first, text_mask, scale)
+        if out is not None:
+            return out
     V = geometry.video_len
     if text_first:
         video = slice(text_len, text_len + V)

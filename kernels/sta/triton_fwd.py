@@ -77,6 +77,7 @@ class KernelConfig:
     num_stages: int
     tma: bool = False  # K/V of the window loop through TMA tensor descriptors (Hopper+, CUDA only)
     warp_specialize: bool = False  # Triton's automatic warp specialization of the window loop
+    text_in_loop: bool = False  # video queries take the text key blocks in the window loop (TMA only)
 
 
 def default_config(tile_volume: int, head_dim: int, dtype: torch.dtype, on_gpu: bool) -> KernelConfig:
@@ -101,6 +102,8 @@ def default_config(tile_volume: int, head_dim: int, dtype: torch.dtype, on_gpu: 
     if not tma and bn == 128 and head_dim == 128:
         bn = 64
     warps = 8 if bm >= 128 else 4
+    # Measured and left off (bench/NOTES.md): warp specialization (within run-to-run noise either way) and
+    # text blocks in the window loop (31.3 -> 42.8 ms tile order, 32.1 -> 63.7 ms natural, text 256).
     return KernelConfig(bm, bn, warps, 3, tma=tma)
 
 
@@ -144,44 +147,57 @@ def _padding_ok(tile, offset, NH: tl.constexpr, NW: tl.constexpr, TH: tl.constex
 
 
 @triton.jit
-def _text_keys(acc, m_i, l_i, q, K, V, TextMask, text_len, qk_scale, offs_n, offs_d, stride_kn, stride_vn,
-               stride_tm, PADDED_LEN: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TEXT_MASK: tl.constexpr,
-               DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
-    for start in range(0, text_len, BLOCK_N):
-        cols = start + offs_n
-        in_text = cols < text_len
-        key_ok = in_text
-        if HAS_TEXT_MASK:
-            key_ok = key_ok & (tl.load(TextMask + cols * stride_tm, mask=in_text, other=0) != 0)
-        rows = PADDED_LEN + cols
-        k = tl.load(K + rows[:, None] * stride_kn + offs_d[None, :], mask=in_text[:, None], other=0.0)
-        v = tl.load(V + rows[:, None] * stride_vn + offs_d[None, :], mask=in_text[:, None], other=0.0)
-        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, key_ok[None, :], True, DOT_PRECISION,
-                                             UPCAST_DOTS)
-    return acc, m_i, l_i
+def _load_key_block(K, V, KDesc, VDesc, b, h, bh, tile, sub, offs_n, offs_d, stride_kn, stride_vn,
+                    NH: tl.constexpr, NW: tl.constexpr, TT: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr, NATURAL: tl.constexpr):
+    """Key/value block ``sub`` (``BLOCK_N`` tokens, tile order) of key tile ``tile``."""
+    if NATURAL:
+        # A block is the (BLOCK_N / (TH*TW), TH, TW) box of the tile starting at t-plane sub*BT:
+        # the TMA box comes back T-major, i.e. in tile order. Boxes past the canvas read zeros.
+        BT: tl.constexpr = BLOCK_N // (TH * TW)
+        kt = tile // (NH * NW)
+        kh = (tile // NW) % NH
+        kw = tile % NW
+        coords = [bh, kt * TT + sub * BT, kh * TH, kw * TW, 0]
+        k = KDesc.load(coords).reshape(BLOCK_N, HEAD_DIM)
+        v = VDesc.load(coords).reshape(BLOCK_N, HEAD_DIM)
+    else:
+        start = tile * (TT * TH * TW) + sub * BLOCK_N
+        if USE_TMA:
+            k = KDesc.load([b, h, start, 0]).reshape(BLOCK_N, HEAD_DIM)
+            v = VDesc.load([b, h, start, 0]).reshape(BLOCK_N, HEAD_DIM)
+        else:
+            cols = start + offs_n
+            k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :])
+            v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :])
+    return k, v
 
 
 @triton.jit
 def _sta_fwd_kernel(
-    Q, K, V, Out, Windows, HeadOrder, TextMask, KDesc, VDesc,
+    Q, K, V, Out, QDesc, KDesc, VDesc, ODesc, KTDesc, VTDesc, Windows, HeadOrder, TextMask,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
     stride_tb, stride_tm,
-    qk_scale, heads, text_len, text_programs,
+    qk_scale, heads, text_len, text_start, text_programs,
     NT: tl.constexpr, NH: tl.constexpr, NW: tl.constexpr,
     TT: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
     REM_T: tl.constexpr, REM_H: tl.constexpr, REM_W: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_PADDING: tl.constexpr, HAS_TEXT: tl.constexpr, HAS_TEXT_MASK: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr, USE_TMA: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr, USE_TMA: tl.constexpr, NATURAL: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr, TEXT_IN_LOOP: tl.constexpr,
 ):
     TILE_VOL: tl.constexpr = TT * TH * TW
-    PADDED_LEN: tl.constexpr = NT * NH * NW * TILE_VOL
-    VIDEO_Q_BLOCKS: tl.constexpr = PADDED_LEN // BLOCK_M
-    BLOCKS_PER_TILE: tl.constexpr = TILE_VOL // BLOCK_N
+    NUM_TILES: tl.constexpr = NT * NH * NW
+    Q_PER_TILE: tl.constexpr = TILE_VOL // BLOCK_M
+    VIDEO_Q_BLOCKS: tl.constexpr = NUM_TILES * Q_PER_TILE
+    BPT: tl.constexpr = TILE_VOL // BLOCK_N  # key blocks per tile
+    # Tiles of the last t-row hold only REM_T t-planes: their key blocks past those are all padding, skipped.
+    BPT_LAST: tl.constexpr = (REM_T * TH * TW + BLOCK_N - 1) // BLOCK_N
+    Q_LAST: tl.constexpr = (REM_T * TH * TW + BLOCK_M - 1) // BLOCK_M
 
     pid = tl.program_id(0)
     offs_m = tl.arange(0, BLOCK_M)
@@ -193,87 +209,161 @@ def _sta_fwd_kernel(
         bh = pid // text_q_blocks
         b = bh // heads
         h = bh % heads
-        row0 = PADDED_LEN + (pid % text_q_blocks) * BLOCK_M
-        is_text_query = True
+        q_sub = pid % text_q_blocks
+        tile = 0
     else:
         p = pid - text_programs
         slot = p // VIDEO_Q_BLOCKS
         b = slot // heads
         h = tl.load(HeadOrder + slot % heads)
-        row0 = (p % VIDEO_Q_BLOCKS) * BLOCK_M
-        is_text_query = False
+        bh = b * heads + h
+        tile = (p % VIDEO_Q_BLOCKS) // Q_PER_TILE
+        q_sub = p % Q_PER_TILE
+    is_text_query = pid < text_programs
+    ct = tile // (NH * NW)
+    ch = (tile // NW) % NH
+    cw = tile % NW
 
-    b = b.to(tl.int64)
-    h = h.to(tl.int64)
-    Qb = Q + b * stride_qb + h * stride_qh
-    Kb = K + b * stride_kb + h * stride_kh
-    Vb = V + b * stride_vb + h * stride_vh
-    Ob = Out + b * stride_ob + h * stride_oh
-    Tb = TextMask + b * stride_tb
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    Qb = Q + b64 * stride_qb + h64 * stride_qh
+    Kb = K + b64 * stride_kb + h64 * stride_kh
+    Vb = V + b64 * stride_vb + h64 * stride_vh
+    Ob = Out + b64 * stride_ob + h64 * stride_oh
+    Tb = TextMask + b64 * stride_tb
 
-    rows = row0 + offs_m
-    row_ok = rows < PADDED_LEN + text_len
-    q = tl.load(Qb + rows[:, None] * stride_qm + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    q_padded = (pid >= text_programs) & (ct == NT - 1) & (q_sub >= Q_LAST)
+    # Rows addressed through pointers: text queries (both layouts) and video queries in tile order.
+    rows = tl.where(is_text_query, text_start, tile * TILE_VOL) + q_sub * BLOCK_M + offs_m
+    row_ok = (rows < text_start + text_len) | (pid >= text_programs)
+    BTM: tl.constexpr = BLOCK_M // (TH * TW) if NATURAL else 1
+    if is_text_query:
+        q = tl.load(Qb + rows[:, None] * stride_qm + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    else:
+        if NATURAL:
+            q = QDesc.load([bh, ct * TT + q_sub * BTM, ch * TH, cw * TW, 0]).reshape(BLOCK_M, HEAD_DIM)
+        else:
+            q = tl.load(Qb + rows[:, None] * stride_qm + offs_d[None, :])
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
     if is_text_query:
-        # Dense over every video key block; padding masked (index math) only if the canvas has any.
-        for start in range(0, PADDED_LEN, BLOCK_N):
-            cols = start + offs_n
-            k = tl.load(Kb + cols[:, None] * stride_kn + offs_d[None, :])
-            v = tl.load(Vb + cols[:, None] * stride_vn + offs_d[None, :])
+        # Dense over every key tile; tiles of the last t-row have fewer (non-padding) blocks.
+        n_first: tl.constexpr = (NT - 1) * NH * NW * BPT
+        for j in range(0, n_first + NH * NW * BPT_LAST):
+            last = j >= n_first
+            jj = tl.where(last, j - n_first, j)
+            bpt = tl.where(last, BPT_LAST, BPT)
+            key_tile = tl.where(last, (NT - 1) * NH * NW, 0) + jj // bpt
+            sub = jj % bpt
+            k, v = _load_key_block(Kb, Vb, KDesc, VDesc, b, h, bh, key_tile, sub, offs_n, offs_d, stride_kn,
+                                   stride_vn, NH, NW, TT, TH, TW, HEAD_DIM, BLOCK_N, USE_TMA, NATURAL)
             if HAS_PADDING:
-                key_ok = _padding_ok(start // TILE_VOL, start % TILE_VOL + offs_n, NH, NW, TH, TW, NT,
-                                     REM_T, REM_H, REM_W)
+                key_ok = _padding_ok(key_tile, sub * BLOCK_N + offs_n, NH, NW, TH, TW, NT, REM_T, REM_H, REM_W)
                 acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, key_ok[None, :], True,
                                                      DOT_PRECISION, UPCAST_DOTS)
             else:
                 acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, 0, False, DOT_PRECISION,
                                                      UPCAST_DOTS)
-    else:
-        tile = row0 // TILE_VOL
-        ct = tile // (NH * NW)
-        ch = (tile // NW) % NH
-        cw = tile % NW
-        wt = tl.minimum(tl.load(Windows + h * 3 + 0), NT)
-        wh = tl.minimum(tl.load(Windows + h * 3 + 1), NH)
-        ww = tl.minimum(tl.load(Windows + h * 3 + 2), NW)
+    elif q_padded == 0:
+        wt = tl.minimum(tl.load(Windows + h64 * 3 + 0), NT)
+        wh = tl.minimum(tl.load(Windows + h64 * 3 + 1), NH)
+        ww = tl.minimum(tl.load(Windows + h64 * 3 + 2), NW)
         st = tl.minimum(tl.maximum(ct - (wt - 1) // 2, 0), NT - wt)
         sh = tl.minimum(tl.maximum(ch - (wh - 1) // 2, 0), NH - wh)
         sw = tl.minimum(tl.maximum(cw - (ww - 1) // 2, 0), NW - ww)
-        blocks_per_span = ww * BLOCKS_PER_TILE
-        for j in tl.range(0, wt * wh * blocks_per_span, warp_specialize=WARP_SPECIALIZE):
-            span = j // blocks_per_span
-            in_span = j - span * blocks_per_span
-            kt = st + span // wh
-            kh = sh + span % wh
-            start = ((kt * NH + kh) * NW + sw) * TILE_VOL + in_span * BLOCK_N
-            if USE_TMA:
-                k = KDesc.load([b.to(tl.int32), h.to(tl.int32), start, 0]).reshape(BLOCK_N, HEAD_DIM)
-                v = VDesc.load([b.to(tl.int32), h.to(tl.int32), start, 0]).reshape(BLOCK_N, HEAD_DIM)
+        # Spans: (kt, kh) rows of ww tiles, kt-major; the spans of the last t-row (if the window reaches
+        # it) come last and have BPT_LAST blocks per tile.
+        spans = wt * wh
+        last_spans = tl.where(st + wt == NT, wh, 0)
+        n_first = (spans - last_spans) * ww * BPT
+        n_total = n_first + last_spans * ww * BPT_LAST
+        n_loop = n_total
+        if TEXT_IN_LOOP:
+            n_loop = n_total + tl.cdiv(text_len, BLOCK_N)  # text key blocks ride in the same pipelined loop
+        for j in tl.range(0, n_loop, warp_specialize=WARP_SPECIALIZE):
+            jv = tl.minimum(j, n_total - 1)
+            if BPT_LAST == BPT:
+                per_span = ww * BPT
+                span = jv // per_span
+                r = jv - span * per_span
+                kw_off = r // BPT
+                sub = r - kw_off * BPT
             else:
-                cols = start + offs_n
-                k = tl.load(Kb + cols[:, None] * stride_kn + offs_d[None, :])
-                v = tl.load(Vb + cols[:, None] * stride_vn + offs_d[None, :])
-            if HAS_PADDING:
-                key_ok = _padding_ok(start // TILE_VOL, start % TILE_VOL + offs_n, NH, NW, TH, TW, NT,
-                                     REM_T, REM_H, REM_W)
+                last = jv >= n_first
+                jj = tl.where(last, jv - n_first, jv)
+                bpt = tl.where(last, BPT_LAST, BPT)
+                per_span = ww * bpt
+                span = tl.where(last, spans - last_spans, 0) + jj // per_span
+                r = jj % per_span
+                kw_off = r // bpt
+                sub = r % bpt
+            key_tile = ((st + span // wh) * NH + sh + span % wh) * NW + sw + kw_off
+            if TEXT_IN_LOOP:
+                is_text = j >= n_total
+                tcols = (j - n_total) * BLOCK_N + offs_n
+                text_ok = (tcols < text_len) & is_text
+                if HAS_TEXT_MASK:
+                    text_ok = text_ok & (tl.load(Tb + tcols * stride_tm, mask=text_ok, other=0) != 0)
+                if NATURAL:
+                    if is_text:
+                        k = KTDesc.load([b, h, text_start + (j - n_total) * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
+                        v = VTDesc.load([b, h, text_start + (j - n_total) * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
+                    else:
+                        k, v = _load_key_block(Kb, Vb, KDesc, VDesc, b, h, bh, key_tile, sub, offs_n, offs_d,
+                                               stride_kn, stride_vn, NH, NW, TT, TH, TW, HEAD_DIM, BLOCK_N, True,
+                                               True)
+                else:
+                    row = tl.where(is_text, text_start + (j - n_total) * BLOCK_N, key_tile * TILE_VOL + sub * BLOCK_N)
+                    k = KDesc.load([b, h, row, 0]).reshape(BLOCK_N, HEAD_DIM)
+                    v = VDesc.load([b, h, row, 0]).reshape(BLOCK_N, HEAD_DIM)
+                if HAS_PADDING:
+                    video_ok = _padding_ok(key_tile, sub * BLOCK_N + offs_n, NH, NW, TH, TW, NT, REM_T, REM_H, REM_W)
+                    key_ok = tl.where(is_text, text_ok, video_ok)
+                else:
+                    key_ok = text_ok | (j < n_total)
                 acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, key_ok[None, :], True,
                                                      DOT_PRECISION, UPCAST_DOTS)
             else:
-                acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, 0, False, DOT_PRECISION,
-                                                     UPCAST_DOTS)
+                k, v = _load_key_block(Kb, Vb, KDesc, VDesc, b, h, bh, key_tile, sub, offs_n, offs_d, stride_kn,
+                                       stride_vn, NH, NW, TT, TH, TW, HEAD_DIM, BLOCK_N, USE_TMA, NATURAL)
+                if HAS_PADDING:
+                    key_ok = _padding_ok(key_tile, sub * BLOCK_N + offs_n, NH, NW, TH, TW, NT, REM_T, REM_H, REM_W)
+                    acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, key_ok[None, :], True,
+                                                         DOT_PRECISION, UPCAST_DOTS)
+                else:
+                    acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, 0, False, DOT_PRECISION,
+                                                         UPCAST_DOTS)
 
     if HAS_TEXT:
-        acc, m_i, l_i = _text_keys(acc, m_i, l_i, q, Kb, Vb, Tb, text_len, qk_scale, offs_n, offs_d, stride_kn,
-                                   stride_vn, stride_tm, PADDED_LEN, BLOCK_N, HAS_TEXT_MASK, DOT_PRECISION,
-                                   UPCAST_DOTS)
+        # Padding query blocks (tile order) skip this, and so do video queries whose loop took the text.
+        text_len_here = tl.where(q_padded, 0, text_len)
+        if TEXT_IN_LOOP:
+            text_len_here = tl.where(is_text_query, text_len, 0)
+        for start in range(0, text_len_here, BLOCK_N):
+            cols = start + offs_n
+            in_text = cols < text_len
+            key_ok = in_text
+            if HAS_TEXT_MASK:
+                key_ok = key_ok & (tl.load(Tb + cols * stride_tm, mask=in_text, other=0) != 0)
+            krows = text_start + cols
+            k = tl.load(Kb + krows[:, None] * stride_kn + offs_d[None, :], mask=in_text[:, None], other=0.0)
+            v = tl.load(Vb + krows[:, None] * stride_vn + offs_d[None, :], mask=in_text[:, None], other=0.0)
+            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, key_ok[None, :], True,
+                                                 DOT_PRECISION, UPCAST_DOTS)
 
-    out = acc / l_i[:, None]
-    tl.store(Ob + rows[:, None] * stride_om + offs_d[None, :], out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    if q_padded:  # a block of padding rows (tile order only; never launched work): finite zeros
+        l_i = tl.full([BLOCK_M], 1.0, tl.float32)
+    out = (acc / l_i[:, None]).to(Out.dtype.element_ty)
+    if NATURAL:
+        if is_text_query:
+            tl.store(Ob + rows[:, None] * stride_om + offs_d[None, :], out, mask=row_ok[:, None])
+        elif q_padded == 0:  # the TMA store drops the rows past the canvas
+            ODesc.store([bh, ct * TT + q_sub * BTM, ch * TH, cw * TW, 0], out.reshape(1, BTM, TH, TW, HEAD_DIM))
+    else:
+        tl.store(Ob + rows[:, None] * stride_om + offs_d[None, :], out, mask=row_ok[:, None])
 
 
 @functools.lru_cache(maxsize=16)
@@ -286,6 +376,70 @@ def _head_order(windows: torch.Tensor, grid) -> torch.Tensor:
     limits = _grid_on(tuple(grid), windows.device)
     volume = torch.minimum(windows, limits).prod(dim=1)
     return torch.argsort(volume, descending=True, stable=True).to(torch.int32)
+
+
+def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, text_mask, scale, config: KernelConfig,
+            natural: bool, video_start: int = 0):
+    B, heads, _, D = q.shape
+    if text_len and text_mask is not None:
+        text_mask_arg = text_mask.to(device=q.device, dtype=torch.int8).contiguous()
+        stride_tb, stride_tm = text_mask_arg.stride()
+    else:
+        text_mask_arg = windows  # never read
+        stride_tb = stride_tm = 0
+    head_order = _head_order(windows, geometry.grid)
+    text_programs = B * heads * triton.cdiv(text_len, config.block_m)
+    video_programs = B * heads * (geometry.padded_len // config.block_m)
+    scale = D**-0.5 if scale is None else float(scale)
+    (nt, nh, nw), (tt, th, tw) = geometry.grid, geometry.tile
+    rem = [c - (n - 1) * t for c, n, t in zip(geometry.canvas, geometry.grid, geometry.tile)]
+    if natural:
+        descs = [_video_descriptor(x, geometry, video_start, block) for x, block in
+                 ((q, config.block_m), (k, config.block_n), (v, config.block_n), (out, config.block_m))]
+    elif config.tma:
+        descs = [q, TensorDescriptor(k, list(k.shape), list(k.stride()), [1, 1, config.block_n, D]),
+                 TensorDescriptor(v, list(v.shape), list(v.stride()), [1, 1, config.block_n, D]), out]
+    else:
+        descs = [q, k, v, out]  # unused
+    text_in_loop = config.text_in_loop and text_len > 0 and (config.tma or natural)
+    if text_in_loop and natural:
+        descs += [TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, config.block_n, D]) for x in (k, v)]
+    else:
+        descs += [k, v]  # unused
+    _sta_fwd_kernel[(text_programs + video_programs,)](
+        q, k, v, out, *descs, windows, head_order, text_mask_arg,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+        stride_tb, stride_tm,
+        scale * LOG2E, heads, text_len, text_start, text_programs,
+        NT=nt, NH=nh, NW=nw, TT=tt, TH=th, TW=tw, REM_T=rem[0], REM_H=rem[1], REM_W=rem[2],
+        HEAD_DIM=D, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        HAS_PADDING=not geometry.is_divisible, HAS_TEXT=text_len > 0,
+        HAS_TEXT_MASK=text_len > 0 and text_mask is not None,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        UPCAST_DOTS=q.device.type != "cuda" and q.dtype == torch.bfloat16,
+        USE_TMA=config.tma or natural, NATURAL=natural, WARP_SPECIALIZE=config.warp_specialize,
+        TEXT_IN_LOOP=text_in_loop,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return out
+
+
+def _video_descriptor(x: torch.Tensor, geometry: Geometry, video_start: int, block: int) -> TensorDescriptor:
+    """5-D TMA view ``[batch*heads, T, H, W, D]`` of the natural-order video tokens of ``x``."""
+    B, heads, _, D = x.shape
+    T, H, W = geometry.canvas
+    _, th, tw = geometry.tile
+    ss = x.stride(2)
+    video = x.narrow(2, video_start, geometry.video_len)
+    return TensorDescriptor(video, [B * heads, T, H, W, D], [x.stride(1), H * W * ss, W * ss, ss, 1],
+                            [1, block // (th * tw), th, tw, D])
+
+
+def _check_common(q, geometry, windows, D, heads):
+    if D not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"head dim {D} is not supported by the triton backend; use one of {SUPPORTED_HEAD_DIMS}")
+    if tuple(windows.shape) != (heads, 3):
+        raise ValueError(f"windows must be a ({heads}, 3) table, got shape {tuple(windows.shape)}")
 
 
 def sta_triton_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Geometry, windows: torch.Tensor,
@@ -301,15 +455,12 @@ def sta_triton_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry
         config: launch parameters; default from :func:`default_config`.
 
     Returns:
-        Output in the same tile-order layout (padded video rows are finite but meaningless).
+        Output in the same tile-order layout (padded video rows are finite: zero or meaningless).
     """
     B, heads, L, D = q.shape
-    if D not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"head dim {D} is not supported by the triton backend; use one of {SUPPORTED_HEAD_DIMS}")
+    _check_common(q, geometry, windows, D, heads)
     if L != geometry.padded_len + text_len:
         raise ValueError(f"tiled sequence length {L} != padded video {geometry.padded_len} + text_len {text_len}")
-    if tuple(windows.shape) != (heads, 3):
-        raise ValueError(f"windows must be a ({heads}, 3) table, got shape {tuple(windows.shape)}")
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     windows = windows.to(device=q.device, dtype=torch.int32).contiguous()
     if out is None:
@@ -321,41 +472,55 @@ def sta_triton_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry
     tv = geometry.tile_volume
     if tv % config.block_m or tv % config.block_n:
         raise ValueError(f"block sizes ({config.block_m}, {config.block_n}) must divide the tile volume {tv}")
-
-    if text_len and text_mask is not None:
-        text_mask_arg = text_mask.to(device=q.device, dtype=torch.int8).contiguous()
-        stride_tb, stride_tm = text_mask_arg.stride()
-    else:
-        text_mask_arg = windows  # never read
-        stride_tb = stride_tm = 0
-    head_order = _head_order(windows, geometry.grid)
-    text_programs = B * heads * triton.cdiv(text_len, config.block_m)
-    video_programs = B * heads * (geometry.padded_len // config.block_m)
-    scale = D**-0.5 if scale is None else float(scale)
-    (nt, nh, nw), (tt, th, tw) = geometry.grid, geometry.tile
-    rem = [c - (n - 1) * t for c, n, t in zip(geometry.canvas, geometry.grid, geometry.tile)]
-
     if config.tma and not _tma_compatible(k, v):
         # Pointer loads hold K/V stages in shared memory less compactly: 128-wide key blocks overflow it.
         config = replace(config, tma=False, block_n=math.gcd(config.block_n, 64))
-    if config.tma:
-        block = [1, 1, config.block_n, D]
-        k_desc = TensorDescriptor(k, list(k.shape), list(k.stride()), block)
-        v_desc = TensorDescriptor(v, list(v.shape), list(v.stride()), block)
-    else:
-        k_desc, v_desc = k, v  # unused
-    _sta_fwd_kernel[(text_programs + video_programs,)](
-        q, k, v, out, windows, head_order, text_mask_arg, k_desc, v_desc,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        stride_tb, stride_tm,
-        scale * LOG2E, heads, text_len, text_programs,
-        NT=nt, NH=nh, NW=nw, TT=tt, TH=th, TW=tw, REM_T=rem[0], REM_H=rem[1], REM_W=rem[2],
-        HEAD_DIM=D, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        HAS_PADDING=not geometry.is_divisible, HAS_TEXT=text_len > 0,
-        HAS_TEXT_MASK=text_len > 0 and text_mask is not None,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        UPCAST_DOTS=q.device.type != "cuda" and q.dtype == torch.bfloat16,
-        USE_TMA=config.tma, WARP_SPECIALIZE=config.warp_specialize,
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
-    return out
+    return _launch(q, k, v, out, geometry, windows, text_len, geometry.padded_len, text_mask, scale, config,
+                   natural=False)
+
+
+def natural_layout_supported(q, k, v, geometry: Geometry, config: KernelConfig) -> tuple[bool, str]:
+    """Whether :func:`sta_triton_natural` can read these tensors in place (TMA boxes of whole tile planes)."""
+    B, heads, _, D = q.shape
+    _, th, tw = geometry.tile
+    plane = th * tw
+    if not config.tma:
+        return False, "config without TMA"
+    for name, block in (("block_m", config.block_m), ("block_n", config.block_n)):
+        if block % plane or geometry.tile[0] % (block // plane) or block // plane > 256 or max(th, tw) > 256:
+            return False, f"{name}={block} is not a box of whole ({th}, {tw}) tile planes"
+    for x in (q, k, v):
+        if x.stride(-1) != 1 or (B > 1 and x.stride(0) != heads * x.stride(1)):
+            return False, "batch and heads cannot be merged into one TMA dimension"
+    if not _tma_compatible(q, k, v):
+        return False, "strides or base not 16-byte aligned"
+    return True, "ok"
+
+
+def sta_triton_natural(q, k, v, geometry: Geometry, windows: torch.Tensor, text_len: int, text_first: bool,
+                       text_mask: torch.Tensor | None, scale: float | None, *, out: torch.Tensor | None = None,
+                       config: KernelConfig | None = None) -> torch.Tensor | None:
+    """STA straight on natural-order tokens (no tile/untile copies): ``(B, heads, T*H*W + text_len, D)``.
+
+    Video tokens are read and written as TMA boxes of whole tile planes of the ``[T, H, W]`` canvas,
+    which arrive in tile order; boxes crossing the canvas edge read zeros (masked as padding) and
+    write nothing past it. Returns None when the layout does not allow it (see
+    :func:`natural_layout_supported`); the caller then goes through tile order.
+    """
+    B, heads, S, D = q.shape
+    _check_common(q, geometry, windows, D, heads)
+    if S != geometry.video_len + text_len:
+        raise ValueError(f"sequence length {S} != canvas volume {geometry.video_len} + text_len {text_len}")
+    if config is None:
+        config = default_config(geometry.tile_volume, D, q.dtype, q.device.type == "cuda")
+    if not natural_layout_supported(q, k, v, geometry, config)[0]:
+        return None
+    if out is None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    elif out.shape != q.shape or out.dtype != q.dtype or not natural_layout_supported(out, out, out, geometry,
+                                                                                        config)[0]:
+        raise ValueError(f"out must match q ({tuple(q.shape)}, {q.dtype}) in a TMA-compatible layout")
+    windows = windows.to(device=q.device, dtype=torch.int32).contiguous()
+    video_start, text_start = (text_len, 0) if text_first else (0, geometry.video_len)
+    return _launch(q, k, v, out, geometry, windows, text_len, text_start, text_mask, scale, config, natural=True,
+                   video_start=video_start)
