@@ -110,3 +110,36 @@ def test_user_error_is_a_value_error():
     from sta_search.errors import UserError
 
     assert issubclass(UserError, ValueError)
+
+
+# ------------------------------------------------------------------------------- benchmark helpers
+def test_bench_shapes_and_flop_counts():
+    from sta_search.benchmark import MIXED_WINDOWS, attended_pairs, make_shape
+
+    shape = make_shape("hunyuan-720p", window="3,3,3")
+    pairs, dense = attended_pairs(shape)
+    assert dense == 24 * 115200**2
+    assert pairs / dense == pytest.approx(0.09)
+    mixed = make_shape("hunyuan-720p", window="mixed")
+    assert len(mixed.window_table()) == 24
+    assert sum(math.prod(w) for w in MIXED_WINDOWS) / len(MIXED_WINDOWS) == 27
+    assert attended_pairs(mixed)[0] == pytest.approx(pairs, rel=1e-12)  # same mean density as (3,3,3)
+    text = make_shape("hunyuan-720p", window="3,3,3", text_len=256)
+    assert text.text_valid == 205
+    V = 115200
+    assert attended_pairs(text)[0] == 24 * (round(0.09 * V * V) + V * 205 + 256 * (V + 205))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shape", "foo"], "unknown shape 'foo'"),
+    (["--window", "3,0,3"], "--window must be three integers >= 1"),
+    (["--canvas", "30,48"], "--canvas must be three integers"),
+], ids=["shape", "window", "canvas"])
+def test_bench_command_rejects_bad_options(args, message):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "sta_search", "bench", *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr
