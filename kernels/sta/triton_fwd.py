@@ -1,27 +1,36 @@
 """Sliding Tile Attention forward pass in Triton: one launch for every (batch, head, query block).
 
-Inputs are in tile order, ``[padded video tiles | text]`` (SPEC section 1). A query block of
-``BLOCK_M`` rows lies inside one tile (``BLOCK_M`` divides the tile volume), so all its rows see the
-same key tiles. The key tiles are computed in the kernel from the tile coordinates and the head's
-window (a ``(heads, 3)`` int32 table): along each axis the window starts at
-``clamp(q - (w - 1) // 2, 0, n - min(w, n))``. Tiles that are neighbours along W are neighbours in
-memory, so a window is ``wt * wh`` contiguous key spans of ``ww`` tiles each; the kernel walks them
-as one flat loop of ``BLOCK_N`` key blocks (one loop keeps Triton's software pipelining intact).
+Two layouts, one kernel (``NATURAL`` compile-time flag):
+
+- tile order, ``[padded video tiles | text]`` (SPEC section 1): :func:`sta_triton_tiled`;
+- natural T-major order with text before or after the video: :func:`sta_triton_natural`, which reads
+  and writes the video tokens in place through 5-D TMA boxes of whole tile planes (a 128-token
+  block of a (6,8,8) tile is a (2,8,8) box of the canvas and arrives T-major, i.e. in tile order), so
+  no tile/untile copies are needed. ``sta_attention`` uses it on CUDA when the layout allows.
+
+A query block of ``BLOCK_M`` rows lies inside one tile (``BLOCK_M`` divides the tile volume), so all
+its rows see the same key tiles. The key tiles are computed in the kernel from the tile coordinates
+and the head's window (a ``(heads, 3)`` int32 table): along each axis the window starts at
+``clamp(q - (w - 1) // 2, 0, n - min(w, n))``. The window is walked as one flat loop of ``BLOCK_N``
+key blocks (spans of ``ww`` tiles along W, kt-major), which keeps Triton's software pipelining over
+the whole window.
 
 Blocks are dense: the only masking is
 
-- padded tokens of border tiles when the canvas is not divisible by the tile (``HAS_PADDING``,
-  a compile-time flag; a divisible canvas compiles no mask at all), and only on border blocks;
+- padded tokens of border tiles when the canvas is not divisible by the tile (``HAS_PADDING``, a
+  compile-time flag: a divisible canvas compiles no mask at all); key blocks that are entirely
+  padding (t-planes past the canvas in the last row of tiles) are not visited, and query blocks that
+  are entirely padding do no work;
 - text keys: beyond ``text_len`` and where ``text_mask`` is False.
 
 Video queries attend to their window plus every valid text key; text queries attend to every valid
 key. The softmax is online, in fp32, with ``exp2`` and ``log2(e)`` folded into the scale. Every
-output element is written, including padded video query rows (finite: every key tile holds at
-least its first token, so every row has a valid key in its first block).
+output element is written (tile order: padded video query rows get finite values); every row has a
+valid key in its first block (the first token of every tile is real).
 
 Program order (1-D grid): text query blocks first (each is as costly as a dense row), then video
 query blocks of heads sorted by window volume, heaviest first, query blocks of one head adjacent
-(they share key tiles in L2).
+(they share key tiles in L2). Measurements and the configs tried: ``bench/NOTES.md``.
 """
 
 from __future__ import annotations
