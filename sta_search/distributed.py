@@ -150,6 +150,9 @@ def check_ulysses(info, degree: int, world_size: int, canvas=None) -> None:
     if degree < 1:
         raise UserError(f"--ulysses must be >= 1, got {degree}")
     if degree == 1:
+        if world_size > 1:
+            raise UserError(f"launched with {world_size} processes but --ulysses 1: pass --ulysses {world_size} "
+                            "(every process would otherwise generate the same video)")
         return
     if world_size != degree:
         raise UserError(f"--ulysses {degree} needs {degree} processes (torchrun --nproc-per-node {degree}); "

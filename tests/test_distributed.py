@@ -8,6 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -205,3 +206,99 @@ def test_sharded_profile_user_errors(tiny_wan_folder, tmp_path):
         sharded_profile(_settings(tiny_wan_folder), out, context=context)
     with pytest.raises(UserError, match="world_size: 2 in the shard vs 3 now"):
         sharded_profile(_settings(tiny_wan_folder), out, resume=True, context=context)
+
+
+# ------------------------------------------------------------------------------------- the command line under torchrun
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _wired(command_file: str, marker: str) -> bool:
+    return marker in (REPO / "sta_search" / "commands" / command_file).read_text()
+
+
+def _torchrun(*args, nproc=2, timeout=300):
+    import subprocess
+
+    env = dict(os.environ, COLUMNS="1000")
+    env.pop("TRITON_INTERPRET", None)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                           "--master-port", str(_free_port()), "-m", "sta_search", *map(str, args)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(not _wired("profile.py", "sharded_profile"), reason="commands/profile.py does not call "
+                    "sta_search.distributed.sharded_profile under torchrun yet")
+def test_torchrun_profile_command_equals_single_process(tiny_wan_folder, tmp_path):
+    from sta_search.artifacts import Profile
+    from sta_search.profile import run_profile
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS[:3]) + "\n")
+    settings = _settings(tiny_wan_folder)
+    result = _torchrun("profile", tiny_wan_folder, "--prompts", prompts, "--steps", settings.steps, "--height", 64,
+                       "--width", 128, "--frames", 9, "--tile", "1,4,4", "--seed", settings.seed, "--out",
+                       tmp_path / "p")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("mean recall per layer") == 1  # rank 0 prints the summary
+    sharded = Profile.load(tmp_path / "p")
+    torch.set_num_threads(1)
+    import dataclasses
+
+    single = run_profile(dataclasses.replace(settings, prompts=PROMPTS[:3]), tmp_path / "single")
+    assert sharded.header == single.header
+    for name, tensor in single.tensors.items():
+        torch.testing.assert_close(sharded.tensors[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def _tiny_mask(loaded, path, heads=None):
+    import dataclasses
+
+    import numpy as np
+
+    from sta_search.maskconfig import MaskConfig
+
+    info = loaded.info if heads is None else dataclasses.replace(loaded.info, num_heads=heads)
+    config = MaskConfig.uniform(info, loaded.canvas(64, 128, 9), (1, 4, 4), 0, 2, (1, 1, 1))
+    windows = np.array(config.windows)
+    windows[:, :, :] = [1, 1, 2]
+    windows[:, :, 1] = [2, 1, 2]  # head 1 differs from head 0: rank 1 must use head 1's window
+    dataclasses.replace(config, windows=windows).save(path)
+    return path
+
+
+@pytest.mark.skipif(not _wired("generate.py", "--ulysses"), reason="commands/generate.py has no --ulysses yet")
+def test_torchrun_generate_ulysses_equals_single_process(tiny_wan_folder, tmp_path):
+    import imageio.v3 as iio
+
+    from sta_search.models import load_model
+
+    loaded = load_model(str(tiny_wan_folder), "cpu", torch.float32)
+    mask = _tiny_mask(loaded, tmp_path / "mask.yaml")
+    args = ["generate", tiny_wan_folder, "--mask", mask, "--prompt", "a cat in the city", "--height", 64, "--width",
+            128, "--frames", 9, "--steps", 2, "--backend", "reference", "--device", "cpu"]
+    result = _torchrun(*args, "--out", tmp_path / "two", "--ulysses", 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from sta_search.generate import GenerateSettings, generate
+
+    generate(GenerateSettings(model=str(tiny_wan_folder), mask=str(mask), prompts=("a cat in the city",),
+                              out=str(tmp_path / "one"), steps=2, height=64, width=128, frames=9, device="cpu",
+                              backend="reference"))
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert report["videos"][0]["sta"]["attention_calls"].get("sparse", 0) > 0
+    (video,) = (tmp_path / "two").glob("*.mp4")
+    two = iio.imread(video).astype(np.float32)
+    one = iio.imread(tmp_path / "one" / video.name).astype(np.float32)
+    assert two.shape == one.shape and float(np.abs(two - one).max()) <= 1.0
+
+
+@pytest.mark.skipif(not _wired("generate.py", "--ulysses"), reason="commands/generate.py has no --ulysses yet")
+def test_torchrun_generate_bad_mask_exits_2_on_every_rank(tiny_wan_folder, tmp_path):
+    from sta_search.models import load_model
+
+    loaded = load_model(str(tiny_wan_folder), "cpu", torch.float32)
+    mask = _tiny_mask(loaded, tmp_path / "mask4.yaml", heads=4)
+    result = _torchrun("generate", tiny_wan_folder, "--mask", mask, "--prompt", "a cat", "--height", 64, "--width",
+                       128, "--frames", 9, "--steps", 2, "--device", "cpu", "--out", tmp_path / "o", "--ulysses", 2)
+    assert result.returncode != 0
+    assert result.stderr.count("num_heads: config has 4, model has 2") == 2, result.stderr[-3000:]
+    assert result.stderr.count("exitcode  : 2") == 2, result.stderr[-3000:]
