@@ -181,9 +181,9 @@ def test_descriptor_loads_and_strided_inputs_agree(seed):
     geometry = Geometry(**ODD)
     text_len = 7
     q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2)
-               for x in make_qkv(2, 2, geometry.padded_len + text_len, 32))
+               for x in make_qkv(1, 2, geometry.padded_len + text_len, 32))
     windows = normalize_windows([(1, 2, 2), (2, 1, 3)], 2)
-    text_mask = make_text_mask(2, text_len)
+    text_mask = make_text_mask(1, text_len)
     plain = sta_triton_tiled(q, k, v, geometry, windows, text_len, text_mask, None)
     tma = sta_triton_tiled(q, k, v, geometry, windows, text_len, text_mask, None,
                            config=KernelConfig(32, 32, 4, 1, tma=True, warp_specialize=True))
