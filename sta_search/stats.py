@@ -234,6 +234,7 @@ class AttentionProfiler:
             table.scatter_(1, torch.from_numpy(g.key_tiles(self.error_windows[i]).astype("int64")), True)
             table[:, n] = True
             allowed.append(table.to(q.device))
+        key_onehot = torch.nn.functional.one_hot(column, n + 1).float()  # (S, n + 1)
         kf, vf = k.float(), v.float()
         qv, ref = q[:, :, video].float(), dense_out[:, :, video].float()
         mass = torch.zeros(B, H, n, n + 1, dtype=torch.float32, device=q.device)
@@ -243,19 +244,19 @@ class AttentionProfiler:
             stop = min(V, start + rows)
             scores = torch.matmul(qv[:, :, start:stop], kf.transpose(-1, -2)) * scale + key_bias
             # one exp for the dense softmax and every window: exp(s - rowmax) restricted to a window and
-            # renormalised is that window's softmax (rows whose window mass underflows are redone exactly)
-            weights = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
-            probs = weights / weights.sum(dim=-1, keepdim=True)
-            by_key_tile = torch.zeros(B, H, stop - start, n + 1, dtype=torch.float32, device=q.device)
-            by_key_tile.index_add_(3, column, probs)
+            # renormalised is that window's softmax. The floor e^-80 keeps denormals (very slow on CPUs) out;
+            # it moves no sum by more than keys * 2e-35. Windows whose weights sum below 1e-20 are redone
+            # with their own exact softmax.
+            weights = torch.exp((scores - scores.amax(dim=-1, keepdim=True)).clamp_min_(-80.0))
+            by_key_tile = torch.matmul(weights / weights.sum(dim=-1, keepdim=True), key_onehot)
             mass.index_add_(2, token_tile[start:stop], by_key_tile)
-            del probs, by_key_tile
+            del by_key_tile
             q_tiles = token_tile[start:stop]
             for j, table in enumerate(allowed):
                 inside = table[q_tiles][:, column]  # (rows, S)
                 windowed = weights * inside
                 denom = windowed.sum(dim=-1, keepdim=True)
-                if bool((denom < 1e-30).any()):
+                if bool((denom < 1e-20).any()):
                     windowed = torch.softmax(scores.masked_fill(~inside, float("-inf")), dim=-1)
                     denom = 1.0
                 out = torch.matmul(windowed, vf) / denom
