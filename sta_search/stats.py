@@ -234,6 +234,7 @@ class AttentionProfiler:
             table.scatter_(1, torch.from_numpy(g.key_tiles(self.error_windows[i]).astype("int64")), True)
             table[:, n] = True
             allowed.append(table.to(q.device))
+        key_valid = (key_bias > float("-inf")).float() if text_len and text_mask is not None else None
         key_onehot = torch.nn.functional.one_hot(column, n + 1).float()  # (S, n + 1)
         kf, vf = k.float(), v.float()
         qv, ref = q[:, :, video].float(), dense_out[:, :, video].float()
@@ -248,6 +249,8 @@ class AttentionProfiler:
             # it moves no sum by more than keys * 2e-35. Windows whose weights sum below 1e-20 are redone
             # with their own exact softmax.
             weights = torch.exp((scores - scores.amax(dim=-1, keepdim=True)).clamp_min_(-80.0))
+            if key_valid is not None:
+                weights = weights * key_valid  # masked text keys: weight 0, not the floor
             by_key_tile = torch.matmul(weights / weights.sum(dim=-1, keepdim=True), key_onehot)
             mass.index_add_(2, token_tile[start:stop], by_key_tile)
             del by_key_tile
