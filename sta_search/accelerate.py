@@ -185,6 +185,7 @@ class MaskAttention:
     def __call__(self, call) -> torch.Tensor:
         from .kernels import sta_attention
         from .models import dense_attention
+        from .models.parallel import windows_for_call
 
         if tuple(call.canvas) != self.geometry.canvas:
             raise UserError(f"mask config is for canvas {self.geometry.canvas} but the model runs on canvas "
@@ -205,6 +206,7 @@ class MaskAttention:
         if windows is None:
             windows = torch.from_numpy(self._tables[key]).to(call.q.device)
             self._on_device[device_key] = windows
+        windows = windows_for_call(windows, call)  # this rank's heads under Ulysses; all heads otherwise
         q, k, v = call.q, call.k, call.v
         kwargs = dict(canvas=self.geometry.canvas, tile=self.geometry.tile, text_len=call.text_len,
                       text_first=call.text_first, text_mask=call.text_mask, backend=self.backend)

@@ -54,6 +54,7 @@ class GenerateSettings:
     backend: str = "auto"
     fps: int | None = None
     warmup_steps: int = 0             # short untimed runs of each side before the timed ones
+    ulysses: int = 1                  # sequence-parallel degree (torchrun with this many processes)
 
 
 @dataclass
@@ -265,7 +266,13 @@ def generate(settings: GenerateSettings, console=None) -> dict:
     from .video import fidelity, side_by_side, write_mp4
 
     console = console or Console(stderr=True)
-    device = resolve_device(settings.device)
+    context = None
+    if settings.ulysses != 1 or _launched_by_torchrun():
+        from .distributed import init_from_env
+
+        context = init_from_env(settings.device)
+    device = context.device if context is not None else resolve_device(settings.device)
+    is_main = context is None or context.is_main
     dtype = resolve_dtype(settings.dtype, device)
     if not settings.prompts:
         raise UserError("no prompts given")
@@ -291,6 +298,10 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         raise UserError(f"--warmup-steps must be >= 0, got {settings.warmup_steps}")
     canvas = tuple(int(c) for c in loaded.adapter.canvas(loaded.transformer, height, width, frames))
     check_config(config, info, canvas, steps)
+    if context is not None:
+        from .distributed import enable_ulysses
+
+        enable_ulysses(loaded, settings.ulysses, canvas=canvas)  # UserError on every rank for a bad degree
 
     attention = MaskAttention(config, backend=settings.backend)
     if settings.compile:
@@ -304,7 +315,7 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "tool_version": _tool_version(),
         "versions": _versions(),
-        "device": {"type": device.type,
+        "device": {"type": device.type, "processes": context.world_size if context is not None else 1,
                    "name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"},
         "model": {"source": str(loaded.source), **_info_json(info)},
         "mask": {"path": str(Path(settings.mask).resolve()) if isinstance(settings.mask, (str, Path)) else None,
@@ -315,7 +326,7 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         "settings": {"seed": settings.seed, "steps": steps, "height": height, "width": width, "frames": frames,
                      "canvas": list(canvas), "dtype": str(dtype).replace("torch.", ""), "backend": settings.backend,
                      "compile": settings.compile, "compare_dense": settings.compare_dense, "fps": fps,
-                     "warmup_steps": settings.warmup_steps},
+                     "warmup_steps": settings.warmup_steps, "ulysses": settings.ulysses},
         "density_used": attention.density(steps),
         "videos": [],
     }
@@ -348,27 +359,44 @@ def generate(settings: GenerateSettings, console=None) -> dict:
                     loaded, _call_kwargs(loaded, prompt, height, width, frames, steps, settings.seed, device),
                     timed_dense_attention(dense_timer), dense_timer, device, progress, f"dense  {stem}")
                 entry["dense"] = dense_timing.to_json()
-                entry["dense_video"] = write_mp4(out / f"{stem}.dense.mp4", dense_frames, fps=fps).name
+                entry["dense_video"] = _write(is_main, out / f"{stem}.dense.mp4", dense_frames, fps)
 
             sta_timer = AttentionTimer()
             attention.calls.clear()
             sta_fn = torch.compiler.disable(sta_timer.wrap(attention))
             sta_frames, sta_timing = run_pipeline(loaded, kwargs, sta_fn, sta_timer, device, progress, f"STA    {stem}")
             entry["sta"] = {**sta_timing.to_json(), "attention_calls": dict(attention.calls)}
-            entry["video"] = write_mp4(out / f"{stem}.mp4", sta_frames, fps=fps).name
+            entry["video"] = _write(is_main, out / f"{stem}.mp4", sta_frames, fps)
             entry["frames"] = int(sta_frames.shape[0])
 
             if dense_frames is not None:
                 entry["fidelity"] = fidelity(sta_frames, dense_frames).to_json()
-                entry["side_by_side"] = write_mp4(out / f"{stem}.side-by-side.mp4",
-                                                  side_by_side(dense_frames, sta_frames), fps=fps).name
+                entry["side_by_side"] = _write(is_main, out / f"{stem}.side-by-side.mp4",
+                                               side_by_side(dense_frames, sta_frames) if is_main else None, fps)
                 entry["speedup"] = _speedups(dense_timing, sta_timing)
             report["videos"].append(entry)
-            console.print(_summary_line(entry), highlight=False)
+            if is_main:
+                console.print(_summary_line(entry), highlight=False)
 
     report = _json_safe(report)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if is_main:  # under torchrun every rank computes the same videos; rank 0 writes them
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def _write(is_main: bool, path: Path, frames, fps: int) -> str:
+    from .video import write_mp4
+
+    if is_main:
+        write_mp4(path, frames, fps=fps)
+    return path.name
+
+
+def _launched_by_torchrun() -> bool:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
 
 
 def _call_kwargs(loaded, prompt, height, width, frames, steps, seed, device) -> dict:

@@ -28,6 +28,8 @@ def register(app: typer.Typer) -> None:
         fps: Optional[int] = typer.Option(None, "--fps", help="Frames per second of the mp4 files [default: per model family]."),
         warmup_steps: int = typer.Option(0, "--warmup-steps", help="Untimed short run(s) of this many steps first "
                                          "(recommended with --compile and for timing comparisons)."),
+        ulysses: int = typer.Option(1, "--ulysses", help="Sequence-parallel degree (Wan): launch with "
+                                    "`torchrun --nproc-per-node N -m sta_search generate ... --ulysses N`."),
     ):
         """Generate videos with the Sliding Tile Attention windows of a mask config."""
         from ..errors import UserError
@@ -38,6 +40,14 @@ def register(app: typer.Typer) -> None:
         settings = GenerateSettings(model=model, mask=mask, prompts=read_prompts(prompt, prompts), out=out, seed=seed,
                                     steps=steps, height=height, width=width, frames=frames, dtype=dtype, device=device,
                                     compare_dense=compare_dense, compile=compile, backend=backend, fps=fps,
-                                    warmup_steps=warmup_steps)
-        report = generate(settings)
-        typer.echo(f"wrote {len(report['videos'])} video(s) and report.json to {out}")
+                                    warmup_steps=warmup_steps, ulysses=ulysses)
+        try:
+            report = generate(settings)
+        finally:
+            from ..distributed import shutdown
+
+            shutdown()
+        import os
+
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo(f"wrote {len(report['videos'])} video(s) and report.json to {out}")
