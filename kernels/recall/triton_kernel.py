@@ -72,8 +72,8 @@ def _tile_mass_kernel(
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     num_m = tl.num_programs(0)
-    b = pid_bh // H
-    h = pid_bh % H
+    b = (pid_bh // H).to(tl.int64)  # batch/head offsets can pass 2**31 elements
+    h = (pid_bh % H).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :])
