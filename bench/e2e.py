@@ -342,17 +342,20 @@ class Bench:
         self.log(key, f"built {entry['parameters_billion']:.2f}B params in {build_seconds:.1f}s")
         self.call_shape = None
         self._attention_modules = get_adapter(model).attention_modules(model)
-        modes = ["dense", "dense-native"] if self.args.native else ["dense"]
-        for window in self.args.windows:
-            tag = "".join(map(str, window))
-            modes += [f"sta-{backend}-{tag}" for backend in self.args.backends]
+        modes = ["dense"]
+        for backend in self.args.backends:
+            for window in self.args.windows:
+                modes.append(f"sta-{backend}-{''.join(map(str, window))}")
+        if self.args.native:
+            modes.append("dense-native")
         phases = {"off": [False], "on": [True], "both": [False, True]}[self.args.compile]
         for compiled in phases:
             section = entry["compiled" if compiled else "eager"]
             if compiled:
                 section["compiled_blocks"] = compile_transformer(model)
             for mode in modes:
-                if compiled and mode == "dense-native":
+                if compiled and (mode == "dense-native" or
+                                 (mode.startswith("sta-") and mode.split("-")[1] not in self.args.compiled_backends)):
                     continue
                 if self.elapsed() > self.args.time_budget:
                     self.log("time budget spent; skipping", key, mode, "compiled" if compiled else "eager")
@@ -417,6 +420,8 @@ def main(argv=None):
     parser.add_argument("--windows", nargs="+", type=parse_window, default=[(5, 5, 5), (3, 3, 3)])
     parser.add_argument("--backends", nargs="+", default=["triton", "flex"], choices=["triton", "flex", "reference"])
     parser.add_argument("--compile", choices=["off", "on", "both"], default="both")
+    parser.add_argument("--compiled-backends", nargs="+", default=["triton"], choices=["triton", "flex", "reference"],
+                        help="STA backends timed again after torch.compile")
     parser.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
                         help="also time diffusers' own processors (dense-native)")
     parser.add_argument("--reps", type=int, default=3)
