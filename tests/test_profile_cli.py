@@ -190,3 +190,26 @@ def test_prompt_files_and_option_parsing(tmp_path):
     assert parse_dtype("bf16", "cuda") == ("bfloat16", torch.bfloat16)
     with pytest.raises(UserError, match="int8"):
         parse_dtype("int8", "cpu")
+
+
+def test_two_expert_wan22_in_process(tmp_path):
+    """Wan 2.2: one expert runs per step; its layers carry the step's samples, the other's stay zero."""
+    from sta_search.profile import ProfileSettings, run_profile, summary_rows
+
+    folder = save_tiny("wan22", tmp_path / "wan22")
+    settings = ProfileSettings(model=str(folder), prompts=("a cat running in the street",), steps=4,
+                               height=64, width=128, frames=9, tile=(1, 4, 4), windows=((1, 1, 1),))
+    profile = run_profile(settings, tmp_path / "out")
+    h = profile.header
+    L = h["model"]["num_layers"]
+    ranges = h["active_layers"]
+    assert h["model"]["experts"] == 2 and len(ranges) == 4
+    assert {tuple(r) for r in ranges} == {(0, L // 2), (L // 2, L)}  # both experts ran, each on whole steps
+    recall_sum = profile.tensors["recall_sum"]
+    for slot, (lo, hi) in enumerate(ranges):
+        active = recall_sum[slot, lo:hi]
+        assert bool((active > 0).all())
+        assert float(recall_sum[slot, :lo].abs().sum() + recall_sum[slot, hi:].abs().sum()) == 0.0
+    rows = summary_rows(profile, [(1, 1, 1), (3, 1, 2)])
+    assert len(rows) == L and all(0 < v <= 1 + 1e-5 for _, values in rows for v in values)
+    assert Profile.load(tmp_path / "out").header == h
