@@ -1,0 +1,482 @@
+"""Search-quality study on the bundled tiny model (issue 7).
+
+Profiles the tiny Wan-architecture model on training prompts, builds mask configs at several density
+budgets with
+
+* our budget solver (``strategy="budget"``; objective ``error`` per (step, layer, head), plus objective
+  ``recall`` and granularity ``layer`` as variants),
+* FastVideo's argmin rule (``strategy="argmin"``: no budget; its achieved density is reported and our
+  solver and the best uniform window are also run at that density, for a matched comparison),
+* the best single uniform window at or under each budget (the shortlist window with the lowest in-sample
+  mean error among those whose density fits),
+
+then generates held-out prompts (disjoint from the training prompts) densely and with every config from
+the same initial noise and reports PSNR / SSIM against the dense videos (frame-averaged, per prompt and
+mean), next to the model's locality (mean recall per layer and head at a few windows, from the profile).
+
+Every config keeps the same dense steps (the selector's default: the first ``round(0.24 * steps)``).
+
+Generation runs all held-out prompts as one batch per config (about 3x the throughput of one at a time
+on a CPU). STA runs as SDPA under the reference backend's mask, cached per window table.
+
+    nice python bench/quality.py                 # ~30 min on 2 CPU cores
+    python bench/quality.py --quick              # smoke run: 2 + 2 prompts, 2 windows, one density
+
+Writes ``bench/results/quality-<UTC timestamp>.json`` (+ a PNG summary). The profile lives in
+``--work`` (default ``/tmp/sta-search-quality``) and is resumed when rerun with the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "bench" / "results"
+
+TRAIN_PROMPT_SEED = 101
+HELDOUT_PROMPT_SEED = 202
+DENSITIES = (0.15, 0.3, 0.5)
+# Error shortlist on the (4, 4, 4) tile grid: densities 1/64 .. 0.75, isotropic and anisotropic, plus full
+# attention (whose error is 0 and costs nothing to profile).
+SHORTLIST = ((1, 1, 1), (1, 2, 2), (2, 2, 2), (1, 3, 3), (4, 2, 2), (1, 4, 4), (2, 3, 3), (3, 3, 3),
+             (2, 4, 4), (3, 4, 4), (4, 4, 4))
+LOCALITY_WINDOWS = ((1, 1, 1), (2, 2, 2), (2, 3, 3), (3, 3, 3), (2, 4, 4))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--train-prompts", type=int, default=8)
+    p.add_argument("--heldout-prompts", type=int, default=8)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, 8)")
+    p.add_argument("--profile-every", type=int, default=2, help="profile every k-th step")
+    p.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default="/tmp/sta-search-quality")
+    p.add_argument("--out", default=None, help="result JSON (default bench/results/quality-<timestamp>.json)")
+    p.add_argument("--quick", action="store_true", help="smoke run (tests): tiny prompt counts and shortlist")
+    p.add_argument("--profile-only", action="store_true")
+    p.add_argument("--no-variants", action="store_true", help="skip objective recall / granularity layer")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds: start no further config (they run in priority order) once this much has passed")
+    return p.parse_args(argv)
+
+
+def prompts(train: int, heldout: int) -> tuple[list[str], list[str]]:
+    from sta_search.tiny import data
+
+    training = data.prompt_set(train, TRAIN_PROMPT_SEED)
+    others = [p for p in data.prompt_set(heldout + train, HELDOUT_PROMPT_SEED) if p not in training]
+    return training, others[:heldout]
+
+
+def profile_stage(args, loaded, settings, training, shortlist, console=print):
+    from sta_search.profile import ProfileSettings, run_profile
+
+    folder = Path(args.work) / ("profile-quick" if args.quick else "profile")
+    t0 = time.perf_counter()
+    profile = run_profile(
+        ProfileSettings(model="tiny", prompts=tuple(training), steps=args.steps or settings.steps,
+                        height=settings.height, width=settings.width, frames=settings.frames, seed=args.seed,
+                        profile_steps=args.profile_every, tile=settings.tile, windows=tuple(shortlist),
+                        device="cpu", dtype="float32"),
+        folder, resume=True, loaded=loaded)
+    console(f"profile: {profile.num_prompts} prompts in {time.perf_counter() - t0:.0f} s -> {folder}")
+    return profile, folder, time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------------- STA for generation
+class ConfigAttention:
+    """AttentionFn of a MaskConfig: dense on its dense steps and all-full layers; elsewhere SDPA under the
+    reference backend's STA mask (``sta_search.kernels.sta.reference.sta_mask``, SPEC section 1), built once
+    per distinct layer window table and broadcast over the batch (the same numbers as
+    ``sta_attention(backend="reference")``, without rebuilding a (B, H, S, S) mask every call)."""
+
+    def __init__(self, config):
+        from sta_search.kernels.geometry import Geometry
+
+        self.config = config
+        self.geometry = Geometry(tuple(config.canvas), tuple(config.tile))
+        self.masks: dict[bytes, torch.Tensor] = {}
+
+    def __call__(self, call):
+        from sta_search.kernels.sta.reference import sta_mask
+        from sta_search.models import dense_attention
+
+        if call.text_len:
+            raise ValueError("the quality bench handles video-only self-attention (Wan)")
+        table = self.config.window_table(call.step)
+        if table is None:
+            return dense_attention(call)
+        windows = np.asarray([self.geometry.clip_window(tuple(w)) for w in np.asarray(table)[call.layer].tolist()],
+                             dtype=np.int64)
+        if all(self.geometry.is_full(tuple(w)) for w in windows.tolist()):
+            return dense_attention(call)
+        key = windows.tobytes()
+        mask = self.masks.get(key)
+        if mask is None:
+            mask = sta_mask(self.geometry.canvas, self.geometry.tile, torch.from_numpy(windows), batch=1,
+                            device=call.q.device)
+            self.masks[key] = mask
+        return torch.nn.functional.scaled_dot_product_attention(call.q, call.k, call.v, attn_mask=mask)
+
+
+def generate_batch(loaded, settings, prompt_list, steps: int, seed: int, attention_fn) -> np.ndarray:
+    """``(prompts, frames, height, width, 3)`` float in [0, 1]; the same seed gives the same initial noise."""
+    from sta_search.models import hook_attention
+
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    kwargs = dict(loaded.adapter.pipeline_kwargs(list(prompt_list), settings.height, settings.width, settings.frames,
+                                                 steps, generator))
+    kwargs.update(output_type="np", guidance_scale=settings.guidance_scale)
+    with hook_attention(loaded, attention_fn, loaded.adapter):
+        with torch.inference_mode():
+            return np.asarray(loaded.pipeline(**kwargs).frames)
+
+
+# ----------------------------------------------------------------------------------- configs
+def window_histogram(config) -> dict[str, float]:
+    """Share of (sparse step, layer, head) slots per window."""
+    from collections import Counter
+
+    rows = [tuple(int(x) for x in w) for s in config.sparse_steps for w in np.asarray(config.window_table(s)).reshape(-1, 3)]
+    counts = Counter(rows)
+    return {",".join(map(str, w)): round(c / len(rows), 4) for w, c in sorted(counts.items(), key=lambda kv: -kv[1])}
+
+
+def insample_cost(profile, config, objective: str = "error") -> float | None:
+    """Mean over (sparse step, layer, head) of the profile's mean cost of the config's window (the nearest
+    profiled step's statistics), for windows on the shortlist (error) or any window (recall)."""
+    from sta_search.select import nearest_profiled
+
+    g = profile.geometry
+    sparse = list(config.sparse_steps)
+    step_map = nearest_profiled(sparse, profile.profile_steps)
+    if objective == "recall":
+        recall = profile.mean_recall().double().numpy()
+        vals = [recall[step_map[i], l, h, w[0] - 1, w[1] - 1, w[2] - 1]
+                for i, s in enumerate(sparse) for l, row in enumerate(np.asarray(config.window_table(s)))
+                for h, w in enumerate((g.clip_window(tuple(x)) for x in row.tolist()))]
+        return float(np.mean(vals))
+    index = {g.clip_window(w): i for i, w in enumerate(profile.error_windows)}
+    error = profile.mean_error().double().numpy()
+    vals = []
+    for i, s in enumerate(sparse):
+        for l, row in enumerate(np.asarray(config.window_table(s))):
+            for h, w in enumerate(row.tolist()):
+                w = g.clip_window(tuple(w))
+                if g.is_full(w):
+                    vals.append(0.0)
+                elif w in index:
+                    vals.append(error[step_map[i], l, h, index[w]])
+                else:
+                    return None
+    return float(np.mean(vals))
+
+
+def best_uniform(profile, info, budget: float, dense_steps, note: str):
+    """The shortlist window with the lowest in-sample mean error among those of density <= budget."""
+    from sta_search.maskconfig import MaskConfig
+
+    g = profile.geometry
+    best = None
+    for window in profile.error_windows:
+        w = g.clip_window(tuple(window))
+        if g.density(w) > budget + 1e-12:
+            continue
+        config = MaskConfig.uniform(info, profile.canvas, profile.tile, int(profile.header.get("text_len") or 0),
+                                    profile.steps, w, dense_steps=dense_steps)
+        cost = insample_cost(profile, config)
+        if best is None or cost < best[0]:
+            best = (cost, w, config)
+    if best is None:
+        return None
+    cost, w, config = best
+    return config.replace(summary={"strategy": "uniform", "window": list(w), "selected_by": note,
+                                   "predicted_error": cost, "density": config.density()})
+
+
+def capped_argmin(profile, info, budget: float, dense_steps):
+    """FastVideo's argmin rule restricted to the shortlist windows of density <= budget (its candidate list
+    built for that budget): per (sparse step, layer, head) the allowed window of lowest mean error."""
+    from sta_search.maskconfig import MaskConfig
+    from sta_search.select import build_candidates, nearest_profiled, solve_argmin
+
+    cands = build_candidates(profile, "error", "shortlist")
+    allowed = (~cands.is_full) & (cands.densities <= budget + 1e-12)
+    sparse = [s for s in range(profile.steps) if s not in set(dense_steps)]
+    step_map = nearest_profiled(sparse, profile.profile_steps)
+    K = cands.mean_cost.shape[-1]
+    choice = solve_argmin(cands.mean_cost[step_map].reshape(-1, K), allowed[None, :])
+    L, H = profile.num_layers, profile.num_heads
+    windows = np.empty((profile.steps, L, H, 3), dtype=np.int32)
+    windows[:] = np.asarray(profile.grid, dtype=np.int32)
+    windows[sparse] = np.asarray(cands.windows, dtype=np.int32)[choice.reshape(len(sparse), L, H)]
+    config = MaskConfig(model={k: profile.model[k] for k in ("family", "transformer_class", "num_layers", "num_heads")},
+                        canvas=profile.canvas, tile=profile.tile, text_len=int(profile.header.get("text_len") or 0),
+                        steps=profile.steps, dense_steps=tuple(dense_steps), windows=windows, summary={})
+    return config.replace(summary={"strategy": "argmin (candidates: shortlist windows of density <= budget)",
+                                   "budget_cap": budget, "density": config.density()})
+
+
+def build_configs(profile, info, densities, variants: bool):
+    """Ordered (name, method, target density, config) list: the most important comparisons first."""
+    from sta_search.select import DEFAULT_FULL_STEP_FRACTION, SelectOptions, select_windows
+    from sta_search.errors import UserError
+
+    dense_steps = tuple(range(round(DEFAULT_FULL_STEP_FRACTION * profile.steps)))
+    full_steps = len(dense_steps)
+    out = []
+
+    def solver(budget, **kw):
+        try:
+            return select_windows(profile, SelectOptions(budget=budget, full_steps=full_steps, **kw)).config
+        except UserError as exc:
+            print(f"skip solver at {budget} {kw}: {exc}")
+            return None
+
+    order = sorted(densities, key=lambda d: (abs(d - 0.3), d))  # 0.3 first
+
+    def against_argmin_capped(d):
+        capped = capped_argmin(profile, info, d, dense_steps)
+        ad = capped.density()
+        return [(f"argmin-capped@{d:g}", "argmin, candidates <= budget", d, capped),
+                (f"solver-error-step@argmin-capped{d:g}", "budget solver at argmin-capped's density", ad, solver(ad))]
+
+    def solver_and_uniform(d):
+        return [(f"solver-error-step@{d:g}", "budget solver (error, step)", d, solver(d)),
+                (f"uniform@{d:g}", "best uniform window", d,
+                 best_uniform(profile, info, d, dense_steps, f"density <= {d:g}"))]
+
+    def variants_at(d):
+        return [(f"solver-recall-step@{d:g}", "budget solver (recall, step, all windows)", d, solver(d, objective="recall")),
+                (f"solver-error-layer@{d:g}", "budget solver (error, layer)", d, solver(d, granularity="layer"))]
+
+    first, rest = order[0], order[1:]
+    out += solver_and_uniform(first) + against_argmin_capped(first)
+    argmin = select_windows(profile, SelectOptions(strategy="argmin", full_steps=full_steps)).config
+    md = argmin.density()
+    out += [("argmin", "argmin (FastVideo rule, whole shortlist)", None, argmin),
+            ("solver-error-step@argmin", "budget solver at argmin's density", md, solver(md)),
+            ("uniform@argmin", "best uniform window at argmin's density", md,
+             best_uniform(profile, info, md, dense_steps, f"density <= argmin's {md:.4f}"))]
+    for d in rest:
+        out += solver_and_uniform(d)
+    for d in rest:
+        out += against_argmin_capped(d)
+    if variants:
+        out += variants_at(first)
+        for extra in (0, 1, 3):  # number of dense steps (the default is round(0.24 * steps))
+            if extra != full_steps and extra < profile.steps:
+                try:
+                    cfg = select_windows(profile, SelectOptions(budget=first, full_steps=extra)).config
+                except UserError as exc:
+                    print(f"skip dense-steps variant {extra}: {exc}")
+                    continue
+                out.append((f"solver-error-step-dense{extra}@{first:g}",
+                            f"budget solver (error, step) with {extra} dense steps", first, cfg))
+        for d in rest:
+            out += variants_at(d)
+    return [(n, m, d, c) for n, m, d, c in out if c is not None]
+
+
+# ----------------------------------------------------------------------------------- locality
+def locality(profile, windows) -> dict:
+    g = profile.geometry
+    recall = profile.mean_recall().double().numpy()  # (P, L, H, nt, nh, nw)
+    out = {"windows": [list(w) for w in windows],
+           "window_density": [g.density(w) for w in windows],
+           "profile_steps": list(profile.profile_steps),
+           "per_layer_head": {}, "per_layer": {}, "per_step": {}}
+    for w in windows:
+        key = ",".join(map(str, w))
+        r = recall[..., w[0] - 1, w[1] - 1, w[2] - 1]  # (P, L, H)
+        out["per_layer_head"][key] = np.round(r.mean(0), 4).tolist()
+        out["per_layer"][key] = np.round(r.mean((0, 2)), 4).tolist()
+        out["per_step"][key] = np.round(r.mean((1, 2)), 4).tolist()
+    return out
+
+
+# ----------------------------------------------------------------------------------- main
+def _versions() -> dict:
+    import diffusers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "numpy": np.__version__}
+
+
+def summarize(results: dict) -> dict:
+    """The issue-7 target checks from the mean held-out PSNRs."""
+    cfg = results["configs"]
+
+    def psnr(name):
+        return cfg.get(name, {}).get("mean_psnr_db")
+
+    checks = {}
+    s, u = psnr("solver-error-step@0.3"), psnr("uniform@0.3")
+    if s is not None and u is not None:
+        checks["solver_minus_uniform_at_0.3_db"] = s - u
+        checks["target_solver_beats_uniform_by_1db"] = bool(s - u >= 1.0)
+    a, sa = psnr("argmin-capped@0.3"), psnr("solver-error-step@argmin-capped0.3")
+    if a is not None and sa is not None:
+        checks["solver_minus_argmin_capped_matched_db"] = sa - a
+        checks["target_solver_no_worse_than_argmin_capped_matched"] = bool(sa >= a - 0.05)
+    a, sa = psnr("argmin"), psnr("solver-error-step@argmin")
+    if a is not None and sa is not None:
+        checks["solver_minus_argmin_matched_db"] = sa - a
+        checks["target_solver_no_worse_than_argmin_matched"] = bool(sa >= a - 0.05)
+    return checks
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from sta_search.kernels.geometry import Geometry
+    from sta_search.maskconfig import MaskConfig
+    from sta_search.models import dense_attention, load_model
+    from sta_search.tiny import recommended_settings
+    from sta_search.video import fidelity
+
+    t_start = time.perf_counter()
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_path = Path(args.out) if args.out else RESULTS_DIR / f"quality-{stamp}.json"
+    settings = recommended_settings()
+    steps = args.steps or settings.steps
+    loaded = load_model("tiny", "cpu", torch.float32)
+    info = loaded.info
+    training, heldout = prompts(*(2, 2) if args.quick else (args.train_prompts, args.heldout_prompts))
+    shortlist = ((1, 2, 2), (2, 3, 3), (4, 4, 4)) if args.quick else SHORTLIST
+    densities = [0.3] if args.quick else args.densities
+    profile, folder, profile_s = profile_stage(args, loaded, settings, training, shortlist)
+    if args.profile_only:
+        return {}
+    canvas = tuple(profile.canvas)
+    geometry = Geometry(canvas, tuple(profile.tile))
+
+    t0 = time.perf_counter()
+    configs = build_configs(profile, info, densities, variants=not (args.no_variants or args.quick))
+    select_s = time.perf_counter() - t0
+
+    results = {
+        "schema": "sta-search/quality/v1",
+        "created_utc": stamp,
+        "versions": _versions(),
+        "device": {"type": "cpu", "processor": platform.processor() or platform.machine(),
+                   "torch_threads": torch.get_num_threads()},
+        "settings": {"model": "tiny", "canvas": list(canvas), "tile": list(profile.tile), "grid": list(geometry.grid),
+                     "height": settings.height, "width": settings.width, "frames": settings.frames, "steps": steps,
+                     "guidance_scale": settings.guidance_scale, "dtype": "float32", "generation_seed": args.seed,
+                     "profile_seed": args.seed, "profile_steps": list(profile.profile_steps),
+                     "dense_steps": list(configs[0][3].dense_steps), "error_shortlist": [list(w) for w in profile.error_windows],
+                     "densities": densities, "quick": bool(args.quick),
+                     "sta_for_generation": "SDPA under the reference backend's STA mask (cached per layer window table)",
+                     "fidelity": "PSNR / SSIM per frame (8-bit RGB, scikit-image), averaged over frames, vs dense, "
+                                 "same initial noise (all held-out prompts in one batch)"},
+        "prompts": {"training": training, "heldout": heldout, "training_seed": TRAIN_PROMPT_SEED,
+                    "heldout_seed": HELDOUT_PROMPT_SEED},
+        "locality": locality(profile, [w for w in LOCALITY_WINDOWS if geometry.clip_window(w) == w] if not args.quick
+                             else [(1, 2, 2), (2, 3, 3)]),
+        "timings": {"profile_s": round(profile_s, 1), "select_s": round(select_s, 1)},
+        "configs": {},
+        "checks": {},
+    }
+
+    def write():
+        results["timings"]["total_s"] = round(time.perf_counter() - t_start, 1)
+        results["checks"] = summarize(results)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+
+    t0 = time.perf_counter()
+    dense = generate_batch(loaded, settings, heldout, steps, args.seed, dense_attention)
+    results["timings"]["dense_generate_s"] = round(time.perf_counter() - t0, 1)
+    print(f"dense: {len(heldout)} prompts in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    done: dict[bytes, str] = {}
+    skipped = []
+    for name, method, target, config in configs:
+        if args.time_budget is not None and time.perf_counter() - t_start > args.time_budget:
+            skipped.append(name)
+            results["skipped_for_time"] = skipped
+            continue
+        entry = {"method": method, "target_density": target, "density": config.density(),
+                 "overall_density": config.overall_density(),
+                 "insample_error": insample_cost(profile, config, "error"),
+                 "insample_recall": insample_cost(profile, config, "recall"),
+                 "selection_summary": {k: v for k, v in dict(config.summary or {}).items()
+                                       if k in ("strategy", "objective", "granularity", "candidates", "budget",
+                                                "predicted_error", "predicted_recall", "heldout_error",
+                                                "cv_insample_error", "window", "selected_by")},
+                 "windows_used": window_histogram(config)}
+        key = np.asarray(config.windows)[list(config.sparse_steps)].tobytes()
+        if key in done:
+            same = results["configs"][done[key]]
+            entry.update({k: same[k] for k in ("per_prompt", "mean_psnr_db", "mean_ssim")}, same_as=done[key])
+            results["configs"][name] = entry
+            print(f"{name}: same windows as {done[key]}", flush=True)
+            write()
+            continue
+        t0 = time.perf_counter()
+        video = generate_batch(loaded, settings, heldout, steps, args.seed, ConfigAttention(config))
+        per = [fidelity(v, d).to_json() for v, d in zip(video, dense)]
+        entry.update(per_prompt=[{"prompt": p, "psnr_db": f["psnr_db"], "ssim": round(f["ssim"], 5)}
+                                 for p, f in zip(heldout, per)],
+                     mean_psnr_db=float(np.mean([f["psnr_db"] for f in per])),
+                     mean_ssim=float(np.mean([f["ssim"] for f in per])),
+                     generate_s=round(time.perf_counter() - t0, 1))
+        results["configs"][name] = entry
+        done[key] = name
+        print(f"{name}: density {entry['density']:.4f} PSNR {entry['mean_psnr_db']:.2f} dB SSIM "
+              f"{entry['mean_ssim']:.4f} (in-sample error {entry['insample_error']}) "
+              f"[{entry['generate_s']:.0f} s]", flush=True)
+        write()
+    write()
+    try:
+        plot(results, out_path.with_suffix(".png"))
+    except Exception as exc:  # the plot is a convenience; the JSON is the result
+        print(f"plot skipped: {exc}")
+    print(json.dumps(results["checks"], indent=1))
+    print(f"wrote {out_path}")
+    return results
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    groups = {}
+    for name, e in results["configs"].items():
+        family = name.split("@")[0]
+        groups.setdefault(family, []).append((e["density"], e["mean_psnr_db"]))
+    for family, pts in sorted(groups.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "o", label=family)
+    ax.set_xlabel("density of the sparse steps")
+    ax.set_ylabel("mean PSNR vs dense (dB), held-out prompts")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    loc = results["locality"]
+    key = "2,3,3" if "2,3,3" in loc["per_layer_head"] else next(iter(loc["per_layer_head"]))
+    im = ax2.imshow(np.asarray(loc["per_layer_head"][key]), vmin=0, vmax=1, cmap="viridis")
+    ax2.set_title(f"mean recall of window ({key}) per layer/head")
+    ax2.set_xlabel("head")
+    ax2.set_ylabel("layer")
+    fig.colorbar(im, ax=ax2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
