@@ -150,6 +150,8 @@ def main() -> None:
     ap.add_argument("--sample-steps", type=int, default=None,
                     help="only one sample grid with this many steps (default: 8, 4, 16 steps at guidance 4, 8 at 1)")
     ap.add_argument("--smoke", action="store_true", help="tiny model and frame size, for a CPU check")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="start from the transformer and text encoder of this pipeline folder (e.g. the shipped one)")
     ap.add_argument("--finalize", type=Path, default=None, help="only add tokenizer/ to this folder")
     args = ap.parse_args()
     if args.finalize is not None:
@@ -167,6 +169,14 @@ def main() -> None:
         x_over = dict(num_layers=1)
     torch.manual_seed(args.seed)
     components = build_components(t_over, x_over)
+    if args.init_from is not None:
+        from diffusers import WanTransformer3DModel
+
+        from sta_search.tiny.text import TinyTextEncoder
+
+        components["transformer"] = WanTransformer3DModel.from_pretrained(args.init_from / "transformer")
+        components["text_encoder"] = TinyTextEncoder.from_pretrained(args.init_from / "text_encoder")
+        print(f"initialised from {args.init_from}", flush=True)
     transformer = components["transformer"].to(device).train()
     text_encoder = components["text_encoder"].to(device).train()
     params = [p for m in (transformer, text_encoder) for p in m.parameters()]

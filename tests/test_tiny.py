@@ -158,3 +158,24 @@ def test_train_script_smoke(tmp_path):
     log = json.loads((out / "train_log.json").read_text())
     assert log["steps"] == 3 and all(math.isfinite(e["loss"]) for e in log["loss"])
     assert (out / "tiny_transformer.tar").stat().st_size > 0 and list(out.glob("samples_*.png"))
+
+
+def test_demo_shortened_writes_report_mask_videos_and_heatmaps(tmp_path):
+    """A CI-sized demo: 1 profiled prompt, 1 held-out prompt, 2 steps (the full demo is 4 + 2 prompts, 8 steps)."""
+    from sta_search.maskconfig import MaskConfig
+    from sta_search.tiny.demo import DemoSettings, demo_prompts, run_demo
+
+    quick, heldout = demo_prompts(4, 2)
+    assert not set(quick) & set(heldout) and len(set(quick)) == 4
+    out = tmp_path / "demo"
+    report = run_demo(DemoSettings(out=str(out), budget=0.3, quick_prompts=1, heldout_prompts=1, steps=2,
+                                   full_steps=0, profile_every=1, error_windows=((1, 4, 4), (2, 2, 2), (3, 3, 3))))
+    assert (out / "report.md").is_file() and json.loads((out / "report.json").read_text())["steps"] == 2
+    config = MaskConfig.load(out / "mask.yaml")
+    assert config.canvas == (8, 16, 16) and config.tile == (2, 4, 4) and config.steps == 2
+    assert 0 < config.density() <= 0.3 + 1e-6
+    video = report["videos"][0]
+    for key in ("video", "dense_video", "side_by_side"):
+        assert (out / video[key]).stat().st_size > 0
+    assert video["fidelity"]["psnr_db"] is not None
+    assert report["heatmaps"] and all((out / p).is_file() for p in report["heatmaps"])

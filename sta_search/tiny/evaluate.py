@@ -95,3 +95,53 @@ def score(videos: np.ndarray, captions: list[str]) -> dict[str, float]:
         "all": sum(c.all for c in checks) / n,
         "videos": len(checks),
     }
+
+
+def main() -> None:
+    """``python -m sta_search.tiny.evaluate [--prompts N] [--steps S] [--guidance G] [--out FILE]``: generate N
+    grammar prompts with the bundled model and score how well the videos follow their captions."""
+    import argparse
+    import json
+    import time
+    from collections import defaultdict
+
+    import torch
+
+    from . import load_tiny, recommended_settings
+    from .data import prompt_set
+
+    settings = recommended_settings()
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=settings.steps)
+    ap.add_argument("--guidance", type=float, default=settings.guidance_scale)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    pipe = load_tiny("cuda" if torch.cuda.is_available() else "cpu")
+    prompts = prompt_set(args.prompts, 777)
+    start = time.perf_counter()
+    videos = []
+    for i in range(0, len(prompts), args.batch):
+        g = torch.Generator().manual_seed(args.seed + i)
+        videos.append(pipe(prompts[i: i + args.batch], height=settings.height, width=settings.width,
+                           num_frames=settings.frames, num_inference_steps=args.steps,
+                           guidance_scale=args.guidance, generator=g).frames)
+    frames = np.concatenate(videos)
+    result = score(frames, prompts)
+    by_motion = defaultdict(list)
+    for v, c in zip(frames, prompts):
+        by_motion[MOTIONS[parse_caption(c).motion]].append(check_video(v, c).motion)
+    result.update(steps=args.steps, guidance=args.guidance, seed=args.seed, seconds=round(time.perf_counter() - start, 1),
+                  motion_by_kind={k: f"{sum(x)}/{len(x)}" for k, x in sorted(by_motion.items())})
+    print(json.dumps(result, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
