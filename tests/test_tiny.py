@@ -179,3 +179,4 @@ def test_demo_shortened_writes_report_mask_videos_and_heatmaps(tmp_path):
         assert (out / video[key]).stat().st_size > 0
     assert video["fidelity"]["psnr_db"] is not None
     assert report["heatmaps"] and all((out / p).is_file() for p in report["heatmaps"])
+    assert (out / report["frames_png"]).stat().st_size > 0

@@ -117,6 +117,7 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
                                            frames=defaults.frames,
                                            compare_dense=True, backend=settings.backend), console=console)
     timings["generate_s"] = time.perf_counter() - t3
+    strip = _frame_strip(out / "videos", gen_report.get("videos", []), out / "frames.png")
     timings["total_s"] = time.perf_counter() - t0
 
     summary = selection.summary
@@ -139,12 +140,36 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
                     "fidelity": v.get("fidelity"), "speedup": v.get("speedup")} for v in videos],
         "heatmaps": [str(Path(p).relative_to(out)) for p in pictures],
         "mask": "mask.yaml",
+        "frames_png": strip.name if strip else None,
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     (out / "report.md").write_text(_markdown(report), encoding="utf-8")
     console.print(f"demo written to {out} in {timings['total_s']:.0f} s (report.md)")
     return report
+
+
+def _frame_strip(folder: Path, videos: list[dict], target: Path) -> Path | None:
+    """One PNG to look at without a video player: a row per prompt, each frame as dense | STA."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from ..video import read_mp4
+
+    rows = []
+    for entry in videos:
+        name = entry.get("side_by_side")
+        if not name:
+            continue
+        frames = read_mp4(folder / name)  # (F, H, W', 3) with dense on the left, STA on the right
+        gutter = np.full((frames.shape[1], 6, 3), 255, dtype=np.uint8)
+        rows.append(np.concatenate([x for f in frames for x in (f, gutter)][:-1], axis=1))
+    if not rows:
+        return None
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    iio.imwrite(target, np.concatenate(rows, axis=0))
+    return target
 
 
 def _fmt(value, spec=".3f") -> str:
@@ -182,6 +207,8 @@ def _markdown(report: dict) -> str:
         lines.append(f"| {v['prompt']} | {_fmt(fid.get('psnr_db'), '.2f')} | {_fmt(fid.get('ssim'), '.4f')} | "
                      f"{_fmt(speed, '.2f')} | [STA]({v['video']}) [dense]({v['dense_video']}) "
                      f"[side by side]({v['side_by_side']}) |")
+    if report.get("frames_png"):
+        lines += ["", "Frames (each pair: dense | STA):", "", f"![frames]({report['frames_png']})"]
     lines += ["", "## Files", "", f"- mask config: [{report['mask']}]({report['mask']})",
               *[f"- ![{p}]({p})" for p in report["heatmaps"]], "- profile: profile/",
               "", "## Timings (s)", "", *[f"- {k}: {v}" for k, v in report["timings"].items()], ""]
