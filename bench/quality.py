@@ -271,8 +271,6 @@ def build_configs(profile, info, densities, variants: bool):
              best_uniform(profile, info, md, dense_steps, f"density <= argmin's {md:.4f}"))]
     for d in rest:
         out += solver_and_uniform(d)
-    for d in rest:
-        out += against_argmin_capped(d)
     if variants:
         out += variants_at(first)
         for extra in (0, 1, 3):  # number of dense steps (the default is round(0.24 * steps))
@@ -284,6 +282,9 @@ def build_configs(profile, info, densities, variants: bool):
                     continue
                 out.append((f"solver-error-step-dense{extra}@{first:g}",
                             f"budget solver (error, step) with {extra} dense steps", first, cfg))
+    for d in rest:
+        out += against_argmin_capped(d)
+    if variants:
         for d in rest:
             out += variants_at(d)
     return [(n, m, d, c) for n, m, d, c in out if c is not None]
@@ -334,6 +335,19 @@ def summarize(results: dict) -> dict:
     if a is not None and sa is not None:
         checks["solver_minus_argmin_matched_db"] = sa - a
         checks["target_solver_no_worse_than_argmin_matched"] = bool(sa >= a - 0.05)
+    for a_name, b_name in (("solver-error-step@0.3", "uniform@0.3"),
+                           ("solver-error-step@argmin-capped0.3", "argmin-capped@0.3"),
+                           ("solver-error-step@argmin", "argmin")):
+        if a_name in cfg and b_name in cfg:
+            wins = sum(x["psnr_db"] > y["psnr_db"] for x, y in zip(cfg[a_name]["per_prompt"], cfg[b_name]["per_prompt"]))
+            checks[f"prompts_where_{a_name}_beats_{b_name}"] = f"{wins}/{len(cfg[a_name]['per_prompt'])}"
+    pairs = [(e["insample_error"], e["mean_psnr_db"]) for e in cfg.values()
+             if e.get("insample_error") is not None and e.get("mean_psnr_db") is not None and "same_as" not in e]
+    if len(pairs) >= 3:
+        from scipy.stats import spearmanr
+
+        rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).correlation
+        checks["spearman_insample_error_vs_psnr"] = float(rho)
     return checks
 
 
