@@ -245,6 +245,8 @@ class Bench:
             timer = None
         elif name == "dense":
             ctx = hook_attention(model, timed_dense_attention(timer), adapter=adapter)
+        elif name == "dense-nomask":
+            ctx = hook_attention(model, torch.compiler.disable(timer.wrap(_dense_without_full_mask)), adapter=adapter)
         else:
             _, backend, window = name.split("-")
             window = tuple(int(c) for c in window)
@@ -260,11 +262,15 @@ class Bench:
                         model(**inputs)
             elif hasattr(acc, "attention"):
                 acc.attention(self._fake_call())
+            elif name == "dense-nomask":
+                _dense_without_full_mask(self._fake_call())
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             warm = time.perf_counter() - t
             if timer is not None:
                 timer.reset()
+            if hasattr(acc, "attention"):
+                acc.attention.calls.clear()
             graphs_before = _unique_graphs()
             row = self.time_forward(model, inputs, timer)
             if _unique_graphs() != graphs_before:  # torch.compile recompiled inside the timed forwards: again
@@ -272,6 +278,8 @@ class Bench:
                 if timer is not None:
                     timer.reset()
                 first = row["seconds"]
+                if hasattr(acc, "attention"):
+                    acc.attention.calls.clear()
                 row = self.time_forward(model, inputs, timer)
                 row["discarded_seconds_with_recompile"] = first
             row["warmup_seconds"] = warm
@@ -342,7 +350,7 @@ class Bench:
         self.log(key, f"built {entry['parameters_billion']:.2f}B params in {build_seconds:.1f}s")
         self.call_shape = None
         self._attention_modules = get_adapter(model).attention_modules(model)
-        modes = ["dense"]
+        modes = ["dense", "dense-nomask"] if self.args.dense_nomask else ["dense"]
         for backend in self.args.backends:
             for window in self.args.windows:
                 modes.append(f"sta-{backend}-{''.join(map(str, window))}")
@@ -383,12 +391,13 @@ class Bench:
 
     @staticmethod
     def _speedups(section: dict):
-        base = section.get("dense", {}).get("median_seconds")
-        if not base:
-            return
-        for name, row in section.items():
-            if isinstance(row, dict) and row.get("median_seconds"):
-                row["speedup_vs_dense"] = base / row["median_seconds"]
+        for baseline, key in (("dense", "speedup_vs_dense"), ("dense-nomask", "speedup_vs_dense_nomask")):
+            base = section.get(baseline, {}).get("median_seconds")
+            if not base:
+                continue
+            for name, row in section.items():
+                if isinstance(row, dict) and row.get("median_seconds"):
+                    row[key] = base / row["median_seconds"]
 
     def run(self):
         for key in self.args.models:
@@ -396,6 +405,18 @@ class Bench:
         self.results["wall_seconds"] = self.elapsed()
         self.save()
         self.log("wrote", self.args.out)
+
+
+def _dense_without_full_mask(call):
+    """Dense SDPA that drops the text key mask when every text key is valid (same result; lets SDPA use
+    its fastest kernels: with a boolean mask it may fall back to slower ones)."""
+    import torch.nn.functional as F
+
+    from sta_search.models import dense_attention
+
+    if call.text_mask is not None and not bool(call.text_mask.all()):
+        return dense_attention(call)
+    return F.scaled_dot_product_attention(call.q, call.k, call.v)
 
 
 def _unique_graphs() -> int:
@@ -424,6 +445,8 @@ def main(argv=None):
                         help="STA backends timed again after torch.compile")
     parser.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
                         help="also time diffusers' own processors (dense-native)")
+    parser.add_argument("--dense-nomask", action="store_true",
+                        help="also time dense SDPA without the (all-valid) text key mask")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
