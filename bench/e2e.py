@@ -12,8 +12,10 @@ Modes, all in one process and on one GPU (one transformer forward = one denoisin
 guidance-distilled HunyuanVideo; Wan under CFG runs two of them per step):
 
 - ``dense-native``: diffusers' own attention processors, SDPA with cuDNN attention first in priority.
-- ``dense``: the sta-search hook with ``dense_attention`` (same SDPA priority), timed per attention call
-  with CUDA events: gives the attention share.
+- ``dense``: the sta-search hook with ``dense_attention`` (what diffusers computes: SDPA with the text key
+  mask; same SDPA priority), timed per attention call with CUDA events: gives the attention share.
+- ``dense-nomask`` (``--dense-nomask``): the same without an all-true text mask (``fast_dense_attention``,
+  what ``sta-search generate`` runs for dense steps and for ``--compare-dense``).
 - ``sta-triton-WWW``: ``sta_search.accelerate`` with a uniform mask config of window WWW, Triton kernel.
 - ``sta-flex-WWW``: the same through FlexAttention (what a user has today).
 
@@ -234,9 +236,9 @@ class Bench:
     def run_mode(self, name, model, inputs, spec, info, full_warmup: bool):
         """Time one mode. ``full_warmup``: warm up with whole forwards (first mode of a phase: cuBLAS,
         cuDNN, torch.compile); otherwise one attention call on the recorded shapes warms the kernel up."""
-        from sta_search.accelerate import AttentionTimer, accelerate, timed_dense_attention
+        from sta_search.accelerate import AttentionTimer, accelerate
         from sta_search.maskconfig import MaskConfig
-        from sta_search.models import get_adapter, hook_attention
+        from sta_search.models import dense_attention, get_adapter, hook_attention
 
         adapter = get_adapter(model)
         timer = AttentionTimer()
@@ -244,7 +246,7 @@ class Bench:
             ctx = contextlib.nullcontext()
             timer = None
         elif name == "dense":
-            ctx = hook_attention(model, timed_dense_attention(timer), adapter=adapter)
+            ctx = hook_attention(model, torch.compiler.disable(timer.wrap(dense_attention)), adapter=adapter)
         elif name == "dense-nomask":
             ctx = hook_attention(model, torch.compiler.disable(timer.wrap(_dense_without_full_mask)), adapter=adapter)
         else:
@@ -410,13 +412,9 @@ class Bench:
 def _dense_without_full_mask(call):
     """Dense SDPA that drops the text key mask when every text key is valid (same result; lets SDPA use
     its fastest kernels: with a boolean mask it may fall back to slower ones)."""
-    import torch.nn.functional as F
+    from sta_search.accelerate import fast_dense_attention
 
-    from sta_search.models import dense_attention
-
-    if call.text_mask is not None and not bool(call.text_mask.all()):
-        return dense_attention(call)
-    return F.scaled_dot_product_attention(call.q, call.k, call.v)
+    return fast_dense_attention(call)
 
 
 def _unique_graphs() -> int:

@@ -215,3 +215,16 @@ def test_head_chunks_give_the_same_output(seed):
     whole = MaskAttention(config, backend="reference", max_chunk_bytes=None)(call)
     per_head = MaskAttention(config, backend="reference", max_chunk_bytes=1)(call)
     torch.testing.assert_close(per_head, whole, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("text_first", [False, True])
+def test_fast_dense_attention_equals_diffusers_dense(text_first, seed):
+    from sta_search.accelerate import fast_dense_attention
+    from sta_search.models import AttentionCall, dense_attention
+
+    canvas, text_len = (2, 4, 4), 8
+    q, k, v = (torch.randn(2, 2, 32 + text_len, 32) for _ in range(3))
+    for text_mask in (torch.ones(2, text_len, dtype=torch.bool), torch.rand(2, text_len) > 0.5, None):
+        call = AttentionCall(step=0, layer=0, q=q, k=k, v=v, canvas=canvas, text_len=text_len,
+                             text_first=text_first, text_mask=text_mask, forward_index=0)
+        torch.testing.assert_close(fast_dense_attention(call), dense_attention(call), atol=1e-5, rtol=0)
