@@ -298,6 +298,7 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         raise UserError(f"--warmup-steps must be >= 0, got {settings.warmup_steps}")
     canvas = tuple(int(c) for c in loaded.adapter.canvas(loaded.transformer, height, width, frames))
     check_config(config, info, canvas, steps)
+    _check_backend(settings.backend, info, device)
     if context is not None:
         from .distributed import enable_ulysses
 
@@ -382,6 +383,21 @@ def generate(settings: GenerateSettings, console=None) -> dict:
     if is_main:  # under torchrun every rank computes the same videos; rank 0 writes them
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def _check_backend(backend: str, info, device: torch.device) -> None:
+    """UserError before the first step for a backend that cannot run this model on this device."""
+    from .kernels.sta.api import BACKENDS, SUPPORTED_HEAD_DIMS
+
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend != "triton":
+        return
+    if info.head_dim not in SUPPORTED_HEAD_DIMS:
+        raise UserError(f"--backend triton supports head dims {SUPPORTED_HEAD_DIMS}; {info.transformer_class} has "
+                        f"{info.head_dim} (use --backend flex)")
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise UserError(f"--backend triton needs a CUDA device (or TRITON_INTERPRET=1 on CPU), got --device {device}")
 
 
 def _write(is_main: bool, path: Path, frames, fps: int) -> str:

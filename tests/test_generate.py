@@ -140,6 +140,14 @@ def test_user_errors_exit_2(folders, tmp_path, capsys):
         assert any(word in err for word in expected.split("|")), (expected, err)
 
 
+def test_triton_backend_on_cpu_without_interpreter_exits_2(folders, tmp_path, capsys, monkeypatch):
+    good = _mask(folders["wan"], tmp_path / "wan.yaml", (1, 1, 1))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    code = _exit_code("generate", folders["wan"], "--mask", good, "--prompt", "x", *SIZE, "--backend", "triton",
+                      "--device", "cpu", "--out", tmp_path / "o")
+    assert code == 2 and "needs a CUDA device" in " ".join(capsys.readouterr().err.split())
+
+
 def test_read_prompts(tmp_path):
     (tmp_path / "p.txt").write_text("# header\na dog in the snow\n\n  a boat on the river  \n")
     assert read_prompts(None, str(tmp_path / "p.txt")) == ("a dog in the snow", "a boat on the river")
