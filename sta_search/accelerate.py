@@ -4,10 +4,10 @@
     with sta_search.accelerate(pipe, "mask.yaml"):
         video = pipe(prompt, num_inference_steps=50, ...).frames[0]
 
-Inside the ``with`` block every self-attention layer of ``pipe.transformer`` runs Sliding Tile
-Attention with the window the config gives its (step, layer, head), full attention on the config's
-dense steps and on layers whose every head has a full window; on exit (also on error) the original
-attention processors are back. The config is checked against the model on entry and against the
+Inside the ``with`` block every self-attention layer of ``pipe.transformer`` (and of Wan 2.2's
+``pipe.transformer_2``) runs Sliding Tile Attention with the window the config gives its (step, layer,
+head), full attention on the config's dense steps and on layers whose every head has a full window; on
+exit (also on error) the original attention processors are back. The config is checked against the model on entry and against the
 canvas and step count as soon as they are known (pass ``height``/``width``/``frames``/``steps`` to
 check everything before the first step).
 """
@@ -15,7 +15,6 @@ check everything before the first step).
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 import time
 import types
@@ -27,8 +26,6 @@ import numpy as np
 import torch
 
 from .errors import UserError
-
-logger = logging.getLogger("sta_search.accelerate")
 
 
 # --------------------------------------------------------------------------------------- configs
@@ -221,7 +218,6 @@ class MaskAttention:
             h1 = min(heads, h0 + chunk)
             out[:, h0:h1] = sta_attention(q[:, h0:h1], k[:, h0:h1], v[:, h0:h1], windows=windows[h0:h1], **kwargs)
         return out
-
 
     def _copies_needed(self, q, k, v) -> bool:
         """Whether the kernel entry will copy q, k, v into tile order (False: the Triton kernel reads the
