@@ -147,13 +147,15 @@ def slug(text: str, limit: int = 40) -> str:
 def infer_video_size(adapter, transformer, canvas, patch_size) -> tuple[int, int, int]:
     """Pipeline ``(height, width, frames)`` whose token canvas is ``canvas`` (for defaults from a config).
 
-    Tries the usual VAE compression factors (spatial 8/16, temporal 4/8/1) and keeps the first
-    combination the adapter maps back to ``canvas``.
+    Tries the adapter's VAE compression factors, then the usual ones (spatial 8/16/4/32/1/2, temporal
+    4/8/1), and keeps the first combination the adapter maps back to ``canvas``.
     """
     T, H, W = (int(c) for c in canvas)
     pt, ph, pw = (int(p) for p in patch_size)
-    for spatial in (8, 16, 4, 32):
-        for temporal in (4, 8, 1):
+    spatials = dict.fromkeys([getattr(adapter, "vae_scale_spatial", 8), 8, 16, 4, 32, 1, 2])
+    temporals = dict.fromkeys([getattr(adapter, "vae_scale_temporal", 4), 4, 8, 1])
+    for spatial in spatials:
+        for temporal in temporals:
             for frames in ((T * pt - 1) * temporal + 1, T * pt * temporal):
                 height, width = H * ph * spatial, W * pw * spatial
                 try:
