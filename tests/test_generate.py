@@ -162,3 +162,22 @@ def test_read_prompts_errors(tmp_path):
     (tmp_path / "empty.txt").write_text("# nothing\n\n")
     with pytest.raises(UserError, match="no prompts"):
         read_prompts(None, str(tmp_path / "empty.txt"))
+
+
+def test_e2e_bench_smoke(tmp_path):
+    """bench/e2e.py end to end on a tiny HunyuanVideo transformer (CPU): every mode timed, JSON written."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "e2e.py"
+    spec = importlib.util.spec_from_file_location("e2e_bench", path)
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    out = tmp_path / "e2e.json"
+    e2e.main(["--models", "tiny-hunyuan", "--windows", "1,1,1", "--backends", "reference", "--compile", "off",
+              "--reps", "1", "--dtype", "float32", "--device", "cpu", "--dense-nomask", "--out", str(out)])
+    section = json.loads(out.read_text())["models"]["tiny-hunyuan"]["eager"]
+    assert set(section) == {"dense", "dense-nomask", "sta-reference-111", "dense-native"}
+    sta = section["sta-reference-111"]
+    assert sta["density"] == 0.25 and sta["attention_calls_per_forward"] == {"sparse": 2}
+    assert 0 < sta["attention_share"] < 1 and sta["median_seconds"] > 0 and sta["speedup_vs_dense"] > 0
