@@ -225,6 +225,8 @@ def main() -> int:
 
     # 5. the tuner's timings of every config, and the fast-exp variant against the exact one
     result["recall_config_sweep_ms"] = {str(cfg): ms for log in rk.TUNING_LOG.values() for cfg, ms in log.items()}
+    result["recall_config_sweep_note"] = ("triton.testing.do_bench scores (warmup=3, rep=15) the tuner ranks by; "
+                                          "not comparable with the CUDA-event medians under 'times'")
     timed = [(ms, cfg) for log in rk.TUNING_LOG.values() for cfg, ms in log.items() if isinstance(ms, float)]
 
     def fast_vs_exact():
