@@ -130,6 +130,10 @@ def test_user_errors_exit_2(folders, tmp_path, capsys):
         "--prompt": ["generate", wan, "--mask", good],
         "--backend": ["generate", wan, "--mask", good, "--prompt", "x", "--backend", "cudnn"],
     }
+    bad_tile = tmp_path / "tile.yaml"
+    bad_tile.write_text(good.read_text().replace("tile: [1, 4, 4]", "tile: [1, 3, 4]"))
+    assert "tile: [1, 3, 4]" in bad_tile.read_text()
+    cases["tile"] = ["generate", wan, "--mask", bad_tile, "--prompt", "x", *SIZE]
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     cases["cannot be written"] = ["generate", wan, "--mask", good, "--prompt", "x", *SIZE, "--out", blocker / "out"]
