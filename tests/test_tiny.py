@@ -161,7 +161,8 @@ def test_train_script_smoke(tmp_path):
 
 
 def test_demo_shortened_writes_report_mask_videos_and_heatmaps(tmp_path):
-    """A CI-sized demo: 1 profiled prompt, 1 held-out prompt, 2 steps (the full demo is 4 + 2 prompts, 8 steps)."""
+    """A CI-sized demo: 1 profiled prompt, 1 held-out prompt, 2 steps, 32x32 pixels (canvas (8, 8, 8)); the
+    full demo is 4 + 2 prompts, 8 steps, 64x64."""
     from sta_search.maskconfig import MaskConfig
     from sta_search.tiny.demo import DemoSettings, demo_prompts, run_demo
 
@@ -169,10 +170,10 @@ def test_demo_shortened_writes_report_mask_videos_and_heatmaps(tmp_path):
     assert not set(quick) & set(heldout) and len(set(quick)) == 4
     out = tmp_path / "demo"
     report = run_demo(DemoSettings(out=str(out), budget=0.3, quick_prompts=1, heldout_prompts=1, steps=2,
-                                   full_steps=0, profile_every=1, error_windows=((1, 4, 4), (2, 2, 2), (3, 3, 3))))
+                                   height=32, width=32, full_steps=0, profile_every=2, error_windows=((1, 4, 4), (2, 2, 2))))
     assert (out / "report.md").is_file() and json.loads((out / "report.json").read_text())["steps"] == 2
     config = MaskConfig.load(out / "mask.yaml")
-    assert config.canvas == (8, 16, 16) and config.tile == (2, 4, 4) and config.steps == 2
+    assert config.canvas == (8, 8, 8) and config.tile == (2, 4, 4) and config.steps == 2
     assert 0 < config.density() <= 0.3 + 1e-6
     video = report["videos"][0]
     for key in ("video", "dense_video", "side_by_side"):

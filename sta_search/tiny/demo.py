@@ -44,6 +44,9 @@ class DemoSettings:
     quick_prompts: int = 4
     heldout_prompts: int = 2
     steps: int | None = None
+    height: int | None = None
+    width: int | None = None
+    frames: int | None = None
     tile: tuple[int, int, int] | None = None
     full_steps: int | None = None
     profile_every: int = 4  # profile every k-th step (select maps other steps to the nearest profiled one)
@@ -79,6 +82,9 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
 
     defaults = recommended_settings()
     steps = settings.steps or defaults.steps
+    height = settings.height or defaults.height
+    width = settings.width or defaults.width
+    frames = settings.frames or defaults.frames
     tile = tuple(settings.tile or defaults.tile)
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     quick, heldout = demo_prompts(settings.quick_prompts, settings.heldout_prompts)
@@ -89,8 +95,8 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     loaded = load_model("tiny", device, dtype)
     profile = run_profile(
-        ProfileSettings(model="tiny", prompts=tuple(quick), steps=steps, height=defaults.height,
-                        width=defaults.width, frames=defaults.frames, seed=settings.seed, tile=tile,
+        ProfileSettings(model="tiny", prompts=tuple(quick), steps=steps, height=height,
+                        width=width, frames=frames, seed=settings.seed, tile=tile,
                         profile_steps=settings.profile_every, windows=tuple(settings.error_windows),
                         device=device, backend=settings.backend),
         out / "profile", loaded=loaded)
@@ -113,8 +119,7 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
     del loaded
     gen_report = generate(GenerateSettings(model="tiny", mask=str(mask_path), prompts=tuple(heldout),
                                            out=str(out / "videos"), seed=settings.seed, device=device,
-                                           steps=steps, height=defaults.height, width=defaults.width,
-                                           frames=defaults.frames,
+                                           steps=steps, height=height, width=width, frames=frames,
                                            compare_dense=True, backend=settings.backend), console=console)
     timings["generate_s"] = time.perf_counter() - t3
     strip = _frame_strip(out / "videos", gen_report.get("videos", []), out / "frames.png")
