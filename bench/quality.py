@@ -66,6 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke run (tests): tiny prompt counts and shortlist")
     p.add_argument("--profile-only", action="store_true")
     p.add_argument("--no-variants", action="store_true", help="skip objective recall / granularity layer")
+    p.add_argument("--uniform-windows", nargs="+", default=[],
+                   help="also run these uniform windows t,h,w (whatever their in-sample error)")
+    p.add_argument("--configs", nargs="+", default=None, help="run only the configs with these names")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds: start no further config (they run in priority order) once this much has passed")
     return p.parse_args(argv)
@@ -377,6 +380,15 @@ def main(argv=None) -> dict:
 
     t0 = time.perf_counter()
     configs = build_configs(profile, info, densities, variants=not (args.no_variants or args.quick))
+    for text in args.uniform_windows:
+        window = geometry.clip_window(tuple(int(x) for x in text.split(",")))
+        fixed = MaskConfig.uniform(info, canvas, profile.tile, 0, profile.steps, window,
+                                   dense_steps=configs[0][3].dense_steps)
+        configs.append((f"uniform-fixed@{text}", "uniform window (fixed, not selected)", None,
+                        fixed.replace(summary={"strategy": "uniform", "window": list(window), "selected_by": "--uniform-windows",
+                                               "predicted_error": insample_cost(profile, fixed)})))
+    if args.configs is not None:
+        configs = [c for c in configs if c[0] in set(args.configs)]
     select_s = time.perf_counter() - t0
 
     results = {
