@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -19,10 +20,17 @@ from ..geometry import Geometry
 _compiled_flex = None
 
 
+def _eager_flex(*args, **kwargs):
+    # Off CUDA, flex runs its unfused reference path on purpose (small shapes); its advice to compile is noise.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return flex_attention(*args, **kwargs)
+
+
 def _flex_fn(device: torch.device):
     global _compiled_flex
     if device.type != "cuda":
-        return flex_attention
+        return _eager_flex
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
     return _compiled_flex

@@ -14,13 +14,15 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="Local diffusers pipeline folder, or the name of a bundled model (e.g. tiny)."),
         prompts: str = typer.Option(..., "--prompts", help="Prompts file: one a line, '#' comments and blank lines "
                                     "skipped; or a bundled set: 'default' (16) or 'quick' (4)."),
-        steps: int = typer.Option(50, "--steps", help="Denoising steps."),
-        height: Optional[int] = typer.Option(None, "--height", help="Video height in pixels (pipeline default)."),
-        width: Optional[int] = typer.Option(None, "--width", help="Video width in pixels (pipeline default)."),
-        frames: Optional[int] = typer.Option(None, "--frames", help="Number of frames (pipeline default)."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (default: the model folder's "
+                                            "sta_search.json, else 50)."),
+        height: Optional[int] = typer.Option(None, "--height", help="Video height in pixels (default: sta_search.json, else the pipeline's)."),
+        width: Optional[int] = typer.Option(None, "--width", help="Video width in pixels (default: sta_search.json, else the pipeline's)."),
+        frames: Optional[int] = typer.Option(None, "--frames", help="Number of frames (default: sta_search.json, else the pipeline's)."),
         seed: int = typer.Option(0, "--seed", help="Prompt i uses seed + i."),
         profile_steps: str = typer.Option("all", "--profile-steps", help="'all', or k: profile every k-th step (0, k, 2k, ...)."),
-        tile: str = typer.Option("6,8,8", "--tile", help="STA tile t,h,w in tokens (product a multiple of 16)."),
+        tile: Optional[str] = typer.Option(None, "--tile", help="STA tile t,h,w in tokens (product a multiple of 16; "
+                                           "default: the model folder's sta_search.json, else 6,8,8)."),
         windows: Optional[List[str]] = typer.Option(None, "--windows", help="Error shortlist windows t,h,w (repeat, or "
                                                     "separate with ';'); default: one tile to full, incl. anisotropic."),
         out: Path = typer.Option(Path("sta-profile"), "--out", help="Profile folder to write."),
@@ -39,9 +41,14 @@ def register(app: typer.Typer) -> None:
 
         console = Console(stderr=True)
         _quiet_loading_bars()
+        from ..models import model_defaults
+
+        defaults = model_defaults(model)
         settings = ProfileSettings(
-            model=model, prompts=tuple(read_prompts(prompts)), steps=steps, height=height, width=width,
-            frames=frames, seed=seed, profile_steps=profile_steps, tile=parse_tile(tile),
+            model=model, prompts=tuple(read_prompts(prompts)), steps=steps or int(defaults.get("steps", 50)),
+            height=height or defaults.get("height"), width=width or defaults.get("width"),
+            frames=frames or defaults.get("frames"), seed=seed, profile_steps=profile_steps,
+            tile=parse_tile(tile or defaults.get("tile", (6, 8, 8))),
             windows=parse_windows(windows) if windows else None, device=device, dtype=dtype,
         )
         with _RichProgress(console) as sink:

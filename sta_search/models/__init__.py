@@ -30,9 +30,10 @@ from . import cogvideox, hunyuan_video, wan  # noqa: F401  (register the adapter
 from .cogvideox import CogVideoXAdapter
 from .hunyuan_video import HunyuanVideoAdapter
 from .wan import WanAdapter
-from .loading import LoadedModel, bundled_names, load_model, register_bundled, resolve_model_path
+from .loading import LoadedModel, bundled_names, load_model, model_defaults, register_bundled, resolve_model_path
 
 __all__ = [
+    "model_defaults",
     "AttentionCall",
     "AttentionFn",
     "CogVideoXAdapter",

@@ -90,6 +90,23 @@ def resolve_model_path(model: str) -> tuple[Path, str]:
     raise UserError(f"model folder {model!r} does not exist (bundled model names: {names})")
 
 
+MODEL_DEFAULTS_FILE = "sta_search.json"
+
+
+def model_defaults(model: str) -> dict:
+    """Run defaults a model folder recommends in its ``sta_search.json`` (tile, height, width, frames,
+    steps, guidance_scale), e.g. the bundled tiny model's; ``{}`` when the folder has none."""
+    folder, _ = resolve_model_path(model)
+    path = folder / MODEL_DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path} is not valid JSON: {error}") from None
+    return data if isinstance(data, dict) else {}
+
+
 def _device(device) -> torch.device:
     try:
         device = torch.device(device)
