@@ -27,7 +27,7 @@ app = typer.Typer(
 
 COMMAND_MODULES = ("profile", "select", "inspect", "generate", "bench", "convert", "merge", "demo")
 _state = {"debug": False}
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one error, one line, however long
 
 
 @app.callback()
