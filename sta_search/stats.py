@@ -28,7 +28,7 @@ from .kernels.recall import (
     resolve_recall_backend,
     tile_mass_triton_tiled,
 )
-from .kernels.recall.reference import _token_tile, video_and_text_slices
+from .kernels.recall.reference import video_and_text_slices
 
 Triple = tuple[int, int, int]
 
@@ -136,6 +136,38 @@ def offset_mass(mass: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     return r / geometry.video_len
 
 
+def _query_boxes(grid: Triple, max_tiles: int) -> list[tuple[Triple, Triple]]:
+    """Chunks ``[lo, hi)`` of query tiles, at most ``max_tiles`` (at least one tile) each, that are boxes and
+    consecutive in tile order: whole frames of tiles, else whole rows of one frame, else runs of one row."""
+    nt, nh, nw = grid
+    if max_tiles >= nh * nw:
+        step = max_tiles // (nh * nw)
+        return [((t, 0, 0), (min(nt, t + step), nh, nw)) for t in range(0, nt, step)]
+    if max_tiles >= nw:
+        step = max_tiles // nw
+        return [((t, h, 0), (t + 1, min(nh, h + step), nw)) for t in range(nt) for h in range(0, nh, step)]
+    return [((t, h, w), (t + 1, h + 1, min(nw, w + max_tiles)))
+            for t in range(nt) for h in range(nh) for w in range(0, nw, max_tiles)]
+
+
+def _window_groups(window: Triple, starts, lo: Triple, hi: Triple):
+    """The query tiles of the box ``[lo, hi)`` grouped by their window start on every axis: yields
+    ``(query slices relative to lo, key tile slices)``, one box of key tiles per group."""
+    per_axis = []
+    for w, axis_starts, a, b in zip(window, starts, lo, hi):
+        runs, begin = [], a
+        for qc in range(a + 1, b + 1):
+            if qc == b or axis_starts[qc] != axis_starts[begin]:
+                s = int(axis_starts[begin])
+                runs.append((slice(begin - a, qc - a), slice(s, s + w)))
+                begin = qc
+        per_axis.append(runs)
+    for qt, kt in per_axis[0]:
+        for qh, kh in per_axis[1]:
+            for qw, kw in per_axis[2]:
+                yield (qt, qh, qw), (kt, kh, kw)
+
+
 # ------------------------------------------------------------------------------------ one call
 @dataclass(frozen=True)
 class CallStats:
@@ -215,59 +247,109 @@ class AttentionProfiler:
     # --------------------------------------------------------------------------- helpers
     def _reference_fused(self, q, k, v, dense_out, partial, text_len, text_first, text_mask, scale,
                          chunk_bytes: int = 64 << 20):
-        """CPU path: per chunk of video queries, one fp32 ``QK^T`` gives the tile mass and, through
-        per-window tile masks (SPEC section 1), every shortlist window's STA output. Same results as
-        ``tile_mass_reference`` and ``sta_attention(backend="reference")``, without a mask per window."""
+        """CPU path in tile order (SPEC section 1). Per box of query tiles, one fp32 ``QK^T`` and one shared exp
+        give the tile mass (per-key-tile sums of the weights) and every shortlist window's STA output. The key
+        tiles of a window are a box per query tile, the same box for all query tiles sharing the window's
+        start on every axis, so each such group is one matmul of a strided slice of the weights with a box of
+        ``V``: a window of tile density ``d`` costs ``~d`` of a dense ``PV``, without index gathers. Same
+        results as ``tile_mass_reference`` and ``sta_attention(backend="reference")``."""
         g = self.geometry
         B, H, S, D = q.shape
-        V, n = g.video_len, g.num_tiles
-        video, text = video_and_text_slices(V, text_len, text_first)
-        token_tile = _token_tile(g).to(q.device)
-        column = torch.full((S,), n, dtype=torch.long, device=q.device)  # key -> tile (text keys: column n)
-        column[video] = token_tile
-        key_bias = torch.zeros(B, 1, 1, S, dtype=torch.float32, device=q.device)
-        if text_len and text_mask is not None:
-            key_bias[:, 0, 0, text] = torch.where(text_mask.to(q.device, torch.bool), 0.0, float("-inf"))
-        allowed = []  # per window: (n + 1 query tiles, n + 1 key columns) bool; text columns always allowed
-        for i in partial:
-            table = torch.zeros(n, n + 1, dtype=torch.bool)
-            table.scatter_(1, torch.from_numpy(g.key_tiles(self.error_windows[i]).astype("int64")), True)
-            table[:, n] = True
-            allowed.append(table.to(q.device))
-        key_valid = (key_bias > float("-inf")).float() if text_len and text_mask is not None else None
-        key_onehot = torch.nn.functional.one_hot(column, n + 1).float()  # (S, n + 1)
-        kf, vf = k.float(), v.float()
-        qv, ref = q[:, :, video].float(), dense_out[:, :, video].float()
-        mass = torch.zeros(B, H, n, n + 1, dtype=torch.float32, device=q.device)
-        diff2 = torch.zeros(B, H, len(partial), dtype=torch.float64, device=q.device)
-        rows = max(1, chunk_bytes // (4 * S * B * H))
-        for start in range(0, V, rows):
-            stop = min(V, start + rows)
-            scores = torch.matmul(qv[:, :, start:stop], kf.transpose(-1, -2)) * scale + key_bias
+        n, tv, P, T = g.num_tiles, g.tile_volume, g.padded_len, text_len
+        grid = g.grid
+        dev = q.device
+        video, text = video_and_text_slices(g.video_len, text_len, text_first)
+        real_rows = g.key_valid().to(dev)  # (P,): tile-order positions that hold a real token
+        key_bias = None  # -inf on padded video keys and masked text keys, so the row max only sees real keys
+        if not g.is_divisible or (T and text_mask is not None):
+            key_bias = torch.zeros(B, 1, 1, P + T, dtype=torch.float32, device=dev)
+            key_bias[..., :P] = torch.where(real_rows, 0.0, float("-inf"))
+            if T and text_mask is not None:
+                key_bias[:, 0, 0, P:] = torch.where(text_mask.to(dev, torch.bool), 0.0, float("-inf"))
+        key_weight = None if key_bias is None else (key_bias > float("-inf")).float()
+        q_t = to_tiles(g, q[:, :, video].float()).mul_(scale)
+        k_t = torch.cat([to_tiles(g, k[:, :, video].float()), k[:, :, text].float()], dim=2)  # [video tiles | text]
+        v_box = to_tiles(g, v[:, :, video].float()).view(B, H, *grid, tv, D)
+        v_text = v[:, :, text].float()
+        ref = to_tiles(g, dense_out[:, :, video].float())  # padding rows are zero
+        windows = [(j, self.error_windows[i], g.window_starts(self.error_windows[i])) for j, i in enumerate(partial)]
+        mass = torch.zeros(B, H, n, n + 1, dtype=torch.float32, device=dev)
+        diff2 = torch.zeros(B, H, len(partial), dtype=torch.float64, device=dev)
+        for lo, hi in _query_boxes(grid, max(1, chunk_bytes // (4 * (P + T) * B * H * tv))):
+            box = tuple(b - a for a, b in zip(lo, hi))
+            first, count = (lo[0] * grid[1] + lo[1]) * grid[2] + lo[2], box[0] * box[1] * box[2]
+            rows = slice(first * tv, (first + count) * tv)
+            scores = torch.matmul(q_t[:, :, rows], k_t.transpose(-1, -2))
+            if key_bias is not None:
+                scores.add_(key_bias)
             # one exp for the dense softmax and every window: exp(s - rowmax) restricted to a window and
             # renormalised is that window's softmax. The floor e^-80 keeps denormals (very slow on CPUs) out;
-            # it moves no sum by more than keys * 2e-35. Windows whose weights sum below 1e-20 are redone
-            # with their own exact softmax.
-            weights = torch.exp((scores - scores.amax(dim=-1, keepdim=True)).clamp_min_(-80.0))
-            if key_valid is not None:
-                weights = weights * key_valid  # masked text keys: weight 0, not the floor
-            by_key_tile = torch.matmul(weights / weights.sum(dim=-1, keepdim=True), key_onehot)
-            mass.index_add_(2, token_tile[start:stop], by_key_tile)
-            del by_key_tile
-            q_tiles = token_tile[start:stop]
-            for j, table in enumerate(allowed):
-                inside = table[q_tiles][:, column]  # (rows, S)
-                windowed = weights * inside
-                denom = windowed.sum(dim=-1, keepdim=True)
-                if bool((denom < 1e-20).any()):
-                    windowed = torch.softmax(scores.masked_fill(~inside, float("-inf")), dim=-1)
-                    denom = 1.0
-                out = torch.matmul(windowed, vf) / denom
-                diff2[:, :, j] += (out - ref[:, :, start:stop]).square().sum(dim=(-2, -1)).double()
+            # it moves no sum by more than keys * 2e-35. Windows whose weights sum below 1e-20 on a real row
+            # are redone with their own exact softmax.
+            weights = scores.sub_(scores.amax(dim=-1, keepdim=True)).clamp_min_(-80.0).exp_()
+            del scores
+            if key_weight is not None:
+                weights.mul_(key_weight)  # padded / masked keys: weight 0, not the floor
+            tile_sums = weights[..., :P].unflatten(-1, (n, tv)).sum(dim=-1)  # (B, H, rows, n)
+            text_sum = weights[..., P:].sum(dim=-1)
+            real = real_rows[rows]
+            per_row = real.float() / (tile_sums.sum(dim=-1) + text_sum)
+            mass[:, :, first:first + count, :n] = (tile_sums * per_row[..., None]).unflatten(2, (count, tv)).sum(3)
+            mass[:, :, first:first + count, n] = (text_sum * per_row).unflatten(2, (count, tv)).sum(3)
+            if not partial:
+                continue
+            # query rows as (*box, tv), video keys as (*grid, tv): a window group is a strided slice
+            w_box = weights[..., :P].unflatten(-1, (*grid, tv)).unflatten(2, (*box, tv))
+            sums_box = tile_sums.unflatten(-1, grid).unflatten(2, (*box, tv))
+            text_sum_box = text_sum.unflatten(2, (*box, tv))
+            text_out = torch.matmul(weights[..., P:], v_text).unflatten(2, (*box, tv)) if T else None
+            real_box, ref_box = real.view(*box, tv), ref[:, :, rows].unflatten(2, (*box, tv))
+            every = (slice(None), slice(None))
+            for j, window, starts in windows:
+                groups = list(_window_groups(window, starts, lo, hi))
+                denom = text_sum_box.clone()
+                out = torch.empty(*denom.shape, D, dtype=torch.float32, device=dev)
+                for qs, ks in groups:
+                    denom[(*every, *qs)].add_(sums_box[(*every, *qs, slice(None), *ks)].sum(dim=(-3, -2, -1)))
+                    w = w_box[(*every, *qs, slice(None), *ks)]
+                    query_rows = w.shape[2] * w.shape[3] * w.shape[4] * tv
+                    v_keys = v_box[(*every, *ks)].reshape(B, H, -1, D)
+                    group_out = torch.matmul(w.reshape(B, H, query_rows, -1), v_keys)
+                    out[(*every, *qs)].copy_(group_out.unflatten(2, w.shape[2:6]))
+                if text_out is not None:
+                    out.add_(text_out)
+                out.div_(denom[..., None])
+                underflow = (denom < 1e-20) & real_box
+                if bool(underflow.any()):
+                    for qs, ks in groups:
+                        if bool(underflow[(*every, *qs)].any()):
+                            v_keys = v_box[(*every, *ks)].reshape(B, H, -1, D)
+                            out[(*every, *qs)] = self._exact_window_output(q_t, k_t, v_keys, v_text, key_bias, qs, ks,
+                                                                           lo, tv, P)
+                err = out.sub_(ref_box).square_().sum(dim=-1) * real_box
+                diff2[:, :, j] += err.sum(dim=(-4, -3, -2, -1)).double()
         if not partial:
             return mass, None
         norm = torch.linalg.vector_norm(ref, dim=(-2, -1)).double()
         return mass, diff2.sqrt() / norm.clamp_min(1e-30)[..., None]
+
+    def _exact_window_output(self, q_t, k_t, v_keys, v_text, key_bias, qs, ks, lo, tv, P):
+        """Own softmax of one window group (query tiles ``qs`` of the box at ``lo``, key tiles ``ks``)."""
+        grid = self.geometry.grid
+        B, H, _, D = q_t.shape
+        global_qs = tuple(slice(s.start + o, s.stop + o) for s, o in zip(qs, lo))
+        queries = q_t.view(B, H, *grid, tv, D)[(slice(None), slice(None), *global_qs)]
+        query_shape = queries.shape[2:6]
+        queries = queries.reshape(B, H, -1, D)
+        keys = k_t[:, :, :P].view(B, H, *grid, tv, D)[(slice(None), slice(None), *ks)].reshape(B, H, -1, D)
+        scores = torch.cat([torch.matmul(queries, keys.transpose(-1, -2)),
+                            torch.matmul(queries, k_t[:, :, P:].transpose(-1, -2))], dim=-1)
+        if key_bias is not None:
+            video_bias = key_bias[..., :P].view(B, 1, 1, *grid, tv)[(slice(None), slice(None), slice(None), *ks)]
+            scores = scores + torch.cat([video_bias.reshape(B, 1, 1, -1), key_bias[..., P:]], dim=-1)
+        p = torch.softmax(scores, dim=-1)
+        out = torch.matmul(p[..., : keys.shape[2]], v_keys) + torch.matmul(p[..., keys.shape[2]:], v_text)
+        return out.view(B, H, *query_shape, D)
 
     def _tiled_chunk(self, q, k, v, dense_out, lse, partial, text_len, text_first, text_mask, scale):
         g = self.geometry

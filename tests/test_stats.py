@@ -219,3 +219,34 @@ def test_error_when_the_window_misses_all_the_mass(seed):
     assert torch.isfinite(stats.error).all() and expected > 0.5
     assert stats.error[0, 0].item() == pytest.approx(expected.item(), rel=1e-4)
     assert stats.error[0, 1].item() == 0
+
+
+@pytest.mark.parametrize("tiles_per_chunk", [100, 4, 2, 1])  # whole frames, whole rows, runs of a row, one tile
+def test_tile_order_cpu_path_in_chunks(seed, tiles_per_chunk):
+    """The CPU path's tile-order chunks (boxes of query tiles) give the tile mass of ``tile_mass_reference``
+    and the windows' errors of ``sta_attention(backend="reference")``: canvas not divisible by the tile,
+    masked text before the video."""
+    canvas, tile, text_len = (5, 7, 9), (2, 4, 4), 6  # grid (3, 2, 3)
+    g = Geometry(canvas, tile)
+    S = g.video_len + text_len
+    q, k, v = (torch.randn(2, 2, S, 32) for _ in range(3))
+    q = 2 * q
+    text_mask = torch.rand(2, text_len) > 0.3
+    text_mask[:, 0] = False
+    windows = clip_windows(g, [(1, 1, 1), (2, 1, 2), (1, 2, 3), (3, 1, 1)])
+    profiler = AttentionProfiler(g, windows, backend="reference")
+    dense = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=sta_mask(canvas, tile, torch.tensor([[9, 9, 9]] * 2), text_len, True, text_mask, batch=2))
+    chunk_bytes = tiles_per_chunk * 4 * (g.padded_len + text_len) * 2 * 2 * g.tile_volume
+    mass, errors = profiler._reference_fused(q, k, v, dense, [0, 1, 2, 3], text_len, True, text_mask, 32**-0.5,
+                                             chunk_bytes=chunk_bytes)
+    expected_mass = tile_mass_reference(q, k, canvas=canvas, tile=tile, text_len=text_len, text_first=True,
+                                        text_mask=text_mask)
+    torch.testing.assert_close(mass, expected_mass, rtol=1e-4, atol=1e-5)
+    video = slice(text_len, S)
+    for i, w in enumerate(windows):
+        o = sta_attention(q, k, v, canvas=canvas, tile=tile, windows=w, text_len=text_len, text_first=True,
+                          text_mask=text_mask, backend="reference")
+        expected = (o[:, :, video] - dense[:, :, video]).flatten(2).norm(dim=-1) \
+            / dense[:, :, video].flatten(2).norm(dim=-1)
+        torch.testing.assert_close(errors[..., i], expected.double(), rtol=1e-4, atol=1e-6)
