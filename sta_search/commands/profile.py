@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -51,8 +52,17 @@ def register(app: typer.Typer) -> None:
             tile=parse_tile(tile or defaults.get("tile", (6, 8, 8))),
             windows=parse_windows(windows) if windows else None, device=device, dtype=dtype,
         )
-        with _RichProgress(console) as sink:
-            result = run_profile(settings, out, resume=resume, progress=sink)
+        from ..distributed import launched_by_torchrun, sharded_profile
+
+        if launched_by_torchrun():  # torchrun --nproc-per-node N: prompts sharded over the ranks
+            rank0 = os.environ.get("RANK", "0") == "0"
+            with _RichProgress(console, enabled=rank0) as sink:
+                result = sharded_profile(settings, out, resume=resume, progress=sink)
+            if result is None:  # ranks other than 0: rank 0 combines the shards and prints the summary
+                return
+        else:
+            with _RichProgress(console) as sink:
+                result = run_profile(settings, out, resume=resume, progress=sink)
         chosen = summary_windows(result)
         table = Table(title=f"mean recall per layer ({result.num_prompts} prompts, "
                             f"{len(result.profile_steps)} profiled steps)")
@@ -81,11 +91,11 @@ def _quiet_loading_bars() -> None:
 class _RichProgress:
     """Rich progress bars over prompts and over the steps of the current prompt."""
 
-    def __init__(self, console):
+    def __init__(self, console, enabled: bool = True):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=console, transient=False)
+                                  TimeElapsedColumn(), console=console, transient=False, disable=not enabled)
         self._prompts = None
         self._steps = None
         self._num_steps = 0
