@@ -18,31 +18,13 @@ import torch
 import triton
 import triton.language as tl
 
+from .._interpreter import patch_interpreter_for_numpy2
 from ..geometry import Geometry
 
 LOG2E = 1.4426950408889634
 
 
-def _patch_interpreter_for_numpy2() -> None:
-    """Triton 3.6's CPU interpreter implements ``__index__`` as ``int(array)`` on 1-element arrays, which
-    NumPy >= 2.4 rejects, so ``range(0, n)`` with a run-time ``n`` fails. Use the first element instead.
-    Idempotent, shares its marker with the STA kernel's identical patch; only when interpreting."""
-    from triton.runtime import interpreter
-
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "_sta_patched", False):
-        return
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    patched._sta_patched = True
-    interpreter._patch_lang_tensor = patched
-
-
-if os.environ.get("TRITON_INTERPRET") == "1":
-    _patch_interpreter_for_numpy2()
+patch_interpreter_for_numpy2()
 
 
 @triton.jit

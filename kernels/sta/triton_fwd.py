@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass, replace
 
 import torch
@@ -45,35 +44,14 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from .._interpreter import patch_interpreter_for_numpy2
 from ..geometry import Geometry
 
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 LOG2E = 1.4426950408889634
 
 
-def _patch_interpreter_for_numpy2() -> None:
-    """Let Triton's CPU interpreter use run-time loop bounds under NumPy >= 2.4.
-
-    The interpreter (Triton 3.6) holds scalars as 1-element arrays and implements ``__index__`` as
-    ``int(array)``, which NumPy 2.4 rejects for 1-d arrays, so ``range(0, n)`` with a computed ``n``
-    fails. Wrap its tensor patcher so ``__index__`` uses ``.item()``. Only when interpreting.
-    """
-    from triton.runtime import interpreter
-
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "_sta_patched", False):
-        return
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    patched._sta_patched = True
-    interpreter._patch_lang_tensor = patched
-
-
-if os.environ.get("TRITON_INTERPRET") == "1":
-    _patch_interpreter_for_numpy2()
+patch_interpreter_for_numpy2()
 
 
 @dataclass(frozen=True)
