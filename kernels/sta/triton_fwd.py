@@ -161,6 +161,24 @@ def _load_key_block(K, V, KDesc, VDesc, b, h, bh, tile, sub, offs_n, offs_d, str
 
 
 @triton.jit
+def _attend_video_block(acc, m_i, l_i, q, K, V, KDesc, VDesc, b, h, bh, tile, sub, offs_n, offs_d, stride_kn,
+                        stride_vn, qk_scale, NT: tl.constexpr, NH: tl.constexpr, NW: tl.constexpr,
+                        TT: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, REM_T: tl.constexpr,
+                        REM_H: tl.constexpr, REM_W: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                        USE_TMA: tl.constexpr, NATURAL: tl.constexpr, HAS_PADDING: tl.constexpr,
+                        DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
+    """One online-softmax step over video key block ``sub`` of key tile ``tile``; padding masked if any."""
+    k, v = _load_key_block(K, V, KDesc, VDesc, b, h, bh, tile, sub, offs_n, offs_d, stride_kn, stride_vn,
+                           NH, NW, TT, TH, TW, HEAD_DIM, BLOCK_N, USE_TMA, NATURAL)
+    if HAS_PADDING:
+        key_ok = _padding_ok(tile, sub * BLOCK_N + offs_n, NH, NW, TH, TW, NT, REM_T, REM_H, REM_W)
+        return _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, key_ok[None, :], True, DOT_PRECISION,
+                                    UPCAST_DOTS)
+    else:
+        return _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, 0, False, DOT_PRECISION, UPCAST_DOTS)
+
+
+@triton.jit
 def _sta_fwd_kernel(
     Q, K, V, Out, QDesc, KDesc, VDesc, ODesc, KTDesc, VTDesc, Windows, HeadOrder, TextMask,
     stride_qb, stride_qh, stride_qm,
@@ -245,15 +263,10 @@ def _sta_fwd_kernel(
             bpt = tl.where(last, BPT_LAST, BPT)
             key_tile = tl.where(last, (NT - 1) * NH * NW, 0) + jj // bpt
             sub = jj % bpt
-            k, v = _load_key_block(Kb, Vb, KDesc, VDesc, b, h, bh, key_tile, sub, offs_n, offs_d, stride_kn,
-                                   stride_vn, NH, NW, TT, TH, TW, HEAD_DIM, BLOCK_N, USE_TMA, NATURAL)
-            if HAS_PADDING:
-                key_ok = _padding_ok(key_tile, sub * BLOCK_N + offs_n, NH, NW, TH, TW, NT, REM_T, REM_H, REM_W)
-                acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, key_ok[None, :], True,
-                                                     DOT_PRECISION, UPCAST_DOTS)
-            else:
-                acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, 0, False, DOT_PRECISION,
-                                                     UPCAST_DOTS)
+            acc, m_i, l_i = _attend_video_block(acc, m_i, l_i, q, Kb, Vb, KDesc, VDesc, b, h, bh, key_tile, sub,
+                                                offs_n, offs_d, stride_kn, stride_vn, qk_scale, NT, NH, NW, TT, TH,
+                                                TW, REM_T, REM_H, REM_W, HEAD_DIM, BLOCK_N, USE_TMA, NATURAL,
+                                                HAS_PADDING, DOT_PRECISION, UPCAST_DOTS)
     elif q_padded == 0:
         wt = tl.minimum(tl.load(Windows + h64 * 3 + 0), NT)
         wh = tl.minimum(tl.load(Windows + h64 * 3 + 1), NH)
@@ -314,15 +327,10 @@ def _sta_fwd_kernel(
                 acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, key_ok[None, :], True,
                                                      DOT_PRECISION, UPCAST_DOTS)
             else:
-                k, v = _load_key_block(Kb, Vb, KDesc, VDesc, b, h, bh, key_tile, sub, offs_n, offs_d, stride_kn,
-                                       stride_vn, NH, NW, TT, TH, TW, HEAD_DIM, BLOCK_N, USE_TMA, NATURAL)
-                if HAS_PADDING:
-                    key_ok = _padding_ok(key_tile, sub * BLOCK_N + offs_n, NH, NW, TH, TW, NT, REM_T, REM_H, REM_W)
-                    acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, key_ok[None, :], True,
-                                                         DOT_PRECISION, UPCAST_DOTS)
-                else:
-                    acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, 0, False, DOT_PRECISION,
-                                                         UPCAST_DOTS)
+                acc, m_i, l_i = _attend_video_block(acc, m_i, l_i, q, Kb, Vb, KDesc, VDesc, b, h, bh, key_tile,
+                                                    sub, offs_n, offs_d, stride_kn, stride_vn, qk_scale, NT, NH, NW,
+                                                    TT, TH, TW, REM_T, REM_H, REM_W, HEAD_DIM, BLOCK_N, USE_TMA,
+                                                    NATURAL, HAS_PADDING, DOT_PRECISION, UPCAST_DOTS)
 
     if HAS_TEXT:
         # Padding query blocks (tile order) skip this, and so do video queries whose loop took the text.
