@@ -33,15 +33,17 @@ CASES = {
 }
 
 K = KernelConfig
-SWEEP = [  # tile-order kernel, hunyuan-720p (3,3,3)
-    K(128, 128, 8, 3, tma=True), K(128, 128, 8, 3, tma=True, warp_specialize=True),
-]
-SWEEP_NATURAL = [  # in-place kernel on natural order, hunyuan-720p (3,3,3)
-    K(128, 128, 8, 3, tma=True), K(128, 128, 8, 3, tma=True, warp_specialize=True),
-]
-SWEEP_TEXT = [  # text 256: separate text loop vs text blocks in the window loop
-    K(128, 128, 8, 3, tma=True, warp_specialize=True),
-    K(128, 128, 8, 3, tma=True, warp_specialize=True, text_in_loop=True),
+BASE = K(128, 128, 8, 3, tma=True)
+# (sweep name, shape, window, text_len, layout, configs): each sweep times the same inputs under every config.
+TEXT_AFTER = K(128, 128, 8, 3, tma=True, text_tma=True)
+TEXT_BEFORE = K(128, 128, 8, 3, tma=True, text_tma=True, text_before=True)  # the default on Hopper
+SWEEPS = [
+    ("text-natural", "hunyuan-720p", "3,3,3", 256, "natural", [BASE, TEXT_AFTER, TEXT_BEFORE]),
+    ("text-tiled", "hunyuan-720p", "3,3,3", 256, "tiled", [BASE, TEXT_AFTER, TEXT_BEFORE]),
+    ("text-bshd", "hunyuan-720p", "3,3,3", 256, "bshd", [TEXT_BEFORE]),
+    ("video-natural", "hunyuan-720p", "3,3,3", 0, "natural", [BASE]),
+    ("video-bshd", "hunyuan-720p", "3,3,3", 0, "bshd", [BASE]),
+    ("video-bshd-copy", "hunyuan-720p", "3,3,3", 0, "bshd-copy", [BASE]),
 ]
 
 
@@ -91,6 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", default="all", choices=sorted(CASES))
     parser.add_argument("--sweep", action="store_true", help="sweep launch configs on hunyuan-720p (3,3,3)")
     parser.add_argument("--check", action="store_true", help="triton vs flex at hunyuan-720p")
+    parser.add_argument("--only", nargs="+", default=None, help="run only the sweeps whose name contains one of these")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--iters", type=int, default=20)
     args = parser.parse_args(argv)
@@ -102,16 +105,17 @@ def main(argv=None) -> int:
         extra["check"] = check_against_flex(log)
         path = write_results(results, args.out, extra=extra)
     if args.sweep:
-        log("config sweep: hunyuan-720p (3,3,3)")
-        extra["sweep"] = sweep_configs(make_shape("hunyuan-720p", window="3,3,3"), SWEEP, log=log)
-        log("config sweep, natural layout: hunyuan-720p (3,3,3)")
-        extra["sweep_natural"] = sweep_configs(make_shape("hunyuan-720p", window="3,3,3"), SWEEP_NATURAL, log=log,
-                                               natural=True)
-        text_shape = make_shape("hunyuan-720p", window="3,3,3", text_len=256)
-        log("config sweep, text 256, tile order / natural")
-        extra["sweep_text"] = sweep_configs(text_shape, SWEEP_TEXT, log=log)
-        extra["sweep_text_natural"] = sweep_configs(text_shape, SWEEP_TEXT, log=log, natural=True)
-        path = write_results(results, args.out, extra=extra)
+        for sweep_name, shape_name, window, text_len, layout, configs in SWEEPS:
+            if args.only and not any(o in sweep_name for o in args.only):
+                continue
+            log(f"sweep {sweep_name}: {shape_name} ({window}) text {text_len}, layout {layout}")
+            shape = make_shape(shape_name, window=window, text_len=text_len)
+            extra.setdefault("sweeps", {})[sweep_name] = dict(
+                shape=shape_name, window=window, text_len=text_len, layout=layout,
+                results=sweep_configs(shape, configs, log=log, layout=layout))
+            if path is not None:
+                path.unlink(missing_ok=True)
+            path = write_results(results, args.out, extra=extra)
     for name, window, text_len in CASES[args.cases]:
         shape = make_shape(name, window=window, text_len=text_len)
         log(f"{shape.name} windows {window} text {text_len}")

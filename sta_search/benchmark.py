@@ -282,22 +282,31 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
 
 
 def sweep_configs(shape: BenchShape, configs, *, iters: int = 15, warmup: int = 2, rotate: int = 3, log=print,
-                  natural: bool = False):
+                  layout: str = "tiled"):
     """Time our kernel alone under several launch configs (same inputs); returns [(config dict, ms)].
 
-    ``natural``: the in-place kernel on natural-order tokens instead of the tile-order kernel.
+    ``layout``: ``tiled`` (tile-order kernel on tile-order tokens), ``natural`` (the in-place kernel on
+    natural-order ``(B, H, S, D)`` tokens), ``bshd`` (the in-place kernel on ``(B, S, H, D)`` tensors seen
+    as ``(B, H, S, D)`` views, which is how diffusers' processors hand them over) or ``bshd-copy`` (the
+    same, copied to contiguous ``(B, H, S, D)`` first, copies timed).
     """
     from .kernels import Geometry
     from .kernels.sta import normalize_windows
     from .kernels.sta.triton_fwd import sta_triton_natural, sta_triton_tiled
 
+    if layout not in ("tiled", "natural", "bshd", "bshd-copy"):
+        raise ValueError(f"unknown layout {layout!r}")
     device = torch.device("cuda")
     dtype = getattr(torch, shape.dtype)
     geometry = Geometry(shape.canvas, shape.tile)
-    L = (geometry.video_len if natural else geometry.padded_len) + shape.text_len
+    L = (geometry.padded_len if layout == "tiled" else geometry.video_len) + shape.text_len
     windows = normalize_windows(shape.window_table(), shape.heads, device=device)
-    sets = [[torch.randn(shape.batch, shape.heads, L, shape.head_dim, device=device, dtype=dtype) for _ in range(3)]
-            for _ in range(rotate)]
+    B, H, D = shape.batch, shape.heads, shape.head_dim
+    if layout.startswith("bshd"):
+        sets = [[torch.randn(B, L, H, D, device=device, dtype=dtype).transpose(1, 2) for _ in range(3)]
+                for _ in range(rotate)]
+    else:
+        sets = [[torch.randn(B, H, L, D, device=device, dtype=dtype) for _ in range(3)] for _ in range(rotate)]
     text_mask = None
     if shape.text_len:
         text_mask = torch.zeros(shape.batch, shape.text_len, dtype=torch.bool, device=device)
@@ -306,22 +315,24 @@ def sweep_configs(shape: BenchShape, configs, *, iters: int = 15, warmup: int = 
     out = []
     for cfg in configs:
         try:
-            if natural:
+            if layout == "tiled":
                 def fn(q, k, v, cfg=cfg):
+                    return sta_triton_tiled(q, k, v, geometry, windows, shape.text_len, text_mask, None, config=cfg)
+            else:
+                def fn(q, k, v, cfg=cfg):
+                    if layout == "bshd-copy":
+                        q, k, v = (x.contiguous() for x in (q, k, v))
                     out = sta_triton_natural(q, k, v, geometry, windows, shape.text_len, False, text_mask, None,
                                              config=cfg)
                     if out is None:
                         raise ValueError("natural layout not supported for this config")
                     return out
-            else:
-                def fn(q, k, v, cfg=cfg):
-                    return sta_triton_tiled(q, k, v, geometry, windows, shape.text_len, text_mask, None, config=cfg)
             ms = _median_ms(fn, sets, warmup, iters)[0]
         except Exception as exc:  # e.g. out of shared memory for this config
             log(f"  {cfg}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
             out.append((asdict(cfg), None))
             continue
-        log(f"  {cfg}: {ms:.3f} ms  {4 * shape.head_dim * pairs / ms / 1e9:.1f} TFLOP/s")
+        log(f"  [{layout}] {cfg}: {ms:.3f} ms  {4 * shape.head_dim * pairs / ms / 1e9:.1f} TFLOP/s")
         out.append((asdict(cfg), ms))
     return out
 

@@ -188,27 +188,40 @@ def test_descriptor_loads_and_strided_inputs_agree(seed):
     tma = sta_triton_tiled(q, k, v, geometry, windows, text_len, text_mask, None,
                            config=KernelConfig(32, 32, 4, 1, tma=True, warp_specialize=True))
     assert torch.equal(plain, tma)
+    text_tma = sta_triton_tiled(q, k, v, geometry, windows, text_len, text_mask, None,
+                                config=KernelConfig(32, 32, 4, 1, tma=True, text_tma=True))
+    assert torch.equal(plain, text_tma)
+    text_first = sta_triton_tiled(q, k, v, geometry, windows, text_len, text_mask, None,
+                                  config=KernelConfig(32, 32, 4, 1, tma=True, text_tma=True, text_before=True))
+    assert rel_rms(text_first, plain) < 1e-6  # same sums in another order
 
 
 NATURAL_CASES = [
     # id, geometry, windows, text_len, text_first, config (block_m, block_n, text blocks in the window loop)
-    ("odd-text-after", ODD, [(1, 2, 2), (2, 1, 3)], 7, False, (32, 16, False)),
-    ("odd-text-before-in-loop", ODD, [(3, 1, 1), (1, 1, 2)], 9, True, (16, 32, True)),
-    ("even-text-after-in-loop", EVEN, [(1, 2, 1), (2, 2, 2)], 5, False, (32, 32, True)),
+    ("odd-text-after", ODD, [(1, 2, 2), (2, 1, 3)], 7, False, dict(block_m=32, block_n=16)),
+    ("odd-text-before-in-loop", ODD, [(3, 1, 1), (1, 1, 2)], 9, True, dict(block_m=16, block_n=32, text_in_loop=True)),
+    ("even-text-after-in-loop", EVEN, [(1, 2, 1), (2, 2, 2)], 5, False, dict(block_m=32, block_n=32, text_in_loop=True)),
+    ("odd-text-before-text-tma", ODD, [(2, 2, 1), (1, 3, 2)], 9, True, dict(block_m=32, block_n=16, text_tma=True)),
+    ("odd-text-after-text-tma-first", ODD, [(1, 2, 3), (3, 1, 1)], 37, False,
+     dict(block_m=32, block_n=16, text_tma=True, text_before=True)),
+    ("even-text-before-text-tma-first", EVEN, [(1, 2, 1), (3, 1, 2)], 37, True,
+     dict(block_m=32, block_n=32, text_tma=True, text_before=True)),
 ]
 
 
 @pytest.mark.parametrize("case", NATURAL_CASES, ids=[c[0] for c in NATURAL_CASES])
 def test_natural_layout_kernel_matches_reference(case, seed):
     """The in-place path: TMA boxes of tile planes straight from the natural layout, NaN-poisoned output."""
-    _, geo, windows, text_len, text_first, (bm, bn, in_loop) = case
+    _, geo, windows, text_len, text_first, launch = case
     geometry = Geometry(**geo)
     batch = 2 if geo is EVEN else 1
     q, k, v = make_qkv(batch, 2, geometry.video_len + text_len, 32)
     text_mask = make_text_mask(batch, text_len) if text_len else None
+    if launch.get("text_before") and text_mask is not None:
+        text_mask[0] = False  # no valid text key at all: the first (text) steps must add exact zeros, not NaN
     table = normalize_windows(windows, 2)
     out = torch.full_like(q, float("nan"))
-    config = KernelConfig(bm, bn, 4, 1, tma=True, warp_specialize=True, text_in_loop=in_loop)
+    config = KernelConfig(num_warps=4, num_stages=1, tma=True, warp_specialize=True, **launch)
     got = sta_triton_natural(q, k, v, geometry, table, text_len, text_first, text_mask, None, out=out, config=config)
     assert got is out
     ref = reference64(q, k, v, **geo, windows=windows, text_len=text_len, text_first=text_first, text_mask=text_mask)

@@ -25,8 +25,9 @@ Blocks are dense: the only masking is
 
 Video queries attend to their window plus every valid text key; text queries attend to every valid
 key. The softmax is online, in fp32, with ``exp2`` and ``log2(e)`` folded into the scale. Every
-output element is written (tile order: padded video query rows get finite values); every row has a
-valid key in its first block (the first token of every tile is real).
+output element is written (tile order: padded video query rows get finite values). Text key blocks
+go through TMA before the window loop on GPUs (after it, text keys cost 3x more: bench/NOTES.md); a
+masked step whose rows have seen no valid key yet (all text keys padded) adds exact zeros.
 
 Program order (1-D grid): text query blocks first (each is as costly as a dense row), then video
 query blocks of heads sorted by window volume, heaviest first, query blocks of one head adjacent
@@ -65,6 +66,8 @@ class KernelConfig:
     tma: bool = False  # K/V of the window loop through TMA tensor descriptors (Hopper+, CUDA only)
     warp_specialize: bool = False  # Triton's automatic warp specialization of the window loop
     text_in_loop: bool = False  # video queries take the text key blocks in the window loop (TMA only)
+    text_tma: bool = False  # text key blocks through TMA in their own pipelined loop (TMA configs only)
+    text_before: bool = False  # text key blocks before the window loop instead of after it
 
 
 def default_config(tile_volume: int, head_dim: int, dtype: torch.dtype, on_gpu: bool) -> KernelConfig:
@@ -91,7 +94,8 @@ def default_config(tile_volume: int, head_dim: int, dtype: torch.dtype, on_gpu: 
     warps = 8 if bm >= 128 else 4
     # Measured and left off (bench/NOTES.md): warp specialization (within run-to-run noise either way) and
     # text blocks in the window loop (31.3 -> 42.8 ms tile order, 32.1 -> 63.7 ms natural, text 256).
-    return KernelConfig(bm, bn, warps, 3, tma=tma)
+    # Text blocks through TMA before the window loop: text 256 costs +3.9% over video only instead of +16%.
+    return KernelConfig(bm, bn, warps, 3, tma=tma, text_tma=tma, text_before=tma)
 
 
 def _tma_compatible(*tensors: torch.Tensor) -> bool:
@@ -109,8 +113,12 @@ def _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, key_ok, MASKED: tl.co
     if MASKED:
         qk = tl.where(key_ok, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
+    if MASKED:  # a row with no valid key so far (text first, all masked): exp2(-inf - -inf) would be NaN
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_use = m_new
+    p = tl.math.exp2(qk * qk_scale - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     if UPCAST_DOTS:
@@ -179,6 +187,38 @@ def _attend_video_block(acc, m_i, l_i, q, K, V, KDesc, VDesc, b, h, bh, tile, su
 
 
 @triton.jit
+def _attend_text(acc, m_i, l_i, q, Kb, Vb, KTDesc, VTDesc, Tb, b, h, offs_n, offs_d, stride_kn, stride_vn, stride_tm,
+                 qk_scale, text_len_here, text_len, text_start, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                 HAS_TEXT_MASK: tl.constexpr, TEXT_TMA: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 UPCAST_DOTS: tl.constexpr):
+    """Online-softmax steps over the first ``text_len_here`` text keys (bounds and key-padding masked)."""
+    if TEXT_TMA:
+        # Rows past the text are zeros (text after video) or video rows (text first): masked either way.
+        for start in tl.range(0, text_len_here, BLOCK_N, num_stages=2):
+            cols = start + offs_n
+            key_ok = cols < text_len
+            if HAS_TEXT_MASK:
+                key_ok = key_ok & (tl.load(Tb + cols * stride_tm, mask=key_ok, other=0) != 0)
+            k = KTDesc.load([b, h, text_start + start, 0]).reshape(BLOCK_N, HEAD_DIM)
+            v = VTDesc.load([b, h, text_start + start, 0]).reshape(BLOCK_N, HEAD_DIM)
+            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, key_ok[None, :], True,
+                                                 DOT_PRECISION, UPCAST_DOTS)
+    else:
+        for start in range(0, text_len_here, BLOCK_N):
+            cols = start + offs_n
+            in_text = cols < text_len
+            key_ok = in_text
+            if HAS_TEXT_MASK:
+                key_ok = key_ok & (tl.load(Tb + cols * stride_tm, mask=in_text, other=0) != 0)
+            krows = text_start + cols
+            k = tl.load(Kb + krows[:, None] * stride_kn + offs_d[None, :], mask=in_text[:, None], other=0.0)
+            v = tl.load(Vb + krows[:, None] * stride_vn + offs_d[None, :], mask=in_text[:, None], other=0.0)
+            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, key_ok[None, :], True,
+                                                 DOT_PRECISION, UPCAST_DOTS)
+    return acc, m_i, l_i
+
+
+@triton.jit
 def _sta_fwd_kernel(
     Q, K, V, Out, QDesc, KDesc, VDesc, ODesc, KTDesc, VTDesc, Windows, HeadOrder, TextMask,
     stride_qb, stride_qh, stride_qm,
@@ -193,7 +233,7 @@ def _sta_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_PADDING: tl.constexpr, HAS_TEXT: tl.constexpr, HAS_TEXT_MASK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr, USE_TMA: tl.constexpr, NATURAL: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr, TEXT_IN_LOOP: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr, TEXT_IN_LOOP: tl.constexpr, TEXT_TMA: tl.constexpr, TEXT_BEFORE: tl.constexpr,
 ):
     TILE_VOL: tl.constexpr = TT * TH * TW
     NUM_TILES: tl.constexpr = NT * NH * NW
@@ -253,6 +293,15 @@ def _sta_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+
+    # Padding query blocks (tile order) skip the text, and so do video queries whose loop took it.
+    text_len_here = tl.where(q_padded, 0, text_len)
+    if TEXT_IN_LOOP:
+        text_len_here = tl.where(is_text_query, text_len, 0)
+    if HAS_TEXT and TEXT_BEFORE:
+        acc, m_i, l_i = _attend_text(acc, m_i, l_i, q, Kb, Vb, KTDesc, VTDesc, Tb, b, h, offs_n, offs_d, stride_kn,
+                                     stride_vn, stride_tm, qk_scale, text_len_here, text_len, text_start, HEAD_DIM,
+                                     BLOCK_N, HAS_TEXT_MASK, TEXT_TMA, DOT_PRECISION, UPCAST_DOTS)
 
     if is_text_query:
         # Dense over every key tile; tiles of the last t-row have fewer (non-padding) blocks.
@@ -332,22 +381,10 @@ def _sta_fwd_kernel(
                                                     TT, TH, TW, REM_T, REM_H, REM_W, HEAD_DIM, BLOCK_N, USE_TMA,
                                                     NATURAL, HAS_PADDING, DOT_PRECISION, UPCAST_DOTS)
 
-    if HAS_TEXT:
-        # Padding query blocks (tile order) skip this, and so do video queries whose loop took the text.
-        text_len_here = tl.where(q_padded, 0, text_len)
-        if TEXT_IN_LOOP:
-            text_len_here = tl.where(is_text_query, text_len, 0)
-        for start in range(0, text_len_here, BLOCK_N):
-            cols = start + offs_n
-            in_text = cols < text_len
-            key_ok = in_text
-            if HAS_TEXT_MASK:
-                key_ok = key_ok & (tl.load(Tb + cols * stride_tm, mask=in_text, other=0) != 0)
-            krows = text_start + cols
-            k = tl.load(Kb + krows[:, None] * stride_kn + offs_d[None, :], mask=in_text[:, None], other=0.0)
-            v = tl.load(Vb + krows[:, None] * stride_vn + offs_d[None, :], mask=in_text[:, None], other=0.0)
-            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, key_ok[None, :], True,
-                                                 DOT_PRECISION, UPCAST_DOTS)
+    if HAS_TEXT and not TEXT_BEFORE:
+        acc, m_i, l_i = _attend_text(acc, m_i, l_i, q, Kb, Vb, KTDesc, VTDesc, Tb, b, h, offs_n, offs_d, stride_kn,
+                                     stride_vn, stride_tm, qk_scale, text_len_here, text_len, text_start, HEAD_DIM,
+                                     BLOCK_N, HAS_TEXT_MASK, TEXT_TMA, DOT_PRECISION, UPCAST_DOTS)
 
     if q_padded:  # a block of padding rows (tile order only; never launched work): finite zeros
         l_i = tl.full([BLOCK_M], 1.0, tl.float32)
@@ -397,7 +434,8 @@ def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, tex
     else:
         descs = [q, k, v, out]  # unused
     text_in_loop = config.text_in_loop and text_len > 0 and (config.tma or natural)
-    if text_in_loop and natural:
+    text_tma = config.text_tma and text_len > 0 and (config.tma or natural) and not text_in_loop
+    if (text_in_loop and natural) or text_tma:
         descs += [TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, config.block_n, D]) for x in (k, v)]
     else:
         descs += [k, v]  # unused
@@ -413,7 +451,7 @@ def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, tex
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         UPCAST_DOTS=q.device.type != "cuda" and q.dtype == torch.bfloat16,
         USE_TMA=config.tma or natural, NATURAL=natural, WARP_SPECIALIZE=config.warp_specialize,
-        TEXT_IN_LOOP=text_in_loop,
+        TEXT_IN_LOOP=text_in_loop, TEXT_TMA=text_tma, TEXT_BEFORE=config.text_before,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
