@@ -19,6 +19,17 @@ the same count, and the log records it). Writes into ``--out``:
 - ``train_log.json``: configuration, loss curve, step count, timings, device.
 
 ``--finalize FOLDER`` adds the tokenizer to an unpacked folder on a machine with transformers.
+
+``--folder DIR`` also writes the unpacked pipeline folder there (half-way checkpoint and final EMA
+weights; without transformers the tokenizer is copied from ``--init-from`` or the shipped folder), so
+the result loads directly with ``load_tiny(folder=DIR)`` / ``load_model(DIR)``.
+
+Continuing training (``--init-from``): the warm-up defaults to 50 steps instead of 200 (the weights
+are already trained; a long warm-up wastes the budget), and a lower ``--lr`` (e.g. 2e-4) avoids
+undoing what the first run learnt. ``--logit-mean`` shifts the logit-normal timestep density (a positive
+value puts more weight on high noise, where layout and motion are decided); ``--temporal-loss W`` adds
+``W`` x the MSE of the frame-to-frame differences of the prediction error (a direct penalty on wrong
+motion / temporal incoherence). Both default to 0 (the shipped run).
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import struct
 import sys
 import tarfile
@@ -114,6 +126,32 @@ def finalize(folder: Path, required: bool = True) -> None:
         print("transformers/tokenizers missing: tokenizer/ not written (run --finalize later)", flush=True)
 
 
+def ensure_tokenizer(folder: Path, sources: list[Path]) -> None:
+    """Copy tokenizer/ from the first source that has one when it could not be written here."""
+    if (folder / "tokenizer").is_dir():
+        return
+    for src in sources:
+        if src is not None and (Path(src) / "tokenizer").is_dir():
+            shutil.copytree(Path(src) / "tokenizer", folder / "tokenizer")
+            print(f"tokenizer/ copied from {src}", flush=True)
+            return
+
+
+def write_folder(target: Path, components: dict, settings: dict, sources: list[Path]) -> None:
+    """Write the unpacked pipeline folder to `target` atomically (a temp sibling, then rename)."""
+    target = Path(target)
+    tmp = target.with_name(target.name + ".tmp")
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_folder(tmp, components, settings)
+    ensure_tokenizer(tmp, sources)
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def pack(folder: Path, out: Path) -> None:
     """Two tars (each under the 16 MB transfer limit): transformer/, and everything else."""
     for name, keep in (("tiny_transformer.tar", lambda p: p.parts[:1] == ("transformer",)),
@@ -144,6 +182,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="fixed step count (overrides the time budget)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 200; 50 with --init-from)")
+    ap.add_argument("--logit-mean", type=float, default=0.0,
+                    help="mean of the logit-normal timestep density before the shift (0: the shipped run)")
+    ap.add_argument("--temporal-loss", type=float, default=0.0,
+                    help="weight of the extra MSE on frame-to-frame differences of the prediction error")
+    ap.add_argument("--folder", type=Path, default=None, help="also write the unpacked pipeline folder here")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--text-dropout", type=float, default=0.1)
     ap.add_argument("--ema", type=float, default=0.999)
@@ -192,7 +236,9 @@ def main() -> None:
     print(f"device {device} params {n_params} settings {settings}", flush=True)
 
     shift = components["scheduler"].config.shift
-    warmup, calibrate = 200, 40
+    warmup = args.warmup if args.warmup is not None else (50 if args.init_from is not None else 200)
+    calibrate = 40
+    tokenizer_sources = [args.init_from, Path(__file__).resolve().parents[1] / "sta_search" / "tiny" / "weights"]
     total_steps = args.steps
     log = {"loss": [], "args": {k: str(v) for k, v in vars(args).items()}, "params": n_params,
            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -234,7 +280,7 @@ def main() -> None:
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         ids = encode_words(captions, MAX_LENGTH).to(device)
         noise = torch.randn(videos.shape, generator=noise_gen, device=device)
-        u = torch.sigmoid(torch.randn(args.batch, generator=noise_gen, device=device))
+        u = torch.sigmoid(torch.randn(args.batch, generator=noise_gen, device=device) + args.logit_mean)
         sigma = shift * u / (1 + (shift - 1) * u)
         s = sigma.view(-1, 1, 1, 1, 1)
         noisy = (1 - s) * videos + s * noise
@@ -246,6 +292,9 @@ def main() -> None:
             pred = transformer(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=text,
                                return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(pred.float(), target)
+        if args.temporal_loss > 0 and pred.shape[2] > 1:
+            err = pred.float() - target
+            loss = loss + args.temporal_loss * (err[:, :, 1:] - err[:, :, :-1]).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -268,6 +317,8 @@ def main() -> None:
                 ema_components = dict(components, transformer=ema_models[0], text_encoder=ema_models[1])
                 save_folder(Path(tmp) / "weights", ema_components, settings)
                 pack(Path(tmp) / "weights", args.out)
+            if args.folder is not None:
+                write_folder(args.folder, ema_components, settings, tokenizer_sources)
             print(f"half-way checkpoint at step {step}", flush=True)
 
     if device.type == "cuda":
@@ -278,6 +329,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         save_folder(Path(tmp) / "weights", ema_components, settings)
         pack(Path(tmp) / "weights", args.out)
+    if args.folder is not None:
+        write_folder(args.folder, ema_components, settings, tokenizer_sources)
+    log.update(warmup=warmup, lr=args.lr, logit_mean=args.logit_mean, temporal_loss=args.temporal_loss)
+    (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")  # rewritten after the samples
     print(f"saved weights at {time.time() - START:.0f}s", flush=True)
 
     prompts = SAMPLE_PROMPTS if not args.smoke else SAMPLE_PROMPTS[:2]

@@ -151,13 +151,16 @@ def test_train_script_smoke(tmp_path):
     out = tmp_path / "train"
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "train_tiny.py"), "--smoke", "--steps", "3", "--batch", "2",
-         "--out", str(out), "--sample-steps", "2"],
+         "--out", str(out), "--sample-steps", "2", "--folder", str(tmp_path / "folder"), "--temporal-loss", "0.5"],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     log = json.loads((out / "train_log.json").read_text())
     assert log["steps"] == 3 and all(math.isfinite(e["loss"]) for e in log["loss"])
     assert (out / "tiny_transformer.tar").stat().st_size > 0 and list(out.glob("samples_*.png"))
+    folder = tmp_path / "folder"  # the unpacked pipeline folder, loadable as is (tokenizer copied if need be)
+    assert (folder / "model_index.json").is_file() and (folder / "tokenizer").is_dir()
+    assert (folder / "transformer" / "config.json").is_file() and log["warmup"] == 200
 
 
 def test_demo_shortened_writes_report_mask_videos_and_heatmaps(tmp_path):

@@ -98,8 +98,9 @@ def score(videos: np.ndarray, captions: list[str]) -> dict[str, float]:
 
 
 def main() -> None:
-    """``python -m sta_search.tiny.evaluate [--prompts N] [--steps S] [--guidance G] [--out FILE]``: generate N
-    grammar prompts with the bundled model and score how well the videos follow their captions."""
+    """``python -m sta_search.tiny.evaluate [--prompts N] [--steps S] [--guidance G] [--folder DIR] [--device D]
+    [--out FILE]``: generate N grammar prompts with the bundled model (or the tiny pipeline folder DIR) and score
+    how well the videos follow their captions."""
     import argparse
     import json
     import time
@@ -110,8 +111,13 @@ def main() -> None:
     from . import load_tiny, recommended_settings
     from .data import prompt_set
 
-    settings = recommended_settings()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--folder", default=None)
+    folder = pre.parse_known_args()[0].folder
+    settings = recommended_settings(folder)
     ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--folder", default=None, help="tiny pipeline folder (default: the bundled weights)")
+    ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--steps", type=int, default=settings.steps)
     ap.add_argument("--guidance", type=float, default=settings.guidance_scale)
@@ -120,7 +126,8 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    pipe = load_tiny("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_tiny(device, folder=args.folder)
     prompts = prompt_set(args.prompts, 777)
     start = time.perf_counter()
     videos = []
@@ -134,7 +141,7 @@ def main() -> None:
     by_motion = defaultdict(list)
     for v, c in zip(frames, prompts):
         by_motion[MOTIONS[parse_caption(c).motion]].append(check_video(v, c).motion)
-    result.update(steps=args.steps, guidance=args.guidance, seed=args.seed, seconds=round(time.perf_counter() - start, 1),
+    result.update(folder=str(args.folder or "bundled"), device=device, steps=args.steps, guidance=args.guidance, seed=args.seed, seconds=round(time.perf_counter() - start, 1),
                   motion_by_kind={k: f"{sum(x)}/{len(x)}" for k, x in sorted(by_motion.items())})
     print(json.dumps(result, indent=1))
     if args.out:
