@@ -21,6 +21,14 @@ on a CPU). STA runs as SDPA under the reference backend's mask, cached per windo
 
     nice python bench/quality.py                 # ~30 min on 2 CPU cores
     python bench/quality.py --quick              # smoke run: 2 + 2 prompts, 2 windows, one density
+    python bench/quality.py --device cuda --seeds 0 1 2 3 --vary-prompts --model DIR   # several seeds, GPU
+
+``--seeds S1 S2 ..``: the whole study (profile, selection, generation) once per seed; seed s sets the
+profile's and the generation's initial noise and, with ``--vary-prompts``, also the training / held-out
+prompt split (prompt seeds offset by 1000 s). With more than one seed the JSON (schema v2) holds each
+seed's results under ``per_seed`` and, under ``aggregate``, mean and std (over seeds) of PSNR / SSIM
+per config and of the paired differences solver - argmin (capped, matched density), solver - best uniform
+and solver - argmin (matched), also pooled over (seed, prompt) pairs.
 
 Writes ``bench/results/quality-<UTC timestamp>.json`` (+ a PNG summary). The profile lives in
 ``--work`` (default ``/tmp/sta-search-quality``) and is resumed when rerun with the same settings.
@@ -61,6 +69,10 @@ def parse_args(argv=None):
     p.add_argument("--profile-every", type=int, default=2, help="profile every k-th step")
     p.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="run the study once per seed (overrides --seed)")
+    p.add_argument("--vary-prompts", action="store_true", help="a different prompt split per seed")
+    p.add_argument("--model", default="tiny", help="bundled name or tiny pipeline folder (e.g. freshly trained weights)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--work", default="/tmp/sta-search-quality")
     p.add_argument("--out", default=None, help="result JSON (default bench/results/quality-<timestamp>.json)")
     p.add_argument("--quick", action="store_true", help="smoke run (tests): tiny prompt counts and shortlist")
@@ -74,24 +86,30 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def prompts(train: int, heldout: int) -> tuple[list[str], list[str]]:
+def prompt_seeds(split: int = 0) -> tuple[int, int]:
+    return TRAIN_PROMPT_SEED + 1000 * split, HELDOUT_PROMPT_SEED + 1000 * split
+
+
+def prompts(train: int, heldout: int, split: int = 0) -> tuple[list[str], list[str]]:
     from sta_search.tiny import data
 
-    training = data.prompt_set(train, TRAIN_PROMPT_SEED)
-    others = [p for p in data.prompt_set(heldout + train, HELDOUT_PROMPT_SEED) if p not in training]
+    train_seed, heldout_seed = prompt_seeds(split)
+    training = data.prompt_set(train, train_seed)
+    others = [p for p in data.prompt_set(heldout + train, heldout_seed) if p not in training]
     return training, others[:heldout]
 
 
-def profile_stage(args, loaded, settings, training, shortlist, console=print):
+def profile_stage(args, loaded, settings, training, shortlist, console=print, seed=None, suffix=""):
     from sta_search.profile import ProfileSettings, run_profile
 
-    folder = Path(args.work) / ("profile-quick" if args.quick else "profile")
+    seed = args.seed if seed is None else seed
+    folder = Path(args.work) / (("profile-quick" if args.quick else "profile") + suffix)
     t0 = time.perf_counter()
     profile = run_profile(
-        ProfileSettings(model="tiny", prompts=tuple(training), steps=args.steps or settings.steps,
-                        height=settings.height, width=settings.width, frames=settings.frames, seed=args.seed,
+        ProfileSettings(model=getattr(args, "model", "tiny"), prompts=tuple(training), steps=args.steps or settings.steps,
+                        height=settings.height, width=settings.width, frames=settings.frames, seed=seed,
                         profile_steps=args.profile_every, tile=settings.tile, windows=tuple(shortlist),
-                        device="cpu", dtype="float32"),
+                        device=getattr(args, "device", "cpu"), dtype="float32"),
         folder, resume=True, loaded=loaded)
     console(f"profile: {profile.num_prompts} prompts in {time.perf_counter() - t0:.0f} s -> {folder}")
     return profile, folder, time.perf_counter() - t0
@@ -354,27 +372,22 @@ def summarize(results: dict) -> dict:
     return checks
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def run_seed(args, loaded, settings, seed: int, split: int, suffix: str, out: dict, write, t_start: float):
+    """The study for one seed into `out` (a per-seed results dict, filled in as configs finish; `write()`
+    saves everything so far)."""
     from sta_search.kernels.geometry import Geometry
     from sta_search.maskconfig import MaskConfig
-    from sta_search.models import dense_attention, load_model
-    from sta_search.tiny import recommended_settings
+    from sta_search.models import dense_attention
     from sta_search.video import fidelity
 
-    t_start = time.perf_counter()
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out_path = Path(args.out) if args.out else RESULTS_DIR / f"quality-{stamp}.json"
-    settings = recommended_settings()
     steps = args.steps or settings.steps
-    loaded = load_model("tiny", "cpu", torch.float32)
     info = loaded.info
-    training, heldout = prompts(*(2, 2) if args.quick else (args.train_prompts, args.heldout_prompts))
+    training, heldout = prompts(*((2, 2) if args.quick else (args.train_prompts, args.heldout_prompts)), split=split)
     shortlist = ((1, 2, 2), (2, 3, 3), (4, 4, 4)) if args.quick else SHORTLIST
     densities = [0.3] if args.quick else args.densities
-    profile, folder, profile_s = profile_stage(args, loaded, settings, training, shortlist)
+    profile, folder, profile_s = profile_stage(args, loaded, settings, training, shortlist, seed=seed, suffix=suffix)
     if args.profile_only:
-        return {}
+        return None
     canvas = tuple(profile.canvas)
     geometry = Geometry(canvas, tuple(profile.tile))
 
@@ -390,48 +403,44 @@ def main(argv=None) -> dict:
     if args.configs is not None:
         configs = [c for c in configs if c[0] in set(args.configs)]
     select_s = time.perf_counter() - t0
-
-    results = {
-        "schema": "sta-search/quality/v1",
-        "created_utc": stamp,
-        "versions": _versions(),
-        "device": {"type": "cpu", "processor": platform.processor() or platform.machine(),
-                   "torch_threads": torch.get_num_threads()},
-        "settings": {"model": "tiny", "canvas": list(canvas), "tile": list(profile.tile), "grid": list(geometry.grid),
+    train_seed, heldout_seed = prompt_seeds(split)
+    out.update({
+        "settings": {"model": str(getattr(args, "model", "tiny")), "canvas": list(canvas), "tile": list(profile.tile),
+                     "grid": list(geometry.grid),
                      "height": settings.height, "width": settings.width, "frames": settings.frames, "steps": steps,
-                     "guidance_scale": settings.guidance_scale, "dtype": "float32", "generation_seed": args.seed,
-                     "profile_seed": args.seed, "profile_steps": list(profile.profile_steps),
+                     "guidance_scale": settings.guidance_scale, "dtype": "float32", "generation_seed": seed,
+                     "profile_seed": seed, "profile_steps": list(profile.profile_steps),
                      "dense_steps": list(configs[0][3].dense_steps), "error_shortlist": [list(w) for w in profile.error_windows],
                      "densities": densities, "quick": bool(args.quick),
                      "sta_for_generation": "SDPA under the reference backend's STA mask (cached per layer window table)",
                      "fidelity": "PSNR / SSIM per frame (8-bit RGB, scikit-image), averaged over frames, vs dense, "
                                  "same initial noise (all held-out prompts in one batch)"},
-        "prompts": {"training": training, "heldout": heldout, "training_seed": TRAIN_PROMPT_SEED,
-                    "heldout_seed": HELDOUT_PROMPT_SEED},
+        "prompts": {"training": training, "heldout": heldout, "training_seed": train_seed,
+                    "heldout_seed": heldout_seed},
         "locality": locality(profile, [w for w in LOCALITY_WINDOWS if geometry.clip_window(w) == w] if not args.quick
                              else [(1, 2, 2), (2, 3, 3)]),
         "timings": {"profile_s": round(profile_s, 1), "select_s": round(select_s, 1)},
         "configs": {},
         "checks": {},
-    }
+    })
 
-    def write():
-        results["timings"]["total_s"] = round(time.perf_counter() - t_start, 1)
-        results["checks"] = summarize(results)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    def save():
+        out["checks"] = summarize(out)
+        write()
 
+    sync = torch.cuda.synchronize if str(args.device).startswith("cuda") else (lambda: None)
     t0 = time.perf_counter()
-    dense = generate_batch(loaded, settings, heldout, steps, args.seed, dense_attention)
-    results["timings"]["dense_generate_s"] = round(time.perf_counter() - t0, 1)
-    print(f"dense: {len(heldout)} prompts in {time.perf_counter() - t0:.0f} s", flush=True)
+    dense = generate_batch(loaded, settings, heldout, steps, seed, dense_attention)
+    sync()
+    out["timings"]["dense_generate_s"] = round(time.perf_counter() - t0, 1)
+    print(f"[seed {seed}] dense: {len(heldout)} prompts in {time.perf_counter() - t0:.1f} s", flush=True)
 
     done: dict[bytes, str] = {}
     skipped = []
     for name, method, target, config in configs:
         if args.time_budget is not None and time.perf_counter() - t_start > args.time_budget:
             skipped.append(name)
-            results["skipped_for_time"] = skipped
+            out["skipped_for_time"] = skipped
             continue
         entry = {"method": method, "target_density": target, "density": config.density(),
                  "overall_density": config.overall_density(),
@@ -444,32 +453,150 @@ def main(argv=None) -> dict:
                  "windows_used": window_histogram(config)}
         key = np.asarray(config.windows)[list(config.sparse_steps)].tobytes()
         if key in done:
-            same = results["configs"][done[key]]
+            same = out["configs"][done[key]]
             entry.update({k: same[k] for k in ("per_prompt", "mean_psnr_db", "mean_ssim")}, same_as=done[key])
-            results["configs"][name] = entry
-            print(f"{name}: same windows as {done[key]}", flush=True)
-            write()
+            out["configs"][name] = entry
+            print(f"[seed {seed}] {name}: same windows as {done[key]}", flush=True)
+            save()
             continue
         t0 = time.perf_counter()
-        video = generate_batch(loaded, settings, heldout, steps, args.seed, ConfigAttention(config))
+        video = generate_batch(loaded, settings, heldout, steps, seed, ConfigAttention(config))
         per = [fidelity(v, d).to_json() for v, d in zip(video, dense)]
         entry.update(per_prompt=[{"prompt": p, "psnr_db": f["psnr_db"], "ssim": round(f["ssim"], 5)}
                                  for p, f in zip(heldout, per)],
                      mean_psnr_db=float(np.mean([f["psnr_db"] for f in per])),
                      mean_ssim=float(np.mean([f["ssim"] for f in per])),
                      generate_s=round(time.perf_counter() - t0, 1))
-        results["configs"][name] = entry
+        out["configs"][name] = entry
         done[key] = name
-        print(f"{name}: density {entry['density']:.4f} PSNR {entry['mean_psnr_db']:.2f} dB SSIM "
+        print(f"[seed {seed}] {name}: density {entry['density']:.4f} PSNR {entry['mean_psnr_db']:.2f} dB SSIM "
               f"{entry['mean_ssim']:.4f} (in-sample error {entry['insample_error']}) "
-              f"[{entry['generate_s']:.0f} s]", flush=True)
+              f"[{entry['generate_s']:.1f} s]", flush=True)
+        save()
+    save()
+    return out
+
+
+# Paired comparisons aggregated over seeds: (label, config a, config b) -> a - b.
+def comparisons(densities) -> list[tuple[str, str, str]]:
+    out = []
+    for d in densities:
+        out.append((f"solver_minus_argmin_capped_matched@{d:g}", f"solver-error-step@argmin-capped{d:g}",
+                    f"argmin-capped@{d:g}"))
+        out.append((f"solver_minus_best_uniform@{d:g}", f"solver-error-step@{d:g}", f"uniform@{d:g}"))
+    out.append(("solver_minus_argmin_matched", "solver-error-step@argmin", "argmin"))
+    return out
+
+
+def _stats(values) -> dict:
+    v = np.asarray(values, dtype=float)
+    n = len(v)
+    std = float(v.std(ddof=1)) if n > 1 else None
+    return {"mean": float(v.mean()) if n else None, "std": std, "n": n,
+            "sem": std / math.sqrt(n) if std is not None else None,
+            "min": float(v.min()) if n else None, "max": float(v.max()) if n else None}
+
+
+def aggregate(per_seed: dict, densities) -> dict:
+    """Mean / std over seeds of every config's mean PSNR / SSIM, and of the paired differences (per seed, and
+    pooled over (seed, prompt) pairs)."""
+    seeds = [s for s, r in per_seed.items() if r.get("configs")]
+    names = []
+    for s in seeds:
+        names += [n for n in per_seed[s]["configs"] if n not in names]
+    configs = {}
+    for name in names:
+        rows = [per_seed[s]["configs"][name] for s in seeds if name in per_seed[s]["configs"]]
+        configs[name] = {"seeds": len(rows), "density": _stats([r["density"] for r in rows]),
+                         "psnr_db": _stats([r["mean_psnr_db"] for r in rows]),
+                         "ssim": _stats([r["mean_ssim"] for r in rows])}
+    diffs = {}
+    for label, a, b in comparisons(densities):
+        per, pooled, wins = {}, [], 0
+        for s in seeds:
+            cfg = per_seed[s]["configs"]
+            if a in cfg and b in cfg:
+                per[s] = {"psnr_db": cfg[a]["mean_psnr_db"] - cfg[b]["mean_psnr_db"],
+                          "ssim": cfg[a]["mean_ssim"] - cfg[b]["mean_ssim"],
+                          "density_a": cfg[a]["density"], "density_b": cfg[b]["density"]}
+                for x, y in zip(cfg[a]["per_prompt"], cfg[b]["per_prompt"]):
+                    pooled.append(x["psnr_db"] - y["psnr_db"])
+                    wins += x["psnr_db"] > y["psnr_db"]
+        if not per:
+            continue
+        diffs[label] = {"a": a, "b": b, "per_seed": per,
+                        "psnr_db": _stats([v["psnr_db"] for v in per.values()]),
+                        "ssim": _stats([v["ssim"] for v in per.values()]),
+                        "pooled_prompt_psnr_db": _stats(pooled),
+                        "prompts_where_a_beats_b": f"{wins}/{len(pooled)}"}
+    return {"seeds": [int(s) for s in seeds], "configs": configs, "differences": diffs}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from sta_search.models import load_model
+    from sta_search.tiny import recommended_settings
+
+    t_start = time.perf_counter()
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_path = Path(args.out) if args.out else RESULTS_DIR / f"quality-{stamp}.json"
+    from sta_search.models import resolve_model_path
+
+    folder, _ = resolve_model_path(args.model)
+    settings = recommended_settings(folder)
+    loaded = load_model(args.model, args.device, torch.float32)
+    seeds = list(args.seeds) if args.seeds else [args.seed]
+    multi = len(seeds) > 1
+    device = {"type": str(args.device), "processor": platform.processor() or platform.machine(),
+              "torch_threads": torch.get_num_threads()}
+    if str(args.device).startswith("cuda"):
+        device["name"] = torch.cuda.get_device_name()
+    densities = [0.3] if args.quick else list(args.densities)
+    if multi:
+        results = {"schema": "sta-search/quality/v2", "created_utc": stamp, "versions": _versions(),
+                   "device": device, "model": str(args.model), "seeds": seeds, "vary_prompts": bool(args.vary_prompts),
+                   "seed_meaning": "seed s: profile + generation noise seed s" + (
+                       "; prompt split: prompt seeds + 1000 s" if args.vary_prompts else "; same prompts for every seed"),
+                   "per_seed": {}, "aggregate": {}, "timings": {}}
+    else:
+        results = {"schema": "sta-search/quality/v1", "created_utc": stamp, "versions": _versions(), "device": device}
+
+    def write():
+        results.setdefault("timings", {})["total_s"] = round(time.perf_counter() - t_start, 1)
+        if multi:
+            results["aggregate"] = aggregate(results["per_seed"], densities)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(out_path.name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(out_path)
+
+    for seed in seeds:
+        if args.time_budget is not None and time.perf_counter() - t_start > args.time_budget:
+            results.setdefault("seeds_skipped_for_time", []).append(seed)
+            print(f"time budget spent: seed {seed} skipped", flush=True)
+            continue
+        split = seed if args.vary_prompts else 0
+        suffix = "" if (seed == 0 and split == 0) else f"-s{seed}" + ("p" if args.vary_prompts else "")
+        if multi:
+            target = results["per_seed"].setdefault(str(seed), {})
+        else:
+            target = results
+        done = run_seed(args, loaded, settings, seed, split, suffix, target, write, t_start)
+        if done is None:  # --profile-only
+            continue
         write()
+        if multi:
+            agg = aggregate(results["per_seed"], densities)["differences"]
+            print(f"after seed {seed}: " + "; ".join(f"{k} {v['psnr_db']['mean']:+.2f} dB (n={v['psnr_db']['n']})"
+                                                     for k, v in agg.items()), flush=True)
+    if args.profile_only:
+        return {}
     write()
     try:
         plot(results, out_path.with_suffix(".png"))
     except Exception as exc:  # the plot is a convenience; the JSON is the result
         print(f"plot skipped: {exc}")
-    print(json.dumps(results["checks"], indent=1))
+    print(json.dumps(results["aggregate"]["differences"] if multi else results["checks"], indent=1))
     print(f"wrote {out_path}")
     return results
 
@@ -481,21 +608,31 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    multi = "per_seed" in results
     groups = {}
-    for name, e in results["configs"].items():
-        family = name.split("@")[0]
-        groups.setdefault(family, []).append((e["density"], e["mean_psnr_db"]))
+    if multi:
+        for name, e in results["aggregate"]["configs"].items():
+            groups.setdefault(name.split("@")[0], []).append(
+                (e["density"]["mean"], e["psnr_db"]["mean"], e["psnr_db"]["std"] or 0.0))
+    else:
+        for name, e in results["configs"].items():
+            groups.setdefault(name.split("@")[0], []).append((e["density"], e["mean_psnr_db"], 0.0))
     for family, pts in sorted(groups.items()):
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "o", label=family)
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                    fmt="o-" if len(pts) > 1 else "o", capsize=3, label=family)
     ax.set_xlabel("density of the sparse steps")
-    ax.set_ylabel("mean PSNR vs dense (dB), held-out prompts")
+    ylabel = "mean PSNR vs dense (dB), held-out prompts"
+    if multi:
+        ylabel += f"\nmean +- std over {len(results['aggregate']['seeds'])} seeds"
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    loc = results["locality"]
+    first = next(iter(results["per_seed"].values())) if multi else results
+    loc = first["locality"]
     key = "2,3,3" if "2,3,3" in loc["per_layer_head"] else next(iter(loc["per_layer_head"]))
     im = ax2.imshow(np.asarray(loc["per_layer_head"][key]), vmin=0, vmax=1, cmap="viridis")
-    ax2.set_title(f"mean recall of window ({key}) per layer/head")
+    ax2.set_title(f"mean recall of window ({key}) per layer/head" + (" (first seed)" if multi else ""))
     ax2.set_xlabel("head")
     ax2.set_ylabel("layer")
     fig.colorbar(im, ax=ax2)

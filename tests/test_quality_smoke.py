@@ -70,3 +70,27 @@ def test_baselines_respect_their_caps(quality, seed):
         costs = [quality.insample_cost(profile, MaskConfig.uniform(info, profile.canvas, profile.tile, 0, profile.steps,
                                                                    tuple(w), dense_steps=dense_steps)) for w in fits]
         assert uniform.summary["predicted_error"] == pytest.approx(min(costs))
+
+
+def test_aggregate_over_seeds_pairs_configs_per_seed(quality):
+    def entry(psnrs, ssim=0.9, density=0.25):
+        return {"density": density, "mean_psnr_db": float(np.mean(psnrs)), "mean_ssim": ssim,
+                "per_prompt": [{"prompt": str(i), "psnr_db": p, "ssim": ssim} for i, p in enumerate(psnrs)]}
+
+    per_seed = {
+        "0": {"configs": {"argmin-capped@0.3": entry([20.0, 22.0]), "solver-error-step@argmin-capped0.3": entry([21.0, 22.5]),
+                          "solver-error-step@0.3": entry([24.0, 24.0], density=0.3), "uniform@0.3": entry([21.0, 21.0])}},
+        "1": {"configs": {"argmin-capped@0.3": entry([20.0, 20.0]), "solver-error-step@argmin-capped0.3": entry([19.5, 20.0]),
+                          "solver-error-step@0.3": entry([23.0, 23.0], density=0.3), "uniform@0.3": entry([21.0, 21.0])}},
+        "2": {"configs": {}},  # a seed skipped for time does not count
+    }
+    agg = quality.aggregate(per_seed, [0.3])
+    assert agg["seeds"] == [0, 1]
+    d = agg["differences"]["solver_minus_argmin_capped_matched@0.3"]
+    assert d["per_seed"]["0"]["psnr_db"] == pytest.approx(0.75) and d["per_seed"]["1"]["psnr_db"] == pytest.approx(-0.25)
+    assert d["psnr_db"]["mean"] == pytest.approx(0.25) and d["psnr_db"]["std"] == pytest.approx(np.std([0.75, -0.25], ddof=1))
+    assert d["pooled_prompt_psnr_db"]["n"] == 4 and d["prompts_where_a_beats_b"] == "2/4"
+    u = agg["differences"]["solver_minus_best_uniform@0.3"]
+    assert u["psnr_db"]["mean"] == pytest.approx(2.5)
+    assert agg["configs"]["uniform@0.3"]["psnr_db"]["std"] == pytest.approx(0.0)
+    assert "solver_minus_argmin_matched" not in agg["differences"]  # no argmin config in these seeds
