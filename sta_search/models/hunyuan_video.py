@@ -40,19 +40,18 @@ class HunyuanVideoJointAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        # 3. Rotational positional embeddings applied to latent stream
+        # 3. Rotational positional embeddings applied to latent stream. Unlike diffusers, the concatenations
+        # happen in (B, H, S, D): the copy they make anyway then yields contiguous per-head sequences, which the
+        # Triton kernel reads faster than strided (B, S, H, D) views (bench/NOTES.md); values are identical.
+        query, key, value = (x.transpose(1, 2) for x in (query, key, value))
         if image_rotary_emb is not None:
             if attn.add_q_proj is None and encoder_hidden_states is not None:
                 text = encoder_hidden_states.shape[1]
-                query = torch.cat(
-                    [apply_rotary_emb(query[:, :-text], image_rotary_emb, sequence_dim=1), query[:, -text:]], dim=1
-                )
-                key = torch.cat(
-                    [apply_rotary_emb(key[:, :-text], image_rotary_emb, sequence_dim=1), key[:, -text:]], dim=1
-                )
+                query = torch.cat([apply_rotary_emb(query[:, :, :-text], image_rotary_emb), query[:, :, -text:]], dim=2)
+                key = torch.cat([apply_rotary_emb(key[:, :, :-text], image_rotary_emb), key[:, :, -text:]], dim=2)
             else:
-                query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-                key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+                query = apply_rotary_emb(query, image_rotary_emb)
+                key = apply_rotary_emb(key, image_rotary_emb)
 
         # 4. Encoder condition QKV projection and normalization
         if attn.add_q_proj is not None and encoder_hidden_states is not None:
@@ -69,17 +68,17 @@ class HunyuanVideoJointAttnProcessor:
             if attn.norm_added_k is not None:
                 encoder_key = attn.norm_added_k(encoder_key)
 
-            query = torch.cat([query, encoder_query], dim=1)
-            key = torch.cat([key, encoder_key], dim=1)
-            value = torch.cat([value, encoder_value], dim=1)
+            query = torch.cat([query, encoder_query.transpose(1, 2)], dim=2)
+            key = torch.cat([key, encoder_key.transpose(1, 2)], dim=2)
+            value = torch.cat([value, encoder_value.transpose(1, 2)], dim=2)
 
-        # 5. Attention (handed over; (B, S, H, D) -> (B, H, S, D) views as diffusers' native backend does)
+        # 5. Attention (handed over; (B, H, S, D))
         text_len = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         out = self.runtime.attend(
             self.layer,
-            query.transpose(1, 2),
-            key.transpose(1, 2),
-            value.transpose(1, 2),
+            query,
+            key,
+            value,
             text_len=text_len,
             text_mask=_text_mask(attention_mask, query.shape[0], text_len),
         )
