@@ -258,7 +258,7 @@ class Bench:
         with sdpa_priority(self.device), torch.inference_mode(), ctx as acc:
             t = time.perf_counter()
             if full_warmup or self.call_shape is None:
-                record = self._record_call_shape(acc) if name == "dense" else contextlib.nullcontext()
+                record = self._record_call_shape(acc) if name in ("dense", "dense-nomask") else contextlib.nullcontext()
                 with record:
                     for _ in range(max(1, self.args.warmup)):
                         model(**inputs)
@@ -353,6 +353,8 @@ class Bench:
         self.call_shape = None
         self._attention_modules = get_adapter(model).attention_modules(model)
         modes = ["dense", "dense-nomask"] if self.args.dense_nomask else ["dense"]
+        if self.args.skip_masked_dense:
+            modes = ["dense-nomask"]
         for backend in self.args.backends:
             for window in self.args.windows:
                 modes.append(f"sta-{backend}-{''.join(map(str, window))}")
@@ -372,7 +374,7 @@ class Bench:
                     section[mode] = {"skipped": "time budget"}
                     continue
                 try:
-                    row = self.run_mode(mode, model, inputs, spec, info, full_warmup=(mode == "dense"))
+                    row = self.run_mode(mode, model, inputs, spec, info, full_warmup=(mode == modes[0]))
                 except Exception as exc:  # keep the other modes' numbers
                     import traceback
 
@@ -445,6 +447,8 @@ def main(argv=None):
                         help="also time diffusers' own processors (dense-native)")
     parser.add_argument("--dense-nomask", action="store_true",
                         help="also time dense SDPA without the (all-valid) text key mask")
+    parser.add_argument("--skip-masked-dense", action="store_true",
+                        help="time dense only without the all-true text mask (dense-nomask), not diffusers' masked SDPA")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
