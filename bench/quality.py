@@ -73,6 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--vary-prompts", action="store_true", help="a different prompt split per seed")
     p.add_argument("--model", default="tiny", help="bundled name or tiny pipeline folder (e.g. freshly trained weights)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--profile-backend", default="auto",
+                   help="recall/error statistics backend of the profile: auto (Triton on CUDA), triton or reference")
     p.add_argument("--work", default="/tmp/sta-search-quality")
     p.add_argument("--out", default=None, help="result JSON (default bench/results/quality-<timestamp>.json)")
     p.add_argument("--quick", action="store_true", help="smoke run (tests): tiny prompt counts and shortlist")
@@ -109,7 +111,8 @@ def profile_stage(args, loaded, settings, training, shortlist, console=print, se
         ProfileSettings(model=getattr(args, "model", "tiny"), prompts=tuple(training), steps=args.steps or settings.steps,
                         height=settings.height, width=settings.width, frames=settings.frames, seed=seed,
                         profile_steps=args.profile_every, tile=settings.tile, windows=tuple(shortlist),
-                        device=getattr(args, "device", "cpu"), dtype="float32"),
+                        device=getattr(args, "device", "cpu"), dtype="float32",
+                        backend=getattr(args, "profile_backend", "auto")),
         folder, resume=True, loaded=loaded)
     console(f"profile: {profile.num_prompts} prompts in {time.perf_counter() - t0:.0f} s -> {folder}")
     return profile, folder, time.perf_counter() - t0

@@ -70,6 +70,15 @@ stamp "stage 3: quality study, seeds $SEEDS"
 $PY bench/quality.py --model "$WEIGHTS" --device "$DEVICE" --seeds $SEEDS --vary-prompts \
     --work "$OUT/quality_work" --out "$OUT/quality_multiseed.json" --time-budget "$QUALITY_BUDGET" \
     $QUALITY_ARGS "${quality_extra[@]}" > "$OUT/quality.log" 2>&1 || stamp "quality study failed: see quality.log"
+if [ ! -f "$OUT/quality_multiseed.json" ]; then  # e.g. the Triton profile path refused fp32: the torch reference path
+    stamp "retrying the quality study with --profile-backend reference"
+    # shellcheck disable=SC2086
+    $PY bench/quality.py --model "$WEIGHTS" --device "$DEVICE" --seeds $SEEDS --vary-prompts --profile-backend reference \
+        --work "$OUT/quality_work_ref" --out "$OUT/quality_multiseed.json" --time-budget "$QUALITY_BUDGET" \
+        $QUALITY_ARGS "${quality_extra[@]}" > "$OUT/quality_ref.log" 2>&1 || stamp "quality study (reference) failed"
+    grep -E "^\[seed|^after seed|Error" "$OUT/quality_ref.log" | tail -n 20
+    rm -rf "$OUT/quality_work_ref"
+fi
 grep -E "^\[seed|^after seed|^time budget|^profile:|Error|error" "$OUT/quality.log" | tail -n 40
 rm -rf "$OUT/quality_work"  # profiles (large, rebuildable)
 stamp "stage 3 done"
