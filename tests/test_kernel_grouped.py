@@ -44,6 +44,8 @@ def test_grouped_bf16_and_small_gather_budget(seed):
     whole = sta_grouped(q, k, v, geometry, windows, 6, False, mask, None)
     chunked = sta_grouped(q, k, v, geometry, windows, 6, False, mask, None, gather_budget_bytes=1)
     assert torch.equal(whole, chunked)
+    strided = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v)]  # (B, S, H, D) storage
+    assert torch.equal(sta_grouped(*strided, geometry, windows, 6, False, mask, None), whole)
     half = sta_grouped(*(x.bfloat16() for x in (q, k, v)), geometry, windows, 6, False, mask, None)
     assert rel_rms(half, whole) < 2e-2
 

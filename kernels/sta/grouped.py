@@ -122,11 +122,11 @@ def sta_grouped(q, k, v, geometry: Geometry, windows: torch.Tensor, text_len: in
                 per_head = 2 * G * Lk * D * q.element_size()
                 chunk = max(1, gather_budget_bytes // per_head)
                 for h0 in range(0, len(hs), chunk):
-                    h_index = torch.tensor(hs[h0:h0 + chunk], device=q.device)[None, :, None]
-                    qg = qb[h_index, q_index[:, None, :]]  # (G, Hc, Lq, D)
-                    kg = kb[h_index, k_index[:, None, :]]
-                    vg = vb[h_index, k_index[:, None, :]]
-                    ob[h_index, q_index[:, None, :]] = _dense(qg, kg, vg, scale)
+                    h_index = torch.tensor(hs[h0:h0 + chunk], device=q.device)
+                    qg = _gather(qb, h_index, q_index)  # (G, Hc, Lq, D)
+                    kg = _gather(kb, h_index, k_index)
+                    vg = _gather(vb, h_index, k_index)
+                    _scatter(ob, h_index, q_index, _dense(qg, kg, vg, scale))
         if text_len:
             rows = slice(text_start, text_start + text_len)
             if text_mask is None or bool(text_mask[b].all()):
@@ -136,6 +136,25 @@ def sta_grouped(q, k, v, geometry: Geometry, windows: torch.Tensor, text_len: in
                 kt, vt = kb[:, keys], vb[:, keys]
             ob[:, rows] = _dense(qb[:, rows], kt, vt, scale)
     return out
+
+
+def _flat_rows(x: torch.Tensor, heads: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Row numbers of ``x.view(-1, D)`` (x: (H, S, D) contiguous) for heads x (G, L) token index: (G*Hc*L,)."""
+    return (heads[None, :, None] * x.shape[1] + index[:, None, :]).reshape(-1)
+
+
+def _gather(x: torch.Tensor, heads: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[heads][:, index]`` as ``(G, Hc, L, D)``: one row gather (index_select) when x is contiguous."""
+    G, L = index.shape
+    if x.is_contiguous():
+        rows = x.view(-1, x.shape[-1]).index_select(0, _flat_rows(x, heads, index))
+        return rows.view(G, len(heads), L, x.shape[-1])
+    return x[heads[None, :, None], index[:, None, :]]
+
+
+def _scatter(out: torch.Tensor, heads: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    """``out[heads][:, index] = values`` for ``values`` of shape ``(G, Hc, L, D)``; out (H, S, D) contiguous."""
+    out.view(-1, out.shape[-1]).index_copy_(0, _flat_rows(out, heads, index), values.reshape(-1, out.shape[-1]))
 
 
 _DENSE_ORDER = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
