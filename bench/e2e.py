@@ -439,9 +439,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["hunyuan-720p", "wan-1.3b-480p"], choices=sorted(MODELS))
     parser.add_argument("--windows", nargs="+", type=parse_window, default=[(5, 5, 5), (3, 3, 3)])
-    parser.add_argument("--backends", nargs="+", default=["triton", "flex"], choices=["triton", "grouped", "auto", "flex", "reference"])
+    parser.add_argument("--backends", nargs="+", default=["triton", "flex"], choices=["triton", "auto", "flex", "reference"])
     parser.add_argument("--compile", choices=["off", "on", "both"], default="both")
-    parser.add_argument("--compiled-backends", nargs="+", default=["triton"], choices=["triton", "grouped", "auto", "flex", "reference"],
+    parser.add_argument("--compiled-backends", nargs="+", default=["triton"], choices=["triton", "auto", "flex", "reference"],
                         help="STA backends timed again after torch.compile")
     parser.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
                         help="also time diffusers' own processors (dense-native)")

@@ -22,7 +22,6 @@ from sta_search.kernels.sta.triton_fwd import KernelConfig
 CASES = {
     "none": [],
     "quick": [("hunyuan-720p", "3,3,3", 0)],
-    "large": [("hunyuan-720p", "5,5,5", 0), ("hunyuan-720p", "5,5,5", 256)],
     "all": [
         ("hunyuan-720p", "3,3,3", 0),
         ("hunyuan-720p", "5,5,5", 0),

@@ -140,7 +140,6 @@ class MaskAttention:
         self._plans: dict[int, list[bytes | None]] = {}
         self._tables: dict[bytes, np.ndarray] = {}
         self._on_device: dict[tuple[bytes, str], torch.Tensor] = {}
-        self._auto: dict[tuple, str] = {}  # backend chosen by "auto" per (table, call shape): one decision each
 
     def plan(self, step: int) -> list[np.ndarray | None]:
         """Per layer of ``step``: the ``(heads, 3)`` int32 window table, or None for full attention."""
@@ -205,20 +204,12 @@ class MaskAttention:
             self._on_device[device_key] = windows
         windows = windows_for_call(windows, call)  # this rank's heads under Ulysses; all heads otherwise
         q, k, v = call.q, call.k, call.v
-        backend = self.backend
-        if backend == "auto":  # decided once per table and shape (the rule reads the table: a device sync)
-            from .kernels.sta.api import choose_backend
-
-            auto_key = (key, tuple(q.shape), str(q.device), q.dtype, call.text_len)
-            backend = self._auto.get(auto_key)
-            if backend is None:
-                backend = self._auto[auto_key] = choose_backend(q, self.geometry, windows, call.text_len)[0]
         kwargs = dict(canvas=self.geometry.canvas, tile=self.geometry.tile, text_len=call.text_len,
-                      text_first=call.text_first, text_mask=call.text_mask, backend=backend)
+                      text_first=call.text_first, text_mask=call.text_mask, backend=self.backend)
         heads = q.shape[1]
         per_head_bytes = q[:, :1].numel() * q.element_size()
         chunk = max(1, self.max_chunk_bytes // per_head_bytes) if self.max_chunk_bytes else heads
-        if chunk >= heads or not self._copies_needed(q, k, v, backend):
+        if chunk >= heads or not self._copies_needed(q, k, v):
             return sta_attention(q, k, v, windows=windows, **kwargs)
         # Large inputs: a few heads at a time, so the tile-order copies stay a small fraction of q
         # and the whole call allocates little more than the output SDPA would allocate.
@@ -228,11 +219,12 @@ class MaskAttention:
             out[:, h0:h1] = sta_attention(q[:, h0:h1], k[:, h0:h1], v[:, h0:h1], windows=windows[h0:h1], **kwargs)
         return out
 
-    def _copies_needed(self, q, k, v, backend: str) -> bool:
+    def _copies_needed(self, q, k, v) -> bool:
         """Whether the kernel entry will copy q, k, v into tile order (False: the Triton kernel reads the
-        natural layout in place, and grouped bounds its own gathers, so chunking heads would only add launches)."""
-        if backend == "grouped":
-            return False
+        natural layout in place, so chunking heads would only add launches)."""
+        from .kernels.sta.api import choose_backend
+
+        backend = choose_backend(q)[0] if self.backend == "auto" else self.backend
         if backend != "triton" or q.device.type != "cuda":
             return True
         try:
@@ -313,8 +305,7 @@ def accelerate(pipe_or_transformer, mask, *, backend: str = "auto", height: int 
             Wan 2.2, are hooked; the second expert's layers follow the first's), a ``LoadedModel`` or a
             bare transformer module.
         mask: a :class:`~sta_search.maskconfig.MaskConfig` or the path of a mask YAML.
-        backend: STA kernel backend, ``"auto"`` (on CUDA Triton, or grouped where predicted faster),
-            ``"triton"``, ``"grouped"``, ``"flex"`` or ``"reference"``.
+        backend: STA kernel backend, ``"auto"`` (Triton on CUDA), ``"triton"``, ``"flex"`` or ``"reference"``.
         height, width, frames: pipeline call sizes; when all three are given the config's canvas is checked
             on entry, otherwise at the first attention call (before any sparse attention runs).
         steps: number of denoising steps the pipeline will run; checked on entry when given.

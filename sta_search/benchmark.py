@@ -153,8 +153,7 @@ class BenchResult:
 
 
 def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmup: int = 3, rotate: int = 3,
-              baselines: bool = True, flex: bool = True, grouped: bool = True, config=None,
-              log=print) -> BenchResult:
+              baselines: bool = True, flex: bool = True, config=None, log=print) -> BenchResult:
     """Time every implementation on ``shape``; see the module docstring."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -220,15 +219,6 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
     record("ours", _median_ms(ours_tiled, tiled_sets, warmup, iters)[0], attended_flop)
     record("ours+permutes", _median_ms(ours_permuted, natural_sets, warmup, iters)[0], attended_flop)
     record("ours-natural", _median_ms(ours_natural, natural_sets, warmup, iters)[0], attended_flop)
-    if grouped:
-        def ours_grouped(q, k, v):
-            return sta_attention(q, k, v, canvas=geometry.canvas, tile=geometry.tile, windows=windows, text_len=T,
-                                 text_mask=text_mask, backend="grouped")
-
-        record("ours-grouped", _median_ms(ours_grouped, natural_sets, warmup, max(3, iters // 4))[0], attended_flop)
-        result.extra["grouped_vs_natural_rel_rms"] = _rel_rms(ours_grouped(*natural_sets[0]),
-                                                              ours_natural(*natural_sets[0]))
-        log(f"  grouped vs triton rel RMS {result.extra['grouped_vs_natural_rel_rms']:.1e}")
     natural_out, permuted_out = ours_natural(*natural_sets[0]), ours_permuted(*natural_sets[0])
     result.extra["natural_equals_tiled"] = bool(torch.equal(natural_out, permuted_out))
     result.extra["natural_vs_tiled_rel_rms"] = _rel_rms(natural_out, permuted_out)
@@ -286,9 +276,8 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
 
     for base in ("cudnn-dense", "fa2-dense", "flex"):
         if base in result.ms:
-            for ours in ("ours", "ours+permutes", "ours-natural", "ours-grouped"):
-                if ours in result.ms:
-                    result.speedup[f"{ours} vs {base}"] = result.ms[base] / result.ms[ours]
+            for ours in ("ours", "ours+permutes", "ours-natural"):
+                result.speedup[f"{ours} vs {base}"] = result.ms[base] / result.ms[ours]
     return result
 
 

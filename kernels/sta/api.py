@@ -11,7 +11,7 @@ from ..geometry import Geometry, from_tiles, to_tiles
 
 logger = logging.getLogger("sta_search.kernels")
 
-BACKENDS = ("auto", "triton", "flex", "reference", "grouped")
+BACKENDS = ("auto", "triton", "flex", "reference")
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 REFERENCE_MAX_TOKENS = 4096
@@ -87,23 +87,9 @@ def can_run_reference(q: torch.Tensor) -> tuple[bool, str]:
     return True, "small enough for a dense mask"
 
 
-def can_run_grouped(q: torch.Tensor) -> tuple[bool, str]:
-    return True, "SDPA runs on any device"
-
-
-def choose_backend(q: torch.Tensor, geometry: Geometry | None = None, windows: torch.Tensor | None = None,
-                   text_len: int = 0) -> tuple[str, str]:
-    """``auto``: on CUDA the Triton kernel, or grouped dense attention where its cost model predicts it at
-    least 10% faster (large windows on small grids); on CPU the reference for small inputs, else flex."""
+def choose_backend(q: torch.Tensor) -> tuple[str, str]:
     if q.device.type == "cuda":
         ok, why = can_run_triton(q)
-        if geometry is not None and windows is not None:
-            from .grouped import grouped_is_faster
-
-            faster, how = grouped_is_faster(geometry, windows.tolist(), text_len, q.shape[-1], q.element_size())
-            if faster or not ok:
-                return "grouped", how if faster else why
-            return "triton", f"{why}; {how}"
         return ("triton", why) if ok else ("flex", why)
     ok, why = can_run_reference(q)
     return ("reference", f"CPU tensors, {why}") if ok else ("flex", f"CPU tensors, {why}")
@@ -123,10 +109,8 @@ def sta_attention(q, k, v, *, canvas, tile=(6, 8, 8), windows, text_len: int = 0
         text_mask: ``(B, text_len)`` bool, True for real text keys; padded text keys are never attended.
             Video queries see their window plus every valid text key; text queries see every valid key.
         scale: softmax scale, default ``D ** -0.5``.
-        backend: ``"triton"``, ``"flex"``, ``"reference"``, ``"grouped"`` (dense SDPA over gathered
-            groups of query tiles that share a window: fast for large windows on small grids) or
-            ``"auto"`` (on CUDA triton, or grouped where its cost model predicts >= 10% less time;
-            reference for small CPU inputs, flex for large ones; the choice is logged).
+        backend: ``"triton"``, ``"flex"``, ``"reference"`` or ``"auto"`` (triton on CUDA; reference for
+            small CPU inputs, flex for large ones; the choice is logged).
 
     Returns:
         ``(B, heads, S, D)`` in q's dtype and layout.
@@ -134,11 +118,7 @@ def sta_attention(q, k, v, *, canvas, tile=(6, 8, 8), windows, text_len: int = 0
     geometry = Geometry(canvas, tile)
     _validate(q, k, v, geometry, text_len, text_mask)
     windows = normalize_windows(windows, q.shape[1])
-    backend = _resolve(backend, q, geometry, windows, text_len)
-    if backend == "grouped":
-        from .grouped import sta_grouped
-
-        return sta_grouped(q, k, v, geometry, windows, text_len, text_first, text_mask, scale)
+    backend = _resolve(backend, q)
     if backend == "reference":
         from .reference import sta_reference
 
@@ -179,21 +159,19 @@ def sta_attention_tiled(q, k, v, *, geometry: Geometry, windows, text_len: int =
         raise ValueError(f"tiled sequence length {q.shape[2]} != padded video {geometry.padded_len} + text_len {text_len}")
     windows = normalize_windows(windows, q.shape[1])
     backend = _resolve(backend, q)
-    if backend in ("reference", "grouped"):
-        raise ValueError(f"the {backend} backend takes natural-order inputs; use sta_attention")
+    if backend == "reference":
+        raise ValueError("the reference backend takes natural-order inputs; use sta_attention")
     return _run_tiled(backend, q, k, v, geometry, windows, text_len, text_mask, scale)
 
 
-def _resolve(backend: str, q: torch.Tensor, geometry: Geometry | None = None, windows: torch.Tensor | None = None,
-             text_len: int = 0) -> str:
+def _resolve(backend: str, q: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        backend, why = choose_backend(q, geometry, windows, text_len)
+        backend, why = choose_backend(q)
         logger.info("sta_attention: backend=%s (%s)", backend, why)
         return backend
-    check = {"triton": can_run_triton, "flex": can_run_flex, "reference": can_run_reference,
-             "grouped": can_run_grouped}[backend]
+    check = {"triton": can_run_triton, "flex": can_run_flex, "reference": can_run_reference}[backend]
     ok, why = check(q)
     if not ok:
         raise ValueError(f"backend {backend!r} cannot run: {why}")

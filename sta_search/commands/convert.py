@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
         to: str = typer.Option(..., "--to", help="yaml: import FastVideo JSON; fastvideo: export a mask config."),
         out: Optional[str] = typer.Option(None, "--out", help="Output file (default: FILE with .yaml or .json)."),
         canvas: Optional[str] = typer.Option(None, "--canvas", help="Token canvas T,H,W (import; required)."),
-        tile: str = typer.Option("6,8,8", "--tile", help="Tile size (import) [FastVideo: 6,8,8]."),
+        tile: str = typer.Option("6,8,8", "--tile", help="Tile size (import; FastVideo uses 6,8,8)."),
         layers: Optional[int] = typer.Option(None, "--layers", help="Self-attention layers of the model (import) (default: from --model or the file)."),
         heads: Optional[int] = typer.Option(None, "--heads", help="Attention heads (import) (default: from --model or the file)."),
         steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (import) (default: from the file)."),

@@ -11,9 +11,9 @@ def register(app: typer.Typer) -> None:
     @app.command("inspect")
     def inspect_command(
         path: str = typer.Argument(..., help="A profile folder or a mask config YAML."),
-        layer: Optional[int] = typer.Option(None, "--layer", help="Only this layer in the tables; the layer of the offset-mass picture [default 0]."),
-        head: Optional[int] = typer.Option(None, "--head", help="Head of the offset-mass picture [default 0]."),
-        window: Optional[str] = typer.Option(None, "--window", help="Window t,h,w (tiles) for the recall table and heatmap [default 3,3,3 clipped to the grid]."),
+        layer: Optional[int] = typer.Option(None, "--layer", help="Only this layer in the tables; the layer of the offset-mass picture (default 0)."),
+        head: Optional[int] = typer.Option(None, "--head", help="Head of the offset-mass picture (default 0)."),
+        window: Optional[str] = typer.Option(None, "--window", help="Window t,h,w (tiles) for the recall table and heatmap (default 3,3,3 clipped to the grid)."),
         step: Optional[int] = typer.Option(None, "--step", help="One denoising step (profiles: the nearest profiled step) instead of the mean."),
         plot: Optional[str] = typer.Option(None, "--plot", help="Folder to write PNG pictures into."),
     ):
