@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from sta_search.benchmark import make_shape, run_shape, sweep_configs, write_results
+from sta_search.benchmark import make_shape, paired_overhead, run_shape, sweep_configs, write_results
 from sta_search.kernels.sta.triton_fwd import KernelConfig
 
 CASES = {
@@ -93,6 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", default="all", choices=sorted(CASES))
     parser.add_argument("--sweep", action="store_true", help="sweep launch configs on hunyuan-720p (3,3,3)")
     parser.add_argument("--check", action="store_true", help="triton vs flex at hunyuan-720p")
+    parser.add_argument("--paired-text", action="store_true", help="text-256 overhead, alternating rounds")
     parser.add_argument("--only", nargs="+", default=None, help="run only the sweeps whose name contains one of these")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--iters", type=int, default=20)
@@ -103,6 +104,12 @@ def main(argv=None) -> int:
     path = None
     if args.check:
         extra["check"] = check_against_flex(log)
+        path = write_results(results, args.out, extra=extra)
+    if args.paired_text:
+        log("paired: hunyuan-720p (3,3,3) in place, video only vs +256 text (205 real), alternating rounds")
+        extra["paired_text"] = paired_overhead(make_shape("hunyuan-720p", window="3,3,3"),
+                                               make_shape("hunyuan-720p", window="3,3,3", text_len=256), log=log)
+        log(f"  median text overhead {extra['paired_text']['median_ratio'] - 1:+.1%}")
         path = write_results(results, args.out, extra=extra)
     if args.sweep:
         for sweep_name, shape_name, window, text_len, layout, configs in SWEEPS:

@@ -337,6 +337,37 @@ def sweep_configs(shape: BenchShape, configs, *, iters: int = 15, warmup: int = 
     return out
 
 
+def paired_overhead(base: BenchShape, other: BenchShape, *, rounds: int = 7, iters: int = 10, log=print) -> dict:
+    """Time the in-place kernel on ``base`` and ``other`` alternately (``rounds`` x ``iters`` calls each), so
+    clock and thermal drift hit both alike; returns per-round medians and the median of per-round ratios."""
+    from .kernels import Geometry
+    from .kernels.sta import normalize_windows, sta_attention
+
+    device = torch.device("cuda")
+    fns, sets = [], []
+    for shape in (base, other):
+        geometry = Geometry(shape.canvas, shape.tile)
+        S = geometry.video_len + shape.text_len
+        mask = None
+        if shape.text_len:
+            mask = torch.zeros(shape.batch, shape.text_len, dtype=torch.bool, device=device)
+            mask[:, : shape.text_valid] = True
+        windows = normalize_windows(shape.window_table(), shape.heads, device=device)
+        sets.append([[torch.randn(shape.batch, shape.heads, S, shape.head_dim, device=device,
+                                  dtype=getattr(torch, shape.dtype)) for _ in range(3)] for _ in range(2)])
+        fns.append(lambda q, k, v, g=geometry, w=windows, m=mask, t=shape.text_len: sta_attention(
+            q, k, v, canvas=g.canvas, tile=g.tile, windows=w, text_len=t, text_mask=m, backend="triton"))
+    per_round = []
+    for r in range(rounds):
+        a = _median_ms(fns[0], sets[0], 2, iters)[0]
+        b = _median_ms(fns[1], sets[1], 2, iters)[0]
+        per_round.append((a, b))
+        log(f"  round {r}: {a:.3f} ms vs {b:.3f} ms ({b / a - 1:+.1%})")
+    ratios = sorted(b / a for a, b in per_round)
+    return {"base": asdict(base), "other": asdict(other), "ms_per_round": per_round,
+            "median_ratio": statistics.median(ratios), "min_ratio": ratios[0], "max_ratio": ratios[-1]}
+
+
 def environment() -> dict:
     import triton
 
