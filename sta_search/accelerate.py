@@ -253,7 +253,11 @@ def fast_dense_attention(call) -> torch.Tensor:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    with sdpa_kernel(order, set_priority=True):
+    try:
+        ctx = sdpa_kernel(order, set_priority=True)
+    except TypeError:  # a torch without set_priority: its own order among the same backends
+        ctx = sdpa_kernel(order)
+    with ctx:
         return F.scaled_dot_product_attention(call.q, call.k, call.v)
 
 
