@@ -1,0 +1,116 @@
+"""Compile the STA kernel for Hopper (sm_90) on any machine, no GPU needed, and report what the GPU would run.
+
+    python bench/inspect_sass.py [--out DIR] [--variant NAME ...]
+
+For each variant (hunyuan-720p constexprs, tile-order TMA path, bf16, d=128) this prints and writes to
+``DIR/sass-report.json``:
+
+- registers per thread, local-memory spills, shared memory (from the cubin, via Triton's cuobjdump);
+- in the window loop's SASS: the HGMMA (wgmma) instructions, where the warpgroup waits for them
+  (``WARPGROUP.DEPBAR``), the CTA-wide barriers (``BAR.SYNC``) and the ``MUFU.EX2`` count;
+- whether two variants compile to the same cubin (e.g. ``tl.range(warp_specialize=True)`` on sm_90).
+
+It is the evidence behind the "matmul-rate ceiling" in bench/NOTES.md: one loop iteration waits for its
+QK^T wgmma before the softmax, and CTA-wide barriers around the TMA issue keep both warpgroups of the
+CTA in step, so softmax and MMA never overlap (FA3's ping-pong does exactly that overlap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile for real, even where tests set the interpreter
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from sta_search.kernels.sta import triton_fwd  # noqa: E402
+
+HUNYUAN = dict(NT=5, NH=6, NW=10, TT=6, TH=8, TW=8, REM_T=6, REM_H=8, REM_W=8, HEAD_DIM=128, BLOCK_M=128,
+               BLOCK_N=128, HAS_PADDING=False, HAS_TEXT=False, HAS_TEXT_MASK=False, DOT_PRECISION="tf32",
+               UPCAST_DOTS=False, USE_TMA=True, NATURAL=False, WARP_SPECIALIZE=False, TEXT_IN_LOOP=False,
+               TEXT_TMA=False, TEXT_BEFORE=False)
+VARIANTS = {
+    "default": ({}, dict(num_warps=8, num_stages=3)),
+    "warp-specialize": (dict(WARP_SPECIALIZE=True), dict(num_warps=8, num_stages=3)),
+    "text-before": (dict(HAS_TEXT=True, HAS_TEXT_MASK=True, TEXT_TMA=True, TEXT_BEFORE=True),
+                    dict(num_warps=8, num_stages=3)),
+}
+
+
+def compile_variant(constexprs: dict, options: dict):
+    kernel = triton_fwd._sta_fwd_kernel
+    signature = {name: "i32" for name in kernel.arg_names}
+    for name in ("Q", "K", "V", "Out", "QDesc", "ODesc"):
+        signature[name] = "*bf16"
+    for name in ("Windows", "HeadOrder", "TextMask"):
+        signature[name] = "*i32"
+    block = f"tensordesc<bf16[1, 1, {constexprs['BLOCK_N']}, {constexprs['HEAD_DIM']}]>"
+    signature["KDesc"] = signature["VDesc"] = block
+    text_desc = constexprs["TEXT_TMA"] or constexprs["TEXT_IN_LOOP"]
+    signature["KTDesc"] = signature["VTDesc"] = block if text_desc else "*bf16"
+    signature["qk_scale"] = "fp32"
+    for name in constexprs:
+        signature[name] = "constexpr"
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={(kernel.arg_names.index(n),): v for n, v in constexprs.items()})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def tool(name: str) -> str:
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
+
+
+def analyse(cubin: bytes, work: Path, tag: str) -> dict:
+    path = work / f"{tag}.cubin"
+    path.write_bytes(cubin)
+    usage = subprocess.run([tool("cuobjdump"), "-res-usage", str(path)], capture_output=True, text=True).stdout
+    sass = subprocess.run([tool("nvdisasm"), "-c", str(path)], capture_output=True, text=True).stdout
+    (work / f"{tag}.sass").write_text(sass)
+    regs = re.search(r"REG:(\d+)", usage)
+    local = re.search(r"LOCAL:(\d+)", usage)
+    lines = [ln.split("*/", 1)[-1].strip().rstrip(" ;") for ln in sass.splitlines() if "*/" in ln]
+    return {
+        "registers": int(regs.group(1)) if regs else None,
+        "local_bytes": int(local.group(1)) if local else None,
+        "spill_instructions": sum(1 for ln in lines if re.match(r"(@\S+ )?(STL|LDL)\b", ln)),
+        "hgmma": sum("HGMMA" in ln for ln in lines),
+        "hgmma_waits": sum("WARPGROUP.DEPBAR" in ln for ln in lines),
+        "cta_barriers": sum("BAR.SYNC" in ln for ln in lines),
+        "mufu_ex2": sum("MUFU.EX2" in ln for ln in lines),
+        "cubin_sha1": hashlib.sha1(cubin).hexdigest(),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("outputs/sass"))
+    parser.add_argument("--variant", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"triton": triton.__version__, "target": "cuda sm_90", "variants": {}}
+    for tag in args.variant:
+        overrides, options = VARIANTS[tag]
+        compiled = compile_variant({**HUNYUAN, **overrides}, options)
+        row = analyse(compiled.asm["cubin"], args.out, tag)
+        row.update(shared_bytes=compiled.metadata.shared, **options)
+        report["variants"][tag] = row
+        print(tag, row, flush=True)
+    shas = {tag: row["cubin_sha1"] for tag, row in report["variants"].items()}
+    if "default" in shas and "warp-specialize" in shas:
+        report["warp_specialize_changes_cubin"] = shas["default"] != shas["warp-specialize"]
+        print("warp_specialize changes the sm_90 cubin:", report["warp_specialize_changes_cubin"])
+    (args.out / "sass-report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
