@@ -142,10 +142,10 @@ def _padding_ok(tile, offset, NH: tl.constexpr, NW: tl.constexpr, TH: tl.constex
 
 
 @triton.jit
-def _load_key_block(K, V, KDesc, VDesc, b, h, bh, tile, sub, offs_n, offs_d, stride_kn, stride_vn,
-                    NH: tl.constexpr, NW: tl.constexpr, TT: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr, NATURAL: tl.constexpr):
-    """Key/value block ``sub`` (``BLOCK_N`` tokens, tile order) of key tile ``tile``."""
+def _load_block(X, XDesc, b, h, bh, tile, sub, offs_n, offs_d, stride_xn,
+                NH: tl.constexpr, NW: tl.constexpr, TT: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr, NATURAL: tl.constexpr):
+    """Block ``sub`` (``BLOCK_N`` tokens, tile order) of key tile ``tile`` of K or V."""
     if NATURAL:
         # A block is the (BLOCK_N / (TH*TW), TH, TW) box of the tile starting at t-plane sub*BT:
         # the TMA box comes back T-major, i.e. in tile order. Boxes past the canvas read zeros.
@@ -153,19 +153,48 @@ def _load_key_block(K, V, KDesc, VDesc, b, h, bh, tile, sub, offs_n, offs_d, str
         kt = tile // (NH * NW)
         kh = (tile // NW) % NH
         kw = tile % NW
-        coords = [bh, kt * TT + sub * BT, kh * TH, kw * TW, 0]
-        k = KDesc.load(coords).reshape(BLOCK_N, HEAD_DIM)
-        v = VDesc.load(coords).reshape(BLOCK_N, HEAD_DIM)
+        x = XDesc.load([bh, kt * TT + sub * BT, kh * TH, kw * TW, 0]).reshape(BLOCK_N, HEAD_DIM)
     else:
         start = tile * (TT * TH * TW) + sub * BLOCK_N
         if USE_TMA:
-            k = KDesc.load([b, h, start, 0]).reshape(BLOCK_N, HEAD_DIM)
-            v = VDesc.load([b, h, start, 0]).reshape(BLOCK_N, HEAD_DIM)
+            x = XDesc.load([b, h, start, 0]).reshape(BLOCK_N, HEAD_DIM)
         else:
-            cols = start + offs_n
-            k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :])
-            v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :])
+            x = tl.load(X + (start + offs_n)[:, None] * stride_xn + offs_d[None, :])
+    return x
+
+
+@triton.jit
+def _load_key_block(K, V, KDesc, VDesc, b, h, bh, tile, sub, offs_n, offs_d, stride_kn, stride_vn,
+                    NH: tl.constexpr, NW: tl.constexpr, TT: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr, NATURAL: tl.constexpr):
+    """Key/value block ``sub`` (``BLOCK_N`` tokens, tile order) of key tile ``tile``."""
+    k = _load_block(K, KDesc, b, h, bh, tile, sub, offs_n, offs_d, stride_kn, NH, NW, TT, TH, TW, HEAD_DIM, BLOCK_N,
+                    USE_TMA, NATURAL)
+    v = _load_block(V, VDesc, b, h, bh, tile, sub, offs_n, offs_d, stride_vn, NH, NW, TT, TH, TW, HEAD_DIM, BLOCK_N,
+                    USE_TMA, NATURAL)
     return k, v
+
+
+@triton.jit
+def _window_block(j, n_first, spans, last_spans, st, sh, sw, wh, ww, NH: tl.constexpr, NW: tl.constexpr,
+                  BPT: tl.constexpr, BPT_LAST: tl.constexpr):
+    """(key tile, block in tile) of the window loop's ``j``-th key block (spans of ``ww`` tiles, kt-major)."""
+    if BPT_LAST == BPT:
+        per_span = ww * BPT
+        span = j // per_span
+        r = j - span * per_span
+        kw_off = r // BPT
+        sub = r - kw_off * BPT
+    else:
+        last = j >= n_first
+        jj = tl.where(last, j - n_first, j)
+        bpt = tl.where(last, BPT_LAST, BPT)
+        per_span = ww * bpt
+        span = tl.where(last, spans - last_spans, 0) + jj // per_span
+        r = jj % per_span
+        kw_off = r // bpt
+        sub = r % bpt
+    return ((st + span // wh) * NH + sh + span % wh) * NW + sw + kw_off, sub
 
 
 @triton.jit
@@ -333,23 +362,8 @@ def _sta_fwd_kernel(
         if TEXT_IN_LOOP:
             n_loop = n_total + tl.cdiv(text_len, BLOCK_N)  # text key blocks ride in the same pipelined loop
         for j in tl.range(0, n_loop, warp_specialize=WARP_SPECIALIZE):
-            jv = tl.minimum(j, n_total - 1)
-            if BPT_LAST == BPT:
-                per_span = ww * BPT
-                span = jv // per_span
-                r = jv - span * per_span
-                kw_off = r // BPT
-                sub = r - kw_off * BPT
-            else:
-                last = jv >= n_first
-                jj = tl.where(last, jv - n_first, jv)
-                bpt = tl.where(last, BPT_LAST, BPT)
-                per_span = ww * bpt
-                span = tl.where(last, spans - last_spans, 0) + jj // per_span
-                r = jj % per_span
-                kw_off = r // bpt
-                sub = r % bpt
-            key_tile = ((st + span // wh) * NH + sh + span % wh) * NW + sw + kw_off
+            key_tile, sub = _window_block(tl.minimum(j, n_total - 1), n_first, spans, last_spans, st, sh, sw, wh, ww,
+                                          NH, NW, BPT, BPT_LAST)
             if TEXT_IN_LOOP:
                 is_text = j >= n_total
                 tcols = (j - n_total) * BLOCK_N + offs_n
