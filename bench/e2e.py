@@ -128,23 +128,6 @@ def make_inputs(spec: dict, device: torch.device, dtype: torch.dtype, seed: int 
     return inputs
 
 
-@contextlib.contextmanager
-def sdpa_priority(device: torch.device):
-    """cuDNN attention first, then flash, then memory-efficient (what 'dense (cuDNN SDPA)' means here)."""
-    if device.type != "cuda":
-        yield
-        return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    try:
-        ctx = sdpa_kernel(order, set_priority=True)
-    except TypeError:  # older torch without set_priority
-        ctx = sdpa_kernel(order)
-    with ctx:
-        yield
-
-
 def sdpa_backend_probe(spec: dict, device: torch.device, dtype: torch.dtype) -> dict:
     """Which SDPA backend serves the dense attention shape (with and without the text key mask)."""
     if device.type != "cuda":
@@ -236,7 +219,7 @@ class Bench:
     def run_mode(self, name, model, inputs, spec, info, full_warmup: bool):
         """Time one mode. ``full_warmup``: warm up with whole forwards (first mode of a phase: cuBLAS,
         cuDNN, torch.compile); otherwise one attention call on the recorded shapes warms the kernel up."""
-        from sta_search.accelerate import AttentionTimer, accelerate
+        from sta_search.accelerate import AttentionTimer, accelerate, sdpa_cudnn_first
         from sta_search.maskconfig import MaskConfig
         from sta_search.models import dense_attention, get_adapter, hook_attention
 
@@ -255,7 +238,7 @@ class Bench:
             text_len = spec["text_len"] if spec["cls"].startswith("Hunyuan") else 0
             config = MaskConfig.uniform(info, spec["canvas"], TILE, text_len, 64, window)
             ctx = accelerate(model, config, backend=backend, timer=timer)
-        with sdpa_priority(self.device), torch.inference_mode(), ctx as acc:
+        with sdpa_cudnn_first(self.device), torch.inference_mode(), ctx as acc:
             t = time.perf_counter()
             if full_warmup or self.call_shape is None:
                 record = self._record_call_shape(acc) if name in ("dense", "dense-nomask") else contextlib.nullcontext()

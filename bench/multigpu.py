@@ -85,16 +85,6 @@ def build_transformer(config: dict, device, dtype):
     return model
 
 
-def sdpa_cudnn_first():
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    try:
-        return sdpa_kernel(order, set_priority=True)
-    except TypeError:  # torch without set_priority
-        return sdpa_kernel(order)
-
-
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -139,6 +129,7 @@ def mixed_tables(layers: int, heads: int, grid) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------ Ulysses
 def bench_ulysses(context, args, result, save):
+    from sta_search.accelerate import sdpa_cudnn_first
     from sta_search.distributed import enable_ulysses
     from sta_search.kernels.geometry import Geometry
     from sta_search.models import hook_attention
@@ -173,8 +164,7 @@ def bench_ulysses(context, args, result, save):
         with hook_attention(model, sta_attention_fn(tables, tile, backend)):
             return forward()
 
-    ctx = sdpa_cudnn_first() if device.type == "cuda" else _null()
-    with ctx:
+    with sdpa_cudnn_first(device):
         one = {}
         if context.rank == 0:  # one GPU: rank 0 alone
             one["dense"] = timed(forward, device, args.warmup, args.reps, collective=False)
@@ -202,14 +192,6 @@ def bench_ulysses(context, args, result, save):
         })
         save()
     del model
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ------------------------------------------------------------------------------------------ profile

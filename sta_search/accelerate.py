@@ -246,19 +246,25 @@ def fast_dense_attention(call) -> torch.Tensor:
 
     if call.text_mask is not None and not bool(call.text_mask.all()):
         return dense_attention(call)
-    if call.q.device.type != "cuda":
+    with sdpa_cudnn_first(call.q.device):
         return F.scaled_dot_product_attention(call.q, call.k, call.v)
-    # cuDNN first: on an H100 at hunyuan-720p it runs 262 ms a layer, FlashAttention-2 466 ms
-    # (bench/results/kernel-*.json); torch's default order may pick the latter.
+
+
+def sdpa_cudnn_first(device):
+    """A context making SDPA try cuDNN attention first, then flash, memory-efficient, math (no-op off CUDA).
+
+    On an H100 at hunyuan-720p cuDNN runs 262 ms a layer and FlashAttention-2 466 ms
+    (bench/results/kernel-*.json); torch's default order may pick the latter.
+    """
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     try:
-        ctx = sdpa_kernel(order, set_priority=True)
+        return sdpa_kernel(order, set_priority=True)
     except TypeError:  # a torch without set_priority: its own order among the same backends
-        ctx = sdpa_kernel(order)
-    with ctx:
-        return F.scaled_dot_product_attention(call.q, call.k, call.v)
+        return sdpa_kernel(order)
 
 
 def timed_dense_attention(timer: AttentionTimer | None = None):
