@@ -114,6 +114,15 @@ def attended_pairs(shape: BenchShape) -> tuple[int, int]:
     return pairs * shape.batch, shape.heads * S * S * shape.batch
 
 
+def _text_mask(shape: BenchShape, device: torch.device) -> torch.Tensor | None:
+    """``(batch, text_len)`` key-padding mask with the first ``text_valid`` text keys real; None without text."""
+    if not shape.text_len:
+        return None
+    mask = torch.zeros(shape.batch, shape.text_len, dtype=torch.bool, device=device)
+    mask[:, : shape.text_valid] = True
+    return mask
+
+
 def _median_ms(fn, input_sets, warmup: int, iters: int) -> tuple[float, list[float]]:
     for i in range(warmup):
         fn(*input_sets[i % len(input_sets)])
@@ -170,10 +179,7 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
     B, H, D, T = shape.batch, shape.heads, shape.head_dim, shape.text_len
     S = geometry.video_len + T
     windows = normalize_windows(shape.window_table(), H, device=device)
-    text_mask = None
-    if T:
-        text_mask = torch.zeros(B, T, dtype=torch.bool, device=device)
-        text_mask[:, : shape.text_valid] = True
+    text_mask = _text_mask(shape, device)
 
     pairs, dense_pairs = attended_pairs(shape)
     attended_flop, dense_flop = 4.0 * D * pairs, 4.0 * D * dense_pairs
@@ -307,10 +313,7 @@ def sweep_configs(shape: BenchShape, configs, *, iters: int = 15, warmup: int = 
                 for _ in range(rotate)]
     else:
         sets = [[torch.randn(B, H, L, D, device=device, dtype=dtype) for _ in range(3)] for _ in range(rotate)]
-    text_mask = None
-    if shape.text_len:
-        text_mask = torch.zeros(shape.batch, shape.text_len, dtype=torch.bool, device=device)
-        text_mask[:, : shape.text_valid] = True
+    text_mask = _text_mask(shape, device)
     pairs, _ = attended_pairs(shape)
     out = []
     for cfg in configs:
@@ -348,10 +351,7 @@ def paired_overhead(base: BenchShape, other: BenchShape, *, rounds: int = 7, ite
     for shape in (base, other):
         geometry = Geometry(shape.canvas, shape.tile)
         S = geometry.video_len + shape.text_len
-        mask = None
-        if shape.text_len:
-            mask = torch.zeros(shape.batch, shape.text_len, dtype=torch.bool, device=device)
-            mask[:, : shape.text_valid] = True
+        mask = _text_mask(shape, device)
         windows = normalize_windows(shape.window_table(), shape.heads, device=device)
         sets.append([[torch.randn(shape.batch, shape.heads, S, shape.head_dim, device=device,
                                   dtype=getattr(torch, shape.dtype)) for _ in range(3)] for _ in range(2)])
