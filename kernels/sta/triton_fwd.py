@@ -94,7 +94,8 @@ def default_config(tile_volume: int, head_dim: int, dtype: torch.dtype, on_gpu: 
     warps = 8 if bm >= 128 else 4
     # Measured and left off (bench/NOTES.md): warp specialization (within run-to-run noise either way) and
     # text blocks in the window loop (31.3 -> 42.8 ms tile order, 32.1 -> 63.7 ms natural, text 256).
-    # Text blocks through TMA before the window loop: text 256 costs +3.9% over video only instead of +16%.
+    # Text blocks through TMA before the window loop: text 256 costs +6% over video only in place (+11.5%
+    # median of a paired run; +10-16% with the text loop after the window loop), the arithmetic floor being +5%.
     return KernelConfig(bm, bn, warps, 3, tma=tma, text_tma=tma, text_before=tma)
 
 
