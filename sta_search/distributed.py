@@ -122,6 +122,29 @@ def barrier(context: DistContext) -> None:
         dist.barrier()
 
 
+@contextlib.contextmanager
+def checks_on_every_rank(context: DistContext | None):
+    """Run a block of input checks so that every rank reports its own UserError.
+
+    torchrun stops the other ranks as soon as one exits: a rank that finished its checks first would exit
+    while a slower one (still loading the model) never got to print its message. Here each rank finishes
+    the block, then the ranks agree (one all-reduce) before any of them raises: a rank whose checks
+    passed while another's failed raises a UserError saying so. No-op coordination in one process.
+    """
+    error = None
+    try:
+        yield
+    except UserError as exc:
+        error = exc
+    if context is not None and context.distributed:
+        failed = torch.tensor([0 if error is None else 1], dtype=torch.int32, device=context.device)
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+        if error is None and int(failed.item()):
+            error = UserError(f"rank {context.rank}: another rank rejected the input (its message is above)")
+    if error is not None:
+        raise error
+
+
 def shutdown() -> None:
     """Leave the process group (if any)."""
     if dist.is_available() and dist.is_initialized():

@@ -264,6 +264,7 @@ def generate(settings: GenerateSettings, console=None) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .accelerate import AttentionTimer, MaskAttention, check_config, compile_transformer, load_mask, timed_dense_attention
+    from .distributed import checks_on_every_rank
     from .models import load_model
     from .video import fidelity, side_by_side, write_mp4
 
@@ -275,36 +276,38 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         context = init_from_env(settings.device)
     device = context.device if context is not None else resolve_device(settings.device)
     is_main = context is None or context.is_main
-    dtype = resolve_dtype(settings.dtype, device)
-    if not settings.prompts:
-        raise UserError("no prompts given")
-    out = prepare_output_folder(settings.out)
-    config = load_mask(settings.mask)
+    with checks_on_every_rank(context):  # under torchrun every rank prints its own error before any exits
+        dtype = resolve_dtype(settings.dtype, device)
+        if not settings.prompts:
+            raise UserError("no prompts given")
+        out = prepare_output_folder(settings.out)
+        config = load_mask(settings.mask)
 
-    loaded = load_model(settings.model, device=str(device), dtype=dtype)
-    if loaded.pipeline is None:
-        raise UserError(f"{settings.model!r} is a bare transformer folder; generate needs a whole diffusers pipeline "
-                        "folder (use sta_search.accelerate(transformer, mask) to script a bare transformer)")
-    info = loaded.adapter.info(loaded.transformer, loaded.transformer_2)
+        loaded = load_model(settings.model, device=str(device), dtype=dtype)
+        if loaded.pipeline is None:
+            raise UserError(f"{settings.model!r} is a bare transformer folder; generate needs a whole diffusers "
+                            "pipeline folder (use sta_search.accelerate(transformer, mask) to script a bare "
+                            "transformer)")
+        info = loaded.adapter.info(loaded.transformer, loaded.transformer_2)
 
-    steps = int(settings.steps) if settings.steps is not None else int(config.steps)
-    if settings.height is None or settings.width is None or settings.frames is None:
-        h, w, f = infer_video_size(loaded.adapter, loaded.transformer, config.canvas, info.patch_size)
-        height, width, frames = settings.height or h, settings.width or w, settings.frames or f
-    else:
-        height, width, frames = settings.height, settings.width, settings.frames
-    for name, value in (("--height", height), ("--width", width), ("--frames", frames), ("--steps", steps)):
-        if value < 1:
-            raise UserError(f"{name} must be >= 1, got {value}")
-    if settings.warmup_steps < 0:
-        raise UserError(f"--warmup-steps must be >= 0, got {settings.warmup_steps}")
-    canvas = tuple(int(c) for c in loaded.adapter.canvas(loaded.transformer, height, width, frames))
-    check_config(config, info, canvas, steps)
-    _check_backend(settings.backend, info, device)
-    if context is not None:
-        from .distributed import enable_ulysses
+        steps = int(settings.steps) if settings.steps is not None else int(config.steps)
+        if settings.height is None or settings.width is None or settings.frames is None:
+            h, w, f = infer_video_size(loaded.adapter, loaded.transformer, config.canvas, info.patch_size)
+            height, width, frames = settings.height or h, settings.width or w, settings.frames or f
+        else:
+            height, width, frames = settings.height, settings.width, settings.frames
+        for name, value in (("--height", height), ("--width", width), ("--frames", frames), ("--steps", steps)):
+            if value < 1:
+                raise UserError(f"{name} must be >= 1, got {value}")
+        if settings.warmup_steps < 0:
+            raise UserError(f"--warmup-steps must be >= 0, got {settings.warmup_steps}")
+        canvas = tuple(int(c) for c in loaded.adapter.canvas(loaded.transformer, height, width, frames))
+        check_config(config, info, canvas, steps)
+        _check_backend(settings.backend, info, device)
+        if context is not None:
+            from .distributed import enable_ulysses
 
-        enable_ulysses(loaded, settings.ulysses, canvas=canvas)  # UserError on every rank for a bad degree
+            enable_ulysses(loaded, settings.ulysses, canvas=canvas)  # UserError on every rank for a bad degree
 
     attention = MaskAttention(config, backend=settings.backend)
     if settings.compile:

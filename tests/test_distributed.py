@@ -138,6 +138,32 @@ def test_ulysses_sta_equals_single_process_sta(tmp_path, seed):
         assert result["bad_degree"] and "--ulysses 2 does not divide the 3 attention heads" in result["bad_degree"]
 
 
+def _checks_worker(rank, world, port, out):
+    import time
+
+    _join(rank, world, port)
+    from sta_search.distributed import checks_on_every_rank, init_from_env, shutdown
+
+    context = init_from_env("cpu")
+    try:
+        with checks_on_every_rank(context):
+            if rank == 1:
+                time.sleep(1.0)  # the slow rank: rank 0 must not get ahead and leave it unreported
+                raise UserError("--mask: rank 1's bad value")
+        message = None
+    except UserError as exc:
+        message = str(exc)
+    Path(out, f"rank{rank}.txt").write_text(message or "passed")
+    shutdown()
+
+
+def test_checks_on_every_rank_agree_before_raising(tmp_path):
+    """A UserError on one rank makes every rank raise, each after all ranks finished their checks."""
+    mp.spawn(_checks_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    assert (tmp_path / "rank1.txt").read_text() == "--mask: rank 1's bad value"
+    assert (tmp_path / "rank0.txt").read_text() == "rank 0: another rank rejected the input (its message is above)"
+
+
 # ------------------------------------------------------------------------------------- sharded profile
 PROMPTS = ("a cat running in the street", "the red car in the city", "a boat on the ocean at night",
            "a bird flying over the forest")
