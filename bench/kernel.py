@@ -107,10 +107,14 @@ def main(argv=None) -> int:
         extra["check"] = check_against_flex(log)
         path = write_results(results, args.out, extra=extra)
     if args.paired_text:
-        log("paired: hunyuan-720p (3,3,3) in place, video only vs +256 text (205 real), alternating rounds")
-        extra["paired_text"] = paired_overhead(make_shape("hunyuan-720p", window="3,3,3"),
-                                               make_shape("hunyuan-720p", window="3,3,3", text_len=256), log=log)
-        log(f"  median text overhead {extra['paired_text']['median_ratio'] - 1:+.1%}")
+        for backend in ("triton", "gluon"):
+            log(f"paired ({backend}): hunyuan-720p (3,3,3) in place, video only vs +256 text (205 real), "
+                "alternating rounds")
+            key = "paired_text" if backend == "triton" else f"paired_text_{backend}"
+            extra[key] = paired_overhead(make_shape("hunyuan-720p", window="3,3,3"),
+                                         make_shape("hunyuan-720p", window="3,3,3", text_len=256), backend=backend,
+                                         log=log)
+            log(f"  median text overhead {extra[key]['median_ratio'] - 1:+.1%}")
         path = write_results(results, args.out, extra=extra)
     if args.sweep:
         for sweep_name, shape_name, window, text_len, layout, configs in SWEEPS:

@@ -220,13 +220,17 @@ class MaskAttention:
         return out
 
     def _copies_needed(self, q, k, v) -> bool:
-        """Whether the kernel entry will copy q, k, v into tile order (False: the Triton kernel reads the
-        natural layout in place, so chunking heads would only add launches)."""
+        """Whether the kernel entry will copy q, k, v into tile order (False: the Gluon or Triton kernel reads
+        the natural layout in place, so chunking heads would only add launches)."""
         from .kernels.sta.api import choose_backend
 
-        backend = choose_backend(q)[0] if self.backend == "auto" else self.backend
-        if backend != "triton" or q.device.type != "cuda":
+        backend = choose_backend(q, self.geometry)[0] if self.backend == "auto" else self.backend
+        if q.device.type != "cuda" or backend not in ("triton", "gluon"):
             return True
+        if backend == "gluon":
+            from .kernels.sta.gluon_fwd import can_run_gluon
+
+            return not can_run_gluon(q, self.geometry, natural=True)[0]
         try:
             from .kernels.sta.triton_fwd import default_config, natural_layout_supported
         except ImportError:
@@ -323,7 +327,8 @@ def accelerate(pipe_or_transformer, mask, *, backend: str = "auto", height: int 
             Wan 2.2, are hooked; the second expert's layers follow the first's), a ``LoadedModel`` or a
             bare transformer module.
         mask: a :class:`~sta_search.maskconfig.MaskConfig` or the path of a mask YAML.
-        backend: STA kernel backend, ``"auto"`` (Triton on CUDA), ``"triton"``, ``"flex"`` or ``"reference"``.
+        backend: STA kernel backend, ``"auto"`` (Gluon on Hopper, else Triton on CUDA), ``"gluon"``,
+            ``"triton"``, ``"flex"`` or ``"reference"``.
         height, width, frames: pipeline call sizes; when all three are given the config's canvas is checked
             on entry, otherwise at the first attention call (before any sparse attention runs).
         steps: number of denoising steps the pipeline will run; checked on entry when given.

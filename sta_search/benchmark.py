@@ -162,7 +162,7 @@ class BenchResult:
 
 
 def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmup: int = 3, rotate: int = 3,
-              baselines: bool = True, flex: bool = True, config=None, log=print) -> BenchResult:
+              baselines: bool = True, flex: bool = True, gluon: bool = True, config=None, log=print) -> BenchResult:
     """Time every implementation on ``shape``; see the module docstring."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -232,6 +232,40 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
         f"(rel RMS {result.extra['natural_vs_tiled_rel_rms']:.1e})")
     del natural_out, permuted_out
 
+    gluon_ok = False
+    if gluon:
+        from .kernels.sta.gluon_fwd import can_run_gluon, sta_gluon_tiled
+
+        gluon_ok, why = can_run_gluon(tiled_sets[0][0], geometry)
+        result.extra["gluon"] = why
+
+    if gluon_ok:
+        def gluon_tiled(q, k, v):
+            return sta_gluon_tiled(q, k, v, geometry, windows, T, text_mask, None)
+
+        def gluon_natural(q, k, v):
+            return sta_attention(q, k, v, canvas=geometry.canvas, tile=geometry.tile, windows=windows, text_len=T,
+                                 text_mask=text_mask, backend="gluon")
+
+        def gluon_permuted(q, k, v):
+            out = gluon_tiled(*(tiled(x) for x in (q, k, v)))
+            video = from_tiles(geometry, out[:, :, : geometry.padded_len])
+            return torch.cat([video, out[:, :, geometry.padded_len:]], 2) if T else video
+
+        t0 = time.perf_counter()
+        gluon_tiled(*tiled_sets[0])
+        torch.cuda.synchronize()
+        result.extra["gluon_first_call_s"] = time.perf_counter() - t0
+        record("gluon", _median_ms(gluon_tiled, tiled_sets, warmup, iters)[0], attended_flop)
+        record("gluon+permutes", _median_ms(gluon_permuted, natural_sets, warmup, iters)[0], attended_flop)
+        record("gluon-natural", _median_ms(gluon_natural, natural_sets, warmup, iters)[0], attended_flop)
+        natural_out, triton_out = gluon_natural(*natural_sets[0]), ours_natural(*natural_sets[0])
+        result.extra["gluon_natural_equals_tiled"] = bool(torch.equal(natural_out, gluon_permuted(*natural_sets[0])))
+        result.extra["gluon_vs_triton_rel_rms"] = _rel_rms(natural_out, triton_out)
+        log(f"  gluon natural == tiled path: {result.extra['gluon_natural_equals_tiled']}; gluon vs triton rel RMS "
+            f"{result.extra['gluon_vs_triton_rel_rms']:.1e}")
+        del natural_out, triton_out
+
     if flex:
         from .kernels.sta import flex as flex_module
 
@@ -263,10 +297,16 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
         result.flex_first_call_s = time.perf_counter() - t0
         record("flex", _median_ms(flex_tiled, padded_sets, warmup, iters)[0], attended_flop)
         valid = torch.cat([geometry.key_valid(), torch.ones(T, dtype=torch.bool)]).to(device)
+        gluon_vs_flex = []
         for s, ps in zip(tiled_sets, padded_sets):
             ours_out, flex_out = ours_tiled(*s), flex_tiled(*ps)[:, :, :L]
             result.ours_vs_flex_rel_rms.append(_rel_rms(ours_out[:, :, valid], flex_out[:, :, valid]))
+            if gluon_ok:
+                gluon_vs_flex.append(_rel_rms(gluon_tiled(*s)[:, :, valid], flex_out[:, :, valid]))
         log(f"  ours vs flex rel RMS: {max(result.ours_vs_flex_rel_rms):.2e}")
+        if gluon_ok:
+            result.extra["gluon_vs_flex_rel_rms"] = gluon_vs_flex
+            log(f"  gluon vs flex rel RMS: {max(gluon_vs_flex):.2e}")
         del ours_out, flex_out, padded_sets
 
     if baselines:
@@ -282,8 +322,9 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
 
     for base in ("cudnn-dense", "fa2-dense", "flex"):
         if base in result.ms:
-            for ours in ("ours", "ours+permutes", "ours-natural"):
-                result.speedup[f"{ours} vs {base}"] = result.ms[base] / result.ms[ours]
+            for ours in ("ours", "ours+permutes", "ours-natural", "gluon", "gluon+permutes", "gluon-natural"):
+                if ours in result.ms:
+                    result.speedup[f"{ours} vs {base}"] = result.ms[base] / result.ms[ours]
     return result
 
 
@@ -340,7 +381,8 @@ def sweep_configs(shape: BenchShape, configs, *, iters: int = 15, warmup: int = 
     return out
 
 
-def paired_overhead(base: BenchShape, other: BenchShape, *, rounds: int = 7, iters: int = 10, log=print) -> dict:
+def paired_overhead(base: BenchShape, other: BenchShape, *, rounds: int = 7, iters: int = 10, backend: str = "triton",
+                    log=print) -> dict:
     """Time the in-place kernel on ``base`` and ``other`` alternately (``rounds`` x ``iters`` calls each), so
     clock and thermal drift hit both alike; returns per-round medians and the median of per-round ratios."""
     from .kernels import Geometry
@@ -356,7 +398,7 @@ def paired_overhead(base: BenchShape, other: BenchShape, *, rounds: int = 7, ite
         sets.append([[torch.randn(shape.batch, shape.heads, S, shape.head_dim, device=device,
                                   dtype=getattr(torch, shape.dtype)) for _ in range(3)] for _ in range(2)])
         fns.append(lambda q, k, v, g=geometry, w=windows, m=mask, t=shape.text_len: sta_attention(
-            q, k, v, canvas=g.canvas, tile=g.tile, windows=w, text_len=t, text_mask=m, backend="triton"))
+            q, k, v, canvas=g.canvas, tile=g.tile, windows=w, text_len=t, text_mask=m, backend=backend))
     per_round = []
     for r in range(rounds):
         a = _median_ms(fns[0], sets[0], 2, iters)[0]
@@ -364,7 +406,7 @@ def paired_overhead(base: BenchShape, other: BenchShape, *, rounds: int = 7, ite
         per_round.append((a, b))
         log(f"  round {r}: {a:.3f} ms vs {b:.3f} ms ({b / a - 1:+.1%})")
     ratios = sorted(b / a for a, b in per_round)
-    return {"base": asdict(base), "other": asdict(other), "ms_per_round": per_round,
+    return {"backend": backend, "base": asdict(base), "other": asdict(other), "ms_per_round": per_round,
             "median_ratio": statistics.median(ratios), "min_ratio": ratios[0], "max_ratio": ratios[-1]}
 
 

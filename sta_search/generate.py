@@ -396,6 +396,12 @@ def _check_backend(backend: str, info, device: torch.device) -> None:
 
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "gluon":
+        capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+        if capability != (9, 0) or info.head_dim != 128:
+            raise UserError(f"--backend gluon needs a Hopper (sm_90) CUDA device and head dim 128; got --device "
+                            f"{device} (capability {capability}) and head dim {info.head_dim} (use --backend triton)")
+        return
     if backend != "triton":
         return
     if info.head_dim not in SUPPORTED_HEAD_DIMS:

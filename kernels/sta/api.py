@@ -11,7 +11,7 @@ from ..geometry import Geometry, from_tiles, to_tiles
 
 logger = logging.getLogger("sta_search.kernels")
 
-BACKENDS = ("auto", "triton", "flex", "reference")
+BACKENDS = ("auto", "gluon", "triton", "flex", "reference")
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 REFERENCE_MAX_TOKENS = 4096
@@ -77,6 +77,15 @@ def can_run_triton(q: torch.Tensor) -> tuple[bool, str]:
     return False, f"Triton needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {q.device}"
 
 
+def can_run_gluon(q: torch.Tensor, geometry: Geometry) -> tuple[bool, str]:
+    """The warp-specialized Gluon kernel: Hopper only, bf16/fp16, head dim 128, tile volume a multiple of 128."""
+    try:
+        from .gluon_fwd import can_run_gluon as check
+    except ImportError as exc:  # a Triton without Gluon
+        return False, f"Gluon is not available ({exc})"
+    return check(q, geometry)
+
+
 def can_run_flex(q: torch.Tensor) -> tuple[bool, str]:
     return True, "FlexAttention runs on any device"
 
@@ -87,9 +96,15 @@ def can_run_reference(q: torch.Tensor) -> tuple[bool, str]:
     return True, "small enough for a dense mask"
 
 
-def choose_backend(q: torch.Tensor) -> tuple[str, str]:
+def choose_backend(q: torch.Tensor, geometry: Geometry | None = None) -> tuple[str, str]:
     if q.device.type == "cuda":
+        if geometry is not None:
+            ok, why_not = can_run_gluon(q, geometry)
+            if ok:
+                return "gluon", "Hopper GPU, bf16/fp16, head dim 128"
         ok, why = can_run_triton(q)
+        if geometry is not None:
+            why = f"{why}; not gluon: {why_not}"
         return ("triton", why) if ok else ("flex", why)
     ok, why = can_run_reference(q)
     return ("reference", f"CPU tensors, {why}") if ok else ("flex", f"CPU tensors, {why}")
@@ -109,8 +124,9 @@ def sta_attention(q, k, v, *, canvas, tile=(6, 8, 8), windows, text_len: int = 0
         text_mask: ``(B, text_len)`` bool, True for real text keys; padded text keys are never attended.
             Video queries see their window plus every valid text key; text queries see every valid key.
         scale: softmax scale, default ``D ** -0.5``.
-        backend: ``"triton"``, ``"flex"``, ``"reference"`` or ``"auto"`` (triton on CUDA; reference for
-            small CPU inputs, flex for large ones; the choice is logged).
+        backend: ``"gluon"`` (warp-specialized, Hopper only), ``"triton"``, ``"flex"``, ``"reference"`` or
+            ``"auto"`` (gluon where it runs, else triton on CUDA; reference for small CPU inputs, flex for
+            large ones; the choice is logged).
 
     Returns:
         ``(B, heads, S, D)`` in q's dtype and layout.
@@ -118,7 +134,7 @@ def sta_attention(q, k, v, *, canvas, tile=(6, 8, 8), windows, text_len: int = 0
     geometry = Geometry(canvas, tile)
     _validate(q, k, v, geometry, text_len, text_mask)
     windows = normalize_windows(windows, q.shape[1])
-    backend = _resolve(backend, q)
+    backend = _resolve(backend, q, geometry)
     if backend == "reference":
         from .reference import sta_reference
 
@@ -131,6 +147,11 @@ def sta_attention(q, k, v, *, canvas, tile=(6, 8, 8), windows, text_len: int = 0
         out = sta_triton_natural(q, k, v, geometry, windows.to(q.device), text_len, text_first, text_mask, scale)
         if out is not None:
             return out
+    if backend == "gluon":
+        from .gluon_fwd import can_run_gluon as check, sta_gluon_natural
+
+        if check(q, geometry, natural=True)[0]:
+            return sta_gluon_natural(q, k, v, geometry, windows, text_len, text_first, text_mask, scale)
     V = geometry.video_len
     if text_first:
         video = slice(text_len, text_len + V)
@@ -158,21 +179,23 @@ def sta_attention_tiled(q, k, v, *, geometry: Geometry, windows, text_len: int =
     if q.shape[2] != geometry.padded_len + text_len:
         raise ValueError(f"tiled sequence length {q.shape[2]} != padded video {geometry.padded_len} + text_len {text_len}")
     windows = normalize_windows(windows, q.shape[1])
-    backend = _resolve(backend, q)
+    backend = _resolve(backend, q, geometry)
     if backend == "reference":
         raise ValueError("the reference backend takes natural-order inputs; use sta_attention")
     return _run_tiled(backend, q, k, v, geometry, windows, text_len, text_mask, scale)
 
 
-def _resolve(backend: str, q: torch.Tensor) -> str:
+def _resolve(backend: str, q: torch.Tensor, geometry: Geometry) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        backend, why = choose_backend(q)
+        backend, why = choose_backend(q, geometry)
         logger.info("sta_attention: backend=%s (%s)", backend, why)
         return backend
-    check = {"triton": can_run_triton, "flex": can_run_flex, "reference": can_run_reference}[backend]
-    ok, why = check(q)
+    if backend == "gluon":
+        ok, why = can_run_gluon(q, geometry)
+    else:
+        ok, why = {"triton": can_run_triton, "flex": can_run_flex, "reference": can_run_reference}[backend](q)
     if not ok:
         raise ValueError(f"backend {backend!r} cannot run: {why}")
     return backend
@@ -183,6 +206,10 @@ def _run_tiled(backend, q, k, v, geometry, windows, text_len, text_mask, scale):
         from .flex import sta_flex_tiled
 
         return sta_flex_tiled(q, k, v, geometry, windows, text_len, text_mask, scale)
+    if backend == "gluon":
+        from .gluon_fwd import sta_gluon_tiled
+
+        return sta_gluon_tiled(q, k, v, geometry, windows, text_len, text_mask, scale)
     from .triton_fwd import sta_triton_tiled
 
     return sta_triton_tiled(q, k, v, geometry, windows.to(q.device), text_len, text_mask, scale)

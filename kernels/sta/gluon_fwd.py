@@ -1,18 +1,19 @@
 """Sliding Tile Attention forward pass in Gluon for Hopper (sm_90): warp-specialized, FA3-style.
 
-Same contract and program order as :mod:`.triton_fwd` on tile-order inputs (``sta_triton_tiled``), but the
-pipeline is written out instead of left to Triton's scheduler (Triton 3.6 emits one warpgroup-synchronous
-loop on Hopper whose tensor core idles during every softmax; bench/NOTES.md):
+Same contract, masking and program order as :mod:`.triton_fwd`, in both layouts (tile order, and the
+natural T-major order read and written in place through 5-D TMA boxes of whole tile planes), but the
+pipeline is written out instead of left to Triton's scheduler, which on Hopper emits one
+warpgroup-synchronous loop whose tensor core idles during every softmax (bench/NOTES.md):
 
-- a producer warp streams K/V blocks of the program's schedule (text blocks, then the window's video
-  blocks) through TMA into a ring of ``STAGES`` shared-memory slots (``ready``/``empty`` mbarriers);
+- a producer warp streams the program's K/V blocks (text blocks first, then the window's video blocks)
+  through TMA into a ring of ``STAGES`` shared-memory slots, handed over with ``ready``/``empty`` mbarriers;
 - two consumer warpgroups own 64 query rows each and run the online softmax independently, so one
-  warpgroup's softmax runs while the other's wgmma occupies the tensor core;
-- within a warpgroup, the QK^T wgmma of block ``j`` is issued before the PV wgmma of block ``j - 1``
-  and the softmax of ``j`` runs while that PV is in flight (FA3's intra-warpgroup overlap).
+  warpgroup's softmax runs while the other's wgmma keeps the tensor core busy;
+- within a warpgroup, the QK^T wgmma of block ``j`` is issued before the PV wgmma of block ``j - 1``,
+  and the softmax of ``j`` starts while that PV is in flight (FA3's intra-warpgroup overlap).
 
-Only the tile-order layout (``[padded video tiles | text]`` per (batch, head)), bf16/fp16 and head dim
-128 are supported; :func:`can_run_gluon` says why it refuses anything else.
+Runs bf16/fp16 with head dim 128 and tiles whose volume is a multiple of 128 on sm_90 only;
+:func:`can_run_gluon` says why it refuses anything else.
 """
 
 from __future__ import annotations
@@ -28,52 +29,72 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from ..geometry import Geometry
 
 LOG2E = 1.4426950408889634
-QUERY_ROWS = 64  # query rows per consumer warpgroup (one m64 wgmma row block)
+QUERY_ROWS = 64  # query rows per consumer warpgroup (one m64 wgmma row block); two warpgroups per program
+BLOCK_N = 128
 WG_ROWS = gl.constexpr(QUERY_ROWS)
 
 
 @gluon.jit
-def _key_row(it, n_text, text_start, n_first, spans, last_spans, st, sh, sw, wh, ww, dense, NH: gl.constexpr,
-             NW: gl.constexpr, TILE_VOL: gl.constexpr, BLOCK_N: gl.constexpr, BPT: gl.constexpr,
-             BPT_LAST: gl.constexpr):
-    """Row (within the (batch, head) sequence) of the ``it``-th key block of a program's schedule."""
-    if it < n_text:
-        row = text_start + it * BLOCK_N
-    else:
-        j = it - n_text
-        last = j >= n_first
-        jj = gl.where(last, j - n_first, j)
-        bpt = gl.where(last, BPT_LAST, BPT)
-        if dense:  # text queries: every key tile in order
-            tile = gl.where(last, n_first // BPT, 0) + jj // bpt
-            sub = jj % bpt
-        else:  # spans of ww tiles along W, kt-major; spans of the last t-row (fewer blocks a tile) last
-            per_span = ww * bpt
-            span = gl.where(last, spans - last_spans, 0) + jj // per_span
-            r = jj % per_span
-            tile = ((st + span // wh) * NH + sh + span % wh) * NW + sw + r // bpt
-            sub = r % bpt
-        row = tile * TILE_VOL + sub * BLOCK_N
-    return row
+def _video_row(j, n_first, spans, last_spans, st, sh, sw, wh, ww, dense, NH: gl.constexpr, NW: gl.constexpr,
+               TILE_VOL: gl.constexpr, BLOCK_N: gl.constexpr, BPT: gl.constexpr, BPT_LAST: gl.constexpr):
+    """Tile-order row of the ``j``-th video key block of a program (same walk as triton_fwd._window_block)."""
+    last = j >= n_first
+    jj = gl.where(last, j - n_first, j)
+    bpt = gl.where(last, BPT_LAST, BPT)
+    if dense:  # text queries: every key tile in order
+        tile = gl.where(last, n_first // BPT, 0) + jj // bpt
+        sub = jj % bpt
+    else:  # spans of ww tiles along W, kt-major; spans of the last t-row (fewer blocks a tile) last
+        per_span = ww * bpt
+        span = gl.where(last, spans - last_spans, 0) + jj // per_span
+        r = jj % per_span
+        tile = ((st + span // wh) * NH + sh + span % wh) * NW + sw + r // bpt
+        sub = r % bpt
+    return tile * TILE_VOL + sub * BLOCK_N
 
 
 @gluon.jit
-def _producer(k_desc, v_desc, q_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, bh, q_row, n_text, n_total,
-              text_start, n_first, spans, last_spans, st, sh, sw, wh, ww, dense, seq_len,
-              NH: gl.constexpr, NW: gl.constexpr, TILE_VOL: gl.constexpr, BLOCK_N: gl.constexpr,
-              BPT: gl.constexpr, BPT_LAST: gl.constexpr, STAGES: gl.constexpr):
-    mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [bh, q_row, 0], q_bar, q_smem.index(0))
-    tma.async_copy_global_to_shared(q_desc, [bh, q_row + 64, 0], q_bar, q_smem.index(1))
-    base = bh * seq_len
+def _copy_video_rows(desc, bh, row, bar, dst, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr,
+                     TH: gl.constexpr, TW: gl.constexpr, NATURAL: gl.constexpr):
+    """TMA copy of video rows ``row ..`` (tile order) of head ``bh`` into ``dst`` (2-D ``[rows, D]``)."""
+    if NATURAL:  # a box of whole (TH, TW) planes of one tile of the [T, H, W] canvas arrives in tile order
+        TILE_VOL: gl.constexpr = TT * TH * TW
+        tile = row // TILE_VOL
+        t0 = (tile // (NH * NW)) * TT + (row % TILE_VOL) // (TH * TW)
+        tma.async_copy_global_to_shared(desc, [bh, t0, ((tile // NW) % NH) * TH, (tile % NW) * TW, 0], bar,
+                                        dst.reshape(desc.block_type.shape))
+    else:
+        tma.async_copy_global_to_shared(desc, [bh, row, 0], bar, dst.reshape(desc.block_type.shape))
+
+
+@gluon.jit
+def _producer(q_desc, k_desc, v_desc, qt_desc, kt_desc, vt_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, bh,
+              q_row, text_query, n_text, n_total, n_first, spans, last_spans, st, sh, sw, wh, ww,
+              NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr, TW: gl.constexpr,
+              BPT_LAST: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, NATURAL: gl.constexpr):
+    TILE_VOL: gl.constexpr = TT * TH * TW
+    mbarrier.expect(q_bar, 2 * WG_ROWS * q_smem.shape[2] * q_smem.dtype.primitive_bitwidth // 8)
+    for i in gl.static_range(2):
+        if text_query:
+            tma.async_copy_global_to_shared(qt_desc, [bh, q_row + i * WG_ROWS, 0], q_bar,
+                                            q_smem.index(i).reshape(qt_desc.block_type.shape))
+        else:
+            _copy_video_rows(q_desc, bh, q_row + i * WG_ROWS, q_bar, q_smem.index(i), NH, NW, TT, TH, TW, NATURAL)
+    kv_bytes: gl.constexpr = 2 * BLOCK_N * k_smem.shape[2] * k_smem.dtype.primitive_bitwidth // 8
     for it in range(n_total):
         s = it % STAGES
         mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)
-        row = _key_row(it, n_text, text_start, n_first, spans, last_spans, st, sh, sw, wh, ww, dense, NH, NW,
-                       TILE_VOL, BLOCK_N, BPT, BPT_LAST)
-        mbarrier.expect(ready.index(s), 2 * k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [base + row, 0], ready.index(s), k_smem.index(s))
-        tma.async_copy_global_to_shared(v_desc, [base + row, 0], ready.index(s), v_smem.index(s))
+        mbarrier.expect(ready.index(s), kv_bytes)
+        if it < n_text:  # rows past the text are zeros (the text descriptors end at text_len): masked anyway
+            tma.async_copy_global_to_shared(kt_desc, [bh, it * BLOCK_N, 0], ready.index(s),
+                                            k_smem.index(s).reshape(kt_desc.block_type.shape))
+            tma.async_copy_global_to_shared(vt_desc, [bh, it * BLOCK_N, 0], ready.index(s),
+                                            v_smem.index(s).reshape(vt_desc.block_type.shape))
+        else:
+            row = _video_row(it - n_text, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW,
+                             TILE_VOL, BLOCK_N, TILE_VOL // BLOCK_N, BPT_LAST)
+            _copy_video_rows(k_desc, bh, row, ready.index(s), k_smem.index(s), NH, NW, TT, TH, TW, NATURAL)
+            _copy_video_rows(v_desc, bh, row, ready.index(s), v_smem.index(s), NH, NW, TT, TH, TW, NATURAL)
 
 
 @gluon.jit
@@ -92,30 +113,44 @@ def _softmax(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr):
 
 
 @gluon.jit
-def _consumer(o_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, bh, b, q_row, n_text, n_total,
-              text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww, dense,
-              NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr,
-              TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr,
-              HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_PADDING: gl.constexpr,
-              HAS_TEXT_MASK: gl.constexpr, WG: gl.constexpr):
+def _video_key_ok(row, offs_n, NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr,
+                  TH: gl.constexpr, TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr):
+    """True where key ``offs_n`` of the video block at tile-order ``row`` is a real token, not canvas padding."""
     TILE_VOL: gl.constexpr = TT * TH * TW
-    BPT: gl.constexpr = TILE_VOL // BLOCK_N
-    BPT_LAST: gl.constexpr = (REM_T * TH * TW + BLOCK_N - 1) // BLOCK_N
+    tile = row // TILE_VOL
+    offset = row % TILE_VOL + offs_n
+    kt = tile // (NH * NW)
+    kh = (tile // NW) % NH
+    kw = tile % NW
+    ot = offset // (TH * TW)
+    oh = (offset // TW) % TH
+    ow = offset % TW
+    return ((kt < NT - 1) | (ot < REM_T)) & ((kh < NH - 1) | (oh < REM_H)) & ((kw < NW - 1) | (ow < REM_W))
+
+
+@gluon.jit
+def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, bh, b, q_row, text_query,
+              n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh,
+              ww, NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr,
+              TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr,
+              BPT_LAST: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_PADDING: gl.constexpr,
+              HAS_TEXT_MASK: gl.constexpr, NATURAL: gl.constexpr, WG: gl.constexpr):
+    TILE_VOL: gl.constexpr = TT * TH * TW
+    HEAD_DIM: gl.constexpr = q_smem.shape[2]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, HEAD_DIM, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
-    col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
+    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
     dtype: gl.constexpr = q_smem.dtype
 
-    q = q_smem.index(WG).reshape([WG_ROWS, HEAD_DIM])
-    m_i = gl.full([WG_ROWS], float("-inf"), gl.float32, row_layout)
-    l_i = gl.zeros([WG_ROWS], gl.float32, row_layout)
+    q = q_smem.index(WG)
+    m_i = gl.full([WG_ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
+    l_i = gl.zeros([WG_ROWS], gl.float32, gl.SliceLayout(1, s_layout))
     acc = gl.zeros([WG_ROWS, HEAD_DIM], gl.float32, o_layout)
     s_zero = gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout)
-    offs_n = gl.arange(0, BLOCK_N, col_layout)
+    offs_n = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))
     mbarrier.wait(q_bar, 0)
 
     # Text key blocks (bounds and key-padding masked), one at a time.
@@ -129,25 +164,25 @@ def _consumer(o_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, bh,
         if HAS_TEXT_MASK:
             key_ok = key_ok & (gl.load(TextMask + b * stride_tb + cols * stride_tm, mask=key_ok, other=0) != 0)
         p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, gl.expand_dims(key_ok, 0), True)
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-        p_op = gl.convert_layout(p.to(dtype), p_layout)
-        acc = warpgroup_mma(p_op, v_smem.index(s), acc, is_async=True)
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(s), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc, ))
         mbarrier.arrive(empty.index(s), count=1)
 
     # Video key blocks: QK^T of block j is issued before PV of block j - 1; softmax j overlaps that PV.
-    n_video = n_total - n_text
-    if n_video > 0:
+    BPT: gl.constexpr = TILE_VOL // BLOCK_N
+    if n_total > n_text:
         s = n_text % STAGES
         mbarrier.wait(ready.index(s), (n_text // STAGES) & 1)
         s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         s_acc = warpgroup_mma_wait(0, deps=(s_acc, ))
-        key_ok = offs_n < BLOCK_N
+        key_ok = gl.expand_dims(offs_n < BLOCK_N, 0)
         if HAS_PADDING:
-            key_ok = _video_key_ok(0, offs_n, n_first, spans, last_spans, st, sh, sw, wh, ww, dense, NT, NH, NW,
-                                   TT, TH, TW, REM_T, REM_H, REM_W, BLOCK_N)
-        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, gl.expand_dims(key_ok, 0), HAS_PADDING)
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+            row = _video_row(0, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW, TILE_VOL,
+                             BLOCK_N, BPT, BPT_LAST)
+            key_ok = gl.expand_dims(_video_key_ok(row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W), 0)
+        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, key_ok, HAS_PADDING)
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
         p_op = gl.convert_layout(p.to(dtype), p_layout)
         s_prev = s
         for it in range(n_text + 1, n_total):
@@ -157,74 +192,64 @@ def _consumer(o_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, bh,
             acc = warpgroup_mma(p_op, v_smem.index(s_prev), acc, is_async=True)
             s_acc = warpgroup_mma_wait(1, deps=(s_acc, ))
             if HAS_PADDING:
-                key_ok = _video_key_ok(it - n_text, offs_n, n_first, spans, last_spans, st, sh, sw, wh, ww, dense,
-                                       NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BLOCK_N)
-            p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, gl.expand_dims(key_ok, 0), HAS_PADDING)
+                row = _video_row(it - n_text, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW,
+                                 TILE_VOL, BLOCK_N, BPT, BPT_LAST)
+                key_ok = gl.expand_dims(_video_key_ok(row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W), 0)
+            p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, key_ok, HAS_PADDING)
             acc = warpgroup_mma_wait(0, deps=(acc, ))
             mbarrier.arrive(empty.index(s_prev), count=1)
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             s_prev = s
         acc = warpgroup_mma(p_op, v_smem.index(s_prev), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc, ))
         mbarrier.arrive(empty.index(s_prev), count=1)
 
-    l_i = gl.where(l_i == 0.0, 1.0, l_i)  # padding query blocks (no keys): finite zeros
-    out = acc / gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1)
+    l_i = gl.where(l_i == 0.0, 1.0, l_i)  # query blocks of canvas padding (no keys): finite zeros
+    out = acc / gl.expand_dims(gl.convert_layout(l_i, o_rows), 1)
     o_smem = q_smem.index(WG)  # every wgmma reading this warpgroup's Q has completed
-    o_smem.reshape([WG_ROWS, HEAD_DIM]).store(out.to(dtype))
+    o_smem.store(out.to(dtype))
     fence_async_shared()
-    tma.async_copy_shared_to_global(o_desc, [bh, q_row + WG * WG_ROWS, 0], o_smem)
+    if text_query:  # rows past the text are dropped by the descriptor's bounds
+        tma.async_copy_shared_to_global(ot_desc, [bh, q_row + WG * WG_ROWS, 0],
+                                        o_smem.reshape(ot_desc.block_type.shape))
+    elif NATURAL:  # rows past the canvas edge are dropped by the descriptor's bounds
+        row = q_row + WG * WG_ROWS
+        tile = row // TILE_VOL
+        t0 = (tile // (NH * NW)) * TT + (row % TILE_VOL) // (TH * TW)
+        tma.async_copy_shared_to_global(o_desc, [bh, t0, ((tile // NW) % NH) * TH, (tile % NW) * TW, 0],
+                                        o_smem.reshape(o_desc.block_type.shape))
+    else:
+        tma.async_copy_shared_to_global(o_desc, [bh, q_row + WG * WG_ROWS, 0], o_smem.reshape(o_desc.block_type.shape))
     tma.store_wait(0)
 
 
 @gluon.jit
-def _video_key_ok(j, offs_n, n_first, spans, last_spans, st, sh, sw, wh, ww, dense, NT: gl.constexpr,
-                  NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr, TW: gl.constexpr,
-                  REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr, BLOCK_N: gl.constexpr):
-    """True where key ``offs_n`` of the ``j``-th video key block is a real token (not canvas padding)."""
-    TILE_VOL: gl.constexpr = TT * TH * TW
-    BPT: gl.constexpr = TILE_VOL // BLOCK_N
-    BPT_LAST: gl.constexpr = (REM_T * TH * TW + BLOCK_N - 1) // BLOCK_N
-    row = _key_row(j, 0, 0, n_first, spans, last_spans, st, sh, sw, wh, ww, dense, NH, NW, TILE_VOL, BLOCK_N, BPT,
-                   BPT_LAST)
-    tile = row // TILE_VOL
-    offset = row % TILE_VOL + offs_n
-    kt = tile // (NH * NW)
-    kh = (tile // NW) % NH
-    kw = tile % NW
-    ot = offset // (TH * TW)
-    oh = (offset // TW) % TH
-    ow = offset % TW
-    return ((kt < NT - 1) | (ot < REM_T)) & ((kh < NH - 1) | (oh < REM_H)) & ((kw < NW - 1) | (ow < REM_W))
-
-
-@gluon.jit
 def _sta_fwd_gluon_kernel(
-    q_desc, k_desc, v_desc, o_desc, Windows, HeadOrder, TextMask, stride_tb, stride_tm,
-    qk_scale, heads, seq_len, text_len, text_start, text_programs,
+    q_desc, k_desc, v_desc, o_desc, qt_desc, kt_desc, vt_desc, ot_desc, Windows, HeadOrder, TextMask,
+    stride_tb, stride_tm, qk_scale, heads, text_len, text_programs,
     NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr, TW: gl.constexpr,
     REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
-    STAGES: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_TEXT_MASK: gl.constexpr, PRODUCER_REGS: gl.constexpr,
-    CONSUMER_REGS: gl.constexpr,
+    STAGES: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_TEXT_MASK: gl.constexpr, NATURAL: gl.constexpr,
+    PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
 ):
     BLOCK_M: gl.constexpr = 2 * WG_ROWS
     TILE_VOL: gl.constexpr = TT * TH * TW
-    NUM_TILES: gl.constexpr = NT * NH * NW
     Q_PER_TILE: gl.constexpr = TILE_VOL // BLOCK_M
-    VIDEO_Q_BLOCKS: gl.constexpr = NUM_TILES * Q_PER_TILE
+    VIDEO_Q_BLOCKS: gl.constexpr = NT * NH * NW * Q_PER_TILE
     BPT: gl.constexpr = TILE_VOL // BLOCK_N
+    # Tiles of the last t-row hold only REM_T t-planes: their key blocks past those are all padding, skipped.
     BPT_LAST: gl.constexpr = (REM_T * TH * TW + BLOCK_N - 1) // BLOCK_N
     Q_LAST: gl.constexpr = (REM_T * TH * TW + BLOCK_M - 1) // BLOCK_M
 
     pid = gl.program_id(0)
+    text_query = pid < text_programs
     n_text = gl.cdiv(text_len, BLOCK_N)
-    n_first = (NT - 1) * NH * NW * BPT
-    if pid < text_programs:  # text queries: every text block, then every (non-padding) video block
+    if text_query:  # every text block, then every (non-padding) video block
         text_q_blocks = gl.cdiv(text_len, BLOCK_M)
         bh = pid // text_q_blocks
-        q_row = text_start + (pid % text_q_blocks) * BLOCK_M
-        dense = True
+        q_row = (pid % text_q_blocks) * BLOCK_M  # within the text
+        n_first = (NT - 1) * NH * NW * BPT
         spans = NT * NH
         last_spans = NH
         st = 0
@@ -233,7 +258,7 @@ def _sta_fwd_gluon_kernel(
         wh = NH
         ww = NW
         n_total = n_text + n_first + NH * NW * BPT_LAST
-    else:
+    else:  # the head's window around the query tile (clamped to the grid), then the text
         p = pid - text_programs
         slot = p // VIDEO_Q_BLOCKS
         h = gl.load(HeadOrder + slot % heads)
@@ -250,79 +275,104 @@ def _sta_fwd_gluon_kernel(
         st = gl.minimum(gl.maximum(ct - (wt - 1) // 2, 0), NT - wt)
         sh = gl.minimum(gl.maximum(ch - (wh - 1) // 2, 0), NH - wh)
         sw = gl.minimum(gl.maximum(cw - (ww - 1) // 2, 0), NW - ww)
-        dense = False
         spans = wt * wh
         last_spans = gl.where(st + wt == NT, wh, 0)
         n_first = (spans - last_spans) * ww * BPT
-        q_padded = (ct == NT - 1) & (q_sub >= Q_LAST)  # all rows are canvas padding: no keys at all
+        q_padded = (ct == NT - 1) & (q_sub >= Q_LAST)  # every row is canvas padding: no keys at all
         n_text = gl.where(q_padded, 0, n_text)
         n_total = gl.where(q_padded, 0, n_text + n_first + last_spans * ww * BPT_LAST)
     b = bh // heads
 
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, 1, WG_ROWS, HEAD_DIM], q_desc.layout)
-    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+    smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], q_desc.dtype)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, WG_ROWS, HEAD_DIM], smem_layout)
+    k_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], smem_layout)
+    v_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], smem_layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=2)
+        mbarrier.init(empty.index(i), count=2)  # one arrival per consumer warpgroup
     fence_async_shared()
 
+    # (Argument tuples are written out: a tuple built by concatenation loses its constexpr entries.)
     gl.warp_specialize([
-        (_consumer, (o_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, bh, b, q_row, n_text, n_total,
-                      text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww, dense,
-                      NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, HEAD_DIM, BLOCK_N, STAGES, HAS_PADDING,
-                      HAS_TEXT_MASK, 0)),
-        (_consumer, (o_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, bh, b, q_row, n_text, n_total,
-                      text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww, dense,
-                      NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, HEAD_DIM, BLOCK_N, STAGES, HAS_PADDING,
-                      HAS_TEXT_MASK, 1)),
-        (_producer, (k_desc, v_desc, q_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, bh, q_row, n_text,
-                     n_total, text_start, n_first, spans, last_spans, st, sh, sw, wh, ww, dense, seq_len, NH, NW,
-                     TILE_VOL, BLOCK_N, BPT, BPT_LAST, STAGES)),
+        (_consumer, (o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, bh, b, q_row,
+                     text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first, spans,
+                     last_spans, st, sh, sw, wh, ww, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N,
+                     STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, 0)),
+        (_consumer, (o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, bh, b, q_row,
+                     text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first, spans,
+                     last_spans, st, sh, sw, wh, ww, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N,
+                     STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, 1)),
+        (_producer, (q_desc, k_desc, v_desc, qt_desc, kt_desc, vt_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
+                     bh, q_row, text_query, n_text, n_total, n_first, spans, last_spans, st, sh, sw, wh, ww, NH, NW,
+                     TT, TH, TW, BPT_LAST, BLOCK_N, STAGES, NATURAL)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
-def can_run_gluon(q: torch.Tensor, geometry: Geometry, block_n: int = 128) -> tuple[bool, str]:
-    """Whether :func:`sta_gluon_tiled` runs these inputs; the reason when it does not."""
-    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] != 9:
+# ----------------------------------------------------------------------------------------------- host side
+def can_run_gluon(q: torch.Tensor, geometry: Geometry, natural: bool = False) -> tuple[bool, str]:
+    """Whether the Gluon kernel runs these inputs (``natural``: in place on natural-order tokens); why not."""
+    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) != (9, 0):
         return False, "needs a Hopper (sm_90) GPU"
     if q.dtype not in (torch.bfloat16, torch.float16):
         return False, f"dtype {q.dtype} (bf16 or fp16 only)"
     if q.shape[-1] != 128:
         return False, f"head dim {q.shape[-1]} (128 only)"
     tv = geometry.tile_volume
-    if tv % (2 * QUERY_ROWS) or tv % block_n:
-        return False, f"tile volume {tv} is not a multiple of {2 * QUERY_ROWS} and {block_n}"
+    if tv % (2 * QUERY_ROWS) or tv % BLOCK_N:
+        return False, f"tile volume {tv} is not a multiple of {max(2 * QUERY_ROWS, BLOCK_N)}"
+    if natural:
+        tt, th, tw = geometry.tile
+        plane = th * tw
+        if QUERY_ROWS % plane or BLOCK_N % plane or tt % (BLOCK_N // plane) or tt % (QUERY_ROWS // plane):
+            return False, f"blocks of {QUERY_ROWS} and {BLOCK_N} tokens are not boxes of whole ({th}, {tw}) planes"
     return True, "ok"
 
 
-def sta_gluon_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Geometry, windows: torch.Tensor,
-                    text_len: int, text_mask: torch.Tensor | None, scale: float | None, *,
-                    out: torch.Tensor | None = None, block_n: int = 128, stages: int = 2) -> torch.Tensor:
-    """STA on tile-order inputs, same contract as :func:`.triton_fwd.sta_triton_tiled` (Hopper only)."""
+def _layout(block, torch_dtype):
+    return gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16 if torch_dtype == torch.bfloat16 else gl.float16)
+
+
+def _rows_descriptor(x: torch.Tensor, start: int, length: int, block: int) -> TensorDescriptor:
+    """3-D ``[batch*heads, length, D]`` view of rows ``start ..`` of ``x`` (B, H, S, D); loads past it read zeros."""
+    B, H, _, D = x.shape
+    view = x.narrow(2, start, length)
+    return TensorDescriptor(view, [B * H, length, D], [x.stride(1), x.stride(2), 1], [1, block, D],
+                            _layout([1, block, D], x.dtype))
+
+
+def _canvas_descriptor(x: torch.Tensor, geometry: Geometry, start: int, block: int) -> TensorDescriptor:
+    """5-D ``[batch*heads, T, H, W, D]`` view of the natural-order video tokens of ``x`` (B, H, S, D)."""
+    B, H, _, D = x.shape
+    T, Hc, W = geometry.canvas
+    _, th, tw = geometry.tile
+    ss = x.stride(2)
+    box = [1, block // (th * tw), th, tw, D]
+    return TensorDescriptor(x.narrow(2, start, geometry.video_len), [B * H, T, Hc, W, D],
+                            [x.stride(1), Hc * W * ss, W * ss, ss, 1], box, _layout(box, x.dtype))
+
+
+def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, video_start, text_mask, scale, natural,
+            stages):
     from .triton_fwd import _head_order
 
-    ok, why = can_run_gluon(q, geometry, block_n)
-    if not ok:
-        raise ValueError(f"gluon STA kernel cannot run: {why}")
-    B, heads, L, D = q.shape
-    if L != geometry.padded_len + text_len:
-        raise ValueError(f"tiled sequence length {L} != padded video {geometry.padded_len} + text_len {text_len}")
-    q, k, v = (x.contiguous() for x in (q, k, v))
-    out = torch.empty_like(q) if out is None else out
+    B, heads, S, D = q.shape
     windows = windows.to(device=q.device, dtype=torch.int32).contiguous()
-    gl_dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
-    q_layout = gl.NVMMASharedLayout.get_default_for([1, QUERY_ROWS, D], gl_dtype)
-    kv_layout = gl.NVMMASharedLayout.get_default_for([block_n, D], gl_dtype)
-    q3, o3 = q.view(B * heads, L, D), out.view(B * heads, L, D)
-    q_desc = TensorDescriptor.from_tensor(q3, [1, QUERY_ROWS, D], q_layout)
-    o_desc = TensorDescriptor.from_tensor(o3, [1, QUERY_ROWS, D], q_layout)
-    k_desc = TensorDescriptor.from_tensor(k.view(B * heads * L, D), [block_n, D], kv_layout)
-    v_desc = TensorDescriptor.from_tensor(v.view(B * heads * L, D), [block_n, D], kv_layout)
+    if natural:
+        video = [_canvas_descriptor(x, geometry, video_start, blk)
+                 for x, blk in ((q, QUERY_ROWS), (k, BLOCK_N), (v, BLOCK_N), (out, QUERY_ROWS))]
+    else:
+        video = [_rows_descriptor(x, 0, geometry.padded_len, blk)
+                 for x, blk in ((q, QUERY_ROWS), (k, BLOCK_N), (v, BLOCK_N), (out, QUERY_ROWS))]
+    if text_len:
+        text = [_rows_descriptor(x, text_start, text_len, blk)
+                for x, blk in ((q, QUERY_ROWS), (k, BLOCK_N), (v, BLOCK_N), (out, QUERY_ROWS))]
+    else:  # never read: any descriptors of the right block shapes
+        text = [_rows_descriptor(x, 0, S, blk) for x, blk in ((q, QUERY_ROWS), (k, BLOCK_N), (v, BLOCK_N),
+                                                              (out, QUERY_ROWS))]
     if text_len and text_mask is not None:
         mask_arg = text_mask.to(device=q.device, dtype=torch.int8).contiguous()
         stride_tb, stride_tm = mask_arg.stride()
@@ -334,11 +384,59 @@ def sta_gluon_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
     video_programs = B * heads * (geometry.padded_len // (2 * QUERY_ROWS))
     scale = D**-0.5 if scale is None else float(scale)
     _sta_fwd_gluon_kernel[(text_programs + video_programs,)](
-        q_desc, k_desc, v_desc, o_desc, windows, _head_order(windows, geometry.grid), mask_arg, stride_tb,
-        stride_tm, scale * LOG2E, heads, L, text_len, geometry.padded_len, text_programs,
+        *video, *text, windows, _head_order(windows, geometry.grid), mask_arg, stride_tb, stride_tm,
+        scale * LOG2E, heads, text_len, text_programs,
         NT=nt, NH=nh, NW=nw, TT=tt, TH=th, TW=tw, REM_T=rem[0], REM_H=rem[1], REM_W=rem[2], HEAD_DIM=D,
-        BLOCK_N=block_n, STAGES=stages, HAS_PADDING=not geometry.is_divisible,
-        HAS_TEXT_MASK=bool(text_len) and text_mask is not None, PRODUCER_REGS=24, CONSUMER_REGS=240,
-        num_warps=4,
+        BLOCK_N=BLOCK_N, STAGES=stages, HAS_PADDING=not geometry.is_divisible,
+        HAS_TEXT_MASK=bool(text_len) and text_mask is not None, NATURAL=natural, PRODUCER_REGS=24,
+        CONSUMER_REGS=240, num_warps=4,
     )
     return out
+
+
+def _prepare(q, k, v, out, geometry, natural):
+    ok, why = can_run_gluon(q, geometry, natural)
+    if not ok:
+        raise ValueError(f"the gluon STA kernel cannot run: {why}")
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    B = q.shape[0]
+    if out is None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
+        raise ValueError(f"out must match q ({tuple(q.shape)}, {q.dtype}, {q.device}) with a contiguous last dim")
+    mergeable = all(B == 1 or x.stride(0) == x.shape[1] * x.stride(1) for x in (q, k, v, out))
+    aligned = all(x.data_ptr() % 16 == 0 and all(st * x.element_size() % 16 == 0 for st in x.stride()[:-1])
+                  for x in (q, k, v, out))
+    if not (mergeable and aligned):
+        q, k, v = (x.contiguous() for x in (q, k, v))
+        out = torch.empty_like(q)
+    return q, k, v, out
+
+
+def sta_gluon_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Geometry, windows: torch.Tensor,
+                    text_len: int, text_mask: torch.Tensor | None, scale: float | None, *,
+                    out: torch.Tensor | None = None, stages: int = 3) -> torch.Tensor:
+    """STA on tile-order inputs ``[padded video tiles | text]``; contract of :func:`.triton_fwd.sta_triton_tiled`."""
+    B, heads, L, D = q.shape
+    if L != geometry.padded_len + text_len:
+        raise ValueError(f"tiled sequence length {L} != padded video {geometry.padded_len} + text_len {text_len}")
+    q, k, v, out = _prepare(q, k, v, out, geometry, natural=False)
+    return _launch(q, k, v, out, geometry, windows, text_len, geometry.padded_len, 0, text_mask, scale,
+                   natural=False, stages=stages)
+
+
+def sta_gluon_natural(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Geometry, windows: torch.Tensor,
+                      text_len: int, text_first: bool, text_mask: torch.Tensor | None, scale: float | None, *,
+                      out: torch.Tensor | None = None, stages: int = 3) -> torch.Tensor:
+    """STA in place on natural-order tokens ``(B, heads, T*H*W + text_len, D)`` (text before or after the video).
+
+    Video tokens are read and written as 5-D TMA boxes of whole tile planes of the ``[T, H, W]`` canvas;
+    boxes crossing the canvas edge read zeros (masked as padding) and write nothing past it.
+    """
+    B, heads, S, D = q.shape
+    if S != geometry.video_len + text_len:
+        raise ValueError(f"sequence length {S} != canvas volume {geometry.video_len} + text_len {text_len}")
+    q, k, v, out = _prepare(q, k, v, out, geometry, natural=True)
+    video_start, text_start = (text_len, 0) if text_first else (0, geometry.video_len)
+    return _launch(q, k, v, out, geometry, windows, text_len, text_start, video_start, text_mask, scale,
+                   natural=True, stages=stages)

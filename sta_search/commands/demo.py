@@ -19,15 +19,15 @@ def register(app: typer.Typer) -> None:
         profile_every: int = typer.Option(4, "--profile-every", help="Profile every k-th denoising step."),
         seed: int = typer.Option(0, "--seed", help="Random seed of every generation."),
         device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cuda if available)."),
-        backend: str = typer.Option("auto", "--backend", help="STA kernel backend: auto, triton, flex, reference."),
+        backend: str = typer.Option("auto", "--backend", help="STA kernel backend: auto, gluon, triton, flex, reference."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
     ):
         """Profile the bundled tiny model, select windows at a budget, generate dense vs STA and report."""
         from ..errors import UserError
         from ..tiny.demo import DemoSettings, run_demo
 
-        if backend not in ("auto", "triton", "flex", "reference"):
-            raise UserError(f"--backend {backend!r} is not one of auto, triton, flex, reference")
+        if backend not in ("auto", "gluon", "triton", "flex", "reference"):
+            raise UserError(f"--backend {backend!r} is not one of auto, gluon, triton, flex, reference")
         run_demo(DemoSettings(out=out, budget=budget, quick_prompts=quick_prompts, heldout_prompts=heldout_prompts,
                               steps=steps, full_steps=full_steps, profile_every=profile_every, seed=seed, device=device, backend=backend,
                               overwrite=overwrite))

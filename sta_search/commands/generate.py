@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         out: str = typer.Option("sta-out", "--out", help="Output folder for the mp4 files and report.json."),
         compare_dense: bool = typer.Option(False, "--compare-dense", help="Also run dense attention with the same seed: PSNR/SSIM, side-by-side video, speedup."),
         compile: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks (both sides of a comparison)."),
-        backend: str = typer.Option("auto", "--backend", help="STA kernel backend: auto (triton on CUDA), triton, flex, reference."),
+        backend: str = typer.Option("auto", "--backend", help="STA kernel backend: auto (gluon on Hopper, else triton on CUDA), gluon, triton, flex, reference."),
         fps: Optional[int] = typer.Option(None, "--fps", help="Frames per second of the mp4 files (default: per model family)."),
         warmup_steps: int = typer.Option(0, "--warmup-steps", help="Untimed short run(s) of this many steps first "
                                          "(recommended with --compile and for timing comparisons)."),
@@ -35,8 +35,8 @@ def register(app: typer.Typer) -> None:
         from ..errors import UserError
         from ..generate import GenerateSettings, generate, read_prompts
 
-        if backend not in ("auto", "triton", "flex", "reference"):
-            raise UserError(f"--backend {backend!r} is not one of auto, triton, flex, reference")
+        if backend not in ("auto", "gluon", "triton", "flex", "reference"):
+            raise UserError(f"--backend {backend!r} is not one of auto, gluon, triton, flex, reference")
         settings = GenerateSettings(model=model, mask=mask, prompts=read_prompts(prompt, prompts), out=out, seed=seed,
                                     steps=steps, height=height, width=width, frames=frames, dtype=dtype, device=device,
                                     compare_dense=compare_dense, compile=compile, backend=backend, fps=fps,

@@ -1,0 +1,121 @@
+"""The warp-specialized Gluon kernel (Hopper only): against the float64 reference, the Triton kernel and flex.
+
+On machines without an sm_90 GPU only the refusal tests run; the GPU tests are marked ``gpu``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sta_search.kernels import Geometry, from_tiles, to_tiles
+from sta_search.kernels.sta import normalize_windows, sta_attention, sta_reference
+from sta_search.kernels.sta.api import can_run_gluon
+
+TILE = (6, 8, 8)
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+hopper = pytest.mark.skipif(not HOPPER, reason="needs a Hopper (sm_90) GPU")
+
+# Relative RMS error against the float64 reference, per dtype (bf16/fp16 inputs, fp32 softmax and accumulators;
+# P is rounded to the input dtype before the PV product, as in every FlashAttention-style kernel).
+TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+CASES = [
+    # id, canvas, heads, windows, text_len, text_first, masked text, batch
+    ("div-333", (12, 16, 16), 2, (3, 3, 3), 0, False, False, 1),
+    ("div-mixed-text40-after", (12, 16, 16), 3, [(1, 1, 1), (2, 2, 2), (1, 2, 1)], 40, False, True, 1),
+    ("pad-mixed", (10, 13, 20), 3, [(1, 1, 1), (2, 2, 3), (2, 1, 2)], 0, False, False, 1),
+    ("pad-text200-first-b2", (10, 13, 20), 2, [(2, 2, 2), (1, 2, 3)], 200, True, True, 2),
+    ("pad-text130-after-nomask", (9, 17, 11), 2, (1, 3, 2), 130, False, False, 1),
+    ("div-text256-full", (12, 16, 16), 2, (9, 9, 9), 256, False, True, 1),
+]
+
+
+def rel_rms(out, ref):
+    out, ref = out.double(), ref.double()
+    assert torch.isfinite(out).all(), "non-finite output"
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def make_case(canvas, heads, text_len, masked, batch, dtype):
+    q, k, v = (torch.randn(batch, heads, Geometry(canvas, TILE).video_len + text_len, 128, device="cuda",
+                           dtype=dtype) for _ in range(3))
+    mask = None
+    if masked:
+        mask = torch.rand(batch, text_len, device="cuda") > 0.3
+        mask[:, 0] = True  # at least one real text key (models always have the start token)
+        mask[:, -1] = False
+    return q, k, v, mask
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_gluon_matches_float64_reference_in_both_layouts(case, dtype, seed):
+    _, canvas, heads, windows, text_len, text_first, masked, batch = case
+    geometry = Geometry(canvas, TILE)
+    q, k, v, mask = make_case(canvas, heads, text_len, masked, batch, dtype)
+    kw = dict(canvas=canvas, tile=TILE, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
+    ref = sta_reference(q.double(), k.double(), v.double(), **kw)
+    natural = sta_attention(q, k, v, **kw, backend="gluon")
+    assert rel_rms(natural, ref) < TOLERANCE[dtype], f"seed {seed}"
+
+    # Tile order, output poisoned first: every real row must be written, and equal the in-place result.
+    V = geometry.video_len
+    video, text = (slice(text_len, None), slice(0, text_len)) if text_first else (slice(0, V), slice(V, None))
+    tiled_in = [torch.cat([to_tiles(geometry, x[:, :, video]), x[:, :, text]], 2) for x in (q, k, v)]
+    from sta_search.kernels.sta.gluon_fwd import sta_gluon_tiled
+
+    out = torch.full_like(tiled_in[0], float("nan"))
+    sta_gluon_tiled(*tiled_in, geometry, normalize_windows(windows, heads), text_len, mask, None, out=out)
+    video_out = from_tiles(geometry, out[:, :, : geometry.padded_len])
+    text_out = out[:, :, geometry.padded_len:]
+    assert torch.equal(torch.cat([text_out, video_out] if text_first else [video_out, text_out], 2), natural)
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("case", ["hunyuan-720p-mixed-text256", "wan-480p-333"])
+def test_gluon_matches_triton_and_flex_at_model_shapes(case, seed):
+    canvas, heads = ((21, 30, 52), 12) if case.startswith("wan") else ((30, 48, 80), 24)
+    if "mixed" in case:
+        choices = [(1, 2, 3), (3, 3, 3), (5, 6, 10), (2, 3, 5), (3, 5, 5), (1, 1, 1)]
+        table = [choices[h % len(choices)] for h in range(heads)]
+    else:
+        table = (3, 3, 3)
+    text_len = 256 if "text" in case else 0
+    mask = None
+    if text_len:
+        mask = torch.ones(1, text_len, dtype=torch.bool, device="cuda")
+        mask[:, 200:] = False
+    q, k, v = (torch.randn(1, heads, Geometry(canvas, TILE).video_len + text_len, 128, device="cuda",
+                           dtype=torch.bfloat16) for _ in range(3))
+    kw = dict(canvas=canvas, tile=TILE, windows=table, text_len=text_len, text_mask=mask)
+    gluon = sta_attention(q, k, v, **kw, backend="gluon")
+    flex = sta_attention(q, k, v, **kw, backend="flex")
+    triton = sta_attention(q, k, v, **kw, backend="triton")
+    print(f"{case}: gluon vs flex {rel_rms(gluon, flex):.2e}, vs triton {rel_rms(gluon, triton):.2e}")
+    assert rel_rms(gluon, flex) < 1e-2, f"seed {seed}"
+    assert rel_rms(gluon, triton) < 1e-2, f"seed {seed}"
+
+
+def test_gluon_refusals_name_the_reason():
+    geometry = Geometry((12, 16, 16), TILE)
+    q = torch.zeros(1, 2, geometry.video_len, 128)
+    ok, why = can_run_gluon(q, geometry)
+    assert not ok and ("Hopper" in why or "Gluon" in why)
+    with pytest.raises(ValueError, match="backend 'gluon' cannot run"):
+        sta_attention(q, q, q, canvas=(12, 16, 16), tile=TILE, windows=(1, 1, 1), backend="gluon")
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("what", ["fp32", "head-dim-64", "tile-volume-96"])
+def test_gluon_refuses_what_it_cannot_run_on_hopper(what):
+    tile = (6, 4, 4) if what == "tile-volume-96" else TILE
+    geometry = Geometry((12, 16, 16), tile)
+    q = torch.zeros(1, 2, geometry.video_len, 64 if what == "head-dim-64" else 128, device="cuda",
+                    dtype=torch.float32 if what == "fp32" else torch.bfloat16)
+    ok, why = can_run_gluon(q, geometry)
+    assert not ok and {"fp32": "dtype", "head-dim-64": "head dim", "tile-volume-96": "tile volume"}[what] in why
