@@ -16,7 +16,8 @@ guidance-distilled HunyuanVideo; Wan under CFG runs two of them per step):
   mask; same SDPA priority), timed per attention call with CUDA events: gives the attention share.
 - ``dense-nomask`` (``--dense-nomask``): the same without an all-true text mask (``fast_dense_attention``,
   what ``sta-search generate`` runs for dense steps and for ``--compare-dense``).
-- ``sta-triton-WWW``: ``sta_search.accelerate`` with a uniform mask config of window WWW, Triton kernel.
+- ``sta-gluon-WWW`` / ``sta-triton-WWW``: ``sta_search.accelerate`` with a uniform mask config of window WWW,
+  the warp-specialized Gluon kernel (Hopper) or the Triton kernel.
 - ``sta-flex-WWW``: the same through FlexAttention (what a user has today).
 
 each eager and, with ``--compile``, again after regional ``torch.compile`` of the transformer blocks
@@ -422,9 +423,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["hunyuan-720p", "wan-1.3b-480p"], choices=sorted(MODELS))
     parser.add_argument("--windows", nargs="+", type=parse_window, default=[(5, 5, 5), (3, 3, 3)])
-    parser.add_argument("--backends", nargs="+", default=["triton", "flex"], choices=["triton", "auto", "flex", "reference"])
+    parser.add_argument("--backends", nargs="+", default=["triton", "flex"], choices=["gluon", "triton", "auto", "flex", "reference"])
     parser.add_argument("--compile", choices=["off", "on", "both"], default="both")
-    parser.add_argument("--compiled-backends", nargs="+", default=["triton"], choices=["triton", "auto", "flex", "reference"],
+    parser.add_argument("--compiled-backends", nargs="+", default=["triton"], choices=["gluon", "triton", "auto", "flex", "reference"],
                         help="STA backends timed again after torch.compile")
     parser.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
                         help="also time diffusers' own processors (dense-native)")

@@ -22,6 +22,7 @@ from sta_search.kernels.sta.triton_fwd import KernelConfig
 CASES = {
     "none": [],
     "quick": [("hunyuan-720p", "3,3,3", 0)],
+    "wan": [("wan-480p", "3,3,3", 0), ("wan-720p", "3,3,3", 0), ("hunyuan-720p", "3,3,3", 0)],
     "all": [
         ("hunyuan-720p", "3,3,3", 0),
         ("hunyuan-720p", "5,5,5", 0),

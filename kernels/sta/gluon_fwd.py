@@ -129,6 +129,19 @@ def _video_key_ok(row, offs_n, NT: gl.constexpr, NH: gl.constexpr, NW: gl.conste
 
 
 @gluon.jit
+def _mask_padding(s_acc, row, offs_n, NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr,
+                  TH: gl.constexpr, TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr):
+    """``s_acc`` with canvas-padding keys at -inf; only blocks of border tiles along padded axes pay for it."""
+    tile = row // (TT * TH * TW)
+    border = (((tile // (NH * NW)) == NT - 1) & (REM_T < TT)) | ((((tile // NW) % NH) == NH - 1) & (REM_H < TH)) \
+        | (((tile % NW) == NW - 1) & (REM_W < TW))
+    if border:
+        key_ok = _video_key_ok(row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
+        s_acc = gl.where(gl.expand_dims(key_ok, 0), s_acc, float("-inf"))
+    return s_acc
+
+
+@gluon.jit
 def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, bh, b, q_row, text_query,
               n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh,
               ww, NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr,
@@ -176,12 +189,13 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, Text
         mbarrier.wait(ready.index(s), (n_text // STAGES) & 1)
         s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         s_acc = warpgroup_mma_wait(0, deps=(s_acc, ))
-        key_ok = gl.expand_dims(offs_n < BLOCK_N, 0)
+        # Every video block holds a real key for every row (all-padding blocks are never visited), so the
+        # running max is finite from here on and the unguarded softmax is exact.
         if HAS_PADDING:
             row = _video_row(0, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW, TILE_VOL,
                              BLOCK_N, BPT, BPT_LAST)
-            key_ok = gl.expand_dims(_video_key_ok(row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W), 0)
-        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, key_ok, HAS_PADDING)
+            s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
+        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, 0, False)
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
         p_op = gl.convert_layout(p.to(dtype), p_layout)
         s_prev = s
@@ -190,12 +204,13 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, Text
             mbarrier.wait(ready.index(s), (it // STAGES) & 1)
             s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             acc = warpgroup_mma(p_op, v_smem.index(s_prev), acc, is_async=True)
-            s_acc = warpgroup_mma_wait(1, deps=(s_acc, ))
-            if HAS_PADDING:
+            if HAS_PADDING:  # scalar index math while the wgmmas run
                 row = _video_row(it - n_text, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW,
                                  TILE_VOL, BLOCK_N, BPT, BPT_LAST)
-                key_ok = gl.expand_dims(_video_key_ok(row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W), 0)
-            p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, key_ok, HAS_PADDING)
+            s_acc = warpgroup_mma_wait(1, deps=(s_acc, ))
+            if HAS_PADDING:
+                s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
+            p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, 0, False)
             acc = warpgroup_mma_wait(0, deps=(acc, ))
             mbarrier.arrive(empty.index(s_prev), count=1)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
