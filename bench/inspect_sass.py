@@ -11,7 +11,11 @@ For each variant (hunyuan-720p constexprs, tile-order TMA path, bf16, d=128) thi
 - whether two variants compile to the same instructions (e.g. ``tl.range(warp_specialize=True)`` on
   sm_90); compared without the line info that the cubin bytes also hold.
 
-It is the evidence behind the "matmul-rate ceiling" in bench/NOTES.md: one loop iteration waits for its
+The ``gluon*`` variants compile the warp-specialized Gluon kernel (kernels/sta/gluon_fwd.py) the same way:
+its consumer warpgroups sync only among their own 128 threads (``BAR.SYNC id, 0x80``) and wait for QK^T
+with PV still in flight (``WARPGROUP.DEPBAR.LE gsb0, 0x1``).
+
+It is the evidence behind the Triton kernel's "matmul-rate ceiling" in bench/NOTES.md: one loop iteration waits for its
 QK^T wgmma before the softmax, and CTA-wide barriers around the TMA issue keep both warpgroups of the
 CTA in step, so softmax and MMA never overlap (FA3's ping-pong does exactly that overlap).
 """
@@ -45,6 +49,43 @@ VARIANTS = {
     "text-before": (dict(HAS_TEXT=True, HAS_TEXT_MASK=True, TEXT_TMA=True, TEXT_BEFORE=True),
                     dict(num_warps=8, num_stages=3)),
 }
+
+
+GLUON = dict(NT=5, NH=6, NW=10, TT=6, TH=8, TW=8, REM_T=6, REM_H=8, REM_W=8, HEAD_DIM=128, BLOCK_N=128, STAGES=3,
+             HAS_PADDING=False, HAS_TEXT_MASK=False, NATURAL=False, PRODUCER_REGS=24, CONSUMER_REGS=240)
+WAN_480P = dict(NT=4, NH=4, NW=7, REM_T=3, REM_H=6, REM_W=4, HAS_PADDING=True)
+GLUON_VARIANTS = {
+    "gluon": {},
+    "gluon-natural": dict(NATURAL=True),
+    "gluon-natural-text": dict(NATURAL=True, HAS_TEXT_MASK=True),
+    "gluon-natural-wan480p": dict(NATURAL=True, **WAN_480P),
+}
+
+
+def compile_gluon_variant(constexprs: dict):
+    """The warp-specialized Gluon kernel (kernels/sta/gluon_fwd.py) with these constexprs, for sm_90."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from sta_search.kernels.sta import gluon_fwd
+
+    def desc(shape):
+        return f"tensordesc<bf16[{', '.join(map(str, shape))}],{gl.NVMMASharedLayout.get_default_for(shape, gl.bfloat16)!r}>"
+
+    kernel = gluon_fwd._sta_fwd_gluon_kernel
+    signature = {name: "i32" for name in kernel.arg_names}
+    plane = constexprs["TH"] * constexprs["TW"]
+    for names, rows in ((("q_desc", "o_desc"), gluon_fwd.QUERY_ROWS), (("k_desc", "v_desc"), constexprs["BLOCK_N"])):
+        video = [1, rows // plane, constexprs["TH"], constexprs["TW"], 128] if constexprs["NATURAL"] else [1, rows, 128]
+        for name in names:
+            signature[name] = desc(video)
+            signature[name[0] + "t_desc"] = desc([1, rows, 128])
+    signature.update(Windows="*i32", HeadOrder="*i32", TextMask="*i8", qk_scale="fp32")
+    for name in constexprs:
+        signature[name] = "constexpr"
+    source = GluonASTSource(fn=kernel, signature=signature,
+                            constexprs={(kernel.arg_names.index(n),): v for n, v in constexprs.items()})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
 
 
 def compile_variant(constexprs: dict, options: dict):
@@ -85,6 +126,9 @@ def analyse(cubin: bytes, work: Path, tag: str) -> dict:
         "spill_instructions": sum(1 for ln in lines if re.match(r"(@\S+ )?(STL|LDL)\b", ln)),
         "hgmma": sum("HGMMA" in ln for ln in lines),
         "hgmma_waits": sum("WARPGROUP.DEPBAR" in ln for ln in lines),
+        # a wait that leaves one wgmma group in flight: the softmax of block j overlapping PV of j - 1
+        "hgmma_waits_leaving_one": sum("WARPGROUP.DEPBAR.LE gsb0, 0x1" in ln for ln in lines),
+        "named_barriers_128_threads": sum(bool(re.match(r"(@\S+ )?BAR.SYNC\S* 0x\w+, 0x80", ln)) for ln in lines),
         "cta_barriers": sum("BAR.SYNC" in ln for ln in lines),
         "mufu_ex2": sum("MUFU.EX2" in ln for ln in lines),
         "cubin_sha1": hashlib.sha1(cubin).hexdigest(),
@@ -97,13 +141,18 @@ def analyse(cubin: bytes, work: Path, tag: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("outputs/sass"))
-    parser.add_argument("--variant", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variant", nargs="+", default=list(VARIANTS) + list(GLUON_VARIANTS),
+                        choices=list(VARIANTS) + list(GLUON_VARIANTS))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"triton": triton.__version__, "target": "cuda sm_90", "variants": {}}
     for tag in args.variant:
-        overrides, options = VARIANTS[tag]
-        compiled = compile_variant({**HUNYUAN, **overrides}, options)
+        if tag in GLUON_VARIANTS:
+            options = dict(num_warps=4, partitions="2 consumer warpgroups + 1 producer warp")
+            compiled = compile_gluon_variant({**GLUON, **GLUON_VARIANTS[tag]})
+        else:
+            overrides, options = VARIANTS[tag]
+            compiled = compile_variant({**HUNYUAN, **overrides}, options)
         row = analyse(compiled.asm["cubin"], args.out, tag)
         row.update(shared_bytes=compiled.metadata.shared, **options)
         report["variants"][tag] = row
