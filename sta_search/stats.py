@@ -186,7 +186,8 @@ class AttentionProfiler:
 
     ``backend``: recall pass, ``"auto"`` (Triton on CUDA, PyTorch reference on CPU), ``"triton"``,
     ``"reference"``. ``sta_backend``: backend of the shortlist's STA outputs on the tile-order (Triton recall)
-    path, ``"auto"`` = triton on CUDA, flex elsewhere; the reference path computes them from its own scores.
+    path, ``"auto"`` = gluon or triton on CUDA (as ``sta_attention``), flex elsewhere; the reference path computes
+    them from its own scores.
     ``memory_budget``: bytes of extra activations (tile-order copies, one STA output) per head chunk.
     """
 
@@ -373,8 +374,8 @@ class AttentionProfiler:
         B, H = q.shape[:2]
         norm = torch.stack([self._row_norm(ref[:, h], None, rows) for h in range(H)], dim=1)
         sta_backend = self.sta_backend
-        if sta_backend == "auto":
-            sta_backend = "triton" if q.device.type == "cuda" else "flex"
+        if sta_backend == "auto":  # gluon where it runs (Hopper, bf16/fp16, d = 128), else triton; flex off CUDA
+            sta_backend = "auto" if q.device.type == "cuda" else "flex"
         out = []
         for i in partial:
             o = sta_attention_tiled(q_t, k_t, v_t, geometry=g, windows=self.error_windows[i], text_len=text_len,
