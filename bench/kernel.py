@@ -1,6 +1,6 @@
 """Kernel benchmark driver for one GPU session: correctness check, config sweep, the issue-3 cases.
 
-    python bench/kernel.py --out DIR [--cases all|quick|none] [--sweep] [--check]
+    python bench/kernel.py --out DIR [--cases all|quick|wan|none] [--sweep] [--check] [--paired-text] [--paired-mixed]
 
 Same logic as ``sta-search bench`` (``sta_search.benchmark``), batched so one device call covers
 every case. The JSON (``kernel-<utc>.json`` under ``--out``) is rewritten after every case, so a run
@@ -99,6 +99,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", default=None, help="run only the sweeps whose name contains one of these")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--paired-mixed", action="store_true",
+                        help="uniform (3,3,3) vs mixed windows of the same density, alternating rounds, per backend")
     args = parser.parse_args(argv)
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     extra: dict = {}
@@ -116,6 +118,15 @@ def main(argv=None) -> int:
                                          make_shape("hunyuan-720p", window="3,3,3", text_len=256), backend=backend,
                                          log=log)
             log(f"  median text overhead {extra[key]['median_ratio'] - 1:+.1%}")
+        path = write_results(results, args.out, extra=extra)
+    if args.paired_mixed:
+        for backend in ("triton", "gluon"):
+            log(f"paired ({backend}): hunyuan-720p in place, uniform (3,3,3) vs mixed per-head windows of the same "
+                "mean density, alternating rounds")
+            key = f"paired_mixed_{backend}"
+            extra[key] = paired_overhead(make_shape("hunyuan-720p", window="3,3,3"),
+                                         make_shape("hunyuan-720p", window="mixed"), backend=backend, log=log)
+            log(f"  median mixed overhead {extra[key]['median_ratio'] - 1:+.1%}")
         path = write_results(results, args.out, extra=extra)
     if args.sweep:
         for sweep_name, shape_name, window, text_len, layout, configs in SWEEPS:
