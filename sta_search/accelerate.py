@@ -204,6 +204,7 @@ class MaskAttention:
             self._on_device[device_key] = windows
         windows = windows_for_call(windows, call)  # this rank's heads under Ulysses; all heads otherwise
         q, k, v = call.q, call.k, call.v
+        self.calls[f"kernel:{self._kernel_for(q)}"] += 1  # which STA kernel ran, for reports
         kwargs = dict(canvas=self.geometry.canvas, tile=self.geometry.tile, text_len=call.text_len,
                       text_first=call.text_first, text_mask=call.text_mask, backend=self.backend)
         heads = q.shape[1]
@@ -219,12 +220,18 @@ class MaskAttention:
             out[:, h0:h1] = sta_attention(q[:, h0:h1], k[:, h0:h1], v[:, h0:h1], windows=windows[h0:h1], **kwargs)
         return out
 
+    def _kernel_for(self, q) -> str:
+        """The STA backend that ``sta_attention`` runs for ``q`` (``auto`` resolved as it resolves it)."""
+        if self.backend != "auto":
+            return self.backend
+        from .kernels.sta.api import choose_backend
+
+        return choose_backend(q, self.geometry)[0]
+
     def _copies_needed(self, q, k, v) -> bool:
         """Whether the kernel entry will copy q, k, v into tile order (False: the Gluon or Triton kernel reads
         the natural layout in place, so chunking heads would only add launches)."""
-        from .kernels.sta.api import choose_backend
-
-        backend = choose_backend(q, self.geometry)[0] if self.backend == "auto" else self.backend
+        backend = self._kernel_for(q)
         if q.device.type != "cuda" or backend not in ("triton", "gluon"):
             return True
         if backend == "gluon":

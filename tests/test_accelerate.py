@@ -82,6 +82,7 @@ def test_full_windows_give_the_dense_output(kind, seed):
     with sta_search.accelerate(pipe, _config(pipe, SPARSE), backend="reference") as acc:
         sparse_ref = _call(pipe, kind, seed=seed)
     assert acc.attention.calls["sparse"] > 0
+    assert acc.attention.calls["kernel:reference"] == acc.attention.calls["sparse"]  # reported per kernel
     assert (sparse_ref - dense).abs().max().item() > 1e-4
     with sta_search.accelerate(pipe, _config(pipe, SPARSE), backend="flex"):
         sparse_flex = _call(pipe, kind, seed=seed)
