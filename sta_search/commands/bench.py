@@ -1,4 +1,4 @@
-"""``sta-search bench``: time the STA kernel against FlexAttention and dense SDPA on this GPU."""
+"""``sta-search bench``: time the STA kernels against FlexAttention and dense SDPA on this GPU."""
 
 from __future__ import annotations
 
@@ -22,7 +22,13 @@ def register(app: typer.Typer) -> None:
         no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip dense cuDNN / FlashAttention-2."),
         out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for the JSON result."),
     ):
-        """Median times, effective TFLOP/s and speedups; writes a JSON result under --out."""
+        """Median times, effective TFLOP/s and speedups; writes a JSON result under --out.
+
+        Rows (same inputs, one process):
+        ours = the Triton kernel, gluon = the warp-specialized Gluon kernel (Hopper only),
+        each in tile order, with tile/untile permutes (+permutes) and in place (-natural);
+        flex = FlexAttention STA (mask built once); cudnn-dense, fa2-dense = dense SDPA.
+        """
         from ..benchmark import make_shape, results_table, run_shape, write_results
 
         console = Console()
