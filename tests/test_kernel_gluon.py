@@ -119,3 +119,21 @@ def test_gluon_refuses_what_it_cannot_run_on_hopper(what):
                     dtype=torch.float32 if what == "fp32" else torch.bfloat16)
     ok, why = can_run_gluon(q, geometry)
     assert not ok and {"fp32": "dtype", "head-dim-64": "head dim", "tile-volume-96": "tile volume"}[what] in why
+
+
+def test_gluon_host_side_keeps_tma_ready_views_and_refuses_a_bad_out(monkeypatch):
+    """Host logic only (runs anywhere): (B, S, H, D) views are read in place when batch and heads merge into one
+    TMA dimension (batch 1), copied otherwise, and a given ``out`` the kernel cannot write through TMA is refused."""
+    from sta_search.kernels.sta import gluon_fwd
+
+    monkeypatch.setattr(gluon_fwd, "can_run_gluon", lambda q, geometry, natural=False: (True, "ok"))
+    geometry = Geometry((12, 16, 16), TILE)
+    one = torch.randn(1, geometry.video_len, 3, 128, dtype=torch.bfloat16).transpose(1, 2)
+    q, _, _, out = gluon_fwd._prepare(one, one, one, None, geometry, natural=True)
+    assert q.data_ptr() == one.data_ptr() and out.is_contiguous()
+    two = torch.randn(2, geometry.video_len, 3, 128, dtype=torch.bfloat16).transpose(1, 2)
+    q, _, _, _ = gluon_fwd._prepare(two, two, two, None, geometry, natural=True)
+    assert q.is_contiguous() and torch.equal(q, two)
+    bad_out = torch.empty(2, geometry.video_len, 3, 128, dtype=torch.bfloat16).transpose(1, 2)
+    with pytest.raises(ValueError, match="TMA-compatible"):
+        gluon_fwd._prepare(two, two, two, bad_out, geometry, natural=True)

@@ -413,18 +413,16 @@ def _prepare(q, k, v, out, geometry, natural):
     ok, why = can_run_gluon(q, geometry, natural)
     if not ok:
         raise ValueError(f"the gluon STA kernel cannot run: {why}")
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    B = q.shape[0]
+    def tma_ready(x):  # batch and heads merge into one TMA dimension; 16-byte aligned base and strides
+        return ((x.shape[0] == 1 or x.stride(0) == x.shape[1] * x.stride(1)) and x.stride(-1) == 1
+                and x.data_ptr() % 16 == 0 and all(st * x.element_size() % 16 == 0 for st in x.stride()[:-1]))
+
+    q, k, v = (x if tma_ready(x) else x.contiguous() for x in (q, k, v))
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
-        raise ValueError(f"out must match q ({tuple(q.shape)}, {q.dtype}, {q.device}) with a contiguous last dim")
-    mergeable = all(B == 1 or x.stride(0) == x.shape[1] * x.stride(1) for x in (q, k, v, out))
-    aligned = all(x.data_ptr() % 16 == 0 and all(st * x.element_size() % 16 == 0 for st in x.stride()[:-1])
-                  for x in (q, k, v, out))
-    if not (mergeable and aligned):
-        q, k, v = (x.contiguous() for x in (q, k, v))
-        out = torch.empty_like(q)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or not tma_ready(out):
+        raise ValueError(f"out must match q ({tuple(q.shape)}, {q.dtype}, {q.device}) in a TMA-compatible layout "
+                         "(last dim contiguous, batch and heads mergeable, 16-byte aligned)")
     return q, k, v, out
 
 
