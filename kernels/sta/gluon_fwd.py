@@ -27,6 +27,11 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ..geometry import Geometry
+from . import triton_fwd
+
+# Scalar / elementwise index math shared with the Triton kernel, compiled as Gluon.
+_clamped_window = gluon.jit(triton_fwd._clamped_window.fn)
+_padding_ok = gluon.jit(triton_fwd._padding_ok.fn)
 
 LOG2E = 1.4426950408889634
 QUERY_ROWS = 64  # query rows per consumer warpgroup (one m64 wgmma row block); two warpgroups per program
@@ -113,30 +118,15 @@ def _softmax(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr):
 
 
 @gluon.jit
-def _video_key_ok(row, offs_n, NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr,
-                  TH: gl.constexpr, TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr):
-    """True where key ``offs_n`` of the video block at tile-order ``row`` is a real token, not canvas padding."""
-    TILE_VOL: gl.constexpr = TT * TH * TW
-    tile = row // TILE_VOL
-    offset = row % TILE_VOL + offs_n
-    kt = tile // (NH * NW)
-    kh = (tile // NW) % NH
-    kw = tile % NW
-    ot = offset // (TH * TW)
-    oh = (offset // TW) % TH
-    ow = offset % TW
-    return ((kt < NT - 1) | (ot < REM_T)) & ((kh < NH - 1) | (oh < REM_H)) & ((kw < NW - 1) | (ow < REM_W))
-
-
-@gluon.jit
 def _mask_padding(s_acc, row, offs_n, NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr,
                   TH: gl.constexpr, TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr):
     """``s_acc`` with canvas-padding keys at -inf; only blocks of border tiles along padded axes pay for it."""
-    tile = row // (TT * TH * TW)
+    TILE_VOL: gl.constexpr = TT * TH * TW
+    tile = row // TILE_VOL
     border = (((tile // (NH * NW)) == NT - 1) & (REM_T < TT)) | ((((tile // NW) % NH) == NH - 1) & (REM_H < TH)) \
         | (((tile % NW) == NW - 1) & (REM_W < TW))
     if border:
-        key_ok = _video_key_ok(row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
+        key_ok = _padding_ok(tile, row % TILE_VOL + offs_n, NH, NW, TH, TW, NT, REM_T, REM_H, REM_W)
         s_acc = gl.where(gl.expand_dims(key_ok, 0), s_acc, float("-inf"))
     return s_acc
 
@@ -284,15 +274,7 @@ def _sta_fwd_gluon_kernel(
         ct = tile // (NH * NW)
         ch = (tile // NW) % NH
         cw = tile % NW
-        wt = gl.minimum(gl.load(Windows + h * 3 + 0), NT)
-        wh = gl.minimum(gl.load(Windows + h * 3 + 1), NH)
-        ww = gl.minimum(gl.load(Windows + h * 3 + 2), NW)
-        st = gl.minimum(gl.maximum(ct - (wt - 1) // 2, 0), NT - wt)
-        sh = gl.minimum(gl.maximum(ch - (wh - 1) // 2, 0), NH - wh)
-        sw = gl.minimum(gl.maximum(cw - (ww - 1) // 2, 0), NW - ww)
-        spans = wt * wh
-        last_spans = gl.where(st + wt == NT, wh, 0)
-        n_first = (spans - last_spans) * ww * BPT
+        st, sh, sw, wh, ww, spans, last_spans, n_first = _clamped_window(Windows, h, ct, ch, cw, NT, NH, NW, BPT)
         q_padded = (ct == NT - 1) & (q_sub >= Q_LAST)  # every row is canvas padding: no keys at all
         n_text = gl.where(q_padded, 0, n_text)
         n_total = gl.where(q_padded, 0, n_text + n_first + last_spans * ww * BPT_LAST)

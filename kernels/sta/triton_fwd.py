@@ -177,6 +177,25 @@ def _load_key_block(K, V, KDesc, VDesc, b, h, bh, tile, sub, offs_n, offs_d, str
 
 
 @triton.jit
+def _clamped_window(Windows, h, ct, ch, cw, NT: tl.constexpr, NH: tl.constexpr, NW: tl.constexpr,
+                    BPT: tl.constexpr):
+    """Head ``h``'s window around query tile ``(ct, ch, cw)``, clamped to the grid, as the window loop walks it:
+    start ``(st, sh, sw)``, extent ``(wh, ww)``, ``spans`` (kt, kh) rows of ``ww`` tiles, kt-major, of which
+    the ``last_spans`` of the last t-row (if the window reaches it) come last, and the ``n_first`` key
+    blocks before those. Scalar only: the Gluon kernel compiles the same function."""
+    wt = tl.minimum(tl.load(Windows + h * 3 + 0), NT)
+    wh = tl.minimum(tl.load(Windows + h * 3 + 1), NH)
+    ww = tl.minimum(tl.load(Windows + h * 3 + 2), NW)
+    st = tl.minimum(tl.maximum(ct - (wt - 1) // 2, 0), NT - wt)
+    sh = tl.minimum(tl.maximum(ch - (wh - 1) // 2, 0), NH - wh)
+    sw = tl.minimum(tl.maximum(cw - (ww - 1) // 2, 0), NW - ww)
+    spans = wt * wh
+    last_spans = tl.where(st + wt == NT, wh, 0)
+    n_first = (spans - last_spans) * ww * BPT
+    return st, sh, sw, wh, ww, spans, last_spans, n_first
+
+
+@triton.jit
 def _window_block(j, n_first, spans, last_spans, st, sh, sw, wh, ww, NH: tl.constexpr, NW: tl.constexpr,
                   BPT: tl.constexpr, BPT_LAST: tl.constexpr):
     """(key tile, block in tile) of the window loop's ``j``-th key block (spans of ``ww`` tiles, kt-major)."""
@@ -347,17 +366,8 @@ def _sta_fwd_kernel(
                                                 TW, REM_T, REM_H, REM_W, HEAD_DIM, BLOCK_N, USE_TMA, NATURAL,
                                                 HAS_PADDING, DOT_PRECISION, UPCAST_DOTS)
     elif q_padded == 0:
-        wt = tl.minimum(tl.load(Windows + h64 * 3 + 0), NT)
-        wh = tl.minimum(tl.load(Windows + h64 * 3 + 1), NH)
-        ww = tl.minimum(tl.load(Windows + h64 * 3 + 2), NW)
-        st = tl.minimum(tl.maximum(ct - (wt - 1) // 2, 0), NT - wt)
-        sh = tl.minimum(tl.maximum(ch - (wh - 1) // 2, 0), NH - wh)
-        sw = tl.minimum(tl.maximum(cw - (ww - 1) // 2, 0), NW - ww)
-        # Spans: (kt, kh) rows of ww tiles, kt-major; the spans of the last t-row (if the window reaches
-        # it) come last and have BPT_LAST blocks per tile.
-        spans = wt * wh
-        last_spans = tl.where(st + wt == NT, wh, 0)
-        n_first = (spans - last_spans) * ww * BPT
+        # The spans of the last t-row have BPT_LAST blocks per tile.
+        st, sh, sw, wh, ww, spans, last_spans, n_first = _clamped_window(Windows, h64, ct, ch, cw, NT, NH, NW, BPT)
         n_total = n_first + last_spans * ww * BPT_LAST
         n_loop = n_total
         if TEXT_IN_LOOP:
