@@ -204,13 +204,14 @@ class MaskAttention:
             self._on_device[device_key] = windows
         windows = windows_for_call(windows, call)  # this rank's heads under Ulysses; all heads otherwise
         q, k, v = call.q, call.k, call.v
-        self.calls[f"kernel:{self._kernel_for(q)}"] += 1  # which STA kernel ran, for reports
+        kernel = self._kernel_for(q)
+        self.calls[f"kernel:{kernel}"] += 1  # which STA kernel ran, for reports
         kwargs = dict(canvas=self.geometry.canvas, tile=self.geometry.tile, text_len=call.text_len,
                       text_first=call.text_first, text_mask=call.text_mask, backend=self.backend)
         heads = q.shape[1]
         per_head_bytes = q[:, :1].numel() * q.element_size()
         chunk = max(1, self.max_chunk_bytes // per_head_bytes) if self.max_chunk_bytes else heads
-        if chunk >= heads or not self._copies_needed(q, k, v):
+        if chunk >= heads or not self._copies_needed(kernel, q, k, v):
             return sta_attention(q, k, v, windows=windows, **kwargs)
         # Large inputs: a few heads at a time, so the tile-order copies stay a small fraction of q
         # and the whole call allocates little more than the output SDPA would allocate.
@@ -228,10 +229,9 @@ class MaskAttention:
 
         return choose_backend(q, self.geometry)[0]
 
-    def _copies_needed(self, q, k, v) -> bool:
-        """Whether the kernel entry will copy q, k, v into tile order (False: the Gluon or Triton kernel reads
-        the natural layout in place, so chunking heads would only add launches)."""
-        backend = self._kernel_for(q)
+    def _copies_needed(self, backend: str, q, k, v) -> bool:
+        """Whether ``backend`` (resolved) will copy q, k, v into tile order (False: the Gluon or Triton kernel
+        reads the natural layout in place, so chunking heads would only add launches)."""
         if q.device.type != "cuda" or backend not in ("triton", "gluon"):
             return True
         if backend == "gluon":
