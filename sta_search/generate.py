@@ -265,6 +265,7 @@ def generate(settings: GenerateSettings, console=None) -> dict:
 
     from .accelerate import AttentionTimer, MaskAttention, check_config, compile_transformer, load_mask, timed_dense_attention
     from .distributed import checks_on_every_rank
+    from .kernels import Geometry
     from .models import load_model
     from .video import fidelity, side_by_side, write_mp4
 
@@ -303,7 +304,7 @@ def generate(settings: GenerateSettings, console=None) -> dict:
             raise UserError(f"--warmup-steps must be >= 0, got {settings.warmup_steps}")
         canvas = tuple(int(c) for c in loaded.adapter.canvas(loaded.transformer, height, width, frames))
         check_config(config, info, canvas, steps)
-        _check_backend(settings.backend, info, device)
+        _check_backend(settings.backend, info, device, dtype, Geometry(canvas, tuple(config.tile)))
         if context is not None:
             from .distributed import enable_ulysses
 
@@ -390,17 +391,17 @@ def generate(settings: GenerateSettings, console=None) -> dict:
     return report
 
 
-def _check_backend(backend: str, info, device: torch.device) -> None:
+def _check_backend(backend: str, info, device: torch.device, dtype: torch.dtype, geometry) -> None:
     """UserError before the first step for a backend that cannot run this model on this device."""
-    from .kernels.sta.api import BACKENDS, SUPPORTED_HEAD_DIMS
+    from .kernels.sta.api import BACKENDS, SUPPORTED_HEAD_DIMS, can_run_gluon
 
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    if backend == "gluon":
-        capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-        if capability != (9, 0) or info.head_dim != 128:
-            raise UserError(f"--backend gluon needs a Hopper (sm_90) CUDA device and head dim 128; got --device "
-                            f"{device} (capability {capability}) and head dim {info.head_dim} (use --backend triton)")
+    if backend == "gluon":  # the kernel's own check, on an empty q of this model's head dim, dtype and device
+        ok, why = can_run_gluon(torch.empty(1, 1, 0, info.head_dim, device=device, dtype=dtype), geometry)
+        if not ok:
+            raise UserError(f"--backend gluon cannot run {info.transformer_class} here: {why} "
+                            "(use --backend triton)")
         return
     if backend != "triton":
         return

@@ -152,6 +152,16 @@ def test_triton_backend_on_cpu_without_interpreter_exits_2(folders, tmp_path, ca
     assert code == 2 and "needs a CUDA device" in " ".join(capsys.readouterr().err.split())
 
 
+def test_gluon_backend_that_cannot_run_exits_2_before_any_step(folders, tmp_path, capsys):
+    """The tiny Wan has head dim 32 on a CPU: the Gluon kernel's own check names why, one line, exit 2."""
+    good = _mask(folders["wan"], tmp_path / "wan.yaml", (1, 1, 1))
+    code = _exit_code("generate", folders["wan"], "--mask", good, "--prompt", "x", *SIZE, "--backend", "gluon",
+                      "--device", "cpu", "--out", tmp_path / "o")
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "--backend gluon cannot run" in err and "Hopper" in err, err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
 def test_read_prompts(tmp_path):
     (tmp_path / "p.txt").write_text("# header\na dog in the snow\n\n  a boat on the river  \n")
     assert read_prompts(None, str(tmp_path / "p.txt")) == ("a dog in the snow", "a boat on the river")
