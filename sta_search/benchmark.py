@@ -202,15 +202,22 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
     def ours_tiled(q, k, v):
         return sta_triton_tiled(q, k, v, geometry, windows, T, text_mask, None, config=cfg)
 
-    def ours_natural(q, k, v):
-        return sta_attention(q, k, v, canvas=geometry.canvas, tile=geometry.tile, windows=windows, text_len=T,
-                             text_mask=text_mask, backend="triton")
+    def in_place(backend):
+        """``sta_attention`` on natural-order tokens (the kernel reads them in place where it can)."""
+        def run(q, k, v):
+            return sta_attention(q, k, v, canvas=geometry.canvas, tile=geometry.tile, windows=windows, text_len=T,
+                                 text_mask=text_mask, backend=backend)
+        return run
 
-    def ours_permuted(q, k, v):
+    def with_permutes(run_tiled):
         """Tile, run in tile order, untile: what a caller pays without the in-place (natural) path."""
-        out = ours_tiled(*(tiled(x) for x in (q, k, v)))
-        video = from_tiles(geometry, out[:, :, : geometry.padded_len])
-        return torch.cat([video, out[:, :, geometry.padded_len:]], 2) if T else video
+        def run(q, k, v):
+            out = run_tiled(*(tiled(x) for x in (q, k, v)))
+            video = from_tiles(geometry, out[:, :, : geometry.padded_len])
+            return torch.cat([video, out[:, :, geometry.padded_len:]], 2) if T else video
+        return run
+
+    ours_natural, ours_permuted = in_place("triton"), with_permutes(ours_tiled)
 
     t0 = time.perf_counter()
     ours_tiled(*tiled_sets[0])
@@ -243,14 +250,7 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
         def gluon_tiled(q, k, v):
             return sta_gluon_tiled(q, k, v, geometry, windows, T, text_mask, None)
 
-        def gluon_natural(q, k, v):
-            return sta_attention(q, k, v, canvas=geometry.canvas, tile=geometry.tile, windows=windows, text_len=T,
-                                 text_mask=text_mask, backend="gluon")
-
-        def gluon_permuted(q, k, v):
-            out = gluon_tiled(*(tiled(x) for x in (q, k, v)))
-            video = from_tiles(geometry, out[:, :, : geometry.padded_len])
-            return torch.cat([video, out[:, :, geometry.padded_len:]], 2) if T else video
+        gluon_natural, gluon_permuted = in_place("gluon"), with_permutes(gluon_tiled)
 
         t0 = time.perf_counter()
         gluon_tiled(*tiled_sets[0])
