@@ -12,7 +12,8 @@ from sta_search.kernels import Geometry, from_tiles, to_tiles
 from sta_search.kernels.sta import normalize_windows, sta_attention, sta_reference
 from sta_search.kernels.sta.api import can_run_gluon
 
-TILE = (6, 8, 8)
+from kernel_cases import TILE, model_shape_case, rel_rms
+
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 hopper = pytest.mark.skipif(not HOPPER, reason="needs a Hopper (sm_90) GPU")
 
@@ -29,12 +30,6 @@ CASES = [
     ("pad-text130-after-nomask", (9, 17, 11), 2, (1, 3, 2), 130, False, False, 1),
     ("div-text256-full", (12, 16, 16), 2, (9, 9, 9), 256, False, True, 1),
 ]
-
-
-def rel_rms(out, ref):
-    out, ref = out.double(), ref.double()
-    assert torch.isfinite(out).all(), "non-finite output"
-    return ((out - ref).norm() / ref.norm()).item()
 
 
 def make_case(canvas, heads, text_len, masked, batch, dtype):
@@ -78,20 +73,7 @@ def test_gluon_matches_float64_reference_in_both_layouts(case, dtype, seed):
 @hopper
 @pytest.mark.parametrize("case", ["hunyuan-720p-mixed-text256", "wan-480p-333"])
 def test_gluon_matches_triton_and_flex_at_model_shapes(case, seed):
-    canvas, heads = ((21, 30, 52), 12) if case.startswith("wan") else ((30, 48, 80), 24)
-    if "mixed" in case:
-        choices = [(1, 2, 3), (3, 3, 3), (5, 6, 10), (2, 3, 5), (3, 5, 5), (1, 1, 1)]
-        table = [choices[h % len(choices)] for h in range(heads)]
-    else:
-        table = (3, 3, 3)
-    text_len = 256 if "text" in case else 0
-    mask = None
-    if text_len:
-        mask = torch.ones(1, text_len, dtype=torch.bool, device="cuda")
-        mask[:, 200:] = False
-    q, k, v = (torch.randn(1, heads, Geometry(canvas, TILE).video_len + text_len, 128, device="cuda",
-                           dtype=torch.bfloat16) for _ in range(3))
-    kw = dict(canvas=canvas, tile=TILE, windows=table, text_len=text_len, text_mask=mask)
+    _, (q, k, v), kw = model_shape_case(case)
     gluon = sta_attention(q, k, v, **kw, backend="gluon")
     flex = sta_attention(q, k, v, **kw, backend="flex")
     triton = sta_attention(q, k, v, **kw, backend="triton")

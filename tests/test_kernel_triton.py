@@ -16,14 +16,10 @@ from sta_search.kernels import Geometry, from_tiles, to_tiles
 from sta_search.kernels.sta import normalize_windows, sta_attention, sta_attention_tiled, sta_reference
 from sta_search.kernels.sta.triton_fwd import KernelConfig, sta_triton_natural, sta_triton_tiled
 
+from kernel_cases import model_shape_case, rel_rms
+
 ODD = dict(canvas=(5, 7, 9), tile=(2, 4, 4))  # grid (3, 2, 3), padding on every axis
 EVEN = dict(canvas=(4, 8, 8), tile=(2, 4, 4))  # grid (2, 2, 2), divisible
-
-
-def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    assert torch.isfinite(out).all(), "non-finite output"
-    return ((out - ref).norm() / ref.norm()).item()
 
 
 def reference64(q, k, v, *, canvas, tile, windows, text_len=0, text_first=False, text_mask=None, scale=None):
@@ -271,21 +267,8 @@ HUNYUAN_720P = dict(canvas=(30, 48, 80), tile=(6, 8, 8))
                                   "wan-480p-333"])
 def test_triton_matches_flex_at_model_shapes(case, seed):
     """Issue-2 GPU check (bf16, d=128): the natural-order path, the tile-order path and flex agree."""
-    canvas, heads = ((21, 30, 52), 12) if case.startswith("wan") else ((30, 48, 80), 24)
-    geometry = Geometry(canvas, (6, 8, 8))
-    if "mixed" in case:
-        choices = [(1, 2, 3), (3, 3, 3), (5, 6, 10), (2, 3, 5), (3, 5, 5), (1, 1, 1)]
-        table = [choices[h % len(choices)] for h in range(heads)]
-    else:
-        table = (3, 3, 3)
-    text_len = 256 if "text" in case else 0
-    text_mask = None
-    if text_len:
-        text_mask = torch.ones(1, text_len, dtype=torch.bool, device="cuda")
-        text_mask[:, 200:] = False
-    q, k, v = (torch.randn(1, heads, geometry.video_len + text_len, 128, device="cuda", dtype=torch.bfloat16)
-               for _ in range(3))
-    kw = dict(canvas=canvas, tile=(6, 8, 8), windows=table, text_len=text_len, text_mask=text_mask)
+    geometry, (q, k, v), kw = model_shape_case(case)
+    table, text_len, text_mask = kw["windows"], kw["text_len"], kw["text_mask"]
     natural = sta_attention(q, k, v, **kw, backend="triton")
     flex = sta_attention(q, k, v, **kw, backend="flex")
     error = rel_rms(natural, flex)
