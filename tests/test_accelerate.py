@@ -147,25 +147,32 @@ def test_mismatched_configs_are_refused_before_running(wan_pipe, tmp_path):
             pass
 
 
+def _one_layer_case(canvas, tile, text_len, head_windows, padded_text, device="cpu"):
+    """A one-step, one-layer hunyuan_video mask config with these per-head windows, a text mask whose last
+    ``padded_text`` keys are padding, and ``call(q, k, v)`` wrapping tensors as that layer's attention call."""
+    from sta_search.models import AttentionCall
+
+    config = MaskConfig.uniform({"family": "hunyuan_video", "transformer_class": "X", "num_layers": 1,
+                                 "num_heads": len(head_windows)}, canvas, tile, text_len, 1, head_windows[0])
+    windows = config.windows.copy()
+    windows[0, 0] = head_windows
+    text_mask = torch.ones(1, text_len, dtype=torch.bool, device=device)
+    text_mask[0, -padded_text:] = False
+
+    def call(q, k, v):
+        return AttentionCall(step=0, layer=0, q=q, k=k, v=v, canvas=canvas, text_len=text_len, text_first=False,
+                             text_mask=text_mask, forward_index=0)
+
+    return config.replace(windows=windows), int(np.prod(canvas)) + text_len, call
+
+
 def test_triton_backend_through_mask_attention(seed):
     """The Triton kernel (interpreted on CPU) behind MaskAttention matches the reference, text included."""
     pytest.importorskip("sta_search.kernels.sta.triton_fwd")
-    from sta_search.models import AttentionCall
-
-    canvas, tile, text_len, heads, dim = (2, 8, 8), (1, 4, 4), 16, 2, 32
-    config = MaskConfig.uniform({"family": "hunyuan_video", "transformer_class": "X", "num_layers": 1,
-                                 "num_heads": heads}, canvas, tile, text_len, 1, (1, 1, 1))
-    windows = config.windows.copy()
-    windows[0, 0, 1] = (2, 1, 2)
-    config = config.replace(windows=windows)
-    S = int(np.prod(canvas)) + text_len
-    q, k, v = (torch.randn(1, heads, S, dim) for _ in range(3))
-    text_mask = torch.ones(1, text_len, dtype=torch.bool)
-    text_mask[0, -5:] = False
-    call = AttentionCall(step=0, layer=0, q=q, k=k, v=v, canvas=canvas, text_len=text_len, text_first=False,
-                         text_mask=text_mask, forward_index=0)
-    out_triton = MaskAttention(config, backend="triton")(call)
-    out_ref = MaskAttention(config, backend="reference")(call)
+    config, S, call = _one_layer_case((2, 8, 8), (1, 4, 4), 16, [(1, 1, 1), (2, 1, 2)], padded_text=5)
+    q, k, v = (torch.randn(1, 2, S, 32) for _ in range(3))
+    out_triton = MaskAttention(config, backend="triton")(call(q, k, v))
+    out_ref = MaskAttention(config, backend="reference")(call(q, k, v))
     assert (out_triton - out_ref).abs().max().item() <= 2e-5
 
 
@@ -176,24 +183,9 @@ def test_cuda_backends_through_mask_attention(backend, seed):
     against the reference computed in fp32 on the same inputs."""
     if backend == "gluon" and torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the Gluon kernel needs a Hopper (sm_90) GPU")
-    from sta_search.models import AttentionCall
-
-    canvas, tile, text_len, heads, dim = (12, 16, 16), (6, 8, 8), 40, 3, 128
-    config = MaskConfig.uniform({"family": "hunyuan_video", "transformer_class": "X", "num_layers": 1,
-                                 "num_heads": heads}, canvas, tile, text_len, 1, (1, 2, 1))
-    windows = config.windows.copy()
-    windows[0, 0, 1] = (2, 1, 2)
-    windows[0, 0, 2] = (2, 2, 2)
-    config = config.replace(windows=windows)
-    S = int(np.prod(canvas)) + text_len
-    q, k, v = (torch.randn(1, heads, S, dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    text_mask = torch.ones(1, text_len, dtype=torch.bool, device="cuda")
-    text_mask[0, -7:] = False
-
-    def call(*tensors):
-        return AttentionCall(step=0, layer=0, q=tensors[0], k=tensors[1], v=tensors[2], canvas=canvas,
-                             text_len=text_len, text_first=False, text_mask=text_mask, forward_index=0)
-
+    config, S, call = _one_layer_case((12, 16, 16), (6, 8, 8), 40, [(1, 2, 1), (2, 1, 2), (2, 2, 2)], padded_text=7,
+                                      device="cuda")
+    q, k, v = (torch.randn(1, 3, S, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     out = MaskAttention(config, backend=backend)(call(q, k, v)).float()
     ref = MaskAttention(config, backend="reference")(call(q.float(), k.float(), v.float()))
     assert torch.isfinite(out).all()
