@@ -373,9 +373,9 @@ class AttentionProfiler:
         rows = None if g.is_divisible else torch.nonzero(g.key_valid()).squeeze(1).to(q.device)
         B, H = q.shape[:2]
         norm = torch.stack([self._row_norm(ref[:, h], None, rows) for h in range(H)], dim=1)
-        sta_backend = self.sta_backend
-        if sta_backend == "auto":  # gluon where it runs (Hopper, bf16/fp16, d = 128), else triton; flex off CUDA
-            sta_backend = "auto" if q.device.type == "cuda" else "flex"
+        sta_backend = self.sta_backend  # auto on CUDA: gluon where it runs, else triton (as sta_attention picks)
+        if sta_backend == "auto" and q.device.type != "cuda":
+            sta_backend = "flex"
         out = []
         for i in partial:
             o = sta_attention_tiled(q_t, k_t, v_t, geometry=g, windows=self.error_windows[i], text_len=text_len,
