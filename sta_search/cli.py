@@ -52,7 +52,9 @@ def run() -> None:
         if _state["debug"]:
             raise
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
+        from .distributed import exit_with_every_rank
+
+        exit_with_every_rank(exc, 2)  # under torchrun, ranks that failed their input checks together exit together
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

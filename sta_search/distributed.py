@@ -142,7 +142,23 @@ def checks_on_every_rank(context: DistContext | None):
         if error is None and int(failed.item()):
             error = UserError(f"rank {context.rank}: another rank rejected the input (its message is above)")
     if error is not None:
+        error.every_rank = context is not None and context.distributed  # see exit_with_every_rank
         raise error
+
+
+def exit_with_every_rank(error: Exception, code: int) -> None:
+    """Exit with ``code``; after an error every rank raised together (:func:`checks_on_every_rank`), only once
+    every rank has reported its own. torchrun stops the remaining ranks as soon as one exits, so a rank that
+    printed its message but was still shutting down Python was killed and reported as stopped, not as
+    exiting with ``code``: here the ranks meet at a barrier, then leave at once (no interpreter teardown)."""
+    import sys
+
+    if getattr(error, "every_rank", False) and dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        dist.barrier()
+        os._exit(code)
+    sys.exit(code)
 
 
 def shutdown() -> None:

@@ -41,12 +41,15 @@ def register(app: typer.Typer) -> None:
                                     steps=steps, height=height, width=width, frames=frames, dtype=dtype, device=device,
                                     compare_dense=compare_dense, compile=compile, backend=backend, fps=fps,
                                     warmup_steps=warmup_steps, ulysses=ulysses)
+        from ..distributed import shutdown
+
         try:
             report = generate(settings)
-        finally:
-            from ..distributed import shutdown
-
-            shutdown()
+        except BaseException as exc:
+            if not getattr(exc, "every_rank", False):  # such an error keeps the group: the ranks exit together
+                shutdown()
+            raise
+        shutdown()
         import os
 
         if os.environ.get("RANK", "0") == "0":
