@@ -11,7 +11,7 @@ For each variant (hunyuan-720p constexprs, tile-order TMA path, bf16, d=128) thi
 - whether two variants compile to the same instructions (e.g. ``tl.range(warp_specialize=True)`` on
   sm_90); compared without the line info that the cubin bytes also hold.
 
-The ``gluon*`` variants compile the warp-specialized Gluon kernel (kernels/sta/gluon_fwd.py) the same way:
+The ``gluon*`` variants compile the warp-specialized Gluon kernel (sta_search/kernels/sta/gluon_fwd.py) the same way:
 its consumer warpgroups sync only among their own 128 threads (``BAR.SYNC id, 0x80``) and wait for QK^T
 with PV still in flight (``WARPGROUP.DEPBAR.LE gsb0, 0x1``).
 
@@ -63,7 +63,7 @@ GLUON_VARIANTS = {
 
 
 def compile_gluon_variant(constexprs: dict):
-    """The warp-specialized Gluon kernel (kernels/sta/gluon_fwd.py) with these constexprs, for sm_90."""
+    """The warp-specialized Gluon kernel (sta_search/kernels/sta/gluon_fwd.py) with these constexprs, for sm_90."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
