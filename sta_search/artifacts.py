@@ -494,6 +494,42 @@ def _tool_version() -> str:
     return __version__
 
 
+# ---------------------------------------------------------------------- what headers record
+MODEL_CONFIG_FILES = ("model_index.json", "transformer/config.json", "transformer_2/config.json", "config.json")
+
+
+def model_identity(model) -> dict:
+    """What a header records about the model it was made with: ``{"source": name, "config_sha256": hash}``.
+
+    ``name`` is the bundled model's name or the model folder's base name, never a local path (a path is
+    private and useless on another machine); ``config_sha256`` hashes the folder's diffusers config files
+    (``model_index.json``, ``transformer/config.json``, ``transformer_2/config.json``, ``config.json``, those
+    that exist, each with its relative name), so two headers tell whether they describe the same model.
+    """
+    from .models.loading import resolve_model_path
+
+    folder, source = resolve_model_path(str(model))
+    name = str(source) if str(source) != str(folder) else (Path(folder).resolve().name or str(source))
+    import hashlib
+
+    digest = hashlib.sha256()
+    for relative in MODEL_CONFIG_FILES:
+        path = Path(folder) / relative
+        if path.is_file():
+            digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
+    return {"source": name, "config_sha256": digest.hexdigest()}
+
+
+def display_path(path) -> str:
+    """A path as a record may show it: relative to the working directory when inside it, else its last
+    two parts (``results/kernel.json``), never the absolute local path."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return str(Path(*path.resolve().parts[-2:]))
+
+
 def atomic_write_text(path, text: str) -> None:
     """Write a text file atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
@@ -519,5 +555,7 @@ __all__ = [
     "merge_key",
     "expected_shapes",
     "atomic_write_text",
+    "model_identity",
+    "display_path",
 ]
 
