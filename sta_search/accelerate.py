@@ -43,11 +43,19 @@ def load_mask(mask):
     raise TypeError(f"mask must be a MaskConfig or a path to a mask YAML, got {type(mask).__name__}")
 
 
-def check_config(config, info, canvas=None, steps: int | None = None) -> None:
-    """Raise :class:`UserError` naming every way ``config`` does not fit this model / canvas / step count."""
+def check_config(config, info, canvas=None, steps: int | None = None, *, tile=None, declared: str = "") -> None:
+    """Raise :class:`UserError` naming every way ``config`` does not fit this run, with both values.
+
+    Compared: model family and transformer class, layers and heads (``info``), ``canvas`` and ``steps`` of
+    the run when given, and ``tile`` when the model declares one (``declared`` says where such expected
+    values came from, e.g. the model folder's ``sta_search.json``, and is added to the message).
+    """
     from .kernels.geometry import Geometry
 
-    config.validate(info, config.canvas if canvas is None else canvas, steps)
+    try:
+        config.validate(info, config.canvas if canvas is None else canvas, steps, tile=tile)
+    except UserError as exc:
+        raise UserError(f"{exc}{f' ({declared})' if declared else ''}") from None
     try:
         Geometry(tuple(config.canvas), tuple(config.tile))
     except ValueError as exc:

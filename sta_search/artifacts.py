@@ -35,6 +35,7 @@ PROFILE_SCHEMA = "sta-search/profile/v1"
 HEADER_FILE = "header.json"
 STATS_FILE = "stats.safetensors"
 _METADATA_KEY = "sta_search_header"
+_DIGEST_KEY = "stats_sha256"  # in the saved header: sha256 of header and tensors, checked on load (absent in old profiles)
 
 SUM_KEYS = ("recall_sum", "offset_mass_sum")
 PER_PROMPT_KEYS = ("error", "recall")
@@ -62,8 +63,9 @@ _MODEL_MERGE_KEYS = ("family", "transformer_class", "num_layers", "num_heads", "
 def _triple(value, what: str) -> tuple[int, int, int]:
     try:
         triple = tuple(int(v) for v in value)
-        ok = len(triple) == 3 and all(int(v) == v for v in value) and min(triple) >= 1
-    except (TypeError, ValueError):
+        ok = (len(triple) == 3 and all(int(v) == v and not isinstance(v, bool) for v in value)
+              and min(triple) >= 1 and max(triple) <= 1_000_000)
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
         raise UserError(f"{what} must be three positive integers, got {value!r}")
@@ -248,6 +250,8 @@ class Profile:
         except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
             raise UserError(f"{stats_path} is corrupt or truncated ({type(exc).__name__}: {exc})") from None
         header = None
+        if not isinstance(metadata, dict):
+            raise UserError(f"{stats_path} is corrupt: its metadata is not a mapping")
         if _METADATA_KEY in metadata:
             header = _parse_header(metadata[_METADATA_KEY], f"{stats_path} (embedded header)")
         header_path = folder / HEADER_FILE
@@ -259,13 +263,16 @@ class Profile:
             except (OSError, UnicodeDecodeError) as exc:
                 raise UserError(f"cannot read {header_path}: {exc}") from None
             header = _parse_header(text, str(header_path))
+        digest = header.pop(_DIGEST_KEY, None)
         _validate(header, tensors, source=str(folder))
+        if digest is not None and digest != _stats_digest(header, tensors):
+            raise UserError(f"{stats_path} does not match the checksum in its header: the profile is corrupted")
         return cls(header, tensors)
 
     def save(self, path) -> None:
         """Write atomically (see module docstring); the folder is created if needed."""
         folder = Path(path)
-        header_text = json.dumps(self.header, indent=1, ensure_ascii=False) + "\n"
+        header_text = json.dumps({**self.header, _DIGEST_KEY: _stats_digest(self.header, self.tensors)}, indent=1, ensure_ascii=False) + "\n"
         if folder.exists() and not folder.is_dir():
             raise UserError(f"cannot write a profile to {folder}: it is a file")
         if not folder.exists():
@@ -387,14 +394,30 @@ def expected_shapes(header: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     }
 
 
+def _stats_digest(header: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of the header (without the digest itself) and of every tensor's name, dtype, shape and bytes."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True, ensure_ascii=False).encode() + b"\0")
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def _parse_header(text: str, where: str) -> dict:
     try:
         header = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{where} is not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise UserError(f"{where} is not valid JSON ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
     if not isinstance(header, dict):
         raise UserError(f"{where} must hold a JSON object, got {type(header).__name__}")
     return header
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value <= 10**9
 
 
 def _validate_header(header: Mapping[str, Any], source: str) -> None:
@@ -408,19 +431,19 @@ def _validate_header(header: Mapping[str, Any], source: str) -> None:
         raise UserError(f"{source}: header.model must hold {', '.join(REQUIRED_MODEL_KEYS)}")
     problems = []
     for k in ("num_layers", "num_heads"):
-        if not isinstance(model[k], int) or model[k] < 1:
+        if not _is_count(model[k]) or model[k] < 1:
             problems.append(f"model.{k} must be a positive integer, got {model[k]!r}")
     try:
         _grid(header)
     except UserError as exc:
         problems.append(str(exc))
     steps = header["steps"]
-    if not isinstance(steps, int) or steps < 1:
+    if not _is_count(steps) or steps < 1:
         problems.append(f"steps must be a positive integer, got {steps!r}")
     ps = header["profile_steps"]
-    if not isinstance(ps, list) or not ps or not all(isinstance(s, int) for s in ps):
+    if not isinstance(ps, list) or not ps or not all(_is_count(s) for s in ps):
         problems.append(f"profile_steps must be a non-empty list of integers, got {ps!r}")
-    elif isinstance(steps, int) and (sorted(set(ps)) != ps or ps[0] < 0 or ps[-1] >= steps):
+    elif _is_count(steps) and (sorted(set(ps)) != ps or ps[0] < 0 or ps[-1] >= steps):
         problems.append(f"profile_steps must be increasing step indices in [0, {steps}), got {ps!r}")
     ew = header["error_windows"]
     if not isinstance(ew, list):
@@ -434,7 +457,7 @@ def _validate_header(header: Mapping[str, Any], source: str) -> None:
                 break
     if not isinstance(header["prompts"], list) or not all(isinstance(p, str) for p in header["prompts"]):
         problems.append("prompts must be a list of strings")
-    if not isinstance(header["text_len"], int) or header["text_len"] < 0:
+    if not _is_count(header["text_len"]) or header["text_len"] < 0:
         problems.append(f"text_len must be a non-negative integer, got {header['text_len']!r}")
     if problems:
         raise UserError(f"{source}: " + "; ".join(problems))
@@ -494,6 +517,42 @@ def _tool_version() -> str:
     return __version__
 
 
+# ---------------------------------------------------------------------- what headers record
+MODEL_CONFIG_FILES = ("model_index.json", "transformer/config.json", "transformer_2/config.json", "config.json")
+
+
+def model_identity(model) -> dict:
+    """What a header records about the model it was made with: ``{"source": name, "config_sha256": hash}``.
+
+    ``name`` is the bundled model's name or the model folder's base name, never a local path (a path is
+    private and useless on another machine); ``config_sha256`` hashes the folder's diffusers config files
+    (``model_index.json``, ``transformer/config.json``, ``transformer_2/config.json``, ``config.json``, those
+    that exist, each with its relative name), so two headers tell whether they describe the same model.
+    """
+    from .models.loading import resolve_model_path
+
+    folder, source = resolve_model_path(str(model))
+    name = str(source) if str(source) != str(folder) else (Path(folder).resolve().name or str(source))
+    import hashlib
+
+    digest = hashlib.sha256()
+    for relative in MODEL_CONFIG_FILES:
+        path = Path(folder) / relative
+        if path.is_file():
+            digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
+    return {"source": name, "config_sha256": digest.hexdigest()}
+
+
+def display_path(path) -> str:
+    """A path as a record may show it: relative to the working directory when inside it, else its last
+    two parts (``results/kernel.json``), never the absolute local path."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return str(Path(*path.resolve().parts[-2:]))
+
+
 def atomic_write_text(path, text: str) -> None:
     """Write a text file atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
@@ -519,5 +578,7 @@ __all__ = [
     "merge_key",
     "expected_shapes",
     "atomic_write_text",
+    "model_identity",
+    "display_path",
 ]
 

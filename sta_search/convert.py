@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import UserError
-from .maskconfig import MaskConfig, model_fields
+from .maskconfig import MaskConfig, format_window, model_fields
 
 FASTVIDEO_TILE = (6, 8, 8)
 
@@ -155,22 +155,72 @@ def fastvideo_to_mask(
     return ImportReport(config, int(even.sum()), tuple(inferred))
 
 
-def mask_to_fastvideo(config: MaskConfig, round_even_up: bool = False) -> tuple[dict, int]:
-    """Export to FastVideo's ``{"t_l_h": [wt, wh, ww]}``; returns the mapping and the count of widened
-    even windows (UserError for even windows unless ``round_even_up``, and for a tile other than (6,8,8))."""
+def fastvideo_problems(config: MaskConfig) -> list[str]:
+    """The FastVideo constraints ``config`` breaks (empty when it exports as it is)."""
+    problems = []
     if tuple(config.tile) != FASTVIDEO_TILE:
-        raise UserError(f"FastVideo's kernel uses tile {list(FASTVIDEO_TILE)}; this config uses {list(config.tile)}")
+        problems.append(f"FastVideo's kernel uses tile {format_window(FASTVIDEO_TILE)}, this config uses "
+                        f"{format_window(config.tile)}")
+    else:
+        windows = _clipped(config)
+        even = ((windows % 2 == 0) & (windows < np.asarray(config.geometry.grid))).any(axis=-1)
+        if even.any():
+            t, l, h = (int(v) for v in np.argwhere(even)[0])
+            problems.append(f"{int(even.sum())} entries have an even window w < n (first: step {t} layer {l} head {h} "
+                            f"window {format_window(windows[t, l, h])}), which FastVideo runs as w + 1")
+    return problems
+
+
+def nearest_fastvideo_config(config: MaskConfig) -> MaskConfig:
+    """The exportable config nearest to ``config``: tile (6, 8, 8) and, per entry, the smallest odd (or
+    full-grid) window whose tokens cover the original window's extent along every axis (so it attends to
+    at least the same keys); dense steps stay dense."""
+    from .kernels.geometry import Geometry
+
+    geometry = Geometry(tuple(config.canvas), FASTVIDEO_TILE)
+    grid = np.asarray(geometry.grid)
+    extent = np.minimum(_clipped(config) * np.asarray(config.tile), np.asarray(config.canvas))  # tokens per axis
+    windows = -(-extent // np.asarray(FASTVIDEO_TILE))  # tiles of (6, 8, 8) covering that extent
+    windows = windows + ((windows % 2 == 0) & (windows < grid))  # odd, or the whole grid
+    windows = np.minimum(windows, grid)
+    summary = {"converted_from_tile": list(config.tile), "density_before": config.density()}
+    return config.replace(tile=FASTVIDEO_TILE, windows=windows.astype(np.int32), summary=summary)
+
+
+def _clipped(config: MaskConfig) -> np.ndarray:
     grid = np.asarray(config.geometry.grid)
     windows = np.minimum(config.windows.astype(np.int64), grid)
     if config.dense_steps:
         windows[list(config.dense_steps)] = grid
+    return windows
+
+
+def mask_to_fastvideo(config: MaskConfig, round_even_up: bool = False, nearest: bool = False) -> tuple[dict, int]:
+    """Export to FastVideo's ``{"t_l_h": [wt, wh, ww]}``; returns the mapping and the count of widened
+    entries. UserError naming every FastVideo constraint the config breaks (tile other than (6,8,8), even
+    windows ``w < n``) and the nearest exportable config, unless ``round_even_up`` (even windows written
+    as ``w + 1``) or ``nearest`` (export :func:`nearest_fastvideo_config`) allows the change."""
+    widened_by_nearest = 0
+    if nearest and fastvideo_problems(config):
+        near = nearest_fastvideo_config(config)
+        widened_by_nearest = int(np.any(near.windows * np.asarray(FASTVIDEO_TILE)
+                                        > config.windows * np.asarray(config.tile), axis=-1).sum())
+        config = near
+    problems = fastvideo_problems(config)
+    if tuple(config.tile) == FASTVIDEO_TILE and round_even_up:
+        problems = []
+    if problems:
+        near = nearest_fastvideo_config(config)
+        change = f"density {config.density():.3g} -> {near.density():.3g}"
+        if tuple(config.tile) == FASTVIDEO_TILE:
+            hint = f"pass --round-even-up (or --nearest) to write each even w as w + 1 ({change})"
+        else:
+            hint = (f"the nearest exportable config has tile {format_window(FASTVIDEO_TILE)}, each window widened to the "
+                    f"smallest odd one covering at least the same tokens ({change}); pass --nearest to export that")
+        raise UserError("cannot export to FastVideo: " + "; ".join(problems) + f"; {hint}")
+    windows = _clipped(config)
+    grid = np.asarray(config.geometry.grid)
     even = (windows % 2 == 0) & (windows < grid)
-    if even.any() and not round_even_up:
-        t, l, h, _ = (int(v) for v in np.argwhere(even)[0])
-        raise UserError(
-            f"{int(even.any(axis=-1).sum())} entries have an even window w < n (first: step {t} layer {l} head {h} "
-            f"window {windows[t, l, h].tolist()}), which FastVideo runs as w + 1; pass --round-even-up to write w + 1"
-        )
     windows = np.where(even, windows + 1, windows)
     out = {}
     S, L, H, _ = windows.shape
@@ -178,7 +228,7 @@ def mask_to_fastvideo(config: MaskConfig, round_even_up: bool = False) -> tuple[
         for l in range(L):
             for h in range(H):
                 out[f"{t}_{l}_{h}"] = [int(v) for v in windows[t, l, h]]
-    return out, int(even.any(axis=-1).sum())
+    return out, int(even.any(axis=-1).sum()) + widened_by_nearest
 
 
 def load_fastvideo(path) -> dict:
@@ -191,4 +241,4 @@ def load_fastvideo(path) -> dict:
         raise UserError(f"{path} is not valid JSON: {exc}") from None
 
 
-__all__ = ["fastvideo_to_mask", "mask_to_fastvideo", "model_from_folder", "load_fastvideo", "ImportReport", "FASTVIDEO_TILE"]
+__all__ = ["fastvideo_to_mask", "mask_to_fastvideo", "fastvideo_problems", "nearest_fastvideo_config", "model_from_folder", "load_fastvideo", "ImportReport", "FASTVIDEO_TILE"]

@@ -139,6 +139,8 @@ def fit(pairs: Iterable[tuple[float, float]], source: str) -> CostModel | None:
 def load_cost_model(results_dir: str | Path | None = None) -> CostModel:
     """Fit to ``results_dir/kernel-*.json`` (default ``bench/results`` of the working directory or the
     repository), or return the documented default when nothing usable is there."""
+    from .artifacts import display_path
+
     candidates = []
     if results_dir is not None:
         candidates.append(Path(results_dir))
@@ -153,7 +155,7 @@ def load_cost_model(results_dir: str | Path | None = None) -> CostModel:
                 pairs += records_from_json(json.loads(file.read_text(encoding="utf-8")))
             except (OSError, ValueError):
                 continue
-        model = fit(pairs, source=f"fitted to {len(pairs)} records of {len(files)} file(s) {folder}/kernel-*.json")
+        model = fit(pairs, source=f"fitted to {len(pairs)} records of {len(files)} file(s) {display_path(folder)}/kernel-*.json")
         if model is not None:
             return model
     return CostModel()

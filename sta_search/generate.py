@@ -292,8 +292,15 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         info = loaded.adapter.info(loaded.transformer, loaded.transformer_2)
 
         steps = int(settings.steps) if settings.steps is not None else int(config.steps)
+        declared = {}  # the size and tile the model folder declares (sta_search.json), unless sizes are given
         if settings.height is None or settings.width is None or settings.frames is None:
-            h, w, f = infer_video_size(loaded.adapter, loaded.transformer, config.canvas, info.patch_size)
+            from .models import model_defaults
+
+            declared = model_defaults(settings.model)
+            if all(isinstance(declared.get(k), int) for k in ("height", "width", "frames")):
+                h, w, f = declared["height"], declared["width"], declared["frames"]
+            else:
+                h, w, f = infer_video_size(loaded.adapter, loaded.transformer, config.canvas, info.patch_size)
             height, width, frames = settings.height or h, settings.width or w, settings.frames or f
         else:
             height, width, frames = settings.height, settings.width, settings.frames
@@ -303,7 +310,9 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         if settings.warmup_steps < 0:
             raise UserError(f"--warmup-steps must be >= 0, got {settings.warmup_steps}")
         canvas = tuple(int(c) for c in loaded.adapter.canvas(loaded.transformer, height, width, frames))
-        check_config(config, info, canvas, steps)
+        check_config(config, info, canvas, steps, tile=declared.get("tile"),
+                     declared="the model's sta_search.json declares its default size and tile; pass --height, "
+                     "--width and --frames to run at another size" if declared else "")
         _check_backend(settings.backend, info, device, dtype, Geometry(canvas, tuple(config.tile)))
         if context is not None:
             from .distributed import enable_ulysses

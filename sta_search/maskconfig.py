@@ -3,7 +3,7 @@
 In memory a :class:`MaskConfig` holds the full table ``windows[step, layer, head] = (wt, wh, ww)``; on
 disk it is a compact, self-describing YAML file::
 
-    schema: sta-search/mask/v1
+    schema: sta-search/mask/v2
     model: {family: wan, transformer_class: WanTransformer3DModel, num_layers: 30, num_heads: 12}
     canvas: [21, 30, 52]          # video token grid (T, H, W) the windows were chosen for
     tile: [6, 8, 8]               # tile size in tokens; windows count tiles
@@ -11,6 +11,7 @@ disk it is a compact, self-describing YAML file::
     steps: 50                     # denoising steps
     dense_steps: [0, 1, 2]        # steps that run full attention
     default_window: [3, 3, 3]     # window of every head not listed below
+    entries: {layers: 1, step_overrides: 1, summary: 8}  # counts of what follows (truncation check)
     layers:                       # layers whose heads differ from the default: one entry per head,
       0: ["3,3,3", "1,6,10", ...] #   or a single "t,h,w" string for all heads of the layer
     step_overrides:               # sparse steps whose table differs from `layers`, layer by layer
@@ -21,6 +22,19 @@ The compact form is canonical: ``default_window`` is the most common window of t
 ``layers`` holds, per layer, the most common per-head row over the sparse steps, and ``step_overrides``
 only the sparse (step, layer) rows that differ from it. Rows of dense steps carry no meaning; they are
 set to the per-layer rows so that saving and loading round-trip exactly.
+
+Schema versions. ``sta-search/mask/v2`` (written now) is v1 plus a required ``entries`` line before
+``layers``: ``entries: {layers: N, step_overrides: M, summary: K}`` counts the ``layers`` entries, the
+(step, layer) rows of ``step_overrides``, and the nodes of ``summary`` (every key, value and list item,
+nested ones included). A file whose counts disagree with what it holds (e.g. one truncated at a line
+boundary, which would otherwise load as a more uniform mask) is refused, naming both numbers. A v1 file
+(no ``entries``) still loads unchecked; a v2 file without ``entries`` is refused.
+
+Loading is hardened against hostile or broken files: at most :data:`MAX_FILE_BYTES` bytes, no YAML
+anchors, aliases or merge keys (a few hundred bytes of nested aliases would otherwise expand to
+gigabytes), nesting at most :data:`MAX_YAML_DEPTH` deep, no duplicate keys (UserError naming the key
+and both lines), and every count (steps, layers, heads, their product) bounded before anything of
+that size is allocated.
 """
 
 from __future__ import annotations
@@ -34,11 +48,18 @@ import numpy as np
 
 from .errors import UserError
 
-MASK_SCHEMA = "sta-search/mask/v1"
+MASK_SCHEMA = "sta-search/mask/v2"
+MASK_SCHEMA_V1 = "sta-search/mask/v1"  # no `entries` counts; still loads
 MODEL_KEYS = ("family", "transformer_class", "num_layers", "num_heads")
-MAX_TABLE_ENTRIES = 10_000_000  # steps * layers * heads; far above any real model, keeps bad files cheap
+# Sane limits, far above any real model (HunyuanVideo: 60 layers x 24 heads x 50 steps = 72,000 entries,
+# a mask file of at most ~0.5 MB), that keep a hostile file cheap to refuse.
+MAX_STEPS = 100_000
+MAX_LAYERS = 10_000
+MAX_HEADS = 10_000
+MAX_TABLE_ENTRIES = 4_000_000  # steps * layers * heads: the (steps, layers, heads, 3) int32 table is <= 48 MB
 MAX_WINDOW = 1_000_000
-MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_FILE_BYTES = 8 * 1024 * 1024
+MAX_YAML_DEPTH = 16
 
 
 def model_fields(info: Any) -> dict:
@@ -245,14 +266,20 @@ class MaskConfig:
             "steps": self.steps,
             "dense_steps": list(self.dense_steps),
             "default_window": [int(v) for v in default],
+            "entries": {"layers": len(layers), "step_overrides": sum(len(d) for d in overrides.values()),
+                        "summary": _node_count(self.summary)},
             "layers": layers,
             "step_overrides": overrides,
             "summary": self.summary,
         }
 
     @classmethod
-    def from_dict(cls, doc: Any, source: str = "mask config") -> "MaskConfig":
-        """Parse the compact form; UserError naming every problem found."""
+    def from_dict(cls, doc: Any, source: str = "mask config", *, expect=None) -> "MaskConfig":
+        """Parse the compact form; UserError naming every problem found.
+
+        ``expect`` (a ``ModelInfo`` or a mapping with ``num_layers``/``num_heads``) is checked before the
+        window table is allocated, so a file for another model is refused without building anything.
+        """
         if not isinstance(doc, Mapping):
             raise UserError(f"{source}: expected a YAML mapping at the top, got {type(doc).__name__}")
         problems: list[str] = []
@@ -260,20 +287,30 @@ class MaskConfig:
         missing = [k for k in required if k not in doc]
         if missing:
             problems.append(f"missing {', '.join(missing)}")
-        unknown = [str(k) for k in doc if k not in required + ("text_len", "layers", "step_overrides", "summary")]
+        unknown = [str(k) for k in doc if k not in required + ("text_len", "entries", "layers", "step_overrides", "summary")]
         if unknown:
             problems.append(f"unknown keys {', '.join(unknown)}")
-        if "schema" in doc and doc["schema"] != MASK_SCHEMA:
-            problems.append(f"schema {doc['schema']!r} is not {MASK_SCHEMA!r}")
+        schema = doc.get("schema")
+        if "schema" in doc and schema not in (MASK_SCHEMA, MASK_SCHEMA_V1):
+            problems.append(f"schema {schema!r} is not {MASK_SCHEMA!r} (or the older {MASK_SCHEMA_V1!r})")
+        if schema == MASK_SCHEMA and "entries" not in doc:
+            problems.append(f"missing entries (required by {MASK_SCHEMA}; the file may be truncated)")
         model = _check_model(doc.get("model"), problems) if "model" in doc else None
+        if model is not None and expect is not None:
+            for key in ("num_layers", "num_heads"):
+                wanted = _get(expect, key)
+                if wanted is not None and int(wanted) != model[key]:
+                    problems.append(f"{key}: config has {model[key]}, model has {int(wanted)}")
+                    model = None
+                    break
         canvas = _check_triple(doc["canvas"], "canvas", problems) if "canvas" in doc else None
         tile = _check_triple(doc["tile"], "tile", problems) if "tile" in doc else None
         text_len = doc.get("text_len", 0)
         if not _is_int(text_len) or text_len < 0:
             problems.append(f"text_len must be a non-negative integer, got {text_len!r}")
         steps = doc.get("steps")
-        if "steps" in doc and (not _is_int(steps) or steps < 1):
-            problems.append(f"steps must be a positive integer, got {steps!r}")
+        if "steps" in doc and (not _is_int(steps) or not 1 <= steps <= MAX_STEPS):
+            problems.append(f"steps must be an integer in [1, {MAX_STEPS}], got {steps!r}")
             steps = None
         dense = _check_dense_steps(doc["dense_steps"], steps, problems) if "dense_steps" in doc else ()
         default = None
@@ -287,19 +324,23 @@ class MaskConfig:
             problems.append(f"summary must be a mapping, got {type(summary).__name__}")
             summary = {}
         if model is not None and steps is not None and steps * model["num_layers"] * model["num_heads"] > MAX_TABLE_ENTRIES:
-            problems.append(f"steps x layers x heads exceeds {MAX_TABLE_ENTRIES}")
+            problems.append(f"steps x layers x heads = {steps * model['num_layers'] * model['num_heads']} "
+                            f"exceeds {MAX_TABLE_ENTRIES}")
             model = None
-        if problems or model is None or steps is None or default is None:
-            raise UserError(f"{source}: " + "; ".join(problems or ["incomplete"]))
+        overrides = doc.get("step_overrides") or {}
+        if not isinstance(overrides, Mapping):
+            problems.append(f"step_overrides must map step -> {{layer: windows}}, got {type(overrides).__name__}")
+            overrides = {}
+        count_problems: list[str] = []  # reported with the others, after them
+        if "entries" in doc:
+            _check_entries(doc["entries"], doc.get("layers"), overrides, doc.get("summary"), count_problems)
+        if model is None or steps is None or default is None:  # nothing to build; other problems surface below
+            raise UserError(f"{source}: " + "; ".join(problems + count_problems or ["incomplete"]))
         L, H = model["num_layers"], model["num_heads"]
         base = np.broadcast_to(np.asarray(default, np.int32), (L, H, 3)).copy()
         for layer, row in _layer_rows(doc.get("layers"), "layers", L, H, problems).items():
             base[layer] = row
         windows = np.broadcast_to(base, (steps, L, H, 3)).copy()
-        overrides = doc.get("step_overrides") or {}
-        if not isinstance(overrides, Mapping):
-            problems.append(f"step_overrides must map step -> {{layer: windows}}, got {type(overrides).__name__}")
-            overrides = {}
         for step, layers in overrides.items():
             if not _is_int(step) or not 0 <= step < steps:
                 problems.append(f"step_overrides: step {step!r} outside [0, {steps})")
@@ -309,8 +350,8 @@ class MaskConfig:
                 continue
             for layer, row in _layer_rows(layers, f"step_overrides[{step}]", L, H, problems).items():
                 windows[step, layer] = row
-        if problems:
-            raise UserError(f"{source}: " + "; ".join(problems))
+        if problems or count_problems:
+            raise UserError(f"{source}: " + "; ".join(problems + count_problems))
         return cls(model, canvas, tile, int(text_len), int(steps), dense, windows, dict(summary))
 
     # ------------------------------------------------------------------ files
@@ -326,30 +367,40 @@ class MaskConfig:
         atomic_write_text(path, self.to_yaml())
 
     @classmethod
-    def loads(cls, text: str, source: str = "mask config") -> "MaskConfig":
+    def loads(cls, text: str, source: str = "mask config", *, expect=None) -> "MaskConfig":
+        """Parse YAML text (see the module docstring for what a hostile file is refused for)."""
         import yaml
 
+        if len(text) > MAX_FILE_BYTES:
+            raise UserError(f"{source} is larger than {MAX_FILE_BYTES} bytes; not a mask config")
         try:
-            doc = yaml.safe_load(text)
+            doc = yaml.load(text, Loader=_strict_loader())
+        except _RefusedYAML as exc:
+            raise UserError(f"{source}: {exc}") from None
         except yaml.YAMLError as exc:
             raise UserError(f"{source} is not valid YAML: {' '.join(str(exc).split())}") from None
         except (RecursionError, ValueError, TypeError, OverflowError) as exc:
             raise UserError(f"{source} is not a valid mask config ({type(exc).__name__}: {exc})") from None
-        return cls.from_dict(doc, source)
+        return cls.from_dict(doc, source, expect=expect)
 
     @classmethod
-    def load(cls, path) -> "MaskConfig":
-        """Read and check a YAML mask config; UserError naming every problem."""
+    def load(cls, path, *, expect=None) -> "MaskConfig":
+        """Read and check a YAML mask config; UserError naming every problem.
+
+        ``expect``: the model it will be applied to (``ModelInfo`` or mapping), checked before allocating.
+        """
         path = Path(path)
         if not path.is_file():
             raise UserError(f"mask config not found: {path}")
         if path.stat().st_size > MAX_FILE_BYTES:
             raise UserError(f"{path} is larger than {MAX_FILE_BYTES} bytes; not a mask config")
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_FILE_BYTES + 1)  # the file may grow between stat and read
+            text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"cannot read {path}: {exc}") from None
-        return cls.loads(text, str(path))
+        return cls.loads(text, str(path), expect=expect)
 
     # ------------------------------------------------------------------ validation
     def validate(self, info, canvas, steps: int | None = None, *, tile=None) -> None:
@@ -379,10 +430,10 @@ def _check_model(model: Any, problems: list[str]) -> dict | None:
         if not isinstance(model.get(key), str) or not model.get(key):
             problems.append(f"model.{key} must be a non-empty string, got {model.get(key)!r}")
         out[key] = model.get(key)
-    for key in ("num_layers", "num_heads"):
+    for key, limit in (("num_layers", MAX_LAYERS), ("num_heads", MAX_HEADS)):
         value = model.get(key)
-        if not _is_int(value) or not 1 <= value <= 100_000:
-            problems.append(f"model.{key} must be a positive integer, got {value!r}")
+        if not _is_int(value) or not 1 <= value <= limit:
+            problems.append(f"model.{key} must be an integer in [1, {limit}], got {value!r}")
             out[key] = None
         else:
             out[key] = int(value)
@@ -477,6 +528,117 @@ def _row_text(row: np.ndarray):
     if np.all(row == row[0]):
         return format_window(row[0])
     return [format_window(w) for w in row]
+
+
+def _get(info: Any, key: str):
+    return info.get(key) if isinstance(info, Mapping) else getattr(info, key, None)
+
+
+def _node_count(value: Any) -> int:
+    """Nodes of a plain YAML value: 1 for itself plus its keys and the nodes of its values/items."""
+    if isinstance(value, Mapping):
+        return 1 + sum(1 + _node_count(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return 1 + sum(_node_count(v) for v in value)
+    return 1
+
+
+def _check_entries(entries: Any, layers: Any, overrides: Mapping, summary: Any, problems: list[str]) -> None:
+    """Compare the ``entries`` counts with what the file holds (a truncated file holds fewer)."""
+    keys = ("layers", "step_overrides", "summary")
+    if not isinstance(entries, Mapping) or set(entries) != set(keys) or not all(_is_int(entries[k]) for k in keys):
+        problems.append(f"entries must be {{layers: N, step_overrides: M, summary: K}} (integers), got {entries!r}")
+        return
+    found = {
+        "layers": len(layers) if isinstance(layers, Mapping) else 0,
+        "step_overrides": sum(len(v) if isinstance(v, Mapping) else 1 for v in overrides.values()),
+        "summary": _node_count(summary or {}),
+    }
+    for key in keys:
+        if entries[key] != found[key]:
+            what = {"layers": "layer entries", "step_overrides": "step override rows", "summary": "summary nodes"}[key]
+            problems.append(f"entries.{key} says {entries[key]} {what}, the file holds {found[key]} "
+                            "(truncated or edited?)")
+
+
+class _RefusedYAML(Exception):
+    """A YAML construct a mask config never uses and a hostile file would (aliases, duplicate keys...)."""
+
+
+_LOADER = None
+
+
+def _strict_loader():
+    """A SafeLoader that refuses anchors, aliases, merge keys, deep nesting and duplicate keys.
+
+    Events come from libyaml when available (fast, and its parser does not recurse); composition is
+    PyYAML's Python composer (libyaml's own composer recurses in C and crashes on deep nesting).
+    """
+    global _LOADER
+    if _LOADER is not None:
+        return _LOADER
+    import yaml
+    from yaml.composer import Composer
+    from yaml.constructor import SafeConstructor
+    from yaml.resolver import Resolver
+
+    def line(node_or_event) -> int:
+        mark = getattr(node_or_event, "start_mark", None)
+        return mark.line + 1 if mark is not None else 0
+
+    class StrictMixin:
+        _depth = 0
+
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
+                raise _RefusedYAML(f"line {line(event)}: YAML aliases (*{event.anchor}) are not allowed in a mask config")
+            if getattr(event, "anchor", None) is not None:
+                raise _RefusedYAML(f"line {line(event)}: YAML anchors (&{event.anchor}) are not allowed in a mask config")
+            self._depth += 1
+            try:
+                if self._depth > MAX_YAML_DEPTH:
+                    raise _RefusedYAML(f"line {line(event)}: nested deeper than {MAX_YAML_DEPTH} levels")
+                return Composer.compose_node(self, parent, index)
+            finally:
+                self._depth -= 1
+
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        raise _RefusedYAML(f"line {line(key_node)}: YAML merge keys (<<) are not allowed in a mask config")
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        first = seen.get(key)
+                    except TypeError:
+                        continue  # unhashable key: SafeConstructor reports it
+                    if first is not None:
+                        raise _RefusedYAML(f"duplicate key {key!r} at line {line(key_node)} (first at line {first})")
+                    seen[key] = line(key_node)
+            return SafeConstructor.construct_mapping(self, node, deep)
+
+    try:
+        from yaml._yaml import CParser  # libyaml events
+
+        class StrictLoader(StrictMixin, Composer, CParser, SafeConstructor, Resolver):
+            def __init__(self, stream):
+                CParser.__init__(self, stream)
+                SafeConstructor.__init__(self)
+                Resolver.__init__(self)
+                Composer.__init__(self)
+
+            # the Python composer, not CParser's C one
+            get_single_node = Composer.get_single_node
+            check_node = Composer.check_node
+            get_node = Composer.get_node
+    except ImportError:  # PyYAML without libyaml
+        class StrictLoader(StrictMixin, yaml.SafeLoader):  # type: ignore[no-redef]
+            pass
+
+    _LOADER = StrictLoader
+    return _LOADER
 
 
 def _plain(value: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from .artifacts import HEADER_FILE, STATS_FILE, Profile
+from .artifacts import HEADER_FILE, STATS_FILE, Profile, model_identity
 from .errors import UserError
 from .kernels.geometry import DEFAULT_TILE, Geometry
 from .stats import AttentionProfiler, CallStats, clip_windows, default_error_windows
@@ -289,7 +289,7 @@ def run_profile(settings: ProfileSettings, out, *, resume: bool = False, progres
     windows = clip_windows(geometry, settings.windows) if settings.windows else default_error_windows(geometry)
     profile_steps = parse_profile_steps(settings.profile_steps, settings.steps)
     header = {
-        "model": {"family": info.family, "transformer_class": info.transformer_class, "source": str(loaded.source),
+        "model": {"family": info.family, "transformer_class": info.transformer_class, **model_identity(settings.model),
                   "num_layers": int(info.num_layers), "num_heads": int(info.num_heads),
                   "head_dim": int(info.head_dim), "patch_size": [int(p) for p in info.patch_size]},
         "canvas": list(canvas), "tile": list(geometry.tile), "text_len": None, "text_first": None,

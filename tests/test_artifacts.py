@@ -31,7 +31,9 @@ def test_save_load_round_trip_is_exact(tmp_path, seed):
     for name, tensor in profile.tensors.items():
         assert loaded.tensors[name].dtype == tensor.dtype
         assert torch.equal(loaded.tensors[name], tensor), name
-    assert json.loads((tmp_path / "p" / HEADER_FILE).read_text()) == profile.header
+    written = json.loads((tmp_path / "p" / HEADER_FILE).read_text())
+    assert len(written.pop("stats_sha256")) == 64  # the tensors' checksum, checked on load
+    assert written == profile.header
 
 
 def test_save_replaces_existing_profile_and_leaves_no_temp_files(tmp_path, seed):
@@ -170,3 +172,162 @@ def test_inconsistent_header_and_tensors_are_refused(seed):
         Profile(dict(profile.header, schema="other"), profile.tensors)
     with pytest.raises(UserError, match="profile_steps"):
         Profile(dict(profile.header, profile_steps=[0, 2, 4, 99]), profile.tensors)
+
+
+# ------------------------------------------------------------------------ corrupted profiles
+def _rewrite_embedded_header(folder, edit):
+    """Edit the header embedded in stats.safetensors (authoritative on load) and header.json alike."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = folder / STATS_FILE
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    header = json.loads(metadata["sta_search_header"])
+    header.pop("stats_sha256")  # as in a profile of an older version: the header checks alone must catch the edit
+    edit(header)
+    text = json.dumps(header)
+    save_file(tensors, str(path), metadata={"sta_search_header": text})
+    (folder / HEADER_FILE).write_text(text)
+
+
+def _set(path, value):
+    def edit(header):
+        node = header
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return edit
+
+
+def _flip(offset_fraction):
+    def corrupt(folder):
+        path = folder / STATS_FILE
+        data = bytearray(path.read_bytes())
+        index = int(len(data) * offset_fraction)
+        data[index] ^= 0x5A
+        path.write_bytes(bytes(data))
+    return corrupt
+
+
+def _truncate(fraction, name=STATS_FILE):
+    def corrupt(folder):
+        path = folder / name
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * fraction)])
+    return corrupt
+
+
+def _header_edit(path, value):
+    return lambda folder: _rewrite_embedded_header(folder, _set(path, value))
+
+
+CORRUPTIONS = {
+    **{f"truncate stats {f}": _truncate(f) for f in (0.0, 0.003, 0.05, 0.5, 0.99)},
+    **{f"flip stats byte {f}": _flip(f) for f in (0.0, 0.004, 0.02, 0.3, 0.6, 0.999)},
+    "delete stats": lambda folder: (folder / STATS_FILE).unlink(),
+    "stats is a folder": lambda folder: ((folder / STATS_FILE).unlink(), (folder / STATS_FILE).mkdir()),
+    "stats not safetensors": lambda folder: (folder / STATS_FILE).write_bytes(b"\xff" * 64),
+    "huge header length": lambda folder: (folder / STATS_FILE).write_bytes((2**62).to_bytes(8, "little") + b"{}"),
+    "steps string": _header_edit(["steps"], "8"),
+    "steps negative": _header_edit(["steps"], -8),
+    "steps huge": _header_edit(["steps"], 10**30),
+    "steps bool": _header_edit(["steps"], True),
+    "layers huge": _header_edit(["model", "num_layers"], 10**12),
+    "layers bool": _header_edit(["model", "num_layers"], True),
+    "heads float": _header_edit(["model", "num_heads"], 3.0),
+    "heads null": _header_edit(["model", "num_heads"], None),
+    "model list": _header_edit(["model"], [1, 2]),
+    "canvas infinite": _header_edit(["canvas"], [float("inf"), 8, 8]),
+    "canvas nan": _header_edit(["canvas"], [float("nan"), 8, 8]),
+    "canvas huge": _header_edit(["canvas"], [10**18, 8, 8]),
+    "canvas negative": _header_edit(["canvas"], [-4, 8, 8]),
+    "canvas string": _header_edit(["canvas"], "4,8,8"),
+    "tile nested": _header_edit(["tile"], [[2], 4, 2]),
+    "profile steps out of range": _header_edit(["profile_steps"], [0, 2, 4, 99]),
+    "profile steps dict": _header_edit(["profile_steps"], {"0": 1}),
+    "error windows string": _header_edit(["error_windows"], "1,1,1"),
+    "error window dict": _header_edit(["error_windows"], [{"a": 1, "b": 2, "c": 3}]),
+    "prompts dropped": _header_edit(["prompts"], []),
+    "prompts numbers": _header_edit(["prompts"], [1, 2]),
+    "text_len negative": _header_edit(["text_len"], -1),
+    "schema other": _header_edit(["schema"], "sta-search/profile/v9"),
+    "checksum kept, header edited": lambda folder: _rewrite_embedded_header_text(
+        folder, (folder / HEADER_FILE).read_text().replace('"family": "wan"', '"family": "cogvideox"')),
+    "header a list": lambda folder: _rewrite_embedded_header_text(folder, "[1, 2]"),
+    "header not json": lambda folder: _rewrite_embedded_header_text(folder, "{not json"),
+    "header deeply nested": lambda folder: _rewrite_embedded_header_text(folder, "[" * 100_000 + "]" * 100_000),
+}
+
+
+def _rewrite_embedded_header_text(folder, text):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = folder / STATS_FILE
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    save_file(tensors, str(path), metadata={"sta_search_header": text})
+
+
+@pytest.fixture(scope="module")
+def saved_profile(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fuzz") / "p"
+    profile = synthetic_profile(prompts=2, rng=3)
+    profile.save(folder)
+    return profile, folder
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_corrupted_profiles_raise_one_line_user_errors(name, saved_profile, tmp_path):
+    import shutil
+
+    profile, original = saved_profile
+    folder = tmp_path / "p"
+    shutil.copytree(original, folder)
+    CORRUPTIONS[name](folder)
+    try:
+        loaded = Profile.load(folder)
+    except UserError as exc:
+        assert "\n" not in str(exc) and str(exc)
+        return
+    assert loaded.header == profile.header  # the only other outcome: the very same profile
+    for key, tensor in profile.tensors.items():
+        assert torch.equal(loaded.tensors[key], tensor), key
+
+
+@pytest.mark.parametrize("corrupt", ["truncate", "flip", "garbage", "delete"])
+def test_a_broken_header_json_beside_intact_stats_loads_the_same_profile(corrupt, saved_profile, tmp_path):
+    import shutil
+
+    profile, original = saved_profile
+    folder = tmp_path / "p"
+    shutil.copytree(original, folder)
+    path = folder / HEADER_FILE
+    text = path.read_text()
+    if corrupt == "truncate":
+        path.write_text(text[: len(text) // 2])
+    elif corrupt == "flip":
+        path.write_text(text.replace('"steps": 8', '"steps": 9'))
+    elif corrupt == "garbage":
+        path.write_bytes(b"\xff\xfe garbage")
+    else:
+        path.unlink()
+    loaded = Profile.load(folder)
+    assert loaded.header == profile.header
+
+
+def test_flipped_statistics_fail_the_checksum(saved_profile, tmp_path):
+    """A flipped byte inside the tensor data keeps every shape valid: only the checksum can tell."""
+    import shutil
+
+    _, original = saved_profile
+    folder = tmp_path / "p"
+    shutil.copytree(original, folder)
+    path = folder / STATS_FILE
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # last tensor's data, far past the JSON header
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="checksum"):
+        Profile.load(folder)

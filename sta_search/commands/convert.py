@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         transformer_class: Optional[str] = typer.Option(None, "--transformer-class", help="diffusers transformer class (import)."),
         text_len: int = typer.Option(0, "--text-len", help="Joint text tokens (import; informative)."),
         round_even_up: bool = typer.Option(False, "--round-even-up", help="Export: write even windows w < n as w + 1 (FastVideo's reading)."),
+        nearest: bool = typer.Option(False, "--nearest", help="Export: write the nearest exportable config (tile 6,8,8, odd windows covering at least the same tokens)."),
     ):
         """Convert FastVideo's mask strategy JSON to a mask config YAML and back."""
         import json
@@ -55,9 +56,9 @@ def register(app: typer.Typer) -> None:
                        + (f" ({'; '.join(notes)})" if notes else ""))
         elif to == "fastvideo":
             config = MaskConfig.load(file)
-            mapping, widened = mask_to_fastvideo(config, round_even_up=round_even_up)
+            mapping, widened = mask_to_fastvideo(config, round_even_up=round_even_up, nearest=nearest)
             target = out or str(Path(file).with_suffix(".json"))
             atomic_write_text(target, json.dumps(mapping, indent=4) + "\n")
-            typer.echo(f"wrote {target}: {len(mapping)} entries" + (f" ({widened} even windows widened to w + 1)" if widened else ""))
+            typer.echo(f"wrote {target}: {len(mapping)} entries" + (f" ({widened} entries widened)" if widened else ""))
         else:
             raise UserError(f"--to {to!r} is not one of yaml, fastvideo")
