@@ -72,19 +72,26 @@ def _denoise(mask: np.ndarray) -> np.ndarray:
     return mask & (neighbours >= 3)
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 4-connected component of a single-frame (H, W) mask (by flood fill)."""
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    grown = mask.copy()
+    grown[..., 1:, :] |= mask[..., :-1, :]
+    grown[..., :-1, :] |= mask[..., 1:, :]
+    grown[..., :, 1:] |= mask[..., :, :-1]
+    grown[..., :, :-1] |= mask[..., :, 1:]
+    return grown
+
+
+def largest_component(mask: np.ndarray, max_components: int = 32) -> np.ndarray:
+    """The largest 4-connected component of a single-frame (H, W) mask (by flood fill; only the first
+    `max_components` components are tried, which bounds the time on noise)."""
     left, best = mask.copy(), np.zeros_like(mask)
-    while left.any():
+    for _ in range(max_components):
+        if not left.any():
+            break
         region = np.zeros_like(mask)
         region.flat[np.flatnonzero(left)[0]] = True
         while True:
-            grown = region.copy()
-            grown[1:] |= region[:-1]
-            grown[:-1] |= region[1:]
-            grown[:, 1:] |= region[:, :-1]
-            grown[:, :-1] |= region[:, 1:]
-            grown &= mask
+            grown = _dilate(region) & mask
             if (grown == region).all():
                 break
             region = grown
@@ -114,6 +121,7 @@ def check_object(labels: np.ndarray, color: int, shape: int, motion: int, change
     scale = min(height, width) / 64.0
     raw = labels == color
     mask = _denoise(raw)
+    outline = raw & _dilate(mask)  # the denoised mask with its one-pixel rim back (for shapes)
     areas = mask.sum(axis=(1, 2)).astype(float)
     visible = areas >= MIN_PIXELS * scale * scale
     color_ok = visible.sum() >= max(1, round(0.75 * f))
@@ -122,7 +130,7 @@ def check_object(labels: np.ndarray, color: int, shape: int, motion: int, change
         return ObjectCheck(bool(color_ok), False, False, False)
 
     big = np.flatnonzero(areas >= 0.7 * areas.max())
-    votes = [classify_shape(raw[i]) for i in big]
+    votes = [classify_shape(outline[i]) for i in big]
     shape_ok = max(set(votes), key=votes.count) == SHAPES[shape]
 
     idx = np.flatnonzero(visible)
