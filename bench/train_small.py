@@ -148,14 +148,18 @@ def pack(folder: Path, out: Path, limit: int = 15 * 2**20) -> list[str]:
     """Tar `folder` into ``out/checkpoint-NN.tar`` files of at most `limit` bytes (whole files each)."""
     for old in out.glob("checkpoint-*.tar"):
         old.unlink()
-    groups, size = [[]], 0
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        nbytes = path.stat().st_size + 1024
-        if groups[-1] and size + nbytes > limit:
+    groups: list[list[Path]] = []
+    sizes: list[int] = []
+    files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: (-p.stat().st_size, str(p)))
+    for path in files:  # first fit, largest first
+        nbytes = path.stat().st_size + 1536
+        slot = next((i for i, used in enumerate(sizes) if used + nbytes <= limit), None)
+        if slot is None:
             groups.append([])
-            size = 0
-        groups[-1].append(path)
-        size += nbytes
+            sizes.append(0)
+            slot = len(groups) - 1
+        groups[slot].append(path)
+        sizes[slot] += nbytes
     names = []
     for i, paths in enumerate(groups):
         name = f"checkpoint-{i:02d}.tar"
@@ -237,6 +241,10 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny model and canvases, for a CPU check in seconds")
     args = ap.parse_args()
 
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -397,9 +405,11 @@ def main() -> None:
     for i, canvas in enumerate(canvases):
         t0 = time.time()
         n = args.eval_prompts if i else max(args.eval_prompts, args.sample_prompts)
+        if n == 0:
+            continue
         videos = generate(ema_components, prompts[:n], canvas, eval_steps, settings["guidance_scale"], args.seed)
         key = "x".join(map(str, canvas[:3]))
-        if i == 0:
+        if i == 0 and args.sample_prompts:
             write_png(args.out / "samples.png", video_grid(videos[: args.sample_prompts]))
             log["sample_prompts"] = prompts[: args.sample_prompts]
         if args.eval_prompts:
