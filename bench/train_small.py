@@ -1,0 +1,429 @@
+"""Train the bundled `small` video model (sta_search/small) with flow matching; time-boxed and resumable.
+
+    python bench/train_small.py --out OUT [--time-budget 540] [--resume CKPT] [--pack] [--eval-prompts 32]
+    python bench/train_small.py --smoke --steps 2 --out /tmp/s     # CPU check in seconds
+
+Fresh procedural videos + captions (`sta_search.small.data`, held-out captions excluded) are rendered on
+the device every step. The transformer (diffusers `WanTransformer3DModel`, RGB pixels, patch 1x4x4,
+9.1 M parameters: 8 layers, 4 heads x 64, FFN 1024) and tiny's word-level text encoder (dim 192, 2
+layers) are trained jointly with the rectified-flow objective of `FlowMatchEulerDiscreteScheduler`
+(x_s = (1 - s) x0 + s noise, target noise - x0, timestep 1000 s, logit-normal s with shift 3), bf16
+autocast on CUDA, AdamW, EMA 0.999. Multi-resolution: each step uses one canvas of ``--canvases``
+(default 16x96x160 px, batch 12 -> token canvas 16x24x40; and 8x64x96 px, batch 64 -> 8x16x24);
+a fraction ``--large-fraction`` of the steps (deterministic in the step index) uses the first one.
+
+Time box: ``--time-budget`` seconds from start, minus ``--reserve`` for saving, samples and evaluation.
+After ``calibrate`` steps the run's step count is fixed from the measured step time. The learning rate
+warms up linearly (``--warmup`` steps, 300 fresh / 100 on resume) and then stays constant, so a run can
+be continued any number of times; ``--decay`` instead anneals it (cosine to 10 %) over this run's
+steps, for a final run.
+
+Checkpoint (``OUT/checkpoint/``, or with ``--pack`` tars ``OUT/checkpoint-NN.tar`` < 15 MiB each, for
+machines that return at most 8 files of 16 MiB): a loadable pipeline folder (``load_small(folder=...)``)
+with the EMA weights in bf16 (transformer 18 MB in 2 shards), plus ``train_state/``: the raw weights in
+fp32 (sharded, < 15 MB per file) and ``state.json`` (global step, samples seen, the data generator's
+state, seeds, learning rate and schedule, earlier runs). The optimizer state (2 x 37 MB) is NOT kept:
+on ``--resume`` AdamW restarts and the learning rate warms up again over ``--warmup`` steps; the
+weights, EMA, step count, data stream and schedule continue. Everything the GPU machine returns then
+is: the tars (~60 MB together), ``samples.png`` (one row per held-out prompt, one column per frame, at
+the large canvas) and ``train_log.json`` (loss curve per canvas, steps, seconds, device, resolutions,
+evaluator scores on ``--eval-prompts`` held-out captions at every canvas).
+
+Step-time estimate on an H200 (from FLOP counts; not measured): per video token and layer the linear
+layers cost 2 x (6 d^2 + 2 d f) = 1.84 MFLOP (d = 256, f = 1024; cross-attention keys over 48 text
+tokens are negligible) and self-attention 4 S d FLOP: 15.7 MFLOP at S = 15,360 (large canvas),
+3.1 MFLOP at S = 3,072 (small). Forward per video: 15,360 x 8 x 17.6 M = 2.2 TFLOP (large),
+3,072 x 8 x 4.9 M = 0.12 TFLOP (small); training ~3x forward. Large step (batch 12): 78 TFLOP, at an
+assumed 250 TFLOP/s effective (flash attention fwd+bwd, bf16) ~0.3 s; small step (batch 64): 23 TFLOP,
+narrow d = 256 matmuls and elementwise work, assume ~150 TFLOP/s -> ~0.15 s. With 30 % large steps
+~0.2 s per step on average: a 10-minute lease (~500 s of training after start-up, save and evaluation)
+gives ~2,500 steps, ~125 k videos. Measured numbers land in train_log.json (``step_seconds``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+START = time.time()
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from safetensors.torch import load_file, save_file  # noqa: E402
+from train_tiny import video_grid, write_png  # noqa: E402
+
+from sta_search.small import PIPELINE_CLASS, SETTINGS_FILE, data, evaluate  # noqa: E402
+from sta_search.small.pipeline import SmallVideoPipeline, build_components  # noqa: E402
+from sta_search.small.text import MAX_LENGTH, encode_words, save_tokenizer  # noqa: E402
+from sta_search.tiny.text import TinyTextEncoder  # noqa: E402
+
+SHARD_BYTES = 15_000_000
+SETTINGS = {"tile": [4, 4, 4], "height": 96, "width": 160, "frames": 16, "steps": 16, "guidance_scale": 4.0}
+EVAL_SEED = 777
+
+
+def parse_canvases(text: str) -> list[tuple[int, int, int, int]]:
+    """``"16x96x160:12,8x64x96:64"`` -> [(frames, height, width, batch), ...] (first = large canvas)."""
+    out = []
+    for item in text.split(","):
+        size, _, batch = item.partition(":")
+        f, h, w = (int(v) for v in size.lower().split("x"))
+        out.append((f, h, w, int(batch or 8)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- checkpoint
+def save_sharded(tensors: dict[str, torch.Tensor], folder: Path, stem: str) -> None:
+    """Safetensors files of at most `SHARD_BYTES` each: ``stem-00.safetensors``, ..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shard, size, index = {}, 0, 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shard and size + nbytes > SHARD_BYTES:
+            save_file(shard, str(folder / f"{stem}-{index:02d}.safetensors"))
+            shard, size, index = {}, 0, index + 1
+        shard[name] = tensor.detach().contiguous().cpu()
+        size += nbytes
+    save_file(shard, str(folder / f"{stem}-{index:02d}.safetensors"))
+
+
+def load_sharded(folder: Path, stem: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for path in sorted(folder.glob(f"{stem}-*.safetensors")):
+        out.update(load_file(str(path)))
+    return out
+
+
+def write_checkpoint(folder: Path, components: dict, ema: list, state: dict, settings: dict) -> None:
+    """Pipeline folder (EMA weights, bf16) + train_state/ (raw fp32 weights + state.json), atomically."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, model in (("transformer", ema[0]), ("text_encoder", ema[1])):
+        copy.deepcopy(model).to(torch.bfloat16).save_pretrained(tmp / name, safe_serialization=True,
+                                                                max_shard_size="15MB")
+    components["scheduler"].save_pretrained(tmp / "scheduler")
+    import diffusers
+
+    index = {
+        "_class_name": PIPELINE_CLASS,
+        "_diffusers_version": diffusers.__version__,
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["sta_search.tiny.text", "TinyTextEncoder"],
+        "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+        "transformer": ["diffusers", "WanTransformer3DModel"],
+    }
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    try:
+        save_tokenizer(tmp / "tokenizer")
+    except ImportError:
+        print("transformers/tokenizers missing: tokenizer/ not written (load_small needs it)", flush=True)
+    raw = {f"transformer.{k}": v.float() for k, v in components["transformer"].state_dict().items()}
+    raw.update({f"text_encoder.{k}": v.float() for k, v in components["text_encoder"].state_dict().items()})
+    save_sharded(raw, tmp / "train_state", "weights")
+    (tmp / "train_state" / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def pack(folder: Path, out: Path, limit: int = 15 * 2**20) -> list[str]:
+    """Tar `folder` into ``out/checkpoint-NN.tar`` files of at most `limit` bytes (whole files each)."""
+    for old in out.glob("checkpoint-*.tar"):
+        old.unlink()
+    groups: list[list[Path]] = []
+    sizes: list[int] = []
+    files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: (-p.stat().st_size, str(p)))
+    for path in files:  # first fit, largest first
+        nbytes = path.stat().st_size + 1536
+        slot = next((i for i, used in enumerate(sizes) if used + nbytes <= limit), None)
+        if slot is None:
+            groups.append([])
+            sizes.append(0)
+            slot = len(groups) - 1
+        groups[slot].append(path)
+        sizes[slot] += nbytes
+    names = []
+    for i, paths in enumerate(groups):
+        name = f"checkpoint-{i:02d}.tar"
+        with tarfile.open(out / name, "w") as tar:
+            for path in paths:
+                tar.add(path, arcname=str(Path("checkpoint") / path.relative_to(folder)))
+        names.append(name)
+    return names
+
+
+def resolve_resume(path: Path, scratch: Path) -> Path:
+    """A checkpoint folder, or a folder holding checkpoint-*.tar (unpacked into `scratch`)."""
+    if (path / "train_state" / "state.json").is_file():
+        return path
+    if (path / "checkpoint" / "train_state" / "state.json").is_file():
+        return path / "checkpoint"
+    tars = sorted(path.glob("checkpoint-*.tar"))
+    if not tars:
+        raise SystemExit(f"--resume {path}: no checkpoint folder (train_state/state.json) or checkpoint-*.tar")
+    for tar_path in tars:
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(scratch, filter="data")
+    return scratch / "checkpoint"
+
+
+def load_checkpoint(folder: Path):
+    """(components with raw weights, EMA models in fp32, state dict) from a checkpoint folder."""
+    from diffusers import WanTransformer3DModel
+
+    state = json.loads((folder / "train_state" / "state.json").read_text())
+    components = build_components()
+    components["transformer"] = WanTransformer3DModel.from_config(
+        WanTransformer3DModel.load_config(str(folder / "transformer")))
+    components["text_encoder"] = TinyTextEncoder.from_config(TinyTextEncoder.load_config(str(folder / "text_encoder")))
+    raw = load_sharded(folder / "train_state", "weights")
+    for name in ("transformer", "text_encoder"):
+        prefix = name + "."
+        components[name].load_state_dict({k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)})
+    ema = [WanTransformer3DModel.from_pretrained(str(folder / "transformer"), dtype=torch.float32),
+           TinyTextEncoder.from_pretrained(str(folder / "text_encoder"), dtype=torch.float32)]
+    return components, ema, state
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def generate(components: dict, prompts: list[str], canvas, steps: int, guidance: float, seed: int, batch: int = 8):
+    pipe = SmallVideoPipeline(tokenizer=None, **components)
+    pipe.set_progress_bar_config(disable=True)
+    f, h, w = canvas[:3]
+    out = []
+    for i in range(0, len(prompts), batch):
+        g = torch.Generator(device=components["transformer"].device).manual_seed(seed + i)
+        out.append(pipe(prompts[i: i + batch], height=h, width=w, num_frames=f, num_inference_steps=steps,
+                        guidance_scale=guidance, generator=g, output_type="latent").frames.float().cpu())
+    return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("outputs/train_small"))
+    ap.add_argument("--resume", type=Path, default=None, help="checkpoint folder (or folder of checkpoint-*.tar)")
+    ap.add_argument("--time-budget", type=float, default=540.0, help="seconds from start until the script ends")
+    ap.add_argument("--reserve", type=float, default=60.0, help="seconds kept for saving, samples and evaluation")
+    ap.add_argument("--steps", type=int, default=None, help="steps in this run (overrides the time budget)")
+    ap.add_argument("--canvases", default="16x96x160:12,8x64x96:64", help="FxHxW:batch,... (first: large)")
+    ap.add_argument("--large-fraction", type=float, default=0.3, help="fraction of steps on the first canvas")
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 300; 100 on --resume)")
+    ap.add_argument("--decay", action="store_true", help="cosine-anneal the lr to 10%% over this run (final run)")
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--text-dropout", type=float, default=0.1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-prompts", type=int, default=16, help="held-out captions scored at every canvas")
+    ap.add_argument("--eval-steps", type=int, default=None, help="sampling steps (default: settings steps)")
+    ap.add_argument("--sample-prompts", type=int, default=6)
+    ap.add_argument("--pack", action="store_true", help="write the checkpoint as tars < 15 MiB in --out")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the transformer")
+    ap.add_argument("--smoke", action="store_true", help="tiny model and canvases, for a CPU check in seconds")
+    args = ap.parse_args()
+
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    settings = dict(SETTINGS)
+    canvases = parse_canvases(args.canvases)
+    t_over, x_over = {}, {}
+    if args.smoke:
+        canvases = [(4, 32, 48, 2), (2, 16, 24, 2)]
+        settings.update(height=32, width=48, frames=4, steps=2, tile=[2, 4, 4])
+        t_over = dict(num_layers=2, num_attention_heads=2, attention_head_dim=32, ffn_dim=128, freq_dim=64)
+        x_over = dict(dim=64, num_layers=1)
+        args.eval_prompts = min(args.eval_prompts, 2)
+        args.sample_prompts = min(args.sample_prompts, 2)
+    settings["resolutions"] = [list(c[:3]) for c in canvases]
+    args.out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="train_small_"))
+
+    state = {"step": 0, "samples_seen": 0, "train_seconds": 0.0, "runs": [], "seed": args.seed}
+    if args.resume is not None:
+        components, ema_models, state = load_checkpoint(resolve_resume(args.resume, scratch))
+        print(f"resumed from {args.resume} at step {state['step']}", flush=True)
+    else:
+        torch.manual_seed(args.seed)
+        components = build_components(t_over, x_over)
+        ema_models = [copy.deepcopy(components["transformer"]), copy.deepcopy(components["text_encoder"])]
+    transformer = components["transformer"].to(device).train()
+    text_encoder = components["text_encoder"].to(device).train()
+    ema_models = [m.to(device).eval().requires_grad_(False) for m in ema_models]
+    params = [p for m in (transformer, text_encoder) for p in m.parameters()]
+    ema_params = [p for m in ema_models for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    data_gen = torch.Generator().manual_seed(args.seed + 1)
+    if "data_generator" in state:
+        data_gen.set_state(torch.frombuffer(bytearray(base64.b64decode(state["data_generator"])), dtype=torch.uint8))
+    start_step = state["step"]
+    noise_gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + start_step + 2)
+    forward = torch.compile(transformer) if args.compile else transformer
+    n_params = {"transformer": sum(p.numel() for p in transformer.parameters()),
+                "text_encoder": sum(p.numel() for p in text_encoder.parameters())}
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"device {device_name} params {n_params} canvases {canvases}", flush=True)
+
+    shift = components["scheduler"].config.shift
+    warmup = args.warmup if args.warmup is not None else (100 if args.resume is not None else 300)
+    if args.smoke:
+        warmup = 1
+    calibrate, total = 30, args.steps  # steps of THIS run
+    log = {"args": {k: str(v) for k, v in vars(args).items()}, "params": n_params, "device": device_name,
+           "torch": torch.__version__, "resolutions": settings["resolutions"],
+           "canvas_tokens": [[f, h // 4, w // 4] for f, h, w, _ in canvases], "batches": [c[3] for c in canvases],
+           "start_step": start_step, "loss": [], "optimizer_state": "not kept: AdamW restarts with a warm-up"}
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    step_time: dict[int, list[float]] = {i: [] for i in range(len(canvases))}
+    running = {i: [0.0, 0] for i in range(len(canvases))}
+    run_step, t_train0, decay_from = 0, time.time(), None
+
+    def lr_at(i: int) -> float:
+        lr = args.lr * min(1.0, (i + 1) / warmup)
+        if args.decay and total is not None and i >= warmup:
+            progress = min(1.0, (i - warmup) / max(1, total - warmup))
+            lr = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        return lr
+
+    def canvas_of(global_step: int) -> int:
+        frac = args.large_fraction
+        return 0 if math.floor((global_step + 1) * frac) > math.floor(global_step * frac) or len(canvases) == 1 else 1
+
+    budget_end = START + args.time_budget - args.reserve
+    t_cal0 = None
+    while total is None or run_step < total:
+        if total is None and run_step == 5:
+            t_cal0 = time.time()
+        if total is None and run_step == 5 + calibrate:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            per_step = (time.time() - t_cal0) / calibrate
+            total = max(run_step + 1, run_step + int((budget_end - time.time()) / per_step))
+            log["calibrated_step_s"] = round(per_step, 4)
+            print(f"calibrated {per_step * 1000:.1f} ms/step -> {total} steps this run", flush=True)
+        if total is None and time.time() > budget_end:  # budget spent before calibration finished
+            total = run_step
+            break
+        if run_step % 10 == 0 and total is not None and time.time() > budget_end + 30 and args.steps is None:
+            log["stopped_early_at"] = run_step
+            print(f"time budget exceeded at run step {run_step} of {total}: stopping", flush=True)
+            break
+        global_step = start_step + run_step
+        which = canvas_of(global_step)
+        f, h, w, batch = canvases[which]
+        t0 = time.time()
+        videos, captions = data.sample_batch(batch, frames=f, height=h, width=w, generator=data_gen, device=device)
+        drop = torch.rand(batch, generator=data_gen) < args.text_dropout
+        ids = encode_words(["" if d else c for c, d in zip(captions, drop.tolist())], MAX_LENGTH).to(device)
+        noise = torch.randn(videos.shape, generator=noise_gen, device=device)
+        u = torch.sigmoid(torch.randn(batch, generator=noise_gen, device=device))
+        sigma = shift * u / (1 + (shift - 1) * u)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        noisy, target = (1 - s) * videos + s * noise, noise - videos
+        for group in opt.param_groups:
+            group["lr"] = lr_at(run_step)
+        with autocast:
+            pred = forward(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=text_encoder(ids),
+                           return_dict=False)[0]
+        loss = torch.nn.functional.mse_loss(pred.float(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + global_step) / (10 + global_step))
+        torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+        state["samples_seen"] += batch
+        if run_step % 5 == 0:  # a host sync every 5 steps only
+            running[which][0] += loss.item()
+            running[which][1] += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            step_time[which].append(time.time() - t0)
+        run_step += 1
+        if run_step % 100 == 0 or run_step == 1 or (total is not None and run_step == total):
+            entry = {"step": start_step + run_step, "lr": lr_at(run_step - 1), "grad_norm": round(float(grad_norm), 4),
+                     "time_s": round(time.time() - START, 1)}
+            for i, (tot, cnt) in running.items():
+                if cnt:
+                    entry[f"loss_{'x'.join(map(str, canvases[i][:3]))}"] = round(tot / cnt, 5)
+            running = {i: [0.0, 0] for i in range(len(canvases))}
+            log["loss"].append(entry)
+            print(json.dumps(entry), flush=True)
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.time() - t_train0
+    state["step"] = start_step + run_step
+    state["train_seconds"] = round(state["train_seconds"] + seconds, 1)
+    state["data_generator"] = base64.b64encode(data_gen.get_state().numpy().tobytes()).decode()
+    state["lr"], state["last_lr"], state["warmup"], state["decayed"] = args.lr, lr_at(max(0, run_step - 1)), warmup, args.decay
+    state["runs"] = state.get("runs", []) + [{"steps": run_step, "seconds": round(seconds, 1), "device": device_name,
+                                              "canvases": args.canvases if not args.smoke else "smoke"}]
+    state["config"] = {"canvases": [list(c) for c in canvases], "large_fraction": args.large_fraction,
+                       "ema": args.ema, "text_dropout": args.text_dropout}
+    log.update(steps_this_run=run_step, steps_total=state["step"], train_seconds=round(seconds, 1),
+               train_seconds_total=state["train_seconds"], samples_seen_total=state["samples_seen"], warmup=warmup,
+               step_seconds={"x".join(map(str, canvases[i][:3])): round(sum(v) / len(v), 4)
+                             for i, v in step_time.items() if v})
+    ema_components = dict(components, transformer=ema_models[0], text_encoder=ema_models[1])
+    ckpt = (scratch / "checkpoint") if args.pack else (args.out / "checkpoint")
+    write_checkpoint(ckpt, components, ema_models, state, settings)
+    if args.pack:
+        log["checkpoint_tars"] = pack(ckpt, args.out)
+    (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    print(f"checkpoint at step {state['step']} written at {time.time() - START:.0f}s", flush=True)
+
+    # Samples and evaluation with the EMA weights (in fp32 on the training device).
+    for m in ema_models:
+        m.float()
+    eval_steps = args.eval_steps or settings["steps"]
+    prompts = data.prompt_set(max(args.eval_prompts, args.sample_prompts), EVAL_SEED)
+    log["eval"] = {"steps": eval_steps, "guidance": settings["guidance_scale"], "prompts": prompts[:args.eval_prompts]}
+    for i, canvas in enumerate(canvases):
+        t0 = time.time()
+        n = args.eval_prompts if i else max(args.eval_prompts, args.sample_prompts)
+        if n == 0:
+            continue
+        videos = generate(ema_components, prompts[:n], canvas, eval_steps, settings["guidance_scale"], args.seed)
+        key = "x".join(map(str, canvas[:3]))
+        if i == 0 and args.sample_prompts:
+            write_png(args.out / "samples.png", video_grid(videos[: args.sample_prompts]))
+            log["sample_prompts"] = prompts[: args.sample_prompts]
+        if args.eval_prompts:
+            result = evaluate.score(evaluate.videos_to_frames(videos[: args.eval_prompts]), prompts[: args.eval_prompts])
+            result["seconds"] = round(time.time() - t0, 1)
+            log["eval"][key] = result
+            print(f"eval {key}: " + json.dumps({k: v for k, v in result.items() if not k.startswith("objects")}),
+                  flush=True)
+        (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    log["total_seconds"] = round(time.time() - START, 1)
+    (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    shutil.rmtree(scratch, ignore_errors=True)
+    print(f"done in {log['total_seconds']}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

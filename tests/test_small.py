@@ -1,0 +1,117 @@
+"""The `small` model's parts: data generator, caption grammar, evaluator, architecture, resumable trainer."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sta_search.small import data
+from sta_search.small.evaluate import ATTRIBUTES, check_video, score, videos_to_frames
+from sta_search.small.pipeline import TRANSFORMER_CONFIG, build_components
+from sta_search.small.text import MAX_LENGTH, encode_words, vocab_map
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_CANVAS = dict(frames=8, height=64, width=96)
+
+
+def _batch(seed, count, **canvas):
+    return data.sample_batch(count, generator=torch.Generator().manual_seed(seed), **canvas)
+
+
+def test_generator_is_deterministic_per_seed_and_valid():
+    a, caps_a = _batch(3, 4, frames=4, height=32, width=48)
+    b, caps_b = _batch(3, 4, frames=4, height=32, width=48)
+    c, caps_c = _batch(4, 4, frames=4, height=32, width=48)
+    assert caps_a == caps_b and torch.equal(a, b)
+    assert caps_a != caps_c or not torch.equal(a, c)
+    assert a.shape == (4, 3, 4, 32, 48) and a.min() >= -1 and a.max() <= 1
+    for caption in caps_a:
+        scene = data.parse_caption(caption)
+        assert scene.caption == caption and 2 <= len(scene.objects) <= 3
+        assert len({o.color for o in scene.objects}) == len(scene.objects)
+        assert not data.is_held_out(caption)
+        ids = encode_words([caption])[0]
+        assert (ids != 0).sum() <= MAX_LENGTH and 1 not in ids.tolist()  # no [UNK]: the vocab covers it
+    held = data.prompt_set(5, 777)
+    assert len(set(held)) == 5 and all(data.is_held_out(c) for c in held)
+    with pytest.raises(ValueError):
+        data.parse_caption("a big red circle moves sideways, on a gray floor")
+
+
+def test_evaluator_scores_ground_truth_high_and_wrong_captions_low():
+    videos, captions = _batch(11, 24, **SMALL_CANVAS)
+    frames = videos_to_frames(videos)
+    result = score(frames, captions)
+    for name in ATTRIBUTES:
+        assert result[name] >= 0.95, (name, result)
+
+    def wrong(caption):  # absent colour, other shape, opposite motion, opposite size change
+        scene = data.parse_caption(caption)
+        main = scene.main
+        used = {o.color for o in scene.objects}
+        colour = next(i for i in range(len(data.COLORS)) if i not in used)
+        motion = {0: 1, 1: 0, 2: 3, 3: 2, 4: 0}[main.motion]
+        change = {0: 1, 1: 2, 2: 1}[main.change]
+        objects = (data.ObjectSpec(main.size, colour, main.shape, main.motion, main.change),
+                   data.ObjectSpec(main.size, main.color, (main.shape + 1) % 4, motion, change))
+        return [data.Scene((o, *scene.objects[1:]), scene.floor, scene.pattern, scene.camera, scene.light).caption
+                for o in objects]
+
+    checks = [(check_video(f, w[0])[0], check_video(f, w[1])[0]) for f, c in zip(frames, captions) for w in [wrong(c)]]
+    assert sum(a.color for a, _ in checks) / len(checks) <= 0.1
+    for name in ("shape", "motion", "size"):
+        assert sum(getattr(b, name) for _, b in checks) / len(checks) <= 0.25, name
+
+
+def test_architecture_builds_and_runs_on_both_canvas_kinds():
+    assert TRANSFORMER_CONFIG["attention_head_dim"] in (64, 128)
+    torch.manual_seed(0)
+    parts = build_components()
+    n = sum(p.numel() for p in parts["transformer"].parameters())
+    assert n * 2 <= 40e6  # bf16 weights under 40 MB
+    p_t, p_h, p_w = TRANSFORMER_CONFIG["patch_size"]
+    tokens = (16 // p_t, 96 // p_h, 160 // p_w)
+    assert math.prod(tokens) >= 15000 and tokens[1] >= 24 and tokens[2] >= 40
+    small = build_components(dict(num_layers=1), dict(num_layers=1))
+    x = torch.randn(1, 3, 2, 16, 24)
+    text = small["text_encoder"](encode_words(["a big red circle bounces, a small blue ring moves up, on a gray floor"]))
+    out = small["transformer"](hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text,
+                               return_dict=False)[0]
+    assert out.shape == x.shape and text.shape[-1] == TRANSFORMER_CONFIG["text_dim"] == len(text[0, 0])
+    assert len(vocab_map()) == small["text_encoder"].config.vocab_size
+
+
+def test_smoke_training_resumes_and_loads(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    script = str(ROOT / "bench" / "train_small.py")
+    first, second = tmp_path / "a", tmp_path / "b"
+    subprocess.run([sys.executable, script, "--smoke", "--steps", "2", "--out", str(first), "--eval-prompts", "1",
+                    "--sample-prompts", "1"], check=True, env=env, capture_output=True, timeout=300)
+    log = json.loads((first / "train_log.json").read_text())
+    assert log["steps_total"] == 2 and "4x32x48" in log["eval"] and (first / "samples.png").is_file()
+    subprocess.run([sys.executable, script, "--smoke", "--steps", "2", "--resume", str(first / "checkpoint"),
+                    "--out", str(second), "--pack", "--eval-prompts", "0", "--sample-prompts", "0"],
+                   check=True, env=env, capture_output=True, timeout=300)
+    log = json.loads((second / "train_log.json").read_text())
+    assert log["start_step"] == 2 and log["steps_total"] == 4
+    tars = sorted(second.glob("checkpoint-*.tar"))
+    assert tars and all(t.stat().st_size < 15 * 2**20 for t in tars)
+
+    from sta_search.small import load_small, recommended_settings
+
+    folder = first / "checkpoint"
+    state = json.loads((folder / "train_state" / "state.json").read_text())
+    assert state["step"] == 2 and state["data_generator"]
+    settings = recommended_settings(folder)
+    pipe = load_small(folder=folder)
+    frames = pipe(["a big red circle moves left, a small blue square bounces, on a gray floor"],
+                  height=settings.height, width=settings.width, num_frames=settings.frames,
+                  num_inference_steps=1, generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (1, settings.frames, settings.height, settings.width, 3)
+    assert np.isfinite(frames).all() and frames.min() >= 0 and frames.max() <= 1
