@@ -171,7 +171,7 @@ def checks_on_every_rank(context: DistContext | None):
         if error is None and int(failed.item()):
             error = UserError(f"rank {context.rank}: another rank rejected the input (its message is above)")
     if error is not None:
-        error.every_rank = context is not None and context.distributed  # see exit_with_every_rank
+        error.every_rank = context is not None and context.distributed  # see exit_together
         raise error
 
 
