@@ -58,7 +58,7 @@ def device_name(device) -> str:
 
 
 def provenance(device=None) -> dict:
-    """``{"tool_version", "created_utc", "versions", "device"?}`` for a report; ``device`` adds its name."""
+    """``{"tool_version", "created_utc", "versions"}`` for a report, plus ``"device_name"`` when `device` is given."""
     out = {"tool_version": tool_version(), "created_utc": utc_now(), "versions": versions()}
     if device is not None:
         out["device_name"] = device_name(device)

@@ -120,12 +120,15 @@ def _in_process(*args):
     return result.exception
 
 
-def test_user_errors_exit_2(tiny_models, tmp_path):
+def test_user_errors_exit_2(tiny_models, tmp_path, capsys):
+    from sta_search import cli
+
     empty = tmp_path / "empty.txt"
     empty.write_text("# only a comment\n\n")
-    result = _cli("profile", tiny_models["wan"], "--prompts", empty, "--out", tmp_path / "o")
-    assert result.returncode == 2 and "holds no prompts" in result.stderr
-    assert "Traceback" not in result.stderr
+    with pytest.raises(SystemExit) as exited:  # the console entry in-process: one line, exit code 2
+        cli.run(["profile", str(tiny_models["wan"]), "--prompts", str(empty), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "holds no prompts" in err and "Traceback" not in err
     good = tmp_path / "p.txt"
     good.write_text("a cat\n")
     assert "nope" in str(_in_process("profile", tmp_path / "nope", "--prompts", good, "--out", tmp_path / "o"))
