@@ -176,3 +176,10 @@ def test_options_parsers():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA is not available"):
             options.resolve_device("cuda:0")
+
+
+def test_profile_error_inside_the_run_has_no_blank_line_before_it(capsys, tmp_path):
+    """The progress display starts with the first prompt: an error before it is the only line on stderr."""
+    assert _entry("profile", "tiny", "--prompts", "quick", "--device", "banana", "--out", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --device 'banana'") and err.count("\n") == 1, repr(err)
