@@ -30,6 +30,9 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from .errors import UserError
+from .report import atomic_write_text, tool_version
+from .report import fsync_dir as _fsync_dir
+from .report import umask as _umask
 
 PROFILE_SCHEMA = "sta-search/profile/v1"
 HEADER_FILE = "header.json"
@@ -147,7 +150,7 @@ class Profile:
         """
         header = json.loads(json.dumps(dict(header)))  # a deep, JSON-clean copy
         header.setdefault("schema", PROFILE_SCHEMA)
-        header.setdefault("tool_version", _tool_version())
+        header.setdefault("tool_version", tool_version())
         header["prompts"] = []
         _validate_header(header, source="profile header")
         shapes = expected_shapes(header)
@@ -492,31 +495,6 @@ def _write_text(path: Path, text: str) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _tool_version() -> str:
-    from . import __version__
-
-    return __version__
-
-
 # ---------------------------------------------------------------------- what headers record
 MODEL_CONFIG_FILES = ("model_index.json", "transformer/config.json", "transformer_2/config.json", "config.json")
 
@@ -553,31 +531,13 @@ def display_path(path) -> str:
         return str(Path(*path.resolve().parts[-2:]))
 
 
-def atomic_write_text(path, text: str) -> None:
-    """Write a text file atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 __all__ = [
     "PROFILE_SCHEMA",
     "Profile",
     "merge_profiles",
     "merge_key",
     "expected_shapes",
-    "atomic_write_text",
+    "atomic_write_text",  # kept here for callers of the old location; it lives in sta_search.report
     "model_identity",
     "display_path",
 ]

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .options import parse_triple  # the CLI parser: "t,h,w" text or an already parsed triple
 
 Triple = tuple[int, int, int]
 
@@ -50,16 +51,6 @@ NAMED_SHAPES = {
 
 # Per-head windows whose mean tile volume equals (3,3,3)'s 27 (45, 9, 45, 9, 27, 27).
 MIXED_WINDOWS: tuple[Triple, ...] = ((3, 3, 5), (1, 3, 3), (5, 3, 3), (3, 3, 1), (3, 3, 3), (1, 3, 9))
-
-
-def parse_triple(text: str, what: str) -> Triple:
-    try:
-        values = tuple(int(x) for x in text.replace("x", ",").split(","))
-    except ValueError:
-        raise UserError(f"{what} must be three integers like 3,3,3, got {text!r}") from None
-    if len(values) != 3 or min(values) < 1:
-        raise UserError(f"{what} must be three integers >= 1 like 3,3,3, got {text!r}")
-    return values  # type: ignore[return-value]
 
 
 def make_shape(name: str | None = "hunyuan-720p", *, canvas: str | None = None, heads: int | None = None,

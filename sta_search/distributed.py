@@ -25,15 +25,16 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
 from .errors import UserError
-from .models.parallel import windows_for_call  # noqa: F401  (re-exported for the generate path)
+from .report import write_json
+
+# Importing this module stays cheap (no torch, no diffusers): the CLI calls it on its error path, and
+# the functions below import torch.distributed when they need it.
 
 #: Test-only: ``"R:I:S"`` makes rank R SIGKILL itself at the first attention call of step S of prompt I
 #: (index in the whole prompt list) of a sharded profile.
@@ -71,8 +72,28 @@ def world_size_from_env() -> int:
 
 
 def launched_by_torchrun() -> bool:
-    """True when this process is one of several started by torchrun (``WORLD_SIZE > 1``)."""
+    """True when this process is one of several started by torchrun (``WORLD_SIZE > 1``). Reads the
+    environment only (no torch import)."""
     return world_size_from_env() > 1
+
+
+def rank_from_env() -> int:
+    """``RANK`` as torchrun sets it (0 when not launched by torchrun)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise UserError(f"RANK={os.environ.get('RANK')!r} is not an integer") from None
+
+
+def is_main_process() -> bool:
+    """True in the one process that prints summaries and writes shared files (rank 0, or no torchrun)."""
+    return rank_from_env() == 0
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist
 
 
 def init_from_env(device: str | None = None, timeout: timedelta | None = None) -> DistContext:
@@ -84,15 +105,19 @@ def init_from_env(device: str | None = None, timeout: timedelta | None = None) -
     initialised and rank 0 of 1 is returned. Calling it again returns the same context.
     `timeout` bounds every collective (a barrier waits for the slowest rank: give profiling hours).
     """
+    import torch
+
+    dist = _dist()
     world = world_size_from_env()
-    rank = int(os.environ.get("RANK", "0"))
+    rank = rank_from_env()
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     wants_cuda = device is None and torch.cuda.is_available() or (device is not None and device.startswith("cuda"))
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: CUDA is not available on this machine")
     if world == 1:
-        resolved = torch.device(device) if device else torch.device("cuda" if wants_cuda else "cpu")
-        return DistContext(0, 1, 0, resolved, None)
+        from .options import resolve_device
+
+        return DistContext(0, 1, 0, resolve_device(device), None)
     if device is not None and device.startswith("cuda") and device not in ("cuda",):
         raise UserError(f"--device {device}: under torchrun each rank uses cuda:LOCAL_RANK; pass --device cuda")
     if wants_cuda:
@@ -116,6 +141,7 @@ def barrier(context: DistContext) -> None:
     """Wait for every rank (no-op in one process)."""
     if not context.distributed:
         return
+    dist = _dist()
     if context.backend == "nccl":
         dist.barrier(device_ids=[context.device.index])
     else:
@@ -137,34 +163,58 @@ def checks_on_every_rank(context: DistContext | None):
     except UserError as exc:
         error = exc
     if context is not None and context.distributed:
+        import torch
+
+        dist = _dist()
         failed = torch.tensor([0 if error is None else 1], dtype=torch.int32, device=context.device)
         dist.all_reduce(failed, op=dist.ReduceOp.MAX)
         if error is None and int(failed.item()):
             error = UserError(f"rank {context.rank}: another rank rejected the input (its message is above)")
     if error is not None:
-        error.every_rank = context is not None and context.distributed  # see exit_with_every_rank
+        error.every_rank = context is not None and context.distributed  # see exit_together
         raise error
 
 
-def exit_with_every_rank(error: Exception, code: int) -> None:
+def exit_together(error: BaseException, code: int) -> None:
     """Exit with ``code``; after an error every rank raised together (:func:`checks_on_every_rank`), only once
     every rank has reported its own. torchrun stops the remaining ranks as soon as one exits, so a rank that
     printed its message but was still shutting down Python was killed and reported as stopped, not as
-    exiting with ``code``: here the ranks meet at a barrier, then leave at once (no interpreter teardown)."""
-    import sys
-
-    if getattr(error, "every_rank", False) and dist.is_available() and dist.is_initialized():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        dist.barrier()
-        os._exit(code)
+    exiting with ``code``: here the ranks meet at a barrier, then leave at once (no interpreter teardown).
+    Outside torchrun (checked in the environment first: no torch import) it is ``sys.exit(code)``."""
+    if getattr(error, "every_rank", False) and launched_by_torchrun():
+        dist = _dist()
+        if dist.is_available() and dist.is_initialized():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            dist.barrier()
+            os._exit(code)
     sys.exit(code)
 
 
+exit_with_every_rank = exit_together  # the earlier name
+
+
 def shutdown() -> None:
-    """Leave the process group (if any)."""
+    """Leave the process group (if any). Without torchrun nothing was joined and torch is not imported."""
+    if "torch.distributed" not in sys.modules:
+        return  # nothing can have joined a process group
+    dist = _dist()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def session():
+    """The process group's lifetime around a command: :func:`shutdown` when the block ends, except after an
+    error every rank raised together (:func:`checks_on_every_rank`), which keeps the group so that the ranks
+    can leave together (:func:`exit_together`, called by the CLI)."""
+    try:
+        yield
+    except BaseException as exc:
+        if not getattr(exc, "every_rank", False):
+            shutdown()
+        raise
+    shutdown()
 
 
 # ------------------------------------------------------------------------------------------- Ulysses
@@ -172,6 +222,8 @@ def shutdown() -> None:
 def _cpu_mesh_device_count():
     """diffusers' ``_resolve_parallel_config`` computes ``rank % torch.accelerator.device_count()``, which is
     0 on a CPU-only machine; there the gloo mesh needs no device index, so count one device meanwhile."""
+    import torch
+
     if torch.accelerator.device_count() > 0:
         yield
         return
@@ -216,9 +268,12 @@ def enable_ulysses(loaded, degree: int, *, canvas=None) -> None:
     a degree that does not divide the head count or the token count of `canvas`, or a model family without
     a context-parallel plan.
     """
+    import torch
     from diffusers import ContextParallelConfig
 
     from .models import get_adapter
+
+    dist = _dist()
 
     transformers = [t for t in (getattr(loaded, "transformer", None), getattr(loaded, "transformer_2", None))
                     if t is not None] if not isinstance(loaded, torch.nn.Module) else [loaded]
@@ -275,12 +330,6 @@ class _ShardProgress:
         self.done += 1
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _check_shard_manifest(folder: Path, manifest: dict) -> None:
     path = folder / SHARD_FILE
     if not path.exists():
@@ -330,7 +379,8 @@ def sharded_profile(settings, out, *, resume: bool = False, progress=None, loade
     """
     from .artifacts import HEADER_FILE, STATS_FILE
     from .models import load_model
-    from .profile import ProgressSink, parse_dtype, run_profile
+    from .options import resolve_dtype
+    from .profile import ProgressSink, run_profile
 
     context = context or init_from_env(settings.device, timeout=timedelta(days=7))
     rank, world = context.rank, context.world_size
@@ -349,11 +399,11 @@ def sharded_profile(settings, out, *, resume: bool = False, progress=None, loade
         _check_shard_manifest(folder, manifest)
     barrier(context)  # every rank has checked `out` before any rank writes to it
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(folder / SHARD_FILE, manifest)
+    write_json(folder / SHARD_FILE, manifest, indent=1)
 
     device = str(context.device)
     if loaded is None and indices:
-        _, dtype = parse_dtype(settings.dtype, device)
+        dtype = resolve_dtype(settings.dtype, device)
         loaded = load_model(settings.model, device, dtype)
     done = sum(1 for i in indices if (prompt_folder(out, i, world) / STATS_FILE).exists())
     sink = _ShardProgress(progress or ProgressSink(), len(indices), done)

@@ -10,12 +10,8 @@ and the provenance of the config and the model.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
-import json
-import math
 import os
-import platform
 import re
 import statistics
 import tempfile
@@ -27,10 +23,10 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .options import resolve_device, resolve_dtype
+from .report import json_safe, provenance, write_json
 
 REPORT_SCHEMA = "sta-search/generate-report/v1"
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
 FAMILY_FPS = {"wan": 16, "hunyuan_video": 24, "cogvideox": 8}
 
 
@@ -89,44 +85,6 @@ class RunTiming:
 
 
 # ----------------------------------------------------------------------------------- small helpers
-def resolve_device(device: str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a torch device (try cpu or cuda)") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device!r}: CUDA is not available on this machine")
-    return resolved
-
-
-def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype.lower() not in DTYPES:
-        raise UserError(f"--dtype {dtype!r} is not one of float32, bfloat16, float16")
-    return DTYPES[dtype.lower()]
-
-
-def read_prompts(prompt: str | None, prompts_file: str | None) -> tuple[str, ...]:
-    """The prompts of ``--prompt`` or ``--prompts FILE`` (one a line; blank lines and ``#`` comments skipped)."""
-    if (prompt is None) == (prompts_file is None):
-        raise UserError("give exactly one of --prompt TEXT or --prompts FILE")
-    if prompt is not None:
-        if not prompt.strip():
-            raise UserError("--prompt is empty")
-        return (prompt,)
-    path = Path(prompts_file)
-    if not path.is_file():
-        raise UserError(f"prompts file {str(path)!r} does not exist")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    found = tuple(line for line in lines if line and not line.startswith("#"))
-    if not found:
-        raise UserError(f"prompts file {str(path)!r} holds no prompts")
-    return found
-
-
 def prepare_output_folder(out) -> Path:
     """Create ``out`` and prove it can be written (UserError otherwise)."""
     path = Path(out)
@@ -170,33 +128,9 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("triton", "diffusers", "transformers"):
-        try:
-            out[name] = __import__(name).__version__
-        except Exception:  # noqa: BLE001
-            out[name] = None
-    return out
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _json_safe(value):
-    if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 # ----------------------------------------------------------------------------------- one pipeline run
@@ -264,16 +198,14 @@ def generate(settings: GenerateSettings, console=None) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .accelerate import AttentionTimer, MaskAttention, check_config, compile_transformer, load_mask, timed_dense_attention
-    from .distributed import checks_on_every_rank
+    from .distributed import checks_on_every_rank, enable_ulysses, init_from_env, launched_by_torchrun
     from .kernels import Geometry
     from .models import load_model
-    from .video import fidelity, side_by_side, write_mp4
+    from .video import fidelity, side_by_side
 
     console = console or Console(stderr=True)
     context = None
-    if settings.ulysses != 1 or _launched_by_torchrun():
-        from .distributed import init_from_env
-
+    if settings.ulysses != 1 or launched_by_torchrun():
         context = init_from_env(settings.device)
     device = context.device if context is not None else resolve_device(settings.device)
     is_main = context is None or context.is_main
@@ -315,8 +247,6 @@ def generate(settings: GenerateSettings, console=None) -> dict:
                      "--width and --frames to run at another size" if declared else "")
         _check_backend(settings.backend, info, device, dtype, Geometry(canvas, tuple(config.tile)))
         if context is not None:
-            from .distributed import enable_ulysses
-
             enable_ulysses(loaded, settings.ulysses, canvas=canvas)  # UserError on every rank for a bad degree
 
     attention = MaskAttention(config, backend=settings.backend)
@@ -326,19 +256,18 @@ def generate(settings: GenerateSettings, console=None) -> dict:
                 compile_transformer(transformer)
     fps = settings.fps or FAMILY_FPS.get(info.family, 16)
 
+    origin = provenance(device)
     report = {
         "schema": REPORT_SCHEMA,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "tool_version": _tool_version(),
-        "versions": _versions(),
+        **{key: value for key, value in origin.items() if key != "device_name"},
         "device": {"type": device.type, "processes": context.world_size if context is not None else 1,
-                   "name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"},
+                   "name": origin["device_name"]},
         "model": {"source": str(loaded.source), **_info_json(info)},
         "mask": {"path": str(Path(settings.mask).resolve()) if isinstance(settings.mask, (str, Path)) else None,
                  "sha256": _file_sha256(Path(settings.mask)) if isinstance(settings.mask, (str, Path)) else None,
                  "canvas": list(config.canvas), "tile": list(config.tile), "steps": int(config.steps),
                  "text_len": int(getattr(config, "text_len", 0)), "dense_steps": [int(s) for s in config.dense_steps],
-                 "summary": _json_safe(dict(getattr(config, "summary", {}) or {}))},
+                 "summary": json_safe(dict(getattr(config, "summary", {}) or {}))},
         "settings": {"seed": settings.seed, "steps": steps, "height": height, "width": width, "frames": frames,
                      "canvas": list(canvas), "dtype": str(dtype).replace("torch.", ""), "backend": settings.backend,
                      "compile": settings.compile, "compare_dense": settings.compare_dense, "fps": fps,
@@ -394,9 +323,9 @@ def generate(settings: GenerateSettings, console=None) -> dict:
             if is_main:
                 console.print(_summary_line(entry), highlight=False)
 
-    report = _json_safe(report)
+    report = json_safe(report)
     if is_main:  # under torchrun every rank computes the same videos; rank 0 writes them
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_json(out / "report.json", report)
     return report
 
 
@@ -427,13 +356,6 @@ def _write(is_main: bool, path: Path, frames, fps: int) -> str:
     if is_main:
         write_mp4(path, frames, fps=fps)
     return path.name
-
-
-def _launched_by_torchrun() -> bool:
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
-    except ValueError:
-        return False
 
 
 def _call_kwargs(loaded, prompt, height, width, frames, steps, seed, device) -> dict:
@@ -472,10 +394,4 @@ def _info_json(info) -> dict:
         data = asdict(info)
     except TypeError:
         data = dict(vars(info))
-    return _json_safe({k: list(v) if isinstance(v, tuple) else v for k, v in data.items()})
-
-
-def _tool_version() -> str:
-    from . import __version__
-
-    return __version__
+    return json_safe({k: list(v) if isinstance(v, tuple) else v for k, v in data.items()})

@@ -12,7 +12,6 @@ to an uninterrupted one (on the same machine and software).
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import signal
 from dataclasses import dataclass, field
@@ -24,14 +23,10 @@ import torch
 from .artifacts import HEADER_FILE, STATS_FILE, Profile, model_identity
 from .errors import UserError
 from .kernels.geometry import DEFAULT_TILE, Geometry
+from .options import dtype_name, parse_profile_steps, resolve_device
 from .stats import AttentionProfiler, CallStats, clip_windows, default_error_windows
 
 Triple = tuple[int, int, int]
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-BUNDLED_PROMPT_SETS = ("default", "quick")
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 
 #: Test-only: ``"P:S"`` makes the process SIGKILL itself at the first attention call of step S of prompt P
 #: (prompt index in the prompt list), to test crash recovery deterministically.
@@ -41,67 +36,6 @@ KILL_ENV = "STA_SEARCH_TEST_KILL_AT"
 _RESUME_KEYS = ("canvas", "tile", "height", "width", "frames", "steps", "seed", "dtype", "profile_steps",
                 "error_windows")
 _RESUME_MODEL_KEYS = ("family", "transformer_class", "source", "num_layers", "num_heads", "head_dim", "patch_size")
-
-
-# ----------------------------------------------------------------------------------- prompts
-def read_prompts(path) -> list[str]:
-    """One prompt a line; ``#`` comment lines and blank lines are skipped.
-
-    ``path`` is a text file, or the name of a bundled set (``default``: 16 prompts, ``quick``: 4).
-    UserError for a missing or empty file.
-    """
-    p = Path(path)
-    if not p.exists() and str(path) in BUNDLED_PROMPT_SETS:
-        p = PROMPTS_DIR / f"{path}.txt"
-    if not p.is_file():
-        raise UserError(f"prompts file not found: {path}")
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read prompts file {path}: {exc}") from None
-    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise UserError(f"prompts file {path} holds no prompts (one a line; '#' lines and blank lines are skipped)")
-    return prompts
-
-
-def parse_profile_steps(value: str | int, steps: int) -> list[int]:
-    """``"all"`` -> every step; ``k`` -> every k-th step starting at 0."""
-    text = str(value).strip().lower()
-    if text == "all":
-        every = 1
-    else:
-        try:
-            every = int(text)
-        except ValueError:
-            raise UserError(f"--profile-steps must be 'all' or a positive integer k (every k-th step), got {value!r}") from None
-        if every < 1:
-            raise UserError(f"--profile-steps must be 'all' or a positive integer k, got {value!r}")
-    return list(range(0, steps, every))
-
-
-def parse_dtype(name: str | None, device: str) -> tuple[str, torch.dtype]:
-    if name is None:
-        name = "bfloat16" if device.startswith("cuda") else "float32"
-    key = name.lower().replace("torch.", "")
-    if key not in DTYPES:
-        raise UserError(f"--dtype {name!r} is not one of float32, bfloat16, float16")
-    dtype = DTYPES[key]
-    return str(dtype).replace("torch.", ""), dtype
-
-
-def parse_tile(text) -> Triple:
-    if isinstance(text, (tuple, list)):
-        parts = list(text)
-    else:
-        parts = str(text).replace("x", ",").split(",")
-    try:
-        tile = tuple(int(p) for p in parts)
-    except ValueError:
-        raise UserError(f"--tile {text!r} must be three integers t,h,w") from None
-    if len(tile) != 3 or min(tile) < 1 or math.prod(tile) % 16:
-        raise UserError(f"--tile {text!r} must be three positive integers t,h,w whose product is a multiple of 16")
-    return tile  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------- settings
@@ -256,10 +190,9 @@ def run_profile(settings: ProfileSettings, out, *, resume: bool = False, progres
 
     progress = progress or ProgressSink()
     out = Path(out)
-    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype_name, dtype = parse_dtype(settings.dtype, device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    device = str(resolve_device(settings.device))
+    dtype_text = dtype_name(settings.dtype, device)
+    dtype = getattr(torch, dtype_text)
     existing = None
     if (out / STATS_FILE).exists() or (out / HEADER_FILE).exists():
         if not resume:
@@ -294,7 +227,7 @@ def run_profile(settings: ProfileSettings, out, *, resume: bool = False, progres
                   "head_dim": int(info.head_dim), "patch_size": [int(p) for p in info.patch_size]},
         "canvas": list(canvas), "tile": list(geometry.tile), "text_len": None, "text_first": None,
         "height": int(sizes["height"]), "width": int(sizes["width"]), "frames": int(sizes["frames"]),
-        "steps": int(settings.steps), "seed": int(settings.seed), "dtype": dtype_name,
+        "steps": int(settings.steps), "seed": int(settings.seed), "dtype": dtype_text,
         "profile_steps": profile_steps, "error_windows": [list(w) for w in windows], "prompts": [],
         "forwards_per_step": None,
     }

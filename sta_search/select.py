@@ -424,9 +424,9 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
     summary["prompts"] = profile.num_prompts
     summary["profile_steps"] = list(profile.profile_steps)
     summary["step_mapping"] = "each sparse step uses the statistics of the nearest profiled step"
-    from . import __version__
+    from .report import tool_version
 
-    summary["tool_version"] = __version__
+    summary["tool_version"] = tool_version()
     config = MaskConfig(
         model={k: profile.model[k] for k in ("family", "transformer_class", "num_layers", "num_heads")},
         canvas=profile.canvas,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .options import parse_window, parse_windows  # noqa: F401  (CLI parsing lives in options; kept importable here)
 from .kernels.geometry import Geometry, to_tiles
 from .kernels.recall import (
     attention_lse_reference,
@@ -43,29 +44,6 @@ DEFAULT_MEMORY_BUDGET = 1536 << 20
 
 
 # ------------------------------------------------------------------------------------ windows
-def parse_window(text: str) -> Triple:
-    """``"3,3,5"`` (or ``3x3x5``) -> ``(3, 3, 5)``; UserError naming the bad value."""
-    parts = text.replace("x", ",").replace(" ", "").split(",")
-    try:
-        window = tuple(int(p) for p in parts)
-    except ValueError:
-        raise UserError(f"window {text!r} must be three integers t,h,w") from None
-    if len(window) != 3 or min(window) < 1:
-        raise UserError(f"window {text!r} must be three integers t,h,w, each >= 1")
-    return window  # type: ignore[return-value]
-
-
-def parse_windows(items) -> tuple[Triple, ...]:
-    """Windows from CLI strings; each string may hold several separated by ';' or spaces."""
-    windows = []
-    for item in items:
-        for piece in item.replace(";", " ").split():
-            windows.append(parse_window(piece))
-    if not windows:
-        raise UserError("--windows needs at least one window t,h,w")
-    return tuple(windows)
-
-
 def clip_windows(geometry: Geometry, windows) -> tuple[Triple, ...]:
     """Clip each window to the grid, drop duplicates (first kept), order by density then as given."""
     seen: dict[Triple, None] = {}

@@ -193,6 +193,7 @@ def tiny_wan_folder(tmp_path_factory):
     return save_tiny("wan", tmp_path_factory.mktemp("tiny") / "wan")
 
 
+@pytest.mark.slow
 def test_sharded_profile_kill_resume_equals_single_process(tiny_wan_folder, tmp_path):
     from sta_search.artifacts import STATS_FILE, Profile
     from sta_search.distributed import prompt_folder
@@ -238,10 +239,6 @@ def test_sharded_profile_user_errors(tiny_wan_folder, tmp_path):
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _wired(command_file: str, marker: str) -> bool:
-    return marker in (REPO / "sta_search" / "commands" / command_file).read_text()
-
-
 def _torchrun(*args, nproc=2, timeout=300):
     import subprocess
 
@@ -252,8 +249,7 @@ def _torchrun(*args, nproc=2, timeout=300):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.skipif(not _wired("profile.py", "sharded_profile"), reason="commands/profile.py does not call "
-                    "sta_search.distributed.sharded_profile under torchrun yet")
+@pytest.mark.slow
 def test_torchrun_profile_command_equals_single_process(tiny_wan_folder, tmp_path):
     from sta_search.artifacts import Profile
     from sta_search.profile import run_profile
@@ -292,7 +288,7 @@ def _tiny_mask(loaded, path, heads=None):
     return path
 
 
-@pytest.mark.skipif(not _wired("generate.py", "--ulysses"), reason="commands/generate.py has no --ulysses yet")
+@pytest.mark.slow
 def test_torchrun_generate_ulysses_equals_single_process(tiny_wan_folder, tmp_path):
     import imageio.v3 as iio
 
@@ -317,7 +313,7 @@ def test_torchrun_generate_ulysses_equals_single_process(tiny_wan_folder, tmp_pa
     assert two.shape == one.shape and float(np.abs(two - one).max()) <= 1.0
 
 
-@pytest.mark.skipif(not _wired("generate.py", "--ulysses"), reason="commands/generate.py has no --ulysses yet")
+@pytest.mark.slow
 def test_torchrun_generate_bad_mask_exits_2_on_every_rank(tiny_wan_folder, tmp_path):
     from sta_search.models import load_model
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from sta_search.errors import UserError
-from sta_search.generate import GenerateSettings, generate, read_prompts
+from sta_search.generate import GenerateSettings, generate
+from sta_search.options import prompts_from
 from sta_search.maskconfig import MaskConfig
 from sta_search.video import read_mp4
 
@@ -69,7 +70,7 @@ def test_compare_dense_with_full_windows_is_lossless(folders, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# comment\n\na dog in the snow\n")
     out = tmp_path / "out"
-    report = generate(GenerateSettings(model=str(folders["wan"]), mask=str(mask), prompts=read_prompts(None, str(prompts)),
+    report = generate(GenerateSettings(model=str(folders["wan"]), mask=str(mask), prompts=prompts_from(None, str(prompts)),
                                        out=str(out), height=128, width=128, frames=9, compare_dense=True,
                                        backend="reference"))
     assert [v["prompt"] for v in report["videos"]] == ["a dog in the snow"]
@@ -162,20 +163,44 @@ def test_gluon_backend_that_cannot_run_exits_2_before_any_step(folders, tmp_path
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_read_prompts(tmp_path):
+def test_prompts_from(tmp_path):
     (tmp_path / "p.txt").write_text("# header\na dog in the snow\n\n  a boat on the river  \n")
-    assert read_prompts(None, str(tmp_path / "p.txt")) == ("a dog in the snow", "a boat on the river")
-    assert read_prompts("a cat", None) == ("a cat",)
+    assert prompts_from(None, str(tmp_path / "p.txt")) == ("a dog in the snow", "a boat on the river")
+    assert prompts_from("a cat", None) == ("a cat",)
+    assert len(prompts_from(None, "quick")) == 4  # the bundled sets work for generate too
 
 
-def test_read_prompts_errors(tmp_path):
-    with pytest.raises(UserError):
-        read_prompts(None, None)
-    with pytest.raises(UserError):
-        read_prompts("a", str(tmp_path / "p.txt"))
+def test_prompts_from_errors(tmp_path):
+    with pytest.raises(UserError, match="exactly one"):
+        prompts_from(None, None)
+    with pytest.raises(UserError, match="exactly one"):
+        prompts_from("a", str(tmp_path / "p.txt"))
+    with pytest.raises(UserError, match="empty"):
+        prompts_from("  ", None)
     (tmp_path / "empty.txt").write_text("# nothing\n\n")
     with pytest.raises(UserError, match="no prompts"):
-        read_prompts(None, str(tmp_path / "empty.txt"))
+        prompts_from(None, str(tmp_path / "empty.txt"))
+
+
+def test_report_provenance_json_and_atomic_writes(tmp_path):
+    import math
+
+    from sta_search import __version__
+    from sta_search.report import atomic_write_text, json_safe, provenance, write_json
+
+    origin = provenance("cpu")
+    assert origin["tool_version"] == __version__ and origin["versions"]["torch"] == torch.__version__
+    assert origin["device_name"] and origin["created_utc"].endswith("+00:00")
+    assert json_safe({"a": (1, np.float32(0.5), np.arange(2)), "b": math.inf, 3: math.nan}) == \
+        {"a": [1, 0.5, [0, 1]], "b": "inf", "3": "nan"}
+    path = write_json(tmp_path / "sub" / "r.json", {"x": np.int64(3), "y": float("-inf")})
+    assert json.loads(path.read_text()) == {"x": 3, "y": "-inf"}
+    atomic_write_text(path, "replaced\n")
+    assert path.read_text() == "replaced\n" and [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temp left
+
+    with pytest.raises(TypeError):
+        atomic_write_text(path, 42)  # a failed write leaves the old file and no temp file
+    assert path.read_text() == "replaced\n" and [p.name for p in path.parent.iterdir()] == ["r.json"]
 
 
 def test_e2e_bench_smoke(tmp_path):

@@ -82,6 +82,7 @@ def test_profile_end_to_end(tiny_models, prompts, tmp_path, kind):
         torch.testing.assert_close(short[..., i], recall[..., w[0] - 1, w[1] - 1, w[2] - 1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_kill_during_second_prompt_then_resume_is_bit_identical(tiny_models, prompts, tmp_path):
     args = ["profile", tiny_models["wan"], "--prompts", prompts, "--steps", "2", *SIZE, "--seed", "11"]
     crashed = tmp_path / "crashed"
@@ -119,12 +120,15 @@ def _in_process(*args):
     return result.exception
 
 
-def test_user_errors_exit_2(tiny_models, tmp_path):
+def test_user_errors_exit_2(tiny_models, tmp_path, capsys):
+    from sta_search import cli
+
     empty = tmp_path / "empty.txt"
     empty.write_text("# only a comment\n\n")
-    result = _cli("profile", tiny_models["wan"], "--prompts", empty, "--out", tmp_path / "o")
-    assert result.returncode == 2 and "holds no prompts" in result.stderr
-    assert "Traceback" not in result.stderr
+    with pytest.raises(SystemExit) as exited:  # the console entry in-process: one line, exit code 2
+        cli.run(["profile", str(tiny_models["wan"]), "--prompts", str(empty), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "holds no prompts" in err and "Traceback" not in err
     good = tmp_path / "p.txt"
     good.write_text("a cat\n")
     assert "nope" in str(_in_process("profile", tmp_path / "nope", "--prompts", good, "--out", tmp_path / "o"))
@@ -167,29 +171,28 @@ def test_non_finite_attention_inputs_name_layer_and_step(tiny_models, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_prompt_files_and_option_parsing(tmp_path):
+def test_prompt_files(tmp_path):
+    """Bundled sets ship inside the package (package data, read through importlib.resources)."""
     from sta_search.errors import UserError
-    from sta_search.profile import parse_dtype, parse_profile_steps, parse_tile, read_prompts
+    from sta_search.options import bundled_prompts_file, read_prompts
 
     default, quick = read_prompts("default"), read_prompts("quick")
     assert len(default) == 16 and len(set(default)) == 16 and len(quick) == 4
     assert set(quick) <= set(default) and not any(p.startswith("#") for p in default)
-    assert read_prompts(REPO / "prompts" / "quick.txt") == quick
+    packaged = Path(str(bundled_prompts_file("quick")))
+    assert packaged.parent == REPO / "sta_search" / "prompts" and read_prompts(packaged) == quick
     path = tmp_path / "p.txt"
     path.write_text("  # comment\n\nfirst prompt  \n\t\nsecond # not a comment\n")
-    assert read_prompts(path) == ["first prompt", "second # not a comment"]
+    assert read_prompts(path) == ("first prompt", "second # not a comment")
     with pytest.raises(UserError, match="not found"):
         read_prompts(tmp_path / "missing.txt")
-    assert parse_profile_steps("all", 4) == [0, 1, 2, 3] and parse_profile_steps("3", 10) == [0, 3, 6, 9]
-    with pytest.raises(UserError, match="-1"):
-        parse_profile_steps("-1", 4)
-    assert parse_tile("6,8,8") == (6, 8, 8)
-    with pytest.raises(UserError, match="1,3,3"):
-        parse_tile("1,3,3")
-    assert parse_dtype(None, "cpu") == ("float32", torch.float32)
-    assert parse_dtype("bf16", "cuda") == ("bfloat16", torch.bfloat16)
-    with pytest.raises(UserError, match="int8"):
-        parse_dtype("int8", "cpu")
+    (tmp_path / "quick").write_text("my own quick prompt\n")  # a file of that name wins over the bundled set
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert read_prompts("quick") == ("my own quick prompt",)
+    finally:
+        os.chdir(cwd)
 
 
 def test_two_expert_wan22_in_process(tmp_path):

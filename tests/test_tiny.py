@@ -46,8 +46,12 @@ def test_recommended_settings_give_a_real_sta_canvas(pipe):
 def test_load_model_by_name_uses_the_wan_adapter():
     from sta_search.models import load_model
 
+    from sta_search.models import bundled_names, model_defaults
+
+    assert "tiny" in bundled_names()  # the static table of models/loading.py; tiny registers nothing itself
+    assert model_defaults("tiny")["tile"] == list(recommended_settings().tile)
     loaded = load_model("tiny", "cpu", torch.float32)
-    assert type(loaded.pipeline).__name__ == "TinyVideoPipeline"
+    assert type(loaded.pipeline).__name__ == "TinyVideoPipeline" and loaded.source == "tiny"
     info = loaded.adapter.info(loaded.transformer)
     assert info.family == "wan" and info.transformer_class == "WanTransformer3DModel"
     s = recommended_settings()
@@ -167,14 +171,16 @@ def test_demo_shortened_writes_report_mask_videos_and_heatmaps(tmp_path):
     """A CI-sized demo: 1 profiled prompt, 1 held-out prompt, 2 steps, 32x32 pixels (canvas (8, 8, 8)); the
     full demo is 4 + 2 prompts, 8 steps, 64x64."""
     from sta_search.maskconfig import MaskConfig
-    from sta_search.tiny.demo import DemoSettings, demo_prompts, run_demo
+    from sta_search.demo import DemoSettings, demo_prompts, run_demo
 
     quick, heldout = demo_prompts(4, 2)
     assert not set(quick) & set(heldout) and len(set(quick)) == 4
     out = tmp_path / "demo"
     report = run_demo(DemoSettings(out=str(out), budget=0.3, quick_prompts=1, heldout_prompts=1, steps=2,
                                    height=32, width=32, full_steps=0, profile_every=2, error_windows=((1, 4, 4), (2, 2, 2))))
-    assert (out / "report.md").is_file() and json.loads((out / "report.json").read_text())["steps"] == 2
+    written = json.loads((out / "report.json").read_text())
+    assert (out / "report.md").is_file() and written["steps"] == 2
+    assert written["tool_version"] and written["versions"]["torch"] == torch.__version__  # sta_search.report
     config = MaskConfig.load(out / "mask.yaml")
     assert config.canvas == (8, 8, 8) and config.tile == (2, 4, 4) and config.steps == 2
     assert 0 < config.density() <= 0.3 + 1e-6

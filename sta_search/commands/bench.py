@@ -7,19 +7,22 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from .. import options
+
 
 def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
         shape: str = typer.Option("hunyuan-720p", "--shape", help="hunyuan-720p, wan-480p or wan-720p."),
-        canvas: str = typer.Option(None, "--canvas", help="Override the canvas, T,H,W in tokens."),
-        heads: int = typer.Option(None, "--heads", help="Override the number of heads."),
+        canvas: str = options.triple_option(None, "--canvas", help="Override the canvas, T,H,W in tokens."),
+        heads: int = options.positive_option(None, "--heads", help="Override the number of heads."),
         window: list[str] = typer.Option(None, "--window",
                                          help="t,h,w in tiles, or 'mixed' (per-head, mean volume 27); repeatable."),
-        text_len: int = typer.Option(None, "--text-len", help="Joint text tokens after the video (last 20% padded)."),
-        tile: str = typer.Option(None, "--tile", help="Tile t,h,w (default 6,8,8)."),
-        iters: int = typer.Option(20, "--iters", help="Timed calls of each sparse kernel (median reported)."),
-        no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip dense cuDNN / FlashAttention-2."),
+        text_len: int = options.non_negative_option(None, "--text-len", help="Joint text tokens after the video "
+                                                    "(last 20% padded)."),
+        tile: str = options.tile_option(help="Tile t,h,w (default 6,8,8)."),
+        iters: int = options.positive_option(20, "--iters", help="Timed calls of each sparse kernel (median reported)."),
+        no_baselines: bool = options.flag(False, "--no-baselines", help="Skip dense cuDNN / FlashAttention-2."),
         out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for the JSON result."),
     ):
         """Median times, effective TFLOP/s and speedups; writes a JSON result under --out.
@@ -31,9 +34,10 @@ def register(app: typer.Typer) -> None:
         """
         from ..benchmark import make_shape, results_table, run_shape, write_results
 
+        windows = [w if w in (None, "mixed") else options.parse_window(w) for w in (window or [None])]
         console = Console()
         shapes = [make_shape(shape, canvas=canvas, heads=heads, window=w, text_len=text_len, tile=tile)
-                  for w in (window or [None])]
+                  for w in windows]
         results = []
         for s in shapes:
             console.print(f"[bold]{s.name}[/] canvas {s.canvas} heads {s.heads} windows "

@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from .. import options
+
 
 def register(app: typer.Typer) -> None:
     @app.command("convert")
@@ -13,26 +15,26 @@ def register(app: typer.Typer) -> None:
         file: str = typer.Argument(..., help="FastVideo JSON (with --to yaml) or mask config YAML (with --to fastvideo)."),
         to: str = typer.Option(..., "--to", help="yaml: import FastVideo JSON; fastvideo: export a mask config."),
         out: Optional[str] = typer.Option(None, "--out", help="Output file (default: FILE with .yaml or .json)."),
-        canvas: Optional[str] = typer.Option(None, "--canvas", help="Token canvas T,H,W (import; required)."),
-        tile: str = typer.Option("6,8,8", "--tile", help="Tile size (import; FastVideo uses 6,8,8)."),
-        layers: Optional[int] = typer.Option(None, "--layers", help="Self-attention layers of the model (import) (default: from --model or the file)."),
-        heads: Optional[int] = typer.Option(None, "--heads", help="Attention heads (import) (default: from --model or the file)."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (import) (default: from the file)."),
+        canvas: Optional[str] = options.triple_option(None, "--canvas", help="Token canvas T,H,W (import; required)."),
+        tile: str = options.tile_option("6,8,8", help="Tile size (import; FastVideo uses 6,8,8)."),
+        layers: Optional[int] = options.positive_option(None, "--layers", help="Self-attention layers of the model (import) (default: from --model or the file)."),
+        heads: Optional[int] = options.positive_option(None, "--heads", help="Attention heads (import) (default: from --model or the file)."),
+        steps: Optional[int] = options.positive_option(None, "--steps", help="Denoising steps (import) (default: from the file)."),
         model: Optional[str] = typer.Option(None, "--model", help="Diffusers folder to read family, class, layers and heads from (import)."),
         family: Optional[str] = typer.Option(None, "--family", help="Model family (import): wan, hunyuan_video, cogvideox."),
         transformer_class: Optional[str] = typer.Option(None, "--transformer-class", help="diffusers transformer class (import)."),
-        text_len: int = typer.Option(0, "--text-len", help="Joint text tokens (import; informative)."),
-        round_even_up: bool = typer.Option(False, "--round-even-up", help="Export: write even windows w < n as w + 1 (FastVideo's reading)."),
-        nearest: bool = typer.Option(False, "--nearest", help="Export: write the nearest exportable config (tile 6,8,8, odd windows covering at least the same tokens)."),
+        text_len: int = options.non_negative_option(0, "--text-len", help="Joint text tokens (import; informative)."),
+        round_even_up: bool = options.flag(False, "--round-even-up", help="Export: write even windows w < n as w + 1 (FastVideo's reading)."),
+        nearest: bool = options.flag(False, "--nearest", help="Export: write the nearest exportable config (tile 6,8,8, odd windows covering at least the same tokens)."),
     ):
         """Convert FastVideo's mask strategy JSON to a mask config YAML and back."""
         import json
         from pathlib import Path
 
-        from ..artifacts import atomic_write_text
         from ..convert import fastvideo_to_mask, load_fastvideo, mask_to_fastvideo, model_from_folder
         from ..errors import UserError
-        from ..maskconfig import MaskConfig, parse_window
+        from ..maskconfig import MaskConfig
+        from ..report import atomic_write_text
 
         if to == "yaml":
             if canvas is None:
@@ -42,8 +44,8 @@ def register(app: typer.Typer) -> None:
                                ("transformer_class", transformer_class)):
                 if value is not None:
                     info[key] = value
-            report = fastvideo_to_mask(load_fastvideo(file), canvas=parse_window(canvas, "--canvas"), model=info,
-                                       steps=steps, tile=parse_window(tile, "--tile"), text_len=text_len)
+            report = fastvideo_to_mask(load_fastvideo(file), canvas=canvas, model=info,
+                                       steps=steps, tile=tile, text_len=text_len)
             target = out or str(Path(file).with_suffix(".yaml"))
             report.config.save(target)
             notes = []

@@ -6,15 +6,17 @@ from typing import Optional
 
 import typer
 
+from .. import options
+
 
 def register(app: typer.Typer) -> None:
     @app.command("inspect")
     def inspect_command(
         path: str = typer.Argument(..., help="A profile folder or a mask config YAML."),
-        layer: Optional[int] = typer.Option(None, "--layer", help="Only this layer in the tables; the layer of the offset-mass picture (default 0)."),
-        head: Optional[int] = typer.Option(None, "--head", help="Head of the offset-mass picture (default 0)."),
-        window: Optional[str] = typer.Option(None, "--window", help="Window t,h,w (tiles) for the recall table and heatmap (default 3,3,3 clipped to the grid)."),
-        step: Optional[int] = typer.Option(None, "--step", help="One denoising step (profiles: the nearest profiled step) instead of the mean."),
+        layer: Optional[int] = options.non_negative_option(None, "--layer", help="Only this layer in the tables; the layer of the offset-mass picture (default 0)."),
+        head: Optional[int] = options.non_negative_option(None, "--head", help="Head of the offset-mass picture (default 0)."),
+        window: Optional[str] = options.triple_option(None, "--window", help="Window t,h,w (tiles) for the recall table and heatmap (default 3,3,3 clipped to the grid)."),
+        step: Optional[int] = options.non_negative_option(None, "--step", help="One denoising step (profiles: the nearest profiled step) instead of the mean."),
         plot: Optional[str] = typer.Option(None, "--plot", help="Folder to write PNG pictures into."),
     ):
         """Show recall per layer and head, density per layer, a window histogram; --plot writes PNGs."""
@@ -27,4 +29,4 @@ def register(app: typer.Typer) -> None:
         for table in tables:
             console.print(table)
         for picture in pictures:
-            console.print(f"wrote {picture}")
+            console.print(f"wrote {picture}", markup=False, highlight=False)

@@ -6,13 +6,15 @@ from typing import List
 
 import typer
 
+from .. import options
+
 
 def register(app: typer.Typer) -> None:
     @app.command("merge")
     def merge_command(
         profiles: List[str] = typer.Argument(..., help="Profile folders of the same model, canvas, tile, steps and windows."),
         out: str = typer.Option(..., "--out", help="Folder for the merged profile."),
-        force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+        force: bool = options.flag(False, "--force", help="Replace --out if it exists."),
     ):
         """Merge profiles exactly: sums and counts added, per-prompt statistics concatenated."""
         from pathlib import Path

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from .. import options
 
 
 def register(app: typer.Typer) -> None:
@@ -15,49 +16,55 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="Local diffusers pipeline folder, or the name of a bundled model (e.g. tiny)."),
         prompts: str = typer.Option(..., "--prompts", help="Prompts file: one a line, '#' comments and blank lines "
                                     "skipped; or a bundled set: 'default' (16) or 'quick' (4)."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (default: the model folder's "
-                                            "sta_search.json, else 50)."),
-        height: Optional[int] = typer.Option(None, "--height", help="Video height in pixels (default: sta_search.json, else the pipeline's)."),
-        width: Optional[int] = typer.Option(None, "--width", help="Video width in pixels (default: sta_search.json, else the pipeline's)."),
-        frames: Optional[int] = typer.Option(None, "--frames", help="Number of frames (default: sta_search.json, else the pipeline's)."),
+        steps: Optional[int] = options.positive_option(None, "--steps", help="Denoising steps (default: the model "
+                                                       "folder's sta_search.json, else 50)."),
+        height: Optional[int] = options.positive_option(None, "--height", help="Video height in pixels (default: "
+                                                        "sta_search.json, else the pipeline's)."),
+        width: Optional[int] = options.positive_option(None, "--width", help="Video width in pixels (default: "
+                                                       "sta_search.json, else the pipeline's)."),
+        frames: Optional[int] = options.positive_option(None, "--frames", help="Number of frames (default: "
+                                                        "sta_search.json, else the pipeline's)."),
         seed: int = typer.Option(0, "--seed", help="Prompt i uses seed + i."),
-        profile_steps: str = typer.Option("all", "--profile-steps", help="'all', or k: profile every k-th step (0, k, 2k, ...)."),
-        tile: Optional[str] = typer.Option(None, "--tile", help="STA tile t,h,w in tokens (product a multiple of 16; "
-                                           "default: the model folder's sta_search.json, else 6,8,8)."),
-        windows: Optional[List[str]] = typer.Option(None, "--windows", help="Error shortlist windows t,h,w (repeat, or "
-                                                    "separate with ';'); default: one tile to full, incl. anisotropic."),
+        profile_steps: str = options.profile_steps_option(),
+        tile: Optional[str] = options.tile_option(help="STA tile t,h,w in tokens (product a multiple of 16; "
+                                                  "default: the model folder's sta_search.json, else 6,8,8)."),
+        windows: Optional[List[str]] = options.windows_option(help="Error shortlist windows t,h,w (repeat, or "
+                                                              "separate with ';'); default: one tile to full, "
+                                                              "incl. anisotropic."),
         out: Path = typer.Option(Path("sta-profile"), "--out", help="Profile folder to write."),
-        resume: bool = typer.Option(False, "--resume", help="Continue the profile in --out (same settings required)."),
-        device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:1 or cpu (default: cuda when available)."),
-        dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16 | float16 | float32 (default bf16 on CUDA, fp32 on CPU)."),
+        resume: bool = options.flag(False, "--resume", help="Continue the profile in --out (same settings required)."),
+        device: Optional[str] = options.device_option(),
+        dtype: Optional[str] = options.dtype_option(),
     ):
         """Run MODEL with full attention over a prompt set and record, for every profiled (step, layer, head),
         the recall of every STA window, the attention mass by tile offset and the output error of a window
         shortlist. The artifact is rewritten atomically after each prompt; --resume continues it."""
+        prompt_list = options.read_prompts(prompts)  # before the heavy imports: a bad file fails at once
         from rich.console import Console
         from rich.table import Table
 
-        from ..profile import ProfileSettings, parse_tile, read_prompts, run_profile, summary_rows, summary_windows
-        from ..stats import parse_windows
-
-        console = Console(stderr=True)
-        _quiet_loading_bars()
+        from .. import distributed
         from ..models import model_defaults
+        from ..profile import ProfileSettings, run_profile, summary_rows, summary_windows
 
         defaults = model_defaults(model)
-        settings = ProfileSettings(
-            model=model, prompts=tuple(read_prompts(prompts)), steps=steps or int(defaults.get("steps", 50)),
-            height=height or defaults.get("height"), width=width or defaults.get("width"),
-            frames=frames or defaults.get("frames"), seed=seed, profile_steps=profile_steps,
-            tile=parse_tile(tile or defaults.get("tile", (6, 8, 8))),
-            windows=parse_windows(windows) if windows else None, device=device, dtype=dtype,
-        )
-        from ..distributed import launched_by_torchrun, sharded_profile
 
-        if launched_by_torchrun():  # torchrun --nproc-per-node N: prompts sharded over the ranks
-            rank0 = os.environ.get("RANK", "0") == "0"
-            with _RichProgress(console, enabled=rank0) as sink:
-                result = sharded_profile(settings, out, resume=resume, progress=sink)
+        def default(value, key, fallback=None):
+            return value if value is not None else defaults.get(key, fallback)
+
+        settings = ProfileSettings(
+            model=model, prompts=prompt_list, steps=int(default(steps, "steps", 50)),
+            height=default(height, "height"), width=default(width, "width"), frames=default(frames, "frames"),
+            seed=seed, profile_steps=profile_steps,
+            tile=tile if tile is not None else options.parse_tile(defaults.get("tile", (6, 8, 8)),
+                                                                  "tile of the model's sta_search.json"),
+            windows=windows, device=device, dtype=dtype,
+        )
+        _quiet_loading_bars()
+        console = Console(stderr=True)
+        if distributed.launched_by_torchrun():  # torchrun --nproc-per-node N: prompts sharded over the ranks
+            with distributed.session(), _RichProgress(console, enabled=distributed.is_main_process()) as sink:
+                result = distributed.sharded_profile(settings, out, resume=resume, progress=sink)
             if result is None:  # ranks other than 0: rank 0 combines the shards and prints the summary
                 return
         else:
@@ -72,7 +79,7 @@ def register(app: typer.Typer) -> None:
         for layer, values in summary_rows(result, chosen):
             table.add_row(str(layer), *(f"{v:.3f}" for v in values))
         Console().print(table)
-        Console().print(f"profile written to {out}")
+        Console().print(f"profile written to {out}", markup=False, highlight=False)
 
 
 def _quiet_loading_bars() -> None:
@@ -89,32 +96,42 @@ def _quiet_loading_bars() -> None:
 
 
 class _RichProgress:
-    """Rich progress bars over prompts and over the steps of the current prompt."""
+    """Rich progress bars over prompts and over the steps of the current prompt.
+
+    The live display starts with the first progress callback, not on entering the block: a run that fails
+    its checks before the first prompt leaves no empty bar (a blank line) above its error message."""
 
     def __init__(self, console, enabled: bool = True):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), console=console, transient=False, disable=not enabled)
+        self._live = False
         self._prompts = None
         self._steps = None
         self._num_steps = 0
 
     def __enter__(self):
-        self._progress.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self._progress.__exit__(*exc)
+        if self._live:
+            self._progress.stop()
+        return False
 
     def start(self, total_prompts, done_prompts, steps):
+        if not self._live:
+            self._progress.start()
+            self._live = True
         self._num_steps = steps
         self._prompts = self._progress.add_task("prompts", total=total_prompts, completed=done_prompts)
         self._steps = self._progress.add_task("steps", total=steps)
 
     def prompt_started(self, index, prompt):
+        from rich.markup import escape
+
         short = prompt if len(prompt) <= 48 else prompt[:45] + "..."
-        self._progress.reset(self._steps, total=self._num_steps, description=f"steps  [dim]{short}[/]")
+        self._progress.reset(self._steps, total=self._num_steps, description=f"steps  [dim]{escape(short)}[/]")
 
     def step_done(self, step):
         self._progress.update(self._steps, completed=step + 1)

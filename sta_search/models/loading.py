@@ -15,7 +15,10 @@ import torch
 from ..errors import UserError
 from .base import ModelAdapter, ModelInfo, adapter_for_class, get_adapter, supported_transformer_classes
 
-_BUNDLED: dict[str, Callable[[], Path]] = {}
+#: Models shipped with sta-search: name -> "module:function" returning the model's diffusers folder (with its
+#: recommended settings in ``sta_search.json``). Imported only when the name is used.
+BUNDLED_MODELS: dict[str, str] = {"tiny": "sta_search.tiny:bundled_path"}
+_BUNDLED: dict[str, Callable[[], Path]] = {}  # added at run time by register_bundled (tests, plugins)
 
 # Pipeline classes that live outside diffusers: model_index.json `_class_name` -> "module:attribute".
 _LOCAL_PIPELINE_CLASSES = {"TinyVideoPipeline": "sta_search.tiny.pipeline:TinyVideoPipeline"}
@@ -50,16 +53,14 @@ def register_bundled(name: str, path_fn: Callable[[], Path]) -> None:
 
 
 def bundled_names() -> list[str]:
-    _import_bundled()
-    return sorted(_BUNDLED)
+    return sorted({*BUNDLED_MODELS, *_BUNDLED})
 
 
-def _import_bundled() -> None:
-    # The bundled tiny model registers itself on import.
-    try:
-        importlib.import_module("sta_search.tiny")
-    except ImportError:
-        pass
+def _bundled_folder(name: str) -> Path:
+    if name in _BUNDLED:
+        return Path(_BUNDLED[name]())
+    module, attribute = BUNDLED_MODELS[name].split(":")
+    return Path(getattr(importlib.import_module(module), attribute)())
 
 
 def _read_json(path: Path) -> dict:
@@ -80,13 +81,12 @@ def resolve_model_path(model: str) -> tuple[Path, str]:
         if not path.is_dir():
             raise UserError(f"model {model!r} is a file, not a diffusers folder")
         return path, str(path)
-    _import_bundled()
-    if model in _BUNDLED:
-        folder = Path(_BUNDLED[model]())
+    if model in _BUNDLED or model in BUNDLED_MODELS:
+        folder = _bundled_folder(model)
         if not folder.is_dir():
             raise UserError(f"bundled model {model!r} is missing its folder {folder}")
         return folder, model
-    names = ", ".join(sorted(_BUNDLED)) or "none"
+    names = ", ".join(bundled_names()) or "none"
     raise UserError(f"model folder {model!r} does not exist (bundled model names: {names})")
 
 
@@ -108,13 +108,9 @@ def model_defaults(model: str) -> dict:
 
 
 def _device(device) -> torch.device:
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise UserError(f"invalid device {device!r}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {str(device)!r} requested but CUDA is not available")
-    return device
+    from ..options import resolve_device
+
+    return resolve_device(device)
 
 
 def _pipeline_class(class_name: str):

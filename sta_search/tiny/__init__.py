@@ -8,6 +8,10 @@ captioned videos (see `sta_search.tiny.data`), shipped as a diffusers pipeline f
 
 `recommended_settings()` reads ``weights/sta_search.json`` (tile, height, width, frames, steps,
 guidance scale): the defaults that profile / generate / demo use for this model.
+
+This package is a leaf: it imports nothing from sta_search except ``sta_search.errors``.
+`sta_search.models.loading` finds it through its static table of bundled models, and the demo that runs
+the whole loop on it is `sta_search.demo`.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ def load_tiny(device="cpu", dtype=None, folder: str | Path | None = None):
 
     folder = Path(folder or bundled_path())
     if not (folder / "model_index.json").is_file():
-        from sta_search.errors import UserError
+        from ..errors import UserError
 
         raise UserError(f"tiny model folder {folder} has no model_index.json (weights missing?)")
     pipe = TinyVideoPipeline.from_pretrained(str(folder), dtype=dtype or torch.float32, local_files_only=True)
@@ -80,14 +84,3 @@ def __getattr__(name):
 
         return TinyVideoPipeline
     raise AttributeError(name)
-
-
-def _register() -> None:
-    try:
-        from sta_search.models import register_bundled
-    except ImportError:  # the models package is not there (yet); load_tiny still works
-        return
-    register_bundled("tiny", bundled_path)
-
-
-_register()

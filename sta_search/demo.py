@@ -12,14 +12,15 @@ and the held-out prompts are disjoint.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from . import data, recommended_settings
+from .errors import UserError
+from .options import resolve_device, resolve_dtype
+from .report import atomic_write_text, provenance, write_json
+from .tiny import data, recommended_settings
 
 # Shortlist whose errors are measured (the CPU cost of profiling grows with its length): densities on the
 # (4, 4, 4) tile grid 0.06 .. 0.5, along every axis.
@@ -59,14 +60,13 @@ class DemoSettings:
 
 def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
     """Run the demo; returns the report dict (also written to ``<out>/report.json`` and ``report.md``)."""
-    import torch
     from rich.console import Console
 
-    from ..generate import GenerateSettings, generate
-    from ..inspect import plot_mask, plot_profile
-    from ..models import load_model
-    from ..profile import ProfileSettings, run_profile
-    from ..select import SelectOptions, select_windows
+    from .generate import GenerateSettings, generate
+    from .inspect import plot_mask, plot_profile
+    from .models import load_model
+    from .profile import ProfileSettings, run_profile
+    from .select import SelectOptions, select_windows
 
     console = console or Console(stderr=True)
     if not 0 < settings.budget <= 1:
@@ -86,13 +86,13 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
     width = settings.width or defaults.width
     frames = settings.frames or defaults.frames
     tile = tuple(settings.tile or defaults.tile)
-    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(settings.device))
     quick, heldout = demo_prompts(settings.quick_prompts, settings.heldout_prompts)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
     console.print(f"[bold]1/4 profile[/] tiny on {len(quick)} prompts, {steps} steps, tile {tile} ({device})")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = resolve_dtype(None, device)
     loaded = load_model("tiny", device, dtype)
     profile = run_profile(
         ProfileSettings(model="tiny", prompts=tuple(quick), steps=steps, height=height,
@@ -129,6 +129,7 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
     videos = gen_report.get("videos", [])
     report = {
         "schema": "sta-search/demo-report/v1",
+        **provenance(device),
         "model": "tiny",
         "device": device,
         "steps": steps,
@@ -148,8 +149,8 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
         "frames_png": strip.name if strip else None,
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(_markdown(report), encoding="utf-8")
+    write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", _markdown(report))
     console.print(f"demo written to {out} in {timings['total_s']:.0f} s (report.md)")
     return report
 
@@ -159,7 +160,7 @@ def _frame_strip(folder: Path, videos: list[dict], target: Path) -> Path | None:
     import imageio.v3 as iio
     import numpy as np
 
-    from ..video import read_mp4
+    from .video import read_mp4
 
     rows = []
     for entry in videos:

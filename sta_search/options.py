@@ -1,0 +1,319 @@
+"""Command-line values: the one place that parses what a user types, and the typer declarations of the
+options that several commands share.
+
+Parsers turn text into values and raise :class:`~sta_search.errors.UserError` naming the bad value (the CLI
+prints it on one line and exits 2):
+
+- triples ``t,h,w`` (or ``txhxw``): :func:`parse_triple`, :func:`parse_tile` (volume a multiple of 16),
+  :func:`parse_window`, :func:`parse_windows` (several, separated by ``;`` or spaces), :func:`parse_canvas`;
+- :func:`resolve_device` / :func:`resolve_dtype` / :func:`dtype_name`: the device and dtype defaults (CUDA
+  when available; bfloat16 on CUDA, float32 elsewhere);
+- prompts: :func:`read_prompts` (a file, or a bundled set ``default`` / ``quick`` shipped inside the
+  package) and :func:`prompts_from` (exactly one of ``--prompt TEXT`` / ``--prompts FILE``);
+- :func:`positive_int` / :func:`non_negative_int`: counts where 0 (or a negative) is an error, never a
+  silent "use the default".
+
+The ``*_option`` functions return typer option declarations whose callbacks run these parsers while the
+command line is parsed, so command modules only declare options and call the library with parsed values.
+Library functions accept already-parsed values (tuples, canonical names, ``None`` for "the default").
+
+Importing this module imports typer but not torch: the CLI rejects bad values before torch loads.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import typer
+
+from .errors import UserError
+
+Triple = tuple[int, int, int]
+
+#: Accepted dtype spellings -> canonical name.
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+               "float16": "float16", "fp16": "float16"}
+BACKENDS = ("auto", "gluon", "triton", "flex", "reference")
+#: Prompt sets shipped in ``sta_search/prompts/<name>.txt``.
+BUNDLED_PROMPT_SETS = ("default", "quick")
+
+
+# ------------------------------------------------------------------------------------------- triples
+def parse_triple(value: Any, what: str) -> Triple:
+    """``"3,3,5"``, ``"3x3x5"`` or ``(3, 3, 5)`` -> ``(3, 3, 5)``: three integers, each >= 1.
+
+    `what` names the value in the error (e.g. ``"--window"``)."""
+    if isinstance(value, (tuple, list)):
+        parts = list(value)
+    else:
+        parts = str(value).replace("x", ",").replace(" ", "").split(",")
+    try:
+        triple = tuple(int(p) for p in parts)
+        exact = all(not isinstance(p, float) or float(p).is_integer() for p in parts)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} {_show(value)} must be three integers t,h,w") from None
+    if len(triple) != 3 or not exact or min(triple) < 1:
+        raise UserError(f"{what} {_show(value)} must be three integers t,h,w, each >= 1")
+    return triple  # type: ignore[return-value]
+
+
+def parse_tile(value: Any, what: str = "--tile") -> Triple:
+    """A tile ``t,h,w`` in tokens whose volume is a multiple of 16 (the kernels' block granularity)."""
+    tile = parse_triple(value, what)
+    if math.prod(tile) % 16:
+        raise UserError(f"{what} {_show(value)} must be three positive integers t,h,w whose product is a "
+                        "multiple of 16")
+    return tile
+
+
+def parse_window(value: Any, what: str = "--window") -> Triple:
+    """A window ``t,h,w`` in tiles."""
+    return parse_triple(value, what)
+
+
+def parse_canvas(value: Any, what: str = "--canvas") -> Triple:
+    """A token canvas ``T,H,W``."""
+    return parse_triple(value, what)
+
+
+def parse_windows(items: Iterable[str] | str, what: str = "--windows") -> tuple[Triple, ...]:
+    """Windows from CLI strings; each string may hold several separated by ``;`` or spaces."""
+    if isinstance(items, str):
+        items = [items]
+    windows = [parse_window(piece, what) for item in items for piece in str(item).replace(";", " ").split()]
+    if not windows:
+        raise UserError(f"{what} needs at least one window t,h,w")
+    return tuple(windows)
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else repr(tuple(value) if isinstance(value, list) else value)
+
+
+# ------------------------------------------------------------------------------------------- counts
+def positive_int(value: int | None, what: str) -> int | None:
+    """`value` unless it is < 1 (UserError naming it); None stays None (= the default)."""
+    if value is not None and int(value) < 1:
+        raise UserError(f"{what} must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(value: int | None, what: str) -> int | None:
+    if value is not None and int(value) < 0:
+        raise UserError(f"{what} must be >= 0, got {value}")
+    return value
+
+
+def profile_every(value: str | int) -> str | int:
+    """``--profile-steps``: ``"all"`` or a positive integer k (every k-th step)."""
+    text = str(value).strip().lower()
+    if text == "all":
+        return "all"
+    try:
+        every = int(text)
+    except ValueError:
+        raise UserError(f"--profile-steps must be 'all' or a positive integer k (every k-th step), got {value!r}") from None
+    if every < 1:
+        raise UserError(f"--profile-steps must be 'all' or a positive integer k, got {value!r}")
+    return every
+
+
+def parse_profile_steps(value: str | int, steps: int) -> list[int]:
+    """``"all"`` -> every step of `steps`; ``k`` -> every k-th step starting at 0."""
+    every = profile_every(value)
+    return list(range(0, steps, 1 if every == "all" else every))
+
+
+def density(value: float | None, what: str) -> float | None:
+    """A fraction in (0, 1]."""
+    if value is not None and not 0 < float(value) <= 1:
+        raise UserError(f"{what} {value} must be in (0, 1]")
+    return value
+
+
+# ------------------------------------------------------------------------------------------- device / dtype
+def default_device() -> str:
+    """``"cuda"`` when a CUDA device is available, else ``"cpu"``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device=None):
+    """A ``torch.device`` for ``--device`` (``None``: :func:`default_device`); UserError for text torch does not
+    read as a device and for CUDA on a machine without it."""
+    import torch
+
+    if device is None:
+        return torch.device(default_device())
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"--device {str(device)!r} is not a torch device (try cpu, cuda or cuda:1)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {str(device)!r}: CUDA is not available on this machine")
+    return resolved
+
+
+def dtype_name(name: str | None, device=None) -> str:
+    """Canonical dtype name for ``--dtype`` (``float32``, ``bfloat16``, ``float16``); ``None``: bfloat16 on a CUDA
+    `device`, float32 elsewhere (a ``None`` device: the default device)."""
+    if name is None:
+        kind = str(device) if device is not None else default_device()
+        return "bfloat16" if kind.startswith("cuda") else "float32"
+    key = str(name).lower().replace("torch.", "")
+    if key not in DTYPE_NAMES:
+        raise UserError(f"--dtype {name!r} is not one of float32, bfloat16, float16")
+    return DTYPE_NAMES[key]
+
+
+def resolve_dtype(name: str | None, device=None):
+    """The ``torch.dtype`` of :func:`dtype_name`."""
+    import torch
+
+    return getattr(torch, dtype_name(name, device))
+
+
+# ------------------------------------------------------------------------------------------- prompts
+def bundled_prompts_file(name: str):
+    """The shipped prompt set `name` (a ``importlib.resources`` traversable)."""
+    return resources.files("sta_search").joinpath("prompts", f"{name}.txt")
+
+
+def read_prompts(source) -> tuple[str, ...]:
+    """One prompt a line; ``#`` comment lines and blank lines are skipped.
+
+    `source` is a text file, or the name of a bundled set (``default``: 16 prompts, ``quick``: 4) when no
+    file of that name exists. UserError for a missing, unreadable or empty file.
+    """
+    path = Path(str(source)).expanduser()
+    if not path.exists() and str(source) in BUNDLED_PROMPT_SETS:
+        text = bundled_prompts_file(str(source)).read_text(encoding="utf-8")
+    elif not path.is_file():
+        names = " or ".join(repr(n) for n in BUNDLED_PROMPT_SETS)
+        raise UserError(f"prompts file not found: {source} (or name a bundled set: {names})")
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read prompts file {source}: {exc}") from None
+    prompts = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    if not prompts:
+        raise UserError(f"prompts file {source} holds no prompts (one a line; '#' lines and blank lines are skipped)")
+    return prompts
+
+
+def prompts_from(prompt: str | None, prompts_file: str | None) -> tuple[str, ...]:
+    """The prompts of ``--prompt TEXT`` or ``--prompts FILE`` (exactly one of them)."""
+    if (prompt is None) == (prompts_file is None):
+        raise UserError("give exactly one of --prompt TEXT or --prompts FILE")
+    if prompt is not None:
+        if not prompt.strip():
+            raise UserError("--prompt is empty")
+        return (prompt,)
+    return read_prompts(prompts_file)
+
+
+def check_backend_name(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    return backend
+
+
+# ------------------------------------------------------------------------------------------- typer declarations
+def _name(param) -> str:
+    opts = [o for o in (getattr(param, "opts", None) or []) if o.startswith("--")]
+    return opts[0] if opts else f"--{param.name.replace('_', '-')}"
+
+
+def _positive(ctx: typer.Context, param: typer.CallbackParam, value):
+    return positive_int(value, _name(param))
+
+
+def _non_negative(ctx: typer.Context, param: typer.CallbackParam, value):
+    return non_negative_int(value, _name(param))
+
+
+def _density(ctx: typer.Context, param: typer.CallbackParam, value):
+    return density(value, _name(param))
+
+
+def _tile(ctx: typer.Context, param: typer.CallbackParam, value):
+    return None if value is None else parse_tile(value, _name(param))
+
+
+def _triple(ctx: typer.Context, param: typer.CallbackParam, value):
+    return None if value is None else parse_triple(value, _name(param))
+
+
+def _windows(ctx: typer.Context, param: typer.CallbackParam, value):
+    return parse_windows(value, _name(param)) if value else None
+
+
+def _profile_every(ctx: typer.Context, param: typer.CallbackParam, value):
+    return profile_every(value)
+
+
+def _dtype(ctx: typer.Context, param: typer.CallbackParam, value):
+    return None if value is None else dtype_name(value)
+
+
+def _backend(ctx: typer.Context, param: typer.CallbackParam, value):
+    return check_backend_name(value)
+
+
+def positive_option(default: int | None, *names: str, help: str):
+    """An integer option that must be >= 1 (0 and negatives exit 2 naming the value)."""
+    return typer.Option(default, *names, help=help, callback=_positive)
+
+
+def non_negative_option(default: int | None, *names: str, help: str):
+    return typer.Option(default, *names, help=help, callback=_non_negative)
+
+
+def density_option(default: float | None, *names: str, help: str):
+    return typer.Option(default, *names, help=help, callback=_density)
+
+
+def tile_option(default: str | None = None, help: str = "STA tile t,h,w in tokens (product a multiple of 16).",
+                name: str = "--tile"):
+    """``--tile t,h,w`` -> a tuple (or None)."""
+    return typer.Option(default, name, help=help, callback=_tile)
+
+
+def triple_option(default: str | None, name: str, help: str):
+    """``NAME t,h,w`` -> a tuple of three integers >= 1 (or None)."""
+    return typer.Option(default, name, help=help, callback=_triple)
+
+
+def windows_option(name: str = "--windows", help: str = "Windows t,h,w (repeat, or separate with ';')."):
+    """Repeatable ``--windows``, each holding one or more windows -> a tuple of tuples (or None)."""
+    return typer.Option(None, name, help=help, callback=_windows)
+
+
+def device_option(help: str = "torch device: cuda, cuda:1 or cpu (default: cuda when available)."):
+    # Checked where it is used (CUDA availability needs torch; under torchrun each rank picks its own).
+    return typer.Option(None, "--device", help=help)
+
+
+def dtype_option(help: str = "float32, bfloat16 or float16 (default: bfloat16 on CUDA, float32 on CPU)."):
+    """``--dtype`` -> its canonical name (or None: the device's default)."""
+    return typer.Option(None, "--dtype", help=help, callback=_dtype)
+
+
+def backend_option(help: str = "STA kernel backend: auto (gluon on Hopper, else triton on CUDA), gluon, triton, "
+                               "flex, reference."):
+    return typer.Option("auto", "--backend", help=help, callback=_backend)
+
+
+def profile_steps_option(default: str = "all",
+                         help: str = "'all', or k: profile every k-th step (0, k, 2k, ...)."):
+    return typer.Option(default, "--profile-steps", help=help, callback=_profile_every)
+
+
+def flag(default: bool, *names: str, help: str):
+    """A boolean flag (``--name``, no value)."""
+    return typer.Option(default, *names, help=help)
