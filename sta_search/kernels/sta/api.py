@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from .. import backends
-from ..backends import BACKENDS, REFERENCE_MAX_TOKENS, TRITON_HEAD_DIMS as SUPPORTED_HEAD_DIMS  # noqa: F401
 from ..geometry import Geometry, from_tiles, to_tiles
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

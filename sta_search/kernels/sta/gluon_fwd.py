@@ -441,3 +441,6 @@ def sta_gluon_natural(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometr
     video_start, text_start = (text_len, 0) if text_first else (0, geometry.video_len)
     return _launch(q, k, v, out, geometry, windows, text_len, text_start, video_start, text_mask, scale,
                    natural=True, stages=stages)
+
+
+sta_fwd_gluon_kernel = _sta_fwd_gluon_kernel  # the JIT function, for tools that compile it without launching

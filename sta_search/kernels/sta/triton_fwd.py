@@ -549,3 +549,6 @@ def sta_triton_natural(q, k, v, geometry: Geometry, windows: torch.Tensor, text_
     video_start, text_start = (text_len, 0) if text_first else (0, geometry.video_len)
     return _launch(q, k, v, out, geometry, windows, text_len, text_start, text_mask, scale, config, natural=True,
                    video_start=video_start)
+
+
+sta_fwd_kernel = _sta_fwd_kernel  # the JIT function, for tools that compile it without launching (bench/inspect_sass.py)
