@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sta_search.benchmark import _median_ms, environment
+from sta_search.benchmark import environment, median_ms
 from sta_search.kernels import Geometry
 from sta_search.kernels.sta import normalize_windows, sta_reference
 from sta_search.kernels.sta.gluon_fwd import sta_gluon_tiled
@@ -92,7 +92,7 @@ def speed(log, iters: int) -> list[dict]:
     S = geometry.video_len
     dense_in = [[torch.randn(1, heads, S, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3)]]
     with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.CUDNN_ATTENTION]):
-        cudnn_ms, _ = _median_ms(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), dense_in, 2, 5)
+        cudnn_ms, _ = median_ms(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), dense_in, 2, 5)
     dense_flop = 4 * S * S * 128 * heads
     log(f"cuDNN dense {cudnn_ms:.2f} ms = {dense_flop / cudnn_ms / 1e9:.0f} TFLOP/s")
     rows.append(dict(case="cudnn-dense", ms=cudnn_ms, tflops=dense_flop / cudnn_ms / 1e9))
@@ -119,7 +119,7 @@ def speed(log, iters: int) -> list[dict]:
         for name, fn in variants.items():
             try:
                 err = rel_rms(fn(*sets[0]), ref)
-                ms, times = _median_ms(fn, sets, 3, iters)
+                ms, times = median_ms(fn, sets, 3, iters)
             except Exception as exc:  # a variant that does not compile or launch is reported, not fatal
                 log(f"{window} text {text_len} {name}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
                 rows.append(dict(window=list(window), text_len=text_len, variant=name, error=str(exc)[:500]))

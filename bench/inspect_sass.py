@@ -41,8 +41,8 @@ from sta_search.kernels.sta import triton_fwd  # noqa: E402
 
 HUNYUAN = dict(NT=5, NH=6, NW=10, TT=6, TH=8, TW=8, REM_T=6, REM_H=8, REM_W=8, HEAD_DIM=128, BLOCK_M=128,
                BLOCK_N=128, HAS_PADDING=False, HAS_TEXT=False, HAS_TEXT_MASK=False, DOT_PRECISION="tf32",
-               UPCAST_DOTS=False, USE_TMA=True, NATURAL=False, WARP_SPECIALIZE=False, TEXT_IN_LOOP=False,
-               TEXT_TMA=False, TEXT_BEFORE=False)
+               UPCAST_DOTS=False, USE_TMA=True, NATURAL=False, WARP_SPECIALIZE=False, TEXT_TMA=False,
+               TEXT_BEFORE=False)
 VARIANTS = {
     "default": ({}, dict(num_warps=8, num_stages=3)),
     "warp-specialize": (dict(WARP_SPECIALIZE=True), dict(num_warps=8, num_stages=3)),
@@ -72,7 +72,7 @@ def compile_gluon_variant(constexprs: dict):
     def desc(shape):
         return f"tensordesc<bf16[{', '.join(map(str, shape))}],{gl.NVMMASharedLayout.get_default_for(shape, gl.bfloat16)!r}>"
 
-    kernel = gluon_fwd._sta_fwd_gluon_kernel
+    kernel = gluon_fwd.sta_fwd_gluon_kernel
     signature = {name: "i32" for name in kernel.arg_names}
     plane = constexprs["TH"] * constexprs["TW"]
     for names, rows in ((("q_desc", "o_desc"), gluon_fwd.QUERY_ROWS), (("k_desc", "v_desc"), constexprs["BLOCK_N"])):
@@ -89,7 +89,7 @@ def compile_gluon_variant(constexprs: dict):
 
 
 def compile_variant(constexprs: dict, options: dict):
-    kernel = triton_fwd._sta_fwd_kernel
+    kernel = triton_fwd.sta_fwd_kernel
     signature = {name: "i32" for name in kernel.arg_names}
     for name in ("Q", "K", "V", "Out", "QDesc", "ODesc"):
         signature[name] = "*bf16"
@@ -97,8 +97,7 @@ def compile_variant(constexprs: dict, options: dict):
         signature[name] = "*i32"
     block = f"tensordesc<bf16[1, 1, {constexprs['BLOCK_N']}, {constexprs['HEAD_DIM']}]>"
     signature["KDesc"] = signature["VDesc"] = block
-    text_desc = constexprs["TEXT_TMA"] or constexprs["TEXT_IN_LOOP"]
-    signature["KTDesc"] = signature["VTDesc"] = block if text_desc else "*bf16"
+    signature["KTDesc"] = signature["VTDesc"] = block if constexprs["TEXT_TMA"] else "*bf16"
     signature["qk_scale"] = "fp32"
     for name in constexprs:
         signature[name] = "constexpr"

@@ -183,7 +183,7 @@ def main() -> int:
     t0 = time.perf_counter()
     mass = attempt("recall_tune", lambda: rk.tile_mass_triton_tiled(q_t, k_t, lse_t, g, T, text_mask))
     result["recall_tuning_s"] = time.perf_counter() - t0
-    result["recall_config"] = [list(c) for c in rk._TUNED.values()] or None
+    result["recall_config"] = [list(c) for c in rk.tuned_configs()] or None
     result["recall_config_fields"] = ["BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "nested_loops", "fast_exp"]
     times["recall_kernel"] = attempt("recall_kernel", lambda: timer(
         lambda: rk.tile_mass_triton_tiled(q_t, k_t, lse_t, g, T, text_mask), reps=reps))
@@ -217,7 +217,7 @@ def main() -> int:
     for w in partial:
         r = attempt(f"sta_{w}", lambda w=w: timer(lambda: sta_attention_tiled(
             q_t, k_t, v_t, geometry=g, windows=w, text_len=T, text_mask=text_mask,
-            backend="triton" if on_gpu else "flex"), warmup=1, reps=3))
+            backend="auto"), warmup=1, reps=3))
         if r:
             sta[",".join(map(str, w))] = r["median_ms"]
     times["sta_shortlist_ms"] = sta
@@ -234,9 +234,8 @@ def main() -> int:
         fast = min((t for t in timed if t[1][5]), default=None)
         if exact is None or fast is None:
             return None
-        launch = (q_t, k_t, lse_t.float().contiguous(), g.key_valid().to(device=device, dtype=torch.int8),
-                  text_mask.to(torch.int8).contiguous() if text_mask is not None else None, g, T, D**-0.5)
-        a, b = rk._launch(exact[1], *launch), rk._launch(fast[1], *launch)
+        a, b = (rk.tile_mass_triton_tiled(q_t, k_t, lse_t, g, T, text_mask, config=config)
+                for config in (exact[1], fast[1]))
         return {"exact_config": list(exact[1]), "exact_ms": exact[0], "fast_config": list(fast[1]),
                 "fast_ms": fast[0], "mass_max_abs_diff_per_token": float((a - b).abs().max() / g.tile_volume),
                 "recall_table_max_abs_diff": float((window_recall(a, g) - window_recall(b, g)).abs().max())}
@@ -252,7 +251,7 @@ def main() -> int:
         def t(x):
             xv = to_tiles(gs, x[:, :, : gs.video_len])
             return torch.cat([xv, x[:, :, gs.video_len:]], dim=2) if T else xv
-        config = rk._TUNED and next(iter(rk._TUNED.values()))
+        config = next(iter(rk.tuned_configs()), None)
         got = rk.tile_mass_triton_tiled(t(qs), t(ks), to_tiles(gs, lses[:, :, : gs.video_len], dim=-1), gs, T,
                                         text_mask, config=config or None)
         ref = tile_mass_reference(qs, ks, canvas=gs.canvas, tile=tile, text_len=T, text_mask=text_mask)

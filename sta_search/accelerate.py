@@ -215,7 +215,7 @@ class MaskAttention:
         kernel = self._kernel_for(q)
         self.calls[f"kernel:{kernel}"] += 1  # which STA kernel ran, for reports
         kwargs = dict(canvas=self.geometry.canvas, tile=self.geometry.tile, text_len=call.text_len,
-                      text_first=call.text_first, text_mask=call.text_mask, backend=self.backend)
+                      text_first=call.text_first, text_mask=call.text_mask, backend=kernel)
         heads = q.shape[1]
         per_head_bytes = q[:, :1].numel() * q.element_size()
         chunk = max(1, self.max_chunk_bytes // per_head_bytes) if self.max_chunk_bytes else heads
@@ -230,28 +230,17 @@ class MaskAttention:
         return out
 
     def _kernel_for(self, q) -> str:
-        """The STA backend that ``sta_attention`` runs for ``q`` (``auto`` resolved as it resolves it)."""
-        if self.backend != "auto":
-            return self.backend
-        from .kernels.sta.api import choose_backend
+        """The STA backend that runs ``q`` (``auto`` resolved by ``kernels.backends``, logged at INFO)."""
+        from .kernels import backends
 
-        return choose_backend(q, self.geometry)[0]
+        return backends.resolve(self.backend, q, self.geometry, "natural")
 
     def _copies_needed(self, backend: str, q, k, v) -> bool:
-        """Whether ``backend`` (resolved) will copy q, k, v into tile order (False: the Gluon or Triton kernel
-        reads the natural layout in place, so chunking heads would only add launches)."""
-        if q.device.type != "cuda" or backend not in ("triton", "gluon"):
-            return True
-        if backend == "gluon":
-            from .kernels.sta.gluon_fwd import can_run_gluon
+        """Whether ``backend`` (resolved) copies q, k, v into tile order (False: it reads the natural layout in
+        place, so chunking heads would only add launches)."""
+        from .kernels import backends
 
-            return not can_run_gluon(q, self.geometry, natural=True)[0]
-        try:
-            from .kernels.sta.triton_fwd import default_config, natural_layout_supported
-        except ImportError:
-            return True
-        config = default_config(self.geometry.tile_volume, q.shape[-1], q.dtype, True)
-        return not natural_layout_supported(q, k, v, self.geometry, config)[0]
+        return not backends.runs_in_place(backend, q, k, v, self.geometry)[0]
 
 
 def fast_dense_attention(call) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Kernel benchmark: STA (ours, FlexAttention) against dense SDPA (cuDNN, FlashAttention-2) on one GPU.
+"""Kernel benchmark: STA (our Triton and Gluon kernels, FlexAttention) against dense SDPA (cuDNN, FlashAttention-2) on one GPU.
 
 Everything runs in one process on the same inputs: medians of per-call CUDA-event timings after
 warm-up, with the inputs rotated over several independent sets so L2 never holds the last call's
@@ -114,7 +114,12 @@ def _text_mask(shape: BenchShape, device: torch.device) -> torch.Tensor | None:
     return mask
 
 
-def _median_ms(fn, input_sets, warmup: int, iters: int) -> tuple[float, list[float]]:
+# Rows of our kernels: tile-order tokens, natural order through tile/untile copies, natural order in place.
+STA_ROWS = ("triton", "triton+permutes", "triton-natural", "gluon", "gluon+permutes", "gluon-natural")
+
+
+def median_ms(fn, input_sets, warmup: int, iters: int) -> tuple[float, list[float]]:
+    """Median CUDA-event time (ms) of ``fn(*input_sets[i % len])`` over ``iters`` calls after ``warmup``, and all times."""
     for i in range(warmup):
         fn(*input_sets[i % len(input_sets)])
     torch.cuda.synchronize()
@@ -146,8 +151,8 @@ class BenchResult:
     speedup: dict = field(default_factory=dict)
     flex_mask_build_ms: float | None = None
     flex_first_call_s: float | None = None
-    ours_first_call_s: float | None = None
-    ours_vs_flex_rel_rms: list = field(default_factory=list)
+    triton_first_call_s: float | None = None
+    triton_vs_flex_rel_rms: list = field(default_factory=list)
     kernel_config: dict | None = None
     extra: dict = field(default_factory=dict)
 
@@ -190,7 +195,7 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
     natural_sets = [natural_set() for _ in range(rotate)]
     tiled_sets = [[tiled(x) for x in s] for s in natural_sets]
 
-    def ours_tiled(q, k, v):
+    def triton_tiled(q, k, v):
         return sta_triton_tiled(q, k, v, geometry, windows, T, text_mask, None, config=cfg)
 
     def in_place(backend):
@@ -208,22 +213,22 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
             return torch.cat([video, out[:, :, geometry.padded_len:]], 2) if T else video
         return run
 
-    ours_natural, ours_permuted = in_place("triton"), with_permutes(ours_tiled)
+    triton_natural, triton_permuted = in_place("triton"), with_permutes(triton_tiled)
 
     t0 = time.perf_counter()
-    ours_tiled(*tiled_sets[0])
+    triton_tiled(*tiled_sets[0])
     torch.cuda.synchronize()
-    result.ours_first_call_s = time.perf_counter() - t0
+    result.triton_first_call_s = time.perf_counter() - t0
 
     def record(name, ms, flop):
         result.ms[name] = ms
         result.tflops[name] = flop / ms / 1e9
         log(f"  {name:<22} {ms:9.3f} ms  {flop / ms / 1e9:7.1f} TFLOP/s")
 
-    record("ours", _median_ms(ours_tiled, tiled_sets, warmup, iters)[0], attended_flop)
-    record("ours+permutes", _median_ms(ours_permuted, natural_sets, warmup, iters)[0], attended_flop)
-    record("ours-natural", _median_ms(ours_natural, natural_sets, warmup, iters)[0], attended_flop)
-    natural_out, permuted_out = ours_natural(*natural_sets[0]), ours_permuted(*natural_sets[0])
+    record("triton", median_ms(triton_tiled, tiled_sets, warmup, iters)[0], attended_flop)
+    record("triton+permutes", median_ms(triton_permuted, natural_sets, warmup, iters)[0], attended_flop)
+    record("triton-natural", median_ms(triton_natural, natural_sets, warmup, iters)[0], attended_flop)
+    natural_out, permuted_out = triton_natural(*natural_sets[0]), triton_permuted(*natural_sets[0])
     result.extra["natural_equals_tiled"] = bool(torch.equal(natural_out, permuted_out))
     result.extra["natural_vs_tiled_rel_rms"] = _rel_rms(natural_out, permuted_out)
     log(f"  natural == tiled path: {result.extra['natural_equals_tiled']} "
@@ -232,12 +237,14 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
 
     gluon_ok = False
     if gluon:
-        from .kernels.sta.gluon_fwd import can_run_gluon, sta_gluon_tiled
+        from .kernels.backends import can_run_gluon
 
-        gluon_ok, why = can_run_gluon(tiled_sets[0][0], geometry)
+        gluon_ok, why = can_run_gluon(tiled_sets[0][0], geometry, "tiled")
         result.extra["gluon"] = why
 
     if gluon_ok:
+        from .kernels.sta.gluon_fwd import sta_gluon_tiled
+
         def gluon_tiled(q, k, v):
             return sta_gluon_tiled(q, k, v, geometry, windows, T, text_mask, None)
 
@@ -247,10 +254,10 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
         gluon_tiled(*tiled_sets[0])
         torch.cuda.synchronize()
         result.extra["gluon_first_call_s"] = time.perf_counter() - t0
-        record("gluon", _median_ms(gluon_tiled, tiled_sets, warmup, iters)[0], attended_flop)
-        record("gluon+permutes", _median_ms(gluon_permuted, natural_sets, warmup, iters)[0], attended_flop)
-        record("gluon-natural", _median_ms(gluon_natural, natural_sets, warmup, iters)[0], attended_flop)
-        natural_out, triton_out = gluon_natural(*natural_sets[0]), ours_natural(*natural_sets[0])
+        record("gluon", median_ms(gluon_tiled, tiled_sets, warmup, iters)[0], attended_flop)
+        record("gluon+permutes", median_ms(gluon_permuted, natural_sets, warmup, iters)[0], attended_flop)
+        record("gluon-natural", median_ms(gluon_natural, natural_sets, warmup, iters)[0], attended_flop)
+        natural_out, triton_out = gluon_natural(*natural_sets[0]), triton_natural(*natural_sets[0])
         result.extra["gluon_natural_equals_tiled"] = bool(torch.equal(natural_out, gluon_permuted(*natural_sets[0])))
         result.extra["gluon_vs_triton_rel_rms"] = _rel_rms(natural_out, triton_out)
         log(f"  gluon natural == tiled path: {result.extra['gluon_natural_equals_tiled']}; gluon vs triton rel RMS "
@@ -268,14 +275,13 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
         key_valid[:, : geometry.padded_len] = geometry.key_valid().to(device)
         if T:
             key_valid[:, geometry.padded_len: L] = text_mask
-        flex_module._MASK_CACHE.clear()
-        flex_module._block_pattern.cache_clear()
+        flex_module.clear_mask_cache()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         mask = build_block_mask(geometry, windows, T, key_valid, tiled_sets[0][0].device)
         torch.cuda.synchronize()
         result.flex_mask_build_ms = (time.perf_counter() - t0) * 1e3
-        compiled = flex_module._flex_fn(device)
+        compiled = flex_module.flex_function(device)
         padded_sets = [[torch.nn.functional.pad(x, (0, 0, 0, Lp - L)) if Lp != L else x for x in s]
                        for s in tiled_sets]
 
@@ -286,19 +292,19 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
         flex_tiled(*padded_sets[0])
         torch.cuda.synchronize()
         result.flex_first_call_s = time.perf_counter() - t0
-        record("flex", _median_ms(flex_tiled, padded_sets, warmup, iters)[0], attended_flop)
+        record("flex", median_ms(flex_tiled, padded_sets, warmup, iters)[0], attended_flop)
         valid = torch.cat([geometry.key_valid(), torch.ones(T, dtype=torch.bool)]).to(device)
         gluon_vs_flex = []
         for s, ps in zip(tiled_sets, padded_sets):
-            ours_out, flex_out = ours_tiled(*s), flex_tiled(*ps)[:, :, :L]
-            result.ours_vs_flex_rel_rms.append(_rel_rms(ours_out[:, :, valid], flex_out[:, :, valid]))
+            triton_out, flex_out = triton_tiled(*s), flex_tiled(*ps)[:, :, :L]
+            result.triton_vs_flex_rel_rms.append(_rel_rms(triton_out[:, :, valid], flex_out[:, :, valid]))
             if gluon_ok:
                 gluon_vs_flex.append(_rel_rms(gluon_tiled(*s)[:, :, valid], flex_out[:, :, valid]))
-        log(f"  ours vs flex rel RMS: {max(result.ours_vs_flex_rel_rms):.2e}")
+        log(f"  triton vs flex rel RMS: {max(result.triton_vs_flex_rel_rms):.2e}")
         if gluon_ok:
             result.extra["gluon_vs_flex_rel_rms"] = gluon_vs_flex
             log(f"  gluon vs flex rel RMS: {max(gluon_vs_flex):.2e}")
-        del ours_out, flex_out, padded_sets
+        del triton_out, flex_out, padded_sets
 
     if baselines:
         for name, backend in (("cudnn-dense", SDPBackend.CUDNN_ATTENTION), ("fa2-dense", SDPBackend.FLASH_ATTENTION)):
@@ -306,22 +312,22 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
                 with sdpa_kernel(backend):
                     return torch.nn.functional.scaled_dot_product_attention(q, k, v)
             try:
-                record(name, _median_ms(dense, natural_sets, 1, dense_iters)[0], dense_flop)
+                record(name, median_ms(dense, natural_sets, 1, dense_iters)[0], dense_flop)
             except RuntimeError as exc:  # a backend missing from this build
                 result.extra[f"{name}-error"] = str(exc).splitlines()[0]
                 log(f"  {name}: not available ({result.extra[f'{name}-error']})")
 
     for base in ("cudnn-dense", "fa2-dense", "flex"):
         if base in result.ms:
-            for ours in ("ours", "ours+permutes", "ours-natural", "gluon", "gluon+permutes", "gluon-natural"):
-                if ours in result.ms:
-                    result.speedup[f"{ours} vs {base}"] = result.ms[base] / result.ms[ours]
+            for row in STA_ROWS:
+                if row in result.ms:
+                    result.speedup[f"{row} vs {base}"] = result.ms[base] / result.ms[row]
     return result
 
 
 def sweep_configs(shape: BenchShape, configs, *, iters: int = 15, warmup: int = 2, rotate: int = 3, log=print,
                   layout: str = "tiled"):
-    """Time our kernel alone under several launch configs (same inputs); returns [(config dict, ms)].
+    """Time the Triton kernel alone under several launch configs (same inputs); returns [(config dict, ms)].
 
     ``layout``: ``tiled`` (tile-order kernel on tile-order tokens), ``natural`` (the in-place kernel on
     natural-order ``(B, H, S, D)`` tokens), ``bshd`` (the in-place kernel on ``(B, S, H, D)`` tensors seen
@@ -362,7 +368,7 @@ def sweep_configs(shape: BenchShape, configs, *, iters: int = 15, warmup: int = 
                     if out is None:
                         raise ValueError("natural layout not supported for this config")
                     return out
-            ms = _median_ms(fn, sets, warmup, iters)[0]
+            ms = median_ms(fn, sets, warmup, iters)[0]
         except Exception as exc:  # e.g. out of shared memory for this config
             log(f"  {cfg}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
             out.append((asdict(cfg), None))
@@ -392,8 +398,8 @@ def paired_overhead(base: BenchShape, other: BenchShape, *, rounds: int = 7, ite
             q, k, v, canvas=g.canvas, tile=g.tile, windows=w, text_len=t, text_mask=m, backend=backend))
     per_round = []
     for r in range(rounds):
-        a = _median_ms(fns[0], sets[0], 2, iters)[0]
-        b = _median_ms(fns[1], sets[1], 2, iters)[0]
+        a = median_ms(fns[0], sets[0], 2, iters)[0]
+        b = median_ms(fns[1], sets[1], 2, iters)[0]
         per_round.append((a, b))
         log(f"  round {r}: {a:.3f} ms vs {b:.3f} ms ({b / a - 1:+.1%})")
     ratios = sorted(b / a for a, b in per_round)

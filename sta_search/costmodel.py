@@ -5,29 +5,43 @@ same shape (what the dense steps run: cuDNN / FlashAttention SDPA), is ``a + b *
 fixed overhead a sparse call pays whatever the window (token permutes, launch, text keys), ``b`` the cost
 of the attended work relative to the dense kernel's rate.
 
-Where ``bench/results/kernel-*.json`` files exist (``sta-search bench`` / ``bench/kernel.py``), ``a`` and
-``b`` are fitted by least squares to every record there with a density, an STA time and a dense time
-of the same shape (see :func:`records_from_json`): with two or more distinct densities both are fitted,
-with one the default shape is scaled through it. Otherwise the documented default is used: ``a = 0.03``,
-``b = 0.97``, i.e. the kernel keeps ~97% of the dense kernel's throughput on the work it does, as the
-STA paper reports for its H100 kernel (kernel speedup close to 1/density). The source is always reported.
+By default ``a`` and ``b`` come from the calibration shipped with the package
+(``sta_search/calibration/costmodel-h100.json``, written by ``bench/fit_costmodel.py``): a least-squares
+fit to one committed H100 benchmark run, using the rows of the kernel that generation runs (the Gluon
+kernel in place on natural-order tokens, ``gluon-natural``) against cuDNN dense attention
+(``cudnn-dense``). The file records the GPU, the source run, ``a``, ``b`` and the points.
+
+``load_cost_model(folder)`` fits to a folder of ``kernel-*.json`` benchmark files instead
+(``sta-search select --bench-results``): every record with a density, an STA time and a dense time of
+the same shape (see :func:`records_from_json`); with two or more distinct densities both are fitted,
+with one the default shape (``a = 0.03``, ``b = 0.97``: the STA paper's H100 kernel efficiency) is
+scaled through it. The source is always reported.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
+
+from .errors import UserError
 
 DEFAULT_OVERHEAD = 0.03
 DEFAULT_SLOPE = 0.97
 TIME_KEYS = ("median_ms", "time_ms", "triton_ms", "sta_ms", "median_time_ms")
 DENSE_TIME_KEYS = ("dense_ms", "dense_median_ms", "baseline_ms", "sdpa_ms", "flash_ms", "full_ms")
-# `sta-search bench` records: {"density": d, "ms": {"ours+permutes": t, "ours": t, "cudnn-dense": t, ...}}
-BENCH_STA_KEYS = ("ours+permutes", "ours")
+# `sta-search bench` records: {"density": d, "ms": {"gluon-natural": t, "triton-natural": t, "cudnn-dense": t, ...}}.
+# The first STA row present is used, in-place rows (what generation runs) first. Results written before the
+# Triton rows were renamed call them "ours", "ours+permutes", "ours-natural"; those are still read.
+BENCH_STA_KEYS = ("gluon-natural", "triton-natural", "ours-natural", "triton+permutes", "ours+permutes", "triton",
+                  "ours")
 BENCH_DENSE_KEYS = ("cudnn-dense", "fa2-dense")
+CALIBRATION_PACKAGE = "sta_search.calibration"
+CALIBRATION_FILE = "costmodel-h100.json"
 
 
 @dataclass(frozen=True)
@@ -136,29 +150,50 @@ def fit(pairs: Iterable[tuple[float, float]], source: str) -> CostModel | None:
     return CostModel(overhead, slope, f"{source} (a={overhead:.3g}, b={slope:.3g})", n)
 
 
+@functools.lru_cache(maxsize=1)
+def calibration() -> dict:
+    """The packaged calibration record: ``device``, ``source``, ``sta_row``, ``dense_row``, ``overhead`` (a),
+    ``slope`` (b) and ``points`` (see ``bench/fit_costmodel.py``)."""
+    text = resources.files(CALIBRATION_PACKAGE).joinpath(CALIBRATION_FILE).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def calibration_device() -> str:
+    """The GPU the packaged calibration was measured on (e.g. ``NVIDIA H100 80GB HBM3``)."""
+    return str(calibration()["device"])
+
+
+def calibrated_cost_model() -> CostModel:
+    """The packaged calibration as a :class:`CostModel`."""
+    cal = calibration()
+    return CostModel(float(cal["overhead"]), float(cal["slope"]),
+                     f"calibrated on {cal['device']} ({cal['source']}: {cal['sta_row']} vs {cal['dense_row']}, "
+                     f"a={cal['overhead']:.3g}, b={cal['slope']:.3g})", len(cal["points"]))
+
+
 def load_cost_model(results_dir: str | Path | None = None) -> CostModel:
-    """Fit to ``results_dir/kernel-*.json`` (default ``bench/results`` of the working directory or the
-    repository), or return the documented default when nothing usable is there."""
+    """The packaged calibration, or (``results_dir`` given) a fit to ``results_dir/kernel-*.json``.
+
+    UserError when ``results_dir`` holds no usable record."""
     from .artifacts import display_path
 
-    candidates = []
-    if results_dir is not None:
-        candidates.append(Path(results_dir))
-    else:
-        candidates.append(Path.cwd() / "bench" / "results")
-        candidates.append(Path(__file__).resolve().parent.parent / "bench" / "results")
-    for folder in candidates:
-        files = sorted(folder.glob("kernel-*.json")) if folder.is_dir() else []
-        pairs: list[tuple[float, float]] = []
-        for file in files:
-            try:
-                pairs += records_from_json(json.loads(file.read_text(encoding="utf-8")))
-            except (OSError, ValueError):
-                continue
-        model = fit(pairs, source=f"fitted to {len(pairs)} records of {len(files)} file(s) {display_path(folder)}/kernel-*.json")
-        if model is not None:
-            return model
-    return CostModel()
+    if results_dir is None:
+        return calibrated_cost_model()
+    folder = Path(results_dir)
+    files = sorted(folder.glob("kernel-*.json")) if folder.is_dir() else []
+    pairs: list[tuple[float, float]] = []
+    for file in files:
+        try:
+            pairs += records_from_json(json.loads(file.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    model = fit(pairs, source=f"fitted to {len(pairs)} records of {len(files)} file(s) {display_path(folder)}/kernel-*.json")
+    if model is None:
+        raise UserError(f"--bench-results {folder}: no kernel-*.json benchmark there has a density with an STA and a "
+                        "dense time; give a folder written by `sta-search bench`, or leave the option out to use "
+                        f"the packaged calibration ({calibration_device()})")
+    return model
 
 
-__all__ = ["CostModel", "load_cost_model", "records_from_json", "fit", "DEFAULT_OVERHEAD"]
+__all__ = ["CostModel", "DEFAULT_OVERHEAD", "calibrated_cost_model", "calibration", "calibration_device", "fit",
+           "load_cost_model", "records_from_json"]

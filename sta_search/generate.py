@@ -330,24 +330,12 @@ def generate(settings: GenerateSettings, console=None) -> dict:
 
 
 def _check_backend(backend: str, info, device: torch.device, dtype: torch.dtype, geometry) -> None:
-    """UserError before the first step for a backend that cannot run this model on this device."""
-    from .kernels.sta.api import BACKENDS, SUPPORTED_HEAD_DIMS, can_run_gluon
+    """UserError before the first step for a backend that cannot run this model on this device
+    (``kernels.backends`` decides, on an empty q of the model's head dim, dtype and device)."""
+    from .kernels.backends import require_backend
 
-    if backend not in BACKENDS:
-        raise UserError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    if backend == "gluon":  # the kernel's own check, on an empty q of this model's head dim, dtype and device
-        ok, why = can_run_gluon(torch.empty(1, 1, 0, info.head_dim, device=device, dtype=dtype), geometry)
-        if not ok:
-            raise UserError(f"--backend gluon cannot run {info.transformer_class} here: {why} "
-                            "(use --backend triton)")
-        return
-    if backend != "triton":
-        return
-    if info.head_dim not in SUPPORTED_HEAD_DIMS:
-        raise UserError(f"--backend triton supports head dims {SUPPORTED_HEAD_DIMS}; {info.transformer_class} has "
-                        f"{info.head_dim} (use --backend flex)")
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise UserError(f"--backend triton needs a CUDA device (or TRITON_INTERPRET=1 on CPU), got --device {device}")
+    q = torch.empty(1, 1, 0, info.head_dim, device=device, dtype=dtype)
+    require_backend(backend, q, geometry, "natural", what=info.transformer_class)
 
 
 def _write(is_main: bool, path: Path, frames, fps: int) -> str:

@@ -164,8 +164,8 @@ class AttentionProfiler:
 
     ``backend``: recall pass, ``"auto"`` (Triton on CUDA, PyTorch reference on CPU), ``"triton"``,
     ``"reference"``. ``sta_backend``: backend of the shortlist's STA outputs on the tile-order (Triton recall)
-    path, ``"auto"`` = gluon or triton on CUDA (as ``sta_attention``), flex elsewhere; the reference path computes
-    them from its own scores.
+    path, ``"auto"`` as ``kernels.backends.choose_backend`` picks for tile order (gluon or triton on CUDA, flex
+    elsewhere); the reference path computes them from its own scores.
     ``memory_budget``: bytes of extra activations (tile-order copies, one STA output) per head chunk.
     """
 
@@ -351,13 +351,10 @@ class AttentionProfiler:
         rows = None if g.is_divisible else torch.nonzero(g.key_valid()).squeeze(1).to(q.device)
         B, H = q.shape[:2]
         norm = torch.stack([self._row_norm(ref[:, h], None, rows) for h in range(H)], dim=1)
-        sta_backend = self.sta_backend  # auto on CUDA: gluon where it runs, else triton (as sta_attention picks)
-        if sta_backend == "auto" and q.device.type != "cuda":
-            sta_backend = "flex"
         out = []
         for i in partial:
             o = sta_attention_tiled(q_t, k_t, v_t, geometry=g, windows=self.error_windows[i], text_len=text_len,
-                                    text_mask=text_mask, scale=scale, backend=sta_backend)
+                                    text_mask=text_mask, scale=scale, backend=self.sta_backend)
             diff = torch.stack([self._row_norm(o[:, h, : g.padded_len], ref[:, h], rows) for h in range(H)], dim=1)
             out.append(diff / norm.clamp_min(1e-30))
             del o

@@ -10,7 +10,7 @@ import torch
 
 from sta_search.kernels import Geometry, from_tiles, to_tiles
 from sta_search.kernels.sta import normalize_windows, sta_attention, sta_reference
-from sta_search.kernels.sta.api import can_run_gluon
+from sta_search.kernels.backends import can_run_gluon
 
 from kernel_cases import TILE, model_shape_case, rel_rms
 
@@ -85,7 +85,7 @@ def test_gluon_matches_triton_and_flex_at_model_shapes(case, seed):
 def test_gluon_refusals_name_the_reason():
     geometry = Geometry((12, 16, 16), TILE)
     q = torch.zeros(1, 2, geometry.video_len, 128)
-    ok, why = can_run_gluon(q, geometry)
+    ok, why = can_run_gluon(q, geometry, "natural")
     assert not ok and ("Hopper" in why or "Gluon" in why)
     with pytest.raises(ValueError, match="backend 'gluon' cannot run"):
         sta_attention(q, q, q, canvas=(12, 16, 16), tile=TILE, windows=(1, 1, 1), backend="gluon")
@@ -99,7 +99,7 @@ def test_gluon_refuses_what_it_cannot_run_on_hopper(what):
     geometry = Geometry((12, 16, 16), tile)
     q = torch.zeros(1, 2, geometry.video_len, 64 if what == "head-dim-64" else 128, device="cuda",
                     dtype=torch.float32 if what == "fp32" else torch.bfloat16)
-    ok, why = can_run_gluon(q, geometry)
+    ok, why = can_run_gluon(q, geometry, "natural")
     assert not ok and {"fp32": "dtype", "head-dim-64": "head dim", "tile-volume-96": "tile volume"}[what] in why
 
 
@@ -108,7 +108,7 @@ def test_gluon_host_side_keeps_tma_ready_views_and_refuses_a_bad_out(monkeypatch
     TMA dimension (batch 1), copied otherwise, and a given ``out`` the kernel cannot write through TMA is refused."""
     from sta_search.kernels.sta import gluon_fwd
 
-    monkeypatch.setattr(gluon_fwd, "can_run_gluon", lambda q, geometry, natural=False: (True, "ok"))
+    monkeypatch.setattr(gluon_fwd, "_inputs_ok", lambda q, geometry: (True, "ok"))
     geometry = Geometry((12, 16, 16), TILE)
     one = torch.randn(1, geometry.video_len, 3, 128, dtype=torch.bfloat16).transpose(1, 2)
     q, _, _, out = gluon_fwd._prepare(one, one, one, None, geometry, natural=True)

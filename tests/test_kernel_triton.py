@@ -193,10 +193,10 @@ def test_descriptor_loads_and_strided_inputs_agree(seed):
 
 
 NATURAL_CASES = [
-    # id, geometry, windows, text_len, text_first, config (block_m, block_n, text blocks in the window loop)
+    # id, geometry, windows, text_len, text_first, config (block_m, block_n, how text blocks are loaded)
     ("odd-text-after", ODD, [(1, 2, 2), (2, 1, 3)], 7, False, dict(block_m=32, block_n=16)),
-    ("odd-text-before-in-loop", ODD, [(3, 1, 1), (1, 1, 2)], 9, True, dict(block_m=16, block_n=32, text_in_loop=True)),
-    ("even-text-after-in-loop", EVEN, [(1, 2, 1), (2, 2, 2)], 5, False, dict(block_m=32, block_n=32, text_in_loop=True)),
+    ("odd-text-before-16x32", ODD, [(3, 1, 1), (1, 1, 2)], 9, True, dict(block_m=16, block_n=32)),
+    ("even-text-after-32x32", EVEN, [(1, 2, 1), (2, 2, 2)], 5, False, dict(block_m=32, block_n=32)),
     ("odd-text-before-text-tma", ODD, [(2, 2, 1), (1, 3, 2)], 9, True, dict(block_m=32, block_n=16, text_tma=True)),
     ("odd-text-after-text-tma-first", ODD, [(1, 2, 3), (3, 1, 1)], 37, False,
      dict(block_m=32, block_n=16, text_tma=True, text_before=True)),

@@ -235,21 +235,69 @@ def test_cost_model_fits_bench_results(tmp_path):
     assert "fitted" in model.source
     density = model.density_for_speedup(2.0, sparse_steps=38, dense_steps=12)
     assert model.speedup(density, 38, 12) == pytest.approx(2.0)
-    assert load_cost_model(tmp_path / "none").source.startswith("default")
+    with pytest.raises(UserError, match="no kernel-"):
+        load_cost_model(tmp_path / "none")
+
+
+def _bench_results(rows):
+    return [{"shape": {"name": "hunyuan-720p"}, "density": d, "ms": rows(d)} for d in (0.09, 0.417, 0.25)]
 
 
 def test_cost_model_reads_sta_search_bench_results(tmp_path):
-    """The format `sta-search bench` writes: per case a density and times per implementation."""
-    results = [
-        {"shape": {"name": "hunyuan-720p"}, "density": d,
-         "ms": {"ours": 100 * (0.02 + 1.1 * d), "ours+permutes": 100 * (0.05 + 1.1 * d), "cudnn-dense": 100.0,
-                "fa2-dense": 120.0, "flex": 300 * d}}
-        for d in (0.09, 0.417, 0.25)
-    ]
+    """The format `sta-search bench` writes: per case a density and times per implementation; the in-place row
+    of the kernel generation runs is preferred (gluon-natural, else triton-natural)."""
+    results = _bench_results(lambda d: {
+        "triton": 100 * (0.02 + 1.1 * d), "triton+permutes": 100 * (0.05 + 1.1 * d),
+        "triton-natural": 100 * (0.03 + 1.0 * d), "cudnn-dense": 100.0, "fa2-dense": 120.0, "flex": 300 * d})
+    (tmp_path / "kernel-20260101T000000.json").write_text(json.dumps({"environment": {}, "results": results}))
+    model = load_cost_model(tmp_path)
+    assert model.overhead == pytest.approx(0.03) and model.slope == pytest.approx(1.0)
+    assert model.points == 3
+    for d in results:
+        d["ms"]["gluon-natural"] = 100 * (0.01 + 0.9 * d["density"])
+    (tmp_path / "kernel-20260101T000000.json").write_text(json.dumps({"environment": {}, "results": results}))
+    model = load_cost_model(tmp_path)
+    assert model.overhead == pytest.approx(0.01) and model.slope == pytest.approx(0.9)
+
+
+def test_cost_model_reads_old_ours_rows(tmp_path):
+    """Results written before the Triton rows were renamed (ours, ours+permutes, ours-natural) still fit."""
+    results = _bench_results(lambda d: {"ours": 100 * (0.02 + 1.1 * d), "ours+permutes": 100 * (0.05 + 1.1 * d),
+                                        "cudnn-dense": 100.0})
     (tmp_path / "kernel-20260101T000000.json").write_text(json.dumps({"environment": {}, "results": results}))
     model = load_cost_model(tmp_path)
     assert model.overhead == pytest.approx(0.05) and model.slope == pytest.approx(1.1)
-    assert model.points == 3
+    for d in results:
+        d["ms"]["ours-natural"] = 100 * (0.04 + 1.0 * d["density"])
+    (tmp_path / "kernel-20260101T000000.json").write_text(json.dumps({"environment": {}, "results": results}))
+    assert load_cost_model(tmp_path).overhead == pytest.approx(0.04)
+
+
+def test_packaged_calibration_is_the_default_and_matches_its_source():
+    """Without --bench-results the model is the packaged H100 calibration, whatever the working directory holds,
+    and refitting its recorded source run (gluon-natural vs cudnn-dense) gives the recorded a and b."""
+    from pathlib import Path
+
+    from sta_search.costmodel import calibration, calibration_device, fit
+
+    cal = calibration()
+    model = load_cost_model()
+    assert calibration_device() == cal["device"] == "NVIDIA H100 80GB HBM3"
+    assert (model.overhead, model.slope) == (cal["overhead"], cal["slope"])
+    assert "H100" in model.source and cal["sta_row"] == "gluon-natural" and cal["dense_row"] == "cudnn-dense"
+    source = Path(__file__).resolve().parent.parent / cal["source"]
+    doc = json.loads(source.read_text())
+    pairs = [(r["density"], r["ms"]["gluon-natural"] / r["ms"]["cudnn-dense"]) for r in doc["results"]]
+    refit = fit(pairs, "x")
+    assert refit.overhead == pytest.approx(cal["overhead"], abs=1e-6)
+    assert refit.slope == pytest.approx(cal["slope"], abs=1e-6)
+    assert len(cal["points"]) == len(pairs) >= 2
+
+
+def test_select_help_names_the_calibration_gpu():
+    result = CliRunner().invoke(app, ["select", "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    assert "H100 80GB HBM3" in " ".join(result.output.split())
 
 
 # ------------------------------------------------------------------------ command line

@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         """Median times, effective TFLOP/s and speedups; writes a JSON result under --out.
 
         Rows (same inputs, one process):
-        ours = the Triton kernel, gluon = the warp-specialized Gluon kernel (Hopper only),
+        triton = the Triton kernel, gluon = the warp-specialized Gluon kernel (Hopper only),
         each in tile order, with tile/untile permutes (+permutes) and in place (-natural);
         flex = FlexAttention STA (mask built once); cudnn-dense, fa2-dense = dense SDPA.
         """

@@ -10,19 +10,23 @@ from .. import options
 
 
 def register(app: typer.Typer) -> None:
+    from ..costmodel import calibration_device
+
+    gpu = calibration_device()
+
     @app.command("select")
     def select_command(
         profiles: List[str] = typer.Argument(..., help="Profile folder(s) from `sta-search profile`; several are merged exactly."),
         budget: Optional[float] = options.density_option(None, "--budget", help="Mean attention density of the sparse steps, in (0, 1]."),
         sparsity: Optional[float] = typer.Option(None, "--sparsity", help="1 - density of the sparse steps."),
-        speedup: Optional[float] = typer.Option(None, "--speedup", help="Attention speedup over all steps (dense steps included), through the cost model."),
+        speedup: Optional[float] = typer.Option(None, "--speedup", help=f"Attention speedup over all steps (dense steps included), through the cost model calibrated on an {gpu} (Gluon kernel in place vs cuDNN dense; see --bench-results)."),
         full_steps: Optional[int] = options.non_negative_option(None, "--full-steps", help="Dense steps at the start (default: round(0.24 * steps), the paper's 12 of 50)."),
         granularity: str = typer.Option("step", "--granularity", help="step: a window per (step, layer, head); layer: one per (layer, head) for all sparse steps."),
         objective: str = typer.Option("error", "--objective", help="error: relative L2 output error; recall: 1 - attention recall."),
         strategy: str = typer.Option("budget", "--strategy", help="budget: optimal under the budget; argmin: FastVideo's per-head argmin (no budget)."),
         candidates: str = typer.Option("auto", "--candidates", help="shortlist (windows with measured errors) or all (every window; recall only) (default: shortlist for error, all for recall)."),
         folds: int = options.positive_option(5, "--folds", help="Folds over prompts for the held-out error (leave-one-out with fewer prompts)."),
-        results: Optional[str] = typer.Option(None, "--bench-results", help="Folder of kernel-*.json benchmarks for the cost model (default: bench/results)."),
+        results: Optional[str] = typer.Option(None, "--bench-results", help=f"Folder of kernel-*.json benchmarks (`sta-search bench`) to fit the cost model to, for another GPU (default: the packaged calibration, measured on an {gpu})."),
         out: str = typer.Option("mask.yaml", "--out", help="Mask config YAML to write."),
     ):
         """Choose a window for every (step, layer, head) that minimises error under a density budget."""

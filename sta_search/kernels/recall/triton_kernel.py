@@ -206,6 +206,11 @@ def tile_mass_triton_tiled(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, 
     return _launch(_TUNED[key], *args)
 
 
+def tuned_configs() -> list:
+    """The configs the CUDA tuner picked so far in this process, one per shape key (empty before any tuning)."""
+    return list(_TUNED.values())
+
+
 def candidate_configs(geometry: Geometry, head_dim: int):
     return [c for c in _CUDA_CONFIGS if _divides(c[0], geometry.tile_volume) and _divides(c[1], geometry.tile_volume)
             and not (head_dim > 128 and c[0] * c[1] > 64 * 64)]

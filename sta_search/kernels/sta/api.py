@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-import os
-
 import torch
 
+from .. import backends
 from ..geometry import Geometry, from_tiles, to_tiles
 
-logger = logging.getLogger("sta_search.kernels")
-
-BACKENDS = ("auto", "gluon", "triton", "flex", "reference")
-SUPPORTED_HEAD_DIMS = (32, 64, 128)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-REFERENCE_MAX_TOKENS = 4096
 
 
 def normalize_windows(windows, heads: int, device=None) -> torch.Tensor:
@@ -66,50 +59,6 @@ def _validate(q, k, v, geometry: Geometry, text_len: int, text_mask):
             raise ValueError(f"text_mask is on {text_mask.device} but q is on {q.device}")
 
 
-# ----------------------------------------------------------------------------- backend checks
-def can_run_triton(q: torch.Tensor) -> tuple[bool, str]:
-    if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
-        return False, f"head dim {q.shape[-1]} is not one of {SUPPORTED_HEAD_DIMS}"
-    if q.device.type == "cuda":
-        return True, "CUDA tensors"
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return True, "TRITON_INTERPRET=1 on CPU"
-    return False, f"Triton needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {q.device}"
-
-
-def can_run_gluon(q: torch.Tensor, geometry: Geometry) -> tuple[bool, str]:
-    """The warp-specialized Gluon kernel: Hopper only, bf16/fp16, head dim 128, tile volume a multiple of 128."""
-    try:
-        from .gluon_fwd import can_run_gluon as check
-    except ImportError as exc:  # a Triton without Gluon
-        return False, f"Gluon is not available ({exc})"
-    return check(q, geometry)
-
-
-def can_run_flex(q: torch.Tensor) -> tuple[bool, str]:
-    return True, "FlexAttention runs on any device"
-
-
-def can_run_reference(q: torch.Tensor) -> tuple[bool, str]:
-    if q.shape[2] > REFERENCE_MAX_TOKENS:
-        return False, f"{q.shape[2]} tokens is too many for the dense reference (at most {REFERENCE_MAX_TOKENS})"
-    return True, "small enough for a dense mask"
-
-
-def choose_backend(q: torch.Tensor, geometry: Geometry | None = None) -> tuple[str, str]:
-    if q.device.type == "cuda":
-        if geometry is not None:
-            ok, why_not = can_run_gluon(q, geometry)
-            if ok:
-                return "gluon", "Hopper GPU, bf16/fp16, head dim 128"
-        ok, why = can_run_triton(q)
-        if geometry is not None:
-            why = f"{why}; not gluon: {why_not}"
-        return ("triton", why) if ok else ("flex", why)
-    ok, why = can_run_reference(q)
-    return ("reference", f"CPU tensors, {why}") if ok else ("flex", f"CPU tensors, {why}")
-
-
 # ----------------------------------------------------------------------------- entry points
 def sta_attention(q, k, v, *, canvas, tile=(6, 8, 8), windows, text_len: int = 0, text_first: bool = False,
                   text_mask: torch.Tensor | None = None, scale: float | None = None,
@@ -134,24 +83,10 @@ def sta_attention(q, k, v, *, canvas, tile=(6, 8, 8), windows, text_len: int = 0
     geometry = Geometry(canvas, tile)
     _validate(q, k, v, geometry, text_len, text_mask)
     windows = normalize_windows(windows, q.shape[1])
-    backend = _resolve(backend, q, geometry)
-    if backend == "reference":
-        from .reference import sta_reference
-
-        return sta_reference(q, k, v, canvas=geometry.canvas, tile=geometry.tile, windows=windows,
-                             text_len=text_len, text_first=text_first, text_mask=text_mask, scale=scale)
-    if backend == "triton":
-        # Read and write the natural layout in place when TMA allows it (no tile/untile copies).
-        from .triton_fwd import sta_triton_natural
-
-        out = sta_triton_natural(q, k, v, geometry, windows.to(q.device), text_len, text_first, text_mask, scale)
-        if out is not None:
-            return out
-    if backend == "gluon":
-        from .gluon_fwd import can_run_gluon as check, sta_gluon_natural
-
-        if check(q, geometry, natural=True)[0]:
-            return sta_gluon_natural(q, k, v, geometry, windows, text_len, text_first, text_mask, scale)
+    backend = backends.resolve(backend, q, geometry, "natural")
+    entry = backends.TABLE[backend]
+    if entry.natural is not None and (entry.tiled is None or backends.runs_in_place(backend, q, k, v, geometry)[0]):
+        return entry.entry("natural")(q, k, v, geometry, windows, text_len, text_first, text_mask, scale)
     V = geometry.video_len
     if text_first:
         video = slice(text_len, text_len + V)
@@ -160,7 +95,7 @@ def sta_attention(q, k, v, *, canvas, tile=(6, 8, 8), windows, text_len: int = 0
         video, text = slice(0, V), slice(V, V + text_len)
     tiled = [torch.cat([to_tiles(geometry, x[:, :, video]), x[:, :, text]], dim=2) if text_len
              else to_tiles(geometry, x) for x in (q, k, v)]
-    out = _run_tiled(backend, *tiled, geometry, windows, text_len, text_mask, scale)
+    out = entry.entry("tiled")(*tiled, geometry, windows, text_len, text_mask, scale)
     video_out = from_tiles(geometry, out[:, :, : geometry.padded_len])
     if not text_len:
         return video_out
@@ -174,42 +109,11 @@ def sta_attention_tiled(q, k, v, *, geometry: Geometry, windows, text_len: int =
     """Like :func:`sta_attention` for inputs already in tile order: ``[padded video tiles | text]``.
 
     ``S = geometry.padded_len + text_len``; padded video positions are never attended and their
-    outputs are unspecified. Agrees exactly with :func:`sta_attention` on the real tokens.
+    outputs are unspecified. Agrees exactly with :func:`sta_attention` on the real tokens. The dense
+    reference takes natural order only, so ``auto`` picks flex off CUDA (see :mod:`..backends`).
     """
     if q.shape[2] != geometry.padded_len + text_len:
         raise ValueError(f"tiled sequence length {q.shape[2]} != padded video {geometry.padded_len} + text_len {text_len}")
     windows = normalize_windows(windows, q.shape[1])
-    backend = _resolve(backend, q, geometry)
-    if backend == "reference":
-        raise ValueError("the reference backend takes natural-order inputs; use sta_attention")
-    return _run_tiled(backend, q, k, v, geometry, windows, text_len, text_mask, scale)
-
-
-def _resolve(backend: str, q: torch.Tensor, geometry: Geometry) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        backend, why = choose_backend(q, geometry)
-        logger.info("sta_attention: backend=%s (%s)", backend, why)
-        return backend
-    if backend == "gluon":
-        ok, why = can_run_gluon(q, geometry)
-    else:
-        ok, why = {"triton": can_run_triton, "flex": can_run_flex, "reference": can_run_reference}[backend](q)
-    if not ok:
-        raise ValueError(f"backend {backend!r} cannot run: {why}")
-    return backend
-
-
-def _run_tiled(backend, q, k, v, geometry, windows, text_len, text_mask, scale):
-    if backend == "flex":
-        from .flex import sta_flex_tiled
-
-        return sta_flex_tiled(q, k, v, geometry, windows, text_len, text_mask, scale)
-    if backend == "gluon":
-        from .gluon_fwd import sta_gluon_tiled
-
-        return sta_gluon_tiled(q, k, v, geometry, windows, text_len, text_mask, scale)
-    from .triton_fwd import sta_triton_tiled
-
-    return sta_triton_tiled(q, k, v, geometry, windows.to(q.device), text_len, text_mask, scale)
+    backend = backends.resolve(backend, q, geometry, "tiled")
+    return backends.TABLE[backend].entry("tiled")(q, k, v, geometry, windows, text_len, text_mask, scale)

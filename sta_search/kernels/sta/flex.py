@@ -36,6 +36,17 @@ def _flex_fn(device: torch.device):
     return _compiled_flex
 
 
+def flex_function(device: torch.device):
+    """The ``flex_attention`` that :func:`sta_flex_tiled` calls on ``device`` (compiled once on CUDA; eager elsewhere)."""
+    return _flex_fn(device)
+
+
+def clear_mask_cache() -> None:
+    """Forget every cached BlockMask and block pattern (to time a mask build from scratch)."""
+    _MASK_CACHE.clear()
+    _block_pattern.cache_clear()
+
+
 def flex_block_size(geometry: Geometry) -> int:
     return math.gcd(geometry.tile_volume, 128)
 

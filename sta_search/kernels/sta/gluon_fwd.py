@@ -13,7 +13,7 @@ warpgroup-synchronous loop whose tensor core idles during every softmax (bench/N
   and the softmax of ``j`` starts while that PV is in flight (FA3's intra-warpgroup overlap).
 
 Runs bf16/fp16 with head dim 128 and tiles whose volume is a multiple of 128 on sm_90 only;
-:func:`can_run_gluon` says why it refuses anything else.
+:func:`sta_search.kernels.backends.can_run_gluon` says why it refuses anything else.
 """
 
 from __future__ import annotations
@@ -310,8 +310,8 @@ def _sta_fwd_gluon_kernel(
 
 
 # ----------------------------------------------------------------------------------------------- host side
-def can_run_gluon(q: torch.Tensor, geometry: Geometry, natural: bool = False) -> tuple[bool, str]:
-    """Whether the Gluon kernel runs these inputs (``natural``: in place on natural-order tokens); why not."""
+def _inputs_ok(q: torch.Tensor, geometry: Geometry) -> tuple[bool, str]:
+    """Whether the kernel runs these inputs (either layout); why not. Called by ``kernels.backends`` only."""
     if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) != (9, 0):
         return False, "needs a Hopper (sm_90) GPU"
     if q.dtype not in (torch.bfloat16, torch.float16):
@@ -321,11 +321,15 @@ def can_run_gluon(q: torch.Tensor, geometry: Geometry, natural: bool = False) ->
     tv = geometry.tile_volume
     if tv % (2 * QUERY_ROWS) or tv % BLOCK_N:
         return False, f"tile volume {tv} is not a multiple of {max(2 * QUERY_ROWS, BLOCK_N)}"
-    if natural:
-        tt, th, tw = geometry.tile
-        plane = th * tw
-        if QUERY_ROWS % plane or BLOCK_N % plane or tt % (BLOCK_N // plane) or tt % (QUERY_ROWS // plane):
-            return False, f"blocks of {QUERY_ROWS} and {BLOCK_N} tokens are not boxes of whole ({th}, {tw}) planes"
+    return True, "ok"
+
+
+def _natural_boxes_ok(geometry: Geometry) -> tuple[bool, str]:
+    """Whether query and key blocks are TMA boxes of whole tile planes (the in-place natural-order path)."""
+    tt, th, tw = geometry.tile
+    plane = th * tw
+    if QUERY_ROWS % plane or BLOCK_N % plane or tt % (BLOCK_N // plane) or tt % (QUERY_ROWS // plane):
+        return False, f"blocks of {QUERY_ROWS} and {BLOCK_N} tokens are not boxes of whole ({th}, {tw}) planes"
     return True, "ok"
 
 
@@ -392,7 +396,9 @@ def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, vid
 
 
 def _prepare(q, k, v, out, geometry, natural):
-    ok, why = can_run_gluon(q, geometry, natural)
+    ok, why = _inputs_ok(q, geometry)
+    if ok and natural:
+        ok, why = _natural_boxes_ok(geometry)
     if not ok:
         raise ValueError(f"the gluon STA kernel cannot run: {why}")
     def tma_ready(x):  # batch and heads merge into one TMA dimension; 16-byte aligned base and strides
@@ -435,3 +441,6 @@ def sta_gluon_natural(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometr
     video_start, text_start = (text_len, 0) if text_first else (0, geometry.video_len)
     return _launch(q, k, v, out, geometry, windows, text_len, text_start, video_start, text_mask, scale,
                    natural=True, stages=stages)
+
+
+sta_fwd_gluon_kernel = _sta_fwd_gluon_kernel  # the JIT function, for tools that compile it without launching

@@ -51,3 +51,9 @@ def sta_mask(canvas, tile, windows: torch.Tensor, text_len: int = 0, text_first:
 def sta_reference(q, k, v, *, canvas, tile, windows, text_len=0, text_first=False, text_mask=None, scale=None):
     mask = sta_mask(canvas, tile, windows, text_len, text_first, text_mask, batch=q.shape[0], device=q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def sta_reference_natural(q, k, v, geometry, windows, text_len, text_first, text_mask, scale):
+    """:func:`sta_reference` in the calling convention of the other backends' natural-order entries."""
+    return sta_reference(q, k, v, canvas=geometry.canvas, tile=geometry.tile, windows=windows, text_len=text_len,
+                         text_first=text_first, text_mask=text_mask, scale=scale)

@@ -65,7 +65,6 @@ class KernelConfig:
     num_stages: int
     tma: bool = False  # K/V of the window loop through TMA tensor descriptors (Hopper+, CUDA only)
     warp_specialize: bool = False  # Triton's automatic warp specialization of the window loop
-    text_in_loop: bool = False  # video queries take the text key blocks in the window loop (TMA only)
     text_tma: bool = False  # text key blocks through TMA in their own pipelined loop (TMA configs only)
     text_before: bool = False  # text key blocks before the window loop instead of after it
 
@@ -92,8 +91,8 @@ def default_config(tile_volume: int, head_dim: int, dtype: torch.dtype, on_gpu: 
     if not tma and bn == 128 and head_dim == 128:
         bn = 64
     warps = 8 if bm >= 128 else 4
-    # Measured and left off (bench/NOTES.md): warp specialization (within run-to-run noise either way) and
-    # text blocks in the window loop (31.3 -> 42.8 ms tile order, 32.1 -> 63.7 ms natural, text 256).
+    # Measured and left off (bench/NOTES.md): warp specialization (within run-to-run noise either way); text
+    # blocks in the window loop (31.3 -> 42.8 ms tile order, 32.1 -> 63.7 ms natural, text 256; removed).
     # Text blocks through TMA before the window loop: text 256 costs +6% over video only in place (+11.5%
     # median of a paired run; +10-16% with the text loop after the window loop), the arithmetic floor being +5%.
     return KernelConfig(bm, bn, warps, 3, tma=tma, text_tma=tma, text_before=tma)
@@ -282,7 +281,7 @@ def _sta_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_PADDING: tl.constexpr, HAS_TEXT: tl.constexpr, HAS_TEXT_MASK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr, USE_TMA: tl.constexpr, NATURAL: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr, TEXT_IN_LOOP: tl.constexpr, TEXT_TMA: tl.constexpr, TEXT_BEFORE: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr, TEXT_TMA: tl.constexpr, TEXT_BEFORE: tl.constexpr,
 ):
     TILE_VOL: tl.constexpr = TT * TH * TW
     NUM_TILES: tl.constexpr = NT * NH * NW
@@ -343,10 +342,8 @@ def _sta_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
-    # Padding query blocks (tile order) skip the text, and so do video queries whose loop took it.
+    # Padding query blocks (tile order) skip the text.
     text_len_here = tl.where(q_padded, 0, text_len)
-    if TEXT_IN_LOOP:
-        text_len_here = tl.where(is_text_query, text_len, 0)
     if HAS_TEXT and TEXT_BEFORE:
         acc, m_i, l_i = _attend_text(acc, m_i, l_i, q, Kb, Vb, KTDesc, VTDesc, Tb, b, h, offs_n, offs_d, stride_kn,
                                      stride_vn, stride_tm, qk_scale, text_len_here, text_len, text_start, HEAD_DIM,
@@ -369,42 +366,12 @@ def _sta_fwd_kernel(
         # The spans of the last t-row have BPT_LAST blocks per tile.
         st, sh, sw, wh, ww, spans, last_spans, n_first = _clamped_window(Windows, h64, ct, ch, cw, NT, NH, NW, BPT)
         n_total = n_first + last_spans * ww * BPT_LAST
-        n_loop = n_total
-        if TEXT_IN_LOOP:
-            n_loop = n_total + tl.cdiv(text_len, BLOCK_N)  # text key blocks ride in the same pipelined loop
-        for j in tl.range(0, n_loop, warp_specialize=WARP_SPECIALIZE):
-            key_tile, sub = _window_block(tl.minimum(j, n_total - 1), n_first, spans, last_spans, st, sh, sw, wh, ww,
-                                          NH, NW, BPT, BPT_LAST)
-            if TEXT_IN_LOOP:
-                is_text = j >= n_total
-                tcols = (j - n_total) * BLOCK_N + offs_n
-                text_ok = (tcols < text_len) & is_text
-                if HAS_TEXT_MASK:
-                    text_ok = text_ok & (tl.load(Tb + tcols * stride_tm, mask=text_ok, other=0) != 0)
-                if NATURAL:
-                    if is_text:
-                        k = KTDesc.load([b, h, text_start + (j - n_total) * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
-                        v = VTDesc.load([b, h, text_start + (j - n_total) * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
-                    else:
-                        k, v = _load_key_block(Kb, Vb, KDesc, VDesc, b, h, bh, key_tile, sub, offs_n, offs_d,
-                                               stride_kn, stride_vn, NH, NW, TT, TH, TW, HEAD_DIM, BLOCK_N, True,
-                                               True)
-                else:
-                    row = tl.where(is_text, text_start + (j - n_total) * BLOCK_N, key_tile * TILE_VOL + sub * BLOCK_N)
-                    k = KDesc.load([b, h, row, 0]).reshape(BLOCK_N, HEAD_DIM)
-                    v = VDesc.load([b, h, row, 0]).reshape(BLOCK_N, HEAD_DIM)
-                if HAS_PADDING:
-                    video_ok = _padding_ok(key_tile, sub * BLOCK_N + offs_n, NH, NW, TH, TW, NT, REM_T, REM_H, REM_W)
-                    key_ok = tl.where(is_text, text_ok, video_ok)
-                else:
-                    key_ok = text_ok | (j < n_total)
-                acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, key_ok[None, :], True,
-                                                     DOT_PRECISION, UPCAST_DOTS)
-            else:
-                acc, m_i, l_i = _attend_video_block(acc, m_i, l_i, q, Kb, Vb, KDesc, VDesc, b, h, bh, key_tile,
-                                                    sub, offs_n, offs_d, stride_kn, stride_vn, qk_scale, NT, NH, NW,
-                                                    TT, TH, TW, REM_T, REM_H, REM_W, HEAD_DIM, BLOCK_N, USE_TMA,
-                                                    NATURAL, HAS_PADDING, DOT_PRECISION, UPCAST_DOTS)
+        for j in tl.range(0, n_total, warp_specialize=WARP_SPECIALIZE):
+            key_tile, sub = _window_block(j, n_first, spans, last_spans, st, sh, sw, wh, ww, NH, NW, BPT, BPT_LAST)
+            acc, m_i, l_i = _attend_video_block(acc, m_i, l_i, q, Kb, Vb, KDesc, VDesc, b, h, bh, key_tile, sub,
+                                                offs_n, offs_d, stride_kn, stride_vn, qk_scale, NT, NH, NW, TT, TH,
+                                                TW, REM_T, REM_H, REM_W, HEAD_DIM, BLOCK_N, USE_TMA, NATURAL,
+                                                HAS_PADDING, DOT_PRECISION, UPCAST_DOTS)
 
     if HAS_TEXT and not TEXT_BEFORE:
         acc, m_i, l_i = _attend_text(acc, m_i, l_i, q, Kb, Vb, KTDesc, VTDesc, Tb, b, h, offs_n, offs_d, stride_kn,
@@ -458,9 +425,8 @@ def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, tex
                  TensorDescriptor(v, list(v.shape), list(v.stride()), [1, 1, config.block_n, D]), out]
     else:
         descs = [q, k, v, out]  # unused
-    text_in_loop = config.text_in_loop and text_len > 0 and (config.tma or natural)
-    text_tma = config.text_tma and text_len > 0 and (config.tma or natural) and not text_in_loop
-    if (text_in_loop and natural) or text_tma:
+    text_tma = config.text_tma and text_len > 0 and (config.tma or natural)
+    if text_tma:
         descs += [TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, config.block_n, D]) for x in (k, v)]
     else:
         descs += [k, v]  # unused
@@ -476,7 +442,7 @@ def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, tex
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         UPCAST_DOTS=q.device.type != "cuda" and q.dtype == torch.bfloat16,
         USE_TMA=config.tma or natural, NATURAL=natural, WARP_SPECIALIZE=config.warp_specialize,
-        TEXT_IN_LOOP=text_in_loop, TEXT_TMA=text_tma, TEXT_BEFORE=config.text_before,
+        TEXT_TMA=text_tma, TEXT_BEFORE=config.text_before,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
@@ -537,8 +503,9 @@ def sta_triton_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry
                    natural=False)
 
 
-def natural_layout_supported(q, k, v, geometry: Geometry, config: KernelConfig) -> tuple[bool, str]:
-    """Whether :func:`sta_triton_natural` can read these tensors in place (TMA boxes of whole tile planes)."""
+def _natural_layout_ok(q, k, v, geometry: Geometry, config: KernelConfig) -> tuple[bool, str]:
+    """Whether :func:`sta_triton_natural` can read these tensors in place (TMA boxes of whole tile planes).
+    Called by ``kernels.backends`` (and this module's own guard) only."""
     B, heads, _, D = q.shape
     _, th, tw = geometry.tile
     plane = th * tw
@@ -563,7 +530,7 @@ def sta_triton_natural(q, k, v, geometry: Geometry, windows: torch.Tensor, text_
     Video tokens are read and written as TMA boxes of whole tile planes of the ``[T, H, W]`` canvas,
     which arrive in tile order; boxes crossing the canvas edge read zeros (masked as padding) and
     write nothing past it. Returns None when the layout does not allow it (see
-    :func:`natural_layout_supported`); the caller then goes through tile order.
+    :func:`sta_search.kernels.backends.runs_in_place`); the caller then goes through tile order.
     """
     B, heads, S, D = q.shape
     _check_common(q, geometry, windows, D, heads)
@@ -571,14 +538,17 @@ def sta_triton_natural(q, k, v, geometry: Geometry, windows: torch.Tensor, text_
         raise ValueError(f"sequence length {S} != canvas volume {geometry.video_len} + text_len {text_len}")
     if config is None:
         config = default_config(geometry.tile_volume, D, q.dtype, q.device.type == "cuda")
-    if not natural_layout_supported(q, k, v, geometry, config)[0]:
+    if not _natural_layout_ok(q, k, v, geometry, config)[0]:
         return None
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    elif out.shape != q.shape or out.dtype != q.dtype or not natural_layout_supported(out, out, out, geometry,
+    elif out.shape != q.shape or out.dtype != q.dtype or not _natural_layout_ok(out, out, out, geometry,
                                                                                         config)[0]:
         raise ValueError(f"out must match q ({tuple(q.shape)}, {q.dtype}) in a TMA-compatible layout")
     windows = windows.to(device=q.device, dtype=torch.int32).contiguous()
     video_start, text_start = (text_len, 0) if text_first else (0, geometry.video_len)
     return _launch(q, k, v, out, geometry, windows, text_len, text_start, text_mask, scale, config, natural=True,
                    video_start=video_start)
+
+
+sta_fwd_kernel = _sta_fwd_kernel  # the JIT function, for tools that compile it without launching (bench/inspect_sass.py)

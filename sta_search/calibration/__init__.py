@@ -1,0 +1,1 @@
+"""Measured data shipped with the package (cost-model calibration)."""

@@ -1,0 +1,233 @@
+"""Which STA kernel runs a call: the one owner of every backend decision.
+
+Every question "can backend X run this?", "what does ``auto`` pick?", "does X read the natural token
+order in place?" and "what does the user see when X cannot run?" is answered here and nowhere else.
+``sta_attention``, ``MaskAttention``, ``generate``, the profiler and the benchmark call these functions.
+
+Each backend has one check with one signature, NATTEN-style::
+
+    can_run_<name>(q, geometry, layout) -> (ok, why)
+
+- ``q``: ``(B, heads, S, D)``; only its head dim, dtype and device are read, except by the dense
+  reference (token count), so an empty ``(1, 1, 0, D)`` tensor works for checks made before any
+  input exists (``generate`` does this before the first step);
+- ``geometry``: the call's :class:`~sta_search.kernels.Geometry` (canvas and tile);
+- ``layout``: ``"natural"`` (T-major tokens, what ``sta_attention`` takes) or ``"tiled"`` (tile order,
+  what ``sta_attention_tiled`` takes).
+
+Adding a backend is one :class:`Backend` entry in :data:`TABLE` plus its ``can_run_<name>`` function
+(and, for an in-place natural-order path, a check of it). The Gluon and Triton kernel files keep their
+own low-level checks (TMA boxes, alignment) as private helpers; only this module calls them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .geometry import Geometry
+
+logger = logging.getLogger("sta_search.kernels")
+
+LAYOUTS = ("natural", "tiled")
+TRITON_HEAD_DIMS = (32, 64, 128)
+REFERENCE_MAX_TOKENS = 4096
+
+Verdict = tuple[bool, str]
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+
+
+# ----------------------------------------------------------------------------------------- can_run_*
+def can_run_gluon(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
+    """The warp-specialized Gluon kernel: Hopper (sm_90) only, bf16/fp16, head dim 128, tile volume a multiple
+    of 128. Either layout (natural-order tokens it cannot read in place are copied into tile order)."""
+    _check_layout(layout)
+    if q.device.type != "cuda":
+        return False, "needs a Hopper (sm_90) GPU"
+    try:
+        from .sta import gluon_fwd
+    except ImportError as exc:  # a Triton without Gluon
+        return False, f"Gluon is not available ({exc})"
+    return gluon_fwd._inputs_ok(q, geometry)
+
+
+def can_run_triton(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
+    """The Triton kernel: head dim 32, 64 or 128; CUDA, or CPU under ``TRITON_INTERPRET=1``. Either layout."""
+    _check_layout(layout)
+    if q.shape[-1] not in TRITON_HEAD_DIMS:
+        return False, f"head dim {q.shape[-1]} is not one of {TRITON_HEAD_DIMS}"
+    if q.device.type == "cuda":
+        return True, "CUDA tensors"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True, "TRITON_INTERPRET=1 on CPU"
+    return False, f"needs a CUDA device (or TRITON_INTERPRET=1 on CPU), got {q.device.type} tensors"
+
+
+def can_run_flex(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
+    """PyTorch FlexAttention: any device, dtype and head dim, either layout."""
+    _check_layout(layout)
+    return True, "FlexAttention runs on any device"
+
+
+def can_run_reference(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
+    """Dense SDPA under an explicit ``(S, S)`` mask: natural order only, at most ``REFERENCE_MAX_TOKENS`` tokens
+    (at least the canvas's video tokens are counted, so an empty ``q`` is checked against the model's canvas)."""
+    _check_layout(layout)
+    if layout != "natural":
+        return False, "the dense reference takes natural-order tokens (use sta_attention)"
+    tokens = max(q.shape[2], geometry.video_len)
+    if tokens > REFERENCE_MAX_TOKENS:
+        return False, f"{tokens} tokens is too many for the dense reference (at most {REFERENCE_MAX_TOKENS})"
+    return True, "small enough for a dense mask"
+
+
+# ------------------------------------------------------------------------- in-place natural-order paths
+def _gluon_in_place(q, k, v, geometry: Geometry) -> Verdict:
+    from .sta import gluon_fwd
+
+    return gluon_fwd._natural_boxes_ok(geometry)
+
+
+def _triton_in_place(q, k, v, geometry: Geometry) -> Verdict:
+    from .sta import triton_fwd
+
+    config = triton_fwd.default_config(geometry.tile_volume, q.shape[-1], q.dtype, q.device.type == "cuda")
+    return triton_fwd._natural_layout_ok(q, k, v, geometry, config)
+
+
+# ----------------------------------------------------------------------------------------------- table
+@dataclass(frozen=True)
+class Backend:
+    """One STA backend.
+
+    ``natural``/``tiled``: ``"module:function"`` (relative to ``sta_search.kernels.sta``) of its entry on
+    natural-order tokens ``(q, k, v, geometry, windows, text_len, text_first, text_mask, scale)`` and on
+    tile-order tokens ``(q, k, v, geometry, windows, text_len, text_mask, scale)``; None where it has none.
+    With both, the natural entry runs where ``in_place`` allows and the tiled one (behind tile/untile
+    copies) elsewhere; with only ``natural`` it always runs on natural order (no in-place kernel path).
+    ``auto_on``: device kinds (``"cuda"``, ``"other"``) where ``auto`` may pick it, lower ``auto_rank`` first.
+    """
+
+    name: str
+    can_run: Callable[[torch.Tensor, Geometry, str], Verdict]
+    summary: str
+    natural: str | None = None
+    tiled: str | None = None
+    in_place: Callable[..., Verdict] | None = None
+    auto_on: frozenset = frozenset()
+    auto_rank: int = 100
+
+    def entry(self, layout: str) -> Callable:
+        """The function that runs ``layout`` (``"natural"`` or ``"tiled"``) tokens."""
+        module, function = getattr(self, layout).split(":")
+        return getattr(importlib.import_module(f"sta_search.kernels.sta.{module}"), function)
+
+
+TABLE: dict[str, Backend] = {b.name: b for b in (
+    Backend("gluon", can_run_gluon, "warp-specialized Gluon kernel (Hopper, bf16/fp16, head dim 128)",
+            natural="gluon_fwd:sta_gluon_natural", tiled="gluon_fwd:sta_gluon_tiled", in_place=_gluon_in_place,
+            auto_on=frozenset({"cuda"}), auto_rank=0),
+    Backend("triton", can_run_triton, "Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)",
+            natural="triton_fwd:sta_triton_natural", tiled="triton_fwd:sta_triton_tiled", in_place=_triton_in_place,
+            auto_on=frozenset({"cuda"}), auto_rank=1),
+    Backend("flex", can_run_flex, "PyTorch FlexAttention (any device)", tiled="flex:sta_flex_tiled",
+            auto_on=frozenset({"cuda", "other"}), auto_rank=9),
+    Backend("reference", can_run_reference, f"dense SDPA with an explicit mask (at most {REFERENCE_MAX_TOKENS} tokens)",
+            natural="reference:sta_reference_natural", auto_on=frozenset({"other"}), auto_rank=2),
+)}
+
+BACKENDS = ("auto", *TABLE)
+
+
+def _entry(backend: str) -> Backend:
+    if backend not in TABLE:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return TABLE[backend]
+
+
+def can_run(backend: str, q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
+    """``can_run_<backend>(q, geometry, layout)`` by name."""
+    return _entry(backend).can_run(q, geometry, layout)
+
+
+def compatible_backends(q: torch.Tensor, geometry: Geometry, layout: str) -> dict[str, Verdict]:
+    """Every backend with its verdict ``(ok, why)`` for these inputs: those that can run, and why the others cannot."""
+    return {name: backend.can_run(q, geometry, layout) for name, backend in TABLE.items()}
+
+
+def choose_backend(q: torch.Tensor, geometry: Geometry, layout: str = "natural") -> tuple[str, str]:
+    """What ``auto`` resolves to, and why: on CUDA Gluon where it runs, else Triton, else flex; elsewhere the
+    dense reference for small natural-order inputs, else flex."""
+    device = "cuda" if q.device.type == "cuda" else "other"
+    passed = []
+    for backend in sorted(TABLE.values(), key=lambda b: b.auto_rank):
+        if device not in backend.auto_on:
+            continue
+        ok, why = backend.can_run(q, geometry, layout)
+        if ok:
+            where = "CUDA tensors" if device == "cuda" else f"{q.device.type.upper()} tensors"
+            return backend.name, "; ".join([f"{where}, {why}", *passed])
+        passed.append(f"not {backend.name}: {why}")
+    raise RuntimeError(f"no STA backend can run these inputs ({'; '.join(passed)})")  # flex always can
+
+
+def runs_in_place(backend: str, q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None,
+                  geometry: Geometry) -> Verdict:
+    """Whether ``backend`` (resolved, not ``auto``) reads and writes natural-order ``q, k, v`` in place, without
+    tile/untile copies. ``k``/``v`` default to ``q`` (their strides matter to the Triton kernel's TMA boxes)."""
+    entry = _entry(backend)
+    k = q if k is None else k
+    v = q if v is None else v
+    if entry.in_place is None:
+        return False, f"{backend} has no in-place natural-order path"
+    ok, why = entry.can_run(q, geometry, "natural")
+    if not ok:
+        return False, why
+    return entry.in_place(q, k, v, geometry)
+
+
+def resolve(backend: str, q: torch.Tensor, geometry: Geometry, layout: str) -> str:
+    """``backend`` checked (ValueError naming why it cannot run) or ``auto`` chosen (logged at INFO)."""
+    if backend == "auto":
+        backend, why = choose_backend(q, geometry, layout)
+        logger.info("sta_attention: backend=%s (%s)", backend, why)
+        return backend
+    ok, why = can_run(backend, q, geometry, layout)
+    if not ok:
+        raise ValueError(f"backend {backend!r} cannot run: {why}")
+    return backend
+
+
+def require_backend(backend: str, q: torch.Tensor, geometry: Geometry, layout: str = "natural", *,
+                    option: str = "--backend", what: str = "these inputs") -> None:
+    """The user's exit-2 error for a ``--backend`` value that cannot run: raises
+    :class:`~sta_search.errors.UserError` naming the backend, the reason and what to use instead.
+
+    Call it before any work (``q`` may be an empty ``(1, 1, 0, head_dim)`` tensor of the model's dtype and device).
+    """
+    from ..errors import UserError
+
+    if backend not in BACKENDS:
+        raise UserError(f"{option} {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return
+    ok, why = can_run(backend, q, geometry, layout)
+    if not ok:
+        instead, _ = choose_backend(q, geometry, layout)
+        raise UserError(f"{option} {backend} cannot run {what} here: {why} (use {option} {instead}, which "
+                        f"{option} auto picks here)")
+
+
+__all__ = [
+    "BACKENDS", "LAYOUTS", "TABLE", "Backend", "can_run", "can_run_flex", "can_run_gluon", "can_run_reference",
+    "can_run_triton", "choose_backend", "compatible_backends", "require_backend", "resolve", "runs_in_place",
+]
