@@ -1,31 +1,34 @@
 """STA by gathering each query tile's window: batched SDPA over (query tile, its key tiles + valid text).
 
-Every query tile of a head with window ``w`` sees exactly ``K = prod(min(w_d, n_d))`` key tiles (SPEC 1), so
-per group of heads with the same clipped window the key positions form a ``(num_tiles, K * tile_volume)``
-table and one :func:`torch.nn.functional.scaled_dot_product_attention` call runs all query tiles at once:
-queries ``(B*heads, tiles, tile_volume, D)`` against gathered keys ``(B*heads, tiles, K*tile_volume + text, D)``.
-Only the window's key tiles are computed, so on CPU the work is the window's density times dense.
+Every query tile of a head with window ``w`` sees exactly ``K = prod(min(w_d, n_d))`` key tiles (SPEC 1).
+Near the borders the clamped windows coincide: query tiles whose window starts agree on every axis see the
+same key tiles. Such tiles form a *key set*; along each axis a set holds 1 query coordinate inside the grid and
+up to ``w//2 + 1`` at its edges. Key sets with the same number of query tiles batch into one
+:func:`torch.nn.functional.scaled_dot_product_attention` call: queries ``(B*heads, sets, count*tile_volume, D)``
+against gathered keys ``(B*heads, sets, K*tile_volume + text, D)``. Only the window's key tiles are computed,
+so the work is the window's density times dense; sharing key sets cuts the gathered copies and gives SDPA
+longer query blocks.
 
-- Keys and values are gathered straight from the caller's layout (natural T-major or tile order) with one
-  ``index_select`` each, text keys included, so there is no separate tiling pass for them.
-- Padded key tokens (canvas not divisible by the tile) are masked; only query tiles whose window touches a
-  tile holding padding get a boolean ``attn_mask``, the others run unmasked. Padded query rows are dropped.
+- Inputs go to tile order once; keys, values and queries are then gathered a whole tile at a time, heads and
+  tiles in one ``index_select`` (mixed per-head windows need no per-head copies).
+- Padded key tokens (canvas not divisible by the tile) are masked; only key sets holding a tile with padding
+  get a boolean ``attn_mask``, the others run unmasked. Padded query rows are dropped.
 - Padded text keys are left out of the gathered table; when the rows of ``text_mask`` differ, each batch
   row runs with its own table (no per-key text mask at all).
 - Text queries attend to every valid key: one dense SDPA call.
-- Gathering copies every key ``K`` times, so query tiles are processed in chunks sized to keep the
-  gathered keys and values under :data:`GATHER_BUDGET_BYTES`.
+- Gathering copies keys once per key set, so key sets are processed in chunks sized to keep the gathered
+  keys and values under :data:`GATHER_BUDGET_BYTES`.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..geometry import Geometry, untile_index_on
+from ..geometry import Geometry, from_tiles, to_tiles
 
 GATHER_BUDGET_BYTES = 256 * 2**20
 LAYOUTS = ("natural", "tiled")
@@ -61,86 +64,104 @@ def sta_gather_tiled(q, k, v, geometry: Geometry, windows: torch.Tensor, text_le
 
 
 # ----------------------------------------------------------------------------------------- tables
-@functools.lru_cache(maxsize=128)
-def _tables(geometry: Geometry, window: tuple[int, int, int], text_len: int, text_first: bool, layout: str):
-    """Index tables (CPU int64) of one clipped window in one layout.
+@dataclass(frozen=True)
+class KeySets:
+    """Key sets of one window with the same number of query tiles (CPU int64 / bool tensors).
 
-    Returns ``(q_pos, key_pos, clean_tiles, padded_tiles, key_ok)``:
-    ``q_pos`` (num_tiles, tv) sequence position of every tile-order query row (padding -> a real row, dropped);
-    ``key_pos`` (num_tiles, K*tv) sequence positions of every query tile's window keys (padding -> a real key);
-    ``clean_tiles``/``padded_tiles`` query tiles whose window holds no / some padded key;
-    ``key_ok`` (len(padded_tiles), K*tv) bool validity of those tiles' keys.
+    ``query_tiles`` (sets, count) and ``key_tiles`` (sets, K) tile ids, ascending; ``padded`` (sets,) whether a
+    set's key tiles hold padding; ``key_ok`` (sets, K * tile_volume) validity of every gathered key token.
     """
-    nt, tv = geometry.num_tiles, geometry.tile_volume
-    key_tiles = torch.from_numpy(geometry.key_tiles(window).astype(np.int64))  # (nt, K)
-    slots = (key_tiles[:, :, None] * tv + torch.arange(tv)).reshape(nt, -1)  # tile-order slots (nt, K*tv)
-    valid = geometry.key_valid()  # (padded_len,)
-    if layout == "natural":
-        video0 = text_len if text_first else 0
-        natural = geometry.tile_index()
-        first_real = int(natural[valid][0])
-        position = torch.where(valid, natural, first_real) + video0  # tile-order slot -> sequence position
-    else:
-        position = torch.arange(geometry.padded_len)
-    q_pos = position.view(nt, tv)
-    key_pos = position[slots]
-    key_ok = valid[slots]
-    has_pad = ~key_ok.all(dim=1)
-    padded_tiles = torch.nonzero(has_pad).squeeze(1)
-    clean_tiles = torch.nonzero(~has_pad).squeeze(1)
-    return q_pos, key_pos, clean_tiles, padded_tiles, key_ok[padded_tiles]
+
+    query_tiles: torch.Tensor
+    key_tiles: torch.Tensor
+    padded: torch.Tensor
+    key_ok: torch.Tensor
 
 
 @functools.lru_cache(maxsize=128)
-def _tables_on(geometry, window, text_len, text_first, layout, device: torch.device):
-    return tuple(t.to(device) for t in _tables(geometry, window, text_len, text_first, layout))
+def key_sets(geometry: Geometry, window: tuple[int, int, int]) -> tuple[KeySets, ...]:
+    """Every query tile in exactly one key set; sets grouped by their number of query tiles."""
+    grid, tv = geometry.grid, geometry.tile_volume
+    window = geometry.clip_window(window)
+    per_axis = []  # per axis: [(start, [query coordinates])]
+    for starts in geometry.window_starts(window):
+        members: dict[int, list[int]] = {}
+        for coordinate, start in enumerate(starts.tolist()):
+            members.setdefault(start, []).append(coordinate)
+        per_axis.append(sorted(members.items()))
+    nh, nw = grid[1], grid[2]
+    valid = geometry.key_valid().view(geometry.num_tiles, tv)
+    by_count: dict[int, list[tuple[list[int], list[int]]]] = {}
+    for st, qt in per_axis[0]:
+        for sh, qh in per_axis[1]:
+            for sw, qw in per_axis[2]:
+                queries = [(t * nh + h) * nw + w for t in qt for h in qh for w in qw]
+                keys = [(t * nh + h) * nw + w for t in range(st, st + window[0]) for h in range(sh, sh + window[1])
+                        for w in range(sw, sw + window[2])]
+                by_count.setdefault(len(queries), []).append((queries, keys))
+    groups = []
+    for count in sorted(by_count):
+        query_tiles = torch.tensor([queries for queries, _ in by_count[count]], dtype=torch.int64)
+        key_tiles = torch.tensor([keys for _, keys in by_count[count]], dtype=torch.int64)
+        key_ok = valid[key_tiles].reshape(key_tiles.shape[0], -1)
+        groups.append(KeySets(query_tiles, key_tiles, ~key_ok.all(dim=1), key_ok))
+    return tuple(groups)
 
 
-def _text_slice(geometry: Geometry, text_len: int, text_first: bool, layout: str) -> slice:
-    if layout == "tiled":
-        return slice(geometry.padded_len, geometry.padded_len + text_len)
-    return slice(0, text_len) if text_first else slice(geometry.video_len, geometry.video_len + text_len)
+@functools.lru_cache(maxsize=128)
+def _key_sets_on(geometry: Geometry, window: tuple[int, int, int], device: torch.device) -> tuple[KeySets, ...]:
+    return tuple(KeySets(*(getattr(g, f).to(device) for f in ("query_tiles", "key_tiles", "padded", "key_ok")))
+                 for g in key_sets(geometry, window))
 
 
 # ------------------------------------------------------------------------------------------- core
 def _run(q, k, v, geometry, windows, text_len, text_first, text_mask, scale, layout):
     B, heads, S, D = q.shape
     device = q.device
-    text = _text_slice(geometry, text_len, text_first, layout)
-    out = torch.empty_like(q)
+    nt, tv = geometry.num_tiles, geometry.tile_volume
     if layout == "tiled":
         video = slice(0, geometry.padded_len)
+        text = slice(geometry.padded_len, geometry.padded_len + text_len)
+        tiled = [x[:, :, video] for x in (q, k, v)]
     else:
         video = slice(text_len, text_len + geometry.video_len) if text_first else slice(0, geometry.video_len)
+        text = slice(0, text_len) if text_first else slice(geometry.video_len, geometry.video_len + text_len)
+        tiled = [to_tiles(geometry, x[:, :, video]) for x in (q, k, v)]
+    # (B, heads * tiles, tv * D): one row per (head, tile), so one index_select gathers any heads' tiles.
+    q_rows, k_rows, v_rows = (x.reshape(B, heads * nt, tv * D) for x in tiled)
+    out_rows = torch.empty_like(q_rows)
 
     # Which text keys each batch row sees: one shared list when the rows agree, else one list per row.
-    if text_len and text_mask is not None:
-        text_ok = text_mask.to(device=device, dtype=torch.bool)
-        rows_agree = bool((text_ok == text_ok[:1]).all())
+    text_ok = text_mask.to(device=device, dtype=torch.bool) if text_len and text_mask is not None else None
+    if text_ok is None:
+        batches = [(slice(0, B), slice(None))]
+    elif bool((text_ok == text_ok[:1]).all()):
+        batches = [(slice(0, B), torch.nonzero(text_ok[0]).squeeze(1))]
     else:
-        text_ok, rows_agree = None, True
-    text_all = torch.arange(text.start, text.stop, device=device)
-    batches = [(slice(0, B), text_all if text_ok is None else text_all[text_ok[0]])] if rows_agree else \
-        [(slice(b, b + 1), text_all[text_ok[b]]) for b in range(B)]
+        batches = [(slice(b, b + 1), torch.nonzero(text_ok[b]).squeeze(1)) for b in range(B)]
 
     groups: dict[tuple[int, int, int], list[int]] = {}
     for h, w in enumerate(windows.tolist()):
         groups.setdefault(geometry.clip_window(w), []).append(h)
     for window, head_list in groups.items():
-        tables = _tables_on(geometry, window, text_len, text_first, layout, device)
-        if len(head_list) == heads:
-            hq, hk, hv = q, k, v
-        else:
-            index = torch.tensor(head_list, device=device)
-            hq, hk, hv = (x.index_select(1, index) for x in (q, k, v))
+        head_offsets = torch.tensor(head_list, device=device) * nt
         for rows, text_keys in batches:
-            video_out = _video_queries(hq[rows], hk[rows], hv[rows], tables, text_keys, geometry, scale)
-            result = _untile(video_out, geometry, layout)
-            if len(head_list) == heads:
-                out[rows, :, video] = result
-            else:
-                out[rows][:, head_list, video] = result
+            text_k = text_v = None
+            if text_len:
+                text_k, text_v = (x[rows][:, head_list][:, :, text][:, :, text_keys] for x in (k, v))
+                if text_k.shape[2] == 0:
+                    text_k = text_v = None
+            for sets in _key_sets_on(geometry, window, device):
+                _attend_sets(q_rows[rows], k_rows[rows], v_rows[rows], out_rows[rows], sets, head_offsets,
+                             text_k, text_v, tv, D, scale)
 
+    out = torch.empty_like(q)
+    video_out = out_rows.view(B, heads, nt * tv, D)
+    if layout == "tiled":
+        out[:, :, video] = video_out if geometry.is_divisible else \
+            video_out * geometry.key_valid().to(device)[:, None].to(q.dtype)  # padded rows -> 0
+    else:
+        out[:, :, video] = from_tiles(geometry, video_out)
     if text_len:  # text queries: dense over every valid key
         padded_video = layout == "tiled" and not geometry.is_divisible
         mask = None
@@ -155,45 +176,42 @@ def _run(q, k, v, geometry, windows, text_len, text_first, text_mask, scale, lay
     return out
 
 
-def _video_queries(q, k, v, tables, text_keys, geometry: Geometry, scale) -> torch.Tensor:
-    """``(B, h, num_tiles, tv, D)`` outputs of every query tile (padded rows hold garbage)."""
-    q_pos, key_pos, clean_tiles, padded_tiles, key_ok = tables
-    B, h, S, D = q.shape
-    nt, tv = q_pos.shape
-    window_keys = key_pos.shape[1]
-    n_text = text_keys.numel()
-    key_len = window_keys + n_text
-    out = q.new_empty(B, h, nt, tv, D)
-    # Gathered k and v per query tile: 2 * B * h * key_len * D elements.
-    per_tile = 2 * B * h * key_len * D * q.element_size()
-    chunk = max(1, GATHER_BUDGET_BYTES // per_tile)
-    for tiles, ok in ((clean_tiles, None), (padded_tiles, key_ok)):
-        for start in range(0, tiles.numel(), chunk):
-            ids = tiles[start: start + chunk]
-            c = ids.numel()
-            keys = key_pos.index_select(0, ids)
+def _attend_sets(q_rows, k_rows, v_rows, out_rows, sets: KeySets, head_offsets, text_k, text_v, tv, D, scale):
+    """Attention of one batch of equal-size key sets for the heads at ``head_offsets`` (head * num_tiles)."""
+    B = q_rows.shape[0]
+    h = head_offsets.numel()
+    count, K = sets.query_tiles.shape[1], sets.key_tiles.shape[1]
+    n_text = 0 if text_k is None else text_k.shape[2]
+    key_len = K * tv + n_text
+    per_set = (2 * key_len + 2 * count * tv) * B * h * D * q_rows.element_size()  # gathered k, v, q and out
+    chunk = max(1, GATHER_BUDGET_BYTES // per_set)
+    padded = sets.padded
+    if bool(padded.all()):
+        parts = [torch.arange(padded.numel(), device=padded.device)]
+    elif not bool(padded.any()):
+        parts = [None]
+    else:
+        parts = [torch.nonzero(~padded).squeeze(1), torch.nonzero(padded).squeeze(1)]
+    for part in parts:
+        query_tiles = sets.query_tiles if part is None else sets.query_tiles[part]
+        key_tiles = sets.key_tiles if part is None else sets.key_tiles[part]
+        key_ok = None if part is None or not bool(padded[part[0]]) else sets.key_ok[part]
+        for start in range(0, query_tiles.shape[0], chunk):
+            m = min(chunk, query_tiles.shape[0] - start)
+            q_index = (head_offsets[:, None, None] + query_tiles[start: start + m]).reshape(-1)
+            k_index = (head_offsets[:, None, None] + key_tiles[start: start + m]).reshape(-1)
+            qc = q_rows.index_select(1, q_index).view(B * h, m, count * tv, D)
+            kc = k_rows.index_select(1, k_index).view(B, h, m, K * tv, D)
+            vc = v_rows.index_select(1, k_index).view(B, h, m, K * tv, D)
             if n_text:
-                keys = torch.cat([keys, text_keys.expand(c, n_text)], dim=1)
-            keys = keys.reshape(-1)
-            qc = q.index_select(2, q_pos.index_select(0, ids).reshape(-1)).view(B * h, c, tv, D)
-            kc = k.index_select(2, keys).view(B * h, c, key_len, D)
-            vc = v.index_select(2, keys).view(B * h, c, key_len, D)
+                kc = torch.cat([kc, text_k[:, :, None].expand(B, h, m, n_text, D)], dim=3)
+                vc = torch.cat([vc, text_v[:, :, None].expand(B, h, m, n_text, D)], dim=3)
             mask = None
-            if ok is not None:
-                chunk_ok = ok[start: start + c]
+            if key_ok is not None:
+                ok = key_ok[start: start + m]
                 if n_text:
-                    chunk_ok = torch.cat([chunk_ok, chunk_ok.new_ones(c, n_text)], dim=1)
-                mask = chunk_ok[None, :, None, :]
-            oc = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, scale=scale)
-            out.index_copy_(2, ids, oc.view(B, h, c, tv, D))
-    return out
-
-
-def _untile(video_out: torch.Tensor, geometry: Geometry, layout: str) -> torch.Tensor:
-    """Tile-order query outputs ``(B, h, nt, tv, D)`` -> the video rows of the caller's layout."""
-    flat = video_out.view(*video_out.shape[:2], geometry.padded_len, video_out.shape[-1])
-    if layout == "natural":
-        return flat.index_select(2, untile_index_on(geometry, flat.device))
-    if geometry.is_divisible:
-        return flat
-    return flat * geometry.key_valid().to(flat.device)[:, None].to(flat.dtype)  # padded rows -> 0
+                    ok = torch.cat([ok, ok.new_ones(m, n_text)], dim=1)
+                mask = ok[None, :, None, :]
+            oc = F.scaled_dot_product_attention(qc, kc.view(B * h, m, key_len, D), vc.view(B * h, m, key_len, D),
+                                                attn_mask=mask, scale=scale)
+            out_rows.index_copy_(1, q_index, oc.view(B, h * m * count, tv * D))
