@@ -23,7 +23,7 @@ CASES = [
     ("odd-mixed-text-before", (5, 7, 9), [(3, 1, 1), (1, 1, 2), (2, 2, 2)], 21, True, 2, 64),
     ("odd-video-only-full-and-local", (3, 9, 11), [(9, 9, 9), (1, 1, 1), (2, 3, 2)], 0, False, 1, 128),
     ("divisible-one-window", (4, 12, 16), (2, 3, 3), 0, False, 2, 32),
-    ("divisible-text-before-mixed", (6, 8, 12), [(2, 3, 3), (1, 2, 3), (3, 1, 1), (2, 3, 3)], 40, True, 1, 64),
+    ("divisible-text-before-mixed-and-full", (6, 8, 12), [(2, 3, 3), (1, 2, 3), (3, 1, 1), (9, 9, 9)], 40, True, 1, 64),
     ("even-windows-text-after", (4, 9, 12), [(2, 2, 2), (4, 2, 4)], 17, False, 2, 32),
     ("full-grid", (5, 7, 9), (50, 50, 50), 13, False, 2, 32),
 ]

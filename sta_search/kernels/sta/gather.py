@@ -15,7 +15,8 @@ longer query blocks.
   get a boolean ``attn_mask``, the others run unmasked. Padded query rows are dropped.
 - Padded text keys are left out of the gathered table; when the rows of ``text_mask`` differ, each batch
   row runs with its own table (no per-key text mask at all).
-- Text queries attend to every valid key: one dense SDPA call.
+- Text queries attend to every valid key: one dense SDPA call. Heads whose window covers the whole grid
+  (full attention) skip the tiling and run dense SDPA over the valid keys too.
 - Gathering copies keys once per key set, so key sets are processed in chunks sized to keep the gathered
   keys and values under :data:`GATHER_BUDGET_BYTES`.
 """
@@ -122,17 +123,45 @@ def _run(q, k, v, geometry, windows, text_len, text_first, text_mask, scale, lay
     if layout == "tiled":
         video = slice(0, geometry.padded_len)
         text = slice(geometry.padded_len, geometry.padded_len + text_len)
-        tiled = [x[:, :, video] for x in (q, k, v)]
     else:
         video = slice(text_len, text_len + geometry.video_len) if text_first else slice(0, geometry.video_len)
         text = slice(0, text_len) if text_first else slice(geometry.video_len, geometry.video_len + text_len)
+    text_ok = text_mask.to(device=device, dtype=torch.bool) if text_len and text_mask is not None else None
+
+    # Keys every text query (and every query of a full-window head) may see: (B, 1, 1, S) or None for all.
+    padded_video = layout == "tiled" and not geometry.is_divisible
+    key_mask = None
+    if padded_video or (text_ok is not None and not bool(text_ok.all())):
+        key_ok = torch.ones(B, S, dtype=torch.bool, device=device)
+        if text_ok is not None:
+            key_ok[:, text] = text_ok
+        if padded_video:
+            key_ok[:, video] = geometry.key_valid().to(device)
+        key_mask = key_ok[:, None, None, :]
+
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for h, w in enumerate(windows.tolist()):
+        groups.setdefault(geometry.clip_window(w), []).append(h)
+    full_heads = [h for window, hs in groups.items() if geometry.is_full(window) for h in hs]
+    sparse = {window: hs for window, hs in groups.items() if not geometry.is_full(window)}
+    sparse_heads = sorted(h for hs in sparse.values() for h in hs)
+
+    def heads_of(x, head_list):
+        return x if len(head_list) == heads else x[:, head_list]
+
+    if not sparse:  # every head sees the whole grid: plain dense attention over the valid keys
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale)
+        return _zero_padded_rows(out, geometry) if padded_video else out
+
+    if layout == "tiled":
+        tiled = [x[:, :, video] for x in (q, k, v)]
+    else:
         tiled = [to_tiles(geometry, x[:, :, video]) for x in (q, k, v)]
     # (B, heads * tiles, tv * D): one row per (head, tile), so one index_select gathers any heads' tiles.
     q_rows, k_rows, v_rows = (x.reshape(B, heads * nt, tv * D) for x in tiled)
     out_rows = torch.empty_like(q_rows)
 
     # Which text keys each batch row sees: one shared list when the rows agree, else one list per row.
-    text_ok = text_mask.to(device=device, dtype=torch.bool) if text_len and text_mask is not None else None
     if text_ok is None:
         batches = [(slice(0, B), slice(None))]
     elif bool((text_ok == text_ok[:1]).all()):
@@ -140,39 +169,42 @@ def _run(q, k, v, geometry, windows, text_len, text_first, text_mask, scale, lay
     else:
         batches = [(slice(b, b + 1), torch.nonzero(text_ok[b]).squeeze(1)) for b in range(B)]
 
-    groups: dict[tuple[int, int, int], list[int]] = {}
-    for h, w in enumerate(windows.tolist()):
-        groups.setdefault(geometry.clip_window(w), []).append(h)
-    for window, head_list in groups.items():
+    for window, head_list in sparse.items():
         head_offsets = torch.tensor(head_list, device=device) * nt
         for rows, text_keys in batches:
             text_k = text_v = None
             if text_len:
-                text_k, text_v = (x[rows][:, head_list][:, :, text][:, :, text_keys] for x in (k, v))
+                text_k, text_v = (heads_of(x[rows], head_list)[:, :, text][:, :, text_keys] for x in (k, v))
                 if text_k.shape[2] == 0:
                     text_k = text_v = None
             for sets in _key_sets_on(geometry, window, device):
                 _attend_sets(q_rows[rows], k_rows[rows], v_rows[rows], out_rows[rows], sets, head_offsets,
                              text_k, text_v, tv, D, scale)
 
-    out = torch.empty_like(q)
     video_out = out_rows.view(B, heads, nt * tv, D)
-    if layout == "tiled":
-        out[:, :, video] = video_out if geometry.is_divisible else \
-            video_out * geometry.key_valid().to(device)[:, None].to(q.dtype)  # padded rows -> 0
+    if layout == "natural":
+        video_out = from_tiles(geometry, video_out)
+    if text_len or full_heads:
+        out = torch.empty_like(q)
+        out[:, :, video] = video_out
     else:
-        out[:, :, video] = from_tiles(geometry, video_out)
-    if text_len:  # text queries: dense over every valid key
-        padded_video = layout == "tiled" and not geometry.is_divisible
-        mask = None
-        if padded_video or (text_ok is not None and not bool(text_ok.all())):
-            key_ok = torch.ones(B, S, dtype=torch.bool, device=device)
-            if text_ok is not None:
-                key_ok[:, text] = text_ok
-            if padded_video:
-                key_ok[:, video] = geometry.key_valid().to(device)
-            mask = key_ok[:, None, None, :]
-        out[:, :, text] = F.scaled_dot_product_attention(q[:, :, text], k, v, attn_mask=mask, scale=scale)
+        out = video_out
+    if text_len:  # text queries of the sparse heads: dense over every valid key
+        out_text = F.scaled_dot_product_attention(heads_of(q, sparse_heads)[:, :, text], heads_of(k, sparse_heads),
+                                                  heads_of(v, sparse_heads), attn_mask=key_mask, scale=scale)
+        if len(sparse_heads) == heads:
+            out[:, :, text] = out_text
+        else:
+            out[:, sparse_heads, text] = out_text
+    if full_heads:
+        out[:, full_heads] = F.scaled_dot_product_attention(q[:, full_heads], k[:, full_heads], v[:, full_heads],
+                                                            attn_mask=key_mask, scale=scale)
+    return _zero_padded_rows(out, geometry) if padded_video else out
+
+
+def _zero_padded_rows(out: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Tile-order outputs: padded video rows -> 0."""
+    out[:, :, : geometry.padded_len].masked_fill_(~geometry.key_valid().to(out.device)[:, None], 0)
     return out
 
 
