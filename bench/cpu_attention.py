@@ -8,7 +8,8 @@ Times, per torch thread count, the medians of several runs (interleaved round-ro
 
 - ``tiny``: the bundled tiny model's self-attention (canvas (8,16,16), tile (2,4,4), 6 heads, d=32) with
   per-head windows at density ~0.3 like its demo selects;
-- ``large``: canvas (16,24,40), tile (4,8,8), window (2,3,3) (density 0.3), d=64.
+- ``large``: canvas (16,24,40), tile (4,8,8), window (2,3,3) (density 0.3), d=64, 2 heads (time budget);
+- ``tiny-<window>``: the tiny shape with one window for every head, a density sweep (dense vs gather).
 
 Each backend's output is first checked against the dense-mask reference (tiny) or against gather's
 small-shape agreement (large: no reference at 15k tokens). Writes ``cpu-attention-<utc>.json`` under
@@ -45,6 +46,11 @@ CASES = {
                   runs=dict(default=3),
                   backends=("dense", "gather")),
 }
+# Density sweep at the tiny shape (uniform windows, dense vs gather only): where gather stops winning.
+SWEEP_WINDOWS = [(1, 2, 2), (2, 2, 2), (2, 3, 3), (3, 3, 3), (4, 3, 3), (3, 4, 4), (4, 4, 4)]
+for window in SWEEP_WINDOWS:
+    CASES["tiny-" + "".join(map(str, window))] = dict(CASES["tiny"], windows=window, runs=dict(default=9),
+                                                      backends=("dense", "gather"))
 SKIPPED = {
     "large": {
         "flex": "eager FlexAttention on CPU materialises the full (S, S) scores and calls mask_mod everywhere: "
@@ -130,7 +136,8 @@ def run_case(name: str, spec: dict, threads: list[int], log=print) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
-    parser.add_argument("--cases", default="tiny,large", help=f"comma-separated, from {sorted(CASES)}")
+    parser.add_argument("--cases", default=",".join(["tiny", "large"] + ["tiny-" + "".join(map(str, w)) for w in SWEEP_WINDOWS]),
+                        help=f"comma-separated, from {sorted(CASES)}")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
@@ -143,9 +150,13 @@ def main() -> None:
         "schema": "sta-search/cpu-attention/v1",
         "cpu": cpu_name(), "logical_cpus": os.cpu_count(), "torch": torch.__version__,
         "python": platform.python_version(), "threads": threads,
+        "env": {name: os.environ.get(name) for name in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "KMP_BLOCKTIME")},
         "loadavg_before": list(os.getloadavg()),
-        "note": "Shared machine: other agents ran on the same 2 cores during this benchmark, so absolute times "
-                "are noisy; every backend is timed back to back per thread count, and loadavg is recorded.",
+        "note": "Shared machine: other agents ran on the same 2 cores during this benchmark (see loadavg), so "
+                "absolute times are noisy; backends are timed round-robin per thread count. With the machine "
+                "oversubscribed, 2 torch threads under OpenMP's default (active) wait policy pay heavily for every "
+                "parallel region, which hurts gather (dozens of small ops) far more than one dense call; compare "
+                "runs with OMP_WAIT_POLICY=PASSIVE (see env).",
         "cases": [run_case(n, CASES[n], threads) for n in names],
     }
     report["loadavg_after"] = list(os.getloadavg())
