@@ -29,9 +29,13 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UserError
 from .report import write_json
+
+if TYPE_CHECKING:
+    import torch
 
 # Importing this module stays cheap (no torch, no diffusers): the CLI calls it on its error path, and
 # the functions below import torch.distributed when they need it.

@@ -28,7 +28,7 @@ def _q(geometry=SMALL, head_dim=32, dtype=torch.float32, tokens=None):
 
 def test_every_can_run_has_one_signature():
     functions = {name: getattr(backends, f"can_run_{name}") for name in TABLE}
-    assert set(functions) == {"gluon", "triton", "flex", "reference"} <= set(TABLE)
+    assert set(functions) == {"gluon", "triton", "flex", "gather", "reference"} <= set(TABLE)
     for name, fn in functions.items():
         assert TABLE[name].can_run is fn
         assert list(inspect.signature(fn).parameters) == ["q", "geometry", "layout"], name
@@ -63,29 +63,29 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
 
 def test_auto_on_cpu(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter runs Triton on CPU, but auto never picks it there
-    assert choose_backend(_q(), SMALL, "natural") == ("reference", "CPU tensors, small enough for a dense mask")
-    name, why = choose_backend(_q(LARGE), LARGE, "natural")
-    assert name == "flex" and "not reference" in why and "too many" in why
-    name, why = choose_backend(_q(), SMALL, "tiled")  # the reference takes natural order only
-    assert name == "flex" and "natural-order" in why
+    for geometry in (SMALL, LARGE):  # gather computes only the window's key tiles: auto's CPU pick at any size
+        for layout in ("natural", "tiled"):
+            name, why = choose_backend(_q(geometry), geometry, layout)
+            assert name == "gather" and "CPU tensors" in why, (geometry, layout, why)
+    assert choose_backend(_q(dtype=torch.int32), SMALL, "natural")[0] == "reference"  # gather refuses non-floats
 
 
 def test_compatible_backends_lists_every_backend_with_its_verdict(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     verdicts = compatible_backends(_q(), SMALL, "natural")
     assert list(verdicts) == list(TABLE)
-    assert {name for name, (ok, _) in verdicts.items() if ok} == {"flex", "reference"}
+    assert {name for name, (ok, _) in verdicts.items() if ok} == {"flex", "gather", "reference"}
     assert "Hopper" in verdicts["gluon"][1] and "CUDA" in verdicts["triton"][1]
 
 
 def test_runs_in_place_on_cpu(monkeypatch):
-    """Off CUDA nothing runs in place: the interpreter's Triton config has no TMA; flex and the reference have no
-    in-place kernel path."""
+    """Off CUDA only gather runs on natural order directly: the interpreter's Triton config has no TMA; flex and
+    the reference have no in-place kernel path."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     q = _q()
     for name in TABLE:
         ok, why = runs_in_place(name, q, q, q, SMALL)
-        assert not ok and why, name
+        assert ok == (name == "gather") and why, name
     assert "TMA" in runs_in_place("triton", q, None, None, SMALL)[1]
     assert "no in-place" in runs_in_place("flex", q, None, None, SMALL)[1]
     with pytest.raises(ValueError, match="backend must be one of"):
@@ -98,19 +98,19 @@ def test_resolve_names_the_backend_and_logs_auto(caplog):
     with pytest.raises(ValueError, match="backend must be one of"):
         backends.resolve("cudnn", _q(), SMALL, "natural")
     with caplog.at_level("INFO", logger="sta_search.kernels"):
-        assert backends.resolve("auto", _q(), SMALL, "natural") == "reference"
-    assert "backend=reference" in caplog.text
+        assert backends.resolve("auto", _q(), SMALL, "natural") == "gather"
+    assert "backend=gather" in caplog.text
 
 
 def test_require_backend_is_a_user_error_naming_backend_reason_and_alternative(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     empty = _q(tokens=0)
     with pytest.raises(UserError, match=r"--backend triton cannot run X here: needs a CUDA device.*use --backend "
-                                        r"reference"):
+                                        r"gather"):
         require_backend("triton", empty, SMALL, what="X")
-    with pytest.raises(UserError, match=r"--backend reference cannot run .* too many .*use --backend flex"):
+    with pytest.raises(UserError, match=r"--backend reference cannot run .* too many .*use --backend gather"):
         require_backend("reference", _q(LARGE, tokens=0), LARGE)
-    with pytest.raises(UserError, match="'cudnn' is not one of auto, gluon, triton, flex, reference"):
+    with pytest.raises(UserError, match="'cudnn' is not one of auto, gluon, triton, flex, gather, reference"):
         require_backend("cudnn", empty, SMALL)
     require_backend("auto", empty, SMALL)
     require_backend("flex", empty, SMALL)

@@ -55,7 +55,7 @@ def test_auto_backend_logs_its_choice(caplog):
     with caplog.at_level(logging.INFO, logger="sta_search.kernels"):
         out = sta_attention(q, k, v, **ODD, windows=(1, 1, 1))
     assert out.shape == q.shape
-    assert "backend=reference" in caplog.text
+    assert "backend=gather" in caplog.text
 
 
 def test_tiled_entry_rejects_wrong_length():
@@ -132,8 +132,8 @@ def test_bench_shapes_and_flop_counts():
 
 @pytest.mark.parametrize("args, message", [
     (["--shape", "foo"], "unknown shape 'foo'"),
-    (["--window", "3,0,3"], "--window must be three integers >= 1"),
-    (["--canvas", "30,48"], "--canvas must be three integers"),
+    (["--window", "3,0,3"], "--window '3,0,3' must be three integers t,h,w, each >= 1"),
+    (["--canvas", "30,48"], "--canvas '30,48' must be three integers"),
 ], ids=["shape", "window", "canvas"])
 def test_bench_command_rejects_bad_options(args, message):
     import subprocess

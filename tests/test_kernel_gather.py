@@ -9,7 +9,8 @@ import torch
 
 from sta_search.kernels import Geometry, to_tiles
 from sta_search.kernels.sta import normalize_windows, sta_reference
-from sta_search.kernels.sta.gather import can_run_gather, key_sets, sta_gather, sta_gather_tiled
+from sta_search.kernels.backends import can_run_gather
+from sta_search.kernels.sta.gather import key_sets, sta_gather, sta_gather_tiled
 
 from kernel_cases import rel_rms
 
@@ -118,7 +119,7 @@ def test_can_run_gather():
     q = torch.zeros(1, 1, geometry.video_len, 32, dtype=torch.bfloat16)
     assert can_run_gather(q, geometry, "natural")[0]
     assert can_run_gather(q, geometry, "tiled")[0]
-    ok, why = can_run_gather(q, geometry, "sideways")
-    assert not ok and "layout" in why
-    ok, why = can_run_gather(q.to(torch.int32), geometry)
+    with pytest.raises(ValueError, match="layout"):
+        can_run_gather(q, geometry, "sideways")
+    ok, why = can_run_gather(q.to(torch.int32), geometry, "natural")
     assert not ok and "int32" in why

@@ -78,6 +78,16 @@ def can_run_flex(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
     return True, "FlexAttention runs on any device"
 
 
+def can_run_gather(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
+    """Gathered window key tiles + batched SDPA (plain PyTorch): any device, floating dtype, head dim and
+    geometry, either layout. Only the window's key tiles are computed, so on CPU it beats dense SDPA below
+    about density 0.7 (``bench/cpu_attention.py``)."""
+    _check_layout(layout)
+    if not q.is_floating_point():
+        return False, f"dtype {q.dtype} is not a floating dtype"
+    return True, f"gathered window key tiles + batched SDPA on {q.device.type}"
+
+
 def can_run_reference(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
     """Dense SDPA under an explicit ``(S, S)`` mask: natural order only, at most ``REFERENCE_MAX_TOKENS`` tokens
     (at least the canvas's video tokens are counted, so an empty ``q`` is checked against the model's canvas)."""
@@ -95,6 +105,10 @@ def _gluon_in_place(q, k, v, geometry: Geometry) -> Verdict:
     from .sta import gluon_fwd
 
     return gluon_fwd._natural_boxes_ok(geometry)
+
+
+def _gather_in_place(q, k, v, geometry: Geometry) -> Verdict:
+    return True, "gathers whole tiles straight from natural order (one index_select per tensor)"
 
 
 def _triton_in_place(q, k, v, geometry: Geometry) -> Verdict:
@@ -141,6 +155,9 @@ TABLE: dict[str, Backend] = {b.name: b for b in (
             auto_on=frozenset({"cuda"}), auto_rank=1),
     Backend("flex", can_run_flex, "PyTorch FlexAttention (any device)", tiled="flex:sta_flex_tiled",
             auto_on=frozenset({"cuda", "other"}), auto_rank=9),
+    Backend("gather", can_run_gather, "gathered window key tiles + batched SDPA (any device; fastest on CPU)",
+            natural="gather:sta_gather", tiled="gather:sta_gather_tiled", in_place=_gather_in_place,
+            auto_on=frozenset({"other"}), auto_rank=1),
     Backend("reference", can_run_reference, f"dense SDPA with an explicit mask (at most {REFERENCE_MAX_TOKENS} tokens)",
             natural="reference:sta_reference_natural", auto_on=frozenset({"other"}), auto_rank=2),
 )}
@@ -166,7 +183,7 @@ def compatible_backends(q: torch.Tensor, geometry: Geometry, layout: str) -> dic
 
 def choose_backend(q: torch.Tensor, geometry: Geometry, layout: str = "natural") -> tuple[str, str]:
     """What ``auto`` resolves to, and why: on CUDA Gluon where it runs, else Triton, else flex; elsewhere the
-    dense reference for small natural-order inputs, else flex."""
+    gather backend (only the window's key tiles, batched SDPA)."""
     device = "cuda" if q.device.type == "cuda" else "other"
     passed = []
     for backend in sorted(TABLE.values(), key=lambda b: b.auto_rank):
@@ -228,6 +245,6 @@ def require_backend(backend: str, q: torch.Tensor, geometry: Geometry, layout: s
 
 
 __all__ = [
-    "BACKENDS", "LAYOUTS", "TABLE", "Backend", "can_run", "can_run_flex", "can_run_gluon", "can_run_reference",
+    "BACKENDS", "LAYOUTS", "TABLE", "Backend", "can_run", "can_run_flex", "can_run_gather", "can_run_gluon", "can_run_reference",
     "can_run_triton", "choose_backend", "compatible_backends", "require_backend", "resolve", "runs_in_place",
 ]

@@ -32,20 +32,6 @@ import torch.nn.functional as F
 from ..geometry import Geometry, from_tiles, to_tiles
 
 GATHER_BUDGET_BYTES = 256 * 2**20
-LAYOUTS = ("natural", "tiled")
-
-
-def can_run_gather(q: torch.Tensor, geometry: Geometry, layout: str = "natural") -> tuple[bool, str]:
-    """Whether :func:`sta_gather` runs these inputs, and why (not).
-
-    It runs on any device and floating dtype, any head dim and any geometry: it is plain PyTorch indexing
-    and SDPA. It refuses only an unknown ``layout`` or a non-floating dtype.
-    """
-    if layout not in LAYOUTS:
-        return False, f"layout must be one of {LAYOUTS}, got {layout!r}"
-    if not q.is_floating_point():
-        return False, f"dtype {q.dtype} is not a floating dtype"
-    return True, f"gathered window keys + batched SDPA on {q.device.type}"
 
 
 def sta_gather(q, k, v, geometry: Geometry, windows: torch.Tensor, text_len: int = 0, text_first: bool = False,
