@@ -51,6 +51,8 @@ def patch_interpreter() -> None:
 
 
 def _bool_mask(interpreter, mask):
+    if isinstance(mask, np.ndarray):  # descriptor loads of Triton <= 3.8 pass a bare array
+        return mask if mask.dtype == np.bool_ else mask != 0
     if mask is None or mask.data.dtype == np.bool_:
         return mask
     return interpreter.TensorHandle(mask.data != 0, mask.dtype)
