@@ -53,6 +53,11 @@ def can_run_gluon(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
     _check_layout(layout)
     if q.device.type != "cuda":
         return False, "needs a Hopper (sm_90) GPU"
+    from .versions import gluon_supported
+
+    ok, why = gluon_supported()
+    if not ok:
+        return False, why
     try:
         from .sta import gluon_fwd
     except ImportError as exc:  # a Triton without Gluon

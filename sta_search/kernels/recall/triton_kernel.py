@@ -18,13 +18,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .._interpreter import patch_interpreter_for_numpy2
+from .._interpreter import patch_interpreter
 from ..geometry import Geometry
 
 LOG2E = 1.4426950408889634
 
 
-patch_interpreter_for_numpy2()
+patch_interpreter()
 
 
 @triton.jit

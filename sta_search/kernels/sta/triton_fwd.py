@@ -45,14 +45,14 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .._interpreter import patch_interpreter_for_numpy2
+from .._interpreter import patch_interpreter
 from ..geometry import Geometry
 
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 LOG2E = 1.4426950408889634
 
 
-patch_interpreter_for_numpy2()
+patch_interpreter()
 
 
 @dataclass(frozen=True)
