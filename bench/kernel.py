@@ -1,4 +1,4 @@
-"""Kernel benchmark driver for one GPU session: correctness check, config sweep, the issue-3 cases.
+"""Kernel benchmark driver for one GPU session: correctness check, config sweep, the speed-target cases (docs/targets.md).
 
     python bench/kernel.py --out DIR [--cases all|quick|wan|none] [--sweep] [--check] [--paired-text] [--paired-mixed]
 
@@ -50,7 +50,7 @@ SWEEPS = [
 
 
 def check_against_flex(log=print) -> list[dict]:
-    """Issue-2 GPU check: triton vs flex at hunyuan-720p (bf16, d=128, 24 heads), uniform and mixed windows."""
+    """GPU correctness check (docs/targets.md): triton vs flex at hunyuan-720p (bf16, d=128, 24 heads), uniform and mixed windows."""
     from sta_search.kernels import Geometry
     from sta_search.kernels.sta import sta_attention_tiled
 

@@ -1,4 +1,4 @@
-"""Cost of profiling one attention call at hunyuan-720p versus one dense attention (issue 4).
+"""Cost of profiling one attention call at hunyuan-720p versus one dense attention (docs/targets.md).
 
 Measures on one GPU with CUDA events (median of several runs after warm-up):
   - dense attention: SDPA as diffusers calls it (boolean text key-padding mask), and the fused
@@ -8,7 +8,7 @@ Measures on one GPU with CUDA events (median of several runs after warm-up):
     empty shortlist, and their peak memory above the dense call's;
   - each error-shortlist window's STA call;
   - every recall-pass config the tuner tried, and the fast-exp variant's accuracy.
-Budget (issue 4): profiled attention work <= (1.6 + sum of shortlist densities) x dense; recall pass
+Budget (docs/targets.md): profiled attention work <= (1.6 + sum of shortlist densities) x dense; recall pass
 <= 0.6 x dense; memory <= 2 GB above the dense run. The JSON is rewritten after every section, so a
 run cut short still leaves what it measured.
 

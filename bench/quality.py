@@ -1,4 +1,4 @@
-"""Search-quality study on the bundled tiny model (issue 7).
+"""Search-quality study on the bundled tiny model (docs/targets.md).
 
 Profiles the tiny Wan-architecture model on training prompts, builds mask configs at several density
 budgets with
@@ -121,7 +121,7 @@ def profile_stage(args, loaded, settings, training, shortlist, console=print, se
 # ----------------------------------------------------------------------------------- STA for generation
 class ConfigAttention:
     """AttentionFn of a MaskConfig: dense on its dense steps and all-full layers; elsewhere SDPA under the
-    reference backend's STA mask (``sta_search.kernels.sta.reference.sta_mask``, SPEC section 1), built once
+    reference backend's STA mask (``sta_search.kernels.sta.reference.sta_mask``, docs/geometry.md), built once
     per distinct layer window table and broadcast over the batch (the same numbers as
     ``sta_attention(backend="reference")``, without rebuilding a (B, H, S, S) mask every call)."""
 
@@ -340,7 +340,7 @@ def _versions() -> dict:
 
 
 def summarize(results: dict) -> dict:
-    """The issue-7 target checks from the mean held-out PSNRs."""
+    """The search-quality target checks (docs/targets.md) from the mean held-out PSNRs."""
     cfg = results["configs"]
 
     def psnr(name):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7 GPU job: continue training the tiny model, measure caption following, rerun the search-quality study
+# Search-quality (docs/targets.md) GPU job: continue training the tiny model, measure caption following, rerun the search-quality study
 # over several seeds on the NEW weights. Every stage writes its outputs under $OUT as soon as it finishes, so a
 # timeout keeps the earlier stages.
 #

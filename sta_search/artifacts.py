@@ -1,4 +1,4 @@
-"""The profile artifact (INTERFACES section 2): a folder holding ``header.json`` and ``stats.safetensors``.
+"""The profile artifact (docs/profile-format.md): a folder holding ``header.json`` and ``stats.safetensors``.
 
 A :class:`Profile` is an immutable pair of a JSON header and a dict of float tensors:
 
@@ -79,7 +79,7 @@ def _triple(value, what: str) -> tuple[int, int, int]:
 class Profile:
     """Attention statistics of one model setup over a set of prompts (see module docstring).
 
-    ``header`` is the JSON header of INTERFACES section 2; ``tensors`` maps the five names above to
+    ``header`` is the JSON header of docs/profile-format.md; ``tensors`` maps the five names above to
     CPU tensors. Build one with :meth:`empty` and :meth:`add_prompt`, or :meth:`load` it.
     """
 
@@ -145,7 +145,7 @@ class Profile:
     def empty(cls, header: Mapping[str, Any]) -> "Profile":
         """A profile with no prompts yet: zero sums and counts, per-prompt tensors with 0 rows.
 
-        ``header`` needs the fields of INTERFACES section 2 (``schema`` and ``prompts`` may be omitted;
+        ``header`` needs the fields of docs/profile-format.md (``schema`` and ``prompts`` may be omitted;
         ``prompts`` is reset to an empty list).
         """
         header = json.loads(json.dumps(dict(header)))  # a deep, JSON-clean copy

@@ -1,9 +1,9 @@
-"""FastVideo mask strategy JSON <-> our mask config (SPEC sections 1 and 4).
+"""FastVideo mask strategy JSON <-> our mask config (docs/mask-config.md).
 
 FastVideo's file maps ``"t_l_h"`` (step, layer, head) to ``[wt, wh, ww]`` in tiles of (6, 8, 8), one entry
 for every step including the first ``skip_time_steps`` that run full attention (their window then
 covers the whole grid, e.g. ``[3, 6, 10]`` for Wan at 69x768x1280). FastVideo's kernel treats an even
-window ``w`` like ``w + 1`` tiles, so importing converts every even ``w < n`` to ``w + 1`` (SPEC section 1).
+window ``w`` like ``w + 1`` tiles, so importing converts every even ``w < n`` to ``w + 1`` (docs/mask-config.md).
 
 Import: a step whose windows all cover the grid becomes a dense step; other entries keep their windows
 (converted as above). Export: dense steps are written as the grid ``[nt, nh, nw]``, other windows clipped

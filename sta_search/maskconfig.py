@@ -1,4 +1,4 @@
-"""The mask config (SPEC section 4, INTERFACES section 3): which STA window every (step, layer, head) uses.
+"""The mask config (docs/mask-config.md): which STA window every (step, layer, head) uses.
 
 In memory a :class:`MaskConfig` holds the full table ``windows[step, layer, head] = (wt, wh, ww)``; on
 disk it is a compact, self-describing YAML file::

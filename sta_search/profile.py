@@ -1,6 +1,6 @@
 """The profile stage: run a diffusers video pipeline with dense attention over a prompt set and record,
 for every profiled (step, layer, head), the recall of every STA window, the attention mass by tile offset
-and the output error of a window shortlist (INTERFACES section 2).
+and the output error of a window shortlist (docs/profile-format.md).
 
 The denoising trajectory stays dense: the hook returns the dense attention output. Statistics are summed
 (not averaged) so that profiles merge exactly; the artifact is rewritten atomically after every prompt,

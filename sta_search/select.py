@@ -1,4 +1,4 @@
-"""Choose STA windows per (step, layer, head) under a compute budget (issue 5).
+"""Choose STA windows per (step, layer, head) under a compute budget (docs/selection.md).
 
 The problem
 -----------

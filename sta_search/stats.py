@@ -226,7 +226,7 @@ class AttentionProfiler:
     # --------------------------------------------------------------------------- helpers
     def _reference_fused(self, q, k, v, dense_out, partial, text_len, text_first, text_mask, scale,
                          chunk_bytes: int = 64 << 20):
-        """CPU path in tile order (SPEC section 1). Per box of query tiles, one fp32 ``QK^T`` and one shared exp
+        """CPU path in tile order (docs/geometry.md). Per box of query tiles, one fp32 ``QK^T`` and one shared exp
         give the tile mass (per-key-tile sums of the weights) and every shortlist window's STA output. The key
         tiles of a window are a box per query tile, the same box for all query tiles sharing the window's
         start on every axis, so each such group is one matmul of a strided slice of the weights with a box of

@@ -1,4 +1,4 @@
-"""Geometry (SPEC section 1) checked against brute force written straight from the SPEC text."""
+"""Geometry (docs/geometry.md) checked against brute force written straight from its rules."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_key_tiles_follow_the_spec_formula(geometry, window):
 
 
 def test_odd_window_start_is_clamped_centre():
-    # For odd w the SPEC start equals the paper's clamp(q, w//2, n-1-w//2) - w//2.
+    # For odd w the docs/geometry.md start equals the paper's clamp(q, w//2, n-1-w//2) - w//2.
     for n, w in itertools.product(range(1, 12), (1, 3, 5, 7)):
         for q in range(n):
             if w <= n:

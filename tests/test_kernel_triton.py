@@ -266,7 +266,7 @@ HUNYUAN_720P = dict(canvas=(30, 48, 80), tile=(6, 8, 8))
 @pytest.mark.parametrize("case", ["hunyuan-720p-333", "hunyuan-720p-mixed", "hunyuan-720p-333-text256",
                                   "wan-480p-333"])
 def test_triton_matches_flex_at_model_shapes(case, seed):
-    """Issue-2 GPU check (bf16, d=128): the natural-order path, the tile-order path and flex agree."""
+    """GPU check at model shapes (docs/targets.md; bf16, d=128): the natural-order path, the tile-order path and flex agree."""
     geometry, (q, k, v), kw = model_shape_case(case)
     table, text_len, text_mask = kw["windows"], kw["text_len"], kw["text_mask"]
     natural = sta_attention(q, k, v, **kw, backend="triton")

@@ -230,10 +230,10 @@ def test_check_finite_names_layer_and_step(seed):
 def test_canvas_rules():
     pipes_ = {kind: tiny_pipes.tiny_pipeline(kind) for kind in ("wan", "hunyuan_video", "cogvideox")}
     wan = get_adapter(pipes_["wan"].transformer)
-    assert wan.canvas(pipes_["wan"].transformer, 480, 832, 81) == (21, 30, 52)  # SPEC's Wan 480p example
+    assert wan.canvas(pipes_["wan"].transformer, 480, 832, 81) == (21, 30, 52)  # docs/geometry.md's Wan 480p example
     assert wan.canvas(pipes_["wan"].transformer, 64, 64, 10) == (3, 4, 4)  # WanPipeline rounds 10 -> 9 frames
     hunyuan = get_adapter(pipes_["hunyuan_video"].transformer)
-    assert hunyuan.canvas(pipes_["hunyuan_video"].transformer, 768, 1280, 117) == (30, 48, 80)  # SPEC example
+    assert hunyuan.canvas(pipes_["hunyuan_video"].transformer, 768, 1280, 117) == (30, 48, 80)  # docs/geometry.md example
     cog = get_adapter(pipes_["cogvideox"].transformer)
     assert cog.canvas(pipes_["cogvideox"].transformer, 480, 720, 49) == (13, 30, 45)
     with pytest.raises(UserError, match="height 70"):

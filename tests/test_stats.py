@@ -69,7 +69,7 @@ def test_planted_window_is_found(seed, text_len):
 
 
 def test_window_recall_matches_explicit_masks(seed):
-    """Recall of every window from the tile mass equals the softmax mass under SPEC's element-level mask."""
+    """Recall of every window from the tile mass equals the softmax mass under the element-level mask of docs/geometry.md."""
     canvas, tile, text_len = (3, 5, 6), (2, 2, 4), 5  # padded grid (2, 3, 2)
     g = Geometry(canvas, tile)
     S = g.video_len + text_len

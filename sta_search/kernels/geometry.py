@@ -1,4 +1,4 @@
-"""Sliding Tile Attention geometry (SPEC section 1).
+"""Sliding Tile Attention geometry (docs/geometry.md).
 
 A canvas ``(T, H, W)`` of video tokens is cut into tiles ``(tt, th, tw)``; the canvas is padded up to
 ``grid = ceil(canvas / tile)`` tiles per axis. In *tile order* tiles follow each other in T-major order

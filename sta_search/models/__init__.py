@@ -1,4 +1,4 @@
-"""Model adapters and the self-attention hook (INTERFACES section 1).
+"""Model adapters and the self-attention hook (docs/geometry.md, text tokens).
 
 Supported families (diffusers 0.42): Wan 2.1/2.2 (`WanTransformer3DModel`, both experts),
 HunyuanVideo (`HunyuanVideoTransformer3DModel`), CogVideoX (`CogVideoXTransformer3DModel`).

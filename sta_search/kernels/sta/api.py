@@ -1,4 +1,4 @@
-"""Public entry point: validate, normalise, then dispatch to a backend (SPEC section 2)."""
+"""Public entry point: validate, normalise, then dispatch to a backend (docs/kernel.md)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def sta_attention(q, k, v, *, canvas, tile=(6, 8, 8), windows, text_len: int = 0
     Args:
         q, k, v: ``(B, heads, S, D)`` with ``S = T*H*W + text_len``; fp32, bf16 or fp16; CPU or CUDA.
         canvas: ``(T, H, W)`` video token grid. tile: ``(tt, th, tw)``, volume a multiple of 16.
-        windows: ``(3,)`` for every head or ``(heads, 3)``, in tiles, each entry >= 1 (see SPEC 1).
+        windows: ``(3,)`` for every head or ``(heads, 3)``, in tiles, each entry >= 1 (see docs/geometry.md).
         text_len: joint text tokens, after the video (``text_first=False``) or before it.
         text_mask: ``(B, text_len)`` bool, True for real text keys; padded text keys are never attended.
             Video queries see their window plus every valid text key; text queries see every valid key.

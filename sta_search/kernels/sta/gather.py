@@ -1,6 +1,6 @@
 """STA by gathering each query tile's window: batched SDPA over (query tile, its key tiles + valid text).
 
-Every query tile of a head with window ``w`` sees exactly ``K = prod(min(w_d, n_d))`` key tiles (SPEC 1).
+Every query tile of a head with window ``w`` sees exactly ``K = prod(min(w_d, n_d))`` key tiles (docs/geometry.md).
 Near the borders the clamped windows coincide: query tiles whose window starts agree on every axis see the
 same key tiles. Such tiles form a *key set*; along each axis a set holds 1 query coordinate inside the grid and
 up to ``w//2 + 1`` at its edges. Key sets with the same number of query tiles batch into one

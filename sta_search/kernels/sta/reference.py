@@ -1,4 +1,4 @@
-"""Reference STA: dense SDPA under an explicit boolean mask built straight from SPEC section 1.
+"""Reference STA: dense SDPA under an explicit boolean mask built straight from docs/geometry.md.
 
 Independent of the tile tables used by the fast backends; materialises ``(B, heads, S, S)`` booleans,
 so small shapes only.

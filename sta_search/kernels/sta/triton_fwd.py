@@ -2,7 +2,7 @@
 
 Two layouts, one kernel (``NATURAL`` compile-time flag):
 
-- tile order, ``[padded video tiles | text]`` (SPEC section 1): :func:`sta_triton_tiled`;
+- tile order, ``[padded video tiles | text]`` (docs/geometry.md): :func:`sta_triton_tiled`;
 - natural T-major order with text before or after the video: :func:`sta_triton_natural`, which reads
   and writes the video tokens in place through 5-D TMA boxes of whole tile planes (a 128-token
   block of a (6,8,8) tile is a (2,8,8) box of the canvas and arrives T-major, i.e. in tile order), so
