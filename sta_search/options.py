@@ -36,7 +36,9 @@ Triple = tuple[int, int, int]
 #: Accepted dtype spellings -> canonical name.
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
                "float16": "float16", "fp16": "float16"}
-BACKENDS = ("auto", "gluon", "triton", "flex", "reference")
+#: ``sta_search.kernels.backends.BACKENDS`` spelled out here so the CLI can check a name before torch loads
+#: (tests/test_backends.py keeps the two equal; the backend choice itself lives in kernels/backends.py).
+BACKENDS = ("auto", "gluon", "triton", "flex", "gather", "reference")
 #: Prompt sets shipped in ``sta_search/prompts/<name>.txt``.
 BUNDLED_PROMPT_SETS = ("default", "quick")
 
@@ -304,8 +306,8 @@ def dtype_option(help: str = "float32, bfloat16 or float16 (default: bfloat16 on
     return typer.Option(None, "--dtype", help=help, callback=_dtype)
 
 
-def backend_option(help: str = "STA kernel backend: auto (gluon on Hopper, else triton on CUDA), gluon, triton, "
-                               "flex, reference."):
+def backend_option(help: str = "STA kernel backend: auto (gluon on Hopper, else triton on CUDA; gather on CPU), "
+                               "gluon, triton, flex, gather, reference."):
     return typer.Option("auto", "--backend", help=help, callback=_backend)
 
 

@@ -176,3 +176,10 @@ def test_the_grep_test_can_fail(tmp_path):
            '    if backend not in ("triton", "gluon"):', '        def choose_backend(q):']
     assert len(DEFINITIONS.findall("\n".join(old))) == 2
     assert len(REDERIVED.findall("\n".join(old))) == 2
+
+
+def test_cli_backend_names_match_the_table():
+    """options.BACKENDS (torch-free, for the CLI's early check) names exactly the backends of the table."""
+    from sta_search import options
+
+    assert options.BACKENDS == backends.BACKENDS
