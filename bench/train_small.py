@@ -194,12 +194,17 @@ def load_checkpoint(folder: Path):
     components["transformer"] = WanTransformer3DModel.from_config(
         WanTransformer3DModel.load_config(str(folder / "transformer")))
     components["text_encoder"] = TinyTextEncoder.from_config(TinyTextEncoder.load_config(str(folder / "text_encoder")))
+    ema = [WanTransformer3DModel.from_pretrained(str(folder / "transformer"), dtype=torch.float32),
+           TinyTextEncoder.from_pretrained(str(folder / "text_encoder"), dtype=torch.float32)]
     raw = load_sharded(folder / "train_state", "weights")
+    if not raw:  # a committed checkpoint keeps only the EMA pipeline (bf16): the raw weights restart from it
+        print("train_state/ has no raw weights: continuing from the EMA weights", flush=True)
+        state.setdefault("notes", []).append(f"raw weights restarted from the EMA weights at step {state.get('step')}")
+        raw = {f"{name}.{k}": v.float() for name, model in (("transformer", ema[0]), ("text_encoder", ema[1]))
+               for k, v in model.state_dict().items()}
     for name in ("transformer", "text_encoder"):
         prefix = name + "."
         components[name].load_state_dict({k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)})
-    ema = [WanTransformer3DModel.from_pretrained(str(folder / "transformer"), dtype=torch.float32),
-           TinyTextEncoder.from_pretrained(str(folder / "text_encoder"), dtype=torch.float32)]
     return components, ema, state
 
 
