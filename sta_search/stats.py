@@ -30,6 +30,7 @@ from .kernels.recall import (
     tile_mass_triton_tiled,
 )
 from .kernels.recall.reference import video_and_text_slices
+from .kernels.sta import sta_attention
 
 Triple = tuple[int, int, int]
 
@@ -163,10 +164,11 @@ class AttentionProfiler:
     """Computes the dense output and :class:`CallStats` of attention calls on one geometry.
 
     ``backend``: recall pass, ``"auto"`` (Triton on CUDA, PyTorch reference on CPU), ``"triton"``,
-    ``"reference"``. ``sta_backend``: backend of the shortlist's STA outputs on the tile-order (Triton recall)
-    path, ``"auto"`` as ``kernels.backends.choose_backend`` picks for tile order (gluon or triton on CUDA, flex
-    elsewhere); the reference path computes them from its own scores.
-    ``memory_budget``: bytes of extra activations (tile-order copies, one STA output) per head chunk.
+    ``"reference"``. ``sta_backend``: backend of the shortlist's STA outputs on the Triton recall path, run by
+    ``sta_attention`` on the natural token order (``"auto"``: as ``kernels.backends.choose_backend`` picks,
+    Gluon in place on Hopper); the reference path computes them from its own scores.
+    ``memory_budget``: bytes of extra activations per head chunk: tile-order q and k of the recall pass, then
+    one STA output (with its float32 error temporaries) of the shortlist.
     """
 
     geometry: Geometry
@@ -207,15 +209,16 @@ class AttentionProfiler:
             dense_out, lse = attention_with_lse(q, k, v, text_len=text_len, text_first=text_first,
                                                 text_mask=text_mask, scale=scale)
             mass = torch.empty(B, H, g.num_tiles, g.num_tiles + 1, dtype=torch.float32, device=q.device)
-            per_head = 5 * B * S * D * q.element_size()
+            per_head = 2 * B * (g.padded_len + text_len) * D * q.element_size()  # tile-order q and k
             chunk = max(1, min(H, self.memory_budget // per_head))
             for h0 in range(0, H, chunk):
                 heads = slice(h0, min(H, h0 + chunk))
-                mass[:, heads], chunk_err = self._tiled_chunk(q[:, heads], k[:, heads], v[:, heads],
-                                                              dense_out[:, heads], lse[:, heads], partial,
-                                                              text_len, text_first, text_mask, scale)
-                if partial:
-                    errors[:, heads.start:heads.stop, partial] = chunk_err
+                mass[:, heads] = self._recall_chunk(q[:, heads], k[:, heads], lse[:, heads], text_len, text_first,
+                                                    text_mask, scale)
+            del lse
+            if partial:
+                errors[:, :, partial] = self._shortlist_errors(q, k, v, dense_out, partial, text_len, text_first,
+                                                               text_mask, scale)
         table = window_recall(mass, g)  # (B, H, nt, nh, nw)
         shortlist = torch.stack([table[..., w[0] - 1, w[1] - 1, w[2] - 1] for w in self.error_windows], dim=-1) \
             if K else torch.zeros(B, H, 0, dtype=torch.float64, device=q.device)
@@ -330,40 +333,69 @@ class AttentionProfiler:
         out = torch.matmul(p[..., : keys.shape[2]], v_keys) + torch.matmul(p[..., keys.shape[2]:], v_text)
         return out.view(B, H, *query_shape, D)
 
-    def _tiled_chunk(self, q, k, v, dense_out, lse, partial, text_len, text_first, text_mask, scale):
+    def _recall_chunk(self, q, k, lse, text_len, text_first, text_mask, scale):
+        """Tile mass of some heads: the recall pass reads q (video) and k (``[video tiles | text]``) in tile order,
+        each gathered by one ``index_select`` (the only copies it makes; padded positions zeroed in place)."""
         g = self.geometry
-        video, text = video_and_text_slices(g.video_len, text_len, text_first)
-
-        def tiled(x):
-            xv = to_tiles(g, x[:, :, video])
-            return torch.cat([xv, x[:, :, text]], dim=2) if text_len else xv
-
-        q_t, k_t = tiled(q), tiled(k)
+        video_index, key_index, padding = _tile_order_indices(g, text_len, text_first, q.device)
+        q_t = q.index_select(2, video_index)
+        k_t = k.index_select(2, key_index)
+        if padding is not None:
+            q_t.index_fill_(2, padding, 0)
+            k_t.index_fill_(2, padding, 0)
+        video, _ = video_and_text_slices(g.video_len, text_len, text_first)
         lse_t = to_tiles(g, lse[:, :, video], dim=-1)
-        mass = tile_mass_triton_tiled(q_t, k_t, lse_t, g, text_len, text_mask, scale)
-        del lse_t
-        if not partial:
-            return mass, None
-        from .kernels.sta import sta_attention_tiled
+        return tile_mass_triton_tiled(q_t, k_t, lse_t, g, text_len, text_mask, scale)
 
-        v_t = tiled(v)
-        ref = to_tiles(g, dense_out[:, :, video])
-        rows = None if g.is_divisible else torch.nonzero(g.key_valid()).squeeze(1).to(q.device)
-        B, H = q.shape[:2]
-        norm = torch.stack([self._row_norm(ref[:, h], None, rows) for h in range(H)], dim=1)
-        out = []
-        for i in partial:
-            o = sta_attention_tiled(q_t, k_t, v_t, geometry=g, windows=self.error_windows[i], text_len=text_len,
-                                    text_mask=text_mask, scale=scale, backend=self.sta_backend)
-            diff = torch.stack([self._row_norm(o[:, h, : g.padded_len], ref[:, h], rows) for h in range(H)], dim=1)
-            out.append(diff / norm.clamp_min(1e-30))
-            del o
-        return mass, torch.stack(out, dim=-1)
+    def _shortlist_errors(self, q, k, v, dense_out, partial, text_len, text_first, text_mask, scale):
+        """``(B, H, len(partial))`` float64 relative errors of the partial shortlist windows' STA outputs.
 
-    @staticmethod
-    def _row_norm(x, ref, rows):
-        """``||x - ref||`` over real video rows, per batch item, in float32 (one head at a time)."""
-        x = x.float() if ref is None else x.float() - ref.float()
-        if rows is not None:
-            x = x.index_select(1, rows)
-        return torch.linalg.vector_norm(x, dim=(-2, -1)).double()
+        Each window runs ``sta_attention`` on the natural token order (in place where the backend allows it,
+        ``kernels.backends.runs_in_place``: no tile copies), on all heads at once unless one output per head
+        chunk exceeds ``memory_budget``. Errors are over the video queries (natural order has no padded rows),
+        squared distances summed in float32 for every (batch, head) at once."""
+        g = self.geometry
+        B, H, S, D = q.shape
+        video, _ = video_and_text_slices(g.video_len, text_len, text_first)
+        ref = dense_out[:, :, video]
+        ref_norm = squared_distance(ref, None).double().sqrt()  # (B, H)
+        chunk = max(1, min(H, self.memory_budget // (2 * B * S * D * q.element_size())))
+        diff2 = torch.zeros(B, H, len(partial), dtype=torch.float64, device=q.device)
+        for h0 in range(0, H, chunk):
+            heads = slice(h0, min(H, h0 + chunk))
+            qh, kh, vh = (x[:, heads] for x in (q, k, v))
+            for j, i in enumerate(partial):
+                o = sta_attention(qh, kh, vh, canvas=g.canvas, tile=g.tile, windows=self.error_windows[i],
+                                  text_len=text_len, text_first=text_first, text_mask=text_mask, scale=scale,
+                                  backend=self.sta_backend)
+                diff2[:, heads, j] = squared_distance(o[:, :, video], ref[:, heads]).double()
+                del o
+        return diff2.sqrt() / ref_norm.clamp_min(1e-30)[..., None]
+
+
+@functools.lru_cache(maxsize=32)
+def _tile_order_indices(geometry: Geometry, text_len: int, text_first: bool, device: torch.device):
+    """Indices into natural-order tokens of: the video in tile order, ``[video tiles | text]``, and the padded
+    tile-order positions (None on a divisible canvas)."""
+    video, text = video_and_text_slices(geometry.video_len, text_len, text_first)
+    tiles = geometry.tile_index()
+    video_index = tiles.clamp_min(0) + video.start
+    key_index = torch.cat([video_index, torch.arange(text.start, text.stop)])
+    padding = None if geometry.is_divisible else torch.nonzero(tiles < 0).squeeze(1).to(device)
+    return video_index.to(device), key_index.to(device), padding
+
+
+def squared_distance(x: torch.Tensor, ref: torch.Tensor | None, chunk_bytes: int = 256 << 20) -> torch.Tensor:
+    """``sum((x - ref)**2)`` over the last two dims (``ref=None``: ``sum(x**2)``), ``(B, H)`` float32.
+
+    Differences are taken in float32 (never in bf16) and summed in float32 over chunks of tokens of at most
+    ``chunk_bytes`` of float32 temporaries, every (batch, head) in the same kernels; any strides."""
+    B, H, N, D = x.shape
+    total = torch.zeros(B, H, dtype=torch.float32, device=x.device)
+    step = max(1, chunk_bytes // (4 * B * H * D))
+    for start in range(0, N, step):
+        part = x[:, :, start:start + step].to(torch.float32, copy=True)
+        if ref is not None:
+            part.sub_(ref[:, :, start:start + step])
+        total += part.square_().sum(dim=(-2, -1))
+    return total

@@ -141,3 +141,116 @@ def test_cuda_recall_pass_matches_reference(seed, dtype):
     ref = tile_mass_reference(q.cpu(), k.cpu(), canvas=canvas, tile=tile, text_len=text_len, text_mask=mask.cpu())
     per_token = (got.cpu() - ref).abs() / g.tile_volume
     assert per_token.max() < 2e-3
+
+
+# ------------------------------------------------------------------ dense pass + LSE: kernel chain
+def _exact(q, k, v, scale):
+    """float64 attention and natural-log lse of unmasked q, k, v, in q's dtype / float32."""
+    scores = q.double() @ k.double().transpose(-1, -2) * scale
+    return (torch.softmax(scores, -1) @ v.double()).to(q.dtype), torch.logsumexp(scores, -1).float()
+
+
+@pytest.fixture
+def fresh_dense_state(monkeypatch):
+    from sta_search.kernels.recall import dense
+
+    monkeypatch.setattr(dense, "UNUSABLE", {})
+    monkeypatch.setattr(dense, "_CHECKED", set())
+    monkeypatch.setattr(dense, "RUNNERS", dict(dense.RUNNERS))
+    return dense
+
+
+def test_dense_chain_falls_back_once_and_remembers(seed, fresh_dense_state, caplog):
+    """cuDNN raising and FlashAttention returning a base-2 lse are both caught by the once-per-process probe;
+    the efficient kernel is used, and no rejected kernel is tried again."""
+    dense = fresh_dense_state
+    calls = {"cudnn": 0, "flash": 0, "efficient": 0}
+
+    def cudnn(q, k, v, scale):
+        calls["cudnn"] += 1
+        raise RuntimeError("cuDNN Frontend error: no valid engine configs")
+
+    def flash(q, k, v, scale):
+        calls["flash"] += 1
+        out, lse = _exact(q, k, v, scale)
+        return out, lse / math.log(2)  # wrong base
+
+    def efficient(q, k, v, scale):
+        calls["efficient"] += 1
+        out, lse = _exact(q, k, v, scale)
+        padded = torch.full((*lse.shape[:2], 32 * -(-lse.shape[2] // 32)), float("nan"))
+        padded[:, :, : lse.shape[2]] = lse
+        return out, padded  # padded rows, as memory-efficient attention returns them
+
+    dense.RUNNERS.update(cudnn=cudnn, flash=flash, efficient=efficient)
+    q, k, v = (torch.randn(1, 2, 40, 16).to(torch.bfloat16) for _ in range(3))
+    with caplog.at_level("INFO", logger="sta_search.kernels"):
+        for _ in range(3):
+            out, lse = dense.fused_attention_lse(q, k, v, 0.25)
+    exp_out, exp_lse = _exact(q, k, v, 0.25)
+    torch.testing.assert_close(out, exp_out)
+    torch.testing.assert_close(lse, exp_lse)
+    assert lse.shape == (1, 2, 40) and lse.dtype == torch.float32
+    assert calls == {"cudnn": 1, "flash": 1, "efficient": 1 + 3}  # probes once each, then 3 real calls
+    assert dense.chosen_kernel(q) == "efficient"
+    assert "no valid engine configs" in caplog.text and "base-2" in caplog.text
+    # another head dim is another key: probed afresh
+    dense.fused_attention_lse(q[..., :8], k[..., :8], v[..., :8], 0.25)
+    assert calls["cudnn"] == 2
+
+
+def test_dense_chain_takes_a_4d_lse_and_remembers_runtime_failures(seed, fresh_dense_state):
+    dense = fresh_dense_state
+    big = {"fail": False}
+
+    def cudnn(q, k, v, scale):
+        if big["fail"]:
+            raise RuntimeError("cuDNN: unsupported sequence length")
+        out, lse = _exact(q, k, v, scale)
+        return out, lse[..., None]  # (B, H, S, 1), as some PyTorch versions return cuDNN's stats
+
+    dense.RUNNERS.update(cudnn=cudnn, flash=lambda q, k, v, s: _exact(q, k, v, s))
+    q, k, v = (torch.randn(2, 3, 24, 16).to(torch.float16) for _ in range(3))
+    out, lse = dense.fused_attention_lse(q, k, v, 0.3)
+    torch.testing.assert_close(lse, _exact(q, k, v, 0.3)[1])
+    assert dense.chosen_kernel(q) == "cudnn"
+    big["fail"] = True
+    out, lse = dense.fused_attention_lse(q, k, v, 0.3)  # falls back to flash for this and later calls
+    torch.testing.assert_close(lse, _exact(q, k, v, 0.3)[1])
+    assert dense.chosen_kernel(q) == "flash"
+    with pytest.raises(ValueError, match="bf16/fp16"):
+        dense.fused_attention_lse(q.float(), k.float(), v.float(), 0.3, kernel="cudnn")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["auto", "cudnn", "flash", "efficient"])
+@pytest.mark.parametrize("text", ["none", "padded_after", "padded_first", "holes"])
+def test_cuda_dense_lse_matches_float64(seed, kernel, text):
+    """Each dense kernel (and the chain) against float64, d=128 bf16, with and without padded text keys."""
+    from sta_search.kernels.recall import chosen_kernel
+
+    canvas, text_len, B, H, D = (2, 8, 24), 77, 2, 3, 128
+    S = math.prod(canvas) + (0 if text == "none" else text_len)
+    q, k, v = (torch.randn(B, H, S, D, device="cuda").to(torch.bfloat16) for _ in range(3))
+    q = q * 1.5
+    mask, tl, first = None, 0, False
+    if text != "none":
+        tl, first = text_len, text == "padded_first"
+        mask = torch.zeros(B, text_len, dtype=torch.bool, device="cuda")
+        mask[0, :20], mask[1, :64] = True, True  # real tokens first, padding after: the valid keys are one run
+        if text == "holes":
+            mask = torch.rand(B, text_len, device="cuda") > 0.5
+            mask[:, 0] = True
+    out, lse = attention_with_lse(q, k, v, text_len=tl, text_first=first, text_mask=mask, kernel=kernel)
+    assert lse.shape == (B, H, S) and lse.dtype == torch.float32 and out.shape == q.shape
+    bias = torch.zeros(B, 1, 1, S, dtype=torch.float64, device="cuda")
+    if mask is not None:
+        text_cols = slice(0, tl) if first else slice(S - tl, S)
+        bias[:, 0, 0, text_cols] = torch.where(mask, 0.0, float("-inf")).double()
+    scores = q.double() @ k.double().transpose(-1, -2) * D**-0.5 + bias
+    ref_lse = torch.logsumexp(scores, -1)
+    ref_out = torch.softmax(scores, -1) @ v.double()
+    assert (lse.double() - ref_lse).abs().max() < 1e-2
+    assert (out.double() - ref_out).abs().max() < 2e-2
+    if kernel == "auto" and torch.cuda.get_device_capability()[0] >= 9:
+        assert chosen_kernel(q) == "cudnn"  # the fast path is the one in use on Hopper

@@ -153,12 +153,74 @@ def test_tiled_path_matches_reference_path(seed):
     text_mask = torch.rand(1, text_len) > 0.3
     windows = default_error_windows(g)
     out_r, ref = _profile("reference", "auto", canvas, tile, q, k, v, windows, text_len, text_mask)
-    profiler = AttentionProfiler(g, windows, backend="triton", sta_backend="flex",
-                                 memory_budget=5 * S * 32 * 4 * 2)  # two heads per chunk
+    # recall pass: one head per chunk (tile-order q and k of a head exceed it); shortlist: two heads per chunk
+    profiler = AttentionProfiler(g, windows, backend="triton", sta_backend="flex", memory_budget=4 * S * 32 * 4)
     out_t, tiled = profiler(q, k, v, text_len=text_len, text_mask=text_mask)
     torch.testing.assert_close(out_t, out_r, rtol=1e-5, atol=1e-5)
     for name in ("recall", "offset_mass", "error", "shortlist_recall"):
         torch.testing.assert_close(getattr(tiled, name), getattr(ref, name), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("text_first", [False, True])
+def test_tiled_path_runs_the_shortlist_on_natural_order(seed, monkeypatch, text_first):
+    """The shortlist's STA calls get views of the caller's q, k, v (no tile-order copies) and the default
+    backend (gather in place on CPU); the statistics still match the reference path."""
+    import sta_search.stats as stats_module
+
+    canvas, tile, text_len = (3, 5, 6), (2, 2, 4), 5
+    g = Geometry(canvas, tile)
+    S = g.video_len + text_len
+    q, k, v = (torch.randn(1, 2, S, 32) for _ in range(3))
+    text_mask = torch.tensor([[True, False, True, True, False]])
+    windows = clip_windows(g, [(1, 1, 1), (2, 1, 2), (9, 9, 9)])
+    seen = []
+    real = stats_module.sta_attention
+
+    def spy(qq, kk, vv, **kw):
+        seen.append(all(a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+                        for a, b in ((qq, q), (kk, k), (vv, v))))
+        return real(qq, kk, vv, **kw)
+
+    monkeypatch.setattr(stats_module, "sta_attention", spy)
+    kw = dict(text_len=text_len, text_first=text_first, text_mask=text_mask)
+    _, got = AttentionProfiler(g, windows, backend="triton")(q, k, v, **kw)
+    assert seen == [True, True]  # two partial windows, full window skipped
+    _, ref = AttentionProfiler(g, windows, backend="reference")(q, k, v, **kw)
+    for name in ("recall", "offset_mass", "error", "shortlist_recall"):
+        torch.testing.assert_close(getattr(got, name), getattr(ref, name), rtol=1e-4, atol=1e-5)
+
+
+def test_squared_distance_against_float64(seed):
+    from sta_search.stats import squared_distance
+
+    x = torch.randn(2, 3, 50, 16).to(torch.bfloat16).transpose(1, 2).contiguous().transpose(1, 2)  # odd strides
+    ref = (x.float() + 1e-3 * torch.randn(2, 3, 50, 16)).to(torch.bfloat16)
+    expected = (x.double() - ref.double()).square().sum(dim=(-2, -1))
+    got = squared_distance(x, ref, chunk_bytes=4 * 2 * 3 * 16 * 7)  # chunks of 7 tokens
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=0)
+    assert bool((got > 0).all())
+    torch.testing.assert_close(squared_distance(x, None).double(), x.double().square().sum(dim=(-2, -1)), rtol=1e-5,
+                               atol=0)
+    y = torch.randn(1, 2, 9, 4)
+    before = y.clone()
+    squared_distance(y, None, chunk_bytes=16)
+    assert torch.equal(y, before)  # float32 input is not squared in place
+
+
+def test_tile_order_indices_match_to_tiles(seed):
+    from sta_search.kernels.geometry import to_tiles
+    from sta_search.stats import _tile_order_indices
+
+    g = Geometry((3, 5, 6), (2, 2, 4))
+    for text_len, text_first in ((0, False), (4, False), (4, True)):
+        x = torch.randn(1, 2, g.video_len + text_len, 8)
+        video = slice(text_len, None) if text_first else slice(0, g.video_len)
+        text = slice(0, text_len) if text_first else slice(g.video_len, None)
+        video_index, key_index, padding = _tile_order_indices(g, text_len, text_first, x.device)
+        keys = x.index_select(2, key_index).index_fill_(2, padding, 0)
+        torch.testing.assert_close(keys, torch.cat([to_tiles(g, x[:, :, video]), x[:, :, text]], dim=2))
+        torch.testing.assert_close(x.index_select(2, video_index).index_fill_(2, padding, 0),
+                                   to_tiles(g, x[:, :, video]))
 
 
 def test_shortlist_clipping_and_parsing():

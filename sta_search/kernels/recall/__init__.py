@@ -14,6 +14,7 @@ import os
 import torch
 
 from ..geometry import Geometry, to_tiles
+from .dense import DENSE_LSE_KERNELS, chosen_kernel, fused_attention_lse
 from .reference import attention_lse_reference, tile_mass_reference, video_and_text_slices
 from .triton_kernel import tile_mass_triton_tiled
 
@@ -30,52 +31,50 @@ def resolve_recall_backend(backend: str, q: torch.Tensor) -> str:
     return backend
 
 
-def _fused_attention_lse(q, k, v, scale):
-    """One fused dense attention returning ``(out, lse)``: FlashAttention, else memory-efficient attention."""
-    S = q.shape[2]
-    if q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
-        try:
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
-            return out, lse[:, :, :S].float()
-        except RuntimeError:
-            pass
-    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False, scale=scale)[:2]
-    return out, lse[:, :, :S].float()
-
-
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, text_len: int = 0,
                        text_first: bool = False, text_mask: torch.Tensor | None = None,
-                       scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       scale: float | None = None, kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Dense attention over all valid keys and the natural-log log-sum-exp of every query.
 
-    On CUDA one fused kernel gives both (padded text keys are dropped per batch element, which is exact:
-    a masked key carries no mass). On CPU a chunked PyTorch computation.
+    On CUDA one fused kernel gives both: cuDNN SDPA, else FlashAttention-2, else memory-efficient attention
+    (:mod:`.dense`; ``kernel`` forces one). None takes a key-padding mask at full speed, so padded text keys
+    are dropped per batch element, which is exact (a masked key carries no mass): when the valid keys are one
+    run (text after the video with its padding at the end) ``k``/``v`` are views, otherwise a copy of the valid
+    keys of that batch element. On CPU a chunked PyTorch computation.
 
     Returns:
-        ``out`` ``(B, heads, S, D)`` in q's dtype, ``lse`` ``(B, heads, S)`` float32.
+        ``out`` ``(B, heads, S, D)`` in q's dtype (strides as the kernel writes them), ``lse`` ``(B, heads, S)``
+        float32.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if q.device.type != "cuda":
         return attention_lse_reference(q, k, v, text_len=text_len, text_first=text_first, text_mask=text_mask,
                                        scale=scale)
     if not text_len or text_mask is None or bool(text_mask.all()):
-        return _fused_attention_lse(q, k, v, scale)
+        return fused_attention_lse(q, k, v, scale, kernel)
     V = q.shape[2] - text_len
     video, text = video_and_text_slices(V, text_len, text_first)
     outs, lses = [], []
     for b in range(q.shape[0]):
-        valid = torch.ones(q.shape[2], dtype=torch.bool, device=q.device)
-        valid[text] = text_mask[b].to(q.device, torch.bool)
-        idx = torch.nonzero(valid).squeeze(1)
-        lo, hi = int(idx[0]), int(idx[-1]) + 1
-        if hi - lo == idx.numel():  # one contiguous run of valid keys: a view, no copy
-            kb, vb = k[b:b + 1, :, lo:hi], v[b:b + 1, :, lo:hi]
-        else:
-            kb, vb = k[b:b + 1].index_select(2, idx), v[b:b + 1].index_select(2, idx)
-        o, l = _fused_attention_lse(q[b:b + 1], kb, vb, scale)
+        kb, vb = _valid_keys(k[b:b + 1], v[b:b + 1], text, text_mask[b])
+        o, l = fused_attention_lse(q[b:b + 1], kb, vb, scale, kernel)
         outs.append(o)
         lses.append(l)
+    if len(outs) == 1:
+        return outs[0], lses[0]
     return torch.cat(outs), torch.cat(lses)
+
+
+def _valid_keys(k: torch.Tensor, v: torch.Tensor, text: slice, text_valid: torch.Tensor):
+    """``k``/``v`` of one batch element without its padded text keys: views when the valid keys are one run."""
+    S = k.shape[2]
+    valid = torch.ones(S, dtype=torch.bool, device=k.device)
+    valid[text] = text_valid.to(k.device, torch.bool)
+    idx = torch.nonzero(valid).squeeze(1)
+    lo, hi = int(idx[0]), int(idx[-1]) + 1
+    if hi - lo == idx.numel():
+        return k[:, :, lo:hi], v[:, :, lo:hi]
+    return k.index_select(2, idx), v.index_select(2, idx)
 
 
 def tile_mass(q: torch.Tensor, k: torch.Tensor, *, canvas, tile, text_len: int = 0, text_first: bool = False,
@@ -111,6 +110,6 @@ def tile_mass(q: torch.Tensor, k: torch.Tensor, *, canvas, tile, text_len: int =
 
 
 __all__ = [
-    "RECALL_BACKENDS", "attention_lse_reference", "attention_with_lse", "resolve_recall_backend", "tile_mass",
-    "tile_mass_reference", "tile_mass_triton_tiled",
+    "DENSE_LSE_KERNELS", "RECALL_BACKENDS", "attention_lse_reference", "attention_with_lse", "chosen_kernel",
+    "fused_attention_lse", "resolve_recall_backend", "tile_mass", "tile_mass_reference", "tile_mass_triton_tiled",
 ]
