@@ -2,6 +2,8 @@
 
 import math
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -254,3 +256,24 @@ def test_cuda_dense_lse_matches_float64(seed, kernel, text):
     assert (out.double() - ref_out).abs().max() < 2e-2
     if kernel == "auto" and torch.cuda.get_device_capability()[0] >= 9:
         assert chosen_kernel(q) == "cudnn"  # the fast path is the one in use on Hopper
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 50, 16), (1, 5, 129, 64), (1, 1, 1, 128)], ids=["odd-50x16", "129x64", "one-token"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_squared_distance_triton_against_float64(shape, dtype, monkeypatch):
+    """The profiler's error reduction kernel (interpreter on CPU) against float64, with odd strides (heads-last
+    storage, as attention outputs come back) and without a reference."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from sta_search.kernels.recall.distance import can_run_squared_distance_triton, squared_distance_triton
+
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+    B, H, N, D = shape
+    x = torch.randn(B, N, H, D).to(dtype).transpose(1, 2)  # (B, H, N, D) view of (B, N, H, D) storage
+    ref = (x.float() + 0.01 * torch.randn(B, H, N, D)).to(dtype)
+    assert can_run_squared_distance_triton(x, ref)[0]
+    expected = (x.double() - ref.double()).square().sum(dim=(-2, -1))
+    torch.testing.assert_close(squared_distance_triton(x, ref).double(), expected, rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(squared_distance_triton(x, None).double(), x.double().square().sum(dim=(-2, -1)),
+                               rtol=1e-5, atol=0)
+    ok, why = can_run_squared_distance_triton(x.transpose(2, 3), ref)
+    assert not ok and "contiguous head dim" in why
