@@ -391,9 +391,9 @@ def squared_distance(x: torch.Tensor, ref: torch.Tensor | None, chunk_bytes: int
     Differences are taken in float32 (never in bf16) and summed in float32 over chunks of tokens of at most
     ``chunk_bytes`` of float32 temporaries, every (batch, head) in the same kernels; any strides."""
     if x.device.type == "cuda":
-        from .kernels.recall.distance import can_run_squared_distance_triton, squared_distance_triton
+        from .kernels.recall.distance import squared_distance_triton_ok, squared_distance_triton
 
-        if can_run_squared_distance_triton(x, ref)[0]:
+        if squared_distance_triton_ok(x, ref)[0]:
             return squared_distance_triton(x, ref)
     B, H, N, D = x.shape
     total = torch.zeros(B, H, dtype=torch.float32, device=x.device)

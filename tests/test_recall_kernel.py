@@ -264,16 +264,16 @@ def test_squared_distance_triton_against_float64(shape, dtype, monkeypatch):
     """The profiler's error reduction kernel (interpreter on CPU) against float64, with odd strides (heads-last
     storage, as attention outputs come back) and without a reference."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    from sta_search.kernels.recall.distance import can_run_squared_distance_triton, squared_distance_triton
+    from sta_search.kernels.recall.distance import squared_distance_triton_ok, squared_distance_triton
 
     torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
     B, H, N, D = shape
     x = torch.randn(B, N, H, D).to(dtype).transpose(1, 2)  # (B, H, N, D) view of (B, N, H, D) storage
     ref = (x.float() + 0.01 * torch.randn(B, H, N, D)).to(dtype)
-    assert can_run_squared_distance_triton(x, ref)[0]
+    assert squared_distance_triton_ok(x, ref)[0]
     expected = (x.double() - ref.double()).square().sum(dim=(-2, -1))
     torch.testing.assert_close(squared_distance_triton(x, ref).double(), expected, rtol=1e-5, atol=1e-12)
     torch.testing.assert_close(squared_distance_triton(x, None).double(), x.double().square().sum(dim=(-2, -1)),
                                rtol=1e-5, atol=0)
-    ok, why = can_run_squared_distance_triton(x.transpose(2, 3), ref)
+    ok, why = squared_distance_triton_ok(x.transpose(2, 3), ref)
     assert not ok and "contiguous head dim" in why

@@ -37,7 +37,7 @@ def _squared_distance_kernel(x_ptr, r_ptr, out_ptr, H, N, D,
     tl.store(out_ptr + bh * tl.num_programs(1) + block, tl.sum(diff * diff))
 
 
-def can_run_squared_distance_triton(x: torch.Tensor, ref: torch.Tensor | None) -> tuple[bool, str]:
+def squared_distance_triton_ok(x: torch.Tensor, ref: torch.Tensor | None) -> tuple[bool, str]:
     """CUDA tensors (or CPU under ``TRITON_INTERPRET=1``) of 4 dims with a contiguous last dim."""
     import os
 
