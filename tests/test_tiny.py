@@ -187,7 +187,8 @@ def test_demo_shortened_writes_report_mask_videos_and_heatmaps(tmp_path):
     assert measured["attention_sparse_steps"]["speedup"] > 0 and measured["step_sparse_steps"]["speedup"] > 0
     markdown = (out / "report.md").read_text()
     calibrated = report["prediction"]["calibrated_on"]
-    assert calibrated and f"calibrated on {calibrated}" in markdown and "predicted attention speedup" not in markdown
+    assert calibrated and f"calibrated on {calibrated}" in markdown  # named, and its number left out on CPU:
+    assert f"{report['prediction']['attention_speedup']:.2f}x" not in markdown.split("## Speed measured")[0]
     assert "`gather`" in markdown and "1 (--threads)" in markdown
     written = json.loads((out / "report.json").read_text())
     assert (out / "report.md").is_file() and written["steps"] == 2
