@@ -148,6 +148,7 @@ class MaskAttention:
         self._plans: dict[int, list[bytes | None]] = {}
         self._tables: dict[bytes, np.ndarray] = {}
         self._on_device: dict[tuple[bytes, str], torch.Tensor] = {}
+        self._decisions: dict[tuple, tuple[str, bool]] = {}
 
     def plan(self, step: int) -> list[np.ndarray | None]:
         """Per layer of ``step``: the ``(heads, 3)`` int32 window table, or None for full attention."""
@@ -212,14 +213,14 @@ class MaskAttention:
             self._on_device[device_key] = windows
         windows = windows_for_call(windows, call)  # this rank's heads under Ulysses; all heads otherwise
         q, k, v = call.q, call.k, call.v
-        kernel = self._kernel_for(q)
+        kernel, copies = self._decide(q, k, v)
         self.calls[f"kernel:{kernel}"] += 1  # which STA kernel ran, for reports
         kwargs = dict(canvas=self.geometry.canvas, tile=self.geometry.tile, text_len=call.text_len,
                       text_first=call.text_first, text_mask=call.text_mask, backend=kernel)
         heads = q.shape[1]
         per_head_bytes = q[:, :1].numel() * q.element_size()
         chunk = max(1, self.max_chunk_bytes // per_head_bytes) if self.max_chunk_bytes else heads
-        if chunk >= heads or not self._copies_needed(kernel, q, k, v):
+        if chunk >= heads or not copies:
             return sta_attention(q, k, v, windows=windows, **kwargs)
         # Large inputs: a few heads at a time, so the tile-order copies stay a small fraction of q
         # and the whole call allocates little more than the output SDPA would allocate.
@@ -228,6 +229,16 @@ class MaskAttention:
             h1 = min(heads, h0 + chunk)
             out[:, h0:h1] = sta_attention(q[:, h0:h1], k[:, h0:h1], v[:, h0:h1], windows=windows[h0:h1], **kwargs)
         return out
+
+    def _decide(self, q, k, v) -> tuple[str, bool]:
+        """(resolved kernel, whether it copies into tile order), decided once per input signature (device, dtype,
+        shape, strides): every layer of every step asks the same question, and ``auto`` logs its choice."""
+        signature = (q.device, q.dtype, tuple(q.shape), q.stride(), k.stride(), v.stride())
+        decision = self._decisions.get(signature)
+        if decision is None:
+            kernel = self._kernel_for(q)
+            decision = self._decisions[signature] = (kernel, self._copies_needed(kernel, q, k, v))
+        return decision
 
     def _kernel_for(self, q) -> str:
         """The STA backend that runs ``q`` (``auto`` resolved by ``kernels.backends``, logged at INFO)."""

@@ -51,6 +51,7 @@ class GenerateSettings:
     fps: int | None = None
     warmup_steps: int = 0             # short untimed runs of each side before the timed ones
     ulysses: int = 1                  # sequence-parallel degree (torchrun with this many processes)
+    threads: int | None = None        # torch CPU threads; default on CPU: sta_search.cpu_threads.choose_threads
 
 
 @dataclass
@@ -209,6 +210,11 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         context = init_from_env(settings.device)
     device = context.device if context is not None else resolve_device(settings.device)
     is_main = context is None or context.is_main
+    threads = None
+    if device.type == "cpu" or settings.threads is not None:
+        from .cpu_threads import apply_threads
+
+        threads = apply_threads(settings.threads)
     with checks_on_every_rank(context):  # under torchrun every rank prints its own error before any exits
         dtype = resolve_dtype(settings.dtype, device)
         if not settings.prompts:
@@ -271,7 +277,9 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         "settings": {"seed": settings.seed, "steps": steps, "height": height, "width": width, "frames": frames,
                      "canvas": list(canvas), "dtype": str(dtype).replace("torch.", ""), "backend": settings.backend,
                      "compile": settings.compile, "compare_dense": settings.compare_dense, "fps": fps,
-                     "warmup_steps": settings.warmup_steps, "ulysses": settings.ulysses},
+                     "warmup_steps": settings.warmup_steps, "ulysses": settings.ulysses,
+                     "threads": torch.get_num_threads()},
+        "cpu_threads": threads.to_json() if threads is not None else None,
         "density_used": attention.density(steps),
         "videos": [],
     }
@@ -310,7 +318,8 @@ def generate(settings: GenerateSettings, console=None) -> dict:
             attention.calls.clear()
             sta_fn = torch.compiler.disable(sta_timer.wrap(attention))
             sta_frames, sta_timing = run_pipeline(loaded, kwargs, sta_fn, sta_timer, device, progress, f"STA    {stem}")
-            entry["sta"] = {**sta_timing.to_json(), "attention_calls": dict(attention.calls)}
+            entry["sta"] = {**sta_timing.to_json(), "attention_calls": dict(attention.calls),
+                            "kernels": sorted(k.split(":", 1)[1] for k in attention.calls if k.startswith("kernel:"))}
             entry["video"] = _write(is_main, out / f"{stem}.mp4", sta_frames, fps)
             entry["frames"] = int(sta_frames.shape[0])
 
@@ -318,7 +327,9 @@ def generate(settings: GenerateSettings, console=None) -> dict:
                 entry["fidelity"] = fidelity(sta_frames, dense_frames).to_json()
                 entry["side_by_side"] = _write(is_main, out / f"{stem}.side-by-side.mp4",
                                                side_by_side(dense_frames, sta_frames) if is_main else None, fps)
-                entry["speedup"] = _speedups(dense_timing, sta_timing)
+                entry["speedup"] = _speedups(dense_timing, sta_timing, sparse_steps=[
+                    s for s in range(steps) if config.window_table(s) is not None])
+            entry["loadavg"] = _loadavg()
             report["videos"].append(entry)
             if is_main:
                 console.print(_summary_line(entry), highlight=False)
@@ -351,15 +362,36 @@ def _call_kwargs(loaded, prompt, height, width, frames, steps, seed, device) -> 
     return dict(loaded.adapter.pipeline_kwargs(prompt, height, width, frames, steps, generator))
 
 
-def _speedups(dense: RunTiming, sta: RunTiming) -> dict:
+def _speedups(dense: RunTiming, sta: RunTiming, sparse_steps: list[int] | None = None) -> dict:
+    """Dense time / STA time, measured in this run on this device: whole pipeline call, denoising loop,
+    median step, attention over all steps, and (``sparse_steps``: the steps the config runs sparse) the
+    steps and attention of the sparse steps alone (the config's dense steps run the same code both times)."""
     def ratio(a, b):
         return a / b if a and b else None
 
+    def over(seconds: list[float], steps: list[int]) -> float:
+        return float(sum(seconds[s] for s in steps if s < len(seconds)))
+
     dense_json, sta_json = dense.to_json(), sta.to_json()
-    return {"total": ratio(dense.total_seconds, sta.total_seconds),
-            "denoise": ratio(dense.denoise_seconds, sta.denoise_seconds),
-            "median_step": ratio(dense_json["median_step_seconds"], sta_json["median_step_seconds"]),
-            "attention": ratio(dense.attention_seconds, sta.attention_seconds)}
+    result = {"total": ratio(dense.total_seconds, sta.total_seconds),
+              "denoise": ratio(dense.denoise_seconds, sta.denoise_seconds),
+              "median_step": ratio(dense_json["median_step_seconds"], sta_json["median_step_seconds"]),
+              "attention": ratio(dense.attention_seconds, sta.attention_seconds)}
+    if sparse_steps is not None:
+        # step 0 also pays one-off warm-up costs (allocator, first kernels): left out when others exist
+        timed = [s for s in sparse_steps if s > 0] or list(sparse_steps)
+        result["sparse_steps"] = timed
+        result["sparse_step"] = ratio(over(dense.step_seconds, timed), over(sta.step_seconds, timed))
+        result["sparse_attention"] = ratio(over(dense.attention_step_seconds, timed),
+                                           over(sta.attention_step_seconds, timed))
+    return result
+
+
+def _loadavg() -> list[float] | None:
+    from .cpu_threads import load_average
+
+    load = load_average()
+    return None if load is None else [round(x, 2) for x in load]
 
 
 def _summary_line(entry: dict) -> str:
@@ -374,6 +406,9 @@ def _summary_line(entry: dict) -> str:
         speedup = entry["speedup"]
         if speedup["median_step"]:
             parts.append(f"speedup {speedup['median_step']:.2f}x a step (median; {speedup['denoise']:.2f}x over all steps)")
+        if speedup.get("attention"):
+            kernels = "/".join(sta.get("kernels") or []) or "dense only"
+            parts.append(f"attention {speedup['attention']:.2f}x vs dense SDPA (STA kernel: {kernels})")
     return ", ".join(parts)
 
 

@@ -252,3 +252,26 @@ def test_fast_dense_attention_equals_diffusers_dense(text_first, seed):
         call = AttentionCall(step=0, layer=0, q=q, k=k, v=v, canvas=canvas, text_len=text_len,
                              text_first=text_first, text_mask=text_mask, forward_index=0)
         torch.testing.assert_close(fast_dense_attention(call), dense_attention(call), atol=1e-5, rtol=0)
+
+
+def test_kernel_is_decided_once_per_input_signature_and_counted(monkeypatch):
+    """MaskAttention resolves the backend once per (device, dtype, shape, strides), not on every call."""
+    from sta_search.kernels import backends
+    from sta_search.models.base import AttentionCall
+
+    resolved = []
+    real = backends.resolve
+    monkeypatch.setattr(backends, "resolve", lambda *a, **k: resolved.append(a[0]) or real(*a, **k))
+    info = {"family": "wan", "transformer_class": "X", "num_layers": 2, "num_heads": 2}
+    windows = np.array([[[1, 1, 1], [2, 2, 1]], [[2, 1, 1], [1, 1, 1]]], np.int32)[None]
+    config = MaskConfig(info, (2, 8, 8), (1, 4, 4), 0, 1, (), windows)
+    attention = MaskAttention(config)
+    q, k, v = (torch.randn(1, 2, 128, 32) for _ in range(3))
+    outputs = [attention(AttentionCall(step=0, layer=layer, q=q, k=k, v=v, canvas=(2, 8, 8), text_len=0,
+                                       text_first=False, text_mask=None, forward_index=0)) for layer in (0, 1, 0, 1)]
+    assert resolved.count("auto") == 1 and attention.calls["kernel:gather"] == 4 == attention.calls["sparse"]
+    reference = MaskAttention(config, backend="reference")
+    expected = reference(AttentionCall(step=0, layer=0, q=q, k=k, v=v, canvas=(2, 8, 8), text_len=0,
+                                       text_first=False, text_mask=None, forward_index=0))
+    torch.testing.assert_close(outputs[0], expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(outputs[0], outputs[1])

@@ -95,6 +95,50 @@ def test_compare_dense_with_sparse_windows_reports_a_finite_psnr(folders, tmp_pa
     assert fid["psnr_db"] != "inf" and fid["max_abs_diff"] > 0
 
 
+def test_cpu_report_names_the_kernel_threads_and_sparse_step_speedups(folders, tmp_path):
+    """auto runs gather off CUDA; the report records the thread count and splits out the config's sparse steps."""
+    mask = _mask(folders["wan"], tmp_path / "sparse.yaml", (1, 1, 1), steps=3, dense_steps=(0,))
+    report = generate(GenerateSettings(model=str(folders["wan"]), mask=str(mask), prompts=("a cat",),
+                                       out=str(tmp_path / "out"), height=128, width=128, frames=9, steps=3,
+                                       compare_dense=True, threads=1))
+    assert report["settings"]["threads"] == 1 == torch.get_num_threads()
+    assert report["cpu_threads"]["why"] == "--threads"
+    video = report["videos"][0]
+    assert video["sta"]["kernels"] == ["gather"] and video["sta"]["attention_calls"]["kernel:gather"] > 0
+    speedup = video["speedup"]
+    assert speedup["sparse_steps"] == [1, 2]  # step 0 is dense in the config
+    assert speedup["sparse_step"] > 0 and speedup["sparse_attention"] > 0 and len(video["loadavg"]) == 3
+
+
+def test_speedups_over_sparse_steps_leave_out_step_0_and_dense_steps():
+    from sta_search.generate import RunTiming, _speedups
+
+    dense = RunTiming(step_seconds=[9.0, 4.0, 4.0, 4.0], attention_step_seconds=[5.0, 2.0, 2.0, 2.0], total_seconds=21)
+    sta = RunTiming(step_seconds=[9.0, 4.0, 2.0, 3.0], attention_step_seconds=[5.0, 2.0, 1.0, 0.5], total_seconds=18)
+    result = _speedups(dense, sta, sparse_steps=[0, 2, 3])
+    assert result["sparse_steps"] == [2, 3]
+    assert result["sparse_step"] == pytest.approx(8 / 5) and result["sparse_attention"] == pytest.approx(4 / 1.5)
+    assert result["attention"] == pytest.approx(11 / 8.5) and result["denoise"] == pytest.approx(21 / 18)
+
+
+def test_choose_threads(monkeypatch):
+    from sta_search import cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpu_threads, "physical_cores", lambda: 4)
+    monkeypatch.setattr(cpu_threads, "logical_cpus", lambda: 8)
+    for load, expected in ((0.1, 4), (1.4, 3), (2.6, 1), (9.0, 1)):
+        monkeypatch.setattr(cpu_threads, "load_average", lambda load=load: (load, load, load))
+        choice = cpu_threads.choose_threads()
+        assert choice.threads == expected and choice.loadavg == (load, load, load), (load, choice)
+    assert cpu_threads.choose_threads(3).threads == 3 and cpu_threads.choose_threads(3).why == "--threads"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cpu_threads.choose_threads().threads == 2 and cpu_threads.choose_threads().why == "OMP_NUM_THREADS"
+    with pytest.raises(UserError, match="--threads"):
+        cpu_threads.choose_threads(0)
+    assert 1 <= cpu_threads.physical_cores() <= cpu_threads.logical_cpus()
+
+
 def test_sizes_and_steps_default_to_the_config(folders, tmp_path):
     mask = _mask(folders["cogvideox"], tmp_path / "mask.yaml", (1, 2, 2), steps=1)
     report = generate(GenerateSettings(model=str(folders["cogvideox"]), mask=str(mask), prompts=("a cat",),

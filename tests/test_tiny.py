@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from sta_search.errors import UserError
 from sta_search.tiny import bundled_path, is_tiny_folder, load_tiny, recommended_settings
 from sta_search.tiny import data
 from sta_search.tiny.evaluate import check_video, score
@@ -176,8 +177,19 @@ def test_demo_shortened_writes_report_mask_videos_and_heatmaps(tmp_path):
     quick, heldout = demo_prompts(4, 2)
     assert not set(quick) & set(heldout) and len(set(quick)) == 4
     out = tmp_path / "demo"
+    folder = str(bundled_path())  # --model takes a folder too (with its sta_search.json); tile comes from there
     report = run_demo(DemoSettings(out=str(out), budget=0.3, quick_prompts=1, heldout_prompts=1, steps=2,
-                                   height=32, width=32, full_steps=0, profile_every=2, error_windows=((1, 4, 4), (2, 2, 2))))
+                                   height=32, width=32, full_steps=0, profile_every=2, error_windows=((1, 4, 4), (2, 2, 2)),
+                                   model=folder, threads=1))
+    assert report["model"] == folder and report["threads"]["threads"] == 1
+    measured = report["measured"]
+    assert measured["sta_kernels"] == ["gather"] and measured["threads"] == 1  # auto off CUDA
+    assert measured["attention_sparse_steps"]["speedup"] > 0 and measured["step_sparse_steps"]["speedup"] > 0
+    markdown = (out / "report.md").read_text()
+    calibrated = report["prediction"]["calibrated_on"]
+    assert calibrated and f"calibrated on {calibrated}" in markdown  # named, and its number left out on CPU:
+    assert f"{report['prediction']['attention_speedup']:.2f}x" not in markdown.split("## Speed measured")[0]
+    assert "`gather`" in markdown and "1 (--threads)" in markdown
     written = json.loads((out / "report.json").read_text())
     assert (out / "report.md").is_file() and written["steps"] == 2
     assert written["tool_version"] and written["versions"]["torch"] == torch.__version__  # sta_search.report
@@ -190,3 +202,24 @@ def test_demo_shortened_writes_report_mask_videos_and_heatmaps(tmp_path):
     assert video["fidelity"]["psnr_db"] is not None
     assert report["heatmaps"] and all((out / p).is_file() for p in report["heatmaps"])
     assert (out / report["frames_png"]).stat().st_size > 0
+
+
+def test_demo_markdown_labels_the_prediction_with_its_gpu_on_cuda():
+    from sta_search.demo import _markdown
+
+    report = {"model": "tiny", "device": "cuda", "steps": 8, "canvas": [8, 16, 16], "tile": [2, 4, 4], "budget": 0.3,
+              "selection": {"density": 0.3, "overall_density": 0.47, "predicted_error": 0.1, "heldout_error": 0.1,
+                            "dense_step_count": 2},
+              "prediction": {"attention_speedup": 1.6, "calibrated_on": "NVIDIA H100 80GB HBM3"},
+              "measured": {}, "videos": [], "heatmaps": [], "mask": "mask.yaml", "timings": {}}
+    markdown = _markdown(report)
+    assert "predicted attention speedup on NVIDIA H100 80GB HBM3" in markdown and "1.60x" in markdown
+    assert "No dense comparison ran" in markdown
+
+
+@pytest.mark.parametrize("model", ["small", "/no/such/folder"])
+def test_demo_unknown_model_is_a_user_error(model, tmp_path):
+    from sta_search.demo import DemoSettings, run_demo
+
+    with pytest.raises(UserError, match="does not exist"):
+        run_demo(DemoSettings(out=str(tmp_path / "demo"), model=model))

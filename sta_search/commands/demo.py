@@ -1,4 +1,4 @@
-"""``sta-search demo``: profile -> select -> generate on the bundled tiny model, into outputs/demo/."""
+"""``sta-search demo``: profile -> select -> generate on a bundled model (default tiny), into outputs/demo/."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_command(
         out: str = typer.Option("outputs/demo", "--out", help="Output folder (videos, heatmaps, mask.yaml, report.md)."),
+        model: str = typer.Option("tiny", "--model", help="Bundled model name (tiny; small once shipped) or a "
+                                  "pipeline folder with a sta_search.json of recommended settings."),
         budget: float = options.density_option(0.3, "--budget", help="Attention density budget of the sparse "
                                                "steps, in (0, 1]."),
         quick_prompts: int = options.positive_option(4, "--quick-prompts", help="Prompts to profile."),
@@ -27,10 +29,12 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = options.device_option(),
         backend: str = options.backend_option(),
         overwrite: bool = options.flag(False, "--overwrite", help="Replace a non-empty --out folder."),
+        threads: Optional[int] = options.positive_option(None, "--threads", help="Torch CPU threads (default on "
+                                                         "CPU: physical cores the load average leaves idle, >= 1)."),
     ):
-        """Profile the bundled tiny model, select windows at a budget, generate dense vs STA and report."""
+        """Profile a bundled model (tiny), select windows at a budget, generate dense vs STA and report."""
         from ..demo import DemoSettings, run_demo
 
         run_demo(DemoSettings(out=out, budget=budget, quick_prompts=quick_prompts, heldout_prompts=heldout_prompts,
                               steps=steps, full_steps=full_steps, profile_every=profile_every, seed=seed,
-                              device=device, backend=backend, overwrite=overwrite))
+                              device=device, backend=backend, overwrite=overwrite, model=model, threads=threads))
