@@ -21,7 +21,8 @@ BUNDLED_MODELS: dict[str, str] = {"tiny": "sta_search.tiny:bundled_path"}
 _BUNDLED: dict[str, Callable[[], Path]] = {}  # added at run time by register_bundled (tests, plugins)
 
 # Pipeline classes that live outside diffusers: model_index.json `_class_name` -> "module:attribute".
-_LOCAL_PIPELINE_CLASSES = {"TinyVideoPipeline": "sta_search.tiny.pipeline:TinyVideoPipeline"}
+_LOCAL_PIPELINE_CLASSES = {"TinyVideoPipeline": "sta_search.tiny.pipeline:TinyVideoPipeline",
+                          "SmallVideoPipeline": "sta_search.small.pipeline:SmallVideoPipeline"}
 
 
 @dataclass
