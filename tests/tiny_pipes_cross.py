@@ -76,14 +76,14 @@ def tiny_ltx_pipeline(image_to_video: bool = False):
 
 
 def tiny_allegro_pipeline():
-    """Tiny `AllegroPipeline`: 2 layers, 2 heads, head_dim 32, patch (1, 2, 2), VAE 8x spatial / 4x temporal."""
+    """Tiny `AllegroPipeline`: 2 layers, 2 heads, head_dim 48 (Allegro's RoPE splits it in 3 even parts), patch (1, 2, 2), VAE 8x spatial / 4x temporal."""
     from diffusers import AllegroPipeline, AllegroTransformer3DModel, AutoencoderKLAllegro
     from diffusers import EulerAncestralDiscreteScheduler
 
     torch.manual_seed(0)
     transformer = AllegroTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=32, in_channels=4, out_channels=4, num_layers=2,
-        cross_attention_dim=64, sample_width=8, sample_height=8, sample_frames=9, caption_channels=32,
+        num_attention_heads=2, attention_head_dim=48, in_channels=4, out_channels=4, num_layers=2,
+        cross_attention_dim=96, sample_width=8, sample_height=8, sample_frames=9, caption_channels=32,
     )
     torch.manual_seed(0)
     vae = AutoencoderKLAllegro(

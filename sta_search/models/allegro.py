@@ -82,3 +82,6 @@ class AllegroAdapter(ModelAdapter):
     def _latent_frames(self, transformer, frames):
         t = self.vae_scale_temporal  # AllegroPipeline.prepare_latents
         return math.ceil(frames / t) if frames % 2 == 0 else math.ceil((frames - 1) / t) + 1
+
+    def _bind_defaults(self, transformer, pipeline):
+        return {"clean_caption": False}  # caption cleaning needs bs4/ftfy and changes the prompt
