@@ -9,7 +9,9 @@ full-size models:
     LTX-Video: VAE 32x spatial, 8x temporal, patch 1:  128 x 128, 17 frames -> canvas (3, 4, 4)
     Allegro:   VAE 8x spatial, 4x temporal, patch (1, 2, 2):  64 x 64, 9 frames -> canvas (3, 4, 4)
 
-`CROSS_CALLS[kind]` holds that call; `save_tiny_cross(kind, folder)` writes a diffusers pipeline folder.
+Allegro's VAE decodes only in tiles of 24 frames x 128 pixels (tiny `sample_size`; the real one 320 x 24
+frames), so a decoded Allegro video needs >= 24 frames and >= 128 pixels: `CROSS_DECODE_SIZE`.
+`CROSS_CALLS[kind]` holds the small call; `save_tiny_cross(kind, folder)` writes a diffusers pipeline folder.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ CROSS_CALLS = {
     "allegro": dict(height=64, width=64, frames=9, steps=2),
 }
 CROSS_CANVAS = (3, 4, 4)
+CROSS_DECODE_SIZE = {"ltx_video": dict(height=128, width=256, frames=17, canvas=(3, 4, 8)),
+                     "allegro": dict(height=128, width=128, frames=24, canvas=(6, 8, 8))}
 TEXT_LEN = 16  # max_sequence_length of the tiny calls (cross-attention keys; never in the self-attention)
 
 
@@ -89,9 +93,9 @@ def tiny_allegro_pipeline():
     vae = AutoencoderKLAllegro(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
         down_block_types=("AllegroDownBlock3D",) * 4, up_block_types=("AllegroUpBlock3D",) * 4,
-        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4, sample_size=128,
     )
-    vae.enable_tiling = lambda *a, **k: None
+    vae.enable_tiling()  # the pipeline cannot decode without it (diffusers' own example enables it)
     pipe = AllegroPipeline(tokenizer=_word_level_tokenizer(bos=0), text_encoder=_t5(), vae=vae,
                            transformer=transformer, scheduler=EulerAncestralDiscreteScheduler())
     return _finish(pipe)

@@ -85,3 +85,11 @@ class AllegroAdapter(ModelAdapter):
 
     def _bind_defaults(self, transformer, pipeline):
         return {"clean_caption": False}  # caption cleaning needs bs4/ftfy and changes the prompt
+
+    def bind(self, pipeline=None, transformer=None):
+        # AllegroPipeline cannot decode without VAE tiling (diffusers raises NotImplementedError); its own example
+        # calls `pipe.vae.enable_tiling()`, so a bound pipeline gets it too.
+        vae = getattr(pipeline, "vae", None)
+        if vae is not None and not getattr(vae, "use_tiling", True):
+            vae.enable_tiling()
+        return super().bind(pipeline, transformer)
