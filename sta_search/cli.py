@@ -56,7 +56,7 @@ app = typer.Typer(
     cls=_Group,
 )
 
-COMMAND_MODULES = ("profile", "select", "inspect", "generate", "bench", "convert", "merge", "demo")
+COMMAND_MODULES = ("profile", "select", "inspect", "generate", "bench", "convert", "merge", "demo", "models")
 _state = {"debug": False}
 err = Console(stderr=True, soft_wrap=True)  # one error, one line, however long
 

@@ -1,6 +1,6 @@
 """Model adapters and the self-attention hook (docs/geometry.md, text tokens).
 
-Supported families (diffusers 0.42): Wan 2.1/2.2 (`WanTransformer3DModel`, both experts),
+Supported families (diffusers 0.42; `sta-search models` lists them): Wan 2.1/2.2 (`WanTransformer3DModel`, both experts),
 HunyuanVideo (`HunyuanVideoTransformer3DModel`), CogVideoX (`CogVideoXTransformer3DModel`).
 
     from sta_search.models import load_model, hook_attention, dense_attention
@@ -27,6 +27,7 @@ from .base import (
 )
 from .hook import HookState, dense_attention, hook_attention, text_key_mask
 from . import cogvideox, hunyuan_video, wan  # noqa: F401  (register the adapters)
+from . import allegro, ltx_video  # noqa: F401  (cross-attention families)
 from .cogvideox import CogVideoXAdapter
 from .hunyuan_video import HunyuanVideoAdapter
 from .wan import WanAdapter

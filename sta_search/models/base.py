@@ -99,6 +99,11 @@ class ModelAdapter:
     family: ClassVar[str] = ""
     transformer_classes: ClassVar[tuple[str, ...]] = ()
     text_first: ClassVar[bool] = False
+    # Catalog metadata (``sta-search models``): the diffusers pipelines that run this transformer, how the text
+    # reaches the video tokens, and released checkpoints as (name, heads, head_dim).
+    pipelines: ClassVar[tuple[str, ...]] = ()
+    text_handling: ClassVar[str] = ""
+    checkpoints: ClassVar[tuple[tuple[str, int, int], ...]] = ()
 
     vae_scale_temporal: int = 4
     vae_scale_spatial: int = 8
@@ -112,6 +117,12 @@ class ModelAdapter:
     def runtime_canvas(self, transformer, hidden_states: torch.Tensor) -> tuple[int, int, int]:
         """Token canvas ``(T, H, W)`` of a forward, from the transformer's latent input."""
         raise NotImplementedError
+
+    def forward_canvas(self, transformer, args: tuple, kwargs: dict) -> tuple[int, int, int]:
+        """Token canvas of a forward from the transformer's call arguments; default: `runtime_canvas` of the
+        latent input. Families whose latent input is already packed into tokens (LTX-Video) override it."""
+        hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        return self.runtime_canvas(transformer, hidden_states)
 
     def make_processor(self, runtime, layer: int):
         """A diffusers attention processor for layer `layer` that calls ``runtime.attend(...)``."""

@@ -77,6 +77,9 @@ class CogVideoXAdapter(ModelAdapter):
     family = "cogvideox"
     transformer_classes = ("CogVideoXTransformer3DModel",)
     text_first = True
+    pipelines = ("CogVideoXPipeline",)
+    text_handling = "joint attention: text before the video tokens, padded, no mask"
+    checkpoints = (("CogVideoX-2b", 30, 64), ("CogVideoX-5b / 1.5-5B", 48, 64))
 
     def attention_modules(self, transformer):
         return [block.attn1 for block in transformer.transformer_blocks]

@@ -68,7 +68,7 @@ class _HookRuntime:
         state.forwards += 1
         state.transformer_index = transformer_index
         state.parallel_config = getattr(module, "_parallel_config", None)
-        state.canvas = tuple(int(n) for n in adapter.runtime_canvas(module, hidden_states))
+        state.canvas = tuple(int(n) for n in adapter.forward_canvas(module, args, kwargs))
 
     @torch.compiler.disable
     def attend(self, layer: int, q, k, v, text_len: int = 0, text_mask=None, head_offset: int = 0,

@@ -119,6 +119,9 @@ class HunyuanVideoAdapter(ModelAdapter):
     family = "hunyuan_video"
     transformer_classes = ("HunyuanVideoTransformer3DModel",)
     text_first = False
+    pipelines = ("HunyuanVideoPipeline",)
+    text_handling = "joint attention: text after the video tokens, boolean key-padding mask"
+    checkpoints = (("HunyuanVideo 13B", 24, 128),)
 
     def attention_modules(self, transformer):
         return [block.attn for block in transformer.transformer_blocks] + [

@@ -72,6 +72,9 @@ class WanAdapter(ModelAdapter):
     family = "wan"
     transformer_classes = ("WanTransformer3DModel",)
     text_first = False
+    pipelines = ("WanPipeline",)
+    text_handling = "cross-attention (attn2); no text in the self-attention"
+    checkpoints = (("Wan 2.1 T2V 1.3B", 12, 128), ("Wan 2.1/2.2 14B", 40, 128), ("Wan 2.2 TI2V 5B", 24, 128))
 
     def attention_modules(self, transformer):
         return [block.attn1 for block in transformer.blocks]
