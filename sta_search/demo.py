@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .options import resolve_device, resolve_dtype
-from .report import atomic_write_text, provenance, write_json
+from .report import atomic_write_text, check_output_folder, provenance, write_json
 from .tiny import data, recommended_settings
 
 # Shortlist whose errors are measured (the CPU cost of profiling grows with its length): densities on the
@@ -74,11 +74,9 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
     if settings.quick_prompts < 1 or settings.heldout_prompts < 1:
         raise UserError("--quick-prompts and --heldout-prompts must be >= 1")
     out = Path(settings.out)
-    if out.exists() and any(out.iterdir()):
-        if not settings.overwrite:
-            raise UserError(f"--out {out} is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and out.is_dir() and any(out.iterdir()) and not settings.overwrite:
+        raise UserError(f"--out {out} is not empty; pass --overwrite to replace it")
+    check_output_folder(out)
 
     defaults = recommended_settings()
     steps = settings.steps or defaults.steps
@@ -87,6 +85,9 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
     frames = settings.frames or defaults.frames
     tile = tuple(settings.tile or defaults.tile)
     device = str(resolve_device(settings.device))
+    if out.exists() and any(out.iterdir()):  # --overwrite; only after every check passed
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
     quick, heldout = demo_prompts(settings.quick_prompts, settings.heldout_prompts)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ import torch
 
 from .errors import UserError
 from .options import resolve_device, resolve_dtype
-from .report import json_safe, provenance, write_json
+from .report import check_output_folder, json_safe, provenance, write_json
 
 REPORT_SCHEMA = "sta-search/generate-report/v1"
 FAMILY_FPS = {"wan": 16, "hunyuan_video": 24, "cogvideox": 8}
@@ -213,7 +213,7 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         dtype = resolve_dtype(settings.dtype, device)
         if not settings.prompts:
             raise UserError("no prompts given")
-        out = prepare_output_folder(settings.out)
+        check_output_folder(settings.out)  # created after the checks: an input error leaves no empty folder
         config = load_mask(settings.mask)
 
         loaded = load_model(settings.model, device=str(device), dtype=dtype)
@@ -249,6 +249,7 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         if context is not None:
             enable_ulysses(loaded, settings.ulysses, canvas=canvas)  # UserError on every rank for a bad degree
 
+    out = prepare_output_folder(settings.out)
     attention = MaskAttention(config, backend=settings.backend)
     if settings.compile:
         for transformer in (loaded.transformer, loaded.transformer_2):

@@ -32,6 +32,9 @@ def register(app: typer.Typer) -> None:
         each in tile order, with tile/untile permutes (+permutes) and in place (-natural);
         flex = FlexAttention STA (mask built once); cudnn-dense, fa2-dense = dense SDPA.
         """
+        from ..report import check_output_folder
+
+        check_output_folder(out)  # before any work
         from ..benchmark import make_shape, results_table, run_shape, write_results
 
         windows = [w if w in (None, "mixed") else options.parse_window(w) for w in (window or [None])]

@@ -29,8 +29,13 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = options.flag(False, "--overwrite", help="Replace a non-empty --out folder."),
     ):
         """Profile the bundled tiny model, select windows at a budget, generate dense vs STA and report."""
+        from ..report import check_output_folder, removed_if_left_empty
+
+        check_output_folder(out)  # before any work
         from ..demo import DemoSettings, run_demo
 
-        run_demo(DemoSettings(out=out, budget=budget, quick_prompts=quick_prompts, heldout_prompts=heldout_prompts,
-                              steps=steps, full_steps=full_steps, profile_every=profile_every, seed=seed,
-                              device=device, backend=backend, overwrite=overwrite))
+        with removed_if_left_empty(out):
+            run_demo(DemoSettings(out=out, budget=budget, quick_prompts=quick_prompts,
+                                  heldout_prompts=heldout_prompts, steps=steps, full_steps=full_steps,
+                                  profile_every=profile_every, seed=seed, device=device, backend=backend,
+                                  overwrite=overwrite))

@@ -43,6 +43,9 @@ def register(app: typer.Typer) -> None:
     ):
         """Generate videos with the Sliding Tile Attention windows of a mask config."""
         prompt_list = options.prompts_from(prompt, prompts)  # before the heavy imports: a bad file fails at once
+        from ..report import check_output_folder, removed_if_left_empty
+
+        check_output_folder(out)
         from .. import distributed
         from ..generate import GenerateSettings, generate
 
@@ -50,7 +53,7 @@ def register(app: typer.Typer) -> None:
                                     seed=seed, steps=steps, height=height, width=width, frames=frames, dtype=dtype,
                                     device=device, compare_dense=compare_dense, compile=compile, backend=backend,
                                     fps=fps, warmup_steps=warmup_steps, ulysses=ulysses)
-        with distributed.session():
+        with distributed.session(), removed_if_left_empty(out):
             report = generate(settings)
         if distributed.is_main_process():
             typer.echo(f"wrote {len(report['videos'])} video(s) and report.json to {out}")

@@ -27,9 +27,13 @@ def register(app: typer.Typer) -> None:
         candidates: str = typer.Option("auto", "--candidates", help="shortlist (windows with measured errors) or all (every window; recall only) (default: shortlist for error, all for recall)."),
         folds: int = options.positive_option(5, "--folds", help="Folds over prompts for the held-out error (leave-one-out with fewer prompts)."),
         results: Optional[str] = typer.Option(None, "--bench-results", help=f"Folder of kernel-*.json benchmarks (`sta-search bench`) to fit the cost model to, for another GPU (default: the packaged calibration, measured on an {gpu})."),
-        out: str = typer.Option("mask.yaml", "--out", help="Mask config YAML to write."),
+        out: str = typer.Option("mask.yaml", "--out", help="Mask config YAML to write (an existing file only with --force)."),
+        force: bool = options.flag(False, "--force", help="Replace --out if it exists."),
     ):
         """Choose a window for every (step, layer, head) that minimises error under a density budget."""
+        from ..report import check_output_file, writing
+
+        check_output_file(out, force=force)  # before any work
         from rich.console import Console
 
         from ..artifacts import Profile, merge_profiles
@@ -43,7 +47,8 @@ def register(app: typer.Typer) -> None:
                                 granularity=granularity, objective=objective, strategy=strategy,
                                 candidates=candidates, folds=folds, results_dir=results)
         selection = select_windows(profile, options)
-        selection.config.save(out)
+        with writing(out, "the mask config", kept="nothing was written"):
+            selection.config.save(out)
         console = Console()
         title = f"selected windows ({len(loaded)} profile(s), {profile.num_prompts} prompt(s)) -> {out}"
         console.print(summary_table(selection.summary, title=title))
