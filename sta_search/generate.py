@@ -10,6 +10,7 @@ and the provenance of the config and the model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -278,7 +279,8 @@ def generate(settings: GenerateSettings, console=None) -> dict:
     }
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+    faults = _faults(loaded, (height, width, frames), canvas, dtype, device, out, report["videos"], settings.prompts)
+    with faults, Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         if settings.warmup_steps:
             # Short runs first (output discarded) so that compilation, autotuning and allocator growth
             # land outside the timed runs of both sides.
@@ -340,11 +342,33 @@ def _check_backend(backend: str, info, device: torch.device, dtype: torch.dtype,
 
 
 def _write(is_main: bool, path: Path, frames, fps: int) -> str:
+    from .report import sigint_deferred
     from .video import write_mp4
 
     if is_main:
-        write_mp4(path, frames, fps=fps)
+        with sigint_deferred():  # Ctrl-C waits for the file: every video on disk is whole
+            write_mp4(path, frames, fps=fps)
     return path.name
+
+
+@contextlib.contextmanager
+def _faults(loaded, size, canvas, dtype, device, out: Path, videos: list, prompts):
+    """Ctrl-C and CUDA out of memory during the runs, as one line each (exit 130 / 2) saying what is kept."""
+    from .errors import Interrupted
+    from .report import out_of_memory_errors, out_of_memory_message
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"{len(videos)} of {len(prompts)} prompts finished; their videos are kept in {out}"
+                          if videos else f"no prompt was finished; nothing was written to {out}") from None
+    except out_of_memory_errors():
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        kept = f"the videos of the {len(videos)} finished prompt(s) are kept in {out}" if videos else \
+            "nothing was written"
+        raise UserError(out_of_memory_message(loaded, *size, canvas, 0, dtype, device=device, extra=0)
+                        + f"; {kept}") from None
 
 
 def _call_kwargs(loaded, prompt, height, width, frames, steps, seed, device) -> dict:

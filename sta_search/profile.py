@@ -12,7 +12,6 @@ to an uninterrupted one (on the same machine and software).
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import time
 import signal
@@ -26,7 +25,8 @@ from .artifacts import HEADER_FILE, STATS_FILE, Profile, model_identity
 from .errors import Interrupted, UserError
 from .kernels.geometry import DEFAULT_TILE, Geometry
 from .options import dtype_name, parse_profile_steps, resolve_device
-from .report import OutputLock, sigint_deferred, writing
+from .report import (OutputLock, out_of_memory_errors, out_of_memory_message, sigint_deferred,
+                     writing)
 from .stats import AttentionProfiler, CallStats, clip_windows, default_error_windows
 
 Triple = tuple[int, int, int]
@@ -351,12 +351,13 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
                 with hook_attention(loaded, attention_fn, adapter, check_finite=True):
                     with torch.inference_mode():
                         pipeline(**kwargs)
-            except OUT_OF_MEMORY:
+            except out_of_memory_errors():
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 done = state["profile"].num_prompts if state["profile"] is not None else 0
                 text_len = (seen["text"] or (0, False))[0]
-                raise UserError(out_of_memory_message(loaded, sizes, canvas, text_len, dtype,
+                raise UserError(out_of_memory_message(loaded, sizes["height"], sizes["width"], sizes["frames"],
+                                                      canvas, text_len, dtype,
                                                       device=getattr(loaded.transformer, "device", None))
                                 + (f"; the {done} finished prompt(s) are kept in {out} (--resume continues)"
                                    if done else "; nothing was written")) from None
@@ -390,50 +391,6 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
     if profile is None:  # nothing left to do and nothing done: cannot happen (prompts non-empty)
         raise UserError("no prompts were profiled")
     return profile
-
-
-# ----------------------------------------------------------------------------------- faults
-OUT_OF_MEMORY = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError)
-
-#: Activation elements a transformer block holds per token and hidden unit at its peak (residual, norms,
-#: q/k/v/out, the 4x MLP) in the dtype of the model; a rough factor for :func:`estimate_memory_bytes`.
-_ACTIVATIONS_PER_TOKEN_HIDDEN = 16
-
-
-def estimate_memory_bytes(loaded, canvas, text_len: int, dtype, *, batch: int = 2) -> int:
-    """A rough estimate of the memory a dense denoising step needs at `canvas`: the pipeline's weights plus
-    the activations of one transformer block for `batch` forwards (CFG) over the video and text tokens,
-    plus the profiler's working budget. For messages, not for decisions."""
-    from .stats import DEFAULT_MEMORY_BUDGET
-
-    modules = []
-    pipeline = getattr(loaded, "pipeline", None)
-    for component in (getattr(pipeline, "components", None) or {}).values():
-        if isinstance(component, torch.nn.Module):
-            modules.append(component)
-    for transformer in (getattr(loaded, "transformer", None), getattr(loaded, "transformer_2", None)):
-        if transformer is not None and not any(transformer is m for m in modules):
-            modules.append(transformer)
-    weights = sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
-    info = loaded.info
-    tokens = math.prod(int(c) for c in canvas) + int(text_len or 0)
-    hidden = int(info.num_heads) * int(info.head_dim)
-    element = torch.empty((), dtype=dtype).element_size()
-    activations = _ACTIVATIONS_PER_TOKEN_HIDDEN * batch * tokens * hidden * element
-    return int(weights + activations + DEFAULT_MEMORY_BUDGET)
-
-
-def out_of_memory_message(loaded, sizes: dict, canvas, text_len: int, dtype, device=None) -> str:
-    """One line for CUDA out of memory: the size, its tokens, the estimated need and the GPU's memory."""
-    need = estimate_memory_bytes(loaded, canvas, text_len, dtype)
-    have = ""
-    if device is not None and torch.device(device).type == "cuda":
-        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-        have = f", the GPU has {total / 2**30:.1f} GiB"
-    return (f"out of GPU memory at {sizes['height']}x{sizes['width']}, {sizes['frames']} frames (canvas "
-            f"{tuple(canvas)}, {math.prod(canvas)} video tokens): it needs about {need / 2**30:.1f} GiB "
-            f"(estimated from the shapes){have}; pass a smaller --height/--width/--frames or shard prompts over "
-            "more GPUs (torchrun)")
 
 
 # ----------------------------------------------------------------------------------- summary

@@ -330,3 +330,51 @@ def _read_pid(fd: int) -> int | None:
         return int(text) if text else None
     except (OSError, ValueError):
         return None
+
+
+# ------------------------------------------------------------------------------------------- out of memory
+def out_of_memory_errors() -> tuple[type, ...]:
+    """The exception types of CUDA out of memory (``torch.OutOfMemoryError`` and its older name)."""
+    import torch
+
+    return tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError})
+
+
+#: Activation elements a transformer block holds per token and hidden unit at its peak (residual, norms,
+#: q/k/v/out, the 4x MLP); a rough factor for :func:`estimate_memory_bytes`.
+ACTIVATIONS_PER_TOKEN_HIDDEN = 16
+#: Working memory of the profiler's statistics (sta_search.stats.DEFAULT_MEMORY_BUDGET).
+PROFILER_BUDGET = 1536 << 20
+
+
+def estimate_memory_bytes(loaded, canvas, text_len: int, dtype, *, batch: int = 2, extra: int = PROFILER_BUDGET) -> int:
+    """A rough estimate of the memory a dense denoising step needs at `canvas`: the pipeline's weights plus the
+    activations of one transformer block for `batch` forwards (CFG) over the video and text tokens, plus
+    `extra` working memory. For messages, not for decisions."""
+    import torch
+
+    modules = [c for c in (getattr(getattr(loaded, "pipeline", None), "components", None) or {}).values()
+               if isinstance(c, torch.nn.Module)]
+    for transformer in (getattr(loaded, "transformer", None), getattr(loaded, "transformer_2", None)):
+        if transformer is not None and not any(transformer is m for m in modules):
+            modules.append(transformer)
+    weights = sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
+    info = loaded.info
+    tokens = math.prod(int(c) for c in canvas) + int(text_len or 0)
+    element = torch.empty((), dtype=dtype).element_size()
+    activations = ACTIVATIONS_PER_TOKEN_HIDDEN * batch * tokens * int(info.num_heads) * int(info.head_dim) * element
+    return int(weights + activations + extra)
+
+
+def out_of_memory_message(loaded, height, width, frames, canvas, text_len: int, dtype, device=None,
+                          extra: int = PROFILER_BUDGET) -> str:
+    """One line for CUDA out of memory: the size, its tokens, the estimated need and the GPU's memory."""
+    import torch
+
+    need = estimate_memory_bytes(loaded, canvas, text_len, dtype, extra=extra)
+    have = ""
+    if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available():
+        have = f", the GPU has {torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30:.1f} GiB"
+    return (f"out of GPU memory at {height}x{width}, {frames} frames (canvas {tuple(canvas)}, "
+            f"{math.prod(canvas)} video tokens): it needs about {need / 2**30:.2f} GiB (estimated from the "
+            f"shapes){have}; pass a smaller --height/--width/--frames")
