@@ -12,6 +12,7 @@ to an uninterrupted one (on the same machine and software).
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import time
 import signal
@@ -25,8 +26,8 @@ from .artifacts import HEADER_FILE, STATS_FILE, Profile, model_identity
 from .errors import Interrupted, UserError
 from .kernels.geometry import DEFAULT_TILE, Geometry
 from .options import dtype_name, parse_profile_steps, resolve_device
-from .report import (OutputLock, out_of_memory_errors, out_of_memory_message, sigint_deferred,
-                     writing)
+from .report import (PROFILER_BUDGET, OutputLock, check_fits_in_memory, estimate_memory_bytes, out_of_memory_errors,
+                     out_of_memory_message, sigint_deferred, writing)
 from .stats import AttentionProfiler, CallStats, clip_windows, default_error_windows
 
 Triple = tuple[int, int, int]
@@ -272,6 +273,11 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
     info = loaded.info  # both experts' layers for Wan 2.2
     windows = clip_windows(geometry, settings.windows) if settings.windows else default_error_windows(geometry)
     profile_steps = parse_profile_steps(settings.profile_steps, settings.steps)
+    sums_bytes = 4 * len(profile_steps) * int(info.num_layers) * int(info.num_heads) * (
+        math.prod(geometry.grid) + math.prod(2 * n - 1 for n in geometry.grid))
+    check_fits_in_memory(estimate_memory_bytes(loaded, canvas, 0, dtype, extra=sums_bytes + PROFILER_BUDGET), device,
+                         f"{sizes['height']}x{sizes['width']}, {sizes['frames']} frames (canvas {canvas}, "
+                         f"{math.prod(canvas)} video tokens)")
     header = {
         "model": {"family": info.family, "transformer_class": info.transformer_class, **model_identity(settings.model),
                   "num_layers": int(info.num_layers), "num_heads": int(info.num_heads),

@@ -350,7 +350,7 @@ PROFILER_BUDGET = 1536 << 20
 def estimate_memory_bytes(loaded, canvas, text_len: int, dtype, *, batch: int = 2, extra: int = PROFILER_BUDGET) -> int:
     """A rough estimate of the memory a dense denoising step needs at `canvas`: the pipeline's weights plus the
     activations of one transformer block for `batch` forwards (CFG) over the video and text tokens, plus
-    `extra` working memory. For messages, not for decisions."""
+    `extra` working memory. Rough: for messages, and to refuse sizes beyond the device's whole memory."""
     import torch
 
     modules = [c for c in (getattr(getattr(loaded, "pipeline", None), "components", None) or {}).values()
@@ -364,6 +364,29 @@ def estimate_memory_bytes(loaded, canvas, text_len: int, dtype, *, batch: int = 
     element = torch.empty((), dtype=dtype).element_size()
     activations = ACTIVATIONS_PER_TOKEN_HIDDEN * batch * tokens * int(info.num_heads) * int(info.head_dim) * element
     return int(weights + activations + extra)
+
+
+def device_memory_bytes(device) -> int | None:
+    """The whole memory of a CUDA device, or the machine's physical memory for the CPU (None if unknown)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_fits_in_memory(need: int, device, size: str) -> None:
+    """UserError when the estimated `need` (bytes) exceeds the device's whole memory: such a size could only fail
+    after minutes of work (an allocation error or the OOM killer), so it is refused before the first step."""
+    have = device_memory_bytes(device)
+    if have is not None and need > have:
+        where = "the GPU" if str(device).startswith("cuda") else "this machine"
+        raise UserError(f"{size} needs about {need / 2**30:.1f} GiB (estimated from the shapes), more than the "
+                        f"{have / 2**30:.1f} GiB of {where}; pass a smaller --height/--width/--frames")
 
 
 def out_of_memory_message(loaded, height, width, frames, canvas, text_len: int, dtype, device=None,

@@ -15,15 +15,15 @@ def register(app: typer.Typer) -> None:
         out: str = typer.Option("outputs/demo", "--out", help="Output folder (videos, heatmaps, mask.yaml, report.md)."),
         budget: float = options.density_option(0.3, "--budget", help="Attention density budget of the sparse "
                                                "steps, in (0, 1]."),
-        quick_prompts: int = options.positive_option(4, "--quick-prompts", help="Prompts to profile."),
+        quick_prompts: int = options.positive_option(4, "--quick-prompts", help="Prompts to profile.", maximum=1000),
         heldout_prompts: int = options.positive_option(2, "--heldout-prompts", help="Held-out prompts to generate "
-                                                       "dense and STA."),
+                                                       "dense and STA.", maximum=1000),
         steps: Optional[int] = options.positive_option(None, "--steps", help="Denoising steps (default: the "
-                                                       "model's sta_search.json)."),
+                                                       "model's sta_search.json).", maximum=options.MAX_STEPS),
         full_steps: Optional[int] = options.non_negative_option(None, "--full-steps", help="Leading steps kept "
-                                                                "dense (default: select's)."),
-        profile_every: int = options.positive_option(4, "--profile-every", help="Profile every k-th denoising step."),
-        seed: int = typer.Option(0, "--seed", help="Random seed of every generation."),
+                                                                "dense (default: select's).", maximum=options.MAX_STEPS),
+        profile_every: int = options.positive_option(4, "--profile-every", help="Profile every k-th denoising step.", maximum=options.MAX_STEPS),
+        seed: int = options.seed_option(help="Random seed of every generation."),
         device: Optional[str] = options.device_option(),
         backend: str = options.backend_option(),
         overwrite: bool = options.flag(False, "--overwrite", help="Replace a non-empty --out folder."),

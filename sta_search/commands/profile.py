@@ -17,14 +17,14 @@ def register(app: typer.Typer) -> None:
         prompts: str = typer.Option(..., "--prompts", help="Prompts file: one a line, '#' comments and blank lines "
                                     "skipped; or a bundled set: 'default' (16) or 'quick' (4)."),
         steps: Optional[int] = options.positive_option(None, "--steps", help="Denoising steps (default: the model "
-                                                       "folder's sta_search.json, else 50)."),
+                                                       "folder's sta_search.json, else 50).", maximum=options.MAX_STEPS),
         height: Optional[int] = options.positive_option(None, "--height", help="Video height in pixels (default: "
-                                                        "sta_search.json, else the pipeline's)."),
+                                                        "sta_search.json, else the pipeline's).", maximum=options.MAX_PIXELS),
         width: Optional[int] = options.positive_option(None, "--width", help="Video width in pixels (default: "
-                                                       "sta_search.json, else the pipeline's)."),
+                                                       "sta_search.json, else the pipeline's).", maximum=options.MAX_PIXELS),
         frames: Optional[int] = options.positive_option(None, "--frames", help="Number of frames (default: "
-                                                        "sta_search.json, else the pipeline's)."),
-        seed: int = typer.Option(0, "--seed", help="Prompt i uses seed + i."),
+                                                        "sta_search.json, else the pipeline's).", maximum=options.MAX_FRAMES),
+        seed: int = options.seed_option(help="Prompt i uses seed + i."),
         profile_steps: str = options.profile_steps_option(),
         tile: Optional[str] = options.tile_option(help="STA tile t,h,w in tokens (product a multiple of 16; "
                                                   "default: the model folder's sta_search.json, else 6,8,8)."),
