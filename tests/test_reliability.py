@@ -283,3 +283,53 @@ def test_memory_estimate_grows_with_the_canvas():
     small = estimate_memory_bytes(loaded, (2, 4, 4), 0, torch.float32, extra=0)
     assert small == 110 * 4 + 16 * 2 * 32 * 16 * 4
     assert estimate_memory_bytes(loaded, (4, 4, 4), 0, torch.float32, extra=0) - small == 16 * 2 * 32 * 16 * 4
+
+
+# ---------------------------------------------------------------------------------------------- generate faults
+@pytest.fixture(scope="module")
+def tiny_small_mask(tmp_path_factory):
+    """A one-step mask config for the bundled tiny model at 32x32 pixels, 4 frames."""
+    from sta_search.maskconfig import MaskConfig
+    from sta_search.models import load_model
+
+    loaded = load_model("tiny", device="cpu", dtype=torch.float32)
+    info = loaded.adapter.info(loaded.transformer)
+    canvas = tuple(int(c) for c in loaded.adapter.canvas(loaded.transformer, 32, 32, 4))
+    path = tmp_path_factory.mktemp("mask") / "mask.yaml"
+    MaskConfig.uniform(info, canvas, (1, 4, 4), 0, 1, (1, 1, 1)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("fault, code, words", [
+    (KeyboardInterrupt, 130, ["interrupted: 1 of 2 prompts finished; their videos are kept in"]),
+    (lambda: torch.cuda.OutOfMemoryError("CUDA out of memory"), 2,
+     ["out of GPU memory at 32x32, 4 frames", "GiB", "the videos of the 1 finished prompt(s) are kept in"]),
+])
+def test_generate_fault_after_the_first_prompt_keeps_its_video(tiny_small_mask, tmp_path, capsys, monkeypatch,
+                                                               fault, code, words):
+    import sta_search.generate as generate_module
+
+    real, calls = generate_module.run_pipeline, []
+
+    def second_call_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise fault()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "run_pipeline", second_call_fails)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red ball\na blue cube\n")
+    out = tmp_path / "videos"
+    exit_code = _entry("generate", "tiny", "--mask", tiny_small_mask, "--prompts", prompts, "--height", "32",
+                       "--width", "32", "--frames", "4", "--backend", "reference", "--out", out)
+    err = capsys.readouterr().err
+    assert exit_code == code, err
+    lines = [line for line in err.splitlines() if line.startswith(("error:", "interrupted"))]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert sorted(p.name for p in out.iterdir()) == ["000-a-red-ball.mp4"]  # the finished prompt's video, whole
+    from sta_search.video import read_mp4
+
+    assert read_mp4(out / "000-a-red-ball.mp4").shape[0] == 4
