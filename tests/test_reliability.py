@@ -220,7 +220,7 @@ def test_a_second_profile_on_the_same_out_is_refused(tmp_path, prompts_file, cap
     # the dead holder's lock file stays behind; the next writer takes it over, and removes it when done
     lock_file = tmp_path / ".profile.lock"
     assert lock_file.read_text().strip() == str(holder.pid)
-    with OutputLock(out) as lock:
+    with OutputLock(out):
         assert lock_file.read_text().strip() == str(os.getpid())
         with pytest.raises(UserError, match=f"pid {os.getpid()}"):
             OutputLock(out).acquire()  # a second holder in this process too (flock is per open file)
