@@ -26,8 +26,8 @@ from .artifacts import HEADER_FILE, STATS_FILE, Profile, model_identity
 from .errors import Interrupted, UserError
 from .kernels.geometry import DEFAULT_TILE, Geometry
 from .options import dtype_name, parse_profile_steps, resolve_device
-from .report import (PROFILER_BUDGET, OutputLock, check_fits_in_memory, estimate_memory_bytes, out_of_memory_errors,
-                     out_of_memory_message, sigint_deferred, writing)
+from .report import (PROFILER_BUDGET, OutputLock, check_fits_in_memory, check_output_folder, estimate_memory_bytes,
+                     out_of_memory_errors, out_of_memory_message, sigint_deferred, writing)
 from .stats import AttentionProfiler, CallStats, clip_windows, default_error_windows
 
 Triple = tuple[int, int, int]
@@ -233,7 +233,7 @@ def run_profile(settings: ProfileSettings, out, *, resume: bool = False, progres
     of memory (naming the size and an estimate of the memory it needs). Ctrl-C raises
     :class:`~sta_search.errors.Interrupted` saying how many prompts are saved (``resume=True`` continues).
     """
-    out = Path(out)
+    out = check_output_folder(out)  # before the lock file is made beside it
     with OutputLock(out, "--out"):
         return _run_profile(settings, out, resume=resume, progress=progress or ProgressSink(), loaded=loaded)
 
