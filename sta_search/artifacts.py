@@ -292,12 +292,19 @@ class Profile:
                 raise
             _fsync_dir(folder.parent)
             return
+        # A failure (a full disk) before a rename leaves that file as it was and removes its temporary copy;
+        # after the stats rename the new stats file alone is a consistent profile (its header is authoritative).
         tmp_stats = folder / f".{STATS_FILE}.tmp"
-        self._write_stats(tmp_stats, header_text)
-        os.replace(tmp_stats, folder / STATS_FILE)
         tmp_header = folder / f".{HEADER_FILE}.tmp"
-        _write_text(tmp_header, header_text)
-        os.replace(tmp_header, folder / HEADER_FILE)
+        try:
+            self._write_stats(tmp_stats, header_text)
+            os.replace(tmp_stats, folder / STATS_FILE)
+            _write_text(tmp_header, header_text)
+            os.replace(tmp_header, folder / HEADER_FILE)
+        except BaseException:
+            tmp_stats.unlink(missing_ok=True)
+            tmp_header.unlink(missing_ok=True)
+            raise
         _fsync_dir(folder)
 
     def _write_stats(self, target: Path, header_text: str) -> None:

@@ -6,7 +6,8 @@ a ``register(app)`` function), so the stages stay independent; the values they t
 
 Errors: a :class:`~sta_search.errors.UserError` is printed as one line on stderr (its text literally, never
 read as rich markup) and ends the process with exit code 2; ``--debug`` (before or after the command) shows
-the traceback instead.
+the traceback instead. Ctrl-C ends with exit code 130 and one line (:class:`~sta_search.errors.Interrupted`
+says what was kept).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 DEBUG_FLAG = "--debug"
 
@@ -115,9 +116,16 @@ def run(argv: list[str] | None = None) -> None:
         print_error(exc)
         _exit_after_error(exc, 2)
     except typer.Exit as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # typer's answer to Ctrl-C: Exit(130), silently
+            err.print("interrupted", highlight=False)
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        err.print("aborted")
+    except Interrupted as exc:
+        if _state["debug"]:
+            raise
+        err.print(Text.assemble(("interrupted:", "bold yellow"), " ", str(exc)), highlight=False)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("interrupted", highlight=False)
         sys.exit(130)
     except Exception as exc:
         # click usage errors (typer may vendor click, so match by shape) show themselves, exit code 2

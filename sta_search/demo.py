@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .options import resolve_device, resolve_dtype
-from .report import atomic_write_text, provenance, write_json
+from .report import atomic_write_text, check_output_folder, provenance, write_json
 
 # Shortlist whose errors are measured (the CPU cost of profiling grows with its length): densities on the
 # (4, 4, 4) tile grid 0.06 .. 0.5, along every axis.
@@ -98,11 +98,9 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
     if settings.quick_prompts < 1 or settings.heldout_prompts < 1:
         raise UserError("--quick-prompts and --heldout-prompts must be >= 1")
     out = Path(settings.out)
-    if out.exists() and any(out.iterdir()):
-        if not settings.overwrite:
-            raise UserError(f"--out {out} is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and out.is_dir() and any(out.iterdir()) and not settings.overwrite:
+        raise UserError(f"--out {out} is not empty; pass --overwrite to replace it")
+    check_output_folder(out)
 
     from .models import model_defaults
 
@@ -124,6 +122,9 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
         from .cpu_threads import apply_threads
 
         threads = apply_threads(settings.threads)
+    if out.exists() and any(out.iterdir()):  # --overwrite; only after every check passed
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
     quick, heldout = demo_prompts(settings.quick_prompts, settings.heldout_prompts, settings.model)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

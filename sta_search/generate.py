@@ -10,8 +10,8 @@ and the provenance of the config and the model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
 import re
 import statistics
 import tempfile
@@ -24,7 +24,7 @@ import torch
 
 from .errors import UserError
 from .options import resolve_device, resolve_dtype
-from .report import json_safe, provenance, write_json
+from .report import check_output_folder, json_safe, provenance, write_json
 
 REPORT_SCHEMA = "sta-search/generate-report/v1"
 FAMILY_FPS = {"wan": 16, "hunyuan_video": 24, "cogvideox": 8}
@@ -219,7 +219,7 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         dtype = resolve_dtype(settings.dtype, device)
         if not settings.prompts:
             raise UserError("no prompts given")
-        out = prepare_output_folder(settings.out)
+        check_output_folder(settings.out)  # created after the checks: an input error leaves no empty folder
         config = load_mask(settings.mask)
 
         loaded = load_model(settings.model, device=str(device), dtype=dtype)
@@ -255,6 +255,7 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         if context is not None:
             enable_ulysses(loaded, settings.ulysses, canvas=canvas)  # UserError on every rank for a bad degree
 
+    out = prepare_output_folder(settings.out)
     attention = MaskAttention(config, backend=settings.backend)
     if settings.compile:
         for transformer in (loaded.transformer, loaded.transformer_2):
@@ -285,7 +286,8 @@ def generate(settings: GenerateSettings, console=None) -> dict:
     }
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+    faults = _faults(loaded, (height, width, frames), canvas, dtype, device, out, report["videos"], settings.prompts)
+    with faults, Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         if settings.warmup_steps:
             # Short runs first (output discarded) so that compilation, autotuning and allocator growth
             # land outside the timed runs of both sides.
@@ -350,11 +352,33 @@ def _check_backend(backend: str, info, device: torch.device, dtype: torch.dtype,
 
 
 def _write(is_main: bool, path: Path, frames, fps: int) -> str:
+    from .report import sigint_deferred
     from .video import write_mp4
 
     if is_main:
-        write_mp4(path, frames, fps=fps)
+        with sigint_deferred():  # Ctrl-C waits for the file: every video on disk is whole
+            write_mp4(path, frames, fps=fps)
     return path.name
+
+
+@contextlib.contextmanager
+def _faults(loaded, size, canvas, dtype, device, out: Path, videos: list, prompts):
+    """Ctrl-C and CUDA out of memory during the runs, as one line each (exit 130 / 2) saying what is kept."""
+    from .errors import Interrupted
+    from .report import out_of_memory_errors, out_of_memory_message
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"{len(videos)} of {len(prompts)} prompts finished; their videos are kept in {out}"
+                          if videos else f"no prompt was finished; nothing was written to {out}") from None
+    except out_of_memory_errors():
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        kept = f"the videos of the {len(videos)} finished prompt(s) are kept in {out}" if videos else \
+            "nothing was written"
+        raise UserError(out_of_memory_message(loaded, *size, canvas, 0, dtype, device=device, extra=0)
+                        + f"; {kept}") from None
 
 
 def _call_kwargs(loaded, prompt, height, width, frames, steps, seed, device) -> dict:

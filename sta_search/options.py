@@ -96,16 +96,47 @@ def _show(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------- counts
-def positive_int(value: int | None, what: str) -> int | None:
-    """`value` unless it is < 1 (UserError naming it); None stays None (= the default)."""
+#: Upper bounds of counts and sizes: far above any real run, low enough that a typo (an extra zero or
+#: three) is an error naming the value instead of an allocation that fails (or a list that fills memory).
+MAX_STEPS = 10_000
+MAX_PIXELS = 1 << 16  # --height / --width
+MAX_FRAMES = 1 << 16
+MAX_PROMPTS = 10_000
+MAX_SEED = (1 << 63) - 1 - MAX_PROMPTS  # prompt i uses seed + i; torch seeds are 64-bit
+
+
+def positive_int(value: int | None, what: str, maximum: int | None = None) -> int | None:
+    """`value` unless it is < 1 or > `maximum` (UserError naming it); None stays None (= the default)."""
     if value is not None and int(value) < 1:
         raise UserError(f"{what} must be >= 1, got {value}")
+    if value is not None and maximum is not None and int(value) > maximum:
+        raise UserError(f"{what} must be <= {maximum}, got {value}")
     return value
 
 
-def non_negative_int(value: int | None, what: str) -> int | None:
+def non_negative_int(value: int | None, what: str, maximum: int | None = None) -> int | None:
     if value is not None and int(value) < 0:
         raise UserError(f"{what} must be >= 0, got {value}")
+    if value is not None and maximum is not None and int(value) > maximum:
+        raise UserError(f"{what} must be <= {maximum}, got {value}")
+    return value
+
+
+def seed(value: int | None, what: str = "--seed") -> int | None:
+    """A random seed: 0 ... MAX_SEED."""
+    return non_negative_int(value, what, MAX_SEED)
+
+
+def fraction(value: float | None, what: str) -> float | None:
+    """A fraction in [0, 1)."""
+    if value is not None and not 0 <= float(value) < 1:
+        raise UserError(f"{what} {value} must be in [0, 1)")
+    return value
+
+
+def positive_float(value: float | None, what: str) -> float | None:
+    if value is not None and not float(value) > 0:
+        raise UserError(f"{what} must be > 0, got {value}")
     return value
 
 
@@ -231,12 +262,23 @@ def _name(param) -> str:
     return opts[0] if opts else f"--{param.name.replace('_', '-')}"
 
 
-def _positive(ctx: typer.Context, param: typer.CallbackParam, value):
-    return positive_int(value, _name(param))
+def _bounded(check, maximum):
+    def callback(ctx: typer.Context, param: typer.CallbackParam, value):
+        return check(value, _name(param), maximum)
+
+    return callback
 
 
-def _non_negative(ctx: typer.Context, param: typer.CallbackParam, value):
-    return non_negative_int(value, _name(param))
+def _seed(ctx: typer.Context, param: typer.CallbackParam, value):
+    return seed(value, _name(param))
+
+
+def _fraction(ctx: typer.Context, param: typer.CallbackParam, value):
+    return fraction(value, _name(param))
+
+
+def _positive_float(ctx: typer.Context, param: typer.CallbackParam, value):
+    return positive_float(value, _name(param))
 
 
 def _density(ctx: typer.Context, param: typer.CallbackParam, value):
@@ -267,13 +309,38 @@ def _backend(ctx: typer.Context, param: typer.CallbackParam, value):
     return check_backend_name(value)
 
 
-def positive_option(default: int | None, *names: str, help: str):
-    """An integer option that must be >= 1 (0 and negatives exit 2 naming the value)."""
-    return typer.Option(default, *names, help=help, callback=_positive)
+def positive_option(default: int | None, *names: str, help: str, maximum: int | None = None):
+    """An integer option that must be >= 1 (0 and negatives exit 2 naming the value) and <= `maximum`."""
+    return typer.Option(default, *names, help=help, callback=_bounded(positive_int, maximum))
 
 
-def non_negative_option(default: int | None, *names: str, help: str):
-    return typer.Option(default, *names, help=help, callback=_non_negative)
+def non_negative_option(default: int | None, *names: str, help: str, maximum: int | None = None):
+    return typer.Option(default, *names, help=help, callback=_bounded(non_negative_int, maximum))
+
+
+def seed_option(default: int = 0, help: str = "Random seed."):
+    """``--seed``: 0 ... MAX_SEED."""
+    return typer.Option(default, "--seed", help=help, callback=_seed)
+
+
+def fraction_option(default: float | None, *names: str, help: str):
+    """A float in [0, 1)."""
+    return typer.Option(default, *names, help=help, callback=_fraction)
+
+
+def positive_float_option(default: float | None, *names: str, help: str):
+    return typer.Option(default, *names, help=help, callback=_positive_float)
+
+
+def steps_option(default: int | None = None, help: str = "Denoising steps."):
+    return positive_option(default, "--steps", help=help, maximum=MAX_STEPS)
+
+
+def size_options(what: str):
+    """``--height``, ``--width``, ``--frames`` declarations (in that order); `what` ends each help text."""
+    return (positive_option(None, "--height", help=f"Video height in pixels (default: {what}).", maximum=MAX_PIXELS),
+            positive_option(None, "--width", help=f"Video width in pixels (default: {what}).", maximum=MAX_PIXELS),
+            positive_option(None, "--frames", help=f"Number of frames (default: {what}).", maximum=MAX_FRAMES))
 
 
 def density_option(default: float | None, *names: str, help: str):

@@ -12,7 +12,9 @@ to an uninterrupted one (on the same machine and software).
 from __future__ import annotations
 
 import inspect
+import math
 import os
+import time
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +23,11 @@ from typing import Sequence
 import torch
 
 from .artifacts import HEADER_FILE, STATS_FILE, Profile, model_identity
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .kernels.geometry import DEFAULT_TILE, Geometry
 from .options import dtype_name, parse_profile_steps, resolve_device
+from .report import (PROFILER_BUDGET, OutputLock, check_fits_in_memory, check_output_folder, estimate_memory_bytes,
+                     out_of_memory_errors, out_of_memory_message, sigint_deferred, writing)
 from .stats import AttentionProfiler, CallStats, clip_windows, default_error_windows
 
 Triple = tuple[int, int, int]
@@ -76,6 +80,46 @@ class ProgressSink:
     def prompt_started(self, index: int, prompt: str) -> None: ...
     def step_done(self, step: int) -> None: ...
     def prompt_done(self, index: int, profile: Profile) -> None: ...
+
+
+class LogProgress(ProgressSink):
+    """Progress as plain lines, for logs (a live bar hides itself when stderr is not a terminal): one line per
+    finished prompt, and within a long prompt one line per group of steps at most every `interval` seconds,
+    each with the elapsed time. `write` takes one line."""
+
+    def __init__(self, write, interval: float = 60.0, clock=time.monotonic):
+        self.write, self.interval, self.clock = write, float(interval), clock
+        self.total = self.steps = 0
+        self.began = self.prompt_began = self.last_line = 0.0
+        self.index, self.first_step = 0, 0
+
+    def start(self, total_prompts, done_prompts, steps):
+        self.total, self.steps, self.began = total_prompts, steps, self.clock()
+        already = f", {done_prompts} already done" if done_prompts else ""
+        self.write(f"profiling {total_prompts - done_prompts} of {total_prompts} prompts{already}, "
+                   f"{steps} steps each")
+
+    def prompt_started(self, index, prompt):
+        self.index, self.first_step = index, 0
+        self.prompt_began = self.last_line = self.clock()
+
+    def step_done(self, step):
+        now = self.clock()
+        if now - self.last_line >= self.interval and step + 1 < self.steps:
+            self.write(f"prompt {self.index + 1}/{self.total}: steps {self.first_step + 1}-{step + 1} of "
+                       f"{self.steps} done ({now - self.prompt_began:.0f} s; {_clock(now - self.began)} elapsed)")
+            self.last_line, self.first_step = now, step + 1
+
+    def prompt_done(self, index, profile):
+        now = self.clock()
+        self.write(f"prompt {index + 1}/{self.total} done in {now - self.prompt_began:.1f} s "
+                   f"({_clock(now - self.began)} elapsed)")
+        self.last_line = now
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 # ----------------------------------------------------------------------------------- accumulation
@@ -183,13 +227,21 @@ def run_profile(settings: ProfileSettings, out, *, resume: bool = False, progres
     """Profile ``settings.model`` over ``settings.prompts`` into the folder ``out``; returns the profile.
 
     ``loaded``: an already loaded :class:`sta_search.models.LoadedModel` (tests), else ``load_model``.
-    Raises UserError for bad input (see the command's help) and for a folder that holds a profile of a
-    different setup when resuming.
+    Raises UserError for bad input (see the command's help), for a folder that holds a profile of a
+    different setup when resuming, for a folder another process is writing (:class:`~sta_search.report.
+    OutputLock`), for a full disk (the profile on disk keeps the prompts finished before) and for CUDA out
+    of memory (naming the size and an estimate of the memory it needs). Ctrl-C raises
+    :class:`~sta_search.errors.Interrupted` saying how many prompts are saved (``resume=True`` continues).
     """
+    out = check_output_folder(out)  # before the lock file is made beside it
+    with OutputLock(out, "--out"):
+        return _run_profile(settings, out, resume=resume, progress=progress or ProgressSink(), loaded=loaded)
+
+
+def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress: ProgressSink,
+                 loaded) -> Profile:
     from .models import dense_attention, hook_attention, load_model
 
-    progress = progress or ProgressSink()
-    out = Path(out)
     device = str(resolve_device(settings.device))
     dtype_text = dtype_name(settings.dtype, device)
     dtype = getattr(torch, dtype_text)
@@ -221,6 +273,11 @@ def run_profile(settings: ProfileSettings, out, *, resume: bool = False, progres
     info = loaded.info  # both experts' layers for Wan 2.2
     windows = clip_windows(geometry, settings.windows) if settings.windows else default_error_windows(geometry)
     profile_steps = parse_profile_steps(settings.profile_steps, settings.steps)
+    sums_bytes = 4 * len(profile_steps) * int(info.num_layers) * int(info.num_heads) * (
+        math.prod(geometry.grid) + math.prod(2 * n - 1 for n in geometry.grid))
+    check_fits_in_memory(estimate_memory_bytes(loaded, canvas, 0, dtype, extra=sums_bytes + PROFILER_BUDGET), device,
+                         f"{sizes['height']}x{sizes['width']}, {sizes['frames']} frames (canvas {canvas}, "
+                         f"{math.prod(canvas)} video tokens)")
     header = {
         "model": {"family": info.family, "transformer_class": info.transformer_class, **model_identity(settings.model),
                   "num_layers": int(info.num_layers), "num_heads": int(info.num_heads),
@@ -255,64 +312,88 @@ def run_profile(settings: ProfileSettings, out, *, resume: bool = False, progres
         pipeline.set_progress_bar_config(disable=True)
     call_params = inspect.signature(type(pipeline).__call__).parameters
 
-    for index in range(start, len(prompts)):
-        prompt = prompts[index]
-        progress.prompt_started(index, prompt)
-        sums = _PromptSums(profile_steps, int(info.num_layers), int(info.num_heads), geometry.grid, len(windows))
-        seen = {"text": None, "forwards": {}}
+    state = {"profile": profile}  # the last profile saved
+    try:
+        for index in range(start, len(prompts)):
+            prompt = prompts[index]
+            progress.prompt_started(index, prompt)
+            sums = _PromptSums(profile_steps, int(info.num_layers), int(info.num_heads), geometry.grid,
+                               len(windows))
+            seen = {"text": None, "forwards": {}}
 
-        def attention_fn(call, index=index, sums=sums, seen=seen):
-            if kill_at is not None and kill_at == (index, call.step):
-                os.kill(os.getpid(), signal.SIGKILL)
-            if tuple(call.canvas) != canvas:
-                raise UserError(f"the model attended over a {tuple(call.canvas)} canvas, expected {canvas} "
-                                f"from --height/--width/--frames")
-            text = (int(call.text_len), bool(call.text_first))
-            if seen["text"] is None:
-                seen["text"] = text
-            elif seen["text"] != text:
-                raise RuntimeError(f"text tokens changed between attention calls: {seen['text']} vs {text}")
-            slot = slots.get(call.step)
-            if slot is None:
-                return dense_attention(call)
-            if call.layer == 0:
-                seen["forwards"][call.step] = seen["forwards"].get(call.step, 0) + 1
-            on_cpu = call.q.device.type != "cuda"
-            out, stats = profiler(call.q, call.k, call.v, text_len=call.text_len, text_first=call.text_first,
-                                  text_mask=call.text_mask, dense_out=dense_attention(call) if on_cpu else None)
-            sums.add(slot, call.layer, stats)
-            return out.to(call.q.dtype)
+            def attention_fn(call, index=index, sums=sums, seen=seen):
+                if kill_at is not None and kill_at == (index, call.step):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if tuple(call.canvas) != canvas:
+                    raise UserError(f"the model attended over a {tuple(call.canvas)} canvas, expected {canvas} "
+                                    f"from --height/--width/--frames")
+                text = (int(call.text_len), bool(call.text_first))
+                if seen["text"] is None:
+                    seen["text"] = text
+                elif seen["text"] != text:
+                    raise RuntimeError(f"text tokens changed between attention calls: {seen['text']} vs {text}")
+                slot = slots.get(call.step)
+                if slot is None:
+                    return dense_attention(call)
+                if call.layer == 0:
+                    seen["forwards"][call.step] = seen["forwards"].get(call.step, 0) + 1
+                on_cpu = call.q.device.type != "cuda"
+                out, stats = profiler(call.q, call.k, call.v, text_len=call.text_len, text_first=call.text_first,
+                                      text_mask=call.text_mask, dense_out=dense_attention(call) if on_cpu else None)
+                sums.add(slot, call.layer, stats)
+                return out.to(call.q.dtype)
 
-        generator = torch.Generator(device="cpu").manual_seed(int(settings.seed) + index)
-        kwargs = dict(adapter.pipeline_kwargs(prompt, sizes["height"], sizes["width"], sizes["frames"],
-                                              settings.steps, generator))
-        kwargs["output_type"] = "latent"  # statistics only: skip the VAE decode
-        if "callback_on_step_end" in call_params:
-            def on_step_end(pipe, step, timestep, callback_kwargs):
-                progress.step_done(int(step))
-                return callback_kwargs
+            generator = torch.Generator(device="cpu").manual_seed(int(settings.seed) + index)
+            kwargs = dict(adapter.pipeline_kwargs(prompt, sizes["height"], sizes["width"], sizes["frames"],
+                                                  settings.steps, generator))
+            kwargs["output_type"] = "latent"  # statistics only: skip the VAE decode
+            if "callback_on_step_end" in call_params:
+                def on_step_end(pipe, step, timestep, callback_kwargs):
+                    progress.step_done(int(step))
+                    return callback_kwargs
 
-            kwargs["callback_on_step_end"] = on_step_end
-        with hook_attention(loaded, attention_fn, adapter, check_finite=True):
-            with torch.inference_mode():
-                pipeline(**kwargs)
-        result, active_layers = sums.finish(experts=2 if loaded.transformer_2 is not None else 1)
-        text_len, text_first = seen["text"]
-        forwards = max(seen["forwards"].values()) if seen["forwards"] else None
-        if profile is None:
-            header.update(text_len=text_len, text_first=text_first, forwards_per_step=forwards)
-            if loaded.transformer_2 is not None:
-                header["active_layers"] = active_layers  # per profiled step: the expert's [first, last+1) layers
-            profile = Profile.empty(header)
-        elif loaded.transformer_2 is not None and profile.header.get("active_layers") != active_layers:
-            raise RuntimeError(f"the expert switch moved between prompts: {active_layers} vs "
-                               f"{profile.header.get('active_layers')}")
-        elif (profile.header.get("text_len"), profile.header.get("text_first")) != (text_len, text_first):
-            raise UserError(f"text tokens {text_len} (first={text_first}) differ from the profile's "
-                            f"{profile.header.get('text_len')} (first={profile.header.get('text_first')})")
-        profile = profile.add_prompt(prompt, **result)
-        profile.save(out)
-        progress.prompt_done(index, profile)
+                kwargs["callback_on_step_end"] = on_step_end
+            try:
+                with hook_attention(loaded, attention_fn, adapter, check_finite=True):
+                    with torch.inference_mode():
+                        pipeline(**kwargs)
+            except out_of_memory_errors():
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                done = state["profile"].num_prompts if state["profile"] is not None else 0
+                text_len = (seen["text"] or (0, False))[0]
+                raise UserError(out_of_memory_message(loaded, sizes["height"], sizes["width"], sizes["frames"],
+                                                      canvas, text_len, dtype,
+                                                      device=getattr(loaded.transformer, "device", None))
+                                + (f"; the {done} finished prompt(s) are kept in {out} (--resume continues)"
+                                   if done else "; nothing was written")) from None
+            result, active_layers = sums.finish(experts=2 if loaded.transformer_2 is not None else 1)
+            text_len, text_first = seen["text"]
+            forwards = max(seen["forwards"].values()) if seen["forwards"] else None
+            if profile is None:
+                header.update(text_len=text_len, text_first=text_first, forwards_per_step=forwards)
+                if loaded.transformer_2 is not None:
+                    header["active_layers"] = active_layers  # per profiled step: the expert's [first, last+1) layers
+                profile = Profile.empty(header)
+            elif loaded.transformer_2 is not None and profile.header.get("active_layers") != active_layers:
+                raise RuntimeError(f"the expert switch moved between prompts: {active_layers} vs "
+                                   f"{profile.header.get('active_layers')}")
+            elif (profile.header.get("text_len"), profile.header.get("text_first")) != (text_len, text_first):
+                raise UserError(f"text tokens {text_len} (first={text_first}) differ from the profile's "
+                                f"{profile.header.get('text_len')} (first={profile.header.get('text_first')})")
+            profile = profile.add_prompt(prompt, **result)
+            kept = (f"the profile in it still holds the {state['profile'].num_prompts} prompt(s) finished before"
+                    if state["profile"] is not None else "nothing was written")
+            with writing(out, "the profile", kept=kept), sigint_deferred():  # Ctrl-C waits for the renames
+                profile.save(out)
+            state["profile"] = profile
+            progress.prompt_done(index, profile)
+    except KeyboardInterrupt:
+        done = state["profile"].num_prompts if state["profile"] is not None else 0
+        if done == 0:
+            raise Interrupted(f"no prompt was finished; nothing was written to {out}") from None
+        raise Interrupted(f"{done} of {len(prompts)} prompts are saved in {out}"
+                          + ("; run again with --resume to continue" if done < len(prompts) else "")) from None
     if profile is None:  # nothing left to do and nothing done: cannot happen (prompts non-empty)
         raise UserError("no prompts were profiled")
     return profile

@@ -15,13 +15,13 @@ def register(app: typer.Typer) -> None:
     def bench(
         shape: str = typer.Option("hunyuan-720p", "--shape", help="hunyuan-720p, wan-480p or wan-720p."),
         canvas: str = options.triple_option(None, "--canvas", help="Override the canvas, T,H,W in tokens."),
-        heads: int = options.positive_option(None, "--heads", help="Override the number of heads."),
+        heads: int = options.positive_option(None, "--heads", help="Override the number of heads.", maximum=4096),
         window: list[str] = typer.Option(None, "--window",
                                          help="t,h,w in tiles, or 'mixed' (per-head, mean volume 27); repeatable."),
         text_len: int = options.non_negative_option(None, "--text-len", help="Joint text tokens after the video "
-                                                    "(last 20% padded)."),
+                                                    "(last 20% padded).", maximum=1 << 20),
         tile: str = options.tile_option(help="Tile t,h,w (default 6,8,8)."),
-        iters: int = options.positive_option(20, "--iters", help="Timed calls of each sparse kernel (median reported)."),
+        iters: int = options.positive_option(20, "--iters", help="Timed calls of each sparse kernel (median reported).", maximum=1_000_000),
         no_baselines: bool = options.flag(False, "--no-baselines", help="Skip dense cuDNN / FlashAttention-2."),
         out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for the JSON result."),
     ):
@@ -32,6 +32,9 @@ def register(app: typer.Typer) -> None:
         each in tile order, with tile/untile permutes (+permutes) and in place (-natural);
         flex = FlexAttention STA (mask built once); cudnn-dense, fa2-dense = dense SDPA.
         """
+        from ..report import check_output_folder
+
+        check_output_folder(out)  # before any work
         from ..benchmark import make_shape, results_table, run_shape, write_results
 
         windows = [w if w in (None, "mixed") else options.parse_window(w) for w in (window or [None])]

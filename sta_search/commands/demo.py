@@ -17,15 +17,15 @@ def register(app: typer.Typer) -> None:
                                   "pipeline folder with a sta_search.json of recommended settings."),
         budget: float = options.density_option(0.3, "--budget", help="Attention density budget of the sparse "
                                                "steps, in (0, 1]."),
-        quick_prompts: int = options.positive_option(4, "--quick-prompts", help="Prompts to profile."),
+        quick_prompts: int = options.positive_option(4, "--quick-prompts", help="Prompts to profile.", maximum=1000),
         heldout_prompts: int = options.positive_option(2, "--heldout-prompts", help="Held-out prompts to generate "
-                                                       "dense and STA."),
+                                                       "dense and STA.", maximum=1000),
         steps: Optional[int] = options.positive_option(None, "--steps", help="Denoising steps (default: the "
-                                                       "model's sta_search.json)."),
+                                                       "model's sta_search.json).", maximum=options.MAX_STEPS),
         full_steps: Optional[int] = options.non_negative_option(None, "--full-steps", help="Leading steps kept "
-                                                                "dense (default: select's)."),
-        profile_every: int = options.positive_option(4, "--profile-every", help="Profile every k-th denoising step."),
-        seed: int = typer.Option(0, "--seed", help="Random seed of every generation."),
+                                                                "dense (default: select's).", maximum=options.MAX_STEPS),
+        profile_every: int = options.positive_option(4, "--profile-every", help="Profile every k-th denoising step.", maximum=options.MAX_STEPS),
+        seed: int = options.seed_option(help="Random seed of every generation."),
         device: Optional[str] = options.device_option(),
         backend: str = options.backend_option(),
         overwrite: bool = options.flag(False, "--overwrite", help="Replace a non-empty --out folder."),
@@ -33,8 +33,13 @@ def register(app: typer.Typer) -> None:
                                                          "CPU: physical cores the load average leaves idle, >= 1)."),
     ):
         """Profile a bundled model (tiny), select windows at a budget, generate dense vs STA and report."""
+        from ..report import check_output_folder, removed_if_left_empty
+
+        check_output_folder(out)  # before any work
         from ..demo import DemoSettings, run_demo
 
-        run_demo(DemoSettings(out=out, budget=budget, quick_prompts=quick_prompts, heldout_prompts=heldout_prompts,
-                              steps=steps, full_steps=full_steps, profile_every=profile_every, seed=seed,
-                              device=device, backend=backend, overwrite=overwrite, model=model, threads=threads))
+        with removed_if_left_empty(out):
+            run_demo(DemoSettings(out=out, budget=budget, quick_prompts=quick_prompts,
+                                  heldout_prompts=heldout_prompts, steps=steps, full_steps=full_steps,
+                                  profile_every=profile_every, seed=seed, device=device, backend=backend,
+                                  overwrite=overwrite, model=model, threads=threads))

@@ -17,14 +17,14 @@ def register(app: typer.Typer) -> None:
         prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt."),
         prompts: Optional[str] = typer.Option(None, "--prompts", help="File with one prompt a line, or a bundled "
                                               "set: 'default' (16) or 'quick' (4)."),
-        seed: int = typer.Option(0, "--seed", help="Random seed (the dense comparison uses the same)."),
-        steps: Optional[int] = options.positive_option(None, "--steps", help="Denoising steps (default: the config's)."),
+        seed: int = options.seed_option(help="Random seed (the dense comparison uses the same)."),
+        steps: Optional[int] = options.positive_option(None, "--steps", help="Denoising steps (default: the config's).", maximum=options.MAX_STEPS),
         height: Optional[int] = options.positive_option(None, "--height", help="Video height in pixels (default: "
-                                                        "from the config's canvas)."),
+                                                        "from the config's canvas).", maximum=options.MAX_PIXELS),
         width: Optional[int] = options.positive_option(None, "--width", help="Video width in pixels (default: "
-                                                       "from the config's canvas)."),
+                                                       "from the config's canvas).", maximum=options.MAX_PIXELS),
         frames: Optional[int] = options.positive_option(None, "--frames", help="Number of frames (default: from "
-                                                        "the config's canvas)."),
+                                                        "the config's canvas).", maximum=options.MAX_FRAMES),
         dtype: Optional[str] = options.dtype_option(),
         device: Optional[str] = options.device_option(),
         out: str = typer.Option("sta-out", "--out", help="Output folder for the mp4 files and report.json."),
@@ -34,15 +34,18 @@ def register(app: typer.Typer) -> None:
                                      "of a comparison)."),
         backend: str = options.backend_option(),
         fps: Optional[int] = options.positive_option(None, "--fps", help="Frames per second of the mp4 files "
-                                                     "(default: per model family)."),
+                                                     "(default: per model family).", maximum=1000),
         warmup_steps: int = options.non_negative_option(0, "--warmup-steps", help="Untimed short run(s) of this "
                                                         "many steps first (recommended with --compile and for "
-                                                        "timing comparisons)."),
+                                                        "timing comparisons).", maximum=options.MAX_STEPS),
         ulysses: int = options.positive_option(1, "--ulysses", help="Sequence-parallel degree (Wan): launch with "
-                                               "`torchrun --nproc-per-node N -m sta_search generate ... --ulysses N`."),
+                                               "`torchrun --nproc-per-node N -m sta_search generate ... --ulysses N`.", maximum=1024),
     ):
         """Generate videos with the Sliding Tile Attention windows of a mask config."""
         prompt_list = options.prompts_from(prompt, prompts)  # before the heavy imports: a bad file fails at once
+        from ..report import check_output_folder, removed_if_left_empty
+
+        check_output_folder(out)
         from .. import distributed
         from ..generate import GenerateSettings, generate
 
@@ -50,7 +53,7 @@ def register(app: typer.Typer) -> None:
                                     seed=seed, steps=steps, height=height, width=width, frames=frames, dtype=dtype,
                                     device=device, compare_dense=compare_dense, compile=compile, backend=backend,
                                     fps=fps, warmup_steps=warmup_steps, ulysses=ulysses)
-        with distributed.session():
+        with distributed.session(), removed_if_left_empty(out):
             report = generate(settings)
         if distributed.is_main_process():
             typer.echo(f"wrote {len(report['videos'])} video(s) and report.json to {out}")

@@ -20,13 +20,24 @@ def register(app: typer.Typer) -> None:
         plot: Optional[str] = typer.Option(None, "--plot", help="Folder to write PNG pictures into."),
     ):
         """Show recall per layer and head, density per layer, a window histogram; --plot writes PNGs."""
+        from ..report import check_output_folder, removed_if_left_empty
+
+        if plot is not None:
+            check_output_folder(plot, "--plot")  # before any work
         from rich.console import Console
 
         from ..inspect import inspect_path
 
-        tables, pictures = inspect_path(path, window=window, layer=layer, head=head, step=step, plot=plot)
+        with removed_if_left_empty(plot) if plot is not None else _nothing():
+            tables, pictures = inspect_path(path, window=window, layer=layer, head=head, step=step, plot=plot)
         console = Console()
         for table in tables:
             console.print(table)
         for picture in pictures:
             console.print(f"wrote {picture}", markup=False, highlight=False)
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()

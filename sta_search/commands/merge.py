@@ -19,14 +19,18 @@ def register(app: typer.Typer) -> None:
         """Merge profiles exactly: sums and counts added, per-prompt statistics concatenated."""
         from pathlib import Path
 
-        from ..artifacts import Profile, merge_profiles
         from ..errors import UserError
+        from ..report import check_output_folder, writing
 
         if len(profiles) < 2:
             raise UserError("merge needs two or more profiles")
         target = Path(out)
         if target.exists() and not force:
-            raise UserError(f"{out} exists; pass --force to replace it")
+            raise UserError(f"--out {out} exists; pass --force to replace it")
+        check_output_folder(target)  # before any work
+        from ..artifacts import Profile, merge_profiles
+
         merged = merge_profiles([Profile.load(p) for p in profiles])
-        merged.save(target)
+        with writing(target, "the merged profile"):
+            merged.save(target)
         typer.echo(f"merged {len(profiles)} profiles ({merged.num_prompts} prompts) into {out}")

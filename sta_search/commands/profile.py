@@ -17,14 +17,14 @@ def register(app: typer.Typer) -> None:
         prompts: str = typer.Option(..., "--prompts", help="Prompts file: one a line, '#' comments and blank lines "
                                     "skipped; or a bundled set: 'default' (16) or 'quick' (4)."),
         steps: Optional[int] = options.positive_option(None, "--steps", help="Denoising steps (default: the model "
-                                                       "folder's sta_search.json, else 50)."),
+                                                       "folder's sta_search.json, else 50).", maximum=options.MAX_STEPS),
         height: Optional[int] = options.positive_option(None, "--height", help="Video height in pixels (default: "
-                                                        "sta_search.json, else the pipeline's)."),
+                                                        "sta_search.json, else the pipeline's).", maximum=options.MAX_PIXELS),
         width: Optional[int] = options.positive_option(None, "--width", help="Video width in pixels (default: "
-                                                       "sta_search.json, else the pipeline's)."),
+                                                       "sta_search.json, else the pipeline's).", maximum=options.MAX_PIXELS),
         frames: Optional[int] = options.positive_option(None, "--frames", help="Number of frames (default: "
-                                                        "sta_search.json, else the pipeline's)."),
-        seed: int = typer.Option(0, "--seed", help="Prompt i uses seed + i."),
+                                                        "sta_search.json, else the pipeline's).", maximum=options.MAX_FRAMES),
+        seed: int = options.seed_option(help="Prompt i uses seed + i."),
         profile_steps: str = options.profile_steps_option(),
         tile: Optional[str] = options.tile_option(help="STA tile t,h,w in tokens (product a multiple of 16; "
                                                   "default: the model folder's sta_search.json, else 6,8,8)."),
@@ -40,6 +40,9 @@ def register(app: typer.Typer) -> None:
         the recall of every STA window, the attention mass by tile offset and the output error of a window
         shortlist. The artifact is rewritten atomically after each prompt; --resume continues it."""
         prompt_list = options.read_prompts(prompts)  # before the heavy imports: a bad file fails at once
+        from ..report import check_output_folder
+
+        check_output_folder(out)
         from rich.console import Console
         from rich.table import Table
 
@@ -95,7 +98,28 @@ def _quiet_loading_bars() -> None:
         pass
 
 
-class _RichProgress:
+def _RichProgress(console, enabled: bool = True):
+    """Live bars on a terminal; plain lines (``profile.LogProgress``) when stderr is a log or a pipe, where
+    rich hides its bars and a long prompt would otherwise print nothing for minutes."""
+    if enabled and not console.is_terminal:
+        from ..profile import LogProgress
+
+        return _Plain(LogProgress(lambda line: console.print(line, markup=False, highlight=False)))
+    return _LiveProgress(console, enabled)
+
+
+class _Plain:
+    def __init__(self, sink):
+        self.sink = sink
+
+    def __enter__(self):
+        return self.sink
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _LiveProgress:
     """Rich progress bars over prompts and over the steps of the current prompt.
 
     The live display starts with the first progress callback, not on entering the block: a run that fails

@@ -18,18 +18,22 @@ def register(app: typer.Typer) -> None:
     def select_command(
         profiles: List[str] = typer.Argument(..., help="Profile folder(s) from `sta-search profile`; several are merged exactly."),
         budget: Optional[float] = options.density_option(None, "--budget", help="Mean attention density of the sparse steps, in (0, 1]."),
-        sparsity: Optional[float] = typer.Option(None, "--sparsity", help="1 - density of the sparse steps."),
-        speedup: Optional[float] = typer.Option(None, "--speedup", help=f"Attention speedup over all steps (dense steps included), through the cost model calibrated on an {gpu} (Gluon kernel in place vs cuDNN dense; see --bench-results)."),
-        full_steps: Optional[int] = options.non_negative_option(None, "--full-steps", help="Dense steps at the start (default: round(0.24 * steps), the paper's 12 of 50)."),
+        sparsity: Optional[float] = options.fraction_option(None, "--sparsity", help="1 - density of the sparse steps."),
+        speedup: Optional[float] = options.positive_float_option(None, "--speedup", help=f"Attention speedup over all steps (dense steps included), through the cost model calibrated on an {gpu} (Gluon kernel in place vs cuDNN dense; see --bench-results)."),
+        full_steps: Optional[int] = options.non_negative_option(None, "--full-steps", help="Dense steps at the start (default: round(0.24 * steps), the paper's 12 of 50).", maximum=options.MAX_STEPS),
         granularity: str = typer.Option("step", "--granularity", help="step: a window per (step, layer, head); layer: one per (layer, head) for all sparse steps."),
         objective: str = typer.Option("error", "--objective", help="error: relative L2 output error; recall: 1 - attention recall."),
         strategy: str = typer.Option("budget", "--strategy", help="budget: optimal under the budget; argmin: FastVideo's per-head argmin (no budget)."),
         candidates: str = typer.Option("auto", "--candidates", help="shortlist (windows with measured errors) or all (every window; recall only) (default: shortlist for error, all for recall)."),
-        folds: int = options.positive_option(5, "--folds", help="Folds over prompts for the held-out error (leave-one-out with fewer prompts)."),
+        folds: int = options.positive_option(5, "--folds", help="Folds over prompts for the held-out error (leave-one-out with fewer prompts).", maximum=options.MAX_PROMPTS),
         results: Optional[str] = typer.Option(None, "--bench-results", help=f"Folder of kernel-*.json benchmarks (`sta-search bench`) to fit the cost model to, for another GPU (default: the packaged calibration, measured on an {gpu})."),
-        out: str = typer.Option("mask.yaml", "--out", help="Mask config YAML to write."),
+        out: str = typer.Option("mask.yaml", "--out", help="Mask config YAML to write (an existing file only with --force)."),
+        force: bool = options.flag(False, "--force", help="Replace --out if it exists."),
     ):
         """Choose a window for every (step, layer, head) that minimises error under a density budget."""
+        from ..report import check_output_file, writing
+
+        check_output_file(out, force=force)  # before any work
         from rich.console import Console
 
         from ..artifacts import Profile, merge_profiles
@@ -43,7 +47,8 @@ def register(app: typer.Typer) -> None:
                                 granularity=granularity, objective=objective, strategy=strategy,
                                 candidates=candidates, folds=folds, results_dir=results)
         selection = select_windows(profile, options)
-        selection.config.save(out)
+        with writing(out, "the mask config", kept="nothing was written"):
+            selection.config.save(out)
         console = Console()
         title = f"selected windows ({len(loaded)} profile(s), {profile.num_prompts} prompt(s)) -> {out}"
         console.print(summary_table(selection.summary, title=title))
