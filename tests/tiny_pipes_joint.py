@@ -1,0 +1,100 @@
+"""Tiny, offline, random-init pipelines of the joint-attention video families (text tokens in the same
+attention as the video tokens): Mochi, EasyAnimate, HunyuanVideo 1.5, CogVideoX image-to-video, and the
+HunyuanVideo image-to-video transformer variants. Built like tests/tiny_pipes.py: the real diffusers 0.42
+pipeline classes from small configs with fixed seeds, the real patch sizes and VAE compression factors,
+nothing downloaded; `save_tiny_joint(kind, folder)` writes a folder `load_model` reads.
+
+Canvases of `JOINT_CALL` (64 x 64 pixels): Mochi (13 frames, VAE 6x/8x, patch 2) -> latent (3, 8, 8) ->
+canvas (3, 4, 4); EasyAnimate (9 frames, 4x/8x, patch 2) -> (3, 4, 4); HunyuanVideo 1.5 (9 frames, 4x/16x,
+patch 1) -> (3, 4, 4); CogVideoX I2V (9 frames, 4x/8x, patch 2) -> (3, 4, 4).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tiny_pipes import _finish, _vocab_size, _word_level_tokenizer
+
+JOINT_KINDS = ("mochi",)
+JOINT_FRAMES = {"mochi": 13}
+JOINT_TEXT_LEN = {"mochi": 16}
+JOINT_CALL = dict(height=64, width=64, steps=2)
+
+
+def _t5(d_model=32):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    return T5EncoderModel(
+        T5Config(vocab_size=_vocab_size(), d_model=d_model, d_kv=8, d_ff=32, num_layers=2, num_heads=4,
+                 relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    )
+
+
+def tiny_mochi_pipeline():
+    """Tiny `MochiPipeline`: 2 layers (the last one ``context_pre_only``), 2 heads of 32, patch 2, T5 text
+    (16 tokens: ``max_sequence_length`` of the transformer), Mochi VAE with the real 6x temporal and 8x
+    spatial expansion."""
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+
+    torch.manual_seed(0)
+    transformer = MochiTransformer3DModel(
+        patch_size=2, num_attention_heads=2, attention_head_dim=32, num_layers=2, pooled_projection_dim=16,
+        in_channels=12, text_embed_dim=32, time_embed_dim=8, max_sequence_length=JOINT_TEXT_LEN["mochi"],
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLMochi(
+        latent_channels=12,  # MochiPipeline hard-codes 12 latent channels
+        out_channels=3,
+        encoder_block_out_channels=(32, 32, 32, 32),  # GroupNorm of 32 groups
+        decoder_block_out_channels=(32, 32, 32, 32),
+        layers_per_block=(1, 1, 1, 1, 1),
+        add_attention_block=(False,) * 5,
+        latents_mean=(0.0,) * 12,
+        latents_std=(1.0,) * 12,
+    )
+    pipe = MochiPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=_t5(),
+        tokenizer=_word_level_tokenizer(bos=0),
+        transformer=transformer,
+    )
+    return _finish(pipe)
+
+
+_BUILDERS = {
+    "mochi": tiny_mochi_pipeline,
+}
+
+
+def tiny_joint_pipeline(kind: str):
+    if kind not in _BUILDERS:
+        raise ValueError(f"unknown tiny joint pipeline kind {kind!r}; choose from {', '.join(_BUILDERS)}")
+    return _BUILDERS[kind]()
+
+
+def save_tiny_joint(kind: str, folder) -> Path:
+    """Write the tiny pipeline of `kind` as a diffusers pipeline folder (safetensors); returns the folder."""
+    folder = Path(folder)
+    tiny_joint_pipeline(kind).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def joint_call_kwargs(kind: str, generator=None, **overrides) -> dict:
+    """Keyword arguments for calling the tiny pipeline of `kind` directly (64 x 64, 2 steps, np output)."""
+    kwargs = dict(
+        prompt="a red cat running on the beach",
+        height=JOINT_CALL["height"],
+        width=JOINT_CALL["width"],
+        num_frames=JOINT_FRAMES[kind],
+        num_inference_steps=JOINT_CALL["steps"],
+        generator=generator if generator is not None else torch.Generator("cpu").manual_seed(0),
+        output_type="np",
+    )
+    if kind in JOINT_TEXT_LEN:
+        kwargs["max_sequence_length"] = JOINT_TEXT_LEN[kind]
+    kwargs.update(overrides)
+    return kwargs
