@@ -17,8 +17,8 @@ import torch
 
 from tiny_pipes import _finish, _vocab_size, _word_level_tokenizer
 
-JOINT_KINDS = ("mochi",)
-JOINT_FRAMES = {"mochi": 13}
+JOINT_KINDS = ("mochi", "easyanimate")
+JOINT_FRAMES = {"mochi": 13, "easyanimate": 9}
 JOINT_TEXT_LEN = {"mochi": 16}
 JOINT_CALL = dict(height=64, width=64, steps=2)
 
@@ -65,8 +65,51 @@ def tiny_mochi_pipeline():
     return _finish(pipe)
 
 
+def _chat_tokenizer():
+    """The WordLevel tokenizer with a minimal chat template (EasyAnimate formats prompts as chat turns)."""
+    tokenizer = _word_level_tokenizer(bos=0)
+    tokenizer.chat_template = (
+        "{% for message in messages %}{% for part in message['content'] %}{{ part['text'] }}{% endfor %}"
+        "{% endfor %}"
+    )
+    return tokenizer
+
+
+def tiny_easyanimate_pipeline():
+    """Tiny `EasyAnimatePipeline` (V5.1 layout: MMDiT blocks, 3D RoPE, patch 2): 2 layers (the first MMDiT,
+    the second concatenating the text), 2 heads of 32, a BERT text encoder (the pipeline's non-Qwen option),
+    Magvit VAE 4x/8x. Text: the pipeline's `max_sequence_length` (default 256) tokens, no mask."""
+    from transformers import BertConfig, BertModel
+
+    from diffusers import (
+        AutoencoderKLMagvit,
+        EasyAnimatePipeline,
+        EasyAnimateTransformer3DModel,
+        FlowMatchEulerDiscreteScheduler,
+    )
+
+    torch.manual_seed(0)
+    transformer = EasyAnimateTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=32, in_channels=4, out_channels=4, patch_size=2,
+        sample_width=8, sample_height=8, num_layers=2, mmdit_layers=1, time_embed_dim=16, text_embed_dim=16,
+        add_norm_text_encoder=True,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLMagvit(
+        latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=2,
+        spatial_group_norm=False,
+    )
+    torch.manual_seed(0)
+    text_encoder = BertModel(BertConfig(vocab_size=_vocab_size(), hidden_size=16, num_hidden_layers=2,
+                                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=512))
+    pipe = EasyAnimatePipeline(vae=vae, text_encoder=text_encoder, tokenizer=_chat_tokenizer(),
+                               transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler())
+    return _finish(pipe)
+
+
 _BUILDERS = {
     "mochi": tiny_mochi_pipeline,
+    "easyanimate": tiny_easyanimate_pipeline,
 }
 
 
