@@ -11,14 +11,15 @@ patch 1) -> (3, 4, 4); CogVideoX I2V (9 frames, 4x/8x, patch 2) -> (3, 4, 4).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from tiny_pipes import _finish, _vocab_size, _word_level_tokenizer
 
-JOINT_KINDS = ("mochi", "easyanimate")
-JOINT_FRAMES = {"mochi": 13, "easyanimate": 9}
+JOINT_KINDS = ("mochi", "easyanimate", "hunyuan_video15")
+JOINT_FRAMES = {"mochi": 13, "easyanimate": 9, "hunyuan_video15": 9}
 JOINT_TEXT_LEN = {"mochi": 16}
 JOINT_CALL = dict(height=64, width=64, steps=2)
 
@@ -107,7 +108,91 @@ def tiny_easyanimate_pipeline():
     return _finish(pipe)
 
 
+HUNYUAN15_CROP_START = 108  # HunyuanVideo15Pipeline.prompt_template_encode_start_idx
+HUNYUAN15_SHORT = dict(tokenizer_max_length=24, tokenizer_2_max_length=8, vision_num_semantic_tokens=8)
+HUNYUAN15_SHORT_TEXT_LEN = sum(HUNYUAN15_SHORT.values())  # 40 joint text tokens instead of 1000 + 256 + 729
+
+
+def shorten_hunyuan15_text(pipe):
+    """Shrink the HunyuanVideo 1.5 pipeline's fixed text lengths (Qwen 1000, ByT5 256, SigLIP 729: plain
+    attributes set in ``__init__``) to `HUNYUAN15_SHORT`: same layout, 40 text tokens; the tiny transformer
+    otherwise spends seconds in its fixed 2048-wide ByT5 projection. Returns `pipe`."""
+    for name, value in HUNYUAN15_SHORT.items():
+        setattr(pipe, name, value)
+    return pipe
+
+
+@contextmanager
+def short_hunyuan15_text():
+    """Every `HunyuanVideo15Pipeline` built inside (e.g. by `load_model` in the CLI) gets `HUNYUAN15_SHORT`."""
+    from diffusers import HunyuanVideo15Pipeline
+
+    original = HunyuanVideo15Pipeline.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        shorten_hunyuan15_text(self)
+
+    HunyuanVideo15Pipeline.__init__ = init
+    try:
+        yield
+    finally:
+        HunyuanVideo15Pipeline.__init__ = original
+
+
+def tiny_hunyuan_video15_pipeline(short: bool = True):
+    """Tiny `HunyuanVideo15Pipeline`: 2 dual-stream layers, 2 heads of 32, patch 1, a Qwen2.5-VL text model
+    (16 wide) behind a chat-template tokenizer whose system turn is exactly the 108 tokens the pipeline crops
+    (so the prompt tokens survive, as with the real tokenizer), a ByT5 glyph encoder (T5, 32 wide), the
+    16x/4x HunyuanVideo 1.5 VAE. `short=True`: `shorten_hunyuan15_text` (40 text tokens); False: the
+    release's 1985 (nearly all padding)."""
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+    from diffusers import (
+        AutoencoderKLHunyuanVideo15,
+        ClassifierFreeGuidance,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideo15Pipeline,
+        HunyuanVideo15Transformer3DModel,
+    )
+
+    torch.manual_seed(0)
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=32, num_layers=2,
+        num_refiner_layers=1, patch_size=1, patch_size_t=1, text_embed_dim=16, text_embed_2_dim=32,
+        image_embed_dim=16, rope_axes_dim=(8, 12, 12), task_type="t2v",
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8, 8, 8, 8, 8), layers_per_block=1,
+                                      spatial_compression_ratio=16, temporal_compression_ratio=4)
+    torch.manual_seed(0)
+    text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        vocab_size=_vocab_size(), hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=2048, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]},
+    ))
+    tokenizer = _word_level_tokenizer(bos=0)
+    tokenizer.chat_template = (
+        "{% for message in messages %}{% if message['role'] == 'system' %}{{ 'system ' * "
+        + str(HUNYUAN15_CROP_START) + " }}{% else %}{{ message['content'] }}{% endif %}{% endfor %}"
+    )
+    byt5 = ByT5Tokenizer()
+    torch.manual_seed(0)
+    from transformers import T5Config, T5EncoderModel
+
+    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(byt5), d_model=32, d_kv=8, d_ff=32, num_layers=1,
+                                             num_heads=4, relative_attention_num_buckets=8, pad_token_id=0,
+                                             eos_token_id=1, decoder_start_token_id=0))
+    pipe = HunyuanVideo15Pipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2, tokenizer_2=byt5,
+        guider=ClassifierFreeGuidance(guidance_scale=6.0),
+    )
+    assert pipe.prompt_template_encode_start_idx == HUNYUAN15_CROP_START
+    return _finish(shorten_hunyuan15_text(pipe) if short else pipe)
+
+
 _BUILDERS = {
+    "hunyuan_video15": tiny_hunyuan_video15_pipeline,
     "mochi": tiny_mochi_pipeline,
     "easyanimate": tiny_easyanimate_pipeline,
 }

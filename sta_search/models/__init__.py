@@ -27,7 +27,7 @@ from .base import (
 )
 from .hook import HookState, dense_attention, hook_attention, text_key_mask
 from . import cogvideox, hunyuan_video, wan  # noqa: F401  (register the adapters)
-from . import easyanimate, mochi  # noqa: F401  (joint-attention families)
+from . import easyanimate, hunyuan_video15, mochi  # noqa: F401  (joint-attention families)
 from .cogvideox import CogVideoXAdapter
 from .hunyuan_video import HunyuanVideoAdapter
 from .wan import WanAdapter
