@@ -128,3 +128,67 @@ def test_cli_profile_select_generate(kind, tmp_path):
     assert report["model"]["family"] == kind
     psnr = report["videos"][0]["fidelity"]["psnr_db"]
     assert psnr == "inf" or psnr >= 60
+
+
+# ---------------------------------------------------------------- image-to-video
+# No `--image` option in this tree's CLI: the image-to-video paths are checked through the library.
+
+
+def test_cogvideox_image_to_video_uses_the_cogvideox_adapter(pipes, tmp_path, seed):
+    """`CogVideoXImageToVideoPipeline` concatenates the image latents on the channels: same transformer
+    class, same canvas and text layout; the existing CogVideoX adapter hooks it exactly."""
+    pipe = _pipe(pipes, "cogvideox_i2v")
+    adapter = get_adapter(pipe.transformer).bind(pipe)
+    assert adapter.family == "cogvideox" and adapter.canvas(pipe.transformer, 64, 64, 9) == CANVAS
+    reference = run_latents(pipe, "cogvideox_i2v", seed)
+    calls: list[AttentionCall] = []
+    with hook_attention(pipe, lambda call: calls.append(call) or dense_attention(call)):
+        hooked = run_latents(pipe, "cogvideox_i2v", seed)
+    assert (hooked - reference).abs().max().item() <= 1e-5
+    assert {(c.canvas, c.text_len, c.text_first) for c in calls} == {(CANVAS, 16, True)}
+    with hook_attention(pipe, lambda call: dense_attention(call) + 0.1):
+        assert (run_latents(pipe, "cogvideox_i2v", seed) - reference).abs().max().item() > 1e-3
+    # the image changes the output (it is really conditioned on), and the folder loads through load_model
+    other = run_latents(pipe, "cogvideox_i2v", seed, image=tj.tiny_image(seed=1))
+    assert (other - reference).abs().max().item() > 1e-4
+    pipe.save_pretrained(tmp_path / "i2v")
+    loaded = load_model(str(tmp_path / "i2v"))
+    assert type(loaded.pipeline).__name__ == "CogVideoXImageToVideoPipeline"
+    assert loaded.canvas(64, 64, 9) == CANVAS
+    kwargs = loaded.adapter.pipeline_kwargs("a cat", 64, 64, 9, 2, torch.Generator("cpu").manual_seed(seed),
+                                            image=tj.tiny_image(), output_type="latent")
+    with torch.no_grad(), hook_attention(loaded, dense_attention):
+        assert loaded.pipeline(**kwargs).frames.shape == reference.shape
+
+
+@pytest.mark.parametrize("condition", ["latent_concat", "token_replace"])
+def test_hunyuan_video_image_to_video_transformers(condition, seed):
+    """HunyuanVideo-I2V uses `HunyuanVideoTransformer3DModel` with ``image_condition_type``: latent_concat
+    (image latent on the channels) or token_replace (first latent frame = the image latent, modulated
+    with t=0). The image's CLIP tokens join the text stream (the Llava encoder), after the video, masked.
+    Both variants keep the video canvas; the HunyuanVideo adapter hooks them exactly."""
+    transformer = tj.tiny_hunyuan_i2v_transformer(condition)
+    adapter = get_adapter(transformer)
+    assert adapter.family == "hunyuan_video"
+    generator = torch.Generator("cpu").manual_seed(seed)
+    batch, text = 2, 12
+    inputs = dict(
+        hidden_states=torch.randn(batch, transformer.config.in_channels, 3, 8, 8, generator=generator),
+        timestep=torch.tensor([700.0, 700.0]),
+        encoder_hidden_states=torch.randn(batch, text, 16, generator=generator),
+        encoder_attention_mask=torch.tensor([[1] * 9 + [0] * 3, [1] * 4 + [0] * 8]),
+        pooled_projections=torch.randn(batch, 8, generator=generator),
+        guidance=torch.tensor([6000.0, 6000.0]),
+        return_dict=False,
+    )
+    with torch.no_grad():
+        reference = transformer(**inputs)[0]
+        calls: list[AttentionCall] = []
+        with hook_attention(transformer, lambda call: calls.append(call) or dense_attention(call)):
+            hooked = transformer(**inputs)[0]
+        with hook_attention(transformer, lambda call: dense_attention(call) + 0.1):
+            perturbed = transformer(**inputs)[0]
+    assert (hooked - reference).abs().max().item() <= 1e-5
+    assert (perturbed - reference).abs().max().item() > 1e-3
+    assert len(calls) == 2 and {(c.canvas, c.text_len, c.text_first) for c in calls} == {(CANVAS, text, False)}
+    assert all(torch.equal(c.text_mask, inputs["encoder_attention_mask"].bool()) for c in calls)

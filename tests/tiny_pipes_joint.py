@@ -11,6 +11,7 @@ patch 1) -> (3, 4, 4); CogVideoX I2V (9 frames, 4x/8x, patch 2) -> (3, 4, 4).
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 from tiny_pipes import _finish, _vocab_size, _word_level_tokenizer
 
 JOINT_KINDS = ("mochi", "easyanimate", "hunyuan_video15")
-JOINT_FRAMES = {"mochi": 13, "easyanimate": 9, "hunyuan_video15": 9}
+JOINT_FRAMES = {"mochi": 13, "easyanimate": 9, "hunyuan_video15": 9, "cogvideox_i2v": 9}
 JOINT_TEXT_LEN = {"mochi": 16}
 JOINT_CALL = dict(height=64, width=64, steps=2)
 
@@ -129,6 +130,7 @@ def short_hunyuan15_text():
 
     original = HunyuanVideo15Pipeline.__init__
 
+    @functools.wraps(original)  # from_pretrained reads the signature
     def init(self, *args, **kwargs):
         original(self, *args, **kwargs)
         shorten_hunyuan15_text(self)
@@ -192,10 +194,54 @@ def tiny_hunyuan_video15_pipeline(short: bool = True):
 
 
 _BUILDERS = {
+    "cogvideox_i2v": lambda: tiny_cogvideox_i2v_pipeline(),  # defined below
     "hunyuan_video15": tiny_hunyuan_video15_pipeline,
     "mochi": tiny_mochi_pipeline,
     "easyanimate": tiny_easyanimate_pipeline,
 }
+
+
+def tiny_cogvideox_i2v_pipeline():
+    """Tiny `CogVideoXImageToVideoPipeline`: the tiny CogVideoX pipeline's components (tests/tiny_pipes.py)
+    with a transformer of 8 input channels (4 noisy + 4 image latent channels, concatenated by the
+    pipeline) and 4 output channels. Call it with ``image=tiny_image()``."""
+    from diffusers import CogVideoXImageToVideoPipeline, CogVideoXTransformer3DModel
+
+    from tiny_pipes import TINY_COGVIDEOX_TEXT_LEN, tiny_cogvideox_pipeline
+
+    t2v = tiny_cogvideox_pipeline()
+    torch.manual_seed(0)
+    transformer = CogVideoXTransformer3DModel(
+        **{**t2v.transformer.config, "in_channels": 8, "out_channels": 4,
+           "max_text_seq_length": TINY_COGVIDEOX_TEXT_LEN}
+    )
+    pipe = CogVideoXImageToVideoPipeline(tokenizer=t2v.tokenizer, text_encoder=t2v.text_encoder, vae=t2v.vae,
+                                         transformer=transformer, scheduler=t2v.scheduler)
+    return _finish(pipe)
+
+
+def tiny_image(height: int = 64, width: int = 64, seed: int = 0):
+    """A deterministic random RGB PIL image (the conditioning frame of the image-to-video pipelines)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def tiny_hunyuan_i2v_transformer(image_condition_type: str):
+    """Tiny `HunyuanVideoTransformer3DModel` of the HunyuanVideo-I2V layout: ``latent_concat`` (2 x 4 + 1 = 9
+    input channels: noisy latents, image latent, mask) or ``token_replace`` (4 channels; first-frame tokens
+    modulated with the t=0 embedding), 1 dual + 1 single stream layer, 2 heads of 32."""
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    torch.manual_seed(0)
+    return HunyuanVideoTransformer3DModel(
+        in_channels=9 if image_condition_type == "latent_concat" else 4, out_channels=4, num_attention_heads=2,
+        attention_head_dim=32, num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=2,
+        patch_size_t=1, guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=8,
+        rope_axes_dim=(8, 12, 12), image_condition_type=image_condition_type,
+    ).eval().requires_grad_(False)
 
 
 def tiny_joint_pipeline(kind: str):
@@ -222,6 +268,10 @@ def joint_call_kwargs(kind: str, generator=None, **overrides) -> dict:
         generator=generator if generator is not None else torch.Generator("cpu").manual_seed(0),
         output_type="np",
     )
+    if kind == "cogvideox_i2v":
+        from tiny_pipes import TINY_COGVIDEOX_TEXT_LEN
+
+        kwargs.update(image=tiny_image(), max_sequence_length=TINY_COGVIDEOX_TEXT_LEN, guidance_scale=6.0)
     if kind in JOINT_TEXT_LEN:
         kwargs["max_sequence_length"] = JOINT_TEXT_LEN[kind]
     kwargs.update(overrides)
