@@ -192,3 +192,34 @@ def test_hunyuan_video_image_to_video_transformers(condition, seed):
     assert (perturbed - reference).abs().max().item() > 1e-3
     assert len(calls) == 2 and {(c.canvas, c.text_len, c.text_first) for c in calls} == {(CANVAS, text, False)}
     assert all(torch.equal(c.text_mask, inputs["encoder_attention_mask"].bool()) for c in calls)
+
+
+def test_consisid_transformer_uses_the_cogvideox_joint_attention(seed):
+    """`ConsisIDTransformer3DModel` (identity-preserving I2V): CogVideoX joint attention, text first, no mask;
+    the face perceiver cross-attention (is_train_face) is not hooked. Checked on the transformer (its
+    pipeline needs face-analysis models)."""
+    from diffusers import ConsisIDTransformer3DModel
+
+    torch.manual_seed(0)
+    transformer = ConsisIDTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=32, in_channels=8, out_channels=4, time_embed_dim=8,
+        text_embed_dim=32, num_layers=2, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+        max_text_seq_length=16, use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
+    ).eval().requires_grad_(False)
+    adapter = get_adapter(transformer)
+    assert adapter.family == "consisid" and adapter.text_first
+    assert adapter.canvas(transformer, 64, 64, 9) == CANVAS and adapter.info(transformer).patch_size == (1, 2, 2)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    inputs = dict(hidden_states=torch.randn(2, 3, 8, 8, 8, generator=generator),
+                  encoder_hidden_states=torch.randn(2, 16, 32, generator=generator),
+                  timestep=torch.tensor([500, 500]), return_dict=False)
+    with torch.no_grad():
+        reference = transformer(**inputs)[0]
+        calls: list[AttentionCall] = []
+        with hook_attention(transformer, lambda call: calls.append(call) or dense_attention(call)):
+            hooked = transformer(**inputs)[0]
+        with hook_attention(transformer, lambda call: dense_attention(call) + 0.1):
+            perturbed = transformer(**inputs)[0]
+    assert (hooked - reference).abs().max().item() <= 1e-5
+    assert (perturbed - reference).abs().max().item() > 1e-3
+    assert len(calls) == 2 and {(c.canvas, c.text_len, c.text_first) for c in calls} == {(CANVAS, 16, True)}
