@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import re
 import statistics
 import tempfile
@@ -166,17 +167,32 @@ def run_pipeline(loaded, call_kwargs: dict, attention_fn, timer, device: torch.d
         torch.cuda.reset_peak_memory_stats(device)
     transformers = [t for t in (loaded.transformer, loaded.transformer_2) if t is not None]
     handles = [t.register_forward_pre_hook(first_forward) for t in transformers]
+    call_kwargs = {**call_kwargs, "output_type": "np"}
+    scheduler = getattr(loaded.pipeline, "scheduler", None)
+    if "callback_on_step_end" in inspect.signature(type(loaded.pipeline).__call__).parameters:
+        call_kwargs["callback_on_step_end"] = on_step_end
+    elif scheduler is not None:  # e.g. HunyuanVideo15Pipeline: a step ends with its scheduler step
+        scheduler_step = scheduler.step
+
+        def step_then_mark(*args, **kwargs):
+            out = scheduler_step(*args, **kwargs)
+            on_step_end(None, None, None, {})
+            return out
+
+        scheduler.step = step_then_mark
     try:
         with hook_attention(transformers, attention_fn, adapter=loaded.adapter):
             _sync(device)
             t0 = time.perf_counter()
             with torch.inference_mode():
-                result = loaded.pipeline(**{**call_kwargs, "output_type": "np", "callback_on_step_end": on_step_end})
+                result = loaded.pipeline(**call_kwargs)
             _sync(device)
             timing.total_seconds = time.perf_counter() - t0
     finally:
         for handle in handles:
             handle.remove()
+        if scheduler is not None and "step" in vars(scheduler):
+            del scheduler.step  # back to the class method
         if progress is not None:
             progress.remove_task(task)
     timing.step_seconds = [b - a for a, b in zip(marks, marks[1:])]

@@ -1,7 +1,11 @@
 """Model adapters and the self-attention hook (docs/geometry.md, text tokens).
 
-Supported families (diffusers 0.42; `sta-search models` lists them): Wan 2.1/2.2 (`WanTransformer3DModel`, both experts),
-HunyuanVideo (`HunyuanVideoTransformer3DModel`), CogVideoX (`CogVideoXTransformer3DModel`).
+Supported families (diffusers 0.42; `sta-search models` lists them): Wan 2.1/2.2 (`WanTransformer3DModel`,
+both experts), HunyuanVideo (`HunyuanVideoTransformer3DModel`, also its image-to-video variants), CogVideoX
+(`CogVideoXTransformer3DModel`, also image-to-video); joint attention: Mochi (`MochiTransformer3DModel`),
+EasyAnimate (`EasyAnimateTransformer3DModel`), HunyuanVideo 1.5 (`HunyuanVideo15Transformer3DModel`),
+ConsisID (`ConsisIDTransformer3DModel`); cross-attention: LTX-Video (`LTXVideoTransformer3DModel`), Allegro
+(`AllegroTransformer3DModel`).
 
     from sta_search.models import load_model, hook_attention, dense_attention
     loaded = load_model("path/to/pipeline", "cuda", torch.bfloat16)
@@ -28,6 +32,7 @@ from .base import (
 from .hook import HookState, dense_attention, hook_attention, text_key_mask
 from . import cogvideox, hunyuan_video, wan  # noqa: F401  (register the adapters)
 from . import allegro, ltx_video  # noqa: F401  (cross-attention families)
+from . import consisid, easyanimate, hunyuan_video15, mochi  # noqa: F401  (joint-attention families)
 from .cogvideox import CogVideoXAdapter
 from .hunyuan_video import HunyuanVideoAdapter
 from .wan import WanAdapter

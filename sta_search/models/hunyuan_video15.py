@@ -1,0 +1,123 @@
+"""HunyuanVideo 1.5 (`HunyuanVideo15Transformer3DModel`): dual-stream joint attention
+``transformer_blocks[i].attn`` (separate text projections, no single-stream blocks), text tokens AFTER the
+video tokens, RoPE on the video tokens only.
+
+Text layout: the transformer joins three condition streams per batch item as ``[valid image (SigLIP, 729
+tokens; all invalid for text-to-video), valid ByT5 glyph tokens, valid Qwen tokens, invalid image, invalid
+ByT5, invalid Qwen]`` with a boolean mask, so `text_mask` is True on a prefix of the text. diffusers
+masks query AND key (``mask_q & mask_k``): a padded text query attends to nothing (SDPA returns 0 for such a
+row). The hook hands the key-padding mask over (padded text queries see the video and valid text, per
+docs/geometry.md); padded text tokens are never attended as keys by anything and never reach the output, so
+the video output is the same (checked by the tests against the unhooked pipeline).
+
+Image-to-video (`HunyuanVideo15ImageToVideoPipeline`): the image latent is concatenated on the channels
+(``[latents, cond_latents, mask]``) and the image's SigLIP tokens join the text stream: the canvas is the
+video's, the image tokens count as (valid) text tokens.
+
+Canvas: latent ``(B, C, F, H, W)``, patch ``(patch_size_t, patch_size, patch_size)`` (1, 1, 1 in the release);
+VAE 4x temporal, 16x spatial (read from the pipeline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from diffusers.models.embeddings import apply_rotary_emb
+
+from .base import ModelAdapter, register_adapter
+
+
+class HunyuanVideo15JointAttnProcessor:
+    """`diffusers.models.transformers.transformer_hunyuan_video15.HunyuanVideo15AttnProcessor2_0` with the
+    attention op handed to the hook runtime."""
+
+    def __init__(self, runtime, layer: int):
+        self.runtime = runtime
+        self.layer = layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        if encoder_hidden_states is None or attention_mask is None:
+            raise RuntimeError("the hooked HunyuanVideo 1.5 processor needs the joint text tokens and their mask")
+        # 1. QKV projections
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+
+        query = query.unflatten(2, (attn.heads, -1))
+        key = key.unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+
+        # 2. QK normalization
+        query = attn.norm_q(query)
+        key = attn.norm_k(key)
+
+        # 3. Rotational positional embeddings applied to latent stream
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        # 4. Encoder condition QKV projection and normalization
+        encoder_query = attn.add_q_proj(encoder_hidden_states)
+        encoder_key = attn.add_k_proj(encoder_hidden_states)
+        encoder_value = attn.add_v_proj(encoder_hidden_states)
+
+        encoder_query = encoder_query.unflatten(2, (attn.heads, -1))
+        encoder_key = encoder_key.unflatten(2, (attn.heads, -1))
+        encoder_value = encoder_value.unflatten(2, (attn.heads, -1))
+
+        if attn.norm_added_q is not None:
+            encoder_query = attn.norm_added_q(encoder_query)
+        if attn.norm_added_k is not None:
+            encoder_key = attn.norm_added_k(encoder_key)
+
+        # concatenated in (B, H, S, D), as the hook runtime takes them
+        query = torch.cat([query, encoder_query], dim=1).transpose(1, 2)
+        key = torch.cat([key, encoder_key], dim=1).transpose(1, 2)
+        value = torch.cat([value, encoder_value], dim=1).transpose(1, 2)
+
+        # 5. Attention (handed over; the text part of diffusers' mask as a key-padding mask)
+        text_len = encoder_hidden_states.shape[1]
+        text_mask = attention_mask.reshape(attention_mask.shape[0], -1)[:, -text_len:].bool()
+        out = self.runtime.attend(self.layer, query, key, value, text_len=text_len,
+                                  text_mask=text_mask.expand(query.shape[0], text_len))
+        hidden_states = out.transpose(1, 2).flatten(2, 3)
+        hidden_states = hidden_states.to(query.dtype)
+
+        # 6. Output projection
+        hidden_states, encoder_hidden_states = hidden_states[:, :-text_len], hidden_states[:, -text_len:]
+        if getattr(attn, "to_out", None) is not None:
+            hidden_states = attn.to_out[0](hidden_states)
+            hidden_states = attn.to_out[1](hidden_states)
+        if getattr(attn, "to_add_out", None) is not None:
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+
+@register_adapter
+@dataclass(frozen=True)
+class HunyuanVideo15Adapter(ModelAdapter):
+    """HunyuanVideo 1.5 text/image-to-video. Latent input ``(B, C, F, H, W)``; text after video, boolean
+    key-padding mask over the joined image/ByT5/Qwen text stream."""
+
+    family = "hunyuan_video15"
+    transformer_classes = ("HunyuanVideo15Transformer3DModel",)
+    text_first = False
+
+    vae_scale_spatial: int = 16  # the HunyuanVideo 1.5 VAE (a loaded pipeline binds its own factors)
+
+    def attention_modules(self, transformer):
+        return [block.attn for block in transformer.transformer_blocks]
+
+    def runtime_canvas(self, transformer, hidden_states):
+        p_t, p_h, p_w = self._patch_size(transformer)
+        _, _, frames, height, width = hidden_states.shape
+        return (frames // p_t, height // p_h, width // p_w)
+
+    def make_processor(self, runtime, layer):
+        return HunyuanVideo15JointAttnProcessor(runtime, layer)
+
+    def _patch_size(self, transformer):
+        config = transformer.config
+        return (int(config.patch_size_t), int(config.patch_size), int(config.patch_size))
