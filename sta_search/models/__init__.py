@@ -1,6 +1,7 @@
 """Model adapters and the self-attention hook (docs/geometry.md, text tokens).
 
-Supported families (diffusers 0.42): Wan 2.1/2.2 (`WanTransformer3DModel`, both experts),
+Supported families (diffusers 0.42): Wan 2.1/2.2 (`WanTransformer3DModel`, both experts; text-, image- and
+video-to-video), Wan VACE, SkyReels-V2, ChronoEdit (wan.py),
 HunyuanVideo (`HunyuanVideoTransformer3DModel`), CogVideoX (`CogVideoXTransformer3DModel`).
 
     from sta_search.models import load_model, hook_attention, dense_attention
@@ -29,7 +30,7 @@ from .hook import HookState, dense_attention, hook_attention, text_key_mask
 from . import cogvideox, hunyuan_video, wan  # noqa: F401  (register the adapters)
 from .cogvideox import CogVideoXAdapter
 from .hunyuan_video import HunyuanVideoAdapter
-from .wan import WanAdapter
+from .wan import ChronoEditAdapter, SkyReelsV2Adapter, WanAdapter, WanVACEAdapter
 from .loading import LoadedModel, bundled_names, load_model, model_defaults, register_bundled, resolve_model_path
 
 __all__ = [
@@ -43,6 +44,9 @@ __all__ = [
     "ModelAdapter",
     "ModelInfo",
     "WanAdapter",
+    "WanVACEAdapter",
+    "SkyReelsV2Adapter",
+    "ChronoEditAdapter",
     "adapter_for_class",
     "bundled_names",
     "dense_attention",
