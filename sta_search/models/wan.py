@@ -144,6 +144,11 @@ class ChronoEditAdapter(WanAdapter):
     family = "chronoedit"
     transformer_classes = ("ChronoEditTransformer3DModel",)
 
+    def _latent_frames(self, transformer, frames):
+        # ChronoEditPipeline runs 5 frames (2 latent frames) whatever num_frames says, unless temporal
+        # reasoning is on (which then cuts the latents mid-run: not supported)
+        return super()._latent_frames(transformer, 5)
+
 
 def predicted_switch_step(pipeline, steps: int) -> int | None:
     """The first step a two-expert Wan 2.2 pipeline runs ``transformer_2`` at, for `steps` steps: the number
