@@ -70,6 +70,7 @@ def _vae(z_dim: int = 16, residual: bool = False):
                                 temperal_downsample=[False, True, True])
     return AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                             temperal_downsample=[False, True, True], is_residual=True, patch_size=2,
+                            in_channels=12, out_channels=12,  # RGB x patch 2 x 2, as Wan2.2-TI2V-5B's VAE
                             scale_factor_spatial=16, latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim)
 
 
