@@ -140,6 +140,7 @@ class MaskAttention:
     backend: str = "auto"
     max_chunk_bytes: int | None = 64 * 2**20
     calls: Counter = field(default_factory=Counter)
+    check_experts: bool = True  # two-expert configs: refuse a call of the expert the config says rests
 
     def __post_init__(self):
         from .kernels.geometry import Geometry
@@ -178,9 +179,12 @@ class MaskAttention:
         """Exact video-video attention density this config runs with, averaged over steps, layers, heads."""
         steps = int(self.config.steps) if steps is None else steps
         per_step = []
+        experts = getattr(self.config, "experts", None)
         for step in range(steps):
             layers = []
-            for table in self.plan(step):
+            for layer, table in enumerate(self.plan(step)):
+                if experts is not None and step < experts.num_steps and not experts.runs(step, layer):
+                    continue  # the resting expert's layers
                 layers.append(1.0 if table is None else float(np.mean([self.geometry.density(w) for w in table.tolist()])))
             per_step.append(float(np.mean(layers)) if layers else 1.0)
         sparse = [d for s, d in enumerate(per_step) if self.config.window_table(s) is not None]
@@ -201,6 +205,11 @@ class MaskAttention:
         keys = self._plan_keys(call.step)
         if call.layer >= len(keys):
             raise UserError(f"mask config has {len(keys)} layers but the model called attention layer {call.layer}")
+        experts = getattr(self.config, "experts", None)
+        if experts is not None and self.check_experts and not experts.runs(call.step, call.layer):
+            raise UserError(f"the pipeline ran {experts.names[experts.expert_of_layer(call.layer)]} at step "
+                            f"{call.step}, but the mask config's expert split is {experts.describe()}: "
+                            "profile and select again for this pipeline's expert switch")
         key = keys[call.layer]
         if key is None:
             self.calls["dense"] += 1

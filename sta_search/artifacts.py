@@ -59,7 +59,9 @@ REQUIRED_HEADER_KEYS = (
 REQUIRED_MODEL_KEYS = ("family", "transformer_class", "num_layers", "num_heads")
 
 # Header fields that must agree for two profiles to be merged (besides the model, compared without `source`).
-_MERGE_KEYS = ("canvas", "tile", "text_len", "text_first", "steps", "profile_steps", "error_windows")
+# Two-expert models (Wan 2.2): the step the second expert takes over, then each expert's layers and steps.
+_MERGE_KEYS = ("canvas", "tile", "text_len", "text_first", "steps", "profile_steps", "error_windows",
+               "expert_switch_step", "experts")
 _MODEL_MERGE_KEYS = ("family", "transformer_class", "num_layers", "num_heads", "head_dim", "patch_size")
 
 

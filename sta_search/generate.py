@@ -53,6 +53,7 @@ class GenerateSettings:
     warmup_steps: int = 0             # short untimed runs of each side before the timed ones
     ulysses: int = 1                  # sequence-parallel degree (torchrun with this many processes)
     threads: int | None = None        # torch CPU threads; default on CPU: sta_search.cpu_threads.choose_threads
+    image: str | None = None          # conditioning image file (image-to-video pipelines)
 
 
 @dataclass
@@ -264,6 +265,10 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         if settings.warmup_steps < 0:
             raise UserError(f"--warmup-steps must be >= 0, got {settings.warmup_steps}")
         canvas = tuple(int(c) for c in loaded.adapter.canvas(loaded.transformer, height, width, frames))
+        from .profile import pipeline_image_kwargs
+
+        image_kwargs = pipeline_image_kwargs(loaded.pipeline, settings.image)  # UserError: missing/bad/unwanted
+        check_experts(config, loaded, steps)
         check_config(config, info, canvas, steps, tile=declared.get("tile"),
                      declared="the model's sta_search.json declares its default size and tile; pass --height, "
                      "--width and --frames to run at another size" if declared else "")
@@ -295,7 +300,8 @@ def generate(settings: GenerateSettings, console=None) -> dict:
                      "canvas": list(canvas), "dtype": str(dtype).replace("torch.", ""), "backend": settings.backend,
                      "compile": settings.compile, "compare_dense": settings.compare_dense, "fps": fps,
                      "warmup_steps": settings.warmup_steps, "ulysses": settings.ulysses,
-                     "threads": torch.get_num_threads()},
+                     "threads": torch.get_num_threads(),
+                     "image": str(settings.image) if settings.image is not None else None},
         "cpu_threads": threads.to_json() if threads is not None else None,
         "density_used": attention.density(steps),
         "videos": [],
@@ -308,26 +314,28 @@ def generate(settings: GenerateSettings, console=None) -> dict:
             # Short runs first (output discarded) so that compilation, autotuning and allocator growth
             # land outside the timed runs of both sides.
             warm_kwargs = _call_kwargs(loaded, settings.prompts[0], height, width, frames,
-                                       min(settings.warmup_steps, steps), settings.seed, device)
+                                       min(settings.warmup_steps, steps), settings.seed, device, image_kwargs)
             t0 = time.perf_counter()
             if settings.compare_dense:
                 warm_timer = AttentionTimer()
                 run_pipeline(loaded, warm_kwargs, timed_dense_attention(warm_timer), warm_timer, device, progress,
                              "warm-up dense")
             warm_timer = AttentionTimer()
+            attention.check_experts = False  # a shorter run switches experts at another step
             run_pipeline(loaded, warm_kwargs, torch.compiler.disable(warm_timer.wrap(attention)), warm_timer, device,
                          progress, "warm-up STA")
+            attention.check_experts = True
             report["warmup_seconds"] = time.perf_counter() - t0
         for index, prompt in enumerate(settings.prompts):
             stem = f"{index:03d}-{slug(prompt)}"
-            kwargs = _call_kwargs(loaded, prompt, height, width, frames, steps, settings.seed, device)
+            kwargs = _call_kwargs(loaded, prompt, height, width, frames, steps, settings.seed, device, image_kwargs)
 
             entry = {"prompt": prompt, "seed": settings.seed}
             dense_frames = None
             if settings.compare_dense:
                 dense_timer = AttentionTimer()
                 dense_frames, dense_timing = run_pipeline(
-                    loaded, _call_kwargs(loaded, prompt, height, width, frames, steps, settings.seed, device),
+                    loaded, _call_kwargs(loaded, prompt, height, width, frames, steps, settings.seed, device, image_kwargs),
                     timed_dense_attention(dense_timer), dense_timer, device, progress, f"dense  {stem}")
                 entry["dense"] = dense_timing.to_json()
                 entry["dense_video"] = _write(is_main, out / f"{stem}.dense.mp4", dense_frames, fps)
@@ -397,9 +405,33 @@ def _faults(loaded, size, canvas, dtype, device, out: Path, videos: list, prompt
                         + f"; {kept}") from None
 
 
-def _call_kwargs(loaded, prompt, height, width, frames, steps, seed, device) -> dict:
+def _call_kwargs(loaded, prompt, height, width, frames, steps, seed, device, image_kwargs=None) -> dict:
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    return dict(loaded.adapter.pipeline_kwargs(prompt, height, width, frames, steps, generator))
+    return dict(loaded.adapter.pipeline_kwargs(prompt, height, width, frames, steps, generator, **(image_kwargs or {})))
+
+
+def check_experts(config, loaded, steps: int) -> None:
+    """UserError before anything runs when the config's expert split (two-expert Wan 2.2) does not fit the
+    model: a split on a one-transformer model, other layer counts per expert, or another switch step than
+    the pipeline will take (when the pipeline can tell it in advance; otherwise the attention hook checks
+    the expert of every call)."""
+    from .models.wan import predicted_switch_step
+
+    split = getattr(config, "experts", None)
+    two = loaded.transformer_2 is not None
+    if split is None:
+        return
+    if not two:
+        raise UserError(f"the mask config is for a two-expert model ({split.describe()}) but "
+                        f"{type(loaded.transformer).__name__} runs alone")
+    counts = tuple(len(loaded.adapter.attention_modules(t)) for t in (loaded.transformer, loaded.transformer_2))
+    if counts != split.layer_counts():
+        raise UserError(f"mask config experts have {split.layer_counts()} layers, the model's {counts}")
+    if int(steps) == split.num_steps:
+        switch = predicted_switch_step(loaded.pipeline, int(steps))
+        if switch is not None and switch != split.switch_step:
+            raise UserError(f"mask config switches to transformer_2 at step {split.switch_step}, this pipeline at "
+                            f"step {switch} of {steps}; profile and select again for this pipeline")
 
 
 def _speedups(dense: RunTiming, sta: RunTiming, sparse_steps: list[int] | None = None) -> dict:

@@ -18,6 +18,12 @@ disk it is a compact, self-describing YAML file::
       30: {4: "5,6,10"}
     summary: {density: 0.31, ...} # what the selector predicted (informative)
 
+Two-expert models (Wan 2.2 A14B) add ``experts`` before ``entries`` (:mod:`sta_search.experts`): each
+expert's layer range and the steps it runs, e.g. ``[{name: transformer, layers: [0, 40], steps: [0, 12]},
+{name: transformer_2, layers: [40, 80], steps: [12, 40]}]``. A (step, layer) whose expert does not run at
+that step carries no meaning: like dense rows it is set to the layer's row (never an override), and
+densities count only the (step, layer) pairs that run.
+
 The compact form is canonical: ``default_window`` is the most common window of the sparse steps,
 ``layers`` holds, per layer, the most common per-head row over the sparse steps, and ``step_overrides``
 only the sparse (step, layer) rows that differ from it. Rows of dense steps carry no meaning; they are
@@ -121,6 +127,7 @@ class MaskConfig:
     dense_steps: tuple[int, ...]
     windows: np.ndarray = field(repr=False)
     summary: dict = field(default_factory=dict)
+    experts: Any = None  # sta_search.experts.ExpertSplit of a two-expert model, else None
 
     def __post_init__(self):
         problems: list[str] = []
@@ -146,9 +153,20 @@ class MaskConfig:
                 problems.append(f"window entries must be <= {MAX_WINDOW}")
         if not isinstance(self.summary, Mapping):
             problems.append(f"summary must be a mapping, got {type(self.summary).__name__}")
+        active = None
+        if self.experts is not None and model is not None and steps is not None:
+            from .experts import ExpertSplit
+
+            if not isinstance(self.experts, ExpertSplit):
+                problems.append(f"experts must be an ExpertSplit, got {type(self.experts).__name__}")
+            elif (self.experts.num_layers, self.experts.num_steps) != (model["num_layers"], steps):
+                problems.append(f"experts cover {self.experts.num_layers} layers and {self.experts.num_steps} steps, "
+                                f"the config has {model['num_layers']} layers and {steps} steps")
+            else:
+                active = self.experts.active()
         if problems:
             raise UserError("invalid mask config: " + "; ".join(problems))
-        windows = _canonical_dense_rows(windows.astype(np.int32), dense)
+        windows = _canonical_dense_rows(windows.astype(np.int32), dense, active)
         windows.flags.writeable = False
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "canvas", canvas)
@@ -172,6 +190,7 @@ class MaskConfig:
             and self.dense_steps == other.dense_steps
             and np.array_equal(self.windows, other.windows)
             and self.summary == other.summary
+            and self.experts == other.experts
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -203,40 +222,55 @@ class MaskConfig:
             return None
         return self.windows[int(step)]
 
+    def active_table(self) -> np.ndarray:
+        """``(steps, layers)`` bool: whether the layer runs at the step (all True without experts)."""
+        if self.experts is None:
+            return np.ones(self.windows.shape[:2], dtype=bool)
+        return self.experts.active()
+
     def density_table(self) -> np.ndarray:
-        """``(steps, layers, heads)`` exact density of every entry; dense steps are 1.0."""
+        """``(steps, layers, heads)`` exact density of every entry; dense steps are 1.0 (entries of an expert
+        that does not run at the step too; :meth:`density` leaves them out)."""
         geometry = self.geometry
         unique, inverse = np.unique(self.windows.reshape(-1, 3), axis=0, return_inverse=True)
         dens = np.array([geometry.density(tuple(int(v) for v in w)) for w in unique])
         table = dens[np.asarray(inverse).reshape(-1)].reshape(self.windows.shape[:3])
         if self.dense_steps:
             table[list(self.dense_steps)] = 1.0
+        table[~self.active_table()] = 1.0
         return table
 
     def density(self) -> float:
-        """Mean exact density over the sparse steps, layers and heads (1.0 if every step is dense)."""
+        """Mean exact density over the sparse steps, the layers that run at them, and heads (1.0 if every
+        step is dense)."""
         sparse = list(self.sparse_steps)
         if not sparse:
             return 1.0
-        return float(self.density_table()[sparse].mean())
+        return float(self.density_table()[sparse][self.active_table()[sparse]].mean())
 
     def overall_density(self) -> float:
-        """Mean exact density over all steps, dense steps counting 1.0."""
-        return float(self.density_table().mean())
+        """Mean exact density over all steps and the layers that run at them, dense steps counting 1.0."""
+        return float(self.density_table()[self.active_table()].mean())
+
+    def _active_or_none(self):
+        return None if self.experts is None else self.experts.active()
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def uniform(cls, info, canvas, tile, text_len, steps, window, dense_steps=(), summary=None) -> "MaskConfig":
+    def uniform(cls, info, canvas, tile, text_len, steps, window, dense_steps=(), summary=None,
+                experts=None) -> "MaskConfig":
         """The same ``window`` for every head of every sparse step."""
         model = model_fields(info)
         w = parse_window(list(window) if not isinstance(window, str) else window)
         table = np.broadcast_to(np.asarray(w, np.int32), (int(steps), model["num_layers"], model["num_heads"], 3))
-        return cls(model, tuple(canvas), tuple(tile), int(text_len), int(steps), tuple(dense_steps), table.copy(), summary or {})
+        return cls(model, tuple(canvas), tuple(tile), int(text_len), int(steps), tuple(dense_steps), table.copy(), summary or {},
+                   experts)
 
     def replace(self, **changes) -> "MaskConfig":
         values = {
             "model": self.model, "canvas": self.canvas, "tile": self.tile, "text_len": self.text_len,
             "steps": self.steps, "dense_steps": self.dense_steps, "windows": self.windows, "summary": self.summary,
+            "experts": self.experts,
         }
         values.update(changes)
         return MaskConfig(**values)
@@ -244,7 +278,7 @@ class MaskConfig:
     # ------------------------------------------------------------------ compact form
     def to_dict(self) -> dict:
         """The compact YAML document (see module docstring)."""
-        default, base = _base_rows(self.windows, self.sparse_steps)
+        default, base = _base_rows(self.windows, self.sparse_steps, self._active_or_none())
         layers = {}
         for layer in range(self.num_layers):
             if not np.all(base[layer] == default):
@@ -253,11 +287,11 @@ class MaskConfig:
         for step in self.sparse_steps:
             diff = {}
             for layer in range(self.num_layers):
-                if not np.array_equal(self.windows[step, layer], base[layer]):
+                if not np.array_equal(self.windows[step, layer], base[layer]):  # (never for a resting expert)
                     diff[layer] = _row_text(self.windows[step, layer])
             if diff:
                 overrides[step] = diff
-        return {
+        doc = {
             "schema": MASK_SCHEMA,
             "model": dict(self.model),
             "canvas": list(self.canvas),
@@ -266,6 +300,11 @@ class MaskConfig:
             "steps": self.steps,
             "dense_steps": list(self.dense_steps),
             "default_window": [int(v) for v in default],
+        }
+        if self.experts is not None:
+            doc["experts"] = self.experts.to_list()
+        return {
+            **doc,
             "entries": {"layers": len(layers), "step_overrides": sum(len(d) for d in overrides.values()),
                         "summary": _node_count(self.summary)},
             "layers": layers,
@@ -287,7 +326,8 @@ class MaskConfig:
         missing = [k for k in required if k not in doc]
         if missing:
             problems.append(f"missing {', '.join(missing)}")
-        unknown = [str(k) for k in doc if k not in required + ("text_len", "entries", "layers", "step_overrides", "summary")]
+        unknown = [str(k) for k in doc if k not in required + ("text_len", "experts", "entries", "layers",
+                                                                  "step_overrides", "summary")]
         if unknown:
             problems.append(f"unknown keys {', '.join(unknown)}")
         schema = doc.get("schema")
@@ -350,9 +390,19 @@ class MaskConfig:
                 continue
             for layer, row in _layer_rows(layers, f"step_overrides[{step}]", L, H, problems).items():
                 windows[step, layer] = row
+        experts = None
+        if doc.get("experts") is not None:
+            from .experts import ExpertSplit
+
+            try:
+                experts = ExpertSplit.from_list(doc["experts"])
+                experts.check(L, steps, "experts")
+            except UserError as exc:
+                problems.append(str(exc))
+                experts = None
         if problems or count_problems:
             raise UserError(f"{source}: " + "; ".join(problems + count_problems))
-        return cls(model, canvas, tile, int(text_len), int(steps), dense, windows, dict(summary))
+        return cls(model, canvas, tile, int(text_len), int(steps), dense, windows, dict(summary), experts)
 
     # ------------------------------------------------------------------ files
     def to_yaml(self) -> str:
@@ -502,24 +552,41 @@ def _mode_rows(rows: np.ndarray) -> np.ndarray:
     return unique[int(np.argmax(counts))]
 
 
-def _base_rows(windows: np.ndarray, sparse_steps: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(default window (3,), per-layer base rows (L, H, 3)) of the sparse steps (all steps if none)."""
+def _base_rows(windows: np.ndarray, sparse_steps: Iterable[int],
+               active: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(default window (3,), per-layer base rows (L, H, 3)) of the sparse steps (all steps if none); with
+    ``active`` ((steps, L) bool, two experts) only the steps each layer runs at count (all steps if none)."""
     steps = list(sparse_steps) or list(range(windows.shape[0]))
     picked = windows[steps]  # (S', L, H, 3)
     S, L, H, _ = picked.shape
-    default = _mode_rows(picked.reshape(-1, 3))
-    base = np.stack([_mode_rows(picked[:, layer].reshape(S, H * 3)).reshape(H, 3) for layer in range(L)]) if L else (
+    if active is None:
+        default = _mode_rows(picked.reshape(-1, 3))
+        rows = [picked[:, layer] for layer in range(L)]
+    else:
+        runs = active[steps]  # (S', L)
+        default = _mode_rows(picked[runs].reshape(-1, 3)) if runs.any() else _mode_rows(picked.reshape(-1, 3))
+        # a layer that runs at no sparse step: the default window (its rows mean nothing)
+        rows = [picked[runs[:, layer], layer] if runs[:, layer].any() else np.broadcast_to(default, (1, H, 3))
+                for layer in range(L)]
+    base = np.stack([_mode_rows(row.reshape(len(row), H * 3)).reshape(H, 3) for row in rows]) if L else (
         np.zeros((0, H, 3), np.int32)
     )
     return default, base
 
 
-def _canonical_dense_rows(windows: np.ndarray, dense: tuple[int, ...]) -> np.ndarray:
+def _canonical_dense_rows(windows: np.ndarray, dense: tuple[int, ...], active: np.ndarray | None = None) -> np.ndarray:
+    """Rows that carry no meaning (dense steps; with experts, (step, layer) pairs whose expert rests) set to
+    the layer's base row, so that saving and loading round-trip exactly."""
     windows = np.array(windows, dtype=np.int32, copy=True)
-    if dense and windows.shape[0] and windows.shape[1] and windows.shape[2]:
+    resting = active is not None and not active.all()
+    if (dense or resting) and windows.shape[0] and windows.shape[1] and windows.shape[2]:
         sparse = [s for s in range(windows.shape[0]) if s not in set(dense)]
-        _, base = _base_rows(windows, sparse)
-        windows[list(dense)] = base
+        _, base = _base_rows(windows, sparse, active)
+        if dense:
+            windows[list(dense)] = base
+        if resting:
+            steps, layers = np.nonzero(~active)
+            windows[steps, layers] = base[layers]
     return windows
 
 

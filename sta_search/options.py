@@ -250,6 +250,50 @@ def prompts_from(prompt: str | None, prompts_file: str | None) -> tuple[str, ...
     return read_prompts(prompts_file)
 
 
+# ------------------------------------------------------------------------------------------- images
+def check_image_path(path: str | None) -> str | None:
+    """``--image PATH``: an existing file (read and checked by :func:`read_image` where it is used)."""
+    if path is None:
+        return None
+    if not Path(path).expanduser().is_file():
+        raise UserError(f"--image {path}: no such file")
+    return str(Path(path).expanduser())
+
+
+def read_image(path):
+    """The RGB ``PIL.Image`` in the file ``path`` (PNG, JPEG, WebP, ...; the first frame of a GIF/video
+    through imageio when PIL cannot read it). UserError naming the file when it is not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(check_image_path(str(path)))
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError):
+        pass
+    try:
+        import imageio.v3 as iio
+
+        frame = iio.imread(path, index=0)
+    except Exception:  # noqa: BLE001 - any reader failure means "not an image"
+        raise UserError(f"--image {path}: not an image file PIL or imageio can read") from None
+    import numpy as np
+
+    array = np.asarray(frame)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise UserError(f"--image {path}: not an image (array of shape {array.shape})")
+    if array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    return Image.fromarray(array[..., :3])
+
+
+def image_option(help: str = "Conditioning image (image-to-video pipelines such as WanImageToVideoPipeline)."):
+    return typer.Option(None, "--image", help=help, callback=_image)
+
+
 def check_backend_name(backend: str) -> str:
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
@@ -295,6 +339,10 @@ def _triple(ctx: typer.Context, param: typer.CallbackParam, value):
 
 def _windows(ctx: typer.Context, param: typer.CallbackParam, value):
     return parse_windows(value, _name(param)) if value else None
+
+
+def _image(ctx: typer.Context, param: typer.CallbackParam, value):
+    return check_image_path(value)
 
 
 def _profile_every(ctx: typer.Context, param: typer.CallbackParam, value):

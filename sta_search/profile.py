@@ -38,7 +38,7 @@ KILL_ENV = "STA_SEARCH_TEST_KILL_AT"
 
 # Header fields that must match for --resume (besides the model identity).
 _RESUME_KEYS = ("canvas", "tile", "height", "width", "frames", "steps", "seed", "dtype", "profile_steps",
-                "error_windows")
+                "error_windows", "image")
 _RESUME_MODEL_KEYS = ("family", "transformer_class", "source", "num_layers", "num_heads", "head_dim", "patch_size")
 
 
@@ -61,6 +61,7 @@ class ProfileSettings:
     device: str | None = None
     dtype: str | None = None
     backend: str = "auto"
+    image: str | None = None  # conditioning image file (image-to-video pipelines)
 
     def __post_init__(self):
         if not self.prompts:
@@ -290,6 +291,11 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
     }
     if loaded.transformer_2 is not None:
         header["model"]["experts"] = 2
+    if settings.image is not None:
+        header["image"] = image_identity(settings.image)
+    image_kwargs = pipeline_image_kwargs(pipeline, settings.image)  # UserError: no image / not an image / not taken
+    expert_layers = [len(adapter.attention_modules(t)) for t in (loaded.transformer, loaded.transformer_2)
+                     if t is not None]
     prompts = list(settings.prompts)
     profile = existing
     if existing is not None:
@@ -319,7 +325,7 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
             progress.prompt_started(index, prompt)
             sums = _PromptSums(profile_steps, int(info.num_layers), int(info.num_heads), geometry.grid,
                                len(windows))
-            seen = {"text": None, "forwards": {}}
+            seen = {"text": None, "forwards": {}, "expert": {}}
 
             def attention_fn(call, index=index, sums=sums, seen=seen):
                 if kill_at is not None and kill_at == (index, call.step):
@@ -332,6 +338,7 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
                     seen["text"] = text
                 elif seen["text"] != text:
                     raise RuntimeError(f"text tokens changed between attention calls: {seen['text']} vs {text}")
+                seen["expert"].setdefault(call.step, set()).add(int(call.layer >= expert_layers[0]))
                 slot = slots.get(call.step)
                 if slot is None:
                     return dense_attention(call)
@@ -346,6 +353,7 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
             generator = torch.Generator(device="cpu").manual_seed(int(settings.seed) + index)
             kwargs = dict(adapter.pipeline_kwargs(prompt, sizes["height"], sizes["width"], sizes["frames"],
                                                   settings.steps, generator))
+            kwargs.update(image_kwargs)
             kwargs["output_type"] = "latent"  # statistics only: skip the VAE decode
             if "callback_on_step_end" in call_params:
                 def on_step_end(pipe, step, timestep, callback_kwargs):
@@ -368,16 +376,20 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
                                 + (f"; the {done} finished prompt(s) are kept in {out} (--resume continues)"
                                    if done else "; nothing was written")) from None
             result, active_layers = sums.finish(experts=2 if loaded.transformer_2 is not None else 1)
+            split = _expert_split(expert_layers, seen["expert"], settings.steps)
             text_len, text_first = seen["text"]
             forwards = max(seen["forwards"].values()) if seen["forwards"] else None
             if profile is None:
                 header.update(text_len=text_len, text_first=text_first, forwards_per_step=forwards)
-                if loaded.transformer_2 is not None:
+                if split is not None:
                     header["active_layers"] = active_layers  # per profiled step: the expert's [first, last+1) layers
+                    header["experts"] = split.to_list()  # each expert's layers and the steps it runs
+                    header["expert_switch_step"] = split.switch_step
                 profile = Profile.empty(header)
-            elif loaded.transformer_2 is not None and profile.header.get("active_layers") != active_layers:
-                raise RuntimeError(f"the expert switch moved between prompts: {active_layers} vs "
-                                   f"{profile.header.get('active_layers')}")
+            elif split is not None and (profile.header.get("active_layers") != active_layers
+                                        or profile.header.get("experts") != split.to_list()):
+                raise RuntimeError(f"the expert switch moved between prompts: {split.describe()} now, "
+                                   f"{profile.header.get('experts')} before")
             elif (profile.header.get("text_len"), profile.header.get("text_first")) != (text_len, text_first):
                 raise UserError(f"text tokens {text_len} (first={text_first}) differ from the profile's "
                                 f"{profile.header.get('text_len')} (first={profile.header.get('text_first')})")
@@ -397,6 +409,45 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
     if profile is None:  # nothing left to do and nothing done: cannot happen (prompts non-empty)
         raise UserError("no prompts were profiled")
     return profile
+
+
+def _expert_split(expert_layers: list[int], step_experts: dict[int, set], steps: int):
+    """The expert split seen over all steps of a prompt (None with one transformer)."""
+    from .experts import ExpertSplit
+
+    if len(expert_layers) < 2:
+        return None
+    missing = [s for s in range(steps) if s not in step_experts]
+    mixed = [s for s, e in step_experts.items() if len(e) != 1]
+    if missing or mixed:
+        raise RuntimeError(f"expert per step unclear: steps {missing} saw no attention, steps {mixed} saw both experts")
+    return ExpertSplit.from_runs(expert_layers, [next(iter(step_experts[s])) for s in range(steps)])
+
+
+def image_identity(path) -> dict:
+    """What a profile records of its conditioning image: the path and the file's sha256."""
+    import hashlib
+
+    return {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
+def pipeline_image_kwargs(pipeline, image_path) -> dict:
+    """``{"image": PIL image}`` for a pipeline that takes an image; ``{}`` without --image for one that does
+    not need it. UserError when the pipeline needs an image and none is given, takes none but one is given,
+    or the file is not an image."""
+    from .options import read_image
+
+    params = inspect.signature(type(pipeline).__call__).parameters
+    takes = "image" in params
+    needs = takes and params["image"].default is inspect.Parameter.empty
+    name = type(pipeline).__name__
+    if image_path is None:
+        if needs:
+            raise UserError(f"{name} is an image-to-video pipeline: pass the conditioning image with --image PATH")
+        return {}
+    if not takes:
+        raise UserError(f"--image {image_path}: {name} takes no image (it is not an image-to-video pipeline)")
+    return {"image": read_image(image_path)}
 
 
 # ----------------------------------------------------------------------------------- summary

@@ -47,6 +47,7 @@ import numpy as np
 from .artifacts import Profile, merge_profiles
 from .costmodel import CostModel, load_cost_model
 from .errors import UserError
+from .experts import ExpertSplit
 from .maskconfig import MaskConfig
 
 OBJECTIVES = ("error", "recall")
@@ -302,27 +303,92 @@ def build_candidates(profile: Profile, objective: str, candidate_set: str = "aut
     return Candidates(windows, densities, full, mean, per_prompt, per_prompt_error, candidate_set)
 
 
-def _group_costs(mean_cost: np.ndarray, step_map: np.ndarray, granularity: str) -> np.ndarray:
-    """``(G, K)`` costs: per (sparse step, layer, head), or per (layer, head) summed over sparse steps."""
+@dataclass(frozen=True)
+class StepLayout:
+    """Which profiled step stands for each (sparse step, layer), and which of them run.
+
+    ``slot[s, l]``: index into the profiled steps whose statistics (sparse step s, layer l) uses: the nearest
+    profiled step, among those where the layer's expert ran for two-expert models. ``active[s, l]``: the
+    layer runs at sparse step s (False for the resting expert's layers; all True with one transformer).
+    Only active entries are groups of the problem, cost budget and count in densities and errors."""
+
+    slot: np.ndarray  # (S, L) int
+    active: np.ndarray  # (S, L) bool
+
+    @classmethod
+    def of(cls, profile: Profile, sparse_steps: Sequence[int]) -> "StepLayout":
+        from .experts import ExpertSplit
+
+        L, S = profile.num_layers, len(sparse_steps)
+        split = ExpertSplit.from_header(profile.header)
+        if split is None:
+            slot = np.broadcast_to(nearest_profiled(sparse_steps, profile.profile_steps)[:, None], (S, L)).copy()
+            return cls(slot, np.ones((S, L), dtype=bool))
+        split.check(L, profile.steps, "profile")
+        slot = np.zeros((S, L), dtype=np.int64)
+        active = split.active()[list(sparse_steps)] if S else np.zeros((0, L), dtype=bool)
+        for index, ((l0, l1), (s0, s1)) in enumerate(zip(split.layers, split.steps)):
+            runs = [s for s in sparse_steps if s0 <= s < s1]
+            if not runs:
+                continue
+            own = [i for i, step in enumerate(profile.profile_steps) if s0 <= step < s1]
+            if not own:
+                raise UserError(f"{split.names[index]} runs steps {s0}-{s1 - 1} but none of them was profiled "
+                                f"(profiled: {list(profile.profile_steps)}); profile with a smaller --profile-steps")
+            picks = np.asarray(own)[nearest_profiled(runs, [profile.profile_steps[i] for i in own])]
+            rows = [i for i, s in enumerate(sparse_steps) if s0 <= s < s1]
+            slot[np.ix_(rows, range(l0, l1))] = picks[:, None]
+        return cls(slot, active)
+
+    def costs(self, cost: np.ndarray) -> np.ndarray:
+        """``(S, L, H, K)``: ``cost[slot[s, l], l]`` for a ``(P, L, H, K)`` table."""
+        return cost[self.slot, np.arange(self.slot.shape[1])[None, :]]
+
+
+def _group_costs(mean_cost: np.ndarray, layout: StepLayout, granularity: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(G, K)`` costs: per active (sparse step, layer, head), or per (layer, head) summed over the sparse
+    steps the layer runs at; and per-group weights for the density budget (None: all equal), since with two
+    experts the layers of one expert may run at fewer sparse steps than the other's."""
+    K = mean_cost.shape[-1]
+    per_step = layout.costs(mean_cost)  # (S, L, H, K)
     if granularity == "step":
-        K = mean_cost.shape[-1]
-        return mean_cost[step_map].reshape(-1, K)
-    counts = np.bincount(step_map, minlength=mean_cost.shape[0]).astype(np.float64)
-    summed = np.einsum("p,plhk->lhk", counts, mean_cost)
-    return summed.reshape(-1, mean_cost.shape[-1])
+        return per_step[layout.active].reshape(-1, K), None
+    counts = layout.active.sum(axis=0)  # (L,)
+    summed = np.einsum("sl,slhk->lhk", layout.active.astype(np.float64), per_step)
+    H = mean_cost.shape[2]
+    runs = counts > 0
+    weights = np.repeat(counts[runs], H).astype(np.float64)
+    return summed[runs].reshape(-1, K), (None if np.all(weights == weights[0]) else weights)
 
 
-def _choice_table(choice: np.ndarray, granularity: str, S: int, L: int, H: int) -> np.ndarray:
+def _choice_table(choice: np.ndarray, granularity: str, S: int, L: int, H: int,
+                  layout: StepLayout | None = None) -> np.ndarray:
+    """``(S, L, H)`` candidate index per (sparse step, layer, head); 0 where the layer does not run."""
+    active = layout.active if layout is not None else np.ones((S, L), dtype=bool)
+    table = np.zeros((S, L, H), dtype=np.int64)
     if granularity == "step":
-        return choice.reshape(S, L, H)
-    return np.broadcast_to(choice.reshape(1, L, H), (S, L, H))
+        table[active] = choice.reshape(-1, H)
+        return table
+    runs = active.any(axis=0)
+    per_layer = np.zeros((L, H), dtype=np.int64)
+    per_layer[runs] = choice.reshape(-1, H)
+    table[:] = per_layer[None]
+    table[~active] = 0
+    return table
 
 
-def evaluate(choice_table: np.ndarray, cost: np.ndarray, step_map: np.ndarray) -> float:
-    """Mean over (sparse step, layer, head) of ``cost[step_map[s], l, h, choice[s, l, h]]``."""
-    S, L, H = choice_table.shape
-    picked = np.take_along_axis(cost[step_map], choice_table[..., None], axis=-1)[..., 0]
-    return float(picked.mean())
+def evaluate(choice_table: np.ndarray, cost: np.ndarray, layout: StepLayout) -> float:
+    """Mean over the active (sparse step, layer) and heads of ``cost[slot[s, l], l, h, choice[s, l, h]]``."""
+    picked = np.take_along_axis(layout.costs(cost), choice_table[..., None], axis=-1)[..., 0]
+    return float(picked[layout.active].mean())
+
+
+def _solve_weighted(C: np.ndarray, densities: np.ndarray, weights: np.ndarray | None, budget: float) -> Solution:
+    """`solve_budget` with the density of group g counted ``weights[g]`` times (mean weight 1)."""
+    if weights is None:
+        return solve_budget(C, densities, budget)
+    scaled = np.outer(weights / weights.mean(), densities)
+    return solve_budget(C, scaled, budget)
 
 
 def resolve_budget(options: SelectOptions, min_density: float, sparse_steps: int, dense_steps: int,
@@ -377,7 +443,7 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
         raise UserError(f"--full-steps {full_steps} must be in [0, {steps}) for a {steps}-step profile")
     dense_steps = tuple(range(full_steps))
     sparse_steps = tuple(range(full_steps, steps))
-    step_map = nearest_profiled(sparse_steps, profile.profile_steps)
+    layout = StepLayout.of(profile, sparse_steps)
     L, H, S = profile.num_layers, profile.num_heads, len(sparse_steps)
 
     candidate_set = options.candidates
@@ -387,20 +453,21 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
     budget = resolve_budget(options, float(cands.densities.min()), S, full_steps, cost_model)
 
     def choose(mean_cost):
-        C = _group_costs(mean_cost, step_map, options.granularity)
+        C, weights = _group_costs(mean_cost, layout, options.granularity)
         if options.strategy == "argmin":
             return solve_argmin(C, ~cands.is_full[None, :]), None
-        solution = solve_budget(C, cands.densities, budget)
+        solution = _solve_weighted(C, cands.densities, weights, budget)
         return solution.choice, solution
 
     choice, solution = choose(cands.mean_cost)
-    table = _choice_table(choice, options.granularity, S, L, H)
+    table = _choice_table(choice, options.granularity, S, L, H, layout)
     chosen_windows = np.asarray(cands.windows, dtype=np.int32)[table]  # (S, L, H, 3)
+    chosen_windows[~layout.active] = np.asarray(profile.grid, dtype=np.int32)  # resting expert: no meaning
     windows = np.empty((steps, L, H, 3), dtype=np.int32)
     windows[:] = np.asarray(profile.grid, dtype=np.int32)
     windows[list(sparse_steps)] = chosen_windows
 
-    density = float(cands.densities[table].mean())
+    density = float(cands.densities[table][layout.active].mean()) if layout.active.any() else 1.0
     overall = (density * S + full_steps) / steps
     summary: dict = {
         "strategy": options.strategy,
@@ -415,15 +482,19 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
         "predicted_speedup": cost_model.speedup(density, S, full_steps),
         "cost_model": cost_model.source,
     }
-    summary.update(_quality(profile, cands, table, step_map))
+    summary.update(_quality(profile, cands, table, layout))
     if solution is not None:
         groups = solution.choice.shape[0]
-        per_group = S * L * H / groups  # layer granularity sums S steps into one group
+        per_group = int(layout.active.sum()) * H / groups  # layer granularity sums a layer's steps into one group
         summary["optimality_gap_bound"] = solution.gap_bound / (groups * per_group)
-    summary.update(_cross_validate(profile, cands, options, step_map, choose, S, L, H))
+    summary.update(_cross_validate(profile, cands, options, layout, choose, S, L, H))
     summary["prompts"] = profile.num_prompts
     summary["profile_steps"] = list(profile.profile_steps)
     summary["step_mapping"] = "each sparse step uses the statistics of the nearest profiled step"
+    experts = ExpertSplit.from_header(profile.header)
+    if experts is not None:
+        summary["step_mapping"] += " where the layer's expert ran"
+        summary["expert_switch_step"] = experts.switch_step
     from .report import tool_version
 
     summary["tool_version"] = tool_version()
@@ -436,11 +507,12 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
         dense_steps=dense_steps,
         windows=windows,
         summary=_rounded(summary),
+        experts=experts,
     )
     return Selection(config, config.summary, solution, table, cands)
 
 
-def _quality(profile: Profile, cands: Candidates, table: np.ndarray, step_map: np.ndarray) -> dict:
+def _quality(profile: Profile, cands: Candidates, table: np.ndarray, layout: StepLayout) -> dict:
     """In-sample predicted error (where measured) and recall of the chosen windows."""
     out: dict = {}
     geometry = profile.geometry
@@ -450,21 +522,21 @@ def _quality(profile: Profile, cands: Candidates, table: np.ndarray, step_map: n
     flat = recall.reshape(P, L, H, -1)
     nt, nh, nw = profile.grid
     window_ids = np.array([(w[0] - 1) * nh * nw + (w[1] - 1) * nw + (w[2] - 1) for w in cands.windows])
-    out["predicted_recall"] = evaluate(table, flat[..., window_ids], step_map)
+    out["predicted_recall"] = evaluate(table, flat[..., window_ids], layout)
     # error is measured for shortlist windows only
     shortlist = {geometry.clip_window(w): i for i, w in reversed(list(enumerate(profile.error_windows)))}
     idx = [shortlist.get(w) for w in cands.windows]
-    used = np.unique(table)
+    used = np.unique(table[layout.active])
     if all(idx[u] is not None for u in used):
         error = profile.mean_error().double().numpy()
         mapped = np.array([i if i is not None else 0 for i in idx])
-        out["predicted_error"] = evaluate(table, error[..., mapped], step_map)
+        out["predicted_error"] = evaluate(table, error[..., mapped], layout)
     else:
         out["predicted_error"] = None
     return out
 
 
-def _cross_validate(profile, cands, options, step_map, choose, S, L, H) -> dict:
+def _cross_validate(profile, cands, options, layout, choose, S, L, H) -> dict:
     """k-fold over prompts (leave-one-out when there are no more prompts than folds): choose on the
     training prompts, measure the error on the held-out ones, next to the error on the training ones."""
     N = profile.num_prompts
@@ -478,10 +550,10 @@ def _cross_validate(profile, cands, options, step_map, choose, S, L, H) -> dict:
     for fold in range(folds):
         train, test = assignment != fold, assignment == fold
         choice, _ = choose(cands.per_prompt_cost[train].mean(axis=0))
-        table = _choice_table(choice, options.granularity, S, L, H)
-        held.append(evaluate(table, cands.per_prompt_error[test].mean(axis=0), step_map))
-        inside.append(evaluate(table, cands.per_prompt_error[train].mean(axis=0), step_map))
-        held_cost.append(evaluate(table, cands.per_prompt_cost[test].mean(axis=0), step_map))
+        table = _choice_table(choice, options.granularity, S, L, H, layout)
+        held.append(evaluate(table, cands.per_prompt_error[test].mean(axis=0), layout))
+        inside.append(evaluate(table, cands.per_prompt_error[train].mean(axis=0), layout))
+        held_cost.append(evaluate(table, cands.per_prompt_cost[test].mean(axis=0), layout))
         weights.append(test.sum())
     w = np.asarray(weights, dtype=np.float64)
     out = {

@@ -1,10 +1,11 @@
 """Model adapters and the self-attention hook (docs/geometry.md, text tokens).
 
 Supported families (diffusers 0.42; `sta-search models` lists them): Wan 2.1/2.2 (`WanTransformer3DModel`,
-both experts), HunyuanVideo (`HunyuanVideoTransformer3DModel`, also its image-to-video variants), CogVideoX
-(`CogVideoXTransformer3DModel`, also image-to-video); joint attention: Mochi (`MochiTransformer3DModel`),
-EasyAnimate (`EasyAnimateTransformer3DModel`), HunyuanVideo 1.5 (`HunyuanVideo15Transformer3DModel`),
-ConsisID (`ConsisIDTransformer3DModel`); cross-attention: LTX-Video (`LTXVideoTransformer3DModel`), Allegro
+both experts; text-, image- and video-to-video), Wan VACE, SkyReels-V2, ChronoEdit (wan.py), HunyuanVideo
+(`HunyuanVideoTransformer3DModel`, also its image-to-video variants), CogVideoX (`CogVideoXTransformer3DModel`,
+also image-to-video); joint attention: Mochi (`MochiTransformer3DModel`), EasyAnimate
+(`EasyAnimateTransformer3DModel`), HunyuanVideo 1.5 (`HunyuanVideo15Transformer3DModel`), ConsisID
+(`ConsisIDTransformer3DModel`); cross-attention: LTX-Video (`LTXVideoTransformer3DModel`), Allegro
 (`AllegroTransformer3DModel`).
 
     from sta_search.models import load_model, hook_attention, dense_attention
@@ -35,7 +36,7 @@ from . import allegro, ltx_video  # noqa: F401  (cross-attention families)
 from . import consisid, easyanimate, hunyuan_video15, mochi  # noqa: F401  (joint-attention families)
 from .cogvideox import CogVideoXAdapter
 from .hunyuan_video import HunyuanVideoAdapter
-from .wan import WanAdapter
+from .wan import ChronoEditAdapter, SkyReelsV2Adapter, WanAdapter, WanVACEAdapter
 from .loading import LoadedModel, bundled_names, load_model, model_defaults, register_bundled, resolve_model_path
 
 __all__ = [
@@ -49,6 +50,9 @@ __all__ = [
     "ModelAdapter",
     "ModelInfo",
     "WanAdapter",
+    "WanVACEAdapter",
+    "SkyReelsV2Adapter",
+    "ChronoEditAdapter",
     "adapter_for_class",
     "bundled_names",
     "dense_attention",

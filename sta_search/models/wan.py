@@ -1,14 +1,34 @@
-"""Wan 2.1 / 2.2 (`WanTransformer3DModel`): self-attention ``blocks[i].attn1`` with RoPE and
-across-heads RMS q/k norms; the text enters through cross-attention ``attn2``, which is never hooked.
-Wan 2.2 A14B pipelines have a second expert ``transformer_2``; `hook_attention` numbers its layers after
-the first expert's."""
+"""The Wan lineage: self-attention ``blocks[i].attn1`` with RoPE and across-heads RMS q/k norms, full 3D
+attention over the video tokens (no joint text: ``text_len=0``); the text, and the CLIP image tokens of the
+image-to-video models (``image_embedder`` + ``add_k_proj``), enter through the cross-attention ``attn2``,
+which is never hooked.
+
+- Wan 2.1 / 2.2 (`WanTransformer3DModel`): `WanPipeline` (text-to-video, also Wan 2.2 TI2V 5B with
+  ``expand_timesteps``: 48-channel VAE, 16x spatial / 4x temporal, patch (1,2,2); the per-token timesteps
+  put the first frame at 0), `WanImageToVideoPipeline` (the conditioning latents are concatenated on the
+  channels, so the canvas is the video's), `WanVideoToVideoPipeline`. Wan 2.2 A14B pipelines have a second
+  expert ``transformer_2``: `hook_attention` numbers its layers after the first expert's and
+  :mod:`sta_search.experts` records which steps each expert runs.
+- VACE (`WanVACETransformer3DModel`): the main blocks, then the VACE blocks, whose self-attention runs over
+  the control tokens (padded to the video's token count: the same canvas).
+- SkyReels-V2 (`SkyReelsV2Transformer3DModel`), text/image-to-video and the diffusion-forcing pipelines in
+  synchronous mode (``ar_step=0``, ``causal_block_size`` 1, one window of frames): with a causal block size
+  above 1 diffusers adds a block-causal mask to the self-attention, which STA does not express; the hook
+  refuses it.
+- ChronoEdit (`ChronoEditTransformer3DModel`): image editing as a Wan image-to-video model (the edited
+  image is the last frame). Temporal reasoning (``enable_temporal_reasoning``) cuts the latent frames
+  mid-run, i.e. changes the canvas; run without it.
+"""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
+from ..errors import UserError
 from .base import ModelAdapter, register_adapter
 from .parallel import ulysses_attention
 
@@ -22,7 +42,11 @@ class WanSelfAttnProcessor:
         self.layer = layer
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        if encoder_hidden_states is not None or attention_mask is not None or attn.add_k_proj is not None:
+        if attention_mask is not None:  # SkyReels-V2 diffusion forcing with causal_block_size > 1
+            raise UserError("this model runs its self-attention with a block-causal mask (SkyReels-V2 diffusion "
+                            "forcing with causal_block_size > 1); STA supports plain full attention only: use "
+                            "causal_block_size=1")
+        if encoder_hidden_states is not None or attn.add_k_proj is not None:
             raise RuntimeError("the hooked Wan processor only handles self-attention (attn1)")
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
 
@@ -95,3 +119,52 @@ class WanAdapter(ModelAdapter):
         if t > 1 and frames % t != 1:  # WanPipeline rounds num_frames to 4k + 1
             frames = frames // t * t + 1
         return (max(frames, 1) - 1) // t + 1
+
+
+@register_adapter
+class WanVACEAdapter(WanAdapter):
+    """Wan VACE: ``blocks[i].attn1`` then ``vace_blocks[j].attn1`` (control tokens, the video's canvas)."""
+
+    family = "wan_vace"
+    transformer_classes = ("WanVACETransformer3DModel",)
+
+    def attention_modules(self, transformer):
+        return [block.attn1 for block in transformer.blocks] + [block.attn1 for block in transformer.vace_blocks]
+
+
+@register_adapter
+class SkyReelsV2Adapter(WanAdapter):
+    """SkyReels-V2 (text/image-to-video and synchronous diffusion forcing); 24 fps, 97 frames by default."""
+
+    family = "skyreels_v2"
+    transformer_classes = ("SkyReelsV2Transformer3DModel",)
+
+
+@register_adapter
+class ChronoEditAdapter(WanAdapter):
+    """ChronoEdit (image editing through a Wan image-to-video model; run without temporal reasoning)."""
+
+    family = "chronoedit"
+    transformer_classes = ("ChronoEditTransformer3DModel",)
+
+    def _latent_frames(self, transformer, frames):
+        # ChronoEditPipeline runs 5 frames (2 latent frames) whatever num_frames says, unless temporal
+        # reasoning is on (which then cuts the latents mid-run: not supported)
+        return super()._latent_frames(transformer, 5)
+
+
+def predicted_switch_step(pipeline, steps: int) -> int | None:
+    """The first step a two-expert Wan 2.2 pipeline runs ``transformer_2`` at, for `steps` steps: the number
+    of scheduler timesteps at or above ``boundary_ratio * num_train_timesteps`` (as `WanPipeline` and
+    `WanImageToVideoPipeline` choose the expert). None when the pipeline has no boundary or the scheduler
+    cannot be asked (the attention hook then checks the expert of every call)."""
+    ratio = getattr(getattr(pipeline, "config", None), "boundary_ratio", None)
+    if ratio is None or getattr(pipeline, "transformer_2", None) is None:
+        return None
+    try:
+        scheduler = copy.deepcopy(pipeline.scheduler)
+        scheduler.set_timesteps(int(steps), device="cpu")
+        boundary = float(ratio) * float(scheduler.config.num_train_timesteps)
+        return int(sum(float(t) >= boundary for t in scheduler.timesteps[: int(steps)]))
+    except Exception:  # noqa: BLE001 - schedulers needing extra arguments: checked at run time instead
+        return None
