@@ -260,16 +260,18 @@ def test_cuda_dense_lse_matches_float64(seed, kernel, text):
 
 @pytest.mark.parametrize("shape", [(2, 3, 50, 16), (1, 5, 129, 64), (1, 1, 1, 128)], ids=["odd-50x16", "129x64", "one-token"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_squared_distance_triton_against_float64(shape, dtype, monkeypatch):
-    """The profiler's error reduction kernel (interpreter on CPU) against float64, with odd strides (heads-last
-    storage, as attention outputs come back) and without a reference."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_squared_distance_triton_against_float64(shape, dtype, device):
+    """The profiler's error reduction kernel (CUDA, or the interpreter on CPU) against float64, with odd strides
+    (heads-last storage, as attention outputs come back) and without a reference."""
     from sta_search.kernels.recall.distance import squared_distance_triton_ok, squared_distance_triton
 
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("CPU tensors need TRITON_INTERPRET=1 (set by conftest only where there is no GPU)")
     torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
     B, H, N, D = shape
-    x = torch.randn(B, N, H, D).to(dtype).transpose(1, 2)  # (B, H, N, D) view of (B, N, H, D) storage
-    ref = (x.float() + 0.01 * torch.randn(B, H, N, D)).to(dtype)
+    x = torch.randn(B, N, H, D, device=device).to(dtype).transpose(1, 2)  # (B, H, N, D) view of (B, N, H, D)
+    ref = (x.float() + 0.01 * torch.randn(B, H, N, D, device=device)).to(dtype)
     assert squared_distance_triton_ok(x, ref)[0]
     expected = (x.double() - ref.double()).square().sum(dim=(-2, -1))
     torch.testing.assert_close(squared_distance_triton(x, ref).double(), expected, rtol=1e-5, atol=1e-12)
