@@ -32,7 +32,8 @@ def register(app: typer.Typer) -> None:
             console.print_json(json.dumps([entry.to_dict() for entry in entries]))
             return
         table = Table(title=f"supported families (Hopper kernel for {dtype})")
-        for column in ("family", "transformer", "pipelines", "text", "checkpoints: heads x dim -> kernel"):
+        table.add_column("family", no_wrap=True)  # the name users type: never split
+        for column in ("transformer", "pipelines", "text", "checkpoints: heads x dim -> kernel"):
             table.add_column(column, overflow="fold")
         for entry in entries:
             checkpoints = "\n".join(f"{n}: {h} x {d} -> {k}" for n, h, d, k in entry.checkpoints) or "-"

@@ -77,7 +77,7 @@ class CogVideoXAdapter(ModelAdapter):
     family = "cogvideox"
     transformer_classes = ("CogVideoXTransformer3DModel",)
     text_first = True
-    pipelines = ("CogVideoXPipeline",)
+    pipelines = ("CogVideoXPipeline", "CogVideoXImageToVideoPipeline")
     text_handling = "joint attention: text before the video tokens, padded, no mask"
     checkpoints = (("CogVideoX-2b", 30, 64), ("CogVideoX-5b / 1.5-5B", 48, 64))
 

@@ -15,6 +15,8 @@ class ConsisIDAdapter(CogVideoXAdapter):
     """ConsisID identity-preserving image-to-video: the CogVideoX joint attention and canvas."""
 
     family = "consisid"
+    pipelines = ("ConsisIDPipeline",)
+    checkpoints = (("ConsisID (CogVideoX-5b base)", 48, 64),)
     transformer_classes = ("ConsisIDTransformer3DModel",)
 
     def _patch_size(self, transformer):

@@ -97,6 +97,7 @@ class EasyAnimateAdapter(ModelAdapter):
     """EasyAnimate text/image-to-video. Latent input ``(B, C, F, H, W)``; text first, no key-padding mask."""
 
     family = "easyanimate"
+    pipelines = ("EasyAnimatePipeline", "EasyAnimateInpaintPipeline")
     transformer_classes = ("EasyAnimateTransformer3DModel",)
     text_first = True
 

@@ -119,7 +119,7 @@ class HunyuanVideoAdapter(ModelAdapter):
     family = "hunyuan_video"
     transformer_classes = ("HunyuanVideoTransformer3DModel",)
     text_first = False
-    pipelines = ("HunyuanVideoPipeline",)
+    pipelines = ("HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline")
     text_handling = "joint attention: text after the video tokens, boolean key-padding mask"
     checkpoints = (("HunyuanVideo 13B", 24, 128),)
 

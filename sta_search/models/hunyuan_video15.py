@@ -102,6 +102,8 @@ class HunyuanVideo15Adapter(ModelAdapter):
     key-padding mask over the joined image/ByT5/Qwen text stream."""
 
     family = "hunyuan_video15"
+    pipelines = ("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline")
+    checkpoints = (("HunyuanVideo 1.5 8.3B", 16, 128),)
     transformer_classes = ("HunyuanVideo15Transformer3DModel",)
     text_first = False
 

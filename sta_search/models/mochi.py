@@ -113,6 +113,8 @@ class MochiAdapter(ModelAdapter):
     """Mochi text-to-video. Latent input ``(B, C, F, H, W)``; text after video, key-padding mask; VAE 6x/8x."""
 
     family = "mochi"
+    pipelines = ("MochiPipeline",)
+    checkpoints = (("Mochi 1 10B", 24, 128),)
     transformer_classes = ("MochiTransformer3DModel",)
     text_first = False
 

@@ -96,7 +96,7 @@ class WanAdapter(ModelAdapter):
     family = "wan"
     transformer_classes = ("WanTransformer3DModel",)
     text_first = False
-    pipelines = ("WanPipeline",)
+    pipelines = ("WanPipeline", "WanImageToVideoPipeline")
     text_handling = "cross-attention (attn2); no text in the self-attention"
     checkpoints = (("Wan 2.1 T2V 1.3B", 12, 128), ("Wan 2.1/2.2 14B", 40, 128), ("Wan 2.2 TI2V 5B", 24, 128))
 
@@ -126,6 +126,8 @@ class WanVACEAdapter(WanAdapter):
     """Wan VACE: ``blocks[i].attn1`` then ``vace_blocks[j].attn1`` (control tokens, the video's canvas)."""
 
     family = "wan_vace"
+    pipelines = ("WanVACEPipeline",)
+    checkpoints = (("Wan 2.1 VACE 1.3B", 12, 128), ("Wan 2.1 VACE 14B", 40, 128))
     transformer_classes = ("WanVACETransformer3DModel",)
 
     def attention_modules(self, transformer):
@@ -137,6 +139,8 @@ class SkyReelsV2Adapter(WanAdapter):
     """SkyReels-V2 (text/image-to-video and synchronous diffusion forcing); 24 fps, 97 frames by default."""
 
     family = "skyreels_v2"
+    pipelines = ("SkyReelsV2Pipeline", "SkyReelsV2DiffusionForcingPipeline")
+    checkpoints = (("SkyReels-V2 1.3B", 12, 128), ("SkyReels-V2 14B", 40, 128))
     transformer_classes = ("SkyReelsV2Transformer3DModel",)
 
 
@@ -145,6 +149,8 @@ class ChronoEditAdapter(WanAdapter):
     """ChronoEdit (image editing through a Wan image-to-video model; run without temporal reasoning)."""
 
     family = "chronoedit"
+    pipelines = ("ChronoEditPipeline",)
+    checkpoints = (("ChronoEdit 14B", 40, 128),)
     transformer_classes = ("ChronoEditTransformer3DModel",)
 
     def _latent_frames(self, transformer, frames):
