@@ -51,6 +51,7 @@ class GenerateSettings:
     fps: int | None = None
     warmup_steps: int = 0             # short untimed runs of each side before the timed ones
     ulysses: int = 1                  # sequence-parallel degree (torchrun with this many processes)
+    cache: object = "none"            # a diffusers step cache with STA (sta_search.caches: name or config)
 
 
 @dataclass
@@ -141,6 +142,7 @@ def run_pipeline(loaded, call_kwargs: dict, attention_fn, timer, device: torch.d
     Per-step latency runs from the first transformer forward of a step to the pipeline's
     ``callback_on_step_end`` (synchronised on CUDA); attention time comes from ``timer``.
     """
+    from .caches import PipelineSteps, reset_cache
     from .models import hook_attention
     from .video import to_uint8_frames
 
@@ -166,7 +168,9 @@ def run_pipeline(loaded, call_kwargs: dict, attention_fn, timer, device: torch.d
     transformers = [t for t in (loaded.transformer, loaded.transformer_2) if t is not None]
     handles = [t.register_forward_pre_hook(first_forward) for t in transformers]
     try:
-        with hook_attention(transformers, attention_fn, adapter=loaded.adapter):
+        reset_cache(loaded)  # each run starts with an empty step cache (if any)
+        with PipelineSteps(loaded) as pipeline_steps, \
+                hook_attention(transformers, pipeline_steps.wrap(attention_fn), adapter=loaded.adapter):
             _sync(device)
             t0 = time.perf_counter()
             with torch.inference_mode():
@@ -248,6 +252,9 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         _check_backend(settings.backend, info, device, dtype, Geometry(canvas, tuple(config.tile)))
         if context is not None:
             enable_ulysses(loaded, settings.ulysses, canvas=canvas)  # UserError on every rank for a bad degree
+        from .caches import enable_cache
+
+        cache = enable_cache(loaded, settings.cache)  # before compile; UserError naming the cache if it can't run
 
     attention = MaskAttention(config, backend=settings.backend)
     if settings.compile:
@@ -271,7 +278,8 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         "settings": {"seed": settings.seed, "steps": steps, "height": height, "width": width, "frames": frames,
                      "canvas": list(canvas), "dtype": str(dtype).replace("torch.", ""), "backend": settings.backend,
                      "compile": settings.compile, "compare_dense": settings.compare_dense, "fps": fps,
-                     "warmup_steps": settings.warmup_steps, "ulysses": settings.ulysses},
+                     "warmup_steps": settings.warmup_steps, "ulysses": settings.ulysses,
+                     "cache": cache.name},
         "density_used": attention.density(steps),
         "videos": [],
     }
