@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 
@@ -254,6 +255,7 @@ class PipelineSteps:
     def __init__(self, model):
         self.transformers, self.pipeline = _parts(model)
         self.step: int | None = None
+        self.experts: dict[int, int] = {}  # step -> index of the transformer that ran it (Wan 2.2 experts)
         self._context_step: int | None = None
         self._last_timestep = None
         self._last_index = 0
@@ -264,12 +266,12 @@ class PipelineSteps:
     def __enter__(self):
         from .models.base import unwrap
 
-        for transformer in self.transformers:
+        for index, transformer in enumerate(self.transformers):
             original = getattr(transformer, "cache_context", None)
             if original is not None and "cache_context" not in vars(transformer):
                 transformer.cache_context = self._context_wrapper(original)
                 self._patched.append(transformer)
-            self._handles.append(unwrap(transformer).register_forward_pre_hook(self._before_forward))
+            self._handles.append(unwrap(transformer).register_forward_pre_hook(partial(self._before_forward, index)))
         return self
 
     def __exit__(self, *exc):
@@ -295,11 +297,13 @@ class PipelineSteps:
         return cache_context
 
     @torch.compiler.disable
-    def _before_forward(self, module, args):
+    def _before_forward(self, transformer_index, module, args):
         step = self._context_step
         if step is None and self.pipeline is not None:
             step = self._timestep_index(getattr(self.pipeline, "_current_timestep", None))
         self.step = step
+        if step is not None:
+            self.experts[step] = transformer_index
 
     def _timestep_index(self, timestep) -> int | None:
         if timestep is None:

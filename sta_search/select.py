@@ -307,8 +307,9 @@ def _group_costs(mean_cost: np.ndarray, step_map: np.ndarray, granularity: str) 
     if granularity == "step":
         K = mean_cost.shape[-1]
         return mean_cost[step_map].reshape(-1, K)
-    counts = np.bincount(step_map, minlength=mean_cost.shape[0]).astype(np.float64)
-    summed = np.einsum("p,plhk->lhk", counts, mean_cost)
+    used = np.unique(step_map)  # only mapped slots: a cache-skipped slot may hold no statistics (NaN)
+    counts = np.bincount(step_map, minlength=mean_cost.shape[0]).astype(np.float64)[used]
+    summed = np.einsum("p,plhk->lhk", counts, mean_cost[used])
     return summed.reshape(-1, mean_cost.shape[-1])
 
 
@@ -376,8 +377,10 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
     if not 0 <= full_steps < steps:
         raise UserError(f"--full-steps {full_steps} must be in [0, {steps}) for a {steps}-step profile")
     dense_steps = tuple(range(full_steps))
-    sparse_steps = tuple(range(full_steps, steps))
-    step_map = nearest_profiled(sparse_steps, profile.profile_steps)
+    computed = _computed_steps(profile)  # a step cache's skipped steps get no windows of their own
+    sparse_steps = tuple(s for s in range(full_steps, steps) if computed[s])
+    skipped = tuple(s for s in range(full_steps, steps) if not computed[s])
+    step_map = _computed_step_map(profile, sparse_steps, computed)
     L, H, S = profile.num_layers, profile.num_heads, len(sparse_steps)
 
     candidate_set = options.candidates
@@ -399,9 +402,12 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
     windows = np.empty((steps, L, H, 3), dtype=np.int32)
     windows[:] = np.asarray(profile.grid, dtype=np.int32)
     windows[list(sparse_steps)] = chosen_windows
+    for step in skipped:  # whatever the cache does there; if it computes after all: the nearest computed step's
+        windows[step] = windows[min(sparse_steps, key=lambda s: (abs(s - step), s))]
 
     density = float(cands.densities[table].mean())
-    overall = (density * S + full_steps) / steps
+    dense_computed = sum(1 for s in dense_steps if computed[s])
+    overall = (density * S + dense_computed) / (S + dense_computed)
     summary: dict = {
         "strategy": options.strategy,
         "objective": options.objective,
@@ -412,9 +418,12 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
         "sparsity": 1.0 - density,
         "overall_density": overall,
         "dense_step_count": full_steps,
-        "predicted_speedup": cost_model.speedup(density, S, full_steps),
+        "predicted_speedup": cost_model.speedup(density, S, dense_computed),
         "cost_model": cost_model.source,
     }
+    if profile.header.get("cache"):
+        summary["cache"] = profile.header["cache"]
+        summary["cache_skipped_steps"] = [s for s in range(steps) if not computed[s]]
     summary.update(_quality(profile, cands, table, step_map))
     if solution is not None:
         groups = solution.choice.shape[0]
@@ -438,6 +447,27 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
         summary=_rounded(summary),
     )
     return Selection(config, config.summary, solution, table, cands)
+
+
+def _computed_steps(profile: Profile) -> list[bool]:
+    """Per step: computed (True), or skipped by the step cache the profile ran under (its header's
+    ``computed_steps``; absent: every step computed)."""
+    computed = profile.header.get("computed_steps")
+    if computed is None:
+        return [True] * profile.steps
+    if len(computed) != profile.steps:
+        raise UserError(f"profile header computed_steps has {len(computed)} entries for {profile.steps} steps")
+    return [bool(c) for c in computed]
+
+
+def _computed_step_map(profile: Profile, sparse_steps, computed: list[bool]) -> np.ndarray:
+    """For each sparse step, the profiled slot (a step the cache computed) whose statistics it uses."""
+    slots = [i for i, p in enumerate(profile.profile_steps) if computed[p]]
+    if not sparse_steps or not slots:
+        raise UserError(f"the {profile.header.get('cache', 'step')} cache skipped every "
+                        f"{'sparse' if not sparse_steps else 'profiled'} step of this profile: no window to select"
+                        " (lower --full-steps or profile with a less aggressive cache)")
+    return np.asarray(slots)[nearest_profiled(sparse_steps, [profile.profile_steps[i] for i in slots])]
 
 
 def _quality(profile: Profile, cands: Candidates, table: np.ndarray, step_map: np.ndarray) -> dict:
