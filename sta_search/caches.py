@@ -132,7 +132,7 @@ def can_use_cache(name: str, transformer, pipeline=None) -> tuple[bool, str]:
     if name == "taylorseer" and _taylorseer_patterns(transformer) == []:
         return False, f"its module patterns match no attention module of {cls}"
     if name in ("faster", "pab"):
-        if pipeline is None or not hasattr(pipeline, "current_timestep"):
+        if pipeline is None or not hasattr(type(pipeline), "current_timestep"):
             return False, "it needs the pipeline's current timestep (run a whole pipeline, not a bare transformer)"
         if family in _SEPARATE_CFG_FAMILIES:
             what = ("expects the unconditional and conditional inputs batched in one forward" if name == "faster"

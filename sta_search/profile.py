@@ -150,10 +150,15 @@ class _PromptSums:
             if computed and not bool((self.samples[slot, lo:hi] > 0).all()):
                 raise RuntimeError(f"profiled step {self.profile_steps[slot]} counted as computed but layers "
                                    f"{self.samples[slot].tolist()} saw no call")
-        per_layer = self.samples.clamp(min=1).to(torch.float64)[:, :, None, None]
-        tensors = dict(recall_sum=self.recall, offset_mass_sum=self.offsets,
+        samples = self.samples.clamp(min=1).to(torch.float64)  # skipped cells: zero sums over a count of 1
+        per_layer = samples[:, :, None, None]
+        count = samples.max(dim=1).values
+        # sums rescaled so that sum / count is each layer's mean over its own calls (a cache may run a layer
+        # in one CFG forward and not in the other)
+        scale = (count[:, None] / samples).view(*samples.shape, *(1,) * (self.recall.ndim - 2))
+        tensors = dict(recall_sum=(self.recall * scale).float(), offset_mass_sum=(self.offsets * scale).float(),
                        error=(self.error / per_layer).float(), recall=(self.shortlist_recall / per_layer).float(),
-                       count=self.samples.max(dim=1).values.to(torch.float64))
+                       count=count)
         return tensors, [[lo, hi] for _, lo, hi in cached]
 
 
