@@ -141,6 +141,7 @@ class MaskAttention:
     max_chunk_bytes: int | None = 64 * 2**20
     calls: Counter = field(default_factory=Counter)
     check_experts: bool = True  # two-expert configs: refuse a call of the expert the config says rests
+    trace: list | None = None  # a list: one (step, layer, forward_index, (heads, 3) table or None) per call
 
     def __post_init__(self):
         from .kernels.geometry import Geometry
@@ -211,6 +212,8 @@ class MaskAttention:
                             f"{call.step}, but the mask config's expert split is {experts.describe()}: "
                             "profile and select again for this pipeline's expert switch")
         key = keys[call.layer]
+        if self.trace is not None:
+            self.trace.append((call.step, call.layer, call.forward_index, None if key is None else self._tables[key]))
         if key is None:
             self.calls["dense"] += 1
             return fast_dense_attention(call)
@@ -334,6 +337,7 @@ class Acceleration:
     timer: AttentionTimer
     info: object
     state: object = None
+    cache: object = None  # sta_search.caches.CacheChoice
 
     @property
     def step(self) -> int:
@@ -343,7 +347,7 @@ class Acceleration:
 @contextlib.contextmanager
 def accelerate(pipe_or_transformer, mask, *, backend: str = "auto", height: int | None = None,
                width: int | None = None, frames: int | None = None, steps: int | None = None,
-               timer: AttentionTimer | None = None):
+               timer: AttentionTimer | None = None, cache=None):
     """Run ``pipe_or_transformer`` with the Sliding Tile Attention windows of ``mask`` inside the block.
 
     Args:
@@ -357,6 +361,11 @@ def accelerate(pipe_or_transformer, mask, *, backend: str = "auto", height: int 
             on entry, otherwise at the first attention call (before any sparse attention runs).
         steps: number of denoising steps the pipeline will run; checked on entry when given.
         timer: an :class:`AttentionTimer` collecting the time spent in attention.
+        cache: a diffusers step cache to run together with STA inside the block: a name of
+            :data:`sta_search.caches.CACHE_NAMES` or a diffusers cache config (e.g. a calibrated
+            ``MagCacheConfig``); enabled on entry, disabled on exit. A cache the caller enabled already works
+            too. Either way each call's window comes from the step index the pipeline is at (see
+            :class:`sta_search.caches.PipelineSteps`), so steps a cache skips do not shift the schedule.
 
     Yields:
         :class:`Acceleration`. The original attention processors are restored on exit, also on error.
@@ -379,9 +388,14 @@ def accelerate(pipe_or_transformer, mask, *, backend: str = "auto", height: int 
     attention = MaskAttention(config, backend=backend)
     timer = timer if timer is not None else AttentionTimer()
     acceleration = Acceleration(config=config, attention=attention, timer=timer, info=info)
-    attention_fn = torch.compiler.disable(timer.wrap(attention))
+    from .caches import PipelineSteps, use_cache
+
     target = transformer if pipeline is None else [transformer, transformer_2]
-    with hook_attention(target, attention_fn, adapter=adapter) as state:
+    with contextlib.ExitStack() as stack:
+        acceleration.cache = stack.enter_context(use_cache(pipe_or_transformer, cache))
+        pipeline_steps = stack.enter_context(PipelineSteps(pipe_or_transformer))
+        attention_fn = torch.compiler.disable(pipeline_steps.wrap(timer.wrap(attention)))
+        state = stack.enter_context(hook_attention(target, attention_fn, adapter=adapter))
         acceleration.state = state
         yield acceleration
 

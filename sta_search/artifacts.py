@@ -61,7 +61,7 @@ REQUIRED_MODEL_KEYS = ("family", "transformer_class", "num_layers", "num_heads")
 # Header fields that must agree for two profiles to be merged (besides the model, compared without `source`).
 # Two-expert models (Wan 2.2): the step the second expert takes over, then each expert's layers and steps.
 _MERGE_KEYS = ("canvas", "tile", "text_len", "text_first", "steps", "profile_steps", "error_windows",
-               "expert_switch_step", "experts")
+               "expert_switch_step", "experts", "cache")
 _MODEL_MERGE_KEYS = ("family", "transformer_class", "num_layers", "num_heads", "head_dim", "patch_size")
 
 
@@ -379,6 +379,8 @@ def merge_profiles(profiles: Iterable[Profile]) -> Profile:
         header["seed"] = seeds[0]
         header["merged_seeds"] = [s for p in profiles for s in [p.header.get("seed")] * p.num_prompts]
     header["merged_from"] = [p.header.get("model", {}).get("source") for p in profiles]
+    if first.header.get("computed_steps") is not None:  # step cache: computed in every merged profile
+        header["computed_steps"] = [all(c) for c in zip(*(p.header["computed_steps"] for p in profiles))]
     return Profile(header, tensors)
 
 

@@ -54,6 +54,7 @@ class GenerateSettings:
     ulysses: int = 1                  # sequence-parallel degree (torchrun with this many processes)
     threads: int | None = None        # torch CPU threads; default on CPU: sta_search.cpu_threads.choose_threads
     image: str | None = None          # conditioning image file (image-to-video pipelines)
+    cache: object = "none"            # a diffusers step cache with STA (sta_search.caches: name or config)
 
 
 @dataclass
@@ -144,6 +145,7 @@ def run_pipeline(loaded, call_kwargs: dict, attention_fn, timer, device: torch.d
     Per-step latency runs from the first transformer forward of a step to the pipeline's
     ``callback_on_step_end`` (synchronised on CUDA); attention time comes from ``timer``.
     """
+    from .caches import PipelineSteps, reset_cache
     from .models import hook_attention
     from .video import to_uint8_frames
 
@@ -182,7 +184,9 @@ def run_pipeline(loaded, call_kwargs: dict, attention_fn, timer, device: torch.d
 
         scheduler.step = step_then_mark
     try:
-        with hook_attention(transformers, attention_fn, adapter=loaded.adapter):
+        reset_cache(loaded)  # each run starts with an empty step cache (if any)
+        with PipelineSteps(loaded) as pipeline_steps, \
+                hook_attention(transformers, pipeline_steps.wrap(attention_fn), adapter=loaded.adapter):
             _sync(device)
             t0 = time.perf_counter()
             with torch.inference_mode():
@@ -275,6 +279,9 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         _check_backend(settings.backend, info, device, dtype, Geometry(canvas, tuple(config.tile)))
         if context is not None:
             enable_ulysses(loaded, settings.ulysses, canvas=canvas)  # UserError on every rank for a bad degree
+        from .caches import enable_cache
+
+        cache = enable_cache(loaded, settings.cache)  # before compile; UserError naming the cache if it can't run
 
     out = prepare_output_folder(settings.out)
     attention = MaskAttention(config, backend=settings.backend)
@@ -301,7 +308,8 @@ def generate(settings: GenerateSettings, console=None) -> dict:
                      "compile": settings.compile, "compare_dense": settings.compare_dense, "fps": fps,
                      "warmup_steps": settings.warmup_steps, "ulysses": settings.ulysses,
                      "threads": torch.get_num_threads(),
-                     "image": str(settings.image) if settings.image is not None else None},
+                     "image": str(settings.image) if settings.image is not None else None,
+                     "cache": cache.name},
         "cpu_threads": threads.to_json() if threads is not None else None,
         "density_used": attention.density(steps),
         "videos": [],

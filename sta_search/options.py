@@ -434,3 +434,24 @@ def profile_steps_option(default: str = "all",
 def flag(default: bool, *names: str, help: str):
     """A boolean flag (``--name``, no value)."""
     return typer.Option(default, *names, help=help)
+
+
+# ------------------------------------------------------------------------------------------- step caches
+#: ``sta_search.caches.CACHE_NAMES`` spelled out here so the CLI checks a name before torch loads
+#: (tests/test_caches.py keeps the two equal).
+CACHES = ("none", "first-block", "taylorseer", "mag", "faster", "pab")
+
+
+def check_cache_name(cache: str) -> str:
+    if cache not in CACHES:
+        raise UserError(f"--cache {cache!r} is not one of {', '.join(CACHES)}")
+    return cache
+
+
+def _cache(ctx: typer.Context, param: typer.CallbackParam, value):
+    return check_cache_name(value)
+
+
+def cache_option(help: str = "diffusers step cache to run with STA: none, first-block, taylorseer, mag, faster, pab "
+                             "(exit 2 when it cannot run on the model; see docs/mask-config.md)."):
+    return typer.Option("none", "--cache", help=help, callback=_cache)

@@ -38,7 +38,7 @@ KILL_ENV = "STA_SEARCH_TEST_KILL_AT"
 
 # Header fields that must match for --resume (besides the model identity).
 _RESUME_KEYS = ("canvas", "tile", "height", "width", "frames", "steps", "seed", "dtype", "profile_steps",
-                "error_windows", "image")
+                "error_windows", "image", "cache")
 _RESUME_MODEL_KEYS = ("family", "transformer_class", "source", "num_layers", "num_heads", "head_dim", "patch_size")
 
 
@@ -62,6 +62,7 @@ class ProfileSettings:
     dtype: str | None = None
     backend: str = "auto"
     image: str | None = None  # conditioning image file (image-to-video pipelines)
+    cache: object = "none"  # a diffusers step cache to profile under (sta_search.caches): name or config
 
     def __post_init__(self):
         if not self.prompts:
@@ -157,10 +158,16 @@ class _PromptSums:
         self.shortlist_recall[slot, layer] += stats.shortlist_recall.cpu()
         self.samples[slot, layer] += stats.samples
 
-    def finish(self, experts: int = 1) -> tuple[dict, list[list[int]]]:
+    def finish(self, experts: int = 1, cached: list[tuple[bool, int, int]] | None = None) -> tuple[dict, list[list[int]]]:
         """This prompt's tensors for ``Profile.add_prompt`` and, per profiled step, the ``[first, last + 1)``
         layer range that ran (all layers, except for two-expert models where one expert runs per step;
-        the other expert's layers keep zero sums at that step)."""
+        the other expert's layers keep zero sums at that step).
+
+        ``cached`` (under a step cache): per profiled step (computed, first, last + 1): the expert's layer
+        range and whether all its layers ran; steps the cache skipped are not checked, and each layer's
+        error/recall is averaged over its own calls (a cache may run some layers, or forwards, and not others)."""
+        if cached is not None:
+            return self._finish_cached(cached)
         samples = self.samples
         active_ranges = []
         for slot, step in enumerate(self.profile_steps):
@@ -182,6 +189,22 @@ class _PromptSums:
                        error=(self.error / per.view(shape)).float(),
                        recall=(self.shortlist_recall / per.view(shape)).float(), count=per)
         return tensors, active_ranges
+
+    def _finish_cached(self, cached) -> tuple[dict, list[list[int]]]:
+        for slot, (computed, lo, hi) in enumerate(cached):
+            if computed and not bool((self.samples[slot, lo:hi] > 0).all()):
+                raise RuntimeError(f"profiled step {self.profile_steps[slot]} counted as computed but layers "
+                                   f"{self.samples[slot].tolist()} saw no call")
+        samples = self.samples.clamp(min=1).to(torch.float64)  # skipped cells: zero sums over a count of 1
+        per_layer = samples[:, :, None, None]
+        count = samples.max(dim=1).values
+        # sums rescaled so that sum / count is each layer's mean over its own calls (a cache may run a layer
+        # in one CFG forward and not in the other)
+        scale = (count[:, None] / samples).view(*samples.shape, *(1,) * (self.recall.ndim - 2))
+        tensors = dict(recall_sum=(self.recall * scale).float(), offset_mass_sum=(self.offsets * scale).float(),
+                       error=(self.error / per_layer).float(), recall=(self.shortlist_recall / per_layer).float(),
+                       count=count)
+        return tensors, [[lo, hi] for _, lo, hi in cached]
 
 
 # ----------------------------------------------------------------------------------- the stage
@@ -259,6 +282,9 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
     if loaded.pipeline is None:
         raise UserError(f"profiling runs the whole pipeline, but {settings.model} holds only a transformer; "
                         "pass a diffusers pipeline folder (with model_index.json)")
+    from .caches import ComputedCells, PipelineSteps, resolve_cache, use_cache
+
+    cache_name = resolve_cache(settings.cache, loaded).name  # UserError naming the cache before anything runs
     pipeline, transformer, adapter = loaded.pipeline, loaded.transformer, loaded.adapter
     defaults = _default_sizes(pipeline, transformer)
     sizes = {name: getattr(settings, name) or defaults[name] for name in ("height", "width", "frames")}
@@ -289,6 +315,8 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
         "profile_steps": profile_steps, "error_windows": [list(w) for w in windows], "prompts": [],
         "forwards_per_step": None,
     }
+    if cache_name != "none":
+        header["cache"] = cache_name  # and "computed_steps" after the first prompt
     if loaded.transformer_2 is not None:
         header["model"]["experts"] = 2
     if settings.image is not None:
@@ -361,8 +389,11 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
                     return callback_kwargs
 
                 kwargs["callback_on_step_end"] = on_step_end
+            cells = ComputedCells(int(settings.steps), int(info.num_layers))
             try:
-                with hook_attention(loaded, attention_fn, adapter, check_finite=True):
+                with use_cache(loaded, settings.cache), PipelineSteps(loaded) as pipeline_steps, \
+                        hook_attention(loaded, pipeline_steps.wrap(cells.wrap(attention_fn)), adapter,
+                                       check_finite=True):
                     with torch.inference_mode():
                         pipeline(**kwargs)
             except out_of_memory_errors():
@@ -375,7 +406,13 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
                                                       device=getattr(loaded.transformer, "device", None))
                                 + (f"; the {done} finished prompt(s) are kept in {out} (--resume continues)"
                                    if done else "; nothing was written")) from None
-            result, active_layers = sums.finish(experts=2 if loaded.transformer_2 is not None else 1)
+            cached = None
+            if cache_name != "none":
+                ranges = _expert_ranges(loaded, adapter, pipeline_steps.experts, settings.steps)
+                computed = cells.computed_steps(ranges)
+                cached = [(computed[step], *ranges[step]) for step in profile_steps]
+            result, active_layers = sums.finish(experts=2 if loaded.transformer_2 is not None else 1,
+                                                cached=cached)
             split = _expert_split(expert_layers, seen["expert"], settings.steps)
             text_len, text_first = seen["text"]
             forwards = max(seen["forwards"].values()) if seen["forwards"] else None
@@ -394,6 +431,10 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
                 raise UserError(f"text tokens {text_len} (first={text_first}) differ from the profile's "
                                 f"{profile.header.get('text_len')} (first={profile.header.get('text_first')})")
             profile = profile.add_prompt(prompt, **result)
+            if cached is not None:  # a step counts as computed when the cache computed it for every prompt
+                before = profile.header.get("computed_steps") or [True] * len(computed)
+                profile = Profile(dict(profile.header, computed_steps=[a and b for a, b in zip(before, computed)]),
+                                  profile.tensors)
             kept = (f"the profile in it still holds the {state['profile'].num_prompts} prompt(s) finished before"
                     if state["profile"] is not None else "nothing was written")
             with writing(out, "the profile", kept=kept), sigint_deferred():  # Ctrl-C waits for the renames
@@ -450,6 +491,15 @@ def pipeline_image_kwargs(pipeline, image_path) -> dict:
     return {"image": read_image(image_path)}
 
 
+def _expert_ranges(loaded, adapter, experts_by_step: dict, steps: int) -> list[tuple[int, int]]:
+    """Per step, the ``[first, last + 1)`` layers of the transformer that ran it (both experts: Wan 2.2)."""
+    first = len(list(adapter.attention_modules(loaded.transformer)))
+    total = int(loaded.info.num_layers)
+    spans = [(0, first), (first, total)]
+    return [spans[experts_by_step.get(step, 0)] if loaded.transformer_2 is not None else (0, total)
+            for step in range(steps)]
+
+
 # ----------------------------------------------------------------------------------- summary
 def summary_windows(profile: Profile, targets: Sequence[float] = (0.05, 0.15, 0.3, 0.5)) -> list[Triple]:
     """A few shortlist windows near the given tile densities (for the summary table)."""
@@ -472,6 +522,9 @@ def summary_rows(profile: Profile, windows: Sequence[Triple]) -> list[tuple[int,
         active[:] = False
         for slot, (lo, hi) in enumerate(ranges):
             active[slot, lo:hi] = True
+    computed = profile.header.get("computed_steps")
+    if computed:  # steps a cache skipped hold no statistics
+        active &= torch.tensor([bool(computed[s]) for s in profile.profile_steps])[:, None]
     rows = []
     for layer in range(profile.num_layers):
         steps = active[:, layer]

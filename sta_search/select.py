@@ -316,13 +316,22 @@ class StepLayout:
     active: np.ndarray  # (S, L) bool
 
     @classmethod
-    def of(cls, profile: Profile, sparse_steps: Sequence[int]) -> "StepLayout":
+    def of(cls, profile: Profile, sparse_steps: Sequence[int], computed: Sequence[bool] | None = None) -> "StepLayout":
+        """``computed``: per step, whether the step cache the profile ran under computed it (default: all);
+        only computed profiled steps stand for sparse steps."""
         from .experts import ExpertSplit
 
         L, S = profile.num_layers, len(sparse_steps)
+        computed = [True] * profile.steps if computed is None else list(computed)
+        usable = [i for i, p in enumerate(profile.profile_steps) if computed[p]]
+        if S and not usable:
+            raise UserError(f"the {profile.header.get('cache', 'step')} cache skipped every profiled step of this "
+                            "profile: no window to select (profile with a less aggressive cache)")
         split = ExpertSplit.from_header(profile.header)
         if split is None:
-            slot = np.broadcast_to(nearest_profiled(sparse_steps, profile.profile_steps)[:, None], (S, L)).copy()
+            picks = np.asarray(usable, dtype=np.int64)[nearest_profiled(sparse_steps, [profile.profile_steps[i] for i in usable])] \
+                if S else np.zeros(0, dtype=np.int64)
+            slot = np.broadcast_to(picks[:, None], (S, L)).copy()
             return cls(slot, np.ones((S, L), dtype=bool))
         split.check(L, profile.steps, "profile")
         slot = np.zeros((S, L), dtype=np.int64)
@@ -331,7 +340,7 @@ class StepLayout:
             runs = [s for s in sparse_steps if s0 <= s < s1]
             if not runs:
                 continue
-            own = [i for i, step in enumerate(profile.profile_steps) if s0 <= step < s1]
+            own = [i for i in usable if s0 <= profile.profile_steps[i] < s1]
             if not own:
                 raise UserError(f"{split.names[index]} runs steps {s0}-{s1 - 1} but none of them was profiled "
                                 f"(profiled: {list(profile.profile_steps)}); profile with a smaller --profile-steps")
@@ -442,8 +451,13 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
     if not 0 <= full_steps < steps:
         raise UserError(f"--full-steps {full_steps} must be in [0, {steps}) for a {steps}-step profile")
     dense_steps = tuple(range(full_steps))
-    sparse_steps = tuple(range(full_steps, steps))
-    layout = StepLayout.of(profile, sparse_steps)
+    computed = _computed_steps(profile)  # a step cache's skipped steps get no windows of their own
+    sparse_steps = tuple(s for s in range(full_steps, steps) if computed[s])
+    skipped = tuple(s for s in range(full_steps, steps) if not computed[s])
+    if not sparse_steps:
+        raise UserError(f"the {profile.header.get('cache', 'step')} cache skipped every sparse step of this profile: "
+                        "no window to select (lower --full-steps or profile with a less aggressive cache)")
+    layout = StepLayout.of(profile, sparse_steps, computed)
     L, H, S = profile.num_layers, profile.num_heads, len(sparse_steps)
 
     candidate_set = options.candidates
@@ -466,9 +480,12 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
     windows = np.empty((steps, L, H, 3), dtype=np.int32)
     windows[:] = np.asarray(profile.grid, dtype=np.int32)
     windows[list(sparse_steps)] = chosen_windows
+    for step in skipped:  # whatever the cache does there; if it computes after all: the nearest computed step's
+        windows[step] = windows[min(sparse_steps, key=lambda s: (abs(s - step), s))]
 
     density = float(cands.densities[table][layout.active].mean()) if layout.active.any() else 1.0
-    overall = (density * S + full_steps) / steps
+    dense_computed = sum(1 for s in dense_steps if computed[s])
+    overall = (density * S + dense_computed) / (S + dense_computed)
     summary: dict = {
         "strategy": options.strategy,
         "objective": options.objective,
@@ -479,9 +496,12 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
         "sparsity": 1.0 - density,
         "overall_density": overall,
         "dense_step_count": full_steps,
-        "predicted_speedup": cost_model.speedup(density, S, full_steps),
+        "predicted_speedup": cost_model.speedup(density, S, dense_computed),
         "cost_model": cost_model.source,
     }
+    if profile.header.get("cache"):
+        summary["cache"] = profile.header["cache"]
+        summary["cache_skipped_steps"] = [s for s in range(steps) if not computed[s]]
     summary.update(_quality(profile, cands, table, layout))
     if solution is not None:
         groups = solution.choice.shape[0]
@@ -510,6 +530,17 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
         experts=experts,
     )
     return Selection(config, config.summary, solution, table, cands)
+
+
+def _computed_steps(profile: Profile) -> list[bool]:
+    """Per step: computed (True), or skipped by the step cache the profile ran under (its header's
+    ``computed_steps``; absent: every step computed)."""
+    computed = profile.header.get("computed_steps")
+    if computed is None:
+        return [True] * profile.steps
+    if len(computed) != profile.steps:
+        raise UserError(f"profile header computed_steps has {len(computed)} entries for {profile.steps} steps")
+    return [bool(c) for c in computed]
 
 
 def _quality(profile: Profile, cands: Candidates, table: np.ndarray, layout: StepLayout) -> dict:

@@ -41,6 +41,7 @@ def register(app: typer.Typer) -> None:
         ulysses: int = options.positive_option(1, "--ulysses", help="Sequence-parallel degree (Wan): launch with "
                                                "`torchrun --nproc-per-node N -m sta_search generate ... --ulysses N`.", maximum=1024),
         image: Optional[str] = options.image_option(),
+        cache: str = options.cache_option(),
     ):
         """Generate videos with the Sliding Tile Attention windows of a mask config."""
         prompt_list = options.prompts_from(prompt, prompts)  # before the heavy imports: a bad file fails at once
@@ -53,7 +54,7 @@ def register(app: typer.Typer) -> None:
         settings = GenerateSettings(model=model, mask=mask, prompts=prompt_list, out=out,
                                     seed=seed, steps=steps, height=height, width=width, frames=frames, dtype=dtype,
                                     device=device, compare_dense=compare_dense, compile=compile, backend=backend,
-                                    fps=fps, warmup_steps=warmup_steps, ulysses=ulysses, image=image)
+                                    fps=fps, warmup_steps=warmup_steps, ulysses=ulysses, image=image, cache=cache)
         with distributed.session(), removed_if_left_empty(out):
             report = generate(settings)
         if distributed.is_main_process():

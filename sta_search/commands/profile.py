@@ -36,6 +36,9 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = options.device_option(),
         dtype: Optional[str] = options.dtype_option(),
         image: Optional[str] = options.image_option(),
+        cache: str = options.cache_option(help="diffusers step cache to profile under: none, first-block, "
+                                          "taylorseer, mag, faster, pab; steps it skips are recorded and select "
+                                          "chooses windows for the computed steps only."),
     ):
         """Run MODEL with full attention over a prompt set and record, for every profiled (step, layer, head),
         the recall of every STA window, the attention mass by tile offset and the output error of a window
@@ -62,7 +65,7 @@ def register(app: typer.Typer) -> None:
             seed=seed, profile_steps=profile_steps,
             tile=tile if tile is not None else options.parse_tile(defaults.get("tile", (6, 8, 8)),
                                                                   "tile of the model's sta_search.json"),
-            windows=windows, device=device, dtype=dtype, image=image,
+            windows=windows, device=device, dtype=dtype, image=image, cache=cache,
         )
         _quiet_loading_bars()
         console = Console(stderr=True)
