@@ -242,7 +242,7 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         if settings.warmup_steps < 0:
             raise UserError(f"--warmup-steps must be >= 0, got {settings.warmup_steps}")
         canvas = tuple(int(c) for c in loaded.adapter.canvas(loaded.transformer, height, width, frames))
-        check_config(config, info, canvas, steps, tile=declared.get("tile"),
+        config = check_config(config, info, canvas, steps, tile=declared.get("tile"),
                      declared="the model's sta_search.json declares its default size and tile; pass --height, "
                      "--width and --frames to run at another size" if declared else "")
         _check_backend(settings.backend, info, device, dtype, Geometry(canvas, tuple(config.tile)))
