@@ -114,14 +114,13 @@ def _source_and_geometry(config: MaskConfig, canvas, tile):
 
 
 def _transferred(source: MaskConfig, geometry, windows: np.ndarray, rule: str) -> MaskConfig:
-    summary = {k: v for k, v in source.summary.items() if k not in ("transferred_from",)}
+    kept = ("strategy", "objective", "granularity", "candidates", "dense_step_count", "prompts", "profile_steps",
+            "step_mapping", "tool_version", "imported_from")
+    summary = {k: v for k, v in source.summary.items() if k in kept}
     summary["transferred_from"] = {"canvas": list(source.canvas), "tile": list(source.tile), "rule": rule,
                                    "source_density": _round(source.density())}
     config = source.replace(canvas=geometry.canvas, tile=geometry.tile, windows=windows, summary={})
-    summary.update(density_summary(config))
-    for key in ("predicted_recall", "predicted_error", "optimality_gap_bound", "heldout_error", "cv_insample_error",
-                "heldout_recall", "predicted_speedup"):
-        summary.pop(key, None)  # predictions of the source canvas; they do not hold here
+    summary.update(density_summary(config))  # the source's budget and predictions do not hold on this canvas
     return config.replace(summary=summary)
 
 
