@@ -342,7 +342,7 @@ def test_cli_user_errors_exit_2(tmp_path):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "stats.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{trunc")
     cases = [
-        (["select", str(tmp_path / "a"), "--budget", "1.5"], "outside"),
+        (["select", str(tmp_path / "a"), "--budget", "1.5"], "--budget 1.5 must be in (0, 1]"),  # the option callback
         (["select", str(tmp_path / "a"), str(tmp_path / "b"), "--budget", "0.5"], "canvas"),
         (["select", str(tmp_path / "broken"), "--budget", "0.5"], "corrupt"),
         (["select", str(tmp_path / "a"), "--budget", "0.001"], "below the smallest"),
