@@ -43,14 +43,20 @@ def load_mask(mask):
     raise TypeError(f"mask must be a MaskConfig or a path to a mask YAML, got {type(mask).__name__}")
 
 
-def check_config(config, info, canvas=None, steps: int | None = None, *, tile=None, declared: str = "") -> None:
+def check_config(config, info, canvas=None, steps: int | None = None, *, tile=None, declared: str = ""):
     """Raise :class:`UserError` naming every way ``config`` does not fit this run, with both values.
 
     Compared: model family and transformer class, layers and heads (``info``), ``canvas`` and ``steps`` of
     the run when given, and ``tile`` when the model declares one (``declared`` says where such expected
     values came from, e.g. the model folder's ``sta_search.json``, and is added to the message).
+
+    Returns the config to run: for a multi-canvas config the entry for ``canvas`` (``config`` itself when
+    ``canvas`` is None or it has one canvas).
     """
     from .kernels.geometry import Geometry
+
+    if canvas is not None and getattr(config, "alternates", ()) and tuple(int(c) for c in canvas) in config.canvases:
+        config = config.for_canvas(canvas)
 
     try:
         config.validate(info, config.canvas if canvas is None else canvas, steps, tile=tile)
@@ -60,6 +66,7 @@ def check_config(config, info, canvas=None, steps: int | None = None, *, tile=No
         Geometry(tuple(config.canvas), tuple(config.tile))
     except ValueError as exc:
         raise UserError(f"mask config tile {tuple(config.tile)} does not fit canvas {tuple(config.canvas)}: {exc}") from None
+    return config
 
 
 def _model_parts(pipe_or_transformer):
@@ -144,8 +151,13 @@ class MaskAttention:
     trace: list | None = None  # a list: one (step, layer, forward_index, (heads, 3) table or None) per call
 
     def __post_init__(self):
+        self._source = self.config  # a multi-canvas config: every entry; the one for the call's canvas runs
+        self._bind(self.config)
+
+    def _bind(self, config) -> None:
         from .kernels.geometry import Geometry
 
+        self.config = config
         self.geometry = Geometry(tuple(self.config.canvas), tuple(self.config.tile))
         self._plans: dict[int, list[bytes | None]] = {}
         self._tables: dict[bytes, np.ndarray] = {}
@@ -197,9 +209,13 @@ class MaskAttention:
         from .kernels import sta_attention
         from .models.parallel import windows_for_call
 
+        if tuple(call.canvas) != self.geometry.canvas and tuple(call.canvas) in getattr(self._source, "canvases", ()):
+            self._bind(self._source.for_canvas(call.canvas))  # another entry of a multi-canvas config
         if tuple(call.canvas) != self.geometry.canvas:
-            raise UserError(f"mask config is for canvas {self.geometry.canvas} but the model runs on canvas "
-                            f"{tuple(call.canvas)}; profile and select again for this resolution/frame count")
+            held = " and ".join(str(tuple(c)) for c in getattr(self._source, "canvases", (self.geometry.canvas,)))
+            raise UserError(f"mask config is for canvas {held} but the model runs on canvas {tuple(call.canvas)}; "
+                            "profile and select again for this resolution/frame count, or transfer a config "
+                            "(`sta-search select --canvas`)")
         if call.step >= int(self.config.steps):
             raise UserError(f"mask config is for {self.config.steps} denoising steps but the pipeline runs step "
                             f"{call.step + 1}; use --steps {self.config.steps} or select a config for this step count")
@@ -384,7 +400,7 @@ def accelerate(pipe_or_transformer, mask, *, backend: str = "auto", height: int 
     canvas = None
     if height is not None and width is not None and frames is not None:
         canvas = tuple(adapter.canvas(transformer, height, width, frames))
-    check_config(config, info, canvas, steps)
+    config = check_config(config, info, canvas, steps)
     attention = MaskAttention(config, backend=backend)
     timer = timer if timer is not None else AttentionTimer()
     acceleration = Acceleration(config=config, attention=attention, timer=timer, info=info)

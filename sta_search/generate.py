@@ -272,10 +272,10 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         from .profile import pipeline_image_kwargs
 
         image_kwargs = pipeline_image_kwargs(loaded.pipeline, settings.image)  # UserError: missing/bad/unwanted
-        check_experts(config, loaded, steps)
-        check_config(config, info, canvas, steps, tile=declared.get("tile"),
-                     declared="the model's sta_search.json declares its default size and tile; pass --height, "
-                     "--width and --frames to run at another size" if declared else "")
+        config = check_config(config, info, canvas, steps, tile=declared.get("tile"),
+                              declared="the model's sta_search.json declares its default size and tile; pass "
+                              "--height, --width and --frames to run at another size" if declared else "")
+        check_experts(config, loaded, steps)  # of the entry for this canvas
         _check_backend(settings.backend, info, device, dtype, Geometry(canvas, tuple(config.tile)))
         if context is not None:
             enable_ulysses(loaded, settings.ulysses, canvas=canvas)  # UserError on every rank for a bad degree

@@ -36,6 +36,25 @@ nested ones included). A file whose counts disagree with what it holds (e.g. one
 boundary, which would otherwise load as a more uniform mask) is refused, naming both numbers. A v1 file
 (no ``entries``) still loads unchecked; a v2 file without ``entries`` is refused.
 
+``sta-search/mask/v3`` is the multi-canvas form (one file serving a model at several resolutions): the
+top level holds only ``schema``, ``model``, ``entries: {canvases: N}`` and ``canvases``, a list of N
+entries, each a v2 body without ``schema`` and ``model`` (``canvas``, ``tile``, ``steps``, ``dense_steps``,
+``default_window``, its own ``entries`` counts, ``layers``, ``step_overrides``, ``summary``)::
+
+    schema: sta-search/mask/v3
+    model: {family: wan, transformer_class: WanTransformer3DModel, num_layers: 30, num_heads: 12}
+    entries: {canvases: 2}
+    canvases:
+    - {canvas: [21, 30, 52], tile: [6, 8, 8], steps: 50, ..., summary: {...}}
+    - {canvas: [21, 45, 80], tile: [6, 8, 8], steps: 50, ..., summary: {...}}
+
+Every entry goes through the same checks as a single-canvas file (each entry's ``entries`` counts are
+required); two entries for the same canvas are refused; the whole file holds at most
+:data:`MAX_CANVASES` entries and :data:`MAX_TABLE_ENTRIES` (step, layer, head) entries in all. Single-
+canvas configs are still written as v2, so older readers keep reading them; a v3 file is refused by a
+reader that only knows v1/v2 instead of being misread. In memory the first entry is the config itself
+and the others are its ``alternates``; :meth:`MaskConfig.for_canvas` picks one.
+
 Loading is hardened against hostile or broken files: at most :data:`MAX_FILE_BYTES` bytes, no YAML
 anchors, aliases or merge keys (a few hundred bytes of nested aliases would otherwise expand to
 gigabytes), nesting at most :data:`MAX_YAML_DEPTH` deep, no duplicate keys (UserError naming the key
@@ -56,6 +75,7 @@ from .errors import UserError
 
 MASK_SCHEMA = "sta-search/mask/v2"
 MASK_SCHEMA_V1 = "sta-search/mask/v1"  # no `entries` counts; still loads
+MASK_SCHEMA_MULTI = "sta-search/mask/v3"  # several canvases in one file (`canvases:` list)
 MODEL_KEYS = ("family", "transformer_class", "num_layers", "num_heads")
 # Sane limits, far above any real model (HunyuanVideo: 60 layers x 24 heads x 50 steps = 72,000 entries,
 # a mask file of at most ~0.5 MB), that keep a hostile file cheap to refuse.
@@ -66,6 +86,7 @@ MAX_TABLE_ENTRIES = 4_000_000  # steps * layers * heads: the (steps, layers, hea
 MAX_WINDOW = 1_000_000
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_YAML_DEPTH = 16
+MAX_CANVASES = 64
 
 
 def model_fields(info: Any) -> dict:
@@ -128,6 +149,7 @@ class MaskConfig:
     windows: np.ndarray = field(repr=False)
     summary: dict = field(default_factory=dict)
     experts: Any = None  # sta_search.experts.ExpertSplit of a two-expert model, else None
+    alternates: tuple = ()  # entries for other canvases (single-canvas MaskConfigs of the same model)
 
     def __post_init__(self):
         problems: list[str] = []
@@ -164,6 +186,7 @@ class MaskConfig:
                                 f"the config has {model['num_layers']} layers and {steps} steps")
             else:
                 active = self.experts.active()
+        alternates = _check_alternates(self.alternates, model, canvas, problems)
         if problems:
             raise UserError("invalid mask config: " + "; ".join(problems))
         windows = _canonical_dense_rows(windows.astype(np.int32), dense, active)
@@ -176,6 +199,7 @@ class MaskConfig:
         object.__setattr__(self, "dense_steps", dense)
         object.__setattr__(self, "windows", windows)
         object.__setattr__(self, "summary", _plain(dict(self.summary)))
+        object.__setattr__(self, "alternates", alternates)
 
     # ------------------------------------------------------------------ views
     def __eq__(self, other) -> bool:
@@ -191,6 +215,8 @@ class MaskConfig:
             and np.array_equal(self.windows, other.windows)
             and self.summary == other.summary
             and self.experts == other.experts
+            and len(self.alternates) == len(other.alternates)
+            and all(a == b for a, b in zip(self.alternates, other.alternates))
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -202,6 +228,57 @@ class MaskConfig:
     @property
     def num_heads(self) -> int:
         return self.model["num_heads"]
+
+    @property
+    def canvases(self) -> tuple[tuple[int, int, int], ...]:
+        """Every canvas this config has windows for: its own first, then its alternates'."""
+        return (self.canvas,) + tuple(a.canvas for a in self.alternates)
+
+    @property
+    def is_multi_canvas(self) -> bool:
+        return bool(self.alternates)
+
+    def entries(self) -> tuple["MaskConfig", ...]:
+        """One single-canvas config per canvas, in file order."""
+        return (self.replace(alternates=()),) + tuple(self.alternates)
+
+    def for_canvas(self, canvas) -> "MaskConfig":
+        """The single-canvas entry for ``canvas``; UserError naming it and the canvases this config holds."""
+        wanted = tuple(int(v) for v in canvas)
+        if wanted == self.canvas:
+            return self.replace(alternates=()) if self.alternates else self
+        for entry in self.alternates:
+            if entry.canvas == wanted:
+                return entry
+        raise UserError(f"mask config has no windows for canvas {list(wanted)}; it holds "
+                        f"{_canvas_list(self.canvases)} (select again for this canvas, or transfer a config with "
+                        "`sta-search select ... --canvas T,H,W`)")
+
+    @classmethod
+    def combine(cls, configs: Iterable["MaskConfig"], *, replace: bool = False) -> "MaskConfig":
+        """One multi-canvas config holding every entry of ``configs`` (in order; the first becomes the primary).
+
+        All must be for the same model. Two entries for one canvas: UserError, unless ``replace``, where the
+        later one takes the earlier one's place.
+        """
+        entries: list[MaskConfig] = []
+        for config in configs:
+            for entry in config.entries():
+                same = [i for i, e in enumerate(entries) if e.canvas == entry.canvas]
+                if same and not replace:
+                    raise UserError(f"two mask configs for canvas {list(entry.canvas)}; a multi-canvas file holds "
+                                    "one entry per canvas")
+                if same:
+                    entries[same[0]] = entry
+                else:
+                    entries.append(entry)
+        if not entries:
+            raise UserError("no mask configs to combine")
+        different = [e for e in entries[1:] if e.model != entries[0].model]
+        if different:
+            raise UserError(f"mask configs for different models cannot share a file: {entries[0].model} "
+                            f"(canvas {list(entries[0].canvas)}) vs {different[0].model} (canvas {list(different[0].canvas)})")
+        return entries[0].replace(alternates=tuple(entries[1:]))
 
     @property
     def sparse_steps(self) -> tuple[int, ...]:
@@ -271,6 +348,7 @@ class MaskConfig:
             "model": self.model, "canvas": self.canvas, "tile": self.tile, "text_len": self.text_len,
             "steps": self.steps, "dense_steps": self.dense_steps, "windows": self.windows, "summary": self.summary,
             "experts": self.experts,
+            "alternates": self.alternates,
         }
         values.update(changes)
         return MaskConfig(**values)
@@ -279,6 +357,16 @@ class MaskConfig:
     def to_dict(self) -> dict:
         """The compact YAML document (see module docstring)."""
         default, base = _base_rows(self.windows, self.sparse_steps, self._active_or_none())
+        """The compact YAML document (see module docstring): v2 for one canvas, v3 for several."""
+        if self.alternates:
+            bodies = []
+            for entry in self.entries():
+                body = entry.to_dict()
+                del body["schema"], body["model"]
+                bodies.append(body)
+            return {"schema": MASK_SCHEMA_MULTI, "model": dict(self.model), "entries": {"canvases": len(bodies)},
+                    "canvases": bodies}
+        default, base = _base_rows(self.windows, self.sparse_steps)
         layers = {}
         for layer in range(self.num_layers):
             if not np.all(base[layer] == default):
@@ -321,6 +409,8 @@ class MaskConfig:
         """
         if not isinstance(doc, Mapping):
             raise UserError(f"{source}: expected a YAML mapping at the top, got {type(doc).__name__}")
+        if "canvases" in doc or doc.get("schema") == MASK_SCHEMA_MULTI:
+            return cls._from_multi(doc, source, expect)
         problems: list[str] = []
         required = ("schema", "model", "canvas", "tile", "steps", "dense_steps", "default_window")
         missing = [k for k in required if k not in doc]
@@ -404,6 +494,64 @@ class MaskConfig:
             raise UserError(f"{source}: " + "; ".join(problems + count_problems))
         return cls(model, canvas, tile, int(text_len), int(steps), dense, windows, dict(summary), experts)
 
+    @classmethod
+    def _from_multi(cls, doc: Mapping, source: str, expect) -> "MaskConfig":
+        """The v3 form: shared ``schema``/``model``, ``entries: {canvases: N}``, a list of v2 bodies."""
+        problems: list[str] = []
+        allowed = ("schema", "model", "entries", "canvases")
+        missing = [k for k in allowed if k not in doc]
+        if missing:
+            problems.append(f"missing {', '.join(missing)} (required by {MASK_SCHEMA_MULTI}; the file may be truncated)")
+        unknown = [str(k) for k in doc if k not in allowed]
+        if unknown:
+            problems.append(f"unknown keys {', '.join(unknown)} (a multi-canvas file keeps each canvas's fields "
+                            "inside its `canvases` entry)")
+        if "schema" in doc and doc["schema"] != MASK_SCHEMA_MULTI:
+            problems.append(f"schema {doc['schema']!r}: a `canvases` list needs {MASK_SCHEMA_MULTI!r}")
+        items = doc.get("canvases")
+        if "canvases" in doc and (not isinstance(items, list) or not items):
+            problems.append(f"canvases must be a non-empty list of canvas entries, got {type(items).__name__}")
+            items = None
+        elif isinstance(items, list) and len(items) > MAX_CANVASES:
+            problems.append(f"{len(items)} canvas entries exceed {MAX_CANVASES}")
+            items = None
+        entries = doc.get("entries")
+        if "entries" in doc and isinstance(items, list):
+            if not isinstance(entries, Mapping) or set(entries) != {"canvases"} or not _is_int(entries["canvases"]):
+                problems.append(f"entries must be {{canvases: N}} (an integer), got {entries!r}")
+            elif entries["canvases"] != len(items):
+                problems.append(f"entries.canvases says {entries['canvases']} canvas entries, the file holds "
+                                f"{len(items)} (truncated or edited?)")
+        model = _check_model(doc.get("model"), problems) if "model" in doc else None
+        if problems or model is None or items is None:
+            raise UserError(f"{source}: " + "; ".join(problems or ["incomplete"]))
+        total = 0
+        for index, item in enumerate(items):
+            if not isinstance(item, Mapping):
+                problems.append(f"canvases[{index}] must be a mapping, got {type(item).__name__}")
+                continue
+            shared = [k for k in ("schema", "model") if k in item]
+            if shared:
+                problems.append(f"canvases[{index}] repeats {', '.join(shared)} (given once at the top)")
+            steps = item.get("steps")
+            if _is_int(steps) and steps > 0:
+                total += int(steps) * model["num_layers"] * model["num_heads"]
+        if total > MAX_TABLE_ENTRIES:
+            problems.append(f"steps x layers x heads summed over the canvas entries = {total} exceeds {MAX_TABLE_ENTRIES}")
+        if problems:
+            raise UserError(f"{source}: " + "; ".join(problems))
+        built: list[MaskConfig] = []
+        seen: dict[tuple, int] = {}
+        for index, item in enumerate(items):
+            where = f"{source}: canvases[{index}]"
+            entry = cls.from_dict({"schema": MASK_SCHEMA, "model": dict(model), **item}, where, expect=expect)
+            if entry.canvas in seen:
+                raise UserError(f"{source}: canvases[{index}] and canvases[{seen[entry.canvas]}] are both for canvas "
+                                f"{list(entry.canvas)}; one entry per canvas")
+            seen[entry.canvas] = index
+            built.append(entry)
+        return built[0].replace(alternates=tuple(built[1:]))
+
     # ------------------------------------------------------------------ files
     def to_yaml(self) -> str:
         import yaml
@@ -457,11 +605,14 @@ class MaskConfig:
         """UserError listing every difference between this config and the model/canvas/steps it is applied to."""
         model = model_fields(info)
         problems = []
+        run_canvas = tuple(int(v) for v in canvas)
+        if self.alternates and run_canvas in self.canvases:
+            return self.for_canvas(run_canvas).validate(info, canvas, steps, tile=tile)
         for key in MODEL_KEYS:
             if self.model[key] != model[key]:
                 problems.append(f"{key}: config has {self.model[key]!r}, model has {model[key]!r}")
-        if tuple(int(v) for v in canvas) != self.canvas:
-            problems.append(f"canvas: config has {list(self.canvas)}, run has {[int(v) for v in canvas]}")
+        if run_canvas != self.canvas:
+            problems.append(f"canvas: config has {_canvas_list(self.canvases)}, run has {list(run_canvas)}")
         if steps is not None and int(steps) != self.steps:
             problems.append(f"steps: config has {self.steps}, run has {int(steps)}")
         if tile is not None and tuple(int(v) for v in tile) != self.tile:
@@ -471,6 +622,33 @@ class MaskConfig:
 
 
 # ---------------------------------------------------------------------- helpers
+def _canvas_list(canvases) -> str:
+    return " and ".join(str(list(c)) for c in canvases)
+
+
+def _check_alternates(alternates: Any, model: dict | None, canvas, problems: list[str]) -> tuple:
+    """Flattened, checked alternates: MaskConfigs of the same model, one per canvas, none for ``canvas``."""
+    if not isinstance(alternates, (tuple, list)):
+        problems.append(f"alternates must be a tuple of MaskConfigs, got {type(alternates).__name__}")
+        return ()
+    flat: list[MaskConfig] = []
+    for alt in alternates:
+        if not isinstance(alt, MaskConfig):
+            problems.append(f"alternates must be MaskConfigs, got {type(alt).__name__}")
+            return ()
+        flat.extend(alt.entries())
+    if len(flat) + 1 > MAX_CANVASES:
+        problems.append(f"{len(flat) + 1} canvas entries exceed {MAX_CANVASES}")
+    seen = {canvas}
+    for alt in flat:
+        if model is not None and alt.model != model:
+            problems.append(f"the entry for canvas {list(alt.canvas)} is for model {alt.model}, not {model}")
+        if alt.canvas in seen:
+            problems.append(f"two entries for canvas {list(alt.canvas)}")
+        seen.add(alt.canvas)
+    return tuple(flat)
+
+
 def _check_model(model: Any, problems: list[str]) -> dict | None:
     if not isinstance(model, Mapping):
         problems.append(f"model must be a mapping with {', '.join(MODEL_KEYS)}, got {model!r}")
@@ -723,4 +901,4 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["MASK_SCHEMA", "MaskConfig", "format_window", "parse_window", "model_fields"]
+__all__ = ["MASK_SCHEMA", "MASK_SCHEMA_MULTI", "MaskConfig", "format_window", "parse_window", "model_fields"]

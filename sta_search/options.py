@@ -5,7 +5,8 @@ Parsers turn text into values and raise :class:`~sta_search.errors.UserError` na
 prints it on one line and exits 2):
 
 - triples ``t,h,w`` (or ``txhxw``): :func:`parse_triple`, :func:`parse_tile` (volume a multiple of 16),
-  :func:`parse_window`, :func:`parse_windows` (several, separated by ``;`` or spaces), :func:`parse_canvas`;
+  :func:`parse_window`, :func:`parse_windows` (several, separated by ``;`` or spaces), :func:`parse_canvas`,
+  :func:`canvas_from_option` (``--canvas`` or ``--height/--width/--frames``, not both);
 - :func:`resolve_device` / :func:`resolve_dtype` / :func:`dtype_name`: the device and dtype defaults (CUDA
   when available; bfloat16 on CUDA, float32 elsewhere);
 - prompts: :func:`read_prompts` (a file, or a bundled set ``default`` / ``quick`` shipped inside the
@@ -79,6 +80,21 @@ def parse_window(value: Any, what: str = "--window") -> Triple:
 def parse_canvas(value: Any, what: str = "--canvas") -> Triple:
     """A token canvas ``T,H,W``."""
     return parse_triple(value, what)
+
+
+def canvas_from_option(value: Any, height: int | None, width: int | None, frames: int | None) -> Triple | None:
+    """``--canvas T,H,W`` or pixel sizes (``--height/--width/--frames``), not both: the canvas triple, the
+    string ``"pixels"`` when only pixel sizes are given (the caller converts them with the model's patch size),
+    or None when neither is given."""
+    pixels = [name for name, v in (("--height", height), ("--width", width), ("--frames", frames)) if v is not None]
+    if value is not None and pixels:
+        raise UserError(f"give --canvas or {'/'.join(pixels)}, not both")
+    for name, v in (("--height", height), ("--width", width), ("--frames", frames)):
+        if v is not None and int(v) < 1:
+            raise UserError(f"{name} must be >= 1, got {v}")
+    if value is not None:
+        return parse_canvas(value)
+    return "pixels" if pixels else None  # type: ignore[return-value]
 
 
 def parse_windows(items: Iterable[str] | str, what: str = "--windows") -> tuple[Triple, ...]:
@@ -337,6 +353,10 @@ def _triple(ctx: typer.Context, param: typer.CallbackParam, value):
     return None if value is None else parse_triple(value, _name(param))
 
 
+def _canvas(ctx: typer.Context, param: typer.CallbackParam, value):
+    return None if value is None else parse_canvas(value, _name(param))
+
+
 def _windows(ctx: typer.Context, param: typer.CallbackParam, value):
     return parse_windows(value, _name(param)) if value else None
 
@@ -404,6 +424,11 @@ def tile_option(default: str | None = None, help: str = "STA tile t,h,w in token
 def triple_option(default: str | None, name: str, help: str):
     """``NAME t,h,w`` -> a tuple of three integers >= 1 (or None)."""
     return typer.Option(default, name, help=help, callback=_triple)
+
+
+def canvas_option(help: str = "Token canvas T,H,W (video latent grid after patchify)."):
+    """``--canvas T,H,W`` -> a tuple of three integers >= 1 (or None)."""
+    return typer.Option(None, "--canvas", help=help, callback=_canvas)
 
 
 def windows_option(name: str = "--windows", help: str = "Windows t,h,w (repeat, or separate with ';')."):

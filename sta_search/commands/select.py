@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("select")
     def select_command(
-        profiles: List[str] = typer.Argument(..., help="Profile folder(s) from `sta-search profile`; several are merged exactly."),
+        profiles: Optional[List[str]] = typer.Argument(None, help="Profile folder(s) from `sta-search profile`; several are merged exactly."),
         budget: Optional[float] = options.density_option(None, "--budget", help="Mean attention density of the sparse steps, in (0, 1]."),
         sparsity: Optional[float] = options.fraction_option(None, "--sparsity", help="1 - density of the sparse steps."),
         speedup: Optional[float] = options.positive_float_option(None, "--speedup", help=f"Attention speedup over all steps (dense steps included), through the cost model calibrated on an {gpu} (Gluon kernel in place vs cuDNN dense; see --bench-results)."),
@@ -27,34 +27,88 @@ def register(app: typer.Typer) -> None:
         candidates: str = typer.Option("auto", "--candidates", help="shortlist (windows with measured errors) or all (every window; recall only) (default: shortlist for error, all for recall)."),
         folds: int = options.positive_option(5, "--folds", help="Folds over prompts for the held-out error (leave-one-out with fewer prompts).", maximum=options.MAX_PROMPTS),
         results: Optional[str] = typer.Option(None, "--bench-results", help=f"Folder of kernel-*.json benchmarks (`sta-search bench`) to fit the cost model to, for another GPU (default: the packaged calibration, measured on an {gpu})."),
-        out: str = typer.Option("mask.yaml", "--out", help="Mask config YAML to write (an existing file only with --force)."),
-        force: bool = options.flag(False, "--force", help="Replace --out if it exists."),
+        canvas: Optional[str] = options.canvas_option(help="Write the config for this token canvas T,H,W instead of the profile's (a transfer; see --transfer)."),
+        height: Optional[int] = options.positive_option(None, "--height", help="Like --canvas, from pixel sizes (with the model's patch size and VAE factors from the profile header; missing ones default to the profile's)."),
+        width: Optional[int] = options.positive_option(None, "--width", help="See --height."),
+        frames: Optional[int] = options.positive_option(None, "--frames", help="See --height."),
+        transfer: Optional[str] = typer.Option(None, "--transfer", help="How to carry windows to another canvas: resolve (re-solve from the profile's attention mass by tile offset; default with a profile), same_fraction (same share of the tile grid per axis; default with --from-mask), same_tiles (same tile counts, clipped)."),
+        beyond: str = typer.Option("edge", "--beyond", help="resolve: mass at offsets beyond the profiled grid: edge (that of the nearest measured offset) or zero."),
+        from_mask: Optional[str] = typer.Option(None, "--from-mask", help="Transfer this mask config to --canvas (same_tiles or same_fraction) instead of selecting from a profile."),
+        add_to: Optional[str] = typer.Option(None, "--add-to", help="Add the result to this mask config file (created if missing) as one more canvas entry, replacing an entry for the same canvas; written to --out, default this file."),
+        out: Optional[str] = typer.Option(None, "--out", help="Mask config YAML to write (default: mask.yaml, or the --add-to file)."),
+        force: bool = options.flag(False, "--force", help="Replace --out if it exists (with --add-to, the file added to may always be rewritten)."),
     ):
-        """Choose a window for every (step, layer, head) that minimises error under a density budget."""
+        """Choose a window for every (step, layer, head) that minimises error under a density budget.
+
+        With --canvas (or --height/--width/--frames) the config is written for that canvas, carried over from
+        the profile's by --transfer; --add-to keeps several canvases in one file.
+        """
+        from pathlib import Path
+
         from ..report import check_output_file, writing
 
-        check_output_file(out, force=force)  # before any work
         from rich.console import Console
 
         from ..artifacts import Profile, merge_profiles
         from ..inspect import summary_table, window_histogram
         from ..maskconfig import format_window
         from ..select import SelectOptions, select_windows
+        from ..errors import UserError
+        from ..maskconfig import MaskConfig
+        from ..transfer import RULES, canvas_from_pixels, resolve_from_offsets, transfer_config
 
-        loaded = [Profile.load(p) for p in profiles]
-        profile = merge_profiles(loaded)
-        options = SelectOptions(budget=budget, sparsity=sparsity, speedup=speedup, full_steps=full_steps,
-                                granularity=granularity, objective=objective, strategy=strategy,
-                                candidates=candidates, folds=folds, results_dir=results)
-        selection = select_windows(profile, options)
+        if transfer is not None and transfer not in RULES:
+            raise UserError(f"--transfer {transfer!r} is not one of {', '.join(RULES)}")
+        target = options.canvas_from_option(canvas, height, width, frames)
+        out = out or add_to or "mask.yaml"
+        check_output_file(out, force=force or (add_to is not None and Path(out) == Path(add_to)))  # before any work
+        if from_mask is not None:
+            if profiles:
+                raise UserError("give profile folders or --from-mask, not both")
+            if target is None or target == "pixels":
+                raise UserError("--from-mask needs --canvas T,H,W (a mask config does not record pixel sizes)")
+            given = [f"--{n}" for n, v in (("budget", budget), ("sparsity", sparsity), ("speedup", speedup)) if v is not None]
+            if given:
+                raise UserError(f"{', '.join(given)}: a config rule keeps the source's windows; budgets need a profile")
+            source = MaskConfig.load(from_mask)
+            config = transfer_config(source, target, transfer or "same_fraction")
+            summary, title = config.summary, f"{from_mask} -> canvas {list(config.canvas)} ({transfer or 'same_fraction'})"
+        else:
+            if not profiles:
+                raise UserError("give one or more profile folders (or --from-mask FILE with --canvas)")
+            loaded = [Profile.load(p) for p in profiles]
+            profile = merge_profiles(loaded)
+            if target == "pixels":
+                target = canvas_from_pixels(profile.header, height, width, frames)
+            opts = SelectOptions(budget=budget, sparsity=sparsity, speedup=speedup, full_steps=full_steps,
+                                 granularity=granularity, objective=objective, strategy=strategy,
+                                 candidates=candidates, folds=folds, results_dir=results)
+            if transfer is not None and target is None:
+                raise UserError("--transfer needs --canvas T,H,W (or --height/--width/--frames)")
+            rule = None if target is None or tuple(target) == tuple(profile.canvas) else (transfer or "resolve")
+            if rule == "resolve":
+                config = resolve_from_offsets(profile, target, opts, beyond=beyond).config
+            elif rule is not None:
+                config = transfer_config(select_windows(profile, opts).config, target, rule)
+            else:
+                config = select_windows(profile, opts).config
+            summary = config.summary
+            title = f"selected windows ({len(loaded)} profile(s), {profile.num_prompts} prompt(s))" + (
+                f", {rule} from canvas {list(profile.canvas)} to {list(config.canvas)}" if rule else "")
+        written = config
+        if add_to is not None:
+            existing = MaskConfig.load(add_to) if Path(add_to).exists() else None
+            if existing is not None:
+                written = MaskConfig.combine([existing, config], replace=True)
         with writing(out, "the mask config", kept="nothing was written"):
-            selection.config.save(out)
+            written.save(out)
+        selection_config = config
+        title += f" -> {out}" + (f" ({len(written.canvases)} canvases)" if written.alternates else "")
         console = Console()
-        title = f"selected windows ({len(loaded)} profile(s), {profile.num_prompts} prompt(s)) -> {out}"
-        console.print(summary_table(selection.summary, title=title))
-        histogram = window_histogram(selection.config)
+        console.print(summary_table(summary, title=title))
+        histogram = window_histogram(selection_config)
         total = sum(n for _, n in histogram) or 1
-        geometry = selection.config.geometry
+        geometry = selection_config.geometry
         console.print("windows of the sparse steps: " + ", ".join(
             f"{format_window(w)} {n / total:.0%} (density {geometry.density(w):.3f})" for w, n in histogram[:8])
             + (f", ... ({len(histogram) - 8} more)" if len(histogram) > 8 else ""), highlight=False)
