@@ -45,7 +45,6 @@ the new canvas.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -237,7 +236,7 @@ def resolve_from_offsets(profile, canvas: Sequence[int], options=None, *, tile: 
     from .kernels.geometry import Geometry
     from .report import tool_version
     from .select import (DEFAULT_FULL_STEP_FRACTION, GRANULARITIES, STRATEGIES, Selection, SelectOptions,
-                         _choice_table, _group_costs, nearest_profiled, resolve_budget, solve_argmin, solve_budget)
+                         StepLayout, _choice_table, _group_costs, _solve_weighted, resolve_budget, solve_argmin)
 
     options = options or SelectOptions()
     for name, allowed in (("strategy", STRATEGIES), ("granularity", GRANULARITIES)):
@@ -257,7 +256,7 @@ def resolve_from_offsets(profile, canvas: Sequence[int], options=None, *, tile: 
         raise UserError(f"--full-steps {full_steps} must be in [0, {steps}) for a {steps}-step profile")
     dense_steps = tuple(range(full_steps))
     sparse_steps = tuple(range(full_steps, steps))
-    step_map = nearest_profiled(sparse_steps, profile.profile_steps)
+    layout = StepLayout.of(profile, sparse_steps)  # nearest profiled step (of the layer's expert, two experts)
     L, H, S = profile.num_layers, profile.num_heads, len(sparse_steps)
 
     affinity = offset_affinity(profile)  # (P, L, H, ...)
@@ -271,19 +270,19 @@ def resolve_from_offsets(profile, canvas: Sequence[int], options=None, *, tile: 
     full = np.array([geometry.is_full(w) for w in windows])
     cost = (1.0 - recall).reshape(P, L, H, len(windows))
     budget = resolve_budget(options, float(densities.min()), S, full_steps, cost_model)
-    C = _group_costs(cost, step_map, options.granularity)
+    C, weights = _group_costs(cost, layout, options.granularity)
     solution = None
     if options.strategy == "argmin":
         choice = solve_argmin(C, ~full[None, :])
     else:
-        solution = solve_budget(C, densities, budget)
+        solution = _solve_weighted(C, densities, weights, budget)
         choice = solution.choice
-    table = _choice_table(choice, options.granularity, S, L, H)
+    table = _choice_table(choice, options.granularity, S, L, H, layout)
     chosen = np.empty((steps, L, H, 3), dtype=np.int32)
     chosen[:] = np.asarray(geometry.grid, dtype=np.int32)
     chosen[list(sparse_steps)] = np.asarray(windows, dtype=np.int32)[table]
-    density = float(densities[table].mean())
-    picked = np.take_along_axis(cost[step_map], table[..., None], axis=-1)[..., 0]
+    density = float(densities[table][layout.active].mean())
+    picked = np.take_along_axis(layout.costs(cost), table[..., None], axis=-1)[..., 0][layout.active]
     summary = {
         "strategy": options.strategy,
         "objective": "recall (estimated from offset mass)",
