@@ -37,9 +37,7 @@ def load_mask(mask):
         return mask
     if isinstance(mask, (str, Path)):
         path = Path(mask)
-        if not path.is_file():
-            raise UserError(f"mask config {str(path)!r} does not exist")
-        return MaskConfig.load(path)
+        return MaskConfig.load(path)  # UserError naming the path: missing, a folder, unreadable, not a config
     raise TypeError(f"mask must be a MaskConfig or a path to a mask YAML, got {type(mask).__name__}")
 
 

@@ -89,7 +89,7 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
     from .generate import GenerateSettings, generate
     from .inspect import plot_mask, plot_profile
     from .models import load_model
-    from .profile import ProfileSettings, run_profile
+    from .profile import LogProgress, ProfileSettings, run_profile
     from .select import SelectOptions, select_windows
 
     console = console or Console(stderr=True)
@@ -139,7 +139,8 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
                         width=width, frames=frames, seed=settings.seed, tile=tile,
                         profile_steps=settings.profile_every, windows=tuple(settings.error_windows),
                         device=device, backend=settings.backend),
-        out / "profile", loaded=loaded)
+        out / "profile", loaded=loaded,
+        progress=LogProgress(lambda line: console.print("  " + line, markup=False, highlight=False)))
     timings["profile_s"] = time.perf_counter() - t0
 
     console.print(f"[bold]2/4 select[/] windows at density budget {settings.budget}")

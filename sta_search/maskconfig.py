@@ -588,6 +588,8 @@ class MaskConfig:
         ``expect``: the model it will be applied to (``ModelInfo`` or mapping), checked before allocating.
         """
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"mask config {path} is a folder, not a YAML file (select writes e.g. mask.yaml)")
         if not path.is_file():
             raise UserError(f"mask config not found: {path}")
         if path.stat().st_size > MAX_FILE_BYTES:

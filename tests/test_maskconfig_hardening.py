@@ -289,3 +289,12 @@ def test_fastvideo_export_with_even_windows_suggests_round_even_up():
     with pytest.raises(UserError, match="even window w < n.*--round-even-up"):
         mask_to_fastvideo(config)
     assert mask_to_fastvideo(config, nearest=True)[0]["0_0_0"] == [3, 3, 3]
+
+
+def test_mask_naming_a_folder_says_it_is_a_folder(tmp_path):
+    from sta_search.accelerate import load_mask
+
+    with pytest.raises(UserError, match="is a folder, not a YAML file"):
+        load_mask(tmp_path)
+    with pytest.raises(UserError, match="not found"):
+        load_mask(tmp_path / "missing.yaml")

@@ -1,5 +1,6 @@
 """The bundled tiny model: offline loading, pipeline outputs, tokenizer, data generator, caption checker."""
 
+import io
 import json
 import math
 import random
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 
 from sta_search.errors import UserError
 from sta_search.tiny import bundled_path, is_tiny_folder, load_tiny, recommended_settings
@@ -178,9 +180,11 @@ def test_demo_shortened_writes_report_mask_videos_and_heatmaps(tmp_path):
     assert not set(quick) & set(heldout) and len(set(quick)) == 4
     out = tmp_path / "demo"
     folder = str(bundled_path())  # --model takes a folder too (with its sta_search.json); tile comes from there
+    log = io.StringIO()  # not a terminal: the profile stage still reports every prompt in plain lines
     report = run_demo(DemoSettings(out=str(out), budget=0.3, quick_prompts=1, heldout_prompts=1, steps=2,
                                    height=32, width=32, full_steps=0, profile_every=2, error_windows=((1, 4, 4), (2, 2, 2)),
-                                   model=folder, threads=1))
+                                   model=folder, threads=1), console=Console(file=log, width=200))
+    assert "prompt 1/1 done in" in log.getvalue()
     assert report["model"] == folder and report["threads"]["threads"] == 1
     measured = report["measured"]
     assert measured["sta_kernels"] == ["gather"] and measured["threads"] == 1  # auto off CUDA
