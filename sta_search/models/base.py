@@ -216,6 +216,23 @@ class ModelAdapter:
 _REGISTRY: dict[str, type[ModelAdapter]] = {}
 
 
+
+def project_qkv(attn, states: torch.Tensor, added: bool = False):
+    """``q, k, v`` of ``states`` as ``(B, S, heads, head_dim)``, q and k normalised, as diffusers' joint-attention
+    processors compute them: the main projections (``to_q/k/v``, ``norm_q/k``) or, with ``added``, the text
+    stream's (``add_q/k/v_proj``, ``norm_added_q/k``). A missing norm is skipped."""
+    if added:
+        projections, norms = (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj), ("norm_added_q", "norm_added_k")
+    else:
+        projections, norms = (attn.to_q, attn.to_k, attn.to_v), ("norm_q", "norm_k")
+    query, key, value = (project(states).unflatten(2, (attn.heads, -1)) for project in projections)
+    norm_q, norm_k = (getattr(attn, name, None) for name in norms)
+    if norm_q is not None:
+        query = norm_q(query)
+    if norm_k is not None:
+        key = norm_k(key)
+    return query, key, value
+
 def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
     """Class decorator: make `cls` the adapter for each class name in ``cls.transformer_classes``."""
     for name in cls.transformer_classes:

@@ -17,7 +17,7 @@ import torch
 
 from diffusers.models.embeddings import apply_rotary_emb
 
-from .base import ModelAdapter, register_adapter
+from .base import ModelAdapter, project_qkv, register_adapter
 
 
 class EasyAnimateJointAttnProcessor:
@@ -37,34 +37,13 @@ class EasyAnimateJointAttnProcessor:
             hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
 
         # 1. QKV projections
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-
-        query = query.unflatten(2, (attn.heads, -1)).transpose(1, 2)
-        key = key.unflatten(2, (attn.heads, -1)).transpose(1, 2)
-        value = value.unflatten(2, (attn.heads, -1)).transpose(1, 2)
-
-        # 2. QK normalization
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        # 2. QK normalization (over the head dim: the same before or after diffusers' transpose)
+        query, key, value = (x.transpose(1, 2) for x in project_qkv(attn, hidden_states))
 
         # 3. Encoder condition QKV projection and normalization
         if attn.add_q_proj is not None:
-            encoder_query = attn.add_q_proj(encoder_hidden_states)
-            encoder_key = attn.add_k_proj(encoder_hidden_states)
-            encoder_value = attn.add_v_proj(encoder_hidden_states)
-
-            encoder_query = encoder_query.unflatten(2, (attn.heads, -1)).transpose(1, 2)
-            encoder_key = encoder_key.unflatten(2, (attn.heads, -1)).transpose(1, 2)
-            encoder_value = encoder_value.unflatten(2, (attn.heads, -1)).transpose(1, 2)
-
-            if attn.norm_added_q is not None:
-                encoder_query = attn.norm_added_q(encoder_query)
-            if attn.norm_added_k is not None:
-                encoder_key = attn.norm_added_k(encoder_key)
+            encoder_query, encoder_key, encoder_value = (
+                x.transpose(1, 2) for x in project_qkv(attn, encoder_hidden_states, added=True))
 
             query = torch.cat([encoder_query, query], dim=2)
             key = torch.cat([encoder_key, key], dim=2)

@@ -10,7 +10,7 @@ import torch
 
 from diffusers.models.embeddings import apply_rotary_emb
 
-from .base import ModelAdapter, register_adapter
+from .base import ModelAdapter, project_qkv, register_adapter
 
 
 class HunyuanVideoJointAttnProcessor:
@@ -25,20 +25,8 @@ class HunyuanVideoJointAttnProcessor:
         if attn.add_q_proj is None and encoder_hidden_states is not None:
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
 
-        # 1. QKV projections
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-
-        query = query.unflatten(2, (attn.heads, -1))
-        key = key.unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-
-        # 2. QK normalization
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        # 1. QKV projections and 2. QK normalization
+        query, key, value = project_qkv(attn, hidden_states)
 
         # 3. Rotational positional embeddings applied to latent stream. Unlike diffusers, the concatenations
         # happen in (B, H, S, D): the copy they make anyway then yields contiguous per-head sequences, which the
@@ -55,18 +43,7 @@ class HunyuanVideoJointAttnProcessor:
 
         # 4. Encoder condition QKV projection and normalization
         if attn.add_q_proj is not None and encoder_hidden_states is not None:
-            encoder_query = attn.add_q_proj(encoder_hidden_states)
-            encoder_key = attn.add_k_proj(encoder_hidden_states)
-            encoder_value = attn.add_v_proj(encoder_hidden_states)
-
-            encoder_query = encoder_query.unflatten(2, (attn.heads, -1))
-            encoder_key = encoder_key.unflatten(2, (attn.heads, -1))
-            encoder_value = encoder_value.unflatten(2, (attn.heads, -1))
-
-            if attn.norm_added_q is not None:
-                encoder_query = attn.norm_added_q(encoder_query)
-            if attn.norm_added_k is not None:
-                encoder_key = attn.norm_added_k(encoder_key)
+            encoder_query, encoder_key, encoder_value = project_qkv(attn, encoder_hidden_states, added=True)
 
             query = torch.cat([query, encoder_query.transpose(1, 2)], dim=2)
             key = torch.cat([key, encoder_key.transpose(1, 2)], dim=2)

@@ -26,7 +26,7 @@ import torch
 
 from diffusers.models.embeddings import apply_rotary_emb
 
-from .base import ModelAdapter, register_adapter
+from .base import ModelAdapter, project_qkv, register_adapter
 
 
 class HunyuanVideo15JointAttnProcessor:
@@ -40,18 +40,8 @@ class HunyuanVideo15JointAttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         if encoder_hidden_states is None or attention_mask is None:
             raise RuntimeError("the hooked HunyuanVideo 1.5 processor needs the joint text tokens and their mask")
-        # 1. QKV projections
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-
-        query = query.unflatten(2, (attn.heads, -1))
-        key = key.unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-
-        # 2. QK normalization
-        query = attn.norm_q(query)
-        key = attn.norm_k(key)
+        # 1. QKV projections and 2. QK normalization
+        query, key, value = project_qkv(attn, hidden_states)
 
         # 3. Rotational positional embeddings applied to latent stream
         if image_rotary_emb is not None:
@@ -59,18 +49,7 @@ class HunyuanVideo15JointAttnProcessor:
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
         # 4. Encoder condition QKV projection and normalization
-        encoder_query = attn.add_q_proj(encoder_hidden_states)
-        encoder_key = attn.add_k_proj(encoder_hidden_states)
-        encoder_value = attn.add_v_proj(encoder_hidden_states)
-
-        encoder_query = encoder_query.unflatten(2, (attn.heads, -1))
-        encoder_key = encoder_key.unflatten(2, (attn.heads, -1))
-        encoder_value = encoder_value.unflatten(2, (attn.heads, -1))
-
-        if attn.norm_added_q is not None:
-            encoder_query = attn.norm_added_q(encoder_query)
-        if attn.norm_added_k is not None:
-            encoder_key = attn.norm_added_k(encoder_key)
+        encoder_query, encoder_key, encoder_value = project_qkv(attn, encoder_hidden_states, added=True)
 
         # concatenated in (B, H, S, D), as the hook runtime takes them
         query = torch.cat([query, encoder_query], dim=1).transpose(1, 2)
