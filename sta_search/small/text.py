@@ -7,12 +7,11 @@ name two or three objects, the floor, the camera and the light: up to ~40 tokens
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 
-from sta_search.tiny.text import PAD_ID, PAD_TOKEN, UNK_ID, UNK_TOKEN
+from sta_search.tiny.text import PAD_TOKEN, UNK_TOKEN, word_ids
 
 from .data import vocabulary
 
@@ -26,12 +25,7 @@ def vocab_map() -> dict[str, int]:
 
 def encode_words(texts: list[str], max_length: int = MAX_LENGTH) -> torch.Tensor:
     """Ids ``(len(texts), max_length)`` exactly as the saved tokenizer gives them (pad right, truncate)."""
-    vocab = vocab_map()
-    rows = []
-    for text in texts:
-        ids = [vocab.get(w, UNK_ID) for w in re.findall(r"\w+|[^\w\s]", text.lower())][:max_length]
-        rows.append(ids + [PAD_ID] * (max_length - len(ids)))
-    return torch.tensor(rows, dtype=torch.long)
+    return word_ids(vocab_map(), texts, max_length)
 
 
 def save_tokenizer(folder: str | Path, max_length: int = MAX_LENGTH) -> None:

@@ -31,7 +31,12 @@ def vocab_map() -> dict[str, int]:
 
 def encode_words(texts: list[str], max_length: int = MAX_LENGTH) -> torch.Tensor:
     """Ids ``(len(texts), max_length)`` exactly as the saved tokenizer gives them (pad right, truncate)."""
-    vocab = vocab_map()
+    return word_ids(vocab_map(), texts, max_length)
+
+
+def word_ids(vocab: dict[str, int], texts: list[str], max_length: int) -> torch.Tensor:
+    """Ids ``(len(texts), max_length)`` of lower-cased words and punctuation under ``vocab`` (unknown -> UNK,
+    pad right, truncate): the encoding of every bundled model's word-level tokenizer."""
     rows = []
     for text in texts:
         ids = [vocab.get(w, UNK_ID) for w in re.findall(r"\w+|[^\w\s]", text.lower())][:max_length]
