@@ -115,8 +115,11 @@ class ModelAdapter:
         raise NotImplementedError
 
     def runtime_canvas(self, transformer, hidden_states: torch.Tensor) -> tuple[int, int, int]:
-        """Token canvas ``(T, H, W)`` of a forward, from the transformer's latent input."""
-        raise NotImplementedError
+        """Token canvas ``(T, H, W)`` of a forward, from the transformer's latent input: by default a
+        ``(B, C, T, H, W)`` latent divided by `_patch_size`; families with another layout override it."""
+        p_t, p_h, p_w = self._patch_size(transformer)
+        _, _, frames, height, width = hidden_states.shape
+        return (frames // p_t, height // p_h, width // p_w)
 
     def forward_canvas(self, transformer, args: tuple, kwargs: dict) -> tuple[int, int, int]:
         """Token canvas of a forward from the transformer's call arguments; default: `runtime_canvas` of the

@@ -105,11 +105,6 @@ class HunyuanVideoAdapter(ModelAdapter):
             block.attn for block in transformer.single_transformer_blocks
         ]
 
-    def runtime_canvas(self, transformer, hidden_states):
-        p_t, p_h, p_w = self._patch_size(transformer)
-        _, _, frames, height, width = hidden_states.shape
-        return (frames // p_t, height // p_h, width // p_w)
-
     def make_processor(self, runtime, layer):
         return HunyuanVideoJointAttnProcessor(runtime, layer)
 

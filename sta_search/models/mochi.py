@@ -100,11 +100,6 @@ class MochiAdapter(ModelAdapter):
     def attention_modules(self, transformer):
         return [block.attn1 for block in transformer.transformer_blocks]
 
-    def runtime_canvas(self, transformer, hidden_states):
-        p = int(transformer.config.patch_size)
-        _, _, frames, height, width = hidden_states.shape
-        return (frames, height // p, width // p)
-
     def make_processor(self, runtime, layer):
         return MochiJointAttnProcessor(runtime, layer)
 

@@ -103,11 +103,6 @@ class WanAdapter(ModelAdapter):
     def attention_modules(self, transformer):
         return [block.attn1 for block in transformer.blocks]
 
-    def runtime_canvas(self, transformer, hidden_states):
-        p_t, p_h, p_w = self._patch_size(transformer)
-        _, _, frames, height, width = hidden_states.shape
-        return (frames // p_t, height // p_h, width // p_w)
-
     def make_processor(self, runtime, layer):
         return WanSelfAttnProcessor(runtime, layer)
 
