@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_command(
         out: str = typer.Option("outputs/demo", "--out", help="Output folder (videos, heatmaps, mask.yaml, report.md)."),
-        model: str = typer.Option("tiny", "--model", help="Bundled model name (tiny; small once shipped) or a "
+        model: str = typer.Option("tiny", "--model", help="Bundled model name (tiny or small) or a "
                                   "pipeline folder with a sta_search.json of recommended settings."),
         budget: float = options.density_option(0.3, "--budget", help="Attention density budget of the sparse "
                                                "steps, in (0, 1]."),

@@ -17,7 +17,7 @@ from .base import ModelAdapter, ModelInfo, adapter_for_class, get_adapter, suppo
 
 #: Models shipped with sta-search: name -> "module:function" returning the model's diffusers folder (with its
 #: recommended settings in ``sta_search.json``). Imported only when the name is used.
-BUNDLED_MODELS: dict[str, str] = {"tiny": "sta_search.tiny:bundled_path"}
+BUNDLED_MODELS: dict[str, str] = {"tiny": "sta_search.tiny:bundled_path", "small": "sta_search.small:bundled_path"}
 _BUNDLED: dict[str, Callable[[], Path]] = {}  # added at run time by register_bundled (tests, plugins)
 
 # Pipeline classes that live outside diffusers: model_index.json `_class_name` -> "module:attribute".
