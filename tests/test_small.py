@@ -115,3 +115,26 @@ def test_smoke_training_resumes_and_loads(tmp_path):
                   num_inference_steps=1, generator=torch.Generator().manual_seed(0)).frames
     assert frames.shape == (1, settings.frames, settings.height, settings.width, 3)
     assert np.isfinite(frames).all() and frames.min() >= 0 and frames.max() <= 1
+
+
+def test_bundled_small_loads_by_name_and_draws_the_captioned_colour():
+    """The shipped weights: loaded offline by name, the settings they were trained at, and a generation at the
+    low canvas whose frames are not noise: the captioned floor colour (navy) dominates the border."""
+    from sta_search.models.loading import bundled_names, load_model, model_defaults
+    from sta_search.small import recommended_settings
+
+    assert "small" in bundled_names()
+    settings = recommended_settings()
+    assert settings.tile == (4, 4, 4) and (16, 96, 160) in settings.resolutions
+    assert model_defaults("small")["steps"] == settings.steps
+    loaded = load_model("small")
+    info = loaded.info
+    assert (info.num_layers, info.num_heads, info.head_dim) == (8, 4, 64)
+    assert loaded.canvas(96, 160, 16) == (16, 24, 40) and loaded.canvas(64, 96, 8) == (8, 16, 24)
+    frames = loaded.pipeline(["a big red circle moves left, on a navy floor"], height=64, width=96,
+                             num_frames=8, num_inference_steps=4, guidance_scale=settings.guidance_scale,
+                             generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (1, 8, 64, 96, 3)
+    border = np.concatenate([frames[0, :, :4].reshape(-1, 3), frames[0, :, -4:].reshape(-1, 3)])
+    red, green, blue = np.median(border, axis=0)
+    assert blue > red + 0.05 and blue > green + 0.05, (red, green, blue)
