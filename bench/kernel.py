@@ -1,6 +1,7 @@
 """Kernel benchmark driver for one GPU session: correctness check, config sweep, the speed-target cases (docs/targets.md).
 
-    python bench/kernel.py --out DIR [--cases all|quick|wan|d64|none] [--sweep] [--check] [--paired-text] [--paired-mixed]
+    python bench/kernel.py --out DIR [--cases all|quick|wan|d64|none] [--sweep] [--check] [--paired-text]
+        [--paired-mixed]
 
 Same logic as ``sta-search bench`` (``sta_search.benchmark``), batched so one device call covers
 every case. The JSON (``kernel-<utc>.json`` under ``--out``) is rewritten after every case, so a run
