@@ -2,7 +2,7 @@
 
     python bench/inspect_sass.py [--out DIR] [--variant NAME ...]
 
-For each variant (hunyuan-720p constexprs, tile-order TMA path, bf16, d=128) this prints and writes to
+For each variant (hunyuan-720p constexprs, tile-order TMA path, bf16, d=128 unless named ``-d64``) this prints and writes to
 ``DIR/sass-report.json``:
 
 - registers per thread, local-memory spills, shared memory (from the cubin, via Triton's cuobjdump);
@@ -59,6 +59,12 @@ GLUON_VARIANTS = {
     "gluon-natural": dict(NATURAL=True),
     "gluon-natural-text": dict(NATURAL=True, HAS_TEXT_MASK=True),
     "gluon-natural-wan480p": dict(NATURAL=True, **WAN_480P),
+    # head dim 64 (CogVideoX, LTX-Video): the default ring of 4 K/V stages, and 6 (the most that fits 227 KB)
+    "gluon-d64": dict(HEAD_DIM=64, STAGES=4),
+    "gluon-d64-natural": dict(HEAD_DIM=64, STAGES=4, NATURAL=True),
+    "gluon-d64-natural-text": dict(HEAD_DIM=64, STAGES=4, NATURAL=True, HAS_TEXT_MASK=True),
+    "gluon-d64-natural-wan480p": dict(HEAD_DIM=64, STAGES=4, NATURAL=True, **WAN_480P),
+    "gluon-d64-stages6": dict(HEAD_DIM=64, STAGES=6),
 }
 
 
@@ -75,11 +81,12 @@ def compile_gluon_variant(constexprs: dict):
     kernel = gluon_fwd.sta_fwd_gluon_kernel
     signature = {name: "i32" for name in kernel.arg_names}
     plane = constexprs["TH"] * constexprs["TW"]
+    d = constexprs["HEAD_DIM"]
     for names, rows in ((("q_desc", "o_desc"), gluon_fwd.QUERY_ROWS), (("k_desc", "v_desc"), constexprs["BLOCK_N"])):
-        video = [1, rows // plane, constexprs["TH"], constexprs["TW"], 128] if constexprs["NATURAL"] else [1, rows, 128]
+        video = [1, rows // plane, constexprs["TH"], constexprs["TW"], d] if constexprs["NATURAL"] else [1, rows, d]
         for name in names:
             signature[name] = desc(video)
-            signature[name[0] + "t_desc"] = desc([1, rows, 128])
+            signature[name[0] + "t_desc"] = desc([1, rows, d])
     signature.update(Windows="*i32", HeadOrder="*i32", TextMask="*i8", qk_scale="fp32")
     for name in constexprs:
         signature[name] = "constexpr"

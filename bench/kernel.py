@@ -1,6 +1,7 @@
 """Kernel benchmark driver for one GPU session: correctness check, config sweep, the speed-target cases (docs/targets.md).
 
-    python bench/kernel.py --out DIR [--cases all|quick|wan|none] [--sweep] [--check] [--paired-text] [--paired-mixed]
+    python bench/kernel.py --out DIR [--cases all|quick|wan|d64|none] [--sweep] [--check] [--paired-text]
+        [--paired-mixed]
 
 Same logic as ``sta-search bench`` (``sta_search.benchmark``), batched so one device call covers
 every case. The JSON (``kernel-<utc>.json`` under ``--out``) is rewritten after every case, so a run
@@ -19,8 +20,11 @@ import torch
 from sta_search.benchmark import make_shape, paired_overhead, run_shape, sweep_configs, write_results
 from sta_search.kernels.sta.triton_fwd import KernelConfig
 
+# Head dim 64 (CogVideoX, LTX-Video 2B) at hunyuan-720p's canvas: 48 heads x 64 = the FLOPs of 24 x 128.
+D64 = dict(head_dim=64, heads=48)
 CASES = {
     "none": [],
+    "d64": [("hunyuan-720p", "3,3,3", 0, D64), ("hunyuan-720p", "5,6,10", 0, D64)],
     "quick": [("hunyuan-720p", "3,3,3", 0)],
     "wan": [("wan-480p", "3,3,3", 0), ("wan-720p", "3,3,3", 0), ("hunyuan-720p", "3,3,3", 0)],
     "all": [
@@ -31,6 +35,8 @@ CASES = {
         ("wan-480p", "3,3,3", 0),
         ("wan-720p", "3,3,3", 0),
         ("hunyuan-720p", "5,6,10", 0),  # the full window: our kernel as plain dense attention (Triton's ceiling)
+        ("hunyuan-720p", "3,3,3", 0, D64),
+        ("hunyuan-720p", "5,6,10", 0, D64),
     ],
 }
 
@@ -77,14 +83,15 @@ def check_against_flex(log=print) -> list[dict]:
 
 
 def plain_table(results) -> str:
-    lines = [f"{'shape':<14}{'windows':<10}{'text':>5} {'impl':<15}{'ms':>9}{'TFLOP/s':>9}{'cudnn/x':>9}"]
+    lines = [f"{'shape':<14}{'d':>4} {'windows':<10}{'text':>5} {'impl':<15}{'ms':>9}{'TFLOP/s':>9}{'cudnn/x':>9}"]
     for r in results:
         w = r.shape["windows"]
         wtext = "x".join(map(str, w[0])) if len(w) == 1 else "mixed"
         base = r.ms.get("cudnn-dense")
         for impl, ms in r.ms.items():
             ratio = f"{base / ms:.2f}" if base else "-"
-            lines.append(f"{r.shape['name']:<14}{wtext:<10}{r.shape['text_len']:>5} {impl:<15}{ms:9.2f}"
+            lines.append(f"{r.shape['name']:<14}{r.shape['head_dim']:>4} {wtext:<10}{r.shape['text_len']:>5} "
+                         f"{impl:<15}{ms:9.2f}"
                          f"{r.tflops[impl]:9.0f}{ratio:>9}")
     return "\n".join(lines)
 
@@ -140,14 +147,15 @@ def main(argv=None) -> int:
             if path is not None:
                 path.unlink(missing_ok=True)
             path = write_results(results, args.out, extra=extra)
-    for name, window, text_len in CASES[args.cases]:
-        shape = make_shape(name, window=window, text_len=text_len)
-        log(f"{shape.name} windows {window} text {text_len}")
+    for name, window, text_len, *overrides in CASES[args.cases]:
+        shape = make_shape(name, window=window, text_len=text_len, **(overrides[0] if overrides else {}))
+        log(f"{shape.name} heads {shape.heads} x d={shape.head_dim} windows {window} text {text_len}")
         try:
             results.append(run_shape(shape, iters=args.iters, baselines=not args.no_baselines, log=log))
         except Exception as exc:  # keep the other cases
             log(f"  FAILED: {type(exc).__name__}: {str(exc)[:300]}")
-            extra.setdefault("failed", []).append([name, window, text_len, f"{type(exc).__name__}: {exc}"[:500]])
+            extra.setdefault("failed", []).append([name, window, text_len, shape.head_dim,
+                                                   f"{type(exc).__name__}: {exc}"[:500]])
             torch.cuda.empty_cache()
             continue
         if path is not None:

@@ -179,6 +179,7 @@ CASES = [
     ("bench-out-proc", ["bench", "--out", "/proc/x"], ["/proc/x"]),
     ("bench-out-file", ["bench", "--out", "{file}"], ["a-file.txt"]),
     ("bench-huge-heads", ["bench", "--heads", HUGE, "--out", "{root}/bench"], ["--heads"]),
+    ("bench-bad-head-dim", ["bench", "--head-dim", "96", "--out", "{root}/bench"], ["--head-dim", "96"]),
     # ---- demo
     ("demo-zero-budget", ["demo", "--budget", "0"], ["--budget"]),
     ("demo-huge-prompts", ["demo", "--quick-prompts", HUGE, "--out", "{root}/d1"], ["--quick-prompts"]),

@@ -32,8 +32,8 @@ CASES = [
 ]
 
 
-def make_case(canvas, heads, text_len, masked, batch, dtype):
-    q, k, v = (torch.randn(batch, heads, Geometry(canvas, TILE).video_len + text_len, 128, device="cuda",
+def make_case(canvas, heads, text_len, masked, batch, dtype, head_dim=128):
+    q, k, v = (torch.randn(batch, heads, Geometry(canvas, TILE).video_len + text_len, head_dim, device="cuda",
                            dtype=dtype) for _ in range(3))
     mask = None
     if masked:
@@ -45,12 +45,13 @@ def make_case(canvas, heads, text_len, masked, batch, dtype):
 
 @pytest.mark.gpu
 @hopper
+@pytest.mark.parametrize("head_dim", [128, 64], ids=["d128", "d64"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_gluon_matches_float64_reference_in_both_layouts(case, dtype, seed):
+def test_gluon_matches_float64_reference_in_both_layouts(case, dtype, head_dim, seed):
     _, canvas, heads, windows, text_len, text_first, masked, batch = case
     geometry = Geometry(canvas, TILE)
-    q, k, v, mask = make_case(canvas, heads, text_len, masked, batch, dtype)
+    q, k, v, mask = make_case(canvas, heads, text_len, masked, batch, dtype, head_dim)
     kw = dict(canvas=canvas, tile=TILE, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
     ref = sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": normalize_windows(windows, heads)})
     natural = sta_attention(q, k, v, **kw, backend="gluon")
@@ -93,14 +94,84 @@ def test_gluon_refusals_name_the_reason():
 
 @pytest.mark.gpu
 @hopper
-@pytest.mark.parametrize("what", ["fp32", "head-dim-64", "tile-volume-96"])
+@pytest.mark.parametrize("what", ["fp32", "head-dim-96", "head-dim-32", "tile-volume-96"])
 def test_gluon_refuses_what_it_cannot_run_on_hopper(what):
     tile = (6, 4, 4) if what == "tile-volume-96" else TILE
     geometry = Geometry((12, 16, 16), tile)
-    q = torch.zeros(1, 2, geometry.video_len, 64 if what == "head-dim-64" else 128, device="cuda",
+    head_dim = int(what.rsplit("-", 1)[1]) if what.startswith("head-dim") else 128
+    q = torch.zeros(1, 2, geometry.video_len, head_dim, device="cuda",
                     dtype=torch.float32 if what == "fp32" else torch.bfloat16)
     ok, why = can_run_gluon(q, geometry, "natural")
-    assert not ok and {"fp32": "dtype", "head-dim-64": "head dim", "tile-volume-96": "tile volume"}[what] in why
+    assert not ok and {"fp32": "dtype", "tile-volume-96": "tile volume"}.get(what, "head dim") in why
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_gluon_is_auto_for_its_head_dims_on_hopper(head_dim):
+    from sta_search.kernels.backends import choose_backend
+
+    geometry = Geometry((12, 16, 16), TILE)
+    q = torch.zeros(1, 2, geometry.video_len, head_dim, device="cuda", dtype=torch.bfloat16)
+    assert choose_backend(q, geometry, "natural")[0] == "gluon"
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("stages", [2, 6])
+def test_gluon_d64_ring_depth_does_not_change_the_result(stages, seed):
+    """Every K/V ring depth that fits gives the same sums (same blocks, same order): bit-identical outputs."""
+    from sta_search.kernels.sta.gluon_fwd import sta_gluon_natural
+
+    canvas, heads, windows, text_len = (10, 13, 20), 3, [(1, 1, 1), (2, 2, 3), (2, 1, 2)], 100
+    geometry = Geometry(canvas, TILE)
+    q, k, v, mask = make_case(canvas, heads, text_len, True, 1, torch.bfloat16, 64)
+    table = normalize_windows(windows, heads, device="cuda")
+    run = lambda n: sta_gluon_natural(q, k, v, geometry, table, text_len, False, mask, None, stages=n)  # noqa: E731
+    assert torch.equal(run(stages), run(None))
+
+
+def test_gluon_head_dims_have_a_ring_depth_that_fits_and_deeper_rings_are_refused(monkeypatch):
+    """Host logic only (runs anywhere): every head dim the backend admits has a default K/V ring depth within the
+    227 KB of shared memory an sm_90 block may use; a deeper ring is refused before any launch."""
+    from sta_search.kernels.backends import GLUON_HEAD_DIMS
+    from sta_search.kernels.sta import gluon_fwd
+
+    assert set(gluon_fwd.DEFAULT_STAGES) == set(GLUON_HEAD_DIMS)
+    monkeypatch.setattr(gluon_fwd, "_inputs_ok", lambda q, geometry: (True, "ok"))
+    geometry = Geometry((6, 8, 8), TILE)
+    for head_dim, too_deep in ((64, 7), (128, 4)):
+        q = torch.zeros(1, 1, geometry.video_len, head_dim, dtype=torch.bfloat16)
+        ring = gluon_fwd.DEFAULT_STAGES[head_dim]
+        assert (2 * gluon_fwd.QUERY_ROWS + 2 * ring * gluon_fwd.BLOCK_N) * head_dim * 2 <= gluon_fwd.SMEM_LIMIT
+        with pytest.raises(ValueError, match="shared memory"):
+            gluon_fwd.sta_gluon_natural(q, q, q, geometry, torch.ones(1, 3, dtype=torch.int32), 0, False, None, None,
+                                        stages=too_deep)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["gluon-d64-natural-wan480p"])
+def test_gluon_compiles_for_sm90_without_a_gpu_with_no_spills(variant, tmp_path):
+    """The kernel compiled for sm_90 on any machine (bench/inspect_sass.py, no GPU needed): it fits the 227 KB of
+    shared memory, wgmma (HGMMA) runs both products, the softmax overlaps PV, and nothing spills in the main loop."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, str(root / "bench" / "inspect_sass.py"), "--out", str(tmp_path),
+                           "--variant", variant], env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode and "cuobjdump" in proc.stderr + proc.stdout:
+        pytest.skip("Triton's CUDA tools are not installed here")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads((tmp_path / "sass-report.json").read_text())["variants"][variant]
+    assert row["shared_bytes"] <= 227 * 1024
+    assert row["hgmma"] > 0 and row["hgmma_waits_leaving_one"] >= 1
+    assert row["spill_instructions"] == 0 and row["local_bytes"] == 0
 
 
 def test_gluon_host_side_keeps_tma_ready_views_and_refuses_a_bad_out(monkeypatch):

@@ -155,9 +155,10 @@ def test_models_command_lists_the_registered_families():
     assert listed == set(supported_transformer_classes())
     ltx = families["ltx_video"]
     assert "LTXImageToVideoPipeline" in ltx["pipelines"] and "cross-attention" in ltx["text_handling"]
-    assert {(c["head_dim"], c["hopper_kernel"]) for c in ltx["checkpoints"]} == {(64, "triton"), (128, "gluon")}
+    assert {(c["head_dim"], c["hopper_kernel"]) for c in ltx["checkpoints"]} == {(64, "gluon"), (128, "gluon")}
     assert families["allegro"]["checkpoints"][0]["hopper_kernel"] == "flex"  # head dim 96
     assert hopper_kernel(128, "float32")[0] == "triton" and hopper_kernel(80)[0] == "flex"
+    assert hopper_kernel(32) == ("triton", "head dim 32 (Gluon needs 64 or 128)")
     assert [e.family for e in supported_families("float32")] == sorted(families)
     table = _cli("models").output
     for family in families:

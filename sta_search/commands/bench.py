@@ -21,6 +21,8 @@ def register(app: typer.Typer) -> None:
         text_len: int = options.non_negative_option(None, "--text-len", help="Joint text tokens after the video "
                                                     "(last 20% padded).", maximum=1 << 20),
         tile: str = options.tile_option(help="Tile t,h,w (default 6,8,8)."),
+        head_dim: int = typer.Option(None, "--head-dim", help="Head dim 32, 64 or 128 (default 128); e.g. "
+                                     "--head-dim 64 --heads 48 for CogVideoX-like heads at hunyuan-720p's FLOPs."),
         iters: int = options.positive_option(20, "--iters", help="Timed calls of each sparse kernel (median reported).", maximum=1_000_000),
         no_baselines: bool = options.flag(False, "--no-baselines", help="Skip dense cuDNN / FlashAttention-2."),
         out: Path = typer.Option(Path("bench/results"), "--out", help="Folder for the JSON result."),
@@ -39,11 +41,11 @@ def register(app: typer.Typer) -> None:
 
         windows = [w if w in (None, "mixed") else options.parse_window(w) for w in (window or [None])]
         console = Console()
-        shapes = [make_shape(shape, canvas=canvas, heads=heads, window=w, text_len=text_len, tile=tile)
-                  for w in windows]
+        shapes = [make_shape(shape, canvas=canvas, heads=heads, window=w, text_len=text_len, tile=tile,
+                             head_dim=head_dim) for w in windows]
         results = []
         for s in shapes:
-            console.print(f"[bold]{s.name}[/] canvas {s.canvas} heads {s.heads} windows "
+            console.print(f"[bold]{s.name}[/] canvas {s.canvas} heads {s.heads} x d={s.head_dim} windows "
                           f"{s.windows[0] if len(s.windows) == 1 else 'mixed'} text {s.text_len}")
             results.append(run_shape(s, iters=iters, baselines=not no_baselines, log=console.print))
         console.print(results_table(results))

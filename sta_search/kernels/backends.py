@@ -36,6 +36,8 @@ logger = logging.getLogger("sta_search.kernels")
 
 LAYOUTS = ("natural", "tiled")
 TRITON_HEAD_DIMS = (32, 64, 128)
+#: Head dims the Gluon kernel runs (``sta/gluon_fwd.py`` keeps a K/V ring depth for each); the one switch.
+GLUON_HEAD_DIMS = (64, 128)
 REFERENCE_MAX_TOKENS = 4096
 
 Verdict = tuple[bool, str]
@@ -48,8 +50,9 @@ def _check_layout(layout: str) -> None:
 
 # ----------------------------------------------------------------------------------------- can_run_*
 def can_run_gluon(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
-    """The warp-specialized Gluon kernel: Hopper (sm_90) only, bf16/fp16, head dim 128, tile volume a multiple
-    of 128. Either layout (natural-order tokens it cannot read in place are copied into tile order)."""
+    """The warp-specialized Gluon kernel: Hopper (sm_90) only, bf16/fp16, head dim in :data:`GLUON_HEAD_DIMS`
+    (64 or 128), tile volume a multiple of 128. Either layout (natural-order tokens it cannot read in place are
+    copied into tile order)."""
     _check_layout(layout)
     if q.device.type != "cuda":
         return False, "needs a Hopper (sm_90) GPU"
@@ -152,7 +155,7 @@ class Backend:
 
 
 TABLE: dict[str, Backend] = {b.name: b for b in (
-    Backend("gluon", can_run_gluon, "warp-specialized Gluon kernel (Hopper, bf16/fp16, head dim 128)",
+    Backend("gluon", can_run_gluon, "warp-specialized Gluon kernel (Hopper, bf16/fp16, head dim 64 or 128)",
             natural="gluon_fwd:sta_gluon_natural", tiled="gluon_fwd:sta_gluon_tiled", in_place=_gluon_in_place,
             auto_on=frozenset({"cuda"}), auto_rank=0),
     Backend("triton", can_run_triton, "Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)",
@@ -250,6 +253,7 @@ def require_backend(backend: str, q: torch.Tensor, geometry: Geometry, layout: s
 
 
 __all__ = [
-    "BACKENDS", "LAYOUTS", "TABLE", "Backend", "can_run", "can_run_flex", "can_run_gather", "can_run_gluon", "can_run_reference",
+    "BACKENDS", "GLUON_HEAD_DIMS", "LAYOUTS", "TABLE", "Backend", "can_run", "can_run_flex", "can_run_gather",
+    "can_run_gluon", "can_run_reference",
     "can_run_triton", "choose_backend", "compatible_backends", "require_backend", "resolve", "runs_in_place",
 ]

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..kernels.backends import TRITON_HEAD_DIMS
+from ..kernels.backends import GLUON_HEAD_DIMS, TRITON_HEAD_DIMS
 from .base import ModelAdapter, adapter_for_class, supported_transformer_classes
 
-GLUON_HEAD_DIMS = (128,)  # sta/gluon_fwd.py `_inputs_ok`: head dim 128, bf16/fp16, sm_90
 GLUON_DTYPES = ("bfloat16", "float16")
 
 
@@ -22,7 +21,8 @@ def hopper_kernel(head_dim: int, dtype: str = "bfloat16") -> tuple[str, str]:
     if head_dim in GLUON_HEAD_DIMS and dtype in GLUON_DTYPES:
         return "gluon", f"head dim {head_dim}, {dtype}"
     if head_dim in TRITON_HEAD_DIMS:
-        why = f"head dim {head_dim}" + ("" if head_dim in GLUON_HEAD_DIMS else f" (Gluon needs {GLUON_HEAD_DIMS[0]})")
+        gluon_dims = " or ".join(map(str, GLUON_HEAD_DIMS))
+        why = f"head dim {head_dim}" + ("" if head_dim in GLUON_HEAD_DIMS else f" (Gluon needs {gluon_dims})")
         return "triton", why if dtype in GLUON_DTYPES else f"{dtype} (Gluon needs bf16/fp16)"
     return "flex", f"head dim {head_dim} is not one of {TRITON_HEAD_DIMS}"
 

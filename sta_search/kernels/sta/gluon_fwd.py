@@ -12,7 +12,7 @@ warpgroup-synchronous loop whose tensor core idles during every softmax (bench/N
 - within a warpgroup, the QK^T wgmma of block ``j`` is issued before the PV wgmma of block ``j - 1``,
   and the softmax of ``j`` starts while that PV is in flight (FA3's intra-warpgroup overlap).
 
-Runs bf16/fp16 with head dim 128 and tiles whose volume is a multiple of 128 on sm_90 only;
+Runs bf16/fp16 with head dim 64 or 128 and tiles whose volume is a multiple of 128 on sm_90 only;
 :func:`sta_search.kernels.backends.can_run_gluon` says why it refuses anything else.
 """
 
@@ -26,6 +26,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from ..backends import GLUON_HEAD_DIMS
 from ..geometry import Geometry
 from . import triton_fwd
 
@@ -36,6 +37,11 @@ _padding_ok = gluon.jit(triton_fwd._padding_ok.fn)
 LOG2E = 1.4426950408889634
 QUERY_ROWS = 64  # query rows per consumer warpgroup (one m64 wgmma row block); two warpgroups per program
 BLOCK_N = 128
+# K/V ring depth per head dim. One stage is a K and a V block of BLOCK_N rows: 64 KB at d=128 (3 stages + 32 KB of Q =
+# 224 KB of the 227 KB an sm_90 block may use), 32 KB at d=64 (up to 6 fit; 4 is a guess, bench/d64_check.py sweeps it).
+# Registers limit either to one program per SM, so deeper rings cost nothing but the shared memory.
+DEFAULT_STAGES = {128: 3, 64: 4}
+SMEM_LIMIT = 227 * 1024
 WG_ROWS = gl.constexpr(QUERY_ROWS)
 
 
@@ -316,8 +322,8 @@ def _inputs_ok(q: torch.Tensor, geometry: Geometry) -> tuple[bool, str]:
         return False, "needs a Hopper (sm_90) GPU"
     if q.dtype not in (torch.bfloat16, torch.float16):
         return False, f"dtype {q.dtype} (bf16 or fp16 only)"
-    if q.shape[-1] != 128:
-        return False, f"head dim {q.shape[-1]} (128 only)"
+    if q.shape[-1] not in GLUON_HEAD_DIMS:
+        return False, f"head dim {q.shape[-1]} ({' or '.join(map(str, GLUON_HEAD_DIMS))} only)"
     tv = geometry.tile_volume
     if tv % (2 * QUERY_ROWS) or tv % BLOCK_N:
         return False, f"tile volume {tv} is not a multiple of {max(2 * QUERY_ROWS, BLOCK_N)}"
@@ -361,6 +367,10 @@ def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, vid
     from .triton_fwd import _head_order
 
     B, heads, S, D = q.shape
+    stages = stages or DEFAULT_STAGES[D]
+    smem = (2 * QUERY_ROWS + 2 * stages * BLOCK_N) * D * q.element_size()
+    if smem > SMEM_LIMIT:
+        raise ValueError(f"{stages} K/V stages at head dim {D} need {smem} bytes of shared memory (> {SMEM_LIMIT})")
     windows = windows.to(device=q.device, dtype=torch.int32).contiguous()
     if natural:
         video = [_canvas_descriptor(x, geometry, video_start, blk)
@@ -416,8 +426,10 @@ def _prepare(q, k, v, out, geometry, natural):
 
 def sta_gluon_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Geometry, windows: torch.Tensor,
                     text_len: int, text_mask: torch.Tensor | None, scale: float | None, *,
-                    out: torch.Tensor | None = None, stages: int = 3) -> torch.Tensor:
-    """STA on tile-order inputs ``[padded video tiles | text]``; contract of :func:`.triton_fwd.sta_triton_tiled`."""
+                    out: torch.Tensor | None = None, stages: int | None = None) -> torch.Tensor:
+    """STA on tile-order inputs ``[padded video tiles | text]``; contract of :func:`.triton_fwd.sta_triton_tiled`.
+
+    ``stages``: K/V ring depth; default :data:`DEFAULT_STAGES` for the head dim."""
     B, heads, L, D = q.shape
     if L != geometry.padded_len + text_len:
         raise ValueError(f"tiled sequence length {L} != padded video {geometry.padded_len} + text_len {text_len}")
@@ -428,7 +440,7 @@ def sta_gluon_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
 
 def sta_gluon_natural(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Geometry, windows: torch.Tensor,
                       text_len: int, text_first: bool, text_mask: torch.Tensor | None, scale: float | None, *,
-                      out: torch.Tensor | None = None, stages: int = 3) -> torch.Tensor:
+                      out: torch.Tensor | None = None, stages: int | None = None) -> torch.Tensor:
     """STA in place on natural-order tokens ``(B, heads, T*H*W + text_len, D)`` (text before or after the video).
 
     Video tokens are read and written as 5-D TMA boxes of whole tile planes of the ``[T, H, W]`` canvas;
