@@ -427,7 +427,7 @@ def _f8_descriptor(x: torch.Tensor, block) -> TensorDescriptor:
 
 
 def _run(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, layout, text_first, stages,
-         quantized=None):
+         quantized=None, out=None):
     from .triton_fwd import _head_order
 
     ok, why = _inputs_ok(q, geometry)
@@ -438,12 +438,17 @@ def _run(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, la
                                                                        text_first=text_first)
     L8 = q8.shape[1]
     out_natural = layout == "natural" and gluon_fwd._natural_boxes_ok(geometry)[0]
+    given = out
+    if given is not None and (given.shape != q.shape or given.dtype != q.dtype or given.device != q.device
+                              or not given.is_contiguous()):
+        raise ValueError(f"out must be a contiguous {q.dtype} tensor of q's shape {tuple(q.shape)} on {q.device}")
     if out_natural:
-        out = torch.empty(B, heads, S, D, device=q.device, dtype=q.dtype)
+        out = torch.empty(B, heads, S, D, device=q.device, dtype=q.dtype) if given is None else given
         video_start, text_start = (text_len, 0) if text_first else (0, geometry.video_len)
         o_desc = gluon_fwd._canvas_descriptor(out, geometry, video_start, QUERY_ROWS)
     else:
-        out = torch.empty(B, heads, geometry.padded_len + text_len, D, device=q.device, dtype=q.dtype)
+        out = (given if given is not None and layout == "tiled"
+               else torch.empty(B, heads, geometry.padded_len + text_len, D, device=q.device, dtype=q.dtype))
         text_start = geometry.padded_len
         o_desc = gluon_fwd._rows_descriptor(out, 0, geometry.padded_len, QUERY_ROWS)
     ot_desc = gluon_fwd._rows_descriptor(out, text_start, text_len if text_len else out.shape[2], QUERY_ROWS)
@@ -470,25 +475,27 @@ def _run(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, la
     if out_natural or layout == "tiled":
         return out
     video_out = from_tiles(geometry, out[:, :, : geometry.padded_len])
-    if not text_len:
-        return video_out
-    text_out = out[:, :, geometry.padded_len:]
-    return torch.cat([text_out, video_out] if text_first else [video_out, text_out], dim=2)
+    if text_len:
+        text_out = out[:, :, geometry.padded_len:]
+        video_out = torch.cat([text_out, video_out] if text_first else [video_out, text_out], dim=2)
+    return video_out if given is None else given.copy_(video_out)
 
 
 def sta_gluon_fp8_natural(q, k, v, geometry: Geometry, windows, text_len, text_first, text_mask, scale, *,
-                          stages: int = 3):
-    """FP8 STA on natural-order tokens ``(B, heads, T*H*W + text_len, D)``; output in q's dtype and layout."""
+                          out=None, stages: int = 3):
+    """FP8 STA on natural-order tokens ``(B, heads, T*H*W + text_len, D)``; output in q's dtype and layout
+    (written into ``out`` when given: contiguous, q's shape and dtype)."""
     if q.shape[2] != geometry.video_len + text_len:
         raise ValueError(f"sequence length {q.shape[2]} != canvas volume {geometry.video_len} + text_len {text_len}")
     return _run(q, k, v, geometry, windows, text_len, text_mask, scale, layout="natural", text_first=text_first,
-                stages=stages)
+                stages=stages, out=out)
 
 
-def sta_gluon_fp8_tiled(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, stages: int = 3):
+def sta_gluon_fp8_tiled(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, out=None,
+                        stages: int = 3):
     """FP8 STA on tile-order tokens ``[padded video tiles | text]``; padded rows of the output are unspecified."""
     if q.shape[2] != geometry.padded_len + text_len:
         raise ValueError(f"tiled sequence length {q.shape[2]} != padded video {geometry.padded_len} + text_len "
                          f"{text_len}")
     return _run(q, k, v, geometry, windows, text_len, text_mask, scale, layout="tiled", text_first=False,
-                stages=stages)
+                stages=stages, out=out)
