@@ -74,7 +74,7 @@ def can_run_gluon_fp8(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdi
         return False, why
     from .sta import gluon_fp8
 
-    return gluon_fp8._inputs_ok(q, geometry)
+    return gluon_fp8._fp8_inputs_ok(q, geometry)
 
 
 def can_run_triton(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
@@ -189,7 +189,7 @@ PRECISIONS = ("bf16", "fp8")
 #: Backends that run ``precision="fp8"``, same fields as :data:`TABLE` (only ``gluon`` for now).
 FP8_TABLE: dict[str, Backend] = {b.name: b for b in (
     Backend("gluon", can_run_gluon_fp8, "FP8 (e4m3) Gluon kernel after a quantization pre-pass (Hopper, head dim 128)",
-            natural="gluon_fp8:sta_gluon_fp8_natural", tiled="gluon_fp8:sta_gluon_fp8_tiled"),
+            natural="gluon_fp8:sta_gluon_fp8_natural", tiled="gluon_fp8:sta_gluon_fp8_tiled", in_place=_gluon_in_place),
 )}
 
 
@@ -226,10 +226,10 @@ def choose_backend(q: torch.Tensor, geometry: Geometry, layout: str = "natural")
 
 
 def runs_in_place(backend: str, q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None,
-                  geometry: Geometry) -> Verdict:
+                  geometry: Geometry, precision: str = "bf16") -> Verdict:
     """Whether ``backend`` (resolved, not ``auto``) reads and writes natural-order ``q, k, v`` in place, without
     tile/untile copies. ``k``/``v`` default to ``q`` (their strides matter to the Triton kernel's TMA boxes)."""
-    entry = _entry(backend)
+    entry = _entry(backend) if precision == "bf16" else backend_for(backend, precision)
     k = q if k is None else k
     v = q if v is None else v
     if entry.in_place is None:

@@ -88,9 +88,8 @@ def sta_attention(q, k, v, *, canvas, tile=(6, 8, 8), windows, text_len: int = 0
     windows = normalize_windows(windows, q.shape[1])
     backend = backends.resolve(backend, q, geometry, "natural", precision)
     entry = backends.backend_for(backend, precision)
-    if precision == "fp8":  # the quantization pre-pass reads natural order itself
-        return entry.entry("natural")(q, k, v, geometry, windows, text_len, text_first, text_mask, scale)
-    if entry.natural is not None and (entry.tiled is None or backends.runs_in_place(backend, q, k, v, geometry)[0]):
+    if entry.natural is not None and (entry.tiled is None
+                                      or backends.runs_in_place(backend, q, k, v, geometry, precision)[0]):
         return entry.entry("natural")(q, k, v, geometry, windows, text_len, text_first, text_mask, scale)
     V = geometry.video_len
     if text_first:

@@ -21,8 +21,10 @@ Recipe (SageAttention / FA3-FP8), all scales float32:
   ``out = acc * sv / (256 * l)`` rounded to q's dtype (bf16 or fp16). The row sum ``l`` is of the fp32
   probabilities (SageAttention does the same).
 
-Output goes straight to natural order through the bf16 kernel's 5-D TMA boxes where those fit
-(``gluon_fwd._natural_boxes_ok``), else to a tile-order buffer that is untiled afterwards.
+The natural-order entry reads natural order (the pre-pass gathers tiles) and writes the output straight to
+natural order through the bf16 kernel's 5-D TMA boxes of whole tile planes; where those do not fit,
+``sta_attention`` runs the tile-order entry behind tile/untile copies, as for the bf16 kernel
+(``kernels.backends.runs_in_place``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from ..geometry import Geometry, from_tiles
+from ..geometry import Geometry
 from . import gluon_fwd
 from .gluon_fwd import (BLOCK_N, LOG2E, QUERY_ROWS, WG_ROWS, _clamped_window, _copy_video_rows, _mask_padding,
                         _softmax, _video_row)
@@ -411,11 +413,9 @@ sta_fwd_gluon_fp8_kernel = _sta_fwd_gluon_fp8_kernel  # the JIT function, for to
 
 
 # ----------------------------------------------------------------------------------------------- host side
-def _inputs_ok(q: torch.Tensor, geometry: Geometry) -> tuple[bool, str]:
-    """Whether the FP8 kernel runs these inputs; why not. Called by ``kernels.backends`` only."""
-    ok, why = gluon_fwd._inputs_ok(q, geometry)
-    if not ok:
-        return ok, why
+def _fp8_inputs_ok(q: torch.Tensor, geometry: Geometry) -> tuple[bool, str]:
+    """What the FP8 kernel needs beyond the bf16 Gluon kernel's checks; why not. Called by ``kernels.backends``
+    only (``can_run_gluon_fp8``)."""
     if not hasattr(torch, "float8_e4m3fn"):
         return False, f"torch {torch.__version__} has no float8_e4m3fn"
     return True, "ok"
@@ -430,28 +430,26 @@ def _run(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, la
          quantized=None, out=None):
     from .triton_fwd import _head_order
 
-    ok, why = _inputs_ok(q, geometry)
+    gluon_fwd.require_runnable(q, geometry, natural=layout == "natural", kernel="gluon fp8")
+    ok, why = _fp8_inputs_ok(q, geometry)
     if not ok:
         raise ValueError(f"the gluon fp8 STA kernel cannot run: {why}")
     B, heads, S, D = q.shape
     q8, k8, v8t, q_scale, k_scale, v_scale = quantized or quantize_fp8(q, k, v, geometry, text_len, layout=layout,
                                                                        text_first=text_first)
     L8 = q8.shape[1]
-    out_natural = layout == "natural" and gluon_fwd._natural_boxes_ok(geometry)[0]
-    given = out
-    if given is not None and (given.shape != q.shape or given.dtype != q.dtype or given.device != q.device
-                              or not given.is_contiguous()):
+    if out is None:
+        out = torch.empty(B, heads, S, D, device=q.device, dtype=q.dtype)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {q.dtype} tensor of q's shape {tuple(q.shape)} on {q.device}")
-    if out_natural:
-        out = torch.empty(B, heads, S, D, device=q.device, dtype=q.dtype) if given is None else given
+    out_natural = layout == "natural"
+    if out_natural:  # video rows through the bf16 kernel's 5-D boxes of whole tile planes
         video_start, text_start = (text_len, 0) if text_first else (0, geometry.video_len)
         o_desc = gluon_fwd._canvas_descriptor(out, geometry, video_start, QUERY_ROWS)
     else:
-        out = (given if given is not None and layout == "tiled"
-               else torch.empty(B, heads, geometry.padded_len + text_len, D, device=q.device, dtype=q.dtype))
         text_start = geometry.padded_len
         o_desc = gluon_fwd._rows_descriptor(out, 0, geometry.padded_len, QUERY_ROWS)
-    ot_desc = gluon_fwd._rows_descriptor(out, text_start, text_len if text_len else out.shape[2], QUERY_ROWS)
+    ot_desc = gluon_fwd._rows_descriptor(out, text_start, text_len if text_len else S, QUERY_ROWS)
     windows = windows.to(device=q.device, dtype=torch.int32).contiguous()
     if text_len and text_mask is not None:
         mask_arg = text_mask.to(device=q.device, dtype=torch.int8).contiguous()
@@ -472,13 +470,7 @@ def _run(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, la
         HAS_TEXT_MASK=bool(text_len) and text_mask is not None, OUT_NATURAL=out_natural, PRODUCER_REGS=24,
         CONSUMER_REGS=240, num_warps=4,
     )
-    if out_natural or layout == "tiled":
-        return out
-    video_out = from_tiles(geometry, out[:, :, : geometry.padded_len])
-    if text_len:
-        text_out = out[:, :, geometry.padded_len:]
-        video_out = torch.cat([text_out, video_out] if text_first else [video_out, text_out], dim=2)
-    return video_out if given is None else given.copy_(video_out)
+    return out
 
 
 def sta_gluon_fp8_natural(q, k, v, geometry: Geometry, windows, text_len, text_first, text_mask, scale, *,
