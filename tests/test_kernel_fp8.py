@@ -240,3 +240,41 @@ def test_fp8_refuses_what_it_cannot_run_on_hopper(what):
                     dtype=torch.float32 if what == "fp32" else torch.bfloat16)
     ok, why = can_run_gluon_fp8(q, geometry, "natural")
     assert not ok and {"fp32": "dtype", "head-dim-64": "head dim", "tile-volume-96": "tile volume"}[what] in why
+
+
+# ---------------------------------------------------------------------------------------------- CLI (CPU)
+def test_cli_precisions_match_the_backends():
+    from sta_search import options
+    from sta_search.kernels import backends
+
+    assert options.PRECISIONS == backends.PRECISIONS
+
+
+@pytest.mark.parametrize("precision, message", [("fp8", "--precision fp8 cannot run"),
+                                                ("int4", "--precision 'int4' is not one of bf16, fp8")])
+def test_generate_precision_refusal_exits_2(tmp_path, capsys, monkeypatch, precision, message):
+    """`generate --precision fp8` off Hopper: one line saying why (from kernels.backends), exit 2, nothing run."""
+    import sys
+
+    from sta_search import cli
+    from sta_search.maskconfig import MaskConfig
+    from sta_search.models import load_model
+
+    from tiny_pipes import save_tiny
+
+    folder = save_tiny("wan", tmp_path / "wan")
+    loaded = load_model(str(folder), device="cpu", dtype=torch.float32)
+    info = loaded.adapter.info(loaded.transformer)
+    mask = tmp_path / "mask.yaml"
+    MaskConfig.uniform(info, (3, 8, 8), (1, 4, 4), 0, 2, (1, 1, 1)).save(mask)
+    monkeypatch.setattr(sys, "argv", ["sta-search", "generate", str(folder), "--mask", str(mask), "--prompt", "x",
+                                      "--height", "128", "--width", "128", "--frames", "9", "--device", "cpu",
+                                      "--precision", precision, "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run()
+    err = " ".join(capsys.readouterr().err.split())
+    assert exit_info.value.code == 2, err
+    assert message in err and "Traceback" not in err
+    if precision == "fp8":
+        assert "Hopper" in err or "Gluon" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

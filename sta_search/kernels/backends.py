@@ -280,7 +280,7 @@ def resolve(backend: str, q: torch.Tensor, geometry: Geometry, layout: str, prec
 
 
 def require_backend(backend: str, q: torch.Tensor, geometry: Geometry, layout: str = "natural", *,
-                    option: str = "--backend", what: str = "these inputs") -> None:
+                    option: str = "--backend", what: str = "these inputs", precision: str = "bf16") -> None:
     """The user's exit-2 error for a ``--backend`` value that cannot run: raises
     :class:`~sta_search.errors.UserError` naming the backend, the reason and what to use instead.
 
@@ -290,6 +290,12 @@ def require_backend(backend: str, q: torch.Tensor, geometry: Geometry, layout: s
 
     if backend not in BACKENDS:
         raise UserError(f"{option} {backend!r} is not one of {', '.join(BACKENDS)}")
+    if precision != "bf16":
+        try:
+            resolve(backend, q, geometry, layout, precision)
+        except ValueError as exc:
+            raise UserError(f"--precision {precision} cannot run {what} here: {exc}") from None
+        return
     if backend == "auto":
         return
     ok, why = can_run(backend, q, geometry, layout)
