@@ -1,18 +1,18 @@
 """One-shot GPU check of the opt-in FP8 Gluon STA kernel (issue #18): correctness, speed, what it compiled to.
 
-    python3 bench/fp8_check.py --out DIR            # on the H200: < 90 s
+    python3 bench/fp8_check.py --out DIR            # on the H200: about 70 s, mostly JIT compiles
     python3 bench/fp8_check.py --out DIR --smoke    # anywhere: offline sm_90 compile report + the CPU checks only
 
 Writes ``DIR/fp8-check-<utc>.json`` after every step (a run cut short keeps what it finished) and prints
 progress. Every case is caught and recorded; a watchdog thread writes the JSON and exits the process
-(code 3) when ``--deadline`` seconds pass, so a hung kernel never hangs the job.
+(code 3) when ``--deadline`` seconds (default 120) pass, so a hung kernel never hangs the job.
 
 1. correctness (3 shapes, bf16, d=128): relative RMS of ``sta_attention(..., precision="fp8")`` against the
    float64 reference, against the recipe computed exactly from the same fp8 values (tests/test_kernel_fp8.py
-   explains the 0.08 bound), and the tile-order path into a NaN-poisoned output;
+   explains the 0.08 bound), and (first case) the tile-order path into a NaN-poisoned output;
 2. timing at hunyuan-720p (30x48x80, 24 heads), (3,3,3), in one process on the same inputs: bf16 Gluon
-   (natural order, in place), fp8 Gluon whole call (pre-pass included), fp8 pre-pass alone, fp8 kernel alone,
-   cuDNN dense SDPA; and fp8 vs bf16 rel RMS;
+   (natural order, in place), fp8 Gluon whole call (pre-pass included), fp8 pre-pass alone, fp8 kernel alone
+   (3 and 4 stages), cuDNN dense SDPA; and fp8 vs bf16 rel RMS;
 3. the compiled kernels: registers, spills, shared memory (``metadata.shared``), and in SASS the QGMMA
    (fp8 wgmma) and HGMMA counts (Triton's own cuobjdump / nvdisasm).
 """
@@ -172,7 +172,7 @@ CORRECTNESS = [
 ]
 
 
-def correctness_case(case, device) -> dict:
+def correctness_case(case, device, tiled: bool = True) -> dict:
     import torch
 
     from sta_search.kernels import Geometry, from_tiles, to_tiles
@@ -194,7 +194,11 @@ def correctness_case(case, device) -> dict:
         torch.cuda.synchronize()
         row["finite"] = bool(torch.isfinite(out).all())
         row["rel_rms"] = rel_rms(out, ref) if row["finite"] else None
-        row["bf16_gluon_rel_rms"] = rel_rms(sta_attention(q, k, v, **kw, backend="gluon"), ref)
+        row["pass"] = bool(row["finite"] and row["rel_rms"] < FP8_TOLERANCE
+                           and row["rel_rms"] < 1.3 * row["recipe_rel_rms"])
+        if not tiled:  # (each path compiles its own kernels: the tile-order check runs on the first case only)
+            log("  ", {k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()})
+            return row
         V = geometry.video_len
         video, text = (slice(text_len, None), slice(0, text_len)) if text_first else (slice(0, V), slice(V, None))
         tiled_in = [torch.cat([to_tiles(geometry, x[:, :, video]), x[:, :, text]], 2) for x in (q, k, v)]
@@ -205,8 +209,7 @@ def correctness_case(case, device) -> dict:
         tiled = torch.cat([to, vo] if text_first else [vo, to], 2)
         row["tiled_poisoned_finite"] = bool(torch.isfinite(tiled).all())
         row["tiled_vs_natural_rel_rms"] = rel_rms(tiled, out) if row["tiled_poisoned_finite"] else None
-        row["pass"] = bool(row["finite"] and row["rel_rms"] < FP8_TOLERANCE and row["rel_rms"] < 1.3 * row["recipe_rel_rms"]
-                           and row["tiled_poisoned_finite"] and row["tiled_vs_natural_rel_rms"] < 1e-2)
+        row["pass"] = bool(row["pass"] and row["tiled_poisoned_finite"] and row["tiled_vs_natural_rel_rms"] < 1e-2)
     log("  ", {k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()})
     return row
 
@@ -259,7 +262,7 @@ def timing(iters: int) -> dict:
                                   text_first=False, stages=3, quantized=quantized[i])
         rows["ms"]["fp8-kernel-only"] = median_ms(kernel_only, [[0], [1]], 2, iters)[0]
         log(f"   {'fp8-kernel-only':<22} {rows['ms']['fp8-kernel-only']:9.3f} ms")
-        for stages in (2, 4):
+        for stages in (4,):
             def kernel_stages(i, stages=stages):
                 return gluon_fp8._run(sets[i][0], None, None, geometry, windows, 0, None, None, layout="natural",
                                       text_first=False, stages=stages, quantized=quantized[i])
@@ -299,7 +302,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="no GPU: offline sm_90 compile + CPU-side checks only")
     parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--deadline", type=float, default=170.0, help="seconds before the watchdog writes and exits")
+    parser.add_argument("--deadline", type=float, default=120.0, help="seconds before the watchdog writes and exits")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     OUT = args.out / f"fp8-check-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
@@ -326,9 +329,13 @@ def main(argv=None) -> int:
         for case in CORRECTNESS[:1]:
             step(f"recipe_cpu_{case[0]}")(lambda c=case: correctness_case(c, "cpu"))()
     else:
-        for case in CORRECTNESS:
-            step(f"correctness_{case[0]}")(lambda c=case: correctness_case(c, "cuda"))()
+        # Most of the time is JIT compilation (one Gluon kernel per geometry and path, ~5 s each): the first
+        # case (both paths), then the timing, then the other cases.
+        first, *rest = CORRECTNESS
+        step(f"correctness_{first[0]}")(lambda: correctness_case(first, "cuda"))()
         step("timing_hunyuan_720p_333")(lambda: timing(args.iters))()
+        for case in rest:
+            step(f"correctness_{case[0]}")(lambda c=case: correctness_case(c, "cuda", tiled=False))()
         step("compiled_kernels")(jit_kernels_report)()
         for row in REPORT["steps"]["compiled_kernels"].get("result") or []:
             log("  ", row)
