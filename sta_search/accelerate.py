@@ -143,6 +143,7 @@ class MaskAttention:
 
     config: object
     backend: str = "auto"
+    precision: str = "bf16"  # "fp8": the opt-in FP8 Gluon kernel (kernels.backends.PRECISIONS)
     max_chunk_bytes: int | None = 64 * 2**20
     calls: Counter = field(default_factory=Counter)
     check_experts: bool = True  # two-expert configs: refuse a call of the expert the config says rests
@@ -242,7 +243,8 @@ class MaskAttention:
         kernel, copies = self._decide(q, k, v)
         self.calls[f"kernel:{kernel}"] += 1  # which STA kernel ran, for reports
         kwargs = dict(canvas=self.geometry.canvas, tile=self.geometry.tile, text_len=call.text_len,
-                      text_first=call.text_first, text_mask=call.text_mask, backend=kernel)
+                      text_first=call.text_first, text_mask=call.text_mask, backend=kernel,
+                      precision=self.precision)
         heads = q.shape[1]
         per_head_bytes = q[:, :1].numel() * q.element_size()
         chunk = max(1, self.max_chunk_bytes // per_head_bytes) if self.max_chunk_bytes else heads
@@ -270,14 +272,14 @@ class MaskAttention:
         """The STA backend that runs ``q`` (``auto`` resolved by ``kernels.backends``, logged at INFO)."""
         from .kernels import backends
 
-        return backends.resolve(self.backend, q, self.geometry, "natural")
+        return backends.resolve(self.backend, q, self.geometry, "natural", self.precision)
 
     def _copies_needed(self, backend: str, q, k, v) -> bool:
         """Whether ``backend`` (resolved) copies q, k, v into tile order (False: it reads the natural layout in
         place, so chunking heads would only add launches)."""
         from .kernels import backends
 
-        return not backends.runs_in_place(backend, q, k, v, self.geometry)[0]
+        return not backends.runs_in_place(backend, q, k, v, self.geometry, self.precision)[0]
 
 
 def fast_dense_attention(call) -> torch.Tensor:

@@ -115,7 +115,8 @@ def _text_mask(shape: BenchShape, device: torch.device) -> torch.Tensor | None:
 
 
 # Rows of our kernels: tile-order tokens, natural order through tile/untile copies, natural order in place.
-STA_ROWS = ("triton", "triton+permutes", "triton-natural", "gluon", "gluon+permutes", "gluon-natural")
+STA_ROWS = ("triton", "triton+permutes", "triton-natural", "gluon", "gluon+permutes", "gluon-natural",
+            "gluon-fp8-natural", "gluon-fp8-kernel")
 
 
 def median_ms(fn, input_sets, warmup: int, iters: int) -> tuple[float, list[float]]:
@@ -158,7 +159,8 @@ class BenchResult:
 
 
 def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmup: int = 3, rotate: int = 3,
-              baselines: bool = True, flex: bool = True, gluon: bool = True, config=None, log=print) -> BenchResult:
+              baselines: bool = True, flex: bool = True, gluon: bool = True, fp8: bool = True, config=None,
+              log=print) -> BenchResult:
     """Time every implementation on ``shape``; see the module docstring."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -263,6 +265,9 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
         log(f"  gluon natural == tiled path: {result.extra['gluon_natural_equals_tiled']}; gluon vs triton rel RMS "
             f"{result.extra['gluon_vs_triton_rel_rms']:.1e}")
         del natural_out, triton_out
+        if fp8:
+            _time_fp8(result, geometry, windows, T, text_mask, natural_sets, gluon_natural, record, warmup, iters,
+                      attended_flop, log)
 
     if flex:
         from .kernels.sta import flex as flex_module
@@ -323,6 +328,51 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
                 if row in result.ms:
                     result.speedup[f"{row} vs {base}"] = result.ms[base] / result.ms[row]
     return result
+
+
+def _time_fp8(result, geometry, windows, T, text_mask, natural_sets, gluon_natural, record, warmup, iters,
+              attended_flop, log):
+    """Rows of the opt-in FP8 Gluon kernel (``precision="fp8"``): whole call (pre-pass included), the pre-pass
+    alone, the kernel alone on pre-quantized inputs; its rel RMS against the bf16 Gluon kernel. Failures are
+    recorded, never raised (the other rows still count)."""
+    from .kernels.backends import can_run_gluon_fp8
+
+    ok, why = can_run_gluon_fp8(natural_sets[0][0], geometry, "natural")
+    result.extra["gluon_fp8"] = why
+    if not ok:
+        return
+    try:
+        from .kernels.sta import gluon_fp8
+
+        def fp8_natural(q, k, v):
+            return gluon_fp8.sta_gluon_fp8_natural(q, k, v, geometry, windows, T, False, text_mask, None)
+
+        def prepass(q, k, v):
+            return gluon_fp8.quantize_fp8(q, k, v, geometry, T, layout="natural")
+
+        quantized = [prepass(*s) for s in natural_sets]
+
+        def kernel_only(i):
+            q = natural_sets[i][0]
+            return gluon_fp8._run(q, None, None, geometry, windows, T, text_mask, None, layout="natural",
+                                  text_first=False, stages=3, quantized=quantized[i])
+
+        t0 = time.perf_counter()
+        fp8_natural(*natural_sets[0])
+        torch.cuda.synchronize()
+        result.extra["gluon_fp8_first_call_s"] = time.perf_counter() - t0
+        record("gluon-fp8-natural", median_ms(fp8_natural, natural_sets, warmup, iters)[0], attended_flop)
+        record("gluon-fp8-kernel", median_ms(kernel_only, [[i] for i in range(len(natural_sets))], warmup, iters)[0],
+               attended_flop)
+        result.extra["fp8_prepass_ms"] = median_ms(prepass, natural_sets, warmup, iters)[0]
+        log(f"  fp8 pre-pass           {result.extra['fp8_prepass_ms']:9.3f} ms")
+        result.extra["gluon_fp8_vs_gluon_rel_rms"] = _rel_rms(fp8_natural(*natural_sets[0]),
+                                                              gluon_natural(*natural_sets[0]))
+        log(f"  gluon fp8 vs bf16 gluon rel RMS {result.extra['gluon_fp8_vs_gluon_rel_rms']:.2e}")
+        del quantized
+    except Exception as exc:  # noqa: BLE001 - keep the other rows
+        result.extra["gluon_fp8_error"] = f"{type(exc).__name__}: {exc}"[:500]
+        log(f"  gluon fp8 failed: {result.extra['gluon_fp8_error']}")
 
 
 def sweep_configs(shape: BenchShape, configs, *, iters: int = 15, warmup: int = 2, rotate: int = 3, log=print,

@@ -49,6 +49,7 @@ class GenerateSettings:
     compare_dense: bool = False
     compile: bool = False
     backend: str = "auto"
+    precision: str = "bf16"           # "fp8": the opt-in FP8 Gluon kernel for the STA calls
     fps: int | None = None
     warmup_steps: int = 0             # short untimed runs of each side before the timed ones
     ulysses: int = 1                  # sequence-parallel degree (torchrun with this many processes)
@@ -276,7 +277,8 @@ def generate(settings: GenerateSettings, console=None) -> dict:
                               declared="the model's sta_search.json declares its default size and tile; pass "
                               "--height, --width and --frames to run at another size" if declared else "")
         check_experts(config, loaded, steps)  # of the entry for this canvas
-        _check_backend(settings.backend, info, device, dtype, Geometry(canvas, tuple(config.tile)))
+        _check_backend(settings.backend, info, device, dtype, Geometry(canvas, tuple(config.tile)),
+                       settings.precision)
         if context is not None:
             enable_ulysses(loaded, settings.ulysses, canvas=canvas)  # UserError on every rank for a bad degree
         from .caches import enable_cache
@@ -284,7 +286,7 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         cache = enable_cache(loaded, settings.cache)  # before compile; UserError naming the cache if it can't run
 
     out = prepare_output_folder(settings.out)
-    attention = MaskAttention(config, backend=settings.backend)
+    attention = MaskAttention(config, backend=settings.backend, precision=settings.precision)
     if settings.compile:
         for transformer in (loaded.transformer, loaded.transformer_2):
             if transformer is not None:
@@ -305,6 +307,7 @@ def generate(settings: GenerateSettings, console=None) -> dict:
                  "summary": json_safe(dict(getattr(config, "summary", {}) or {}))},
         "settings": {"seed": settings.seed, "steps": steps, "height": height, "width": width, "frames": frames,
                      "canvas": list(canvas), "dtype": str(dtype).replace("torch.", ""), "backend": settings.backend,
+                     "precision": settings.precision,
                      "compile": settings.compile, "compare_dense": settings.compare_dense, "fps": fps,
                      "warmup_steps": settings.warmup_steps, "ulysses": settings.ulysses,
                      "threads": torch.get_num_threads(),
@@ -374,13 +377,14 @@ def generate(settings: GenerateSettings, console=None) -> dict:
     return report
 
 
-def _check_backend(backend: str, info, device: torch.device, dtype: torch.dtype, geometry) -> None:
+def _check_backend(backend: str, info, device: torch.device, dtype: torch.dtype, geometry,
+                   precision: str = "bf16") -> None:
     """UserError before the first step for a backend that cannot run this model on this device
     (``kernels.backends`` decides, on an empty q of the model's head dim, dtype and device)."""
     from .kernels.backends import require_backend
 
     q = torch.empty(1, 1, 0, info.head_dim, device=device, dtype=dtype)
-    require_backend(backend, q, geometry, "natural", what=info.transformer_class)
+    require_backend(backend, q, geometry, "natural", what=info.transformer_class, precision=precision)
 
 
 def _write(is_main: bool, path: Path, frames, fps: int) -> str:

@@ -40,6 +40,8 @@ DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", 
 #: ``sta_search.kernels.backends.BACKENDS`` spelled out here so the CLI can check a name before torch loads
 #: (tests/test_backends.py keeps the two equal; the backend choice itself lives in kernels/backends.py).
 BACKENDS = ("auto", "gluon", "triton", "flex", "gather", "reference")
+#: ``sta_search.kernels.backends.PRECISIONS`` spelled out for the same reason (tests/test_kernel_fp8.py keeps them equal).
+PRECISIONS = ("bf16", "fp8")
 #: Prompt sets shipped in ``sta_search/prompts/<name>.txt``.
 BUNDLED_PROMPT_SETS = ("default", "quick")
 
@@ -377,6 +379,12 @@ def _backend(ctx: typer.Context, param: typer.CallbackParam, value):
     return check_backend_name(value)
 
 
+def _precision(ctx: typer.Context, param: typer.CallbackParam, value):
+    if value not in PRECISIONS:
+        raise UserError(f"--precision {value!r} is not one of {', '.join(PRECISIONS)}")
+    return value
+
+
 def positive_option(default: int | None, *names: str, help: str, maximum: int | None = None):
     """An integer option that must be >= 1 (0 and negatives exit 2 naming the value) and <= `maximum`."""
     return typer.Option(default, *names, help=help, callback=_bounded(positive_int, maximum))
@@ -449,6 +457,12 @@ def dtype_option(help: str = "float32, bfloat16 or float16 (default: bfloat16 on
 def backend_option(help: str = "STA kernel backend: auto (gluon on Hopper, else triton on CUDA; gather on CPU), "
                                "gluon, triton, flex, gather, reference."):
     return typer.Option("auto", "--backend", help=help, callback=_backend)
+
+
+def precision_option(help: str = "STA compute precision: bf16 (the model's dtype), or fp8 (opt-in: q, k, v in e4m3 "
+                                 "with float32 block scales, FP8 tensor cores; Hopper, gluon backend only; dense "
+                                 "steps and full-window layers stay in the model's dtype)."):
+    return typer.Option("bf16", "--precision", help=help, callback=_precision)
 
 
 def profile_steps_option(default: str = "all",

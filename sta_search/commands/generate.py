@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
         compile: bool = options.flag(False, "--compile", help="torch.compile the transformer blocks (both sides "
                                      "of a comparison)."),
         backend: str = options.backend_option(),
+        precision: str = options.precision_option(),
         fps: Optional[int] = options.positive_option(None, "--fps", help="Frames per second of the mp4 files "
                                                      "(default: per model family).", maximum=1000),
         warmup_steps: int = options.non_negative_option(0, "--warmup-steps", help="Untimed short run(s) of this "
@@ -54,6 +55,7 @@ def register(app: typer.Typer) -> None:
         settings = GenerateSettings(model=model, mask=mask, prompts=prompt_list, out=out,
                                     seed=seed, steps=steps, height=height, width=width, frames=frames, dtype=dtype,
                                     device=device, compare_dense=compare_dense, compile=compile, backend=backend,
+                                    precision=precision,
                                     fps=fps, warmup_steps=warmup_steps, ulysses=ulysses, image=image, cache=cache)
         with distributed.session(), removed_if_left_empty(out):
             report = generate(settings)

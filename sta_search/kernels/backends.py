@@ -68,6 +68,18 @@ def can_run_gluon(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
     return gluon_fwd._inputs_ok(q, geometry)
 
 
+def can_run_gluon_fp8(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
+    """The FP8 (e4m3) Gluon kernel (``precision="fp8"``): what :func:`can_run_gluon` needs (Hopper, bf16/fp16 inputs,
+    head dim 128, tile volume a multiple of 128) and a torch with ``float8_e4m3fn``. Either layout (a
+    quantization pre-pass reads either and writes fp8 copies in tile order)."""
+    ok, why = can_run_gluon(q, geometry, layout)
+    if not ok:
+        return False, why
+    from .sta import gluon_fp8
+
+    return gluon_fp8._fp8_inputs_ok(q, geometry)
+
+
 def can_run_triton(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
     """The Triton kernel: head dim 32, 64 or 128; CUDA, or CPU under ``TRITON_INTERPRET=1``. Either layout."""
     _check_layout(layout)
@@ -172,6 +184,17 @@ TABLE: dict[str, Backend] = {b.name: b for b in (
 
 BACKENDS = ("auto", *TABLE)
 
+#: Compute precisions of ``sta_attention(..., precision=...)``. ``bf16`` computes in the inputs' dtype (every
+#: backend); ``fp8`` quantizes q, k, v to e4m3 with float32 block scales and runs both products in FP8 (opt-in,
+#: only the ``gluon`` backend, which ``auto`` resolves to; output in the inputs' dtype).
+PRECISIONS = ("bf16", "fp8")
+
+#: Backends that run ``precision="fp8"``, same fields as :data:`TABLE` (only ``gluon`` for now).
+FP8_TABLE: dict[str, Backend] = {b.name: b for b in (
+    Backend("gluon", can_run_gluon_fp8, "FP8 (e4m3) Gluon kernel after a quantization pre-pass (Hopper, head dim 128)",
+            natural="gluon_fp8:sta_gluon_fp8_natural", tiled="gluon_fp8:sta_gluon_fp8_tiled", in_place=_gluon_in_place),
+)}
+
 
 def _entry(backend: str) -> Backend:
     if backend not in TABLE:
@@ -206,10 +229,10 @@ def choose_backend(q: torch.Tensor, geometry: Geometry, layout: str = "natural")
 
 
 def runs_in_place(backend: str, q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None,
-                  geometry: Geometry) -> Verdict:
+                  geometry: Geometry, precision: str = "bf16") -> Verdict:
     """Whether ``backend`` (resolved, not ``auto``) reads and writes natural-order ``q, k, v`` in place, without
     tile/untile copies. ``k``/``v`` default to ``q`` (their strides matter to the Triton kernel's TMA boxes)."""
-    entry = _entry(backend)
+    entry = _entry(backend) if precision == "bf16" else backend_for(backend, precision)
     k = q if k is None else k
     v = q if v is None else v
     if entry.in_place is None:
@@ -220,8 +243,35 @@ def runs_in_place(backend: str, q: torch.Tensor, k: torch.Tensor | None, v: torc
     return entry.in_place(q, k, v, geometry)
 
 
-def resolve(backend: str, q: torch.Tensor, geometry: Geometry, layout: str) -> str:
-    """``backend`` checked (ValueError naming why it cannot run) or ``auto`` chosen (logged at INFO)."""
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def backend_for(backend: str, precision: str = "bf16") -> Backend:
+    """The :class:`Backend` entry that runs a resolved ``backend`` at ``precision``."""
+    return (FP8_TABLE if check_precision(precision) == "fp8" else TABLE)[backend]
+
+
+def resolve(backend: str, q: torch.Tensor, geometry: Geometry, layout: str, precision: str = "bf16") -> str:
+    """``backend`` checked (ValueError naming why it cannot run) or ``auto`` chosen (logged at INFO).
+
+    ``precision="fp8"``: ``auto`` and ``gluon`` resolve to the FP8 Gluon kernel where :func:`can_run_gluon_fp8`
+    passes, else ValueError saying why (never a silent fall back to bf16); other backends have no FP8 path.
+    """
+    if check_precision(precision) == "fp8":
+        if backend not in ("auto", *FP8_TABLE):
+            _entry(backend)
+            raise ValueError(f"backend {backend!r} has no precision='fp8' path (only {', '.join(FP8_TABLE)}; "
+                             "or auto)")
+        name = "gluon" if backend == "auto" else backend
+        ok, why = FP8_TABLE[name].can_run(q, geometry, layout)
+        if not ok:
+            raise ValueError(f"precision 'fp8' cannot run: {why} (backend {name}; use precision='bf16')")
+        if backend == "auto":
+            logger.info("sta_attention: backend=%s precision=fp8 (%s)", name, why)
+        return name
     if backend == "auto":
         backend, why = choose_backend(q, geometry, layout)
         logger.info("sta_attention: backend=%s (%s)", backend, why)
@@ -233,7 +283,7 @@ def resolve(backend: str, q: torch.Tensor, geometry: Geometry, layout: str) -> s
 
 
 def require_backend(backend: str, q: torch.Tensor, geometry: Geometry, layout: str = "natural", *,
-                    option: str = "--backend", what: str = "these inputs") -> None:
+                    option: str = "--backend", what: str = "these inputs", precision: str = "bf16") -> None:
     """The user's exit-2 error for a ``--backend`` value that cannot run: raises
     :class:`~sta_search.errors.UserError` naming the backend, the reason and what to use instead.
 
@@ -243,6 +293,12 @@ def require_backend(backend: str, q: torch.Tensor, geometry: Geometry, layout: s
 
     if backend not in BACKENDS:
         raise UserError(f"{option} {backend!r} is not one of {', '.join(BACKENDS)}")
+    if precision != "bf16":
+        try:
+            resolve(backend, q, geometry, layout, precision)
+        except ValueError as exc:
+            raise UserError(f"--precision {precision} cannot run {what} here: {exc}") from None
+        return
     if backend == "auto":
         return
     ok, why = can_run(backend, q, geometry, layout)
@@ -253,7 +309,8 @@ def require_backend(backend: str, q: torch.Tensor, geometry: Geometry, layout: s
 
 
 __all__ = [
-    "BACKENDS", "GLUON_HEAD_DIMS", "LAYOUTS", "TABLE", "Backend", "can_run", "can_run_flex", "can_run_gather",
-    "can_run_gluon", "can_run_reference",
-    "can_run_triton", "choose_backend", "compatible_backends", "require_backend", "resolve", "runs_in_place",
+    "BACKENDS", "FP8_TABLE", "GLUON_HEAD_DIMS", "LAYOUTS", "PRECISIONS", "TABLE", "Backend", "backend_for",
+    "can_run", "can_run_flex", "can_run_gather", "can_run_gluon", "can_run_gluon_fp8", "can_run_reference",
+    "can_run_triton", "check_precision", "choose_backend", "compatible_backends", "require_backend", "resolve",
+    "runs_in_place",
 ]

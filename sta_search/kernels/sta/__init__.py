@@ -10,7 +10,7 @@ import importlib
 
 _EXPORTS = {
     "BACKENDS": "..backends", "can_run_flex": "..backends", "can_run_gather": "..backends",
-    "can_run_gluon": "..backends", "can_run_reference": "..backends", "can_run_triton": "..backends",
+    "can_run_gluon": "..backends", "can_run_gluon_fp8": "..backends", "can_run_reference": "..backends", "can_run_triton": "..backends",
     "normalize_windows": ".api", "sta_attention": ".api", "sta_attention_tiled": ".api",
     "sta_mask": ".reference", "sta_reference": ".reference",
 }

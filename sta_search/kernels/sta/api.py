@@ -62,7 +62,7 @@ def _validate(q, k, v, geometry: Geometry, text_len: int, text_mask):
 # ----------------------------------------------------------------------------- entry points
 def sta_attention(q, k, v, *, canvas, tile=(6, 8, 8), windows, text_len: int = 0, text_first: bool = False,
                   text_mask: torch.Tensor | None = None, scale: float | None = None,
-                  backend: str = "auto") -> torch.Tensor:
+                  backend: str = "auto", precision: str = "bf16") -> torch.Tensor:
     """Sliding Tile Attention over video tokens in natural T-major order, with optional joint text.
 
     Args:
@@ -76,6 +76,9 @@ def sta_attention(q, k, v, *, canvas, tile=(6, 8, 8), windows, text_len: int = 0
         backend: ``"gluon"`` (warp-specialized, Hopper only), ``"triton"``, ``"flex"``, ``"reference"`` or
             ``"auto"`` (gluon where it runs, else triton on CUDA; reference for small CPU inputs, flex for
             large ones; the choice is logged).
+        precision: ``"bf16"`` (default: products in the inputs' dtype) or ``"fp8"`` (opt-in: q, k, v quantized
+            to e4m3 with float32 block scales, both products in FP8 on Hopper; Gluon only, ``auto`` picks it;
+            ValueError saying why where it cannot run). Output in q's dtype either way.
 
     Returns:
         ``(B, heads, S, D)`` in q's dtype and layout.
@@ -83,9 +86,10 @@ def sta_attention(q, k, v, *, canvas, tile=(6, 8, 8), windows, text_len: int = 0
     geometry = Geometry(canvas, tile)
     _validate(q, k, v, geometry, text_len, text_mask)
     windows = normalize_windows(windows, q.shape[1])
-    backend = backends.resolve(backend, q, geometry, "natural")
-    entry = backends.TABLE[backend]
-    if entry.natural is not None and (entry.tiled is None or backends.runs_in_place(backend, q, k, v, geometry)[0]):
+    backend = backends.resolve(backend, q, geometry, "natural", precision)
+    entry = backends.backend_for(backend, precision)
+    if entry.natural is not None and (entry.tiled is None
+                                      or backends.runs_in_place(backend, q, k, v, geometry, precision)[0]):
         return entry.entry("natural")(q, k, v, geometry, windows, text_len, text_first, text_mask, scale)
     V = geometry.video_len
     if text_first:
@@ -105,7 +109,7 @@ def sta_attention(q, k, v, *, canvas, tile=(6, 8, 8), windows, text_len: int = 0
 
 def sta_attention_tiled(q, k, v, *, geometry: Geometry, windows, text_len: int = 0,
                         text_mask: torch.Tensor | None = None, scale: float | None = None,
-                        backend: str = "auto") -> torch.Tensor:
+                        backend: str = "auto", precision: str = "bf16") -> torch.Tensor:
     """Like :func:`sta_attention` for inputs already in tile order: ``[padded video tiles | text]``.
 
     ``S = geometry.padded_len + text_len``; padded video positions are never attended and their
@@ -115,5 +119,5 @@ def sta_attention_tiled(q, k, v, *, geometry: Geometry, windows, text_len: int =
     if q.shape[2] != geometry.padded_len + text_len:
         raise ValueError(f"tiled sequence length {q.shape[2]} != padded video {geometry.padded_len} + text_len {text_len}")
     windows = normalize_windows(windows, q.shape[1])
-    backend = backends.resolve(backend, q, geometry, "tiled")
-    return backends.TABLE[backend].entry("tiled")(q, k, v, geometry, windows, text_len, text_mask, scale)
+    backend = backends.resolve(backend, q, geometry, "tiled", precision)
+    return backends.backend_for(backend, precision).entry("tiled")(q, k, v, geometry, windows, text_len, text_mask, scale)

@@ -405,12 +405,18 @@ def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, vid
     return out
 
 
-def _prepare(q, k, v, out, geometry, natural):
+def require_runnable(q: torch.Tensor, geometry: Geometry, natural: bool, kernel: str = "gluon") -> None:
+    """ValueError unless the Gluon kernels (this one and ``gluon_fp8``) run ``q``, and with ``natural`` read and
+    write natural order in place (for entries called directly; ``kernels.backends`` decides for sta_attention)."""
     ok, why = _inputs_ok(q, geometry)
     if ok and natural:
         ok, why = _natural_boxes_ok(geometry)
     if not ok:
-        raise ValueError(f"the gluon STA kernel cannot run: {why}")
+        raise ValueError(f"the {kernel} STA kernel cannot run: {why}")
+
+
+def _prepare(q, k, v, out, geometry, natural):
+    require_runnable(q, geometry, natural)
     def tma_ready(x):  # batch and heads merge into one TMA dimension; 16-byte aligned base and strides
         return ((x.shape[0] == 1 or x.stride(0) == x.shape[1] * x.stride(1)) and x.stride(-1) == 1
                 and x.data_ptr() % 16 == 0 and all(st * x.element_size() % 16 == 0 for st in x.stride()[:-1]))

@@ -1,0 +1,495 @@
+"""Opt-in FP8 (e4m3) STA forward for Hopper: a quantization pre-pass, then the warp-specialized Gluon kernel
+of :mod:`.gluon_fwd` with both products in FP8 (``sta_attention(..., precision="fp8")``, issue #18).
+
+Recipe (SageAttention / FA3-FP8), all scales float32:
+
+- **pre-pass** (:func:`quantize_fp8`, one small Triton kernel per tensor, plus two torch reductions over
+  tokens): reads q, k, v in either layout (natural T-major order with text before or after, or tile order)
+  and writes three fp8 buffers in tile order ``[padded video tiles | text rounded up to 128 rows]``, zeros
+  at canvas and text padding:
+  - Q per block of 64 query rows (one consumer warpgroup's rows): ``q8 = q / sq``, ``sq = amax|q| / 448``;
+  - K smoothed then per key block of 128 rows: ``k' = k - mean_tokens(k)`` (per batch and head; subtracting
+    one vector from every key shifts each query row's scores by the same constant, so softmax is unchanged
+    exactly, and it removes the channel bias that makes K hard to quantize), ``k8 = k' / sk``;
+  - V per channel over all tokens of the head, stored transposed ``[D, rows]``: Hopper's FP8 wgmma wants
+    its B operand K-major, and for PV the reduction dimension is the token axis (FA3 transposes V in the
+    kernel; here the pre-pass writes V^T). The channel scale ``sv[d]`` multiplies output column ``d``
+    after the loop.
+- **kernel**: ``S = (q8 k8^T) * sq * sk_j`` (the scales fold into the softmax scale of each block pair),
+  fp32 online softmax as in the bf16 kernel, ``P`` rounded to e4m3 after a multiply by 256 (exact power of
+  two, so probabilities down to about 2^-14 keep a normal e4m3 exponent), PV in FP8 with fp32 accumulators,
+  ``out = acc * sv / (256 * l)`` rounded to q's dtype (bf16 or fp16). The row sum ``l`` is of the fp32
+  probabilities (SageAttention does the same).
+
+The natural-order entry reads natural order (the pre-pass gathers tiles) and writes the output straight to
+natural order through the bf16 kernel's 5-D TMA boxes of whole tile planes; where those do not fit,
+``sta_attention`` runs the tile-order entry behind tile/untile copies, as for the bf16 kernel
+(``kernels.backends.runs_in_place``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from ..geometry import Geometry
+from . import gluon_fwd
+from .gluon_fwd import (BLOCK_N, LOG2E, QUERY_ROWS, WG_ROWS, _clamped_window, _copy_video_rows, _mask_padding,
+                        _softmax, _video_row)
+
+FP8_MAX = 448.0  # largest finite e4m3 (float8_e4m3fn)
+P_SCALE = 256.0  # probabilities in [0, 1] are stored as p * 256 in e4m3
+TEXT_ROUND = 128  # text rows of the fp8 buffers are rounded up to whole query and key blocks
+
+
+# ------------------------------------------------------------------------------------------- pre-pass
+@triton.jit
+def _quantize_kernel(X, Out, Scale, Shift, ChannelScale, stride_b, stride_h, stride_s, heads, L8, text_len,
+                     video_start, text_start, padded_len, NT: tl.constexpr, NH: tl.constexpr, NW: tl.constexpr,
+                     TT: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, CT: tl.constexpr, CH: tl.constexpr,
+                     CW: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, NATURAL: tl.constexpr,
+                     MODE: tl.constexpr):
+    """One block of ``ROWS`` rows of the tile-order fp8 buffer of one (batch, head).
+
+    MODE 0 (Q): one scale per block. MODE 1 (K): ``Shift[bh]`` subtracted first, one scale per block.
+    MODE 2 (V): divided by ``ChannelScale[bh, d]``, stored transposed ``Out[bh, d, row]``.
+    """
+    blk = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // heads
+    h = bh % heads
+    rows = blk * ROWS + tl.arange(0, ROWS)
+    offs_d = tl.arange(0, D)
+    TILE_VOL: tl.constexpr = TT * TH * TW
+    video = rows < padded_len
+    tile = rows // TILE_VOL
+    within = rows % TILE_VOL
+    t = (tile // (NH * NW)) * TT + within // (TH * TW)
+    y = ((tile // NW) % NH) * TH + (within // TW) % TH
+    x = (tile % NW) * TW + within % TW
+    real_video = video & (t < CT) & (y < CH) & (x < CW)
+    text_row = rows - padded_len
+    real_text = (rows >= padded_len) & (text_row < text_len)
+    if NATURAL:
+        token = tl.where(video, video_start + (t * CH + y) * CW + x, text_start + text_row)
+    else:  # tile order in, text after the padded video
+        token = rows
+    real = real_video | real_text
+    token = tl.where(real, token, 0).to(tl.int64)
+    ptrs = X + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + token[:, None] * stride_s + offs_d[None, :]
+    val = tl.load(ptrs, mask=real[:, None], other=0.0).to(tl.float32)
+    if MODE == 1:
+        val = val - tl.load(Shift + bh * D + offs_d)[None, :]
+        val = tl.where(real[:, None], val, 0.0)
+    if MODE == 2:
+        val = val / tl.load(ChannelScale + bh * D + offs_d)[None, :]
+        q8 = val.to(Out.dtype.element_ty)
+        tl.store(Out + bh.to(tl.int64) * D * L8 + offs_d[None, :].to(tl.int64) * L8 + rows[:, None], q8)
+    else:
+        amax = tl.max(tl.max(tl.abs(val), 1), 0)
+        scale = tl.maximum(amax, 1e-30) / 448.0
+        q8 = (val / scale).to(Out.dtype.element_ty)
+        tl.store(Out + bh.to(tl.int64) * L8 * D + rows[:, None].to(tl.int64) * D + offs_d[None, :], q8)
+        n_blocks = L8 // ROWS
+        tl.store(Scale + bh * n_blocks + blk, scale)
+
+
+def fp8_rows(geometry: Geometry, text_len: int) -> int:
+    """Rows of the tile-order fp8 buffers: the padded video, then the text rounded up to whole blocks."""
+    return geometry.padded_len + -(-text_len // TEXT_ROUND) * TEXT_ROUND
+
+
+def _token_views(x, geometry: Geometry, text_len: int, layout: str, text_first: bool):
+    """Strides and starts the pre-pass reads ``x`` (B, heads, S, D) with (last dim made contiguous)."""
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if layout == "natural":
+        video_start, text_start = (text_len, 0) if text_first else (0, geometry.video_len)
+    else:
+        video_start, text_start = 0, geometry.padded_len
+    return x, video_start, text_start
+
+
+def quantize_fp8(q, k, v, geometry: Geometry, text_len: int, *, layout: str = "natural", text_first: bool = False):
+    """The pre-pass: ``(q8, k8, v8t, q_scale, k_scale, v_scale)`` (see the module docstring).
+
+    ``q8``, ``k8``: ``(B*heads, L8, D)`` e4m3 in tile order (``L8 = fp8_rows``), ``v8t``: ``(B*heads, D, L8)``;
+    ``q_scale``: ``(B*heads, L8 // 64)``, ``k_scale``: ``(B*heads, L8 // 128)``, ``v_scale``: ``(B*heads, D)``.
+    Triton kernel on CUDA (or CPU under ``TRITON_INTERPRET=1``).
+    """
+    B, heads, S, D = q.shape
+    L8 = fp8_rows(geometry, text_len)
+    BH = B * heads
+    dev = q.device
+    (nt, nh, nw), (tt, th, tw), (ct, ch, cw) = geometry.grid, geometry.tile, geometry.canvas
+    f8 = torch.float8_e4m3fn
+    q8 = torch.empty(BH, L8, D, device=dev, dtype=f8)
+    k8 = torch.empty(BH, L8, D, device=dev, dtype=f8)
+    v8t = torch.empty(BH, D, L8, device=dev, dtype=f8)
+    q_scale = torch.empty(BH, L8 // QUERY_ROWS, device=dev, dtype=torch.float32)
+    k_scale = torch.empty(BH, L8 // BLOCK_N, device=dev, dtype=torch.float32)
+    real = _real_tokens(k, geometry, text_len, layout, text_first)
+    # Per (batch, head) over real tokens: K's mean (the smoothing shift) and V's channel amax (its scale).
+    k_mean = (k[:, :, real].mean(dim=2, dtype=torch.float32) if real is not None
+              else k.mean(dim=2, dtype=torch.float32)).reshape(BH, D).contiguous()
+    v_amax = (v[:, :, real] if real is not None else v).abs().amax(dim=2).float().reshape(BH, D)
+    v_scale = (v_amax.clamp_min(1e-30) / FP8_MAX).contiguous()
+    for x, out, scale, rows, mode in ((q, q8, q_scale, QUERY_ROWS, 0), (k, k8, k_scale, BLOCK_N, 1),
+                                      (v, v8t, k_scale, BLOCK_N, 2)):
+        x, video_start, text_start = _token_views(x, geometry, text_len, layout, text_first)
+        _quantize_kernel[(L8 // rows, BH)](
+            x, out, scale, k_mean, v_scale, x.stride(0), x.stride(1), x.stride(2), heads, L8, text_len, video_start,
+            text_start, geometry.padded_len, NT=nt, NH=nh, NW=nw, TT=tt, TH=th, TW=tw, CT=ct, CH=ch, CW=cw, D=D,
+            ROWS=rows, NATURAL=layout == "natural", MODE=mode, num_warps=8 if rows == 128 else 4)
+    return q8, k8, v8t, q_scale, k_scale, v_scale
+
+
+def _real_tokens(x, geometry: Geometry, text_len: int, layout: str, text_first: bool):
+    """Index of the real tokens along dim 2 (None: all of them), for the per-head reductions."""
+    if layout == "natural":
+        return None
+    idx = torch.cat([torch.nonzero(geometry.key_valid()).flatten(),
+                     torch.arange(geometry.padded_len, geometry.padded_len + text_len)])
+    return idx.to(x.device)
+
+
+def quantize_fp8_torch(q, k, v, geometry: Geometry, text_len: int, *, text_first: bool = False):
+    """The same pre-pass in plain torch ops on natural-order inputs (the tests' independent reference)."""
+    from ..geometry import to_tiles
+
+    B, heads, S, D = q.shape
+    L8 = fp8_rows(geometry, text_len)
+    V = geometry.video_len
+    video, text = (slice(text_len, None), slice(0, text_len)) if text_first else (slice(0, V), slice(V, None))
+
+    def tile_rows(x):
+        rows = torch.zeros(B, heads, L8, D, dtype=torch.float32, device=x.device)
+        rows[:, :, : geometry.padded_len] = to_tiles(geometry, x[:, :, video].float())
+        rows[:, :, geometry.padded_len: geometry.padded_len + text_len] = x[:, :, text].float()
+        return rows.reshape(B * heads, L8, D)
+
+    def blocks(x, n):
+        xb = x.reshape(B * heads, L8 // n, n, D)
+        scale = xb.abs().amax(dim=(2, 3)).clamp_min(1e-30) / FP8_MAX
+        return (xb / scale[:, :, None, None]).to(torch.float8_e4m3fn).reshape(B * heads, L8, D), scale
+
+    q8, q_scale = blocks(tile_rows(q), QUERY_ROWS)
+    k_mean = k.float().mean(dim=2).reshape(B * heads, 1, D)
+    kr = tile_rows(k)
+    valid = torch.zeros(L8, dtype=torch.bool, device=k.device)
+    valid[: geometry.padded_len] = geometry.key_valid().to(k.device)
+    valid[geometry.padded_len: geometry.padded_len + text_len] = True
+    k8, k_scale = blocks(torch.where(valid[None, :, None], kr - k_mean, 0.0), BLOCK_N)
+    v_scale = v.abs().amax(dim=2).float().reshape(B * heads, D).clamp_min(1e-30) / FP8_MAX
+    v8t = (tile_rows(v) / v_scale[:, None, :]).to(torch.float8_e4m3fn).transpose(1, 2).contiguous()
+    return q8, k8, v8t, q_scale, k_scale, v_scale
+
+
+# --------------------------------------------------------------------------------------------- kernel
+@gluon.jit
+def _producer_fp8(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, bh, q_row, padded_len,
+                  text_query, n_text, n_total, n_first, spans, last_spans, st, sh, sw, wh, ww, NH: gl.constexpr,
+                  NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr, TW: gl.constexpr, BPT_LAST: gl.constexpr,
+                  BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    TILE_VOL: gl.constexpr = TT * TH * TW
+    mbarrier.expect(q_bar, 2 * WG_ROWS * q_smem.shape[2])
+    for i in gl.static_range(2):
+        tma.async_copy_global_to_shared(q_desc, [bh, q_row + i * WG_ROWS, 0], q_bar,
+                                        q_smem.index(i).reshape(q_desc.block_type.shape))
+    kv_bytes: gl.constexpr = 2 * BLOCK_N * k_smem.shape[2]  # one byte an element
+    for it in range(n_total):
+        s = it % STAGES
+        mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)
+        mbarrier.expect(ready.index(s), kv_bytes)
+        if it < n_text:
+            row = padded_len + it * BLOCK_N
+        else:
+            row = _video_row(it - n_text, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW,
+                             TILE_VOL, BLOCK_N, TILE_VOL // BLOCK_N, BPT_LAST)
+        tma.async_copy_global_to_shared(k_desc, [bh, row, 0], ready.index(s),
+                                        k_smem.index(s).reshape(k_desc.block_type.shape))
+        tma.async_copy_global_to_shared(v_desc, [bh, 0, row], ready.index(s),
+                                        v_smem.index(s).reshape(v_desc.block_type.shape))
+
+
+@gluon.jit
+def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready, empty, TextMask, QScale, KScale,
+                  VScale, bh, b, q_row, q_load, padded_len, n_qblocks, n_kblocks, text_query, n_text, n_total, text_len,
+                  stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww,
+                  NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr,
+                  TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr,
+                  BPT_LAST: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_PADDING: gl.constexpr,
+                  HAS_TEXT_MASK: gl.constexpr, OUT_NATURAL: gl.constexpr, WG: gl.constexpr):
+    TILE_VOL: gl.constexpr = TT * TH * TW
+    HEAD_DIM: gl.constexpr = q_smem.shape[2]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 32])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 32])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
+    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+    fp8: gl.constexpr = q_smem.dtype
+    P_MUL: gl.constexpr = 256.0
+
+    q = q_smem.index(WG)
+    # This warpgroup's 64 query rows start at row q_load + WG * 64 of the fp8 buffer: one Q scale.
+    q_scale = qk_scale * gl.load(QScale + bh * n_qblocks + q_load // WG_ROWS + WG)
+    k_scales = KScale + bh * n_kblocks
+    m_i = gl.full([WG_ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
+    l_i = gl.zeros([WG_ROWS], gl.float32, gl.SliceLayout(1, s_layout))
+    acc = gl.zeros([WG_ROWS, HEAD_DIM], gl.float32, o_layout)
+    s_zero = gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout)
+    offs_n = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))
+    mbarrier.wait(q_bar, 0)
+
+    # Text key blocks (bounds and key-padding masked), one at a time.
+    for it in range(n_text):
+        s = it % STAGES
+        scale_j = q_scale * gl.load(k_scales + padded_len // BLOCK_N + it)
+        mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+        s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        s_acc = warpgroup_mma_wait(0, deps=(s_acc, ))
+        cols = it * BLOCK_N + offs_n
+        key_ok = cols < text_len
+        if HAS_TEXT_MASK:
+            key_ok = key_ok & (gl.load(TextMask + b * stride_tb + cols * stride_tm, mask=key_ok, other=0) != 0)
+        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, scale_j, gl.expand_dims(key_ok, 0), True)
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+        acc = warpgroup_mma(gl.convert_layout((p * P_MUL).to(fp8), p_layout), v_smem.index(s).permute((1, 0)), acc,
+                            is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(acc, ))
+        mbarrier.arrive(empty.index(s), count=1)
+
+    # Video key blocks: QK^T of block j is issued before PV of block j - 1; softmax j overlaps that PV.
+    BPT: gl.constexpr = TILE_VOL // BLOCK_N
+    if n_total > n_text:
+        s = n_text % STAGES
+        row = _video_row(0, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW, TILE_VOL, BLOCK_N,
+                         BPT, BPT_LAST)
+        scale_j = q_scale * gl.load(k_scales + row // BLOCK_N)
+        mbarrier.wait(ready.index(s), (n_text // STAGES) & 1)
+        s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        s_acc = warpgroup_mma_wait(0, deps=(s_acc, ))
+        if HAS_PADDING:
+            s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
+        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, scale_j, 0, False)
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+        p_op = gl.convert_layout((p * P_MUL).to(fp8), p_layout)
+        s_prev = s
+        for it in range(n_text + 1, n_total):
+            s = it % STAGES
+            row = _video_row(it - n_text, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW,
+                             TILE_VOL, BLOCK_N, BPT, BPT_LAST)
+            k_scale = gl.load(k_scales + row // BLOCK_N)  # in flight while this block's K arrives
+            mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+            s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            acc = warpgroup_mma(p_op, v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
+            s_acc = warpgroup_mma_wait(1, deps=(s_acc, ))
+            if HAS_PADDING:
+                s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
+            p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, q_scale * k_scale, 0, False)
+            acc = warpgroup_mma_wait(0, deps=(acc, ))
+            mbarrier.arrive(empty.index(s_prev), count=1)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+            p_op = gl.convert_layout((p * P_MUL).to(fp8), p_layout)
+            s_prev = s
+        acc = warpgroup_mma(p_op, v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(acc, ))
+        mbarrier.arrive(empty.index(s_prev), count=1)
+
+    l_i = gl.where(l_i == 0.0, 1.0, l_i)  # query blocks of canvas padding (no keys): finite zeros
+    v_scale = gl.load(VScale + bh * HEAD_DIM + gl.arange(0, HEAD_DIM, gl.SliceLayout(0, o_layout)))
+    out = acc * gl.expand_dims(v_scale, 0) / gl.expand_dims(gl.convert_layout(l_i * P_MUL, o_rows), 1)
+    o_tile = o_smem.index(WG)
+    o_tile.store(out.to(o_smem.dtype))
+    fence_async_shared()
+    if text_query:  # rows past the text are dropped by the descriptor's bounds
+        tma.async_copy_shared_to_global(ot_desc, [bh, q_row + WG * WG_ROWS, 0],
+                                        o_tile.reshape(ot_desc.block_type.shape))
+    elif OUT_NATURAL:  # rows past the canvas edge are dropped by the descriptor's bounds
+        row = q_row + WG * WG_ROWS
+        tile = row // TILE_VOL
+        t0 = (tile // (NH * NW)) * TT + (row % TILE_VOL) // (TH * TW)
+        tma.async_copy_shared_to_global(o_desc, [bh, t0, ((tile // NW) % NH) * TH, (tile % NW) * TW, 0],
+                                        o_tile.reshape(o_desc.block_type.shape))
+    else:
+        tma.async_copy_shared_to_global(o_desc, [bh, q_row + WG * WG_ROWS, 0], o_tile.reshape(o_desc.block_type.shape))
+    tma.store_wait(0)
+
+
+@gluon.jit
+def _sta_fwd_gluon_fp8_kernel(
+    q_desc, k_desc, v_desc, o_desc, ot_desc, QScale, KScale, VScale, Windows, HeadOrder, TextMask,
+    stride_tb, stride_tm, qk_scale, heads, text_len, text_programs, n_qblocks, n_kblocks,
+    NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr, TW: gl.constexpr,
+    REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+    STAGES: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_TEXT_MASK: gl.constexpr, OUT_NATURAL: gl.constexpr,
+    PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+):
+    BLOCK_M: gl.constexpr = 2 * WG_ROWS
+    TILE_VOL: gl.constexpr = TT * TH * TW
+    Q_PER_TILE: gl.constexpr = TILE_VOL // BLOCK_M
+    VIDEO_Q_BLOCKS: gl.constexpr = NT * NH * NW * Q_PER_TILE
+    BPT: gl.constexpr = TILE_VOL // BLOCK_N
+    BPT_LAST: gl.constexpr = (REM_T * TH * TW + BLOCK_N - 1) // BLOCK_N
+    Q_LAST: gl.constexpr = (REM_T * TH * TW + BLOCK_M - 1) // BLOCK_M
+    padded_len: gl.constexpr = NT * NH * NW * TILE_VOL
+
+    pid = gl.program_id(0)
+    text_query = pid < text_programs
+    n_text = gl.cdiv(text_len, BLOCK_N)
+    if text_query:  # every text block, then every (non-padding) video block
+        text_q_blocks = gl.cdiv(text_len, BLOCK_M)
+        bh = pid // text_q_blocks
+        q_row = (pid % text_q_blocks) * BLOCK_M  # within the text
+        n_first = (NT - 1) * NH * NW * BPT
+        spans = NT * NH
+        last_spans = NH
+        st = 0
+        sh = 0
+        sw = 0
+        wh = NH
+        ww = NW
+        n_total = n_text + n_first + NH * NW * BPT_LAST
+        q_load = padded_len + q_row
+    else:  # the head's window around the query tile (clamped to the grid), then the text
+        p = pid - text_programs
+        slot = p // VIDEO_Q_BLOCKS
+        h = gl.load(HeadOrder + slot % heads)
+        bh = (slot // heads) * heads + h
+        tile = (p % VIDEO_Q_BLOCKS) // Q_PER_TILE
+        q_sub = p % Q_PER_TILE
+        q_row = tile * TILE_VOL + q_sub * BLOCK_M
+        ct = tile // (NH * NW)
+        ch = (tile // NW) % NH
+        cw = tile % NW
+        st, sh, sw, wh, ww, spans, last_spans, n_first = _clamped_window(Windows, h, ct, ch, cw, NT, NH, NW, BPT)
+        q_padded = (ct == NT - 1) & (q_sub >= Q_LAST)
+        n_text = gl.where(q_padded, 0, n_text)
+        n_total = gl.where(q_padded, 0, n_text + n_first + last_spans * ww * BPT_LAST)
+        q_load = q_row
+    b = bh // heads
+
+    fp8_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], gl.float8e4nv)
+    vt_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HEAD_DIM, BLOCK_N], gl.float8e4nv)
+    o_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([WG_ROWS, HEAD_DIM], o_desc.dtype)
+    q_smem = gl.allocate_shared_memory(gl.float8e4nv, [2, WG_ROWS, HEAD_DIM], fp8_layout)
+    k_smem = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_N, HEAD_DIM], fp8_layout)
+    v_smem = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, HEAD_DIM, BLOCK_N], vt_layout)
+    o_smem = gl.allocate_shared_memory(o_desc.dtype, [2, WG_ROWS, HEAD_DIM], o_layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=2)  # one arrival per consumer warpgroup
+    fence_async_shared()
+
+    gl.warp_specialize([
+        (_consumer_fp8, (o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready, empty, TextMask, QScale,
+                         KScale, VScale, bh, b, q_row, q_load, padded_len, n_qblocks, n_kblocks, text_query, n_text, n_total,
+                         text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww,
+                         NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N, STAGES, HAS_PADDING,
+                         HAS_TEXT_MASK, OUT_NATURAL, 0)),
+        (_consumer_fp8, (o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready, empty, TextMask, QScale,
+                         KScale, VScale, bh, b, q_row, q_load, padded_len, n_qblocks, n_kblocks, text_query, n_text, n_total,
+                         text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww,
+                         NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N, STAGES, HAS_PADDING,
+                         HAS_TEXT_MASK, OUT_NATURAL, 1)),
+        (_producer_fp8, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, bh, q_load,
+                         padded_len, text_query, n_text, n_total, n_first, spans, last_spans, st, sh, sw, wh, ww,
+                         NH, NW, TT, TH, TW, BPT_LAST, BLOCK_N, STAGES)),
+    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+
+
+sta_fwd_gluon_fp8_kernel = _sta_fwd_gluon_fp8_kernel  # the JIT function, for tools that compile it without launching
+
+
+# ----------------------------------------------------------------------------------------------- host side
+def _fp8_inputs_ok(q: torch.Tensor, geometry: Geometry) -> tuple[bool, str]:
+    """What the FP8 kernel needs beyond the bf16 Gluon kernel's checks; why not. Called by ``kernels.backends``
+    only (``can_run_gluon_fp8``)."""
+    if not hasattr(torch, "float8_e4m3fn"):
+        return False, f"torch {torch.__version__} has no float8_e4m3fn"
+    if q.shape[-1] != 128:
+        return False, f"head dim {q.shape[-1]} (the FP8 kernel is built and tested for 128 only)"
+    return True, "ok"
+
+
+def _f8_descriptor(x: torch.Tensor, block) -> TensorDescriptor:
+    return TensorDescriptor(x, list(x.shape), list(x.stride()), block,
+                            gl.NVMMASharedLayout.get_default_for(block, gl.float8e4nv))
+
+
+def _run(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, layout, text_first, stages,
+         quantized=None, out=None):
+    from .triton_fwd import _head_order
+
+    gluon_fwd.require_runnable(q, geometry, natural=layout == "natural", kernel="gluon fp8")
+    ok, why = _fp8_inputs_ok(q, geometry)
+    if not ok:
+        raise ValueError(f"the gluon fp8 STA kernel cannot run: {why}")
+    B, heads, S, D = q.shape
+    q8, k8, v8t, q_scale, k_scale, v_scale = quantized or quantize_fp8(q, k, v, geometry, text_len, layout=layout,
+                                                                       text_first=text_first)
+    L8 = q8.shape[1]
+    if out is None:
+        out = torch.empty(B, heads, S, D, device=q.device, dtype=q.dtype)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {q.dtype} tensor of q's shape {tuple(q.shape)} on {q.device}")
+    out_natural = layout == "natural"
+    if out_natural:  # video rows through the bf16 kernel's 5-D boxes of whole tile planes
+        video_start, text_start = (text_len, 0) if text_first else (0, geometry.video_len)
+        o_desc = gluon_fwd._canvas_descriptor(out, geometry, video_start, QUERY_ROWS)
+    else:
+        text_start = geometry.padded_len
+        o_desc = gluon_fwd._rows_descriptor(out, 0, geometry.padded_len, QUERY_ROWS)
+    ot_desc = gluon_fwd._rows_descriptor(out, text_start, text_len if text_len else S, QUERY_ROWS)
+    windows = windows.to(device=q.device, dtype=torch.int32).contiguous()
+    if text_len and text_mask is not None:
+        mask_arg = text_mask.to(device=q.device, dtype=torch.int8).contiguous()
+        stride_tb, stride_tm = mask_arg.stride()
+    else:
+        mask_arg, stride_tb, stride_tm = windows, 0, 0
+    (nt, nh, nw), (tt, th, tw) = geometry.grid, geometry.tile
+    rem = [c - (n - 1) * t for c, n, t in zip(geometry.canvas, geometry.grid, geometry.tile)]
+    text_programs = B * heads * triton.cdiv(text_len, 2 * QUERY_ROWS)
+    video_programs = B * heads * (geometry.padded_len // (2 * QUERY_ROWS))
+    scale = D**-0.5 if scale is None else float(scale)
+    _sta_fwd_gluon_fp8_kernel[(text_programs + video_programs,)](
+        _f8_descriptor(q8, [1, QUERY_ROWS, D]), _f8_descriptor(k8, [1, BLOCK_N, D]), _f8_descriptor(v8t, [1, D, BLOCK_N]),
+        o_desc, ot_desc, q_scale, k_scale, v_scale, windows, _head_order(windows, geometry.grid), mask_arg,
+        stride_tb, stride_tm, scale * LOG2E, heads, text_len, text_programs, L8 // QUERY_ROWS, L8 // BLOCK_N,
+        NT=nt, NH=nh, NW=nw, TT=tt, TH=th, TW=tw, REM_T=rem[0], REM_H=rem[1], REM_W=rem[2], HEAD_DIM=D,
+        BLOCK_N=BLOCK_N, STAGES=stages, HAS_PADDING=not geometry.is_divisible,
+        HAS_TEXT_MASK=bool(text_len) and text_mask is not None, OUT_NATURAL=out_natural, PRODUCER_REGS=24,
+        CONSUMER_REGS=240, num_warps=4,
+    )
+    return out
+
+
+def sta_gluon_fp8_natural(q, k, v, geometry: Geometry, windows, text_len, text_first, text_mask, scale, *,
+                          out=None, stages: int = 3):
+    """FP8 STA on natural-order tokens ``(B, heads, T*H*W + text_len, D)``; output in q's dtype and layout
+    (written into ``out`` when given: contiguous, q's shape and dtype)."""
+    if q.shape[2] != geometry.video_len + text_len:
+        raise ValueError(f"sequence length {q.shape[2]} != canvas volume {geometry.video_len} + text_len {text_len}")
+    return _run(q, k, v, geometry, windows, text_len, text_mask, scale, layout="natural", text_first=text_first,
+                stages=stages, out=out)
+
+
+def sta_gluon_fp8_tiled(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, out=None,
+                        stages: int = 3):
+    """FP8 STA on tile-order tokens ``[padded video tiles | text]``; padded rows of the output are unspecified."""
+    if q.shape[2] != geometry.padded_len + text_len:
+        raise ValueError(f"tiled sequence length {q.shape[2]} != padded video {geometry.padded_len} + text_len "
+                         f"{text_len}")
+    return _run(q, k, v, geometry, windows, text_len, text_mask, scale, layout="tiled", text_first=False,
+                stages=stages, out=out)
