@@ -26,7 +26,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from ..backends import GLUON_HEAD_DIMS
 from ..geometry import Geometry
 from . import triton_fwd
 
@@ -322,8 +321,8 @@ def _inputs_ok(q: torch.Tensor, geometry: Geometry) -> tuple[bool, str]:
         return False, "needs a Hopper (sm_90) GPU"
     if q.dtype not in (torch.bfloat16, torch.float16):
         return False, f"dtype {q.dtype} (bf16 or fp16 only)"
-    if q.shape[-1] not in GLUON_HEAD_DIMS:
-        return False, f"head dim {q.shape[-1]} ({' or '.join(map(str, GLUON_HEAD_DIMS))} only)"
+    if q.shape[-1] not in DEFAULT_STAGES:  # == backends.GLUON_HEAD_DIMS (a test keeps them equal)
+        return False, f"head dim {q.shape[-1]} ({' or '.join(map(str, sorted(DEFAULT_STAGES)))} only)"
     tv = geometry.tile_volume
     if tv % (2 * QUERY_ROWS) or tv % BLOCK_N:
         return False, f"tile volume {tv} is not a multiple of {max(2 * QUERY_ROWS, BLOCK_N)}"
