@@ -34,6 +34,7 @@ from .hook import HookState, dense_attention, hook_attention, text_key_mask
 from . import cogvideox, hunyuan_video, wan  # noqa: F401  (register the adapters)
 from . import allegro, ltx_video  # noqa: F401  (cross-attention families)
 from . import consisid, easyanimate, hunyuan_video15, mochi  # noqa: F401  (joint-attention families)
+from . import ltx2, motif_video  # noqa: F401  (LTX-2 audio+video, Motif-Video)
 from .cogvideox import CogVideoXAdapter
 from .hunyuan_video import HunyuanVideoAdapter
 from .wan import ChronoEditAdapter, SkyReelsV2Adapter, WanAdapter, WanVACEAdapter
