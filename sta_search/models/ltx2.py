@@ -112,6 +112,9 @@ class LTX2Adapter(LTXVideoAdapter):
     def attention_modules(self, transformer):
         return [block.attn1 for block in transformer.transformer_blocks]
 
+    def make_processor(self, runtime, layer):
+        return LTX2VideoSelfAttnProcessor(runtime, layer)
+
     def forward_canvas(self, transformer, args, kwargs):
         if kwargs.get("video_self_attention_mask") is not None:
             raise UserError("LTX-2 forwards with a video_self_attention_mask (IC-LoRA reference tokens) are not "
