@@ -179,3 +179,12 @@ def test_cli_profile_select_generate(tmp_path):
     assert report["model"]["family"] == "ltx2"
     psnr = report["videos"][0]["fidelity"]["psnr_db"]
     assert psnr == "inf" or psnr >= 60
+
+
+def test_listed_by_sta_search_models():
+    from sta_search.models.catalog import supported_families
+
+    entry = {e.family: e for e in supported_families()}["ltx2"]
+    assert entry.transformer_classes == ("LTX2VideoTransformer3DModel",)
+    assert "LTX2ImageToVideoPipeline" in entry.pipelines and "audio" in entry.text_handling
+    assert entry.checkpoints == (("LTX-2 19B (video stream)", 32, 128, "gluon"),)

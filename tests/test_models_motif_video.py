@@ -128,3 +128,12 @@ def test_cli_profile_select_generate(tmp_path):
     assert report["model"]["family"] == "motif_video"
     psnr = report["videos"][0]["fidelity"]["psnr_db"]
     assert psnr == "inf" or psnr >= 60
+
+
+def test_listed_by_sta_search_models():
+    from sta_search.models.catalog import supported_families
+
+    entry = {e.family: e for e in supported_families()}["motif_video"]
+    assert entry.transformer_classes == ("MotifVideoTransformer3DModel",)
+    assert entry.pipelines == ("MotifVideoPipeline", "MotifVideoImage2VideoPipeline")
+    assert "text after the video" in entry.text_handling
