@@ -6,7 +6,8 @@ both experts; text-, image- and video-to-video), Wan VACE, SkyReels-V2, ChronoEd
 also image-to-video); joint attention: Mochi (`MochiTransformer3DModel`), EasyAnimate
 (`EasyAnimateTransformer3DModel`), HunyuanVideo 1.5 (`HunyuanVideo15Transformer3DModel`), ConsisID
 (`ConsisIDTransformer3DModel`); cross-attention: LTX-Video (`LTXVideoTransformer3DModel`), Allegro
-(`AllegroTransformer3DModel`).
+(`AllegroTransformer3DModel`); LTX-2 (`LTX2VideoTransformer3DModel`, video self-attention only; audio dense),
+Motif-Video (`MotifVideoTransformer3DModel`, joint attention).
 
     from sta_search.models import load_model, hook_attention, dense_attention
     loaded = load_model("path/to/pipeline", "cuda", torch.bfloat16)
@@ -34,6 +35,7 @@ from .hook import HookState, dense_attention, hook_attention, text_key_mask
 from . import cogvideox, hunyuan_video, wan  # noqa: F401  (register the adapters)
 from . import allegro, ltx_video  # noqa: F401  (cross-attention families)
 from . import consisid, easyanimate, hunyuan_video15, mochi  # noqa: F401  (joint-attention families)
+from . import ltx2, motif_video  # noqa: F401  (LTX-2 audio+video, Motif-Video)
 from .cogvideox import CogVideoXAdapter
 from .hunyuan_video import HunyuanVideoAdapter
 from .wan import ChronoEditAdapter, SkyReelsV2Adapter, WanAdapter, WanVACEAdapter
