@@ -33,7 +33,7 @@ from .base import (
 from .hook import HookState, dense_attention, hook_attention, text_key_mask
 from . import cogvideox, hunyuan_video, wan  # noqa: F401  (register the adapters)
 from . import allegro, ltx_video  # noqa: F401  (cross-attention families)
-from . import cosmos  # noqa: F401  (cross-attention families: Cosmos, Kandinsky 5)
+from . import cosmos, kandinsky5  # noqa: F401  (cross-attention families: Cosmos, Kandinsky 5)
 from . import consisid, easyanimate, hunyuan_video15, mochi  # noqa: F401  (joint-attention families)
 from .cogvideox import CogVideoXAdapter
 from .hunyuan_video import HunyuanVideoAdapter
