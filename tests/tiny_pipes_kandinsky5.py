@@ -63,12 +63,22 @@ def _components():
 def _transformer(visual_cond: bool, **extra):
     from diffusers import Kandinsky5Transformer3DModel
 
+    from diffusers.models.transformers.transformer_kandinsky import Kandinsky5Modulation
+
     torch.manual_seed(0)
-    return Kandinsky5Transformer3DModel(
+    transformer = Kandinsky5Transformer3DModel(
         in_visual_dim=4, out_visual_dim=4, in_text_dim=16, in_text_dim2=8, time_dim=16, patch_size=(1, 2, 2),
         model_dim=64, ff_dim=64, num_text_blocks=1, num_visual_blocks=2, axes_dims=(8, 12, 12),
         visual_cond=visual_cond, **extra,
     )
+    # diffusers zero-initialises the modulations (shift, scale, gate): every block would be the identity and the
+    # attention would not reach the output. Random modulations make the tiny model use its attention.
+    with torch.no_grad():
+        for module in transformer.modules():
+            if isinstance(module, Kandinsky5Modulation):
+                module.out_layer.weight.normal_(std=0.2)
+                module.out_layer.bias.normal_(std=0.2)
+    return transformer
 
 
 def tiny_kandinsky5_pipeline(image_to_video: bool = False, **transformer_config):
