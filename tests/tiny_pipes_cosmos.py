@@ -5,9 +5,11 @@ Kinds (2 layers, 2 heads of 32, patch (1, 2, 2), real VAE compression, T5 text e
 - ``cosmos2_v2w``: `Cosmos2VideoToWorldPipeline` (Cosmos Predict 2.0 video-to-world; Wan VAE 4x temporal,
   8x spatial). Call it with ``image=`` (or ``video=``): the conditioning frame is the first latent frame.
 - ``cosmos_t2w``: `CosmosTextToWorldPipeline` (Cosmos 1.0; `AutoencoderKLCosmos`, 8x temporal and spatial).
+- ``cosmos25``: `Cosmos2_5_PredictBasePipeline` (Cosmos Predict 2.5) called as text-to-world: its image/video
+  path converts the image with torchvision, which is not installed here (same VAE and canvas as ``cosmos2_v2w``).
 
-    cosmos2_v2w: 64 x 64, 9 frames  -> latent (3, 8, 8) -> canvas (3, 4, 4)
-    cosmos_t2w:  64 x 64, 17 frames -> latent (3, 8, 8) -> canvas (3, 4, 4)
+    cosmos2_v2w, cosmos25: 64 x 64, 9 frames  -> latent (3, 8, 8) -> canvas (3, 4, 4)
+    cosmos_t2w:            64 x 64, 17 frames -> latent (3, 8, 8) -> canvas (3, 4, 4)
 
 The guardrail: every Cosmos pipeline builds the real `cosmos_guardrail.CosmosSafetyChecker` when it is given no
 ``safety_checker`` (and refuses to run with ``safety_checker=None``), which needs that package and its large
@@ -29,9 +31,10 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from tiny_pipes import _finish, _vocab_size, _word_level_tokenizer
 
-COSMOS_KINDS = ("cosmos2_v2w", "cosmos_t2w")
+COSMOS_KINDS = ("cosmos2_v2w", "cosmos_t2w", "cosmos25")
 COSMOS_CALLS = {
     "cosmos2_v2w": dict(height=64, width=64, frames=9, steps=2),
+    "cosmos25": dict(height=64, width=64, frames=9, steps=2),
     "cosmos_t2w": dict(height=64, width=64, frames=17, steps=2),
 }
 COSMOS_CANVAS = (3, 4, 4)
@@ -112,9 +115,6 @@ def tiny_cosmos_text2world_pipeline():
     return _finish(pipe)
 
 
-_BUILDERS = {"cosmos2_v2w": tiny_cosmos2_video2world_pipeline, "cosmos_t2w": tiny_cosmos_text2world_pipeline}
-
-
 def tiny_cosmos_pipeline(kind: str):
     """Build the tiny pipeline of `kind` (one of `COSMOS_KINDS`)."""
     if kind not in _BUILDERS:
@@ -150,3 +150,35 @@ def cosmos_call_kwargs(kind: str, generator=None, **overrides) -> dict:
         kwargs["image"] = tiny_image(call["height"])
     kwargs.update(overrides)
     return kwargs
+
+
+def tiny_cosmos25_predict_pipeline():
+    """Tiny `Cosmos2_5_PredictBasePipeline` (Cosmos Predict 2.5): the text is every Qwen2.5-VL layer's normalised
+    hidden states concatenated (2 layers x 16) and projected by ``crossattn_proj``; Wan VAE; flow UniPC."""
+    from transformers import Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+    from diffusers import AutoencoderKLWan, Cosmos2_5_PredictBasePipeline, UniPCMultistepScheduler
+
+    transformer = _transformer(17, rope_scale=(1.0, 3.0, 3.0), extra_pos_embed_type=None,
+                               use_crossattn_projection=True, crossattn_proj_in_channels=32,
+                               encoder_hidden_states_channels=32)
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    torch.manual_seed(0)
+    text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        vocab_size=_vocab_size(), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=1024,
+        rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]},
+    ))
+    tokenizer = _word_level_tokenizer(bos=0)
+    tokenizer.chat_template = ("{% for message in messages %}{% for part in message['content'] %}{{ part['text'] }} "
+                               "{% endfor %}{% endfor %}")
+    scheduler = UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=1.0)
+    pipe = Cosmos2_5_PredictBasePipeline(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
+                                         vae=vae, scheduler=scheduler, safety_checker=PassThroughSafetyChecker())
+    return _finish(pipe)
+
+
+_BUILDERS = {"cosmos2_v2w": tiny_cosmos2_video2world_pipeline, "cosmos_t2w": tiny_cosmos_text2world_pipeline,
+             "cosmos25": tiny_cosmos25_predict_pipeline}
