@@ -6,7 +6,8 @@ both experts; text-, image- and video-to-video), Wan VACE, SkyReels-V2, ChronoEd
 also image-to-video); joint attention: Mochi (`MochiTransformer3DModel`), EasyAnimate
 (`EasyAnimateTransformer3DModel`), HunyuanVideo 1.5 (`HunyuanVideo15Transformer3DModel`), ConsisID
 (`ConsisIDTransformer3DModel`); cross-attention: LTX-Video (`LTXVideoTransformer3DModel`), Allegro
-(`AllegroTransformer3DModel`).
+(`AllegroTransformer3DModel`), Cosmos (`CosmosTransformer3DModel`, also video-to-world), Kandinsky 5
+(`Kandinsky5Transformer3DModel`, full-attention mode, also image-to-video).
 
     from sta_search.models import load_model, hook_attention, dense_attention
     loaded = load_model("path/to/pipeline", "cuda", torch.bfloat16)
