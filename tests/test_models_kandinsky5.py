@@ -128,8 +128,8 @@ def test_cli_profile_select_generate_full_is_lossless(kind, tmp_path):
         size += ["--image", tmp_path / "first.png"]
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat running in the street\n")
-    _cli("profile", folder, "--prompts", prompts, "--steps", 2, "--tile", "1,4,4", "--windows", f"1,1,1;{canvas[0]},1,1",
-         *size, "--out", tmp_path / "profile")
+    _cli("profile", folder, "--prompts", prompts, "--steps", 2, "--tile", "1,4,4",
+         "--windows", f"1,1,1;{canvas[0]},1,1", *size, "--out", tmp_path / "profile")
     from sta_search.artifacts import Profile
 
     header = Profile.load(tmp_path / "profile").header
