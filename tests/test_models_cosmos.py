@@ -86,13 +86,13 @@ def test_sta_full_window_equals_dense_and_one_tile_differs(pipes, seed):
                                        text_len=c.text_len, text_first=c.text_first, text_mask=c.text_mask,
                                        backend="reference")
 
-    pipe = pipes["cosmos2_v2w"]
-    reference = run_latents(pipe, "cosmos2_v2w", seed)
+    pipe = pipes["cosmos_t2w"]
+    reference = run_latents(pipe, "cosmos_t2w", seed)
     with hook_attention(pipe, sta((3, 1, 1))):  # grid (3, 1, 1): full attention
-        full = run_latents(pipe, "cosmos2_v2w", seed)
+        full = run_latents(pipe, "cosmos_t2w", seed)
     torch.testing.assert_close(full, reference, atol=1e-5, rtol=1e-5)
     with hook_attention(pipe, sta((1, 1, 1))):
-        sparse = run_latents(pipe, "cosmos2_v2w", seed)
+        sparse = run_latents(pipe, "cosmos_t2w", seed)
     assert (sparse - reference).abs().max().item() > 1e-4
 
 
