@@ -7,7 +7,8 @@ also image-to-video); joint attention: Mochi (`MochiTransformer3DModel`), EasyAn
 (`EasyAnimateTransformer3DModel`), HunyuanVideo 1.5 (`HunyuanVideo15Transformer3DModel`), ConsisID
 (`ConsisIDTransformer3DModel`); cross-attention: LTX-Video (`LTXVideoTransformer3DModel`), Allegro
 (`AllegroTransformer3DModel`); LTX-2 (`LTX2VideoTransformer3DModel`, video self-attention only; audio dense),
-Motif-Video (`MotifVideoTransformer3DModel`, joint attention).
+Motif-Video (`MotifVideoTransformer3DModel`, joint attention); Cosmos (`CosmosTransformer3DModel`, also video-to-world);
+Kandinsky 5 (`Kandinsky5Transformer3DModel`, full-attention mode, also image-to-video).
 
     from sta_search.models import load_model, hook_attention, dense_attention
     loaded = load_model("path/to/pipeline", "cuda", torch.bfloat16)
@@ -34,6 +35,7 @@ from .base import (
 from .hook import HookState, dense_attention, hook_attention, text_key_mask
 from . import cogvideox, hunyuan_video, wan  # noqa: F401  (register the adapters)
 from . import allegro, ltx_video  # noqa: F401  (cross-attention families)
+from . import cosmos, kandinsky5  # noqa: F401  (cross-attention families: Cosmos, Kandinsky 5)
 from . import consisid, easyanimate, hunyuan_video15, mochi  # noqa: F401  (joint-attention families)
 from . import ltx2, motif_video  # noqa: F401  (LTX-2 audio+video, Motif-Video)
 from .cogvideox import CogVideoXAdapter

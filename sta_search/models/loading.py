@@ -165,7 +165,7 @@ def _load_pipeline(folder: Path, source: str, device: torch.device, dtype) -> Lo
     try:
         with _quiet_loading():
             pipeline = cls.from_pretrained(str(folder), **_dtype_kwargs(dtype), local_files_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:  # ImportError: e.g. Cosmos guardrail
         raise UserError(f"cannot load pipeline {class_name} from {folder}: {_one_line(error)}") from None
     pipeline = pipeline.to(device)
     if hasattr(pipeline, "set_progress_bar_config"):
