@@ -37,6 +37,12 @@ events, median), attention seconds per forward, peak GPU memory of the timed for
 
     python bench/e2e.py --models hunyuan-720p wan-1.3b-480p --windows 5,5,5 3,3,3 --compile both \
         --out bench/results/e2e-h100.json
+    # 720p dense vs STA (3,3,3), compiled, one timed forward each (``--spec`` = ``--models``):
+    python bench/e2e.py --spec wan-14b-720p hunyuan15-720p --windows 3,3,3 --backends gluon --compile on \
+        --compiled-backends gluon --no-native --reps 1 --warmup 1 --out bench/results/e2e-h200-720p.json
+    # CPU smoke run of the same code paths on scaled-down specs:
+    python bench/e2e.py --spec tiny-wan tiny-hunyuan15 --windows 3,3,3 --backends flex --compile off --no-native \
+        --reps 1 --device cpu --out /tmp/e2e-smoke.json
 """
 
 from __future__ import annotations
