@@ -7,6 +7,16 @@ the GPU in bf16:
   latent (30, 96, 160) -> canvas (30, 48, 80) = 115,200 video tokens + 256 joint text tokens.
 - ``wan-1.3b-480p``: ``WanTransformer3DModel`` with the Wan 2.1 1.3B config, 480p 81 frames:
   latent (21, 60, 104) -> canvas (21, 30, 52) = 32,760 video tokens (text is cross-attention).
+- ``wan-14b-720p``: ``WanTransformer3DModel`` with the Wan 2.1 14B config (40 layers, 40 heads x 128, FFN
+  13824), 720p (720 x 1280) 81 frames: latent (21, 90, 160) -> canvas (21, 45, 80) = 75,600 video tokens
+  (tile (6, 8, 8): grid (4, 6, 10), padded to 24 x 48 x 80).
+- ``hunyuan15-720p``: ``HunyuanVideo15Transformer3DModel`` with the HunyuanVideo 1.5 720p text-to-video config
+  (diffusers' scripts/convert_hunyuan_video1_5_to_diffusers.py ``720p_t2v``: 54 dual-stream layers, 16 heads x
+  128, patch 1, 65 input channels = 32 latent + 32 condition + 1 mask), 720 x 1280, 121 frames, VAE 16x/4x:
+  latent (31, 45, 80) = canvas = 111,600 video tokens + 1,985 joint text tokens (Qwen 1000 + ByT5 256 + SigLIP
+  729) of which ``text_valid`` (160 Qwen tokens; no glyph text; no image: text-to-video) are valid, so dense is
+  SDPA with a boolean key mask, as in ``sta-search generate`` (``--all-text-valid``: every text token valid).
+  (diffusers' own processor builds a (S, S) mask, 12.9 GB a layer at this size: leave ``dense-native`` off.)
 
 Modes, all in one process and on one GPU (one transformer forward = one denoising step for
 guidance-distilled HunyuanVideo; Wan under CFG runs two of them per step):
@@ -27,6 +37,12 @@ events, median), attention seconds per forward, peak GPU memory of the timed for
 
     python bench/e2e.py --models hunyuan-720p wan-1.3b-480p --windows 5,5,5 3,3,3 --compile both \
         --out bench/results/e2e-h100.json
+    # 720p dense vs STA (3,3,3), compiled, one timed forward each (``--spec`` = ``--models``):
+    python bench/e2e.py --spec wan-14b-720p hunyuan15-720p --windows 3,3,3 --backends gluon --compile on \
+        --compiled-backends gluon --no-native --reps 1 --warmup 1 --out bench/results/e2e-h200-720p.json
+    # CPU smoke run of the same code paths on scaled-down specs:
+    python bench/e2e.py --spec tiny-wan tiny-hunyuan15 --windows 3,3,3 --backends flex --compile off --no-native \
+        --reps 1 --device cpu --out /tmp/e2e-smoke.json
 """
 
 from __future__ import annotations
@@ -69,7 +85,60 @@ MODELS = {
         text_dim=4096,
         forwards_per_step=2,
     ),
-    # CPU smoke test of this script (tiny shapes; flex/reference backends)
+    "wan-14b-720p": dict(
+        cls="WanTransformer3DModel",
+        config=dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
+                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40,
+                    cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
+        latent=(1, 16, 21, 90, 160),
+        canvas=(21, 45, 80),
+        text_len=512,  # cross-attention context (Wan's umT5 length), not joint tokens
+        text_dim=4096,
+        forwards_per_step=2,
+    ),
+    "hunyuan15-720p": dict(
+        cls="HunyuanVideo15Transformer3DModel",
+        config=dict(in_channels=65, out_channels=32, num_attention_heads=16, attention_head_dim=128, num_layers=54,
+                    num_refiner_layers=2, mlp_ratio=4.0, patch_size=1, patch_size_t=1, qk_norm="rms_norm",
+                    text_embed_dim=3584, text_embed_2_dim=1472, image_embed_dim=1152, rope_theta=256.0,
+                    rope_axes_dim=(16, 56, 56), use_meanflow=False, target_size=960, task_type="t2v"),
+        latent=(1, 65, 31, 45, 80),
+        canvas=(31, 45, 80),
+        text_len=1000 + 256 + 729,  # joint: Qwen (text_dim wide) + ByT5 (text_2) + SigLIP image tokens
+        text_dim=3584,
+        text_2=(256, 1472),
+        image_tokens=(729, 1152),
+        text_valid=(160, 0, 0),  # valid Qwen, ByT5, image tokens (text-to-video, no glyph text)
+        forwards_per_step=2,  # classifier-free guidance (guidance scale 6)
+    ),
+    # CPU smoke tests of this script (tiny shapes; flex/reference backends)
+    "tiny-wan": dict(
+        cls="WanTransformer3DModel",
+        config=dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=4,
+                    out_channels=4, text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+                    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64),
+        latent=(1, 4, 6, 32, 32),
+        canvas=(6, 16, 16),
+        tile=(2, 4, 4),  # grid (3, 4, 4): window (3, 3, 3) keeps 56 % of the tiles
+        text_len=8,
+        text_dim=16,
+        forwards_per_step=2,
+    ),
+    "tiny-hunyuan15": dict(
+        cls="HunyuanVideo15Transformer3DModel",
+        config=dict(in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=32, num_layers=2,
+                    num_refiner_layers=1, patch_size=1, patch_size_t=1, text_embed_dim=16, text_embed_2_dim=32,
+                    image_embed_dim=16, rope_axes_dim=(8, 12, 12), task_type="t2v"),
+        latent=(1, 9, 6, 16, 16),
+        canvas=(6, 16, 16),
+        tile=(2, 4, 4),
+        text_len=12 + 6 + 4,
+        text_dim=16,
+        text_2=(6, 32),
+        image_tokens=(4, 16),
+        text_valid=(5, 0, 0),
+        forwards_per_step=2,
+    ),
     "tiny-hunyuan": dict(
         cls="HunyuanVideoTransformer3DModel",
         config=dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=32, num_layers=1,
@@ -83,6 +152,10 @@ MODELS = {
         forwards_per_step=1,
     ),
 }
+
+
+def spec_tile(spec: dict) -> tuple[int, int, int]:
+    return tuple(spec.get("tile", TILE))
 
 
 def parse_window(text: str) -> tuple[int, int, int]:
@@ -112,7 +185,8 @@ def build_transformer(spec: dict, device: torch.device, dtype: torch.dtype):
     return model
 
 
-def make_inputs(spec: dict, device: torch.device, dtype: torch.dtype, seed: int = 0) -> dict:
+def make_inputs(spec: dict, device: torch.device, dtype: torch.dtype, seed: int = 0,
+                all_text_valid: bool = False) -> dict:
     g = torch.Generator(device="cpu").manual_seed(seed)
 
     def randn(*shape):
@@ -122,7 +196,21 @@ def make_inputs(spec: dict, device: torch.device, dtype: torch.dtype, seed: int 
                   timestep=torch.tensor([500], device=device, dtype=torch.long),
                   encoder_hidden_states=randn(1, spec["text_len"], spec["text_dim"]),
                   return_dict=False)
-    if spec["cls"].startswith("Hunyuan"):
+    if spec["cls"] == "HunyuanVideo15Transformer3DModel":
+        text_len = spec["text_len"] - spec["text_2"][0] - spec["image_tokens"][0]
+        valid = (text_len, *spec["text_2"][:1], spec["image_tokens"][0]) if all_text_valid else spec["text_valid"]
+
+        def mask(n, valid_n):
+            return (torch.arange(n, device=device) < valid_n)[None]
+
+        inputs["timestep"] = torch.tensor([500.0], device=device, dtype=dtype)  # it casts its embedding to this dtype
+        inputs["encoder_hidden_states"] = randn(1, text_len, spec["text_dim"])
+        inputs["encoder_attention_mask"] = mask(text_len, valid[0])
+        inputs["encoder_hidden_states_2"] = randn(1, *spec["text_2"])
+        inputs["encoder_attention_mask_2"] = mask(spec["text_2"][0], valid[1])
+        # the transformer marks image tokens valid unless they are all zero (text-to-video)
+        inputs["image_embeds"] = randn(1, *spec["image_tokens"]) * float(valid[2] > 0)
+    elif spec["cls"].startswith("Hunyuan"):
         inputs["encoder_attention_mask"] = torch.ones(1, spec["text_len"], device=device, dtype=torch.bool)
         inputs["pooled_projections"] = randn(1, spec["pooled_dim"])
         inputs["guidance"] = torch.tensor([6016.0], device=device, dtype=dtype)
@@ -167,7 +255,7 @@ class Bench:
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor(),
             "versions": versions(),
             "dtype": args.dtype,
-            "tile": list(TILE),
+            "tile": list(TILE),  # unless a model entry says otherwise
             "reps": args.reps,
             "notes": "one transformer forward (one denoising step for HunyuanVideo; Wan runs two per step under CFG). "
                      "dense = SDPA with cuDNN first in priority; speedup = dense (hooked) median / mode median.",
@@ -237,7 +325,7 @@ class Bench:
             _, backend, window = name.split("-")
             window = tuple(int(c) for c in window)
             text_len = spec["text_len"] if spec["cls"].startswith("Hunyuan") else 0
-            config = MaskConfig.uniform(info, spec["canvas"], TILE, text_len, 64, window)
+            config = MaskConfig.uniform(info, spec["canvas"], spec_tile(spec), text_len, 64, window)
             ctx = accelerate(model, config, backend=backend, timer=timer)
         with sdpa_cudnn_first(self.device), torch.inference_mode(), ctx as acc:
             t = time.perf_counter()
@@ -321,14 +409,14 @@ class Bench:
         model = build_transformer(spec, self.device, self.dtype)
         build_seconds = time.perf_counter() - t
         info = get_adapter(model).info(model)
-        inputs = make_inputs(spec, self.device, self.dtype)
-        geometry = Geometry(spec["canvas"], TILE)
+        inputs = make_inputs(spec, self.device, self.dtype, all_text_valid=self.args.all_text_valid)
+        geometry = Geometry(spec["canvas"], spec_tile(spec))
         entry = self.results["models"][key] = {
             "transformer_class": spec["cls"], "config": {k: list(v) if isinstance(v, tuple) else v for k, v in spec["config"].items()},
             "parameters_billion": sum(p.numel() for p in model.parameters()) / 1e9,
             "latent": list(spec["latent"]), "canvas": list(spec["canvas"]), "text_len": spec["text_len"],
             "forwards_per_step": spec["forwards_per_step"], "build_seconds": build_seconds,
-            "grid": list(geometry.grid),
+            "tile": list(geometry.tile), "grid": list(geometry.grid),
             "window_density": {",".join(map(str, w)): geometry.density(w) for w in self.args.windows},
             "sdpa_backends_usable": sdpa_backend_probe(spec, self.device, self.dtype),
             "eager": {}, "compiled": {},
@@ -421,7 +509,9 @@ def versions() -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["hunyuan-720p", "wan-1.3b-480p"], choices=sorted(MODELS))
+    parser.add_argument("--models", "--spec", nargs="+", default=["hunyuan-720p", "wan-1.3b-480p"], choices=sorted(MODELS))
+    parser.add_argument("--all-text-valid", action="store_true",
+                        help="hunyuan15-*: every joint text token valid (no key mask) instead of the spec's text_valid")
     parser.add_argument("--windows", nargs="+", type=parse_window, default=[(5, 5, 5), (3, 3, 3)])
     parser.add_argument("--backends", nargs="+", default=["triton", "flex"], choices=["gluon", "triton", "auto", "flex", "reference"])
     parser.add_argument("--compile", choices=["off", "on", "both"], default="both")

@@ -1,7 +1,8 @@
 """End-to-end speed of a shortened denoising loop: dense vs a diffusers step cache vs STA vs cache + STA.
 
-A random-init transformer of one of bench/e2e.py's specs (``hunyuan-720p``: HunyuanVideo 13B at 720p,
-``wan-1.3b-480p``: Wan 2.1 1.3B at 480p; weights do not change speed), regionally compiled
+A random-init transformer of one of bench/e2e.py's specs (``--model``/``--spec``: ``hunyuan-720p``: HunyuanVideo
+13B at 720p, ``wan-1.3b-480p``: Wan 2.1 1.3B at 480p, ``wan-14b-720p``, ``hunyuan15-720p``; weights do not change
+speed), regionally compiled
 (``sta_search.accelerate.compile_transformer``; ``--compile off`` to skip), runs the first ``--steps`` steps
 of a ``--of``-step flow-matching schedule the way a diffusers pipeline does: per step, one forward per CFG
 branch (Wan: cond + uncond, HunyuanVideo: one, guidance-distilled) inside
@@ -80,11 +81,14 @@ def denoise(transformer, inputs: dict, spec: dict, steps: int, total: int) -> to
 def main(argv=None) -> dict:
     e2e = _e2e()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="hunyuan-720p", choices=sorted(e2e.MODELS))
+    parser.add_argument("--model", "--spec", default="hunyuan-720p", choices=sorted(e2e.MODELS))
     parser.add_argument("--cache", default="taylorseer")
     parser.add_argument("--window", type=e2e.parse_window, default=(3, 6, 10))
     parser.add_argument("--steps", type=int, default=10, help="timed steps: the first STEPS of the schedule")
     parser.add_argument("--of", type=int, default=50, help="steps of the whole schedule")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="steps of each mode's untimed warm-up loop (default: --steps); at least 4 lets taylorseer "
+                             "reach a predicted step (its 4th) before timing")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--compile", choices=["on", "off"], default="on")
     parser.add_argument("--reps", type=int, default=1)
@@ -96,6 +100,10 @@ def main(argv=None) -> dict:
     if args.quick:
         args.model, args.steps, args.of, args.window = "tiny-hunyuan", 6, 6, (1, 1, 1)
         args.backend, args.compile, args.dtype, args.device = "reference", "off", "float32", "cpu"
+    out_channels = e2e.MODELS[args.model]["config"].get("out_channels")
+    if out_channels is not None and out_channels != e2e.MODELS[args.model]["latent"][1]:
+        parser.error(f"--model {args.model}: its input carries condition channels ({e2e.MODELS[args.model]['latent'][1]} "
+                     f"in, {out_channels} out); this loop updates the input latent in place")
     if not 1 <= args.steps <= args.of:
         parser.error(f"--steps {args.steps} must be in [1, --of {args.of}]")
 
@@ -114,7 +122,7 @@ def main(argv=None) -> dict:
     inputs = e2e.make_inputs(spec, device, dtype)
     info = get_adapter(transformer).info(transformer)
     text_len = spec["text_len"] if spec["cls"].startswith("Hunyuan") else 0
-    mask = MaskConfig.uniform(info, spec["canvas"], e2e.TILE if not args.quick else (1, 4, 4), text_len, args.of,
+    mask = MaskConfig.uniform(info, spec["canvas"], e2e.spec_tile(spec) if not args.quick else (1, 4, 4), text_len, args.of,
                               args.window, dense_steps=())
     if args.compile == "on":
         compile_transformer(transformer)
@@ -126,7 +134,7 @@ def main(argv=None) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "versions": e2e.versions(), "model": args.model, "canvas": list(spec["canvas"]),
         "cache": args.cache, "window": list(args.window), "backend": args.backend, "compile": args.compile,
-        "dtype": args.dtype, "steps": args.steps, "of_steps": args.of, "forwards_per_step": spec["forwards_per_step"],
+        "dtype": args.dtype, "steps": args.steps, "of_steps": args.of, "warmup_steps": args.warmup_steps or args.steps, "forwards_per_step": spec["forwards_per_step"],
         "caveats": ["timed: the first --steps steps of the schedule (cache warm-up included); no dense STA steps",
                     "first-block/mag decide from the data: on random weights their skip pattern is not the model's"],
         "modes": {},
@@ -137,13 +145,14 @@ def main(argv=None) -> dict:
         sta = "sta" in mode
         times, pattern = [], None
         for rep in range(args.reps + 1):  # rep 0: warm-up
+            steps = args.steps if rep or args.warmup_steps is None else min(args.warmup_steps, args.steps)
             with torch.inference_mode():
                 if sta:
                     with sta_search.accelerate(transformer, mask, backend=args.backend, cache=cache) as acc:
                         acc.attention.trace = []
                         _sync(device)
                         t0 = time.perf_counter()
-                        denoise(transformer, inputs, spec, args.steps, args.of)
+                        denoise(transformer, inputs, spec, steps, args.of)
                         _sync(device)
                         trace = acc.attention.trace
                 elif cache:
@@ -152,12 +161,12 @@ def main(argv=None) -> dict:
                     with use_cache(transformer, cache):
                         _sync(device)
                         t0 = time.perf_counter()
-                        denoise(transformer, inputs, spec, args.steps, args.of)
+                        denoise(transformer, inputs, spec, steps, args.of)
                         _sync(device)
                 else:
                     _sync(device)
                     t0 = time.perf_counter()
-                    denoise(transformer, inputs, spec, args.steps, args.of)
+                    denoise(transformer, inputs, spec, steps, args.of)
                     _sync(device)
             if rep:
                 times.append(time.perf_counter() - t0)

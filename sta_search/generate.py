@@ -272,7 +272,8 @@ def generate(settings: GenerateSettings, console=None) -> dict:
         canvas = tuple(int(c) for c in loaded.adapter.canvas(loaded.transformer, height, width, frames))
         from .profile import pipeline_image_kwargs
 
-        image_kwargs = pipeline_image_kwargs(loaded.pipeline, settings.image)  # UserError: missing/bad/unwanted
+        image_kwargs = pipeline_image_kwargs(loaded.pipeline, settings.image, (height, width, frames),
+                                             loaded.adapter)  # UserError: missing/bad/unwanted
         config = check_config(config, info, canvas, steps, tile=declared.get("tile"),
                               declared="the model's sta_search.json declares its default size and tile; pass "
                               "--height, --width and --frames to run at another size" if declared else "")

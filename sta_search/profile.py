@@ -321,7 +321,8 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
         header["model"]["experts"] = 2
     if settings.image is not None:
         header["image"] = image_identity(settings.image)
-    image_kwargs = pipeline_image_kwargs(pipeline, settings.image)  # UserError: no image / not an image / not taken
+    image_kwargs = pipeline_image_kwargs(pipeline, settings.image,  # UserError: none / bad / not taken
+                                         (sizes["height"], sizes["width"], sizes["frames"]), adapter)
     expert_layers = [len(adapter.attention_modules(t)) for t in (loaded.transformer, loaded.transformer_2)
                      if t is not None]
     prompts = list(settings.prompts)
@@ -472,15 +473,17 @@ def image_identity(path) -> dict:
     return {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
 
-def pipeline_image_kwargs(pipeline, image_path) -> dict:
-    """``{"image": PIL image}`` for a pipeline that takes an image; ``{}`` without --image for one that does
-    not need it. UserError when the pipeline needs an image and none is given, takes none but one is given,
-    or the file is not an image."""
+def pipeline_image_kwargs(pipeline, image_path, size, adapter=None) -> dict:
+    """The call arguments that condition `pipeline` on the image file `image_path` for a video of `size`
+    ``(height, width, frames)`` (``adapter.image_call_kwargs``: ``{"image": PIL image}`` for most pipelines,
+    ``video``/``mask_video`` for EasyAnimate's inpaint pipeline); ``{}`` without --image for one that does not
+    need it. UserError when the pipeline needs an image and none is given, takes none but one is given, the
+    file is not an image, or the pipeline cannot make a video of `size` from it."""
+    from .models import get_adapter
     from .options import read_image
 
-    params = inspect.signature(type(pipeline).__call__).parameters
-    takes = "image" in params
-    needs = takes and params["image"].default is inspect.Parameter.empty
+    adapter = adapter if adapter is not None else get_adapter(pipeline.transformer).bind(pipeline)
+    takes, needs = adapter.image_input(pipeline)
     name = type(pipeline).__name__
     if image_path is None:
         if needs:
@@ -488,7 +491,7 @@ def pipeline_image_kwargs(pipeline, image_path) -> dict:
         return {}
     if not takes:
         raise UserError(f"--image {image_path}: {name} takes no image (it is not an image-to-video pipeline)")
-    return {"image": read_image(image_path)}
+    return adapter.image_call_kwargs(pipeline, read_image(image_path), *(int(s) for s in size))
 
 
 def _expert_ranges(loaded, adapter, experts_by_step: dict, steps: int) -> list[tuple[int, int]]:

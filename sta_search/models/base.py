@@ -10,6 +10,7 @@ and the attention op itself is handed to an :data:`AttentionFn`.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -197,6 +198,18 @@ class ModelAdapter:
         kwargs.update(dict(self.call_defaults))
         kwargs.update(overrides)
         return kwargs
+
+    def image_input(self, pipeline) -> tuple[bool, bool]:
+        """``(takes, needs)``: whether `pipeline`'s call takes a conditioning image (``--image``) and whether it
+        requires one. Default: its ``image`` argument, required when it has no default value."""
+        params = inspect.signature(type(pipeline).__call__).parameters
+        takes = "image" in params
+        return takes, takes and params["image"].default is inspect.Parameter.empty
+
+    def image_call_kwargs(self, pipeline, image, height: int, width: int, frames: int) -> dict:
+        """Call arguments that condition `pipeline` on the PIL `image` for a ``frames x height x width`` video,
+        as the pipeline's own image-to-video usage does; default ``{"image": image}``."""
+        return {"image": image}
 
     def bind(self, pipeline=None, transformer=None) -> "ModelAdapter":
         """A copy of this adapter with `pipeline`'s VAE factors and call defaults (None: unchanged)."""

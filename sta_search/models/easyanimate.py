@@ -6,12 +6,16 @@ given the prompt mask: it attends to all ``max_sequence_length`` text tokens, pa
 Canvas: latent ``(B, C, F, H, W)``, patch ``(1, p, p)``; VAE factors from the pipeline's
 ``vae_temporal_compression_ratio`` / ``vae_spatial_compression_ratio`` (Magvit VAE: 4x, 8x).
 Image-to-video (`EasyAnimateInpaintPipeline`) and control pipelines concatenate their latents on the
-channels inside the transformer (``inpaint_latents`` / ``control_latents``): same tokens, same canvas.
+channels inside the transformer (``inpaint_latents`` / ``control_latents``): same tokens, same canvas. The
+inpaint pipeline takes no ``image``: ``--image`` becomes its ``video`` (the image repeated over the frames) and
+``mask_video`` (0 on the first frame, kept; 255 on the others, generated), as diffusers'
+``get_image_to_video_latent`` builds them in its example. Without ``--image`` it generates from text alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import torch
 
@@ -93,6 +97,19 @@ class EasyAnimateAdapter(ModelAdapter):
         p = int(transformer.config.patch_size)
         return (1, p, p)
 
+    def image_input(self, pipeline):
+        if _is_inpaint(pipeline):
+            return True, False  # the image is optional: without it the inpaint model generates from text
+        return super().image_input(pipeline)
+
+    def image_call_kwargs(self, pipeline, image, height, width, frames):
+        if not _is_inpaint(pipeline):
+            return super().image_call_kwargs(pipeline, image, height, width, frames)
+        from diffusers.pipelines.easyanimate.pipeline_easyanimate_inpaint import get_image_to_video_latent
+
+        video, mask_video = get_image_to_video_latent(image, None, frames, (height, width))
+        return {"video": video, "mask_video": mask_video}
+
     def bind(self, pipeline=None, transformer=None):
         bound = super().bind(pipeline, transformer)
         temporal = getattr(pipeline, "vae_temporal_compression_ratio", None)  # EasyAnimate's attribute names
@@ -102,3 +119,9 @@ class EasyAnimateAdapter(ModelAdapter):
             vae_scale_temporal=int(temporal) if temporal else bound.vae_scale_temporal,
             vae_scale_spatial=int(spatial) if spatial else bound.vae_scale_spatial,
         )
+
+
+def _is_inpaint(pipeline) -> bool:
+    """Whether `pipeline` is conditioned through ``video`` + ``mask_video`` (`EasyAnimateInpaintPipeline`)."""
+    params = inspect.signature(type(pipeline).__call__).parameters
+    return "video" in params and "mask_video" in params

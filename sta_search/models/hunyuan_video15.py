@@ -12,7 +12,10 @@ the video output is the same (checked by the tests against the unhooked pipeline
 
 Image-to-video (`HunyuanVideo15ImageToVideoPipeline`): the image latent is concatenated on the channels
 (``[latents, cond_latents, mask]``) and the image's SigLIP tokens join the text stream: the canvas is the
-video's, the image tokens count as (valid) text tokens.
+video's, the image tokens count as (valid) text tokens. That pipeline takes no height/width: it picks the
+size bucket of ``target_size`` (the transformer config's; 640 px for 480p, 960 px for 720p) closest to the
+image's aspect ratio and resizes the image to it. The adapter drops height/width from its call and refuses
+(UserError naming the size to pass) a ``--height/--width`` that is not the size the pipeline will make.
 
 Canvas: latent ``(B, C, F, H, W)``, patch ``(patch_size_t, patch_size, patch_size)`` (1, 1, 1 in the release);
 VAE 4x temporal, 16x spatial (read from the pipeline).
@@ -20,12 +23,15 @@ VAE 4x temporal, 16x spatial (read from the pipeline).
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from dataclasses import dataclass
 
 import torch
 
 from diffusers.models.embeddings import apply_rotary_emb
 
+from ..errors import UserError
 from .base import ModelAdapter, project_qkv, register_adapter
 
 
@@ -87,6 +93,7 @@ class HunyuanVideo15Adapter(ModelAdapter):
     text_first = False
 
     vae_scale_spatial: int = 16  # the HunyuanVideo 1.5 VAE (a loaded pipeline binds its own factors)
+    sized_by_image: bool = False  # bound to HunyuanVideo15ImageToVideoPipeline: no height/width in its call
 
     def attention_modules(self, transformer):
         return [block.attn for block in transformer.transformer_blocks]
@@ -97,3 +104,32 @@ class HunyuanVideo15Adapter(ModelAdapter):
     def _patch_size(self, transformer):
         config = transformer.config
         return (int(config.patch_size_t), int(config.patch_size), int(config.patch_size))
+
+    def bind(self, pipeline=None, transformer=None):
+        bound = super().bind(pipeline, transformer)
+        return dataclasses.replace(bound, sized_by_image=pipeline is not None and _sized_by_image(pipeline))
+
+    def pipeline_kwargs(self, prompt, height, width, frames, steps, generator, **overrides) -> dict:
+        kwargs = super().pipeline_kwargs(prompt, height, width, frames, steps, generator, **overrides)
+        if self.sized_by_image:
+            kwargs.pop("height", None)
+            kwargs.pop("width", None)
+        return kwargs
+
+    def image_call_kwargs(self, pipeline, image, height, width, frames):
+        if _sized_by_image(pipeline):
+            target = int(pipeline.target_size)
+            size = tuple(int(v) for v in pipeline.video_processor.calculate_default_height_width(
+                image.height, image.width, target))
+            if size != (height, width):
+                raise UserError(
+                    f"{type(pipeline).__name__} sizes the video from the image: a {image.width}x{image.height} "
+                    f"(width x height) image gives {size[0]}x{size[1]} (height x width) at target size {target}, "
+                    f"not {height}x{width}; pass --height {size[0]} --width {size[1]}")
+        return super().image_call_kwargs(pipeline, image, height, width, frames)
+
+
+def _sized_by_image(pipeline) -> bool:
+    """Whether `pipeline`'s call takes no height/width (`HunyuanVideo15ImageToVideoPipeline`)."""
+    params = inspect.signature(type(pipeline).__call__).parameters
+    return "image" in params and "height" not in params and hasattr(pipeline, "target_size")
