@@ -451,7 +451,9 @@ def _run(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, la
     else:
         text_start = geometry.padded_len
         o_desc = gluon_fwd._rows_descriptor(out, 0, geometry.padded_len, QUERY_ROWS)
-    ot_desc = gluon_fwd._rows_descriptor(out, text_start, text_len if text_len else S, QUERY_ROWS)
+    # without text the descriptor is never read: any one of the right block shape (as gluon_fwd does)
+    ot_desc = (gluon_fwd._rows_descriptor(out, text_start, text_len, QUERY_ROWS) if text_len
+               else gluon_fwd._rows_descriptor(out, 0, S, QUERY_ROWS))
     windows = windows.to(device=q.device, dtype=torch.int32).contiguous()
     if text_len and text_mask is not None:
         mask_arg = text_mask.to(device=q.device, dtype=torch.int8).contiguous()
