@@ -394,7 +394,7 @@ def _write(is_main: bool, path: Path, frames, fps: int) -> str:
 
     if is_main:
         with sigint_deferred():  # Ctrl-C waits for the file: every video on disk is whole
-            write_mp4(path, frames, fps=fps)
+            path = write_mp4(path, frames, fps=fps)  # a .gif where imageio-ffmpeg is missing
     return path.name
 
 

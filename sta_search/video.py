@@ -54,11 +54,32 @@ def _even_size(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
+def ffmpeg_available() -> bool:
+    """Whether imageio's ffmpeg plugin (the ``imageio-ffmpeg`` package) can be imported."""
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def write_mp4(path, frames: np.ndarray, fps: int = DEFAULT_FPS, quality: int = 8) -> Path:
-    """Write ``(F, H, W, 3)`` uint8 frames as an H.264 mp4 (yuv420p, every player reads it)."""
+    """Write ``(F, H, W, 3)`` uint8 frames as an H.264 mp4 (yuv420p, every player reads it).
+
+    Without ``imageio-ffmpeg`` (a declared dependency, but missing from some managed environments) the frames
+    are written as an animated GIF next to it instead (``.gif``, Pillow), with a warning: returns the path written.
+    """
     import imageio.v2 as imageio
 
     path = Path(path)
+    if not ffmpeg_available():
+        from PIL import Image
+
+        gif = path.with_suffix(".gif")
+        warnings.warn(f"imageio-ffmpeg is not installed: {gif.name} written as a GIF instead of an mp4")
+        images = [Image.fromarray(frame) for frame in to_uint8_frames(frames)]
+        images[0].save(gif, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+        return gif
     frames = _even_size(to_uint8_frames(frames))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -77,6 +98,11 @@ def read_mp4(path) -> np.ndarray:
     """All frames of a video file as ``(F, H, W, 3)`` uint8."""
     import imageio.v2 as imageio
 
+    if Path(path).suffix.lower() == ".gif":
+        from PIL import Image, ImageSequence
+
+        with Image.open(path) as image:
+            return np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)])
     reader = imageio.get_reader(str(path), format="FFMPEG")
     try:
         return np.stack([np.asarray(frame)[..., :3] for frame in reader])

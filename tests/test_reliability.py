@@ -333,3 +333,20 @@ def test_generate_fault_after_the_first_prompt_keeps_its_video(tiny_small_mask, 
     from sta_search.video import read_mp4
 
     assert read_mp4(out / "000-a-red-ball.mp4").shape[0] == 4
+
+
+def test_videos_fall_back_to_gif_without_imageio_ffmpeg(tmp_path, monkeypatch):
+    """Where imageio-ffmpeg is missing the frames still land (GIF, with a warning) and read back the same."""
+    import sys
+
+    import numpy as np
+
+    from sta_search import video
+
+    frames = (np.random.default_rng(0).random((4, 10, 12, 3)) * 255).astype(np.uint8)
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import now raises ImportError
+    with pytest.warns(UserWarning, match="GIF"):
+        written = video.write_mp4(tmp_path / "clip.mp4", frames)
+    assert written.suffix == ".gif" and not (tmp_path / "clip.mp4").exists()
+    back = video.read_mp4(written)
+    assert back.shape == frames.shape and np.abs(back.astype(int) - frames).mean() < 40
