@@ -93,6 +93,8 @@ def parse_args(argv=None):
                         "MaskAttention: auto (default on CUDA), triton, gluon, flex, reference")
     p.add_argument("--cli-check", action=argparse.BooleanOptionalAction, default=True,
                    help="also run select --canvas / --add-to and generate on both canvases through the CLI")
+    p.add_argument("--cli-subprocess", action="store_true",
+                   help="run the CLI check's commands as `python -m sta_search` subprocesses (default: in process)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds: start no further config (nor the CLI check) once this much has passed")
     p.add_argument("--work", default="/tmp/sta-search-transfer")
@@ -340,16 +342,28 @@ def main(argv=None) -> dict:
 
 
 # ----------------------------------------------------------------------------------- the CLI path
-def _run_cli(argv: list[str], log: list) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+def _run_cli(argv: list[str], log: list, subprocess_mode: bool) -> int:
+    """Run ``sta-search ARGV``: in this process through the typer app (default: no second import of torch and
+    the model), or as ``python -m sta_search`` (``--cli-subprocess``). Returns the exit code."""
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "sta_search", *argv], capture_output=True, text=True, env=env,
-                          cwd=str(REPO), timeout=900)
-    log.append({"argv": ["sta-search", *argv], "returncode": done.returncode,
-                "seconds": round(time.perf_counter() - t0, 1),
-                **({"stderr_tail": done.stderr[-1500:]} if done.returncode else {})})
-    return done
+    if subprocess_mode:
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        done = subprocess.run([sys.executable, "-m", "sta_search", *argv], capture_output=True, text=True, env=env,
+                              cwd=str(REPO), timeout=900)
+        code, tail = done.returncode, done.stderr[-1500:]
+    else:
+        from typer.testing import CliRunner
+
+        from sta_search.cli import app
+
+        result = CliRunner().invoke(app, argv)
+        code = result.exit_code
+        tail = (result.output or "")[-1000:] + (f" {type(result.exception).__name__}: {result.exception}"
+                                                 if result.exception else "")
+    log.append({"argv": ["sta-search", *argv], "returncode": code, "seconds": round(time.perf_counter() - t0, 1),
+                **({"output_tail": tail} if code else {})})
+    return code
 
 
 def cli_check(args, low_folder: Path, low_size, high_size, high_canvas, low_canvas, prompt: str) -> dict:
@@ -360,20 +374,20 @@ def cli_check(args, low_folder: Path, low_size, high_size, high_canvas, low_canv
     work = Path(args.work) / f"cli-{args.kind}-{_dt.datetime.now().strftime('%H%M%S%f')}"
     work.mkdir(parents=True, exist_ok=True)
     log: list = []
-    out: dict = {"commands": log, "ok": False}
+    out: dict = {"commands": log, "ok": False, "mode": "subprocess" if args.cli_subprocess else "in-process (typer)"}
     select = ["select", str(low_folder), "--budget", f"{args.density:g}"]
-    by_canvas, by_pixels, multi = work / "high-canvas.yaml", work / "high-pixels.yaml", work / "multi.yaml"
+    by_canvas, multi = work / "high-canvas.yaml", work / "multi.yaml"
     hf, hh, hw = high_size
     steps = [
-        select + ["--canvas", ",".join(map(str, high_canvas)), "--out", str(by_canvas)],
-        select + ["--frames", str(hf), "--height", str(hh), "--width", str(hw), "--out", str(by_pixels)],
+        select + ["--canvas", ",".join(map(str, high_canvas)), "--out", str(by_canvas)],  # unprofiled canvas
         select + ["--add-to", str(multi)],  # the low (profiled) canvas
-        select + ["--frames", str(hf), "--height", str(hh), "--width", str(hw), "--add-to", str(multi)],
+        select + ["--frames", str(hf), "--height", str(hh), "--width", str(hw), "--add-to", str(multi)],  # pixels
     ]
     for argv in steps:
-        if _run_cli(argv, log).returncode:
+        if _run_cli(argv, log, args.cli_subprocess):
             return out
-    a, b, m = MaskConfig.load(by_canvas), MaskConfig.load(by_pixels), MaskConfig.load(multi)
+    a, m = MaskConfig.load(by_canvas), MaskConfig.load(multi)
+    b = m.for_canvas(tuple(high_canvas))
     out["select"] = {
         "canvas_route": {"canvas": list(a.canvas), "density": a.density(),
                          "rule": a.summary.get("transferred_from", {}).get("rule")},
@@ -384,12 +398,12 @@ def cli_check(args, low_folder: Path, low_size, high_size, high_canvas, low_canv
     out["generate"] = {}
     for label, (f, h, w), canvas in (("high", high_size, high_canvas), ("low", low_size, low_canvas)):
         folder = work / f"gen-{label}"
-        done = _run_cli(["generate", str(args.model), "--mask", str(multi), "--prompt", prompt, "--frames", str(f),
+        code = _run_cli(["generate", str(args.model), "--mask", str(multi), "--prompt", prompt, "--frames", str(f),
                          "--height", str(h), "--width", str(w), "--steps", str(args.steps), "--seed", str(args.seed),
                          "--device", str(args.device), "--dtype", args.dtype, "--compare-dense",
                          "--backend", "reference" if args.sta_backend == "mask" else args.sta_backend,
-                         "--out", str(folder)], log)
-        if done.returncode:
+                         "--out", str(folder)], log, args.cli_subprocess)
+        if code:
             return out
         report = json.loads((folder / "report.json").read_text())
         video = report["videos"][0]
