@@ -20,7 +20,7 @@ with every 5th step profiled (steps 0 and 5: the same 20 % profiled share as 10 
 the full one. Untimed warm-ups first (one dense step; a one-step profile of one prompt with every window,
 which compiles the Triton statistics kernels), each recorded in the JSON.
 
-    python bench/profile_wholerun.py --device cuda --out DIR        # ~2.5 min on one H200 (estimate)
+    python bench/profile_wholerun.py --device cuda --out DIR        # ~2.5-3 min on one H200 (estimate)
     python bench/profile_wholerun.py --quick --out /tmp/wholerun    # CPU smoke: tiny Wan, 2 steps
 
 Writes ``DIR/profile-wholerun-<UTC stamp>.json`` (``--out`` a folder, or a ``.json`` file).
@@ -112,8 +112,15 @@ def build_pipeline(spec: dict, prompts, device: torch.device, dtype: torch.dtype
                 relative_attention_num_buckets=32, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
     finally:
         torch.set_default_dtype(previous)
-    for module in (transformer, vae, text_encoder):
-        module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # the fp32-module cast warning: handled just below
+    try:
+        for module in (transformer, vae, text_encoder):
+            module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     keep = getattr(transformer, "_keep_in_fp32_modules", None) or []  # as from_pretrained(torch_dtype=...) does
     for name, module in transformer.named_modules():
         if any(part in keep for part in name.split(".")):
