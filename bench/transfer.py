@@ -29,7 +29,8 @@ S seconds have passed.
 
     nice python bench/transfer.py                       # tiny, ~10 min on 2 free CPU cores
     python bench/transfer.py --quick                    # smoke run
-    python bench/transfer.py --model small --device cuda --time-budget 110 --out DIR/transfer-small.json
+    python bench/transfer.py --model small --device cuda --time-budget 150 --out DIR/   # ~1.5-2.5 min, one H200
+        (estimate, not measured: mostly Triton/Gluon JIT; 4 + 4 prompts, 16 steps, every 2nd profiled, bf16)
     python bench/transfer.py --model small --quick --low 4x32x48 --high 8x48x80 --steps 2   # CPU smoke of small
 
 Writes ``bench/results/transfer-<UTC timestamp>.json`` (or ``--out``; a folder gets that file name in it).
