@@ -135,3 +135,40 @@ def test_subset_profile_keeps_exactly_the_rows(tmp_path):
 
     with pytest.raises(UserError, match="not profiled"):
         subset_profile(sub, steps=[1])
+
+
+# ------------------------------------------------------------------------ bench/profiling_amount.py helpers
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "profiling_amount.py"
+    spec = importlib.util.spec_from_file_location("profiling_amount_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_points_cover_both_curves_ends_first():
+    bench = _bench()
+    order = bench.points([1, 2, 4, 8, 16], [1, 2, 5, 10])
+    assert order[0] == (16, 1) and len(order) == len(set(order)) == 8
+    assert set(order) == {(n, 1) for n in (1, 2, 4, 8, 16)} | {(16, s) for s in (1, 2, 5, 10)}
+    assert order[1:3] == [(1, 1), (16, 10)]  # the cheapest end of each curve right after the reference
+
+
+def test_bench_recommendation_reads_the_curves():
+    bench = _bench()
+    name = bench._name
+    pts = {name(16, 1): {"mean_psnr_db": 30.0, "heldout_error": 0.100},
+           name(8, 1): {"mean_psnr_db": 29.8, "heldout_error": 0.101},
+           name(4, 1): {"mean_psnr_db": 29.6, "heldout_error": 0.110},
+           name(16, 5): {"mean_psnr_db": 29.75, "heldout_error": 0.1015},
+           name(16, 10): {"mean_psnr_db": 28.0, "heldout_error": 0.130}}
+    prompts = [(16, 1), (8, 1), (4, 1)]
+    strides = [(16, 1), (16, 5), (16, 10)]
+    assert bench.recommend(pts, prompts, "mean_psnr_db", "higher", 0.3, False, "prompts") == (8, 1)
+    assert bench.recommend(pts, prompts, "mean_psnr_db", "higher", 0.5, False, "prompts") == (4, 1)
+    assert bench.recommend(pts, strides, "mean_psnr_db", "higher", 0.3, False, "stride") == (16, 5)
+    assert bench.recommend(pts, prompts, "heldout_error", "lower", 0.02, True, "prompts") == (8, 1)
+    assert bench.recommend({}, prompts, "mean_psnr_db", "higher", 0.3, False, "prompts") is None
