@@ -9,7 +9,8 @@ At one density budget (``--density``, default 0.3) this study measures, as a fun
    windows ``select`` chose from the smaller profile (mean over (sparse step, layer, head) of the held-out
    prompts' mean relative L2 error of the chosen window: ``quality.insample_cost`` on the held-out profile);
 2. the PSNR vs dense of the held-out prompts' videos generated with those windows (same initial noise as the
-   dense videos; STA as SDPA under the reference STA mask, ``quality.ConfigAttention``);
+   dense videos; STA by the package's kernels, ``accelerate.MaskAttention``, on CUDA, and as SDPA under the
+   reference STA mask, ``quality.ConfigAttention``, on CPU: ``--sta``);
 3. ``select``'s own k-fold numbers (``heldout_error``, ``cv_insample_error``, ``heldout_gap``) and whether it
    warned that the profile is too small (``sta_search/select_check.py``).
 
@@ -26,7 +27,7 @@ whose held-out error is within ``--error-tolerance``, 2 % relative, of it). One 
 prompts: differences of a few tenths of a dB are within noise; the JSON keeps per-prompt PSNRs.
 
     python3 bench/profiling_amount.py --device cuda --out OUT          # small, 16 + 4 prompts, ~2.5 min on one H200
-    python3 bench/profiling_amount.py --quick --out OUT               # CPU smoke: small at 8x64x96 px, 4 steps
+    python3 bench/profiling_amount.py --quick --device cpu --out OUT  # CPU smoke: small at 8x64x96 px, 3 steps
 
 Writes ``OUT/profiling-amount.json`` and ``OUT/profiling-amount.png``. ``--time-budget`` (seconds since
 start) stops starting further generations; the error curves are always complete (they need no generation).
@@ -75,12 +76,16 @@ def parse_args(argv=None):
     p.add_argument("--profile-backend", default="auto")
     p.add_argument("--psnr-tolerance", type=float, default=0.3, help="dB below the most-profiled config")
     p.add_argument("--error-tolerance", type=float, default=0.02, help="relative held-out error above it")
-    p.add_argument("--time-budget", type=float, default=150.0,
-                   help="seconds: start no further generation once this much has passed (default 150)")
+    p.add_argument("--sta", choices=("auto", "kernel", "mask"), default="auto",
+                   help="STA in generation: kernel (sta_search.accelerate.MaskAttention, the package's kernels), mask "
+                        "(quality.ConfigAttention: SDPA under the reference mask, ~1 GB per distinct layer table on the "
+                        "small canvas); auto: kernel on CUDA, mask on CPU")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds: start no further generation once this much has passed (default 150; none with --quick)")
     p.add_argument("--work", default=None, help="profile folders (default: OUT/work; resumed when rerun)")
     p.add_argument("--out", required=True, help="folder for profiling-amount.json and .png")
     p.add_argument("--quick", action="store_true",
-                   help="CPU smoke run: 2 + 1 prompts, counts 1 2, strides 1 2, 4 steps, small at 8x64x96 px")
+                   help="CPU smoke run: 2 + 1 prompts, counts 1 2, strides 1 2, 3 steps, 3 shortlist windows, small at 8x64x96 px")
     return p.parse_args(argv)
 
 
@@ -121,6 +126,8 @@ def profile(args, loaded, settings, prompts, shortlist, name: str):
     from sta_search.profile import ProfileSettings, run_profile
 
     folder = Path(args.work) / name
+    if folder.exists():
+        print(f"profile {name}: resuming {folder} (its timing then counts only the prompts left)", flush=True)
     t0 = time.perf_counter()
     result = run_profile(
         ProfileSettings(model=args.model, prompts=tuple(prompts), steps=settings.steps, height=settings.height,
@@ -178,6 +185,8 @@ def _name(prompts: int, stride: int) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.time_budget is None and not args.quick:
+        args.time_budget = 150.0
     from sta_search.maskconfig import MaskConfig  # noqa: F401  (import early: fails fast if the package is broken)
     from sta_search.models import dense_attention, load_model
     from sta_search.options import dtype_name, resolve_device
@@ -197,7 +206,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.counts, args.strides, args.heldout_prompts = [1, 2], [1, 2], 1
         sizes = dict(height=64, width=96, frames=8) if kind == "small" else {}
-        settings = dataclasses.replace(settings, steps=args.steps or 4, **sizes)
+        settings = dataclasses.replace(settings, steps=args.steps or 3, **sizes)
     sizes = {k: getattr(args, k) for k in ("height", "width", "frames") if getattr(args, k) is not None}
     settings = dataclasses.replace(settings, steps=args.steps or settings.steps, **sizes)
     if max(args.strides) >= settings.steps:
@@ -206,7 +215,7 @@ def main(argv=None) -> dict:
     dtype = getattr(torch, args.dtype)
     loaded = load_model(args.model, args.device, dtype)
     training, heldout = prompt_split(kind, train_count, args.heldout_prompts)
-    shortlist = shortlist_for(kind)
+    shortlist = ((1, 2, 2), (2, 3, 3), (99, 99, 99)) if args.quick else shortlist_for(kind)
     tag = "-quick" if args.quick else ""
     train_profile, train_s = profile(args, loaded, settings, training, shortlist, f"train-{kind}{tag}")
     heldout_profile, heldout_s = profile(args, loaded, settings, heldout, shortlist, f"heldout-{kind}{tag}")
@@ -231,11 +240,12 @@ def main(argv=None) -> dict:
                      "heldout_error": "mean over (sparse step, layer, head) of the held-out profile's mean relative L2 "
                                       "error of the chosen window (every step profiled)",
                      "psnr": "PSNR vs dense per frame (8-bit RGB), averaged over frames, held-out prompts in one "
-                             "batch, same initial noise; STA as SDPA under the reference STA mask",
+                             "batch, same initial noise",
                      "recommendation": f"fewest prompts / largest stride within {args.psnr_tolerance} dB of the "
                                        f"most-profiled point's mean PSNR (and within {args.error_tolerance:.0%} of its "
                                        "held-out error)"},
         "prompts": {"profiled": training, "heldout": heldout},
+        "resumed_profiles": bool(train_s + heldout_s < 1.0),  # both found complete in --work: timings say nothing
         "timings": {"profile_train_s": round(train_s, 1), "profile_heldout_s": round(heldout_s, 1),
                     "profile_s_per_prompt_all_steps": round((train_s + heldout_s) / (len(training) + len(heldout)), 2)},
         "points": {},
@@ -271,6 +281,19 @@ def main(argv=None) -> dict:
     write()
 
     # ---- generation: dense once, then each distinct window table
+    if args.sta == "auto":
+        args.sta = "kernel" if args.device.startswith("cuda") else "mask"
+
+    def sta_attention(config):
+        if args.sta == "mask":
+            return quality.ConfigAttention(config)
+        from sta_search.accelerate import MaskAttention
+
+        return MaskAttention(config)
+
+    results["settings"]["sta_for_generation"] = (
+        "sta_search.accelerate.MaskAttention (backend auto)" if args.sta == "kernel"
+        else "quality.ConfigAttention: SDPA under the reference STA mask")
     t0 = time.perf_counter()
     dense = quality.generate_batch(loaded, settings, heldout, steps, args.seed, dense_attention)
     sync()
@@ -289,7 +312,7 @@ def main(argv=None) -> dict:
             results.setdefault("skipped_for_time", []).append(_name(n, k))
             continue
         t0 = time.perf_counter()
-        video = quality.generate_batch(loaded, settings, heldout, steps, args.seed, quality.ConfigAttention(config))
+        video = quality.generate_batch(loaded, settings, heldout, steps, args.seed, sta_attention(config))
         sync()
         per = [fidelity(v, d) for v, d in zip(video, dense)]
         psnr = [min(f.psnr_db, PSNR_CAP_DB) for f in per]
