@@ -26,7 +26,7 @@ held-out PSNR is within ``--psnr-tolerance`` (0.3 dB) of the most-profiled confi
 whose held-out error is within ``--error-tolerance``, 2 % relative, of it). One seed and a few held-out
 prompts: differences of a few tenths of a dB are within noise; the JSON keeps per-prompt PSNRs.
 
-    python3 bench/profiling_amount.py --device cuda --out OUT          # small, 16 + 4 prompts, ~2.5 min on one H200
+    python3 bench/profiling_amount.py --device cuda --out OUT          # small, 16 + 4 prompts: estimated 1.5-2.5 min on one H200 (not yet measured)
     python3 bench/profiling_amount.py --quick --device cpu --out OUT  # CPU smoke: small at 8x64x96 px, 3 steps
 
 Writes ``OUT/profiling-amount.json`` and ``OUT/profiling-amount.png``. ``--time-budget`` (seconds since
