@@ -49,6 +49,7 @@ from .costmodel import CostModel, load_cost_model
 from .errors import UserError
 from .experts import ExpertSplit
 from .maskconfig import MaskConfig
+from .select_check import DEFAULT_TOLERANCE, check_heldout
 
 OBJECTIVES = ("error", "recall")
 STRATEGIES = ("budget", "argmin")
@@ -234,6 +235,7 @@ class SelectOptions:
     candidates: str = "auto"
     folds: int = 5
     results_dir: str | None = None
+    heldout_tolerance: float = DEFAULT_TOLERANCE  # warn when held-out error > (1 + this) x in-sample (select_check)
 
 
 @dataclass(frozen=True)
@@ -509,6 +511,7 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
         summary["optimality_gap_bound"] = solution.gap_bound / (groups * per_group)
     summary.update(_cross_validate(profile, cands, options, layout, choose, S, L, H))
     summary["prompts"] = profile.num_prompts
+    summary.update(check_heldout(summary, options.heldout_tolerance).summary_fields())
     summary["profile_steps"] = list(profile.profile_steps)
     summary["step_mapping"] = "each sparse step uses the statistics of the nearest profiled step"
     experts = ExpertSplit.from_header(profile.header)

@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         strategy: str = typer.Option("budget", "--strategy", help="budget: optimal under the budget; argmin: FastVideo's per-head argmin (no budget)."),
         candidates: str = typer.Option("auto", "--candidates", help="shortlist (windows with measured errors) or all (every window; recall only) (default: shortlist for error, all for recall)."),
         folds: int = options.positive_option(5, "--folds", help="Folds over prompts for the held-out error (leave-one-out with fewer prompts).", maximum=options.MAX_PROMPTS),
+        heldout_tolerance: float = options.positive_float_option(0.1, "--heldout-tolerance", help="Warn (exit 0) that the profile is too small to trust when the k-fold held-out error exceeds the in-sample error by more than this fraction (docs/selection.md)."),
         results: Optional[str] = typer.Option(None, "--bench-results", help=f"Folder of kernel-*.json benchmarks (`sta-search bench`) to fit the cost model to, for another GPU (default: the packaged calibration, measured on an {gpu})."),
         canvas: Optional[str] = options.canvas_option(help="Write the config for this token canvas T,H,W instead of the profile's (a transfer; see --transfer)."),
         height: Optional[int] = options.positive_option(None, "--height", help="Like --canvas, from pixel sizes (with the model's patch size and VAE factors from the profile header; missing ones default to the profile's)."),
@@ -82,7 +83,8 @@ def register(app: typer.Typer) -> None:
                 target = canvas_from_pixels(profile.header, height, width, frames)
             opts = SelectOptions(budget=budget, sparsity=sparsity, speedup=speedup, full_steps=full_steps,
                                  granularity=granularity, objective=objective, strategy=strategy,
-                                 candidates=candidates, folds=folds, results_dir=results)
+                                 candidates=candidates, folds=folds, results_dir=results,
+                                 heldout_tolerance=heldout_tolerance)
             if transfer is not None and target is None:
                 raise UserError("--transfer needs --canvas T,H,W (or --height/--width/--frames)")
             rule = None if target is None or tuple(target) == tuple(profile.canvas) else (transfer or "resolve")
@@ -112,3 +114,8 @@ def register(app: typer.Typer) -> None:
         console.print("windows of the sparse steps: " + ", ".join(
             f"{format_window(w)} {n / total:.0%} (density {geometry.density(w):.3f})" for w, n in histogram[:8])
             + (f", ... ({len(histogram) - 8} more)" if len(histogram) > 8 else ""), highlight=False)
+        if summary.get("profile_warning"):  # too small a profile: a warning, not an error
+            from rich.text import Text
+
+            Console(stderr=True, soft_wrap=True).print(
+                Text.assemble(("warning:", "bold yellow"), " ", str(summary["profile_warning"])), highlight=False)
