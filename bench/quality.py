@@ -606,8 +606,8 @@ def paper_fixed(profile, info, budget: float, dense_steps):
 
 def build_configs_v2(profile, info, densities):
     """Ordered (name, method, target density, config) list of study v2 (module docstring): the target
-    comparisons at 0.3 and 0.2 first, then 0.42, argmin (uncapped), the remaining densities, and last argmin
-    capped at the densities without a target."""
+    comparisons at 0.3 and 0.2 first (argmin capped runs at these only), then 0.42, argmin (uncapped) and
+    the remaining densities."""
     from sta_search.errors import UserError
     from sta_search.select import DEFAULT_FULL_STEP_FRACTION, SelectOptions, select_windows
 
@@ -649,8 +649,6 @@ def build_configs_v2(profile, info, densities):
              best_uniform(profile, info, md, dense_steps, f"density <= argmin's {md:.4f}"))]
     for d in rest[1:]:
         out += at(d)
-    for d in rest:
-        out += capped(d)
     return [(n, m, d, c) for n, m, d, c in out if c is not None]
 
 
@@ -1039,10 +1037,13 @@ def main(argv=None) -> dict:
         tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
         tmp.replace(out_path)
 
+    seed_floor_s = 0.0  # time a seed needs for its profile, dense run and first 5 configs (from the last seed)
     for seed in seeds:
-        if args.time_budget is not None and time.perf_counter() - t_start > args.time_budget:
+        elapsed = time.perf_counter() - t_start
+        if args.time_budget is not None and elapsed + seed_floor_s > args.time_budget:
             results.setdefault("seeds_skipped_for_time", []).append(seed)
-            print(f"time budget spent: seed {seed} skipped", flush=True)
+            print(f"time budget: seed {seed} skipped ({elapsed:.0f} s spent, a seed needs ~{seed_floor_s:.0f} s "
+                  f"for its first configs)", flush=True)
             continue
         split = seed if args.vary_prompts else 0
         suffix = "" if (seed == 0 and split == 0) else f"-s{seed}" + ("p" if args.vary_prompts else "")
@@ -1053,6 +1054,10 @@ def main(argv=None) -> dict:
         done = run_seed(args, loaded, settings, seed, split, suffix, target, write, t_start, kind=kind)
         if done is None:  # --profile-only
             continue
+        timings, ran = done.get("timings", {}), [c["generate_s"] for c in done.get("configs", {}).values()
+                                                   if c.get("generate_s") is not None]
+        seed_floor_s = (timings.get("profile_s", 0.0) + timings.get("dense_generate_s", 0.0)
+                        + 5 * (float(np.mean(ran)) if ran else 0.0))
         write()
         if multi:
             agg = aggregate(results["per_seed"], densities, plan)["differences"]

@@ -13,8 +13,8 @@
 # that profile is missing it profiles LOCALITY_PROMPTS captions itself within LOCALITY_BUDGET seconds.
 # Every stage runs under `timeout` as a last resort (HARD_* seconds), so the job ends even if one hangs.
 #
-# Knobs (environment): QUALITY_BUDGET (default 165), HARD_QUALITY (215), LOCALITY_BUDGET (30),
-# HARD_LOCALITY (60), SEEDS ("0 1 2 3 4"), DEVICE (cuda when available), PYTHON (python3).
+# Knobs (environment): QUALITY_BUDGET (default 165), HARD_QUALITY (200), LOCALITY_BUDGET (30),
+# HARD_LOCALITY (40), SEEDS ("0 1 2 3 4"), DEVICE (cuda when available), PYTHON (python3).
 set -uo pipefail
 
 OUT=${1:?usage: bench/small_study_job.sh OUTDIR [--quick]}
@@ -27,10 +27,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-$($PY -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}
 SEEDS=${SEEDS:-0 1 2 3 4}
-QUALITY_BUDGET=${QUALITY_BUDGET:-165}
-HARD_QUALITY=${HARD_QUALITY:-215}
-LOCALITY_BUDGET=${LOCALITY_BUDGET:-30}
-HARD_LOCALITY=${HARD_LOCALITY:-60}
+if [ "$QUICK" = 1 ]; then big=100000; else big=""; fi  # the CPU smoke has no time limits unless given
+QUALITY_BUDGET=${QUALITY_BUDGET:-${big:-165}}
+HARD_QUALITY=${HARD_QUALITY:-${big:-200}}
+LOCALITY_BUDGET=${LOCALITY_BUDGET:-${big:-30}}
+HARD_LOCALITY=${HARD_LOCALITY:-${big:-40}}
 WORK=$(mktemp -d /tmp/sta-small-study.XXXXXX)
 LOG="$OUT/job.log"
 T0=$(date +%s)
