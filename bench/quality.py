@@ -856,11 +856,15 @@ def run_seed(args, loaded, settings, seed: int, split: int, suffix: str, out: di
         out["configs"][name] = entry
         done[key] = name
         print(f"[seed {seed}] {name}: density {entry['density']:.4f} PSNR {entry['mean_psnr_db']:.2f} dB SSIM "
-              f"{entry['mean_ssim']:.4f} tPSNR {entry['mean_tpsnr_db']} (in-sample error {entry['insample_error']}) "
+              f"{entry['mean_ssim']:.4f} tPSNR {_fmt(entry['mean_tpsnr_db'])} (in-sample error {_fmt(entry['insample_error'], 4)}) "
               f"[{entry['generate_s']:.1f} s]", flush=True)
         save()
     save()
     return out
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _mean_or_none(values):
