@@ -3,7 +3,7 @@
 # one go, writing flat into OUTDIR (5 files: quality_small.json, quality_small.png, locality_small.json,
 # locality_small.png, job.log; each well under 15 MB).
 #
-#   bash bench/small_study_job.sh OUTDIR            # H200: about 3.5-4 min in all (see the README of the report)
+#   bash bench/small_study_job.sh OUTDIR            # H200: estimated ~3-3.5 min (not measured); at most ~4 min (hard limits)
 #   bash bench/small_study_job.sh OUTDIR --quick    # CPU smoke: 8x64x96 px, 3 steps, 2 seeds, 2+2 prompts
 #
 # Stage 1 (bench/quality.py, plan v2): 5 seeds (each its own training/held-out caption split), 4 training
