@@ -221,7 +221,7 @@ def test_demo_markdown_labels_the_prediction_with_its_gpu_on_cuda():
     assert "No dense comparison ran" in markdown
 
 
-@pytest.mark.parametrize("model", ["small", "/no/such/folder"])
+@pytest.mark.parametrize("model", ["medium", "/no/such/folder"])
 def test_demo_unknown_model_is_a_user_error(model, tmp_path):
     from sta_search.demo import DemoSettings, run_demo
 
