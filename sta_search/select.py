@@ -610,7 +610,19 @@ def _rounded(summary: dict) -> dict:
     return out
 
 
+def can_trust_profile(profiles, options=None, tolerance: float = DEFAULT_TOLERANCE) -> tuple[bool, str]:
+    """``(ok, why)``: select with ``options`` (a :class:`sta_search.select.SelectOptions`) and check the result."""
+    selection = select_windows(profiles, options or SelectOptions(budget=0.3))
+    check = check_heldout(selection.summary, tolerance)
+    if check.ok:
+        why = ("held-out error not computable" if check.gap is None else
+               f"held-out error {check.heldout_error:.4g} vs in-sample {check.insample_error:.4g} ({check.gap:+.0%})")
+        return True, why
+    return False, check.warning  # type: ignore[return-value]
+
+
 __all__ = [
+    "can_trust_profile",
     "Solution",
     "solve_budget",
     "solve_argmin",

@@ -98,19 +98,6 @@ def check_heldout(summary: Mapping, tolerance: float = DEFAULT_TOLERANCE, floor:
     return HeldoutCheck(heldout, inside, prompts, folds, float(tolerance), float(floor), warning)
 
 
-def can_trust_profile(profiles, options=None, tolerance: float = DEFAULT_TOLERANCE) -> tuple[bool, str]:
-    """``(ok, why)``: select with ``options`` (a :class:`sta_search.select.SelectOptions`) and check the result."""
-    from .select import SelectOptions, select_windows
-
-    selection = select_windows(profiles, options or SelectOptions(budget=0.3))
-    check = check_heldout(selection.summary, tolerance)
-    if check.ok:
-        why = ("held-out error not computable" if check.gap is None else
-               f"held-out error {check.heldout_error:.4g} vs in-sample {check.insample_error:.4g} ({check.gap:+.0%})")
-        return True, why
-    return False, check.warning  # type: ignore[return-value]
-
-
 def subset_profile(profile, prompts: Sequence[int] | None = None, steps: Sequence[int] | None = None):
     """The profile restricted to some prompts (indices into its prompt list) and some profiled steps (step
     indices, each one of its ``profile_steps``).
@@ -149,4 +136,4 @@ def subset_profile(profile, prompts: Sequence[int] | None = None, steps: Sequenc
     return Profile(header, tensors)
 
 
-__all__ = ["DEFAULT_TOLERANCE", "ABSOLUTE_FLOOR", "HeldoutCheck", "check_heldout", "can_trust_profile", "subset_profile"]
+__all__ = ["DEFAULT_TOLERANCE", "ABSOLUTE_FLOOR", "HeldoutCheck", "check_heldout", "subset_profile"]

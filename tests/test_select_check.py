@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from sta_search.artifacts import Profile
 from sta_search.cli import app
 from sta_search.maskconfig import MaskConfig
-from sta_search.select import SelectOptions, select_windows
-from sta_search.select_check import (ABSOLUTE_FLOOR, DEFAULT_TOLERANCE, can_trust_profile, check_heldout,
+from sta_search.select import SelectOptions, can_trust_profile, select_windows
+from sta_search.select_check import (ABSOLUTE_FLOOR, DEFAULT_TOLERANCE, check_heldout,
                                      subset_profile)
 from synthetic_profile import synthetic_profile
 
