@@ -124,8 +124,8 @@ def main(argv=None) -> dict:
             fid = fidelity(dense_frames[caption], frames)
             entry["seconds"].append(seconds)
             entry["forwards"].append(forwards)
-            entry["psnr_db"].append(fid["psnr_db"])
-            entry["ssim"].append(fid["ssim"])
+            entry["psnr_db"].append(fid.psnr_db)
+            entry["ssim"].append(fid.ssim)
         print(f"{name}: PSNR {np.mean(entry['psnr_db']):.2f} dB SSIM {np.mean(entry['ssim']):.3f} "
               f"({np.mean(entry['seconds']):.2f} s a video)", flush=True)
 

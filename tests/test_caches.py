@@ -239,3 +239,21 @@ def test_profile_records_computed_steps_and_select_skips_them(wan_folder, tmp_pa
     for skipped, source in ((1, 0), (2, 0), (3, 4), (5, 4)):  # nearest computed step (ties: the earlier)
         assert np.array_equal(windows[skipped], windows[source])
     assert not loaded.transformer.is_cache_enabled
+
+
+def test_step_caches_run_on_the_bundled_pipelines():
+    """tiny/small pipelines enter ``transformer.cache_context`` as WanPipeline does; without it diffusers'
+    TaylorSeer hook raised "No cache context is set" on the first forward."""
+    import numpy as np
+
+    from sta_search.caches import use_cache
+    from sta_search.models import load_model
+
+    loaded = load_model("tiny")
+    kwargs = dict(loaded.adapter.pipeline_kwargs(["a big red circle moves left over a gray floor"], 64, 64, 8, 4,
+                                                 torch.Generator().manual_seed(0)), output_type="np")
+    plain = np.asarray(loaded.pipeline(**kwargs).frames)
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    with use_cache(loaded, "taylorseer"):
+        cached = np.asarray(loaded.pipeline(**kwargs).frames)
+    assert cached.shape == plain.shape and np.isfinite(cached).all()

@@ -202,13 +202,15 @@ class TinyVideoPipeline(DiffusionPipeline):
                 self._current_timestep = t
                 model_input = latents.to(dtype)
                 timestep = t.expand(batch)
-                noise_pred = self.transformer(hidden_states=model_input, timestep=timestep,
-                                              encoder_hidden_states=prompt_embeds,
-                                              attention_kwargs=attention_kwargs, return_dict=False)[0]
+                with self.transformer.cache_context("cond"):  # as WanPipeline: diffusers' step caches key on it
+                    noise_pred = self.transformer(hidden_states=model_input, timestep=timestep,
+                                                  encoder_hidden_states=prompt_embeds,
+                                                  attention_kwargs=attention_kwargs, return_dict=False)[0]
                 if self.do_classifier_free_guidance:
-                    noise_uncond = self.transformer(hidden_states=model_input, timestep=timestep,
-                                                    encoder_hidden_states=negative_prompt_embeds,
-                                                    attention_kwargs=attention_kwargs, return_dict=False)[0]
+                    with self.transformer.cache_context("uncond"):
+                        noise_uncond = self.transformer(hidden_states=model_input, timestep=timestep,
+                                                        encoder_hidden_states=negative_prompt_embeds,
+                                                        attention_kwargs=attention_kwargs, return_dict=False)[0]
                     noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
                 latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
 
