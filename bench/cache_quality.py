@@ -22,7 +22,6 @@ Writes ``DIR/cache-quality-<UTC stamp>.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as _dt
 import json
 import platform
@@ -38,6 +37,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
 import quality  # noqa: E402  (bench/quality.py: _versions)
+from profiling_amount import prompt_split  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
     from sta_search.options import resolve_device
     from sta_search.profile import ProfileSettings, run_profile
     from sta_search.select import SelectOptions, select_windows
-    from sta_search.small import data, recommended_settings
+    from sta_search.small import recommended_settings
     from sta_search.video import fidelity
 
     device = resolve_device(args.device)
@@ -77,8 +77,7 @@ def main(argv=None) -> dict:
     settings = recommended_settings()
     steps = 4 if args.quick else (args.steps or settings.steps)
     profile_count, heldout_count = (1, 1) if args.quick else (args.profile_prompts, args.heldout_prompts)
-    training = data.prompt_set(profile_count, 101)  # captions the model never trained on, as profiling_amount.py
-    heldout = [c for c in data.prompt_set(heldout_count + profile_count, 202) if c not in training][:heldout_count]
+    training, heldout = prompt_split("small", profile_count, heldout_count)  # as profiling_amount.py
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

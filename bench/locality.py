@@ -46,7 +46,6 @@ LEVELS = (0.1, 0.2, 0.3)
 THRESHOLDS = (0.7, 0.8, 0.9)
 PAPER_CANVAS = (30, 48, 80)  # HunyuanVideo 720p token canvas
 PAPER_WINDOW = (12, 24, 24)  # tokens; Figure 3 of the STA paper
-TRAIN_PROMPT_SEED = 101
 
 
 def parse_args(argv=None):
@@ -71,24 +70,14 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------------- profile
 def training_prompts(count: int, model_folder) -> list[str]:
-    """`count` distinct training captions of the model's grammar (small: never held out; tiny: its prompt set)."""
-    import torch
-
+    """`count` distinct training captions of the model's grammar (small: never held out; tiny: its prompt set):
+    the profiled half of bench/quality.py's split 0."""
     from sta_search.small import is_small_folder
 
-    if is_small_folder(model_folder):
-        from sta_search.small import data
+    sys.path.insert(0, str(REPO / "bench"))
+    import quality
 
-        generator = torch.Generator().manual_seed(TRAIN_PROMPT_SEED)
-        out: list[str] = []
-        while len(out) < count:
-            caption = data.sample_scenes(1, generator, held_out=False)[0].caption
-            if caption not in out:
-                out.append(caption)
-        return out
-    from sta_search.tiny import data
-
-    return data.prompt_set(count, TRAIN_PROMPT_SEED)
+    return quality.prompts(count, 0, kind="small" if is_small_folder(model_folder) else "tiny")[0]
 
 
 def make_profile(args, t_start: float):

@@ -129,19 +129,9 @@ def base_settings(folder: Path, kind: str):
 
 
 def prompt_split(kind: str, train: int, heldout: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """(profiling prompts, evaluation prompts), disjoint. small: training captions (never held out) and
-    held-out captions of ``sta_search.small.data``; tiny: bench/quality.py's split."""
-    if kind != "small":
-        return quality.prompts(train, heldout)
-    from sta_search.small import data
-
-    generator = torch.Generator().manual_seed(quality.TRAIN_PROMPT_SEED + 1000 * seed)
-    training: list[str] = []
-    while len(training) < train:
-        caption = data.sample_scenes(1, generator, held_out=False)[0].caption
-        if caption not in training:
-            training.append(caption)
-    return training, data.prompt_set(heldout, quality.HELDOUT_PROMPT_SEED + 1000 * seed)
+    """(profiling prompts, evaluation prompts), disjoint: bench/quality.py's split (small: training captions,
+    never held out, and held-out captions of ``sta_search.small.data``, split ``seed``; tiny: split 0)."""
+    return quality.prompts(train, heldout, split=seed if kind == "small" else 0, kind=kind)
 
 
 def shortlist_for(grid, quick: bool):

@@ -72,7 +72,7 @@ def test_video2world_conditioning_frame_is_the_first_canvas_frame(pipes, seed):
 
     for name, image_seed in (("a", 0), ("b", 1)):
         with hook_attention(pipe, first_call_keys(name)):
-            run_latents(pipe, "cosmos2_v2w", seed, image=tiny.tiny_image(64, image_seed))
+            run_latents(pipe, "cosmos2_v2w", seed, image=tiny.random_image(64, seed=image_seed))
     frame = math.prod(CANVAS[1:])
     diff = (seen["a"] - seen["b"]).abs().amax(dim=(0, 1, 3))  # per token
     assert diff[:frame].min().item() > 0 and diff[frame:].max().item() == 0
@@ -137,7 +137,7 @@ def test_cli_profile_select_generate_full_is_lossless(kind, tmp_path):
     call = tiny.COSMOS_CALLS[kind]
     size = ["--height", call["height"], "--width", call["width"], "--frames", call["frames"]]
     if kind == "cosmos2_v2w":
-        tiny.tiny_image(call["height"]).save(tmp_path / "first.png")
+        tiny.random_image(call["height"], path=tmp_path / "first.png")
         size += ["--image", tmp_path / "first.png"]
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat running in the street\n")

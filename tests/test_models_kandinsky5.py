@@ -124,7 +124,7 @@ def test_cli_profile_select_generate_full_is_lossless(kind, tmp_path):
     canvas = list(call["canvas"])
     size = ["--height", call["height"], "--width", call["width"], "--frames", call["frames"]]
     if kind == "kandinsky5_i2v":
-        tiny.tiny_image(call["height"]).save(tmp_path / "first.png")
+        tiny.random_image(call["height"], path=tmp_path / "first.png")
         size += ["--image", tmp_path / "first.png"]
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat running in the street\n")

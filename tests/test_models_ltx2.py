@@ -117,15 +117,13 @@ def test_spatio_temporal_guidance_blocks_are_reproduced(mask, seed):
 
 def test_image_to_video_keeps_the_canvas(pipe, seed):
     """`LTX2ImageToVideoPipeline`: the image is the first latent frame inside the canvas (per-token timestep 0)."""
-    import numpy as np
-    from PIL import Image
-
     from diffusers import LTX2ImageToVideoPipeline
+    from tiny_pipes import random_image
 
     expected, optional = LTX2ImageToVideoPipeline._get_signature_keys(LTX2ImageToVideoPipeline)
     i2v = LTX2ImageToVideoPipeline(**{k: v for k, v in pipe.components.items() if k in expected or k in optional})
     i2v.set_progress_bar_config(disable=True)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8))
+    image = random_image(128)
     kwargs = tl.ltx2_call_kwargs(generator=torch.Generator("cpu").manual_seed(seed), output_type="latent", image=image,
                                  image_crf=0)  # no H.264 re-compression of the image (needs PyAV)
     with torch.no_grad():

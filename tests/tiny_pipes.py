@@ -309,6 +309,19 @@ def tiny_cogvideox_pipeline(temporal_patch: bool = False):
     return _finish(pipe)
 
 
+def random_image(height: int = 64, width: int | None = None, seed: int = 0, path=None):
+    """A deterministic random RGB PIL image (the conditioning frame of image-to-video tests), ``height`` x
+    ``width`` (square by default); saved as PNG at ``path`` when given."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width or height, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    if path is not None:
+        image.save(path)
+    return image
+
+
 def _finish(pipe):
     pipe.set_progress_bar_config(disable=True)
     for component in pipe.components.values():

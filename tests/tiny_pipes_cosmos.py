@@ -29,7 +29,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 
-from tiny_pipes import _finish, _vocab_size, _word_level_tokenizer
+from tiny_pipes import _finish, _vocab_size, _word_level_tokenizer, random_image
 
 COSMOS_KINDS = ("cosmos2_v2w", "cosmos_t2w", "cosmos25")
 COSMOS_CALLS = {
@@ -129,12 +129,6 @@ def save_tiny_cosmos(kind: str, folder) -> Path:
     return folder
 
 
-def tiny_image(size: int = 64, seed: int = 0):
-    """A deterministic random RGB PIL image (the conditioning frame of video-to-world calls)."""
-    from PIL import Image
-
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
-
 
 def cosmos_call_kwargs(kind: str, generator=None, **overrides) -> dict:
     """Keyword arguments for calling the tiny pipeline of `kind` directly (2 steps, CFG on, np output)."""
@@ -147,7 +141,7 @@ def cosmos_call_kwargs(kind: str, generator=None, **overrides) -> dict:
         output_type="np", max_sequence_length=TEXT_LEN,
     )
     if kind == "cosmos2_v2w":
-        kwargs["image"] = tiny_image(call["height"])
+        kwargs["image"] = random_image(call["height"])
     kwargs.update(overrides)
     return kwargs
 

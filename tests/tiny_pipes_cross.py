@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from tiny_pipes import _finish, _vocab_size, _word_level_tokenizer
+from tiny_pipes import _finish, _vocab_size, _word_level_tokenizer, random_image
 
 CROSS_KINDS = ("ltx_video", "ltx_video_i2v", "allegro")
 CROSS_CALLS = {
@@ -124,10 +123,7 @@ def save_tiny_cross(kind: str, folder) -> Path:
 
 def tiny_image(size: int = 128):
     """A fixed RGB test image (PIL) for image-to-video calls."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    return random_image(size)
 
 
 def tiny_cross_call_kwargs(kind: str, generator=None, **overrides) -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from tiny_pipes import _finish, _vocab_size, _word_level_tokenizer
+from tiny_pipes import _finish, _vocab_size, _word_level_tokenizer, random_image
 
 KINDS = ("hunyuan_i2v", "hunyuan_i2v_token", "hunyuan_video15_i2v", "easyanimate_inpaint")
 FAMILY = {"hunyuan_i2v": "hunyuan_video", "hunyuan_i2v_token": "hunyuan_video",
@@ -201,10 +201,4 @@ def save_tiny(kind: str, folder) -> Path:
 
 def tiny_image(path=None, size: int = SIZE, seed: int = 0):
     """A deterministic random RGB image (PNG at `path` when given)."""
-    import numpy as np
-    from PIL import Image
-
-    image = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
-    if path is not None:
-        image.save(path)
-    return image
+    return random_image(size, seed=seed, path=path)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tiny_pipes import _finish, _vocab_size, _word_level_tokenizer
+from tiny_pipes import _finish, _vocab_size, _word_level_tokenizer, random_image
 
 JOINT_KINDS = ("mochi", "easyanimate", "hunyuan_video15")
 JOINT_FRAMES = {"mochi": 13, "easyanimate": 9, "hunyuan_video15": 9, "cogvideox_i2v": 9}
@@ -222,11 +222,7 @@ def tiny_cogvideox_i2v_pipeline():
 
 def tiny_image(height: int = 64, width: int = 64, seed: int = 0):
     """A deterministic random RGB PIL image (the conditioning frame of the image-to-video pipelines)."""
-    import numpy as np
-    from PIL import Image
-
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
+    return random_image(height, width, seed)
 
 
 def tiny_hunyuan_i2v_transformer(image_condition_type: str):

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from tiny_pipes import _finish, _vocab_size, _word_level_tokenizer
+from tiny_pipes import _finish, _vocab_size, _word_level_tokenizer, random_image
 
 KANDINSKY5_KINDS = ("kandinsky5", "kandinsky5_i2v")
 KANDINSKY5_CALLS = {
@@ -105,12 +104,6 @@ def save_tiny_kandinsky5(kind: str, folder) -> Path:
     return folder
 
 
-def tiny_image(size: int = 64, seed: int = 0):
-    """A deterministic random RGB PIL image (the conditioning frame of image-to-video calls)."""
-    from PIL import Image
-
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
-
 
 def kandinsky5_call_kwargs(kind: str, generator=None, **overrides) -> dict:
     """Keyword arguments for calling the tiny pipeline of `kind` directly (2 steps, CFG on, np output)."""
@@ -123,6 +116,6 @@ def kandinsky5_call_kwargs(kind: str, generator=None, **overrides) -> dict:
         output_type="np", max_sequence_length=16,
     )
     if kind == "kandinsky5_i2v":
-        kwargs["image"] = tiny_image(call["height"])
+        kwargs["image"] = random_image(call["height"])
     kwargs.update(overrides)
     return kwargs
