@@ -68,6 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default=None, help="default bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--backend", default="auto", help="the profiler's statistics backend (default auto)")
+    p.add_argument("--profile-forwards", nargs="+", choices=("all", "first"), default=["all"],
+                   help="profile runs to time, one per value (the profiler's --profile-forwards; 'first': only the "
+                        "conditional CFG forward is profiled, the other runs dense)")
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument("--work", default="/tmp/sta-search-wholerun", help="model config folder and profile output")
     p.add_argument("--out", default=str(REPO / "bench" / "results"), help="folder or .json file")
@@ -190,7 +193,8 @@ def dense_run(loaded, prompts, size, steps: int, seed: int, device) -> list[floa
     return times
 
 
-def profile_run(loaded, model_folder: Path, out: Path, prompts, size, steps: int, args, tile, device, dtype_name):
+def profile_run(loaded, model_folder: Path, out: Path, prompts, size, steps: int, args, tile, device, dtype_name,
+                forwards: str = "all"):
     from sta_search.profile import ProfileSettings, run_profile
 
     if out.exists():
@@ -199,7 +203,7 @@ def profile_run(loaded, model_folder: Path, out: Path, prompts, size, steps: int
     settings = ProfileSettings(model=str(model_folder), prompts=tuple(prompts), steps=steps, height=height,
                                width=width, frames=frames, seed=args.seed, profile_steps=args.profile_steps,
                                tile=tuple(tile), windows=None, device=str(device), dtype=dtype_name,
-                               backend=args.backend)
+                               backend=args.backend, profile_forwards=forwards)
     sink = PromptTimes(device)
     _sync(device)
     t0 = time.perf_counter()
@@ -306,22 +310,26 @@ def main(argv=None) -> dict:
     record["times"]["dense_per_prompt_s"] = [round(t, 3) for t in dense]
     print(f"dense: {len(prompts)} prompts x {steps} steps in {sum(dense):.1f} s", flush=True)
     save()
-    seconds, done, profile = profile_run(loaded, model_folder, work / "profile", prompts, size, steps, args,
-                                         spec["tile"], device, dtype_name)
-    record["times"]["profile_s"] = round(seconds, 3)
-    record["times"]["profile_prompt_done_s"] = done
-    record["profile"] = {"prompts": profile.num_prompts, "profile_steps": list(profile.profile_steps),
-                         "grid": list(profile.geometry.grid), "error_windows": [list(w) for w in profile.error_windows],
-                         "stats_bytes": sum(p.stat().st_size for p in (work / "profile").iterdir() if p.is_file())}
-    if device.type == "cuda":
-        record["times"]["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    ratio = seconds / sum(dense)
-    record["ratio_profile_over_dense"] = round(ratio, 4)
-    record["target_ratio"] = 1.5
-    record["meets_target"] = bool(ratio <= 1.5)
-    save()
-    print(f"profile: {seconds:.1f} s -> {ratio:.2f}x dense ({'meets' if ratio <= 1.5 else 'misses'} <= 1.5x); "
-          f"wrote {out}", flush=True)
+    for forwards in args.profile_forwards:
+        suffix = "" if forwards == "all" else f"_{forwards}_forward"
+        folder = work / f"profile{suffix}"
+        seconds, done, profile = profile_run(loaded, model_folder, folder, prompts, size, steps, args,
+                                             spec["tile"], device, dtype_name, forwards)
+        record["times"][f"profile{suffix}_s"] = round(seconds, 3)
+        record["times"][f"profile{suffix}_prompt_done_s"] = done
+        record[f"profile{suffix}"] = {
+            "profile_forwards": forwards, "prompts": profile.num_prompts, "profile_steps": list(profile.profile_steps),
+            "grid": list(profile.geometry.grid), "error_windows": [list(w) for w in profile.error_windows],
+            "stats_bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file())}
+        if device.type == "cuda":
+            record["times"]["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        ratio = seconds / sum(dense)
+        record[f"ratio{suffix}_profile_over_dense"] = round(ratio, 4)
+        record["target_ratio"] = 1.5
+        record[f"meets_target{suffix}"] = bool(ratio <= 1.5)
+        save()
+        print(f"profile (--profile-forwards {forwards}): {seconds:.1f} s -> {ratio:.2f}x dense "
+              f"({'meets' if ratio <= 1.5 else 'misses'} <= 1.5x); wrote {out}", flush=True)
     return record
 
 

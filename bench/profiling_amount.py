@@ -11,7 +11,10 @@ At one density budget (``--density``, default 0.3) this study measures, as a fun
 2. the PSNR vs dense of the held-out prompts' videos generated with those windows (same initial noise as the
    dense videos; STA by the package's kernels, ``accelerate.MaskAttention``, on CUDA, and as SDPA under the
    reference STA mask, ``quality.ConfigAttention``, on CPU: ``--sta``);
-3. ``select``'s own k-fold numbers (``heldout_error``, ``cv_insample_error``, ``heldout_gap``) and whether it
+3. one more point, ``--forwards first`` (default on): the top prompt count at stride 1 profiled with
+   ``--profile-forwards first`` (only the first transformer forward of each step; with classifier-free
+   guidance, the conditional one), judged on the same held-out profile of both forwards;
+4. ``select``'s own k-fold numbers (``heldout_error``, ``cv_insample_error``, ``heldout_gap``) and whether it
    warned that the profile is too small (``sta_search/select_check.py``).
 
 Only one profile of the ``max(counts)`` prompts at stride 1 is recorded (plus the held-out profile); smaller
@@ -84,6 +87,8 @@ def parse_args(argv=None):
                    help="seconds: start no further generation once this much has passed (default 150; none with --quick)")
     p.add_argument("--work", default=None, help="profile folders (default: OUT/work; resumed when rerun)")
     p.add_argument("--out", required=True, help="folder for profiling-amount.json and .png")
+    p.add_argument("--forwards", nargs="+", choices=("all", "first"), default=["all", "first"],
+                   help="'first' adds a point profiled with --profile-forwards first (the conditional CFG forward only)")
     p.add_argument("--quick", action="store_true",
                    help="CPU smoke run: 2 + 1 prompts, counts 1 2, strides 1 2, 3 steps, 3 shortlist windows, small at 8x64x96 px")
     return p.parse_args(argv)
@@ -121,8 +126,9 @@ def shortlist_for(kind: str):
     return quality.SHORTLIST if kind == "tiny" else DEFAULT_ERROR_WINDOWS
 
 
-def profile(args, loaded, settings, prompts, shortlist, name: str):
-    """quality.profile_stage at every step (stride 1), in ``args.dtype``, into WORK/name (resumed)."""
+def profile(args, loaded, settings, prompts, shortlist, name: str, forwards: str = "all"):
+    """quality.profile_stage at every step (stride 1), in ``args.dtype``, into WORK/name (resumed);
+    ``forwards``: ``ProfileSettings.profile_forwards``."""
     from sta_search.profile import ProfileSettings, run_profile
 
     folder = Path(args.work) / name
@@ -133,7 +139,7 @@ def profile(args, loaded, settings, prompts, shortlist, name: str):
         ProfileSettings(model=args.model, prompts=tuple(prompts), steps=settings.steps, height=settings.height,
                         width=settings.width, frames=settings.frames, seed=args.seed, profile_steps=1,
                         tile=tuple(settings.tile), windows=tuple(shortlist), device=args.device, dtype=args.dtype,
-                        backend=args.profile_backend),
+                        backend=args.profile_backend, profile_forwards=forwards),
         folder, resume=True, loaded=loaded)
     seconds = time.perf_counter() - t0
     print(f"profile {name}: {result.num_prompts} prompts x {len(result.profile_steps)} steps in {seconds:.1f} s",
@@ -278,6 +284,25 @@ def main(argv=None) -> dict:
         e = results["points"][_name(n, k)]
         print(f"{_name(n, k)}: density {e['density']:.4f} predicted {e['predicted_error']:.4f} held-out "
               f"{e['heldout_error']:.4f} select warned: {e['select_warned']}", flush=True)
+    generation = [(_name(n, k), configs[(n, k)]) for n, k in order]
+    if "first" in args.forwards:
+        top = max(args.counts)
+        first_profile, first_s = profile(args, loaded, settings, training, shortlist, f"train-first-{kind}{tag}",
+                                         forwards="first")
+        results["timings"]["profile_train_first_forward_s"] = round(first_s, 1)
+        selection = select_windows(first_profile, SelectOptions(budget=args.density, full_steps=full_steps))
+        name = _name(top, 1) + "-first-forward"
+        results["points"][name] = {
+            "prompts": top, "stride": 1, "profile_forwards": "first", "profiled_steps": list(first_profile.profile_steps),
+            "density": selection.config.density(), "predicted_error": selection.summary.get("predicted_error"),
+            "heldout_error": quality.insample_cost(heldout_profile, selection.config, "error"),
+            "select_warned": bool(selection.summary.get("profile_warning")),
+            "windows_used": quality.window_histogram(selection.config),
+        }
+        generation.append((name, selection.config))
+        e = results["points"][name]
+        print(f"{name}: density {e['density']:.4f} predicted {e['predicted_error']:.4f} held-out "
+              f"{e['heldout_error']:.4f} (profile {first_s:.1f} s against {train_s:.1f} s for all forwards)", flush=True)
     write()
 
     # ---- generation: dense once, then each distinct window table
@@ -300,16 +325,15 @@ def main(argv=None) -> dict:
     results["timings"]["dense_generate_s"] = round(time.perf_counter() - t0, 1)
     print(f"dense: {len(heldout)} prompts in {time.perf_counter() - t0:.1f} s", flush=True)
     done: dict[bytes, str] = {}
-    for n, k in order:
-        entry = results["points"][_name(n, k)]
-        config = configs[(n, k)]
+    for name, config in generation:
+        entry = results["points"][name]
         key = np.asarray(config.windows)[list(config.sparse_steps)].tobytes()
         if key in done:
             same = results["points"][done[key]]
             entry.update({f: same[f] for f in ("per_prompt_psnr_db", "mean_psnr_db", "mean_ssim")}, same_as=done[key])
             continue
         if args.time_budget is not None and time.perf_counter() - t_start > args.time_budget:
-            results.setdefault("skipped_for_time", []).append(_name(n, k))
+            results.setdefault("skipped_for_time", []).append(name)
             continue
         t0 = time.perf_counter()
         video = quality.generate_batch(loaded, settings, heldout, steps, args.seed, sta_attention(config))
@@ -318,8 +342,8 @@ def main(argv=None) -> dict:
         psnr = [min(f.psnr_db, PSNR_CAP_DB) for f in per]
         entry.update(per_prompt_psnr_db=[round(p, 3) for p in psnr], mean_psnr_db=float(np.mean(psnr)),
                      mean_ssim=float(np.mean([f.ssim for f in per])), generate_s=round(time.perf_counter() - t0, 1))
-        done[key] = _name(n, k)
-        print(f"{_name(n, k)}: PSNR {entry['mean_psnr_db']:.2f} dB [{entry['generate_s']:.1f} s]", flush=True)
+        done[key] = name
+        print(f"{name}: PSNR {entry['mean_psnr_db']:.2f} dB [{entry['generate_s']:.1f} s]", flush=True)
         write()
 
     # ---- curves and the recommendation

@@ -61,7 +61,7 @@ REQUIRED_MODEL_KEYS = ("family", "transformer_class", "num_layers", "num_heads")
 # Header fields that must agree for two profiles to be merged (besides the model, compared without `source`).
 # Two-expert models (Wan 2.2): the step the second expert takes over, then each expert's layers and steps.
 _MERGE_KEYS = ("canvas", "tile", "text_len", "text_first", "steps", "profile_steps", "error_windows",
-               "expert_switch_step", "experts", "cache")
+               "expert_switch_step", "experts", "cache", "profile_forwards")
 _MODEL_MERGE_KEYS = ("family", "transformer_class", "num_layers", "num_heads", "head_dim", "patch_size")
 
 

@@ -312,6 +312,15 @@ def image_option(help: str = "Conditioning image (image-to-video pipelines such 
     return typer.Option(None, "--image", help=help, callback=_image)
 
 
+PROFILE_FORWARDS = ("all", "first")
+
+
+def check_profile_forwards(value: str) -> str:
+    if value not in PROFILE_FORWARDS:
+        raise UserError(f"--profile-forwards {value!r} is not one of {', '.join(PROFILE_FORWARDS)}")
+    return value
+
+
 def check_backend_name(backend: str) -> str:
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
@@ -369,6 +378,10 @@ def _image(ctx: typer.Context, param: typer.CallbackParam, value):
 
 def _profile_every(ctx: typer.Context, param: typer.CallbackParam, value):
     return profile_every(value)
+
+
+def _profile_forwards(ctx: typer.Context, param: typer.CallbackParam, value):
+    return check_profile_forwards(value)
 
 
 def _dtype(ctx: typer.Context, param: typer.CallbackParam, value):
@@ -468,6 +481,14 @@ def precision_option(help: str = "STA compute precision: bf16 (the model's dtype
 def profile_steps_option(default: str = "all",
                          help: str = "'all', or k: profile every k-th step (0, k, 2k, ...)."):
     return typer.Option(default, "--profile-steps", help=help, callback=_profile_every)
+
+
+def profile_forwards_option(default: str = "all"):
+    return typer.Option(default, "--profile-forwards", callback=_profile_forwards,
+                        help="Which transformer forwards of a profiled step to profile: 'all', or 'first' (with "
+                             "classifier-free guidance run as two forwards, the conditional one; the other runs "
+                             "dense). 'first' about halves the profiler's work on such pipelines; the windows "
+                             "are then chosen from the conditional branch's attention alone.")
 
 
 def flag(default: bool, *names: str, help: str):

@@ -25,7 +25,7 @@ import torch
 from .artifacts import HEADER_FILE, STATS_FILE, Profile, model_identity
 from .errors import Interrupted, UserError
 from .kernels.geometry import DEFAULT_TILE, Geometry
-from .options import dtype_name, parse_profile_steps, resolve_device
+from .options import check_profile_forwards, dtype_name, parse_profile_steps, resolve_device
 from .report import (PROFILER_BUDGET, OutputLock, check_fits_in_memory, check_output_folder, estimate_memory_bytes,
                      out_of_memory_errors, out_of_memory_message, sigint_deferred, writing)
 from .stats import AttentionProfiler, CallStats, clip_windows, default_error_windows
@@ -38,7 +38,7 @@ KILL_ENV = "STA_SEARCH_TEST_KILL_AT"
 
 # Header fields that must match for --resume (besides the model identity).
 _RESUME_KEYS = ("canvas", "tile", "height", "width", "frames", "steps", "seed", "dtype", "profile_steps",
-                "error_windows", "image", "cache")
+                "error_windows", "image", "cache", "profile_forwards")
 _RESUME_MODEL_KEYS = ("family", "transformer_class", "source", "num_layers", "num_heads", "head_dim", "patch_size")
 
 
@@ -63,10 +63,12 @@ class ProfileSettings:
     backend: str = "auto"
     image: str | None = None  # conditioning image file (image-to-video pipelines)
     cache: object = "none"  # a diffusers step cache to profile under (sta_search.caches): name or config
+    profile_forwards: str = "all"  # "first": only the first transformer forward of a profiled step (CFG: cond)
 
     def __post_init__(self):
         if not self.prompts:
             raise UserError("no prompts to profile")
+        check_profile_forwards(self.profile_forwards)
         if self.steps < 1:
             raise UserError(f"--steps must be >= 1, got {self.steps}")
         for name in ("height", "width", "frames"):
@@ -317,6 +319,8 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
     }
     if cache_name != "none":
         header["cache"] = cache_name  # and "computed_steps" after the first prompt
+    if settings.profile_forwards != "all":
+        header["profile_forwards"] = settings.profile_forwards
     if loaded.transformer_2 is not None:
         header["model"]["experts"] = 2
     if settings.image is not None:
@@ -340,6 +344,7 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
 
     profiler = AttentionProfiler(geometry, windows, backend=settings.backend)
     slots = {step: i for i, step in enumerate(profile_steps)}
+    first_forward_only = settings.profile_forwards == "first"
     kill_at = _kill_point()
     start = profile.num_prompts if profile is not None else 0
     progress.start(len(prompts), start, settings.steps)
@@ -373,6 +378,8 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
                     return dense_attention(call)
                 if call.layer == 0:
                     seen["forwards"][call.step] = seen["forwards"].get(call.step, 0) + 1
+                if first_forward_only and call.forward_index > 0:
+                    return dense_attention(call)
                 on_cpu = call.q.device.type != "cuda"
                 out, stats = profiler(call.q, call.k, call.v, text_len=call.text_len, text_first=call.text_first,
                                       text_mask=call.text_mask, dense_out=dense_attention(call) if on_cpu else None)

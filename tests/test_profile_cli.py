@@ -216,3 +216,29 @@ def test_two_expert_wan22_in_process(tmp_path):
     rows = summary_rows(profile, [(1, 1, 1), (3, 1, 2)])
     assert len(rows) == L and all(0 < v <= 1 + 1e-5 for _, values in rows for v in values)
     assert Profile.load(tmp_path / "out").header == h
+
+
+def test_profile_forwards_first_profiles_only_the_conditional_forward(tiny_models, prompts, tmp_path):
+    """`--profile-forwards first` on a CFG pipeline (Wan: two forwards a step) profiles only forward 0: half
+    the calls are counted, the header says so, the statistics differ from both forwards' average, a resume
+    with the other setting is refused, and a bad value exits 2 naming it."""
+    base = ["profile", tiny_models["wan"], "--prompts", prompts, "--steps", "3", "--profile-steps", "2",
+            "--windows", "1,1,1;2,1,2", *SIZE]
+    both, first = tmp_path / "both", tmp_path / "first"
+    assert _in_process(*base, "--out", both) is None
+    result = _cli(*base, "--profile-forwards", "first", "--out", first)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = Profile.load(both), Profile.load(first)
+    assert "profile_forwards" not in a.header and b.header["profile_forwards"] == "first"
+    assert a.header["forwards_per_step"] == b.header["forwards_per_step"] == 2  # the pipeline still runs both
+    assert bool((a.tensors["count"] == 3 * 2).all()) and bool((b.tensors["count"] == 3 * 1).all())
+    assert not torch.allclose(a.tensors["error"], b.tensors["error"])
+    assert not torch.allclose(a.mean_recall(), b.mean_recall())
+    recall = b.mean_recall()
+    assert bool((recall >= -1e-6).all()) and bool((recall <= 1 + 1e-5).all())
+    torch.testing.assert_close(recall[..., -1, -1, -1], torch.ones_like(recall[..., 0, 0, 0]), atol=1e-4, rtol=0)
+    message = str(_in_process(*base, "--resume", "--out", first))
+    assert "profile_forwards" in message and "first" in message
+    bad = _cli(*base, "--profile-forwards", "second", "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and "--profile-forwards 'second'" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()

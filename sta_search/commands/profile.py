@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
                                                         "sta_search.json, else the pipeline's).", maximum=options.MAX_FRAMES),
         seed: int = options.seed_option(help="Prompt i uses seed + i."),
         profile_steps: str = options.profile_steps_option(),
+        profile_forwards: str = options.profile_forwards_option(),
         tile: Optional[str] = options.tile_option(help="STA tile t,h,w in tokens (product a multiple of 16; "
                                                   "default: the model folder's sta_search.json, else 6,8,8)."),
         windows: Optional[List[str]] = options.windows_option(help="Error shortlist windows t,h,w (repeat, or "
@@ -66,6 +67,7 @@ def register(app: typer.Typer) -> None:
             tile=tile if tile is not None else options.parse_tile(defaults.get("tile", (6, 8, 8)),
                                                                   "tile of the model's sta_search.json"),
             windows=windows, device=device, dtype=dtype, image=image, cache=cache,
+            profile_forwards=profile_forwards,
         )
         _quiet_loading_bars()
         console = Console(stderr=True)
