@@ -59,6 +59,26 @@ def test_tiles_round_trip(geometry, seed):
     assert torch.equal(from_tiles(geometry, tiled, dim=1), x)
 
 
+@pytest.mark.parametrize("geometry", [g for g in GEOMETRIES if g.is_divisible] + [Geometry((6, 8, 12), (3, 4, 4))],
+                         ids=["even-4x8x8", "6x8x12-t344"])
+@pytest.mark.parametrize("dim", [0, 1, 2, -1])
+def test_divisible_reorder_equals_the_tile_index_gather(geometry, dim, seed):
+    """Divisible canvases reorder by a strided copy; it must equal gathering by Geometry.tile_index (and its
+    inverse), on any dim, for non-contiguous inputs too."""
+    d = dim % 4
+    shape = [3, 2, 5, 4]
+    shape[d] = geometry.video_len
+    if d != 3:  # a slice of a wider last dim (or first dim): a non-contiguous input
+        x = torch.randn(*shape[:-1], shape[-1] + 1)[..., 1:]
+    else:
+        x = torch.randn(shape[0] + 1, *shape[1:])[1:].transpose(1, 2).contiguous().transpose(1, 2)
+    assert not x.is_contiguous() and tuple(x.shape) == tuple(shape)
+    tiled = to_tiles(geometry, x, dim=dim)
+    assert torch.equal(tiled, x.index_select(d, geometry.tile_index()))
+    assert torch.equal(from_tiles(geometry, tiled, dim=dim), x)
+    assert torch.equal(from_tiles(geometry, tiled, dim=dim), tiled.index_select(d, geometry.untile_index()))
+
+
 @pytest.mark.parametrize("geometry", GEOMETRIES[:3], ids=GEO_IDS[:3])
 @pytest.mark.parametrize("window", [(1, 1, 1), (2, 2, 2), (3, 1, 2), (3, 3, 3), (9, 9, 9)],
                          ids=lambda w: "w" + "".join(map(str, w)))

@@ -202,6 +202,8 @@ def to_tiles(geometry: Geometry, x: torch.Tensor, dim: int = -2) -> torch.Tensor
     dim = dim % x.ndim
     if x.shape[dim] != geometry.video_len:
         raise ValueError(f"expected {geometry.video_len} video tokens along dim {dim}, got {x.shape[dim]}")
+    if geometry.is_divisible:
+        return _permute_tiles(geometry, x, dim, to_tile_order=True)
     index = tile_index_on(geometry, x.device)
     gathered = x.index_select(dim, index.clamp_min(0))
     if not geometry.is_divisible:
@@ -216,4 +218,18 @@ def from_tiles(geometry: Geometry, x: torch.Tensor, dim: int = -2) -> torch.Tens
     dim = dim % x.ndim
     if x.shape[dim] != geometry.padded_len:
         raise ValueError(f"expected {geometry.padded_len} tile-order tokens along dim {dim}, got {x.shape[dim]}")
+    if geometry.is_divisible:
+        return _permute_tiles(geometry, x, dim, to_tile_order=False)
     return x.index_select(dim, untile_index_on(geometry, x.device))
+
+
+def _permute_tiles(geometry: Geometry, x: torch.Tensor, dim: int, to_tile_order: bool) -> torch.Tensor:
+    """Divisible canvases: the reorder as one strided copy (view, permute, reshape) instead of a token gather;
+    the same values as the index path (a test compares them), a new contiguous tensor."""
+    (nt, nh, nw), (tt, th, tw) = geometry.grid, geometry.tile
+    natural, tiled = (nt, tt, nh, th, nw, tw), (nt, nh, nw, tt, th, tw)
+    split = natural if to_tile_order else tiled
+    order = (0, 2, 4, 1, 3, 5) if to_tile_order else (0, 3, 1, 4, 2, 5)  # natural -> tiled, or back
+    y = x.reshape(*x.shape[:dim], *split, *x.shape[dim + 1:])
+    permutation = (*range(dim), *(dim + i for i in order), *range(dim + 6, y.ndim))
+    return y.permute(permutation).reshape(x.shape)
