@@ -493,7 +493,10 @@ def _summary_line(entry: dict) -> str:
             parts.append(f"speedup {speedup['median_step']:.2f}x a step (median; {speedup['denoise']:.2f}x over all steps)")
         if speedup.get("attention"):
             kernels = "/".join(sta.get("kernels") or []) or "dense only"
-            parts.append(f"attention {speedup['attention']:.2f}x vs dense SDPA (STA kernel: {kernels})")
+            sparse = (f"{speedup['sparse_attention']:.2f}x over the sparse steps, "
+                      if speedup.get("sparse_attention") else "")
+            parts.append(f"attention {sparse}{speedup['attention']:.2f}x over all steps vs dense SDPA "
+                         f"(STA kernel: {kernels})")
     return ", ".join(parts)
 
 
