@@ -16,6 +16,7 @@ from sta_search.artifacts import Profile
 from sta_search.errors import UserError
 from sta_search.models import dense_attention, get_adapter, hook_attention, load_model
 from sta_search.profile import pipeline_image_kwargs
+from tiny_pipes import hooked_dense_run
 
 PROMPT = "a red cat running on the beach"
 # joint text tokens and whether the transformer gets a key-padding mask over them
@@ -50,21 +51,10 @@ def _latents(pipe, kind, seed, image=None):
 @pytest.mark.parametrize("kind", ti.KINDS)
 def test_hooked_dense_equals_unhooked_and_the_image_conditions(pipes, kind, seed):
     pipe = _pipe(pipes, kind)
-    reference = _latents(pipe, kind, seed)
-    calls = []
-
-    def recording(call):
-        calls.append((tuple(call.canvas), call.text_len, call.text_mask is not None, call.step, call.layer))
-        return dense_attention(call)
-
-    with hook_attention(pipe, recording):
-        hooked = _latents(pipe, kind, seed)
-    assert torch.equal(hooked, reference)
+    reference, calls, _ = hooked_dense_run(pipe, lambda: _latents(pipe, kind, seed), atol=0)  # bit-identical
     text_len, masked = TEXT[kind]
-    assert {c[:3] for c in calls} == {(ti.CANVAS, text_len, masked)}
-    assert {c[3] for c in calls} == {0, 1} and {c[4] for c in calls} == {0, 1}
-    with hook_attention(pipe, lambda call: dense_attention(call) + 0.1):  # the hooked op is the one that runs
-        assert (_latents(pipe, kind, seed) - reference).abs().max().item() > 1e-3
+    assert {(tuple(c.canvas), c.text_len, c.text_mask is not None) for c in calls} == {(ti.CANVAS, text_len, masked)}
+    assert {c.step for c in calls} == {0, 1} and {c.layer for c in calls} == {0, 1}
     other = _latents(pipe, kind, seed, image=ti.tiny_image(seed=1))  # the image conditions the video
     assert (other - reference).abs().max().item() > 1e-4
 

@@ -13,6 +13,7 @@ import torch
 import tiny_pipes_wan as tiny
 from sta_search.errors import UserError
 from sta_search.models import dense_attention, get_adapter, hook_attention
+from tiny_pipes import hooked_dense_run
 
 TILE = "1,4,4"  # canvas (3, 4, 4) -> grid (3, 1, 1)
 
@@ -38,28 +39,12 @@ def folders(tmp_path_factory):
 @pytest.mark.parametrize("kind", tiny.KINDS)
 def test_hooked_dense_equals_unhooked_and_the_hook_is_used(kind):
     pipe = tiny.tiny_pipeline(kind)
-    plain = _latents(pipe, kind)
-    calls = []
-
-    def recording(call):
-        calls.append((call.step, call.layer, tuple(call.canvas), call.text_len))
-        return dense_attention(call)
-
-    with hook_attention(pipe, recording) as state:
-        hooked = _latents(pipe, kind)
-    assert torch.equal(plain, hooked)
+    _, calls, state = hooked_dense_run(pipe, lambda: _latents(pipe, kind), atol=0)  # bit-identical
     canvas = (2, 4, 4) if kind == "chronoedit" else (3, 4, 4)  # ChronoEdit always runs 5 frames without reasoning
-    assert {c[2] for c in calls} == {canvas} and {c[3] for c in calls} == {0}
+    assert {tuple(c.canvas) for c in calls} == {canvas} and {c.text_len for c in calls} == {0}
     layers = {"wan22_a14b": 4, "wan_vace": 3}.get(kind, 2)  # both experts; 2 blocks + 1 VACE block
-    assert state.num_layers == layers and {c[1] for c in calls} == set(range(layers))
-    assert {c[0] for c in calls} == {0, 1}
-
-    def scaled(call):
-        return dense_attention(call) * 0.5
-
-    with hook_attention(pipe, scaled):
-        changed = _latents(pipe, kind)
-    assert not torch.allclose(plain, changed)
+    assert state.num_layers == layers and {c.layer for c in calls} == set(range(layers))
+    assert {c.step for c in calls} == {0, 1}
     assert all(not hasattr(m.processor, "runtime") for m in get_adapter(pipe.transformer).attention_modules(pipe.transformer))
 
 

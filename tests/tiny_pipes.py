@@ -383,3 +383,41 @@ def tiny_call_kwargs(kind: str, generator=None, **overrides) -> dict:
         kwargs.update(max_sequence_length=TINY_COGVIDEOX_TEXT_LEN, guidance_scale=6.0)
     kwargs.update(overrides)
     return kwargs
+
+
+def hooked_dense_run(pipe, run, *, atol: float = 1e-5, shift: float = 0.1, on_call=None):
+    """The hook check the model-family tests share. `run` is a zero-argument callable returning the latents (or
+    a tuple of outputs, e.g. LTX-2's video and audio); `pipe` is anything `hook_attention` takes.
+
+    Runs `run()` unhooked for the reference; then under `hook_attention(pipe, ...)` with dense attention,
+    recording every `AttentionCall` (and calling `on_call(call)` inside the hook, if given), and asserts every
+    output has the reference's shape and max abs diff <= `atol` (0: bit-identical); then with dense attention
+    + `shift` and asserts every output moved by > 1e-3 (the hook really replaces the op).
+    Returns ``(reference, calls, state)`` for the test's own assertions.
+    """
+    from sta_search.models import dense_attention, hook_attention
+
+    def outputs(result):
+        return result if isinstance(result, tuple) else (result,)
+
+    reference = run()
+    calls = []
+
+    def recording(call):
+        calls.append(call)
+        if on_call is not None:
+            on_call(call)
+        return dense_attention(call)
+
+    with hook_attention(pipe, recording) as state:
+        hooked = run()
+    for got, want in zip(outputs(hooked), outputs(reference), strict=True):
+        assert got.shape == want.shape, f"hooked shape {tuple(got.shape)} != unhooked {tuple(want.shape)}"
+        diff = (got - want).abs().max().item()
+        assert diff <= atol, f"hooked dense differs from unhooked by {diff:.3g} > {atol:g}"
+    with hook_attention(pipe, lambda call: dense_attention(call) + shift):
+        perturbed = run()
+    for got, want in zip(outputs(perturbed), outputs(reference), strict=True):
+        diff = (got - want).abs().max().item()
+        assert diff > 1e-3, f"dense + {shift:g} moved the output by only {diff:.3g}: is the hook the op?"
+    return reference, calls, state
