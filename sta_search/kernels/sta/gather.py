@@ -234,6 +234,9 @@ def _attend_sets(q_rows, k_rows, v_rows, out_rows, sets: KeySets, batch_offsets,
     per_set = (2 * key_len + 2 * count * tv) * B * h * D * q_rows.element_size()  # gathered k, v, q and out
     chunk = max(1, GATHER_BUDGET_BYTES // per_set)
     offsets = (batch_offsets[:, None] + head_offsets[None, :]).reshape(-1, 1, 1)  # (B * h, 1, 1)
+    # out= gathers have no autograd; the buffer is only for CPU inference
+    reuse = q_rows.device.type == "cpu" and not (torch.is_grad_enabled() and any(
+        x.requires_grad for x in (q_rows, k_rows, v_rows)))
     padded = sets.padded
     if bool(padded.all()):
         parts = [torch.arange(padded.numel(), device=padded.device)]
@@ -250,7 +253,7 @@ def _attend_sets(q_rows, k_rows, v_rows, out_rows, sets: KeySets, batch_offsets,
             q_index = (offsets + query_tiles[start: start + m]).reshape(-1)
             k_index = (offsets + key_tiles[start: start + m]).reshape(-1)
             q_numel, k_numel = q_index.numel() * q_rows.shape[1], k_index.numel() * k_rows.shape[1]
-            space = _WORKSPACE.take(q_numel + 2 * k_numel, q_rows.dtype) if q_rows.device.type == "cpu" else None
+            space = _WORKSPACE.take(q_numel + 2 * k_numel, q_rows.dtype) if reuse else None
             qc = _gather_rows(q_rows, q_index, None if space is None else space[:q_numel])
             kc = _gather_rows(k_rows, k_index, None if space is None else space[q_numel:q_numel + k_numel])
             vc = _gather_rows(v_rows, k_index, None if space is None else space[q_numel + k_numel:])
