@@ -123,3 +123,25 @@ def test_can_run_gather():
         can_run_gather(q, geometry, "sideways")
     ok, why = can_run_gather(q.to(torch.int32), geometry, "natural")
     assert not ok and "int32" in why
+
+
+def test_reused_gather_buffer_works_in_and_out_of_inference_mode_and_with_autograd(seed):
+    """The CPU gathers write into a reused buffer: a first call under inference_mode must not leave an
+    inference tensor that a later normal call cannot write, and inputs that need gradients still get them."""
+    from sta_search.kernels.sta import gather
+
+    gather._WORKSPACE.buffers.clear()
+    geometry = Geometry((4, 8, 8), TILE)
+    windows = normalize_windows((2, 1, 2), 2)
+    q, k, v = (torch.randn(1, 2, geometry.video_len, 32) for _ in range(3))
+    reference = sta_reference(q, k, v, canvas=geometry.canvas, tile=TILE, windows=windows)
+    with torch.inference_mode():
+        inside = sta_gather(q, k, v, geometry, windows)
+    outside = sta_gather(q, k, v, geometry, windows)
+    assert rel_rms(inside, reference) < TOLERANCE[torch.float32]
+    assert rel_rms(outside, reference) < TOLERANCE[torch.float32]
+    qg = q.clone().requires_grad_()
+    sta_gather(qg, k, v, geometry, windows).sum().backward()
+    qr = q.clone().requires_grad_()
+    sta_reference(qr, k, v, canvas=geometry.canvas, tile=TILE, windows=windows).sum().backward()
+    assert rel_rms(qg.grad, qr.grad) < 1e-4

@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_profile import synthetic_profile  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = ["--steps", "1", "--windows", "1,1,1", "--height", "32", "--width", "32", "--frames", "4", "--tile", "1,4,4"]
+# 6 steps: the Ctrl-C test signals during the second prompt, which must outlast its polling (0.1 s a prompt at
+# 1 step lost that race once the CPU path got faster)
+SMALL = ["--steps", "6", "--windows", "1,1,1", "--height", "32", "--width", "32", "--frames", "4", "--tile", "1,4,4"]
 PROMPTS = ("a red ball bouncing", "a blue cube turning")
 
 
@@ -152,7 +154,7 @@ def test_removed_if_left_empty_keeps_folders_with_files(tmp_path):
 # ---------------------------------------------------------------------------------------------- progress
 def test_progress_lines_when_stderr_is_not_a_terminal(whole):
     _, output = whole
-    assert "profiling 2 of 2 prompts, 1 steps each" in output
+    assert "profiling 2 of 2 prompts, 6 steps each" in output
     assert "prompt 1/2 done in" in output and "prompt 2/2 done in" in output and "elapsed" in output
 
 
@@ -187,7 +189,7 @@ def test_sigint_keeps_finished_prompts_and_resume_equals_an_uninterrupted_run(wh
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not (out / STATS_FILE).exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)
     assert process.poll() is None, process.communicate()[1][-2000:]  # still on the second prompt
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)

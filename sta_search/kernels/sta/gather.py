@@ -48,7 +48,8 @@ class _Workspace(threading.local):
     def take(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
         buffer = self.buffers.get(dtype)
         if buffer is None or buffer.numel() < numel:
-            buffer = self.buffers[dtype] = torch.empty(numel, dtype=dtype)
+            with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
+                buffer = self.buffers[dtype] = torch.empty(numel, dtype=dtype)
         return buffer[:numel]
 
 
