@@ -186,7 +186,10 @@ def test_sigint_keeps_finished_prompts_and_resume_equals_an_uninterrupted_run(wh
     env.pop("TRITON_INTERPRET", None)  # the CPU path of the profiler is the PyTorch reference
     process = subprocess.Popen([sys.executable, "-m", "sta_search", "profile", "tiny", "--prompts", str(prompts_file),
                                 *SMALL, "--out", str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               # as from a terminal: a test run started in the background (bash '&') ignores
+                               # SIGINT, and a child would inherit that
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not (out / STATS_FILE).exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
