@@ -71,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--profile-forwards", nargs="+", choices=("all", "first"), default=["all"],
                    help="profile runs to time, one per value (the profiler's --profile-forwards; 'first': only the "
                         "conditional CFG forward is profiled, the other runs dense)")
+    p.add_argument("--shortlist", nargs="+", choices=("default", "proportional"), default=["default"],
+                   help="error shortlists to time, each with every --profile-forwards value ('proportional': the "
+                        "profiler's --windows proportional)")
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument("--work", default="/tmp/sta-search-wholerun", help="model config folder and profile output")
     p.add_argument("--out", default=str(REPO / "bench" / "results"), help="folder or .json file")
@@ -194,7 +197,7 @@ def dense_run(loaded, prompts, size, steps: int, seed: int, device) -> list[floa
 
 
 def profile_run(loaded, model_folder: Path, out: Path, prompts, size, steps: int, args, tile, device, dtype_name,
-                forwards: str = "all"):
+                forwards: str = "all", shortlist: str = "default"):
     from sta_search.profile import ProfileSettings, run_profile
 
     if out.exists():
@@ -202,7 +205,8 @@ def profile_run(loaded, model_folder: Path, out: Path, prompts, size, steps: int
     height, width, frames = size
     settings = ProfileSettings(model=str(model_folder), prompts=tuple(prompts), steps=steps, height=height,
                                width=width, frames=frames, seed=args.seed, profile_steps=args.profile_steps,
-                               tile=tuple(tile), windows=None, device=str(device), dtype=dtype_name,
+                               tile=tuple(tile), windows=None if shortlist == "default" else shortlist,
+                               device=str(device), dtype=dtype_name,
                                backend=args.backend, profile_forwards=forwards)
     sink = PromptTimes(device)
     _sync(device)
@@ -310,15 +314,16 @@ def main(argv=None) -> dict:
     record["times"]["dense_per_prompt_s"] = [round(t, 3) for t in dense]
     print(f"dense: {len(prompts)} prompts x {steps} steps in {sum(dense):.1f} s", flush=True)
     save()
-    for forwards in args.profile_forwards:
-        suffix = "" if forwards == "all" else f"_{forwards}_forward"
+    for shortlist, forwards in [(s, f) for s in args.shortlist for f in args.profile_forwards]:
+        suffix = ("" if forwards == "all" else f"_{forwards}_forward") + (
+            "" if shortlist == "default" else f"_{shortlist}_shortlist")
         folder = work / f"profile{suffix}"
         seconds, done, profile = profile_run(loaded, model_folder, folder, prompts, size, steps, args,
-                                             spec["tile"], device, dtype_name, forwards)
+                                             spec["tile"], device, dtype_name, forwards, shortlist)
         record["times"][f"profile{suffix}_s"] = round(seconds, 3)
         record["times"][f"profile{suffix}_prompt_done_s"] = done
         record[f"profile{suffix}"] = {
-            "profile_forwards": forwards, "prompts": profile.num_prompts, "profile_steps": list(profile.profile_steps),
+            "profile_forwards": forwards, "shortlist": shortlist, "prompts": profile.num_prompts, "profile_steps": list(profile.profile_steps),
             "grid": list(profile.geometry.grid), "error_windows": [list(w) for w in profile.error_windows],
             "stats_bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file())}
         if device.type == "cuda":
@@ -328,7 +333,7 @@ def main(argv=None) -> dict:
         record["target_ratio"] = 1.5
         record[f"meets_target{suffix}"] = bool(ratio <= 1.5)
         save()
-        print(f"profile (--profile-forwards {forwards}): {seconds:.1f} s -> {ratio:.2f}x dense "
+        print(f"profile (--profile-forwards {forwards}, {shortlist} shortlist): {seconds:.1f} s -> {ratio:.2f}x dense "
               f"({'meets' if ratio <= 1.5 else 'misses'} <= 1.5x); wrote {out}", flush=True)
     return record
 

@@ -14,7 +14,10 @@ At one density budget (``--density``, default 0.3) this study measures, as a fun
 3. one more point, ``--forwards first`` (default on): the top prompt count at stride 1 profiled with
    ``--profile-forwards first`` (only the first transformer forward of each step; with classifier-free
    guidance, the conditional one), judged on the same held-out profile of both forwards;
-4. ``select``'s own k-fold numbers (``heldout_error``, ``cv_insample_error``, ``heldout_gap``) and whether it
+4. one more, ``--shortlists proportional`` (default on): the top prompt count at stride 1 profiled with the
+   profiler's ``--windows proportional`` (the default shortlist scaled to the grid); the held-out profile
+   then records the union of both shortlists, so every point's windows have held-out errors;
+5. ``select``'s own k-fold numbers (``heldout_error``, ``cv_insample_error``, ``heldout_gap``) and whether it
    warned that the profile is too small (``sta_search/select_check.py``).
 
 Only one profile of the ``max(counts)`` prompts at stride 1 is recorded (plus the held-out profile); smaller
@@ -89,6 +92,8 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="folder for profiling-amount.json and .png")
     p.add_argument("--forwards", nargs="+", choices=("all", "first"), default=["all", "first"],
                    help="'first' adds a point profiled with --profile-forwards first (the conditional CFG forward only)")
+    p.add_argument("--shortlists", nargs="+", choices=("default", "proportional"), default=["default", "proportional"],
+                   help="'proportional' adds a point profiled with --windows proportional")
     p.add_argument("--quick", action="store_true",
                    help="CPU smoke run: 2 + 1 prompts, counts 1 2, strides 1 2, 3 steps, 3 shortlist windows, small at 8x64x96 px")
     return p.parse_args(argv)
@@ -224,7 +229,16 @@ def main(argv=None) -> dict:
     shortlist = ((1, 2, 2), (2, 3, 3), (99, 99, 99)) if args.quick else shortlist_for(kind)
     tag = "-quick" if args.quick else ""
     train_profile, train_s = profile(args, loaded, settings, training, shortlist, f"train-{kind}{tag}")
-    heldout_profile, heldout_s = profile(args, loaded, settings, heldout, shortlist, f"heldout-{kind}{tag}")
+    proportional = None
+    heldout_shortlist, heldout_tag = shortlist, tag
+    if "proportional" in args.shortlists:
+        from sta_search.stats import proportional_error_windows
+
+        proportional = proportional_error_windows(train_profile.geometry)
+        heldout_shortlist = tuple(dict.fromkeys([*train_profile.error_windows, *proportional]))
+        heldout_tag = tag + "-union"
+    heldout_profile, heldout_s = profile(args, loaded, settings, heldout, heldout_shortlist,
+                                         f"heldout-{kind}{heldout_tag}")
     steps = train_profile.steps
     full_steps = round(DEFAULT_FULL_STEP_FRACTION * steps)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -303,6 +317,25 @@ def main(argv=None) -> dict:
         e = results["points"][name]
         print(f"{name}: density {e['density']:.4f} predicted {e['predicted_error']:.4f} held-out "
               f"{e['heldout_error']:.4f} (profile {first_s:.1f} s against {train_s:.1f} s for all forwards)", flush=True)
+    if proportional is not None:
+        top = max(args.counts)
+        prop_profile, prop_s = profile(args, loaded, settings, training, proportional,
+                                       f"train-proportional-{kind}{tag}")
+        results["timings"]["profile_train_proportional_shortlist_s"] = round(prop_s, 1)
+        selection = select_windows(prop_profile, SelectOptions(budget=args.density, full_steps=full_steps))
+        name = _name(top, 1) + "-proportional-shortlist"
+        results["points"][name] = {
+            "prompts": top, "stride": 1, "shortlist": [list(w) for w in prop_profile.error_windows],
+            "profiled_steps": list(prop_profile.profile_steps),
+            "density": selection.config.density(), "predicted_error": selection.summary.get("predicted_error"),
+            "heldout_error": quality.insample_cost(heldout_profile, selection.config, "error"),
+            "select_warned": bool(selection.summary.get("profile_warning")),
+            "windows_used": quality.window_histogram(selection.config),
+        }
+        generation.append((name, selection.config))
+        e = results["points"][name]
+        print(f"{name}: density {e['density']:.4f} predicted {e['predicted_error']:.4f} held-out "
+              f"{e['heldout_error']:.4f} (profile {prop_s:.1f} s against {train_s:.1f} s)", flush=True)
     write()
 
     # ---- generation: dense once, then each distinct window table

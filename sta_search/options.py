@@ -372,6 +372,19 @@ def _windows(ctx: typer.Context, param: typer.CallbackParam, value):
     return parse_windows(value, _name(param)) if value else None
 
 
+def _error_windows(ctx: typer.Context, param: typer.CallbackParam, value):
+    if value and [str(v).strip() for v in value] == [PROPORTIONAL_WINDOWS]:
+        return [PROPORTIONAL_WINDOWS]  # a list: typer splits a returned string into characters
+    return _windows(ctx, param, value)
+
+
+def error_windows_setting(value):
+    """The parsed ``profile --windows`` as ``ProfileSettings.windows``: None, ``"proportional"`` or windows."""
+    if value is not None and list(value) == [PROPORTIONAL_WINDOWS]:
+        return PROPORTIONAL_WINDOWS
+    return value
+
+
 def _image(ctx: typer.Context, param: typer.CallbackParam, value):
     return check_image_path(value)
 
@@ -455,6 +468,15 @@ def canvas_option(help: str = "Token canvas T,H,W (video latent grid after patch
 def windows_option(name: str = "--windows", help: str = "Windows t,h,w (repeat, or separate with ';')."):
     """Repeatable ``--windows``, each holding one or more windows -> a tuple of tuples (or None)."""
     return typer.Option(None, name, help=help, callback=_windows)
+
+
+#: ``profile --windows proportional``: the default shortlist scaled to the grid (stats.proportional_error_windows)
+PROPORTIONAL_WINDOWS = "proportional"
+
+
+def error_windows_option(help: str):
+    """``profile --windows``: windows as :func:`windows_option`, or the one word ``proportional``."""
+    return typer.Option(None, "--windows", help=help, callback=_error_windows)
 
 
 def device_option(help: str = "torch device: cuda, cuda:1 or cpu (default: cuda when available)."):

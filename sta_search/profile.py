@@ -25,10 +25,10 @@ import torch
 from .artifacts import HEADER_FILE, STATS_FILE, Profile, model_identity
 from .errors import Interrupted, UserError
 from .kernels.geometry import DEFAULT_TILE, Geometry
-from .options import check_profile_forwards, dtype_name, parse_profile_steps, resolve_device
+from .options import PROPORTIONAL_WINDOWS, check_profile_forwards, dtype_name, parse_profile_steps, resolve_device
 from .report import (PROFILER_BUDGET, OutputLock, check_fits_in_memory, check_output_folder, estimate_memory_bytes,
                      out_of_memory_errors, out_of_memory_message, sigint_deferred, writing)
-from .stats import AttentionProfiler, CallStats, clip_windows, default_error_windows
+from .stats import AttentionProfiler, CallStats, clip_windows, default_error_windows, proportional_error_windows
 
 Triple = tuple[int, int, int]
 
@@ -46,7 +46,8 @@ _RESUME_MODEL_KEYS = ("family", "transformer_class", "source", "num_layers", "nu
 @dataclass(frozen=True)
 class ProfileSettings:
     """What to profile. ``None`` sizes come from the pipeline's defaults; ``windows=None`` is the default
-    shortlist; ``device=None`` is CUDA when available; ``dtype=None`` is bfloat16 on CUDA, float32 on CPU."""
+    shortlist, ``"proportional"`` that list scaled to the grid (``stats.proportional_error_windows``);
+    ``device=None`` is CUDA when available; ``dtype=None`` is bfloat16 on CUDA, float32 on CPU."""
 
     model: str
     prompts: tuple[str, ...]
@@ -300,7 +301,12 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
     except ValueError as exc:
         raise UserError(f"--tile {settings.tile}: {exc}") from None
     info = loaded.info  # both experts' layers for Wan 2.2
-    windows = clip_windows(geometry, settings.windows) if settings.windows else default_error_windows(geometry)
+    if settings.windows == PROPORTIONAL_WINDOWS:
+        windows = proportional_error_windows(geometry)
+    elif settings.windows:
+        windows = clip_windows(geometry, settings.windows)
+    else:
+        windows = default_error_windows(geometry)
     profile_steps = parse_profile_steps(settings.profile_steps, settings.steps)
     sums_bytes = 4 * len(profile_steps) * int(info.num_layers) * int(info.num_heads) * (
         math.prod(geometry.grid) + math.prod(2 * n - 1 for n in geometry.grid))

@@ -53,8 +53,22 @@ def clip_windows(geometry: Geometry, windows) -> tuple[Triple, ...]:
     return tuple(sorted(seen, key=lambda w: (geometry.tile_density(w),)))
 
 
+#: The tile grid DEFAULT_ERROR_WINDOWS was laid out for: HunyuanVideo 720p, canvas (30, 48, 80), tile (6, 8, 8).
+DEFAULT_WINDOWS_GRID: Triple = (5, 6, 10)
+
+
 def default_error_windows(geometry: Geometry) -> tuple[Triple, ...]:
     return clip_windows(geometry, DEFAULT_ERROR_WINDOWS)
+
+
+def proportional_error_windows(geometry: Geometry) -> tuple[Triple, ...]:
+    """DEFAULT_ERROR_WINDOWS scaled per axis from DEFAULT_WINDOWS_GRID to this grid (each extent rounded, at
+    least 1 tile), so the shortlist keeps the same tile densities on every grid: clipping instead turns the
+    list's large windows into near-full ones on small grids (Wan 480p, grid (4, 4, 7): density sum 3.79
+    clipped against ~2.4 here) and leaves only small ones on large grids."""
+    scaled = [tuple(max(1, round(w * n / ref)) for w, n, ref in zip(window, geometry.grid, DEFAULT_WINDOWS_GRID))
+              if window != (99, 99, 99) else window for window in DEFAULT_ERROR_WINDOWS]
+    return clip_windows(geometry, scaled)
 
 
 # ------------------------------------------------------------------------------------ reductions

@@ -242,3 +242,21 @@ def test_profile_forwards_first_profiles_only_the_conditional_forward(tiny_model
     bad = _cli(*base, "--profile-forwards", "second", "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "--profile-forwards 'second'" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_windows_proportional_scales_the_default_shortlist(tiny_models, prompts, tmp_path):
+    from sta_search.kernels import Geometry
+    from sta_search.stats import default_error_windows, proportional_error_windows
+
+    out = tmp_path / "proportional"
+    assert _in_process("profile", tiny_models["wan"], "--prompts", prompts, "--steps", "2", *SIZE,
+                       "--windows", "proportional", "--out", out) is None
+    geometry = Geometry((3, 4, 8), (1, 4, 4))
+    expected = [list(w) for w in proportional_error_windows(geometry)]
+    assert expected != [list(w) for w in default_error_windows(geometry)]  # the test tells the two apart
+    profile = Profile.load(out)
+    assert profile.header["error_windows"] == expected
+    assert profile.tensors["error"].shape[-1] == len(expected)
+    message = str(_in_process("profile", tiny_models["wan"], "--prompts", prompts, *SIZE,
+                              "--windows", "proportional;1,1,1", "--out", tmp_path / "bad"))
+    assert "proportional" in message and not (tmp_path / "bad").exists()

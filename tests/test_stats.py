@@ -313,3 +313,24 @@ def test_tile_order_cpu_path_in_chunks(seed, tiles_per_chunk):
         expected = (o[:, :, video] - dense[:, :, video]).flatten(2).norm(dim=-1) \
             / dense[:, :, video].flatten(2).norm(dim=-1)
         torch.testing.assert_close(errors[..., i], expected.double(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("canvas", [(21, 30, 52), (21, 45, 80), (16, 24, 40), (60, 96, 160)],
+                         ids=["wan480p", "wan720p", "small-ish", "large-grid"])
+def test_proportional_shortlist_keeps_the_default_densities(canvas):
+    """`--windows proportional`: the default list scaled to the grid. It is the default list on the grid it was
+    laid out for, ends with the full window, and on other grids keeps the partial windows' density sum near the
+    reference grid's instead of drifting with clipping (Wan 480p: 3.79 clipped)."""
+    from sta_search.stats import DEFAULT_WINDOWS_GRID, default_error_windows, proportional_error_windows
+
+    reference = Geometry(tuple(n * t for n, t in zip(DEFAULT_WINDOWS_GRID, (6, 8, 8))), (6, 8, 8))
+    assert proportional_error_windows(reference) == default_error_windows(reference)
+    target = sum(reference.tile_density(w) for w in default_error_windows(reference) if not reference.is_full(w))
+    geometry = Geometry(canvas, (6, 8, 8))
+    windows = proportional_error_windows(geometry)
+    assert geometry.is_full(windows[-1]) and len(set(windows)) == len(windows)
+    assert all(1 <= w <= n for window in windows for w, n in zip(window, geometry.grid))
+    partial = [w for w in windows if not geometry.is_full(w)]
+    total = sum(geometry.tile_density(w) for w in partial)
+    assert abs(total - target) < 0.5, (total, target)
+    assert max(geometry.tile_density(w) for w in partial) < 0.7

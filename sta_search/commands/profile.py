@@ -29,9 +29,11 @@ def register(app: typer.Typer) -> None:
         profile_forwards: str = options.profile_forwards_option(),
         tile: Optional[str] = options.tile_option(help="STA tile t,h,w in tokens (product a multiple of 16; "
                                                   "default: the model folder's sta_search.json, else 6,8,8)."),
-        windows: Optional[List[str]] = options.windows_option(help="Error shortlist windows t,h,w (repeat, or "
-                                                              "separate with ';'); default: one tile to full, "
-                                                              "incl. anisotropic."),
+        windows: Optional[List[str]] = options.error_windows_option(
+            help="Error shortlist windows t,h,w (repeat, or separate with ';'); default: one tile to full, incl. "
+                 "anisotropic, laid out for a (5,6,10) tile grid and clipped to this one. 'proportional': the same "
+                 "list scaled to this grid's proportions, so small grids do not get near-full windows (cheaper to "
+                 "profile there)."),
         out: Path = typer.Option(Path("sta-profile"), "--out", help="Profile folder to write."),
         resume: bool = options.flag(False, "--resume", help="Continue the profile in --out (same settings required)."),
         device: Optional[str] = options.device_option(),
@@ -66,7 +68,7 @@ def register(app: typer.Typer) -> None:
             seed=seed, profile_steps=profile_steps,
             tile=tile if tile is not None else options.parse_tile(defaults.get("tile", (6, 8, 8)),
                                                                   "tile of the model's sta_search.json"),
-            windows=windows, device=device, dtype=dtype, image=image, cache=cache,
+            windows=options.error_windows_setting(windows), device=device, dtype=dtype, image=image, cache=cache,
             profile_forwards=profile_forwards,
         )
         _quiet_loading_bars()
