@@ -299,43 +299,35 @@ def main(argv=None) -> dict:
         print(f"{_name(n, k)}: density {e['density']:.4f} predicted {e['predicted_error']:.4f} held-out "
               f"{e['heldout_error']:.4f} select warned: {e['select_warned']}", flush=True)
     generation = [(_name(n, k), configs[(n, k)]) for n, k in order]
+
+    def variant_point(suffix: str, windows, forwards: str, timing_key: str, extra: dict, versus: str):
+        """One more point: all training prompts at stride 1, profiled with another setting, scored on the
+        held-out profile like the others."""
+        top = max(args.counts)
+        variant, seconds = profile(args, loaded, settings, training, windows, f"train-{suffix}-{kind}{tag}",
+                                   forwards=forwards)
+        results["timings"][timing_key] = round(seconds, 1)
+        selection = select_windows(variant, SelectOptions(budget=args.density, full_steps=full_steps))
+        name = f"{_name(top, 1)}-{suffix}"
+        results["points"][name] = {
+            "prompts": top, "stride": 1, **extra, "shortlist": [list(w) for w in variant.error_windows],
+            "profiled_steps": list(variant.profile_steps),
+            "density": selection.config.density(), "predicted_error": selection.summary.get("predicted_error"),
+            "heldout_error": quality.insample_cost(heldout_profile, selection.config, "error"),
+            "select_warned": bool(selection.summary.get("profile_warning")),
+            "windows_used": quality.window_histogram(selection.config),
+        }
+        generation.append((name, selection.config))
+        e = results["points"][name]
+        print(f"{name}: density {e['density']:.4f} predicted {e['predicted_error']:.4f} held-out "
+              f"{e['heldout_error']:.4f} (profile {seconds:.1f} s against {train_s:.1f} s {versus})", flush=True)
+
     if "first" in args.forwards:
-        top = max(args.counts)
-        first_profile, first_s = profile(args, loaded, settings, training, shortlist, f"train-first-{kind}{tag}",
-                                         forwards="first")
-        results["timings"]["profile_train_first_forward_s"] = round(first_s, 1)
-        selection = select_windows(first_profile, SelectOptions(budget=args.density, full_steps=full_steps))
-        name = _name(top, 1) + "-first-forward"
-        results["points"][name] = {
-            "prompts": top, "stride": 1, "profile_forwards": "first", "profiled_steps": list(first_profile.profile_steps),
-            "density": selection.config.density(), "predicted_error": selection.summary.get("predicted_error"),
-            "heldout_error": quality.insample_cost(heldout_profile, selection.config, "error"),
-            "select_warned": bool(selection.summary.get("profile_warning")),
-            "windows_used": quality.window_histogram(selection.config),
-        }
-        generation.append((name, selection.config))
-        e = results["points"][name]
-        print(f"{name}: density {e['density']:.4f} predicted {e['predicted_error']:.4f} held-out "
-              f"{e['heldout_error']:.4f} (profile {first_s:.1f} s against {train_s:.1f} s for all forwards)", flush=True)
+        variant_point("first-forward", shortlist, "first", "profile_train_first_forward_s",
+                      {"profile_forwards": "first"}, "for all forwards")
     if proportional is not None:
-        top = max(args.counts)
-        prop_profile, prop_s = profile(args, loaded, settings, training, proportional,
-                                       f"train-proportional-{kind}{tag}")
-        results["timings"]["profile_train_proportional_shortlist_s"] = round(prop_s, 1)
-        selection = select_windows(prop_profile, SelectOptions(budget=args.density, full_steps=full_steps))
-        name = _name(top, 1) + "-proportional-shortlist"
-        results["points"][name] = {
-            "prompts": top, "stride": 1, "shortlist": [list(w) for w in prop_profile.error_windows],
-            "profiled_steps": list(prop_profile.profile_steps),
-            "density": selection.config.density(), "predicted_error": selection.summary.get("predicted_error"),
-            "heldout_error": quality.insample_cost(heldout_profile, selection.config, "error"),
-            "select_warned": bool(selection.summary.get("profile_warning")),
-            "windows_used": quality.window_histogram(selection.config),
-        }
-        generation.append((name, selection.config))
-        e = results["points"][name]
-        print(f"{name}: density {e['density']:.4f} predicted {e['predicted_error']:.4f} held-out "
-              f"{e['heldout_error']:.4f} (profile {prop_s:.1f} s against {train_s:.1f} s)", flush=True)
+        variant_point("proportional-shortlist", proportional, "all", "profile_train_proportional_shortlist_s", {},
+                      "for the default shortlist")
     write()
 
     # ---- generation: dense once, then each distinct window table
