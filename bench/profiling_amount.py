@@ -45,7 +45,6 @@ import argparse
 import dataclasses
 import datetime as _dt
 import json
-import math
 import platform
 import sys
 import time
