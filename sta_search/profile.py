@@ -453,7 +453,7 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
                     if state["profile"] is not None else "nothing was written")
             with writing(out, "the profile", kept=kept), sigint_deferred():  # Ctrl-C waits for the renames
                 profile.save(out)
-            state["profile"] = profile
+                state["profile"] = profile  # before a held Ctrl-C is raised: this prompt is on disk
             progress.prompt_done(index, profile)
     except KeyboardInterrupt:
         done = state["profile"].num_prompts if state["profile"] is not None else 0
