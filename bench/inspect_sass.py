@@ -52,7 +52,8 @@ VARIANTS = {
 
 
 GLUON = dict(NT=5, NH=6, NW=10, TT=6, TH=8, TW=8, REM_T=6, REM_H=8, REM_W=8, HEAD_DIM=128, BLOCK_N=128, STAGES=3,
-             HAS_PADDING=False, HAS_TEXT_MASK=False, NATURAL=False, PRODUCER_REGS=24, CONSUMER_REGS=240)
+             HAS_PADDING=False, HAS_TEXT_MASK=False, NATURAL=False, PRODUCER_REGS=24, CONSUMER_REGS=240,
+             MASS=False)
 WAN_480P = dict(NT=4, NH=4, NW=7, REM_T=3, REM_H=6, REM_W=4, HAS_PADDING=True)
 GLUON_VARIANTS = {
     "gluon": {},
@@ -65,6 +66,9 @@ GLUON_VARIANTS = {
     "gluon-d64-natural-text": dict(HEAD_DIM=64, STAGES=4, NATURAL=True, HAS_TEXT_MASK=True),
     "gluon-d64-natural-wan480p": dict(HEAD_DIM=64, STAGES=4, NATURAL=True, **WAN_480P),
     "gluon-d64-stages6": dict(HEAD_DIM=64, STAGES=6),
+    # the profiler's fused dense pass with per-tile softmax mass (kernels/recall/gluon_fused.py)
+    "gluon-mass-natural-text": dict(NATURAL=True, HAS_TEXT_MASK=True, MASS=True),
+    "gluon-mass-natural-wan480p": dict(NATURAL=True, MASS=True, **WAN_480P),
 }
 
 
@@ -87,7 +91,7 @@ def compile_gluon_variant(constexprs: dict):
         for name in names:
             signature[name] = desc(video)
             signature[name[0] + "t_desc"] = desc([1, rows, d])
-    signature.update(Windows="*i32", HeadOrder="*i32", TextMask="*i8", qk_scale="fp32")
+    signature.update(Windows="*i32", HeadOrder="*i32", TextMask="*i8", MassLog="*fp32", LseOut="*fp32", qk_scale="fp32")
     for name in constexprs:
         signature[name] = "constexpr"
     source = GluonASTSource(fn=kernel, signature=signature,

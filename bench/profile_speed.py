@@ -7,9 +7,12 @@ with CUDA events (median after warm-up), then the whole call:
   - dense pass + log-sum-exp (``attention_with_lse``: cuDNN, else FA2, else efficient; padded text keys
     dropped per batch element), and FA2 for comparison;
   - recall pass: tile-order q/k gathers, and the Triton tile-mass kernel;
+  - on Hopper, the fused pass the profiler runs there instead of those two (``dense_tile_mass_fused``: the
+    Gluon dense kernel with the full window recording each row's mass per key tile), checked against them;
   - each partial shortlist window's ``sta_attention`` on natural order (backend ``auto``: Gluon in place on
     Hopper), and the error reductions (``squared_distance``) of one window;
-  - one whole profiler call (and one with an empty shortlist), and peak memory above the dense call's.
+  - one whole profiler call (its ``auto`` path; on Hopper also the two-pass path, ``profiler_call_two_pass``)
+    and one with an empty shortlist, and peak memory above the dense call's.
 
 Target (docs/targets.md): profiled call <= (1.6 + sum of partial shortlist tile densities) x dense cuDNN SDPA
 without a mask; recall pass <= 0.5 x dense; memory <= 2 GB above the dense run. ``verdict`` holds the ratios
@@ -109,6 +112,7 @@ def main() -> int:
     from sta_search.kernels import backends
     from sta_search.kernels.geometry import Geometry
     from sta_search.kernels.recall import attention_with_lse, chosen_kernel, dense as dense_kernels
+    from sta_search.kernels.recall.gluon_fused import can_run_fused, dense_and_tile_mass
     from sta_search.kernels.recall import triton_kernel as rk
     from sta_search.kernels.sta import sta_attention
     from sta_search.stats import AttentionProfiler, _tile_order_indices, default_error_windows, squared_distance
@@ -158,14 +162,25 @@ def main() -> int:
             dense = result["dense_ms"] = ms("dense_sdpa_nomask")
             result["dense_ms_is"] = "dense_sdpa_nomask (cuDNN failed: see errors)"
         if dense:
-            parts = {"dense_lse": ms("dense_lse"), "recall_gathers": ms("recall_gathers"),
-                     "recall_kernel": ms("recall_kernel"),
-                     "shortlist_sta": sum(times.get("sta_shortlist_ms", {}).values()) or None,
-                     "norms": (ms("norms_one_window") or 0) * len(partial) + (ms("norms_reference") or 0) or None}
+            shortlist_parts = {
+                "shortlist_sta": sum(times.get("sta_shortlist_ms", {}).values()) or None,
+                "norms": (ms("norms_one_window") or 0) * len(partial) + (ms("norms_reference") or 0) or None}
+            two_pass = {"dense_lse": ms("dense_lse"), "recall_gathers": ms("recall_gathers"),
+                        "recall_kernel": ms("recall_kernel"), **shortlist_parts}
+            fused = {"dense_tile_mass_fused": ms("dense_tile_mass_fused"), **shortlist_parts}
+            # the profiler's auto path: the fused Gluon pass where it ran, else the two passes
+            parts = fused if ms("dense_tile_mass_fused") else two_pass
+            verdict["profiler_path"] = "gluon fused" if parts is fused else "two-pass (cuDNN + Triton recall)"
             verdict["parts_over_dense"] = {k: (v / dense if v else None) for k, v in parts.items()}
             if all(parts.values()):
                 verdict["parts_sum_over_dense"] = sum(parts.values()) / dense
-            for name in ("dense_sdpa_masked", "dense_flash_lse", "profiler_call", "profiler_recall_only_call"):
+            if parts is fused:
+                verdict["two_pass_parts_over_dense"] = {k: (v / dense if v else None) for k, v in two_pass.items()}
+                verdict["fused_over_dense_lse_plus_recall"] = ms("dense_tile_mass_fused") / sum(
+                    ms(x) or 0 for x in ("dense_lse", "recall_gathers", "recall_kernel")) \
+                    if ms("recall_kernel") else None
+            for name in ("dense_sdpa_masked", "dense_flash_lse", "profiler_call", "profiler_call_two_pass",
+                         "profiler_recall_only_call", "dense_tile_mass_fused"):
                 if ms(name):
                     verdict[f"{name}_over_dense"] = ms(name) / dense
             if ms("recall_kernel"):
@@ -256,6 +271,26 @@ def main() -> int:
     times["recall_gathers"] = attempt("recall_gathers", lambda: timer(gathers, reps=reps))
     times["recall_kernel"] = attempt("recall_kernel", lambda: timer(
         lambda: rk.tile_mass_triton_tiled(q_t, k_t, lse_t, g, T, text_mask), reps=reps))
+    # 2b. the fused pass (Hopper): the dense kernel itself records every row's mass on every key tile
+    if on_gpu and can_run_fused(q, g)[0]:
+        section("fused dense + tile mass (gluon)")
+        mass_two_pass = attempt("recall_for_check", lambda: rk.tile_mass_triton_tiled(q_t, k_t, lse_t, g, T, text_mask))
+        fused = attempt("fused_first_call", lambda: dense_and_tile_mass(q, k, v, g, text_len=T, text_mask=text_mask))
+        if fused is not None and mass_two_pass is not None:
+            f_out, f_mass = fused
+            rows = mass_two_pass.sum(-1, keepdim=True).clamp_min(1)
+            result["fused_check"] = {
+                "max_row_mass_diff_vs_two_pass": float(((f_mass - mass_two_pass) / rows).abs().max()),
+                "out_rel_rms_vs_cudnn_lse_pass": float((f_out.float() - out.float()).norm() / out.float().norm()),
+                "note": "two-pass = cuDNN dense + log-sum-exp, then the Triton recall kernel (both bf16 inputs)"}
+            del f_out, f_mass
+        times["dense_tile_mass_fused"] = attempt("dense_tile_mass_fused", lambda: timer(
+            lambda: dense_and_tile_mass(q, k, v, g, text_len=T, text_mask=text_mask), reps=reps))
+        memory["fused_bytes"] = attempt("mem_fused", lambda: _peak_bytes(device, lambda: dense_and_tile_mass(
+            q, k, v, g, text_len=T, text_mask=text_mask)))
+        result["kernels"]["fused"] = "gluon dense + tile mass (kernels/recall/gluon_fused.py)"
+    else:
+        result["kernels"]["fused"] = f"not run: {can_run_fused(q, g)[1]}" if on_gpu else "not run: CPU"
     del q_t, k_t, lse_t
     save()
 
@@ -291,6 +326,11 @@ def main() -> int:
     times["profiler_call"] = attempt("profiler_call", lambda: timer(
         lambda: profiler(q, k, v, text_len=T, text_mask=text_mask), warmup=1, reps=3 if on_gpu else 1))
     save()
+    if ms("dense_tile_mass_fused"):  # the profiler's auto path was the fused one: time the two-pass one too
+        two_pass = AttentionProfiler(g, windows, backend="triton")
+        times["profiler_call_two_pass"] = attempt("profiler_call_two_pass", lambda: timer(
+            lambda: two_pass(q, k, v, text_len=T, text_mask=text_mask), warmup=1, reps=3))
+        save()
     times["profiler_recall_only_call"] = attempt("profiler_recall_only_call", lambda: timer(
         lambda: recall_only(q, k, v, text_len=T, text_mask=text_mask), warmup=1, reps=3 if on_gpu else 1))
     memory["profiler_call_bytes"] = attempt("mem_profiler", lambda: _peak_bytes(device, lambda: profiler(

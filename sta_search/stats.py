@@ -26,6 +26,7 @@ from .kernels.geometry import Geometry, to_tiles
 from .kernels.recall import (
     attention_lse_reference,
     attention_with_lse,
+    dense_and_tile_mass,
     resolve_recall_backend,
     tile_mass_triton_tiled,
 )
@@ -177,11 +178,13 @@ class CallStats:
 class AttentionProfiler:
     """Computes the dense output and :class:`CallStats` of attention calls on one geometry.
 
-    ``backend``: recall pass, ``"auto"`` (Triton on CUDA, PyTorch reference on CPU), ``"triton"``,
-    ``"reference"``. ``sta_backend``: backend of the shortlist's STA outputs on the Triton recall path, run by
+    ``backend``: recall pass, ``"auto"`` (on Hopper the fused Gluon dense pass that records the tile mass itself,
+    where it runs; else Triton on CUDA; PyTorch reference on CPU), ``"gluon"``, ``"triton"`` (dense cuDNN pass, then
+    a second QK^T pass), ``"reference"``. ``sta_backend``: backend of the shortlist's STA outputs on the GPU paths, run by
     ``sta_attention`` on the natural token order (``"auto"``: as ``kernels.backends.choose_backend`` picks,
     Gluon in place on Hopper); the reference path computes them from its own scores.
-    ``memory_budget``: bytes of extra activations per head chunk: tile-order q and k of the recall pass, then
+    ``memory_budget``: bytes of extra activations per head chunk: tile-order q and k of the recall pass (the
+    fused pass: its row scratch), then
     one STA output (with its float32 error temporaries) of the shortlist.
     """
 
@@ -207,7 +210,7 @@ class AttentionProfiler:
         if S != g.video_len + text_len:
             raise ValueError(f"sequence length {S} != canvas {g.canvas} volume {g.video_len} + text_len {text_len}")
         scale = D**-0.5 if scale is None else float(scale)
-        backend = resolve_recall_backend(self.backend, q)
+        backend = resolve_recall_backend(self.backend, q, g)
         K = len(self.error_windows)
         errors = torch.zeros(B, H, K, dtype=torch.float64, device=q.device)
         partial = [i for i, w in enumerate(self.error_windows) if not g.is_full(w)]
@@ -219,6 +222,12 @@ class AttentionProfiler:
                                                          text_mask, scale)
             if partial:
                 errors[:, :, partial] = partial_errors
+        elif backend == "gluon":
+            dense_out, mass = dense_and_tile_mass(q, k, v, g, text_len=text_len, text_first=text_first,
+                                                  text_mask=text_mask, scale=scale, memory_budget=self.memory_budget)
+            if partial:
+                errors[:, :, partial] = self._shortlist_errors(q, k, v, dense_out, partial, text_len, text_first,
+                                                               text_mask, scale)
         else:
             dense_out, lse = attention_with_lse(q, k, v, text_len=text_len, text_first=text_first,
                                                 text_mask=text_mask, scale=scale)

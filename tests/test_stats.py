@@ -243,9 +243,11 @@ def test_shortlist_clipping_and_parsing():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("recall", ["auto", "triton"])  # auto on Hopper: the fused Gluon dense + tile-mass pass
 @pytest.mark.parametrize("head_dim", [64, 128])  # 128 in bf16 on Hopper: the shortlist runs the Gluon kernel
-def test_cuda_profiler_matches_cpu_reference(head_dim, seed):
-    """The CUDA path (fused dense+LSE, Triton recall pass, STA shortlist) against the fp32 CPU path."""
+def test_cuda_profiler_matches_cpu_reference(head_dim, recall, seed):
+    """The CUDA paths (fused Gluon pass, or dense+LSE then the Triton recall pass; STA shortlist) against the fp32
+    CPU path."""
     canvas, tile, text_len = (6, 16, 24), (6, 8, 8), 40
     g = Geometry(canvas, tile)
     S = g.video_len + text_len
@@ -255,7 +257,7 @@ def test_cuda_profiler_matches_cpu_reference(head_dim, seed):
     windows = default_error_windows(g)
     _, ref = _profile("reference", "auto", canvas, tile, q, k, v, windows, text_len, text_mask)
     cuda = [x.cuda().to(torch.bfloat16) for x in (q, k, v)]
-    _, got = AttentionProfiler(g, windows)(*cuda, text_len=text_len, text_mask=text_mask.cuda())
+    _, got = AttentionProfiler(g, windows, backend=recall)(*cuda, text_len=text_len, text_mask=text_mask.cuda())
     torch.testing.assert_close(got.recall.cpu(), ref.recall, rtol=0, atol=1e-2)
     torch.testing.assert_close(got.offset_mass.cpu(), ref.offset_mass, rtol=0, atol=1e-2)
     torch.testing.assert_close(got.error.cpu(), ref.error, rtol=0.1, atol=2e-2)

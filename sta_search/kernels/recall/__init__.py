@@ -2,9 +2,10 @@
 
 ``tile_mass`` gives, for every query tile, the softmax mass of its real video queries on every key tile
 (plus one column for all valid text keys). From it the recall of every STA window and the mass by tile
-offset follow by small reductions (``sta_search.stats``). Backends: ``"triton"`` (a QK^T pass that reuses
-the dense pass's log-sum-exp; CUDA, or CPU under ``TRITON_INTERPRET=1``) and ``"reference"`` (pure
-PyTorch, materialises the softmax in query chunks).
+offset follow by small reductions (``sta_search.stats``). Backends: ``"gluon"`` (Hopper: the dense pass itself
+records the mass, :mod:`.gluon_fused`), ``"triton"`` (a QK^T pass that reuses the dense pass's log-sum-exp; CUDA,
+or CPU under ``TRITON_INTERPRET=1``) and ``"reference"`` (pure PyTorch, materialises the softmax in query chunks).
+``"auto"``: gluon where it runs, else triton on CUDA, else reference.
 """
 
 from __future__ import annotations
@@ -15,17 +16,26 @@ import torch
 
 from ..geometry import Geometry, to_tiles
 from .dense import DENSE_LSE_KERNELS, chosen_kernel, fused_attention_lse
+from .gluon_fused import can_run_fused, dense_and_tile_mass
 from .reference import attention_lse_reference, tile_mass_reference, video_and_text_slices
 from .triton_kernel import tile_mass_triton_tiled
 
-RECALL_BACKENDS = ("auto", "triton", "reference")
+RECALL_BACKENDS = ("auto", "gluon", "triton", "reference")
 
 
-def resolve_recall_backend(backend: str, q: torch.Tensor) -> str:
+def resolve_recall_backend(backend: str, q: torch.Tensor, geometry: Geometry | None = None) -> str:
+    """The backend ``backend`` means for inputs like ``q`` on ``geometry`` (needed for ``gluon``, which
+    ``auto`` picks only when it is given and the fused pass can run); ValueError if it cannot run."""
     if backend not in RECALL_BACKENDS:
         raise ValueError(f"recall backend must be one of {RECALL_BACKENDS}, got {backend!r}")
     if backend == "auto":
+        if geometry is not None and q.device.type == "cuda" and can_run_fused(q, geometry)[0]:
+            return "gluon"
         return "triton" if q.device.type == "cuda" else "reference"
+    if backend == "gluon":
+        ok, why = can_run_fused(q, geometry) if geometry is not None else (False, "no geometry given")
+        if not ok:
+            raise ValueError(f"the gluon recall backend cannot run: {why}")
     if backend == "triton" and q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("the triton recall backend needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
     return backend
@@ -86,14 +96,18 @@ def tile_mass(q: torch.Tensor, k: torch.Tensor, *, canvas, tile, text_len: int =
         q, k: ``(B, heads, S, D)``, ``S = T*H*W + text_len``, video tokens in natural T-major order.
         lse: ``(B, heads, S)`` natural-log log-sum-exp of the dense attention (triton backend; computed
             here when missing).
-        backend: ``"triton"``, ``"reference"`` or ``"auto"`` (triton on CUDA, reference on CPU).
+        backend: ``"gluon"``, ``"triton"``, ``"reference"`` or ``"auto"`` (gluon on Hopper where it runs, else
+            triton on CUDA, reference on CPU). ``gluon`` computes the dense pass anyway and ignores ``lse``.
 
     Returns:
         ``(B, heads, num_tiles, num_tiles + 1)`` float32; row ``i`` holds the mass of the real video
         queries of query tile ``i`` (tile order) on each key tile, then on all valid text keys.
     """
     geometry = Geometry(canvas, tile)
-    backend = resolve_recall_backend(backend, q)
+    backend = resolve_recall_backend(backend, q, geometry)
+    if backend == "gluon":
+        return dense_and_tile_mass(q, k, k, geometry, text_len=text_len, text_first=text_first, text_mask=text_mask,
+                                   scale=scale)[1]
     if backend == "reference":
         return tile_mass_reference(q, k, canvas=geometry.canvas, tile=geometry.tile, text_len=text_len,
                                    text_first=text_first, text_mask=text_mask, scale=scale)
@@ -110,6 +124,6 @@ def tile_mass(q: torch.Tensor, k: torch.Tensor, *, canvas, tile, text_len: int =
 
 
 __all__ = [
-    "DENSE_LSE_KERNELS", "RECALL_BACKENDS", "attention_lse_reference", "attention_with_lse", "chosen_kernel",
-    "fused_attention_lse", "resolve_recall_backend", "tile_mass", "tile_mass_reference", "tile_mass_triton_tiled",
+    "DENSE_LSE_KERNELS", "RECALL_BACKENDS", "attention_lse_reference", "attention_with_lse", "can_run_fused",
+    "chosen_kernel", "dense_and_tile_mass", "fused_attention_lse", "resolve_recall_backend", "tile_mass", "tile_mass_reference", "tile_mass_triton_tiled",
 ]

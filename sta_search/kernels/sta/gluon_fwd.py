@@ -137,12 +137,27 @@ def _mask_padding(s_acc, row, offs_n, NT: gl.constexpr, NH: gl.constexpr, NW: gl
 
 
 @gluon.jit
-def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, bh, b, q_row, text_query,
-              n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh,
-              ww, NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr,
+def _record_tile_mass(t_i, p, alpha, m_i, row, mass_ptr, record, NT: gl.constexpr, NH: gl.constexpr,
+                      NW: gl.constexpr, TILE_VOL: gl.constexpr, BLOCK_N: gl.constexpr, BPT: gl.constexpr,
+                      BPT_LAST: gl.constexpr):
+    """Adds block ``row``'s softmax row sums to its key tile's; after the tile's last block, stores
+    ``m_i + log2(sum)`` per row and restarts the sum."""
+    t_i = t_i * alpha + gl.sum(p, 1)
+    tile = row // TILE_VOL
+    bpt = gl.where(tile // (NH * NW) == NT - 1, BPT_LAST, BPT)
+    last = (row % TILE_VOL) // BLOCK_N == bpt - 1
+    if last & record:
+        gl.store(mass_ptr + tile * p.shape[0], m_i + gl.log2(t_i))
+    return gl.where(last, 0.0, t_i)
+
+
+@gluon.jit
+def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, MassLog, LseOut, bh, b, q_row,
+              text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh,
+              sw, wh, ww, NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr,
               TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr,
               BPT_LAST: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_PADDING: gl.constexpr,
-              HAS_TEXT_MASK: gl.constexpr, NATURAL: gl.constexpr, WG: gl.constexpr):
+              HAS_TEXT_MASK: gl.constexpr, NATURAL: gl.constexpr, MASS: gl.constexpr, WG: gl.constexpr):
     TILE_VOL: gl.constexpr = TT * TH * TW
     HEAD_DIM: gl.constexpr = q_smem.shape[2]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -159,6 +174,16 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, Text
     acc = gl.zeros([WG_ROWS, HEAD_DIM], gl.float32, o_layout)
     s_zero = gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout)
     offs_n = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))
+    # MASS (profiler): per row, the log2 of its softmax sum over each key tile (then over all text keys) is
+    # written when the tile's last block is done, relative to the running max of that moment; with the final
+    # log-sum-exp it gives the row's mass on every tile (kernels/recall/gluon_fused.py reduces the rows).
+    NUM_TILES: gl.constexpr = NT * NH * NW
+    t_i = gl.zeros([WG_ROWS], gl.float32, gl.SliceLayout(1, s_layout))
+    record = text_query == 0
+    if MASS:
+        mass_rows = gl.arange(0, WG_ROWS, gl.SliceLayout(1, s_layout))
+        row64 = bh.to(gl.int64) * (NUM_TILES * TILE_VOL // WG_ROWS) + (q_row + WG * WG_ROWS) // WG_ROWS
+        mass_ptr = MassLog + row64 * ((NUM_TILES + 1) * WG_ROWS) + mass_rows
     mbarrier.wait(q_bar, 0)
 
     # Text key blocks (bounds and key-padding masked), one at a time.
@@ -172,10 +197,16 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, Text
         if HAS_TEXT_MASK:
             key_ok = key_ok & (gl.load(TextMask + b * stride_tb + cols * stride_tm, mask=key_ok, other=0) != 0)
         p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, gl.expand_dims(key_ok, 0), True)
+        if MASS:
+            t_i = t_i * alpha + gl.sum(p, 1)
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
         acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(s), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc, ))
         mbarrier.arrive(empty.index(s), count=1)
+    if MASS:
+        if record:  # -inf where no text key is valid (or there is no text)
+            gl.store(mass_ptr + NUM_TILES * WG_ROWS, m_i + gl.log2(t_i))
+        t_i = t_i * 0.0
 
     # Video key blocks: QK^T of block j is issued before PV of block j - 1; softmax j overlaps that PV.
     BPT: gl.constexpr = TILE_VOL // BLOCK_N
@@ -186,11 +217,15 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, Text
         s_acc = warpgroup_mma_wait(0, deps=(s_acc, ))
         # Every video block holds a real key for every row (all-padding blocks are never visited), so the
         # running max is finite from here on and the unguarded softmax is exact.
-        if HAS_PADDING:
+        if HAS_PADDING or MASS:
             row = _video_row(0, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW, TILE_VOL,
                              BLOCK_N, BPT, BPT_LAST)
+        if HAS_PADDING:
             s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
         p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, 0, False)
+        if MASS:
+            t_i = _record_tile_mass(t_i, p, alpha, m_i, row, mass_ptr, record, NT, NH, NW, TILE_VOL, BLOCK_N, BPT,
+                                    BPT_LAST)
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
         p_op = gl.convert_layout(p.to(dtype), p_layout)
         s_prev = s
@@ -199,13 +234,16 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, Text
             mbarrier.wait(ready.index(s), (it // STAGES) & 1)
             s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             acc = warpgroup_mma(p_op, v_smem.index(s_prev), acc, is_async=True)
-            if HAS_PADDING:  # scalar index math while the wgmmas run
+            if HAS_PADDING or MASS:  # scalar index math while the wgmmas run
                 row = _video_row(it - n_text, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW,
                                  TILE_VOL, BLOCK_N, BPT, BPT_LAST)
             s_acc = warpgroup_mma_wait(1, deps=(s_acc, ))
             if HAS_PADDING:
                 s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
             p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, 0, False)
+            if MASS:
+                t_i = _record_tile_mass(t_i, p, alpha, m_i, row, mass_ptr, record, NT, NH, NW, TILE_VOL, BLOCK_N,
+                                        BPT, BPT_LAST)
             acc = warpgroup_mma_wait(0, deps=(acc, ))
             mbarrier.arrive(empty.index(s_prev), count=1)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
@@ -215,6 +253,9 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, Text
         acc = warpgroup_mma_wait(0, deps=(acc, ))
         mbarrier.arrive(empty.index(s_prev), count=1)
 
+    if MASS:
+        if record:  # log2-sum-exp2 of the scaled scores; +inf for query blocks of canvas padding (no keys)
+            gl.store(LseOut + row64 * WG_ROWS + mass_rows, gl.where(l_i == 0.0, float("inf"), m_i + gl.log2(l_i)))
     l_i = gl.where(l_i == 0.0, 1.0, l_i)  # query blocks of canvas padding (no keys): finite zeros
     out = acc / gl.expand_dims(gl.convert_layout(l_i, o_rows), 1)
     o_smem = q_smem.index(WG)  # every wgmma reading this warpgroup's Q has completed
@@ -236,12 +277,12 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, Text
 
 @gluon.jit
 def _sta_fwd_gluon_kernel(
-    q_desc, k_desc, v_desc, o_desc, qt_desc, kt_desc, vt_desc, ot_desc, Windows, HeadOrder, TextMask,
+    q_desc, k_desc, v_desc, o_desc, qt_desc, kt_desc, vt_desc, ot_desc, Windows, HeadOrder, TextMask, MassLog, LseOut,
     stride_tb, stride_tm, qk_scale, heads, text_len, text_programs,
     NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr, TW: gl.constexpr,
     REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
     STAGES: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_TEXT_MASK: gl.constexpr, NATURAL: gl.constexpr,
-    PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+    PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, MASS: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 2 * WG_ROWS
     TILE_VOL: gl.constexpr = TT * TH * TW
@@ -300,14 +341,14 @@ def _sta_fwd_gluon_kernel(
 
     # (Argument tuples are written out: a tuple built by concatenation loses its constexpr entries.)
     gl.warp_specialize([
-        (_consumer, (o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, bh, b, q_row,
-                     text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first, spans,
+        (_consumer, (o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, MassLog, LseOut, bh,
+                     b, q_row, text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first, spans,
                      last_spans, st, sh, sw, wh, ww, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N,
-                     STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, 0)),
-        (_consumer, (o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, bh, b, q_row,
-                     text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first, spans,
+                     STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, MASS, 0)),
+        (_consumer, (o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, MassLog, LseOut, bh,
+                     b, q_row, text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first, spans,
                      last_spans, st, sh, sw, wh, ww, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N,
-                     STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, 1)),
+                     STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, MASS, 1)),
         (_producer, (q_desc, k_desc, v_desc, qt_desc, kt_desc, vt_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
                      bh, q_row, text_query, n_text, n_total, n_first, spans, last_spans, st, sh, sw, wh, ww, NH, NW,
                      TT, TH, TW, BPT_LAST, BLOCK_N, STAGES, NATURAL)),
@@ -362,7 +403,9 @@ def _canvas_descriptor(x: torch.Tensor, geometry: Geometry, start: int, block: i
 
 
 def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, video_start, text_mask, scale, natural,
-            stages):
+            stages, mass_log: torch.Tensor | None = None, lse_out: torch.Tensor | None = None):
+    """``mass_log``/``lse_out`` (float32, ``B*heads*padded_len*(num_tiles + 1)`` / ``B*heads*padded_len``): the
+    profiler's per-row tile sums (kernels/recall/gluon_fused.py); the kernel then records them."""
     from .triton_fwd import _head_order
 
     B, heads, S, D = q.shape
@@ -394,12 +437,13 @@ def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, vid
     video_programs = B * heads * (geometry.padded_len // (2 * QUERY_ROWS))
     scale = D**-0.5 if scale is None else float(scale)
     _sta_fwd_gluon_kernel[(text_programs + video_programs,)](
-        *video, *text, windows, _head_order(windows, geometry.grid), mask_arg, stride_tb, stride_tm,
+        *video, *text, windows, _head_order(windows, geometry.grid), mask_arg,
+        windows if mass_log is None else mass_log, windows if lse_out is None else lse_out, stride_tb, stride_tm,
         scale * LOG2E, heads, text_len, text_programs,
         NT=nt, NH=nh, NW=nw, TT=tt, TH=th, TW=tw, REM_T=rem[0], REM_H=rem[1], REM_W=rem[2], HEAD_DIM=D,
         BLOCK_N=BLOCK_N, STAGES=stages, HAS_PADDING=not geometry.is_divisible,
         HAS_TEXT_MASK=bool(text_len) and text_mask is not None, NATURAL=natural, PRODUCER_REGS=24,
-        CONSUMER_REGS=240, num_warps=4,
+        CONSUMER_REGS=240, MASS=mass_log is not None, num_warps=4,
     )
     return out
 
