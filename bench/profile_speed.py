@@ -112,7 +112,8 @@ def main() -> int:
     from sta_search.kernels import backends
     from sta_search.kernels.geometry import Geometry
     from sta_search.kernels.recall import attention_with_lse, chosen_kernel, dense as dense_kernels
-    from sta_search.kernels.recall.gluon_fused import can_run_fused, dense_and_tile_mass
+    from sta_search.kernels.backends import can_run_fused_recall
+    from sta_search.kernels.recall.gluon_fused import dense_and_tile_mass
     from sta_search.kernels.recall import triton_kernel as rk
     from sta_search.kernels.sta import sta_attention
     from sta_search.stats import AttentionProfiler, _tile_order_indices, default_error_windows, squared_distance
@@ -272,7 +273,7 @@ def main() -> int:
     times["recall_kernel"] = attempt("recall_kernel", lambda: timer(
         lambda: rk.tile_mass_triton_tiled(q_t, k_t, lse_t, g, T, text_mask), reps=reps))
     # 2b. the fused pass (Hopper): the dense kernel itself records every row's mass on every key tile
-    if on_gpu and can_run_fused(q, g)[0]:
+    if on_gpu and can_run_fused_recall(q, g)[0]:
         section("fused dense + tile mass (gluon)")
         mass_two_pass = attempt("recall_for_check", lambda: rk.tile_mass_triton_tiled(q_t, k_t, lse_t, g, T, text_mask))
         fused = attempt("fused_first_call", lambda: dense_and_tile_mass(q, k, v, g, text_len=T, text_mask=text_mask))
@@ -290,7 +291,7 @@ def main() -> int:
             q, k, v, g, text_len=T, text_mask=text_mask)))
         result["kernels"]["fused"] = "gluon dense + tile mass (kernels/recall/gluon_fused.py)"
     else:
-        result["kernels"]["fused"] = f"not run: {can_run_fused(q, g)[1]}" if on_gpu else "not run: CPU"
+        result["kernels"]["fused"] = f"not run: {can_run_fused_recall(q, g)[1]}" if on_gpu else "not run: CPU"
     del q_t, k_t, lse_t
     save()
 

@@ -14,7 +14,8 @@ import torch
 
 from sta_search.kernels import Geometry, to_tiles
 from sta_search.kernels.recall import RECALL_BACKENDS, resolve_recall_backend, tile_mass_reference
-from sta_search.kernels.recall.gluon_fused import ROW_BLOCK, can_run_fused, dense_and_tile_mass, reduce_row_mass
+from sta_search.kernels.backends import can_run_fused_recall
+from sta_search.kernels.recall.gluon_fused import ROW_BLOCK, dense_and_tile_mass, reduce_row_mass
 from sta_search.kernels.recall.reference import attention_lse_reference, video_and_text_slices
 
 from kernel_cases import rel_rms
@@ -90,7 +91,7 @@ def test_gluon_is_a_recall_backend_that_refuses_without_hopper():
     assert "gluon" in RECALL_BACKENDS
     g = Geometry((6, 8, 8), (6, 8, 8))
     q = torch.zeros(1, 1, g.video_len, 128, dtype=torch.bfloat16)
-    ok, why = can_run_fused(q, g)
+    ok, why = can_run_fused_recall(q, g)
     assert not ok and "Hopper" in why
     assert resolve_recall_backend("auto", q, g) == "reference"
     with pytest.raises(ValueError, match="gluon recall backend cannot run: needs a Hopper"):

@@ -68,6 +68,18 @@ def can_run_gluon(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
     return gluon_fwd._inputs_ok(q, geometry)
 
 
+def can_run_fused_recall(q: torch.Tensor, geometry: Geometry) -> Verdict:
+    """The profiler's fused dense + tile-mass pass (``kernels/recall/gluon_fused.py``): the Gluon kernel with the
+    full window, reading natural-order tokens in place, so what :func:`can_run_gluon` needs and tile planes that
+    fit its TMA boxes."""
+    ok, why = can_run_gluon(q, geometry, "natural")
+    if not ok:
+        return False, why
+    from .sta import gluon_fwd
+
+    return gluon_fwd._natural_boxes_ok(geometry)
+
+
 def can_run_gluon_fp8(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
     """The FP8 (e4m3) Gluon kernel (``precision="fp8"``): what :func:`can_run_gluon` needs (Hopper, bf16/fp16 inputs,
     head dim 128, tile volume a multiple of 128) and a torch with ``float8_e4m3fn``. Either layout (a

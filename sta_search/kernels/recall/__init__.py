@@ -16,7 +16,8 @@ import torch
 
 from ..geometry import Geometry, to_tiles
 from .dense import DENSE_LSE_KERNELS, chosen_kernel, fused_attention_lse
-from .gluon_fused import can_run_fused, dense_and_tile_mass
+from ..backends import can_run_fused_recall
+from .gluon_fused import dense_and_tile_mass
 from .reference import attention_lse_reference, tile_mass_reference, video_and_text_slices
 from .triton_kernel import tile_mass_triton_tiled
 
@@ -29,11 +30,11 @@ def resolve_recall_backend(backend: str, q: torch.Tensor, geometry: Geometry | N
     if backend not in RECALL_BACKENDS:
         raise ValueError(f"recall backend must be one of {RECALL_BACKENDS}, got {backend!r}")
     if backend == "auto":
-        if geometry is not None and q.device.type == "cuda" and can_run_fused(q, geometry)[0]:
+        if geometry is not None and q.device.type == "cuda" and can_run_fused_recall(q, geometry)[0]:
             return "gluon"
         return "triton" if q.device.type == "cuda" else "reference"
     if backend == "gluon":
-        ok, why = can_run_fused(q, geometry) if geometry is not None else (False, "no geometry given")
+        ok, why = can_run_fused_recall(q, geometry) if geometry is not None else (False, "no geometry given")
         if not ok:
             raise ValueError(f"the gluon recall backend cannot run: {why}")
     if backend == "triton" and q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -124,6 +125,6 @@ def tile_mass(q: torch.Tensor, k: torch.Tensor, *, canvas, tile, text_len: int =
 
 
 __all__ = [
-    "DENSE_LSE_KERNELS", "RECALL_BACKENDS", "attention_lse_reference", "attention_with_lse", "can_run_fused",
+    "DENSE_LSE_KERNELS", "RECALL_BACKENDS", "attention_lse_reference", "attention_with_lse", "can_run_fused_recall",
     "chosen_kernel", "dense_and_tile_mass", "fused_attention_lse", "resolve_recall_backend", "tile_mass", "tile_mass_reference", "tile_mass_triton_tiled",
 ]

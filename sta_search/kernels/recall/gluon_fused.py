@@ -24,19 +24,6 @@ from ..geometry import Geometry
 ROW_BLOCK = 64
 
 
-def can_run_fused(q: torch.Tensor, geometry: Geometry) -> tuple[bool, str]:
-    """Whether :func:`dense_and_tile_mass` runs these inputs: what the Gluon STA kernel needs (Hopper, bf16/fp16,
-    head dim 64 or 128, tile volume a multiple of 128) and tiles whose planes fit its in-place TMA boxes."""
-    from ..backends import can_run_gluon
-
-    ok, why = can_run_gluon(q, geometry, "natural")
-    if not ok:
-        return False, why
-    from ..sta import gluon_fwd
-
-    return gluon_fwd._natural_boxes_ok(geometry)
-
-
 @functools.lru_cache(maxsize=32)
 def _row_valid(geometry: Geometry, device: torch.device) -> torch.Tensor:
     return geometry.key_valid().to(device=device, dtype=torch.float32)
@@ -78,9 +65,10 @@ def dense_and_tile_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geome
         ``out`` ``(B, heads, S, D)`` in q's dtype and ``mass`` ``(B, heads, num_tiles, num_tiles + 1)`` float32, as
         :func:`sta_search.kernels.recall.tile_mass` (last column: valid text keys).
     """
+    from ..backends import can_run_fused_recall
     from ..sta import gluon_fwd
 
-    ok, why = can_run_fused(q, geometry)
+    ok, why = can_run_fused_recall(q, geometry)
     if not ok:
         raise ValueError(f"the fused Gluon dense + tile mass pass cannot run: {why}")
     B, H, S, D = q.shape
