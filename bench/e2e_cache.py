@@ -100,7 +100,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny CPU smoke run (tiny-hunyuan, 6 steps)")
     parser.add_argument("--out", default=None, help="JSON file (default: bench/results/e2e-cache-<time>.json)")
+    parser.add_argument("--isolate", action="store_true",
+                        help="run each mode in a fresh Python process (its own model build, compile and CUDA memory: "
+                             "what one mode leaves cached cannot push the next out of memory), then merge the JSONs")
     args = parser.parse_args(argv)
+    if args.isolate:
+        return _run_isolated(args, argv)
     if args.quick:
         args.model, args.steps, args.of, args.window = "tiny-hunyuan", 6, 6, (1, 1, 1)
         args.backend, args.compile, args.dtype, args.device = "reference", "off", "float32", "cpu"
@@ -201,6 +206,46 @@ def main(argv=None) -> dict:
     print(json.dumps({"out": str(out_path), "speedup_vs_dense": result.get("speedup_vs_dense"),
                       "failed": result.get("failed")}, indent=2))
     return result
+
+
+def _run_isolated(args, argv) -> dict:
+    """Each of ``args.modes`` through this script in its own process; one JSON with every mode and the speedups."""
+    import subprocess
+    import sys
+    import tempfile
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cleaned, skip = [], False
+    for item in argv:  # drop --isolate, --modes and --out with their values
+        if skip and not item.startswith("--"):
+            continue
+        skip = item in ("--modes", "--out")
+        if not skip and item != "--isolate":
+            cleaned.append(item)
+    out_path = Path(args.out) if args.out else HERE / "results" / (
+        f"e2e-cache-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json")
+    merged: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in args.modes:
+            part = Path(tmp) / f"{mode.replace('+', '-')}.json"
+            proc = subprocess.run([sys.executable, __file__, *cleaned, "--modes", mode, "--out", str(part)])
+            if part.exists():
+                result = json.loads(part.read_text())
+                if not merged:
+                    merged = {**result, "modes": {}, "isolated": "each mode in its own process"}
+                merged["modes"].update(result.get("modes", {}))
+                if result.get("failed"):
+                    merged.setdefault("failed", {}).update(result["failed"])
+            elif proc.returncode:
+                merged.setdefault("failed", {})[mode] = f"its process exited with {proc.returncode} before writing"
+            if "dense" in merged.get("modes", {}):
+                dense = merged["modes"]["dense"]["median_seconds"]
+                merged["speedup_vs_dense"] = {m: dense / v["median_seconds"] for m, v in merged["modes"].items()}
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps(merged, indent=2) + "\n")
+    print(json.dumps({"out": str(out_path), "speedup_vs_dense": merged.get("speedup_vs_dense"),
+                      "failed": merged.get("failed")}, indent=2))
+    return merged
 
 
 if __name__ == "__main__":
