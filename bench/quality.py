@@ -138,6 +138,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke run (tests): tiny prompt counts and shortlist")
     p.add_argument("--profile-only", action="store_true")
     p.add_argument("--no-variants", action="store_true", help="skip objective recall / granularity layer")
+    p.add_argument("--objectives", nargs="+", default=[], choices=("squared-error", "recall"),
+                   help="study v2: also the solver with these objectives, at argmin-capped's density (the 0.5 dB "
+                        "target's comparison)")
     p.add_argument("--uniform-windows", nargs="+", default=[],
                    help="also run these uniform windows t,h,w (whatever their in-sample error)")
     p.add_argument("--configs", nargs="+", default=None, help="run only the configs with these names")
@@ -604,21 +607,22 @@ def paper_fixed(profile, info, budget: float, dense_steps):
                                    "predicted_error": insample_cost(profile, config), "density": config.density()})
 
 
-def build_configs_v2(profile, info, densities):
+def build_configs_v2(profile, info, densities, extra_objectives=()):
     """Ordered (name, method, target density, config) list of study v2 (module docstring): the target
     comparisons at 0.3 and 0.2 first (argmin capped runs at these only), then 0.42, argmin (uncapped) and
-    the remaining densities."""
+    the remaining densities. ``extra_objectives`` (e.g. ``squared-error``): the solver with that objective too,
+    at argmin-capped's density (``solver-<objective>-step@argmin-capped<d>``)."""
     from sta_search.errors import UserError
     from sta_search.select import DEFAULT_FULL_STEP_FRACTION, SelectOptions, select_windows
 
     dense_steps = tuple(range(round(DEFAULT_FULL_STEP_FRACTION * profile.steps)))
     full_steps = len(dense_steps)
 
-    def solver(budget):
+    def solver(budget, **kw):
         try:
-            return select_windows(profile, SelectOptions(budget=budget, full_steps=full_steps)).config
+            return select_windows(profile, SelectOptions(budget=budget, full_steps=full_steps, **kw)).config
         except UserError as exc:
-            print(f"skip solver at {budget}: {exc}")
+            print(f"skip solver at {budget} {kw}: {exc}")
             return None
 
     def at(d):
@@ -631,7 +635,9 @@ def build_configs_v2(profile, info, densities):
         config = capped_argmin(profile, info, d, dense_steps)
         ad = config.density()
         return [(f"argmin-capped@{d:g}", "argmin, candidates <= budget", d, config),
-                (f"solver-error-step@argmin-capped{d:g}", "budget solver at argmin-capped's density", ad, solver(ad))]
+                (f"solver-error-step@argmin-capped{d:g}", "budget solver at argmin-capped's density", ad, solver(ad))] + [
+                (f"solver-{objective}-step@argmin-capped{d:g}", f"budget solver ({objective}) at argmin-capped's density",
+                 ad, solver(ad, objective=objective)) for objective in extra_objectives]
 
     targeted = [d for d in sorted(densities, key=lambda d: (abs(d - 0.3), d)) if d in V2_TARGET_DENSITIES]
     rest = sorted(d for d in densities if d not in V2_TARGET_DENSITIES)
@@ -758,7 +764,7 @@ def run_seed(args, loaded, settings, seed: int, split: int, suffix: str, out: di
 
     t0 = time.perf_counter()
     if plan == "v2":
-        configs = build_configs_v2(profile, info, densities)
+        configs = build_configs_v2(profile, info, densities, tuple(args.objectives))
     else:
         configs = build_configs(profile, info, densities, variants=not (args.no_variants or args.quick))
     for text in args.uniform_windows:
@@ -782,7 +788,7 @@ def run_seed(args, loaded, settings, seed: int, split: int, suffix: str, out: di
                      "guidance_scale": settings.guidance_scale, "dtype": resolve_dtype(args), "generation_seed": seed,
                      "profile_seed": seed, "profile_steps": list(profile.profile_steps),
                      "dense_steps": list(configs[0][3].dense_steps), "error_shortlist": [list(w) for w in profile.error_windows],
-                     "densities": densities, "quick": bool(args.quick),
+                     "densities": densities, "objectives": list(getattr(args, "objectives", [])), "quick": bool(args.quick),
                      "sta_for_generation": ("sta_search.accelerate.MaskAttention: sta_attention, backend auto"
                                             if sta == "kernel" else
                                             "SDPA under the reference backend's STA mask (cached per layer window table)"),
@@ -881,6 +887,11 @@ def comparisons(densities, plan: str = "v1") -> list[tuple[str, str, str]]:
         out.append((f"solver_minus_best_uniform@{d:g}", f"solver-error-step@{d:g}", f"uniform@{d:g}"))
         if plan == "v2":
             out.append((f"solver_minus_paper_fixed@{d:g}", f"solver-error-step@{d:g}", f"paper-fixed@{d:g}"))
+            # --objectives squared-error (reported where it ran)
+            out.append((f"solver_squared_error_minus_argmin_capped_matched@{d:g}",
+                        f"solver-squared-error-step@argmin-capped{d:g}", f"argmin-capped@{d:g}"))
+            out.append((f"solver_squared_error_minus_solver_error_matched@{d:g}",
+                        f"solver-squared-error-step@argmin-capped{d:g}", f"solver-error-step@argmin-capped{d:g}"))
     out.append(("solver_minus_argmin_matched", "solver-error-step@argmin", "argmin"))
     if plan == "v2":
         out.append(("solver_minus_uniform_at_argmin_density", "solver-error-step@argmin", "uniform@argmin"))

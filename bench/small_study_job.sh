@@ -14,7 +14,8 @@
 # Every stage runs under `timeout` as a last resort (HARD_* seconds), so the job ends even if one hangs.
 #
 # Knobs (environment): QUALITY_BUDGET (default 165), HARD_QUALITY (200), LOCALITY_BUDGET (30),
-# HARD_LOCALITY (40), SEEDS ("0 1 2 3 4"), DEVICE (cuda when available), PYTHON (python3).
+# HARD_LOCALITY (40), SEEDS ("0 1 2 3 4"), DEVICE (cuda when available), PYTHON (python3), OBJECTIVES (extra
+# solver objectives at argmin-capped's density, e.g. "squared-error"; default none).
 set -uo pipefail
 
 OUT=${1:?usage: bench/small_study_job.sh OUTDIR [--quick]}
@@ -47,6 +48,11 @@ if [ "$QUICK" = 1 ]; then
     quality_args=(--model small --device "$DEVICE" --plan v2 --vary-prompts --train-prompts 2 --heldout-prompts 2
                   --densities 0.2 0.3 0.42 --profile-every 2 "${size[@]}")
     locality_args=(--model small --device "$DEVICE" --prompts 2 "${size[@]}")
+fi
+
+if [ -n "${OBJECTIVES:-}" ]; then
+    # shellcheck disable=SC2206
+    quality_args+=(--objectives $OBJECTIVES)
 fi
 
 stamp "device $DEVICE; $($PY -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "")' 2>&1 | tail -n 1)"

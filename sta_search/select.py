@@ -51,7 +51,9 @@ from .experts import ExpertSplit
 from .maskconfig import MaskConfig
 from .select_check import DEFAULT_TOLERANCE, check_heldout
 
-OBJECTIVES = ("error", "recall")
+OBJECTIVES = ("error", "squared-error", "recall")
+#: objectives computed from the measured output errors (shortlist windows only)
+ERROR_OBJECTIVES = ("error", "squared-error")
 STRATEGIES = ("budget", "argmin")
 GRANULARITIES = ("step", "layer")
 CANDIDATE_SETS = ("auto", "shortlist", "all")
@@ -274,8 +276,9 @@ def build_candidates(profile: Profile, objective: str, candidate_set: str = "aut
         raise UserError(f"candidates {candidate_set!r} is not one of {', '.join(CANDIDATE_SETS)}")
     if candidate_set == "auto":
         candidate_set = "all" if objective == "recall" else "shortlist"
-    if objective == "error" and candidate_set == "all":
-        raise UserError("objective error needs measured errors: only the shortlist windows have them (use --candidates shortlist)")
+    if objective in ERROR_OBJECTIVES and candidate_set == "all":
+        raise UserError(f"objective {objective} needs measured errors: only the shortlist windows have them "
+                        "(use --candidates shortlist)")
     geometry = profile.geometry
     if candidate_set == "shortlist":
         seen: dict[tuple[int, int, int], int] = {}
@@ -288,6 +291,8 @@ def build_candidates(profile: Profile, objective: str, candidate_set: str = "aut
         per_prompt_error = profile.tensors["error"].double().numpy()[..., index]
         if objective == "error":
             per_prompt = per_prompt_error
+        elif objective == "squared-error":  # each prompt's mean error, squared: weighs the worst heads more
+            per_prompt = per_prompt_error ** 2
         else:
             per_prompt = 1.0 - profile.tensors["recall"].double().numpy()[..., index]
         if per_prompt.shape[0] == 0:

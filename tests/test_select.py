@@ -17,6 +17,7 @@ from sta_search.kernels.geometry import Geometry
 from sta_search.maskconfig import MaskConfig
 from sta_search.select import (
     SelectOptions,
+    build_candidates,
     lagrangian_choice,
     nearest_profiled,
     select_windows,
@@ -146,7 +147,7 @@ def test_argmin_ties_take_the_first_candidate():
 def test_select_respects_budget_and_reports(seed):
     profile = synthetic_profile(prompts=4, rng=seed)
     for granularity in ("step", "layer"):
-        for objective in ("error", "recall"):
+        for objective in ("error", "squared-error", "recall"):
             selection = select_windows(profile, SelectOptions(budget=0.35, granularity=granularity, objective=objective))
             config, summary = selection.config, selection.summary
             assert config.density() <= 0.35 + 1e-12
@@ -351,3 +352,22 @@ def test_cli_user_errors_exit_2(tmp_path):
         result = _run(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_squared_error_objective_costs_are_the_squared_per_prompt_errors(seed):
+    """The squared-error objective squares each prompt's error before averaging; the reported errors stay
+    in error units, and with one group to upgrade it upgrades the worst one where the plain error may not."""
+    profile = synthetic_profile(prompts=3, rng=seed)
+    plain = build_candidates(profile, "error")
+    squared = build_candidates(profile, "squared-error")
+    np.testing.assert_allclose(squared.per_prompt_cost, plain.per_prompt_error ** 2)
+    np.testing.assert_allclose(squared.mean_cost, (plain.per_prompt_error ** 2).mean(axis=0))
+    np.testing.assert_allclose(squared.per_prompt_error, plain.per_prompt_error)
+    with pytest.raises(UserError, match="squared-error needs measured errors"):
+        build_candidates(profile, "squared-error", "all")
+    # two groups, windows of density 0.1 and 0.5; budget for one upgrade (mean density 0.3)
+    errors = np.array([[0.6, 0.35], [0.3, 0.0]])  # upgrading group 1 removes more error (0.3 > 0.25) ...
+    densities = np.array([0.1, 0.5])
+    assert solve_budget(errors, densities, 0.3).choice.tolist() == [0, 1]
+    # ... but in squared error group 0 gains more (0.36 - 0.1225 > 0.09 - 0)
+    assert solve_budget(errors ** 2, densities, 0.3).choice.tolist() == [1, 0]

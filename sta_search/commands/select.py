@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         speedup: Optional[float] = options.positive_float_option(None, "--speedup", help=f"Attention speedup over all steps (dense steps included), through the cost model calibrated on an {gpu} (Gluon kernel in place vs cuDNN dense; see --bench-results)."),
         full_steps: Optional[int] = options.non_negative_option(None, "--full-steps", help="Dense steps at the start (default: round(0.24 * steps), the paper's 12 of 50).", maximum=options.MAX_STEPS),
         granularity: str = typer.Option("step", "--granularity", help="step: a window per (step, layer, head); layer: one per (layer, head) for all sparse steps."),
-        objective: str = typer.Option("error", "--objective", help="error: relative L2 output error; recall: 1 - attention recall."),
+        objective: str = typer.Option("error", "--objective", help="error: relative L2 output error; squared-error: its square (the total then weighs the worst (step, layer, head) entries more, as a video's squared error would if the errors added independently); recall: 1 - attention recall."),
         strategy: str = typer.Option("budget", "--strategy", help="budget: optimal under the budget; argmin: FastVideo's per-head argmin (no budget)."),
         candidates: str = typer.Option("auto", "--candidates", help="shortlist (windows with measured errors) or all (every window; recall only) (default: shortlist for error, all for recall)."),
         folds: int = options.positive_option(5, "--folds", help="Folds over prompts for the held-out error (leave-one-out with fewer prompts).", maximum=options.MAX_PROMPTS),
