@@ -178,14 +178,14 @@ class CallStats:
 class AttentionProfiler:
     """Computes the dense output and :class:`CallStats` of attention calls on one geometry.
 
-    ``backend``: recall pass, ``"auto"`` (on Hopper the fused Gluon dense pass that records the tile mass itself,
-    where it runs; else Triton on CUDA; PyTorch reference on CPU), ``"gluon"``, ``"triton"`` (dense cuDNN pass, then
-    a second QK^T pass), ``"reference"``. ``sta_backend``: backend of the shortlist's STA outputs on the GPU paths, run by
-    ``sta_attention`` on the natural token order (``"auto"``: as ``kernels.backends.choose_backend`` picks,
-    Gluon in place on Hopper); the reference path computes them from its own scores.
-    ``memory_budget``: bytes of extra activations per head chunk: tile-order q and k of the recall pass (the
-    fused pass: its row scratch), then
-    one STA output (with its float32 error temporaries) of the shortlist.
+    ``backend``: recall pass, ``"auto"`` (on Hopper, where it runs, the fused Gluon dense pass that records the
+    tile mass itself; else Triton on CUDA; PyTorch reference on CPU), ``"gluon"``, ``"triton"`` (a dense cuDNN
+    pass, then a second QK^T pass), ``"reference"``. ``sta_backend``: backend of the shortlist's STA outputs on
+    the GPU paths, run by ``sta_attention`` on the natural token order (``"auto"``: as
+    ``kernels.backends.choose_backend`` picks, Gluon in place on Hopper); the reference path computes them from
+    its own scores. ``memory_budget``: bytes of extra activations per head chunk: tile-order q and k of the
+    recall pass (the fused pass: its row scratch), then one STA output (with its float32 error temporaries) of
+    the shortlist.
     """
 
     geometry: Geometry

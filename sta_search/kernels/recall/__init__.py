@@ -14,9 +14,9 @@ import os
 
 import torch
 
+from ..backends import can_run_fused_recall
 from ..geometry import Geometry, to_tiles
 from .dense import DENSE_LSE_KERNELS, chosen_kernel, fused_attention_lse
-from ..backends import can_run_fused_recall
 from .gluon_fused import dense_and_tile_mass
 from .reference import attention_lse_reference, tile_mass_reference, video_and_text_slices
 from .triton_kernel import tile_mass_triton_tiled
@@ -126,5 +126,6 @@ def tile_mass(q: torch.Tensor, k: torch.Tensor, *, canvas, tile, text_len: int =
 
 __all__ = [
     "DENSE_LSE_KERNELS", "RECALL_BACKENDS", "attention_lse_reference", "attention_with_lse", "can_run_fused_recall",
-    "chosen_kernel", "dense_and_tile_mass", "fused_attention_lse", "resolve_recall_backend", "tile_mass", "tile_mass_reference", "tile_mass_triton_tiled",
+    "chosen_kernel", "dense_and_tile_mass", "fused_attention_lse", "resolve_recall_backend", "tile_mass",
+    "tile_mass_reference", "tile_mass_triton_tiled",
 ]
