@@ -28,7 +28,15 @@ from .kernels.geometry import DEFAULT_TILE, Geometry
 from .options import PROPORTIONAL_WINDOWS, check_profile_forwards, dtype_name, parse_profile_steps, resolve_device
 from .report import (PROFILER_BUDGET, OutputLock, check_fits_in_memory, check_output_folder, estimate_memory_bytes,
                      out_of_memory_errors, out_of_memory_message, sigint_deferred, writing)
+from .kernels.recall import resolve_recall_backend
 from .stats import AttentionProfiler, CallStats, clip_windows, default_error_windows, proportional_error_windows
+
+#: header ``statistics``: which path computed a profile's statistics (the recall backend ``auto`` resolved to)
+STATISTICS_PATHS = {
+    "gluon": "gluon: fused dense + tile-mass pass (Hopper), Gluon STA shortlist",
+    "triton": "triton: dense pass with log-sum-exp, Triton recall pass, STA shortlist",
+    "reference": "reference: PyTorch float32 (CPU)",
+}
 
 Triple = tuple[int, int, int]
 
@@ -386,6 +394,8 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
                     seen["forwards"][call.step] = seen["forwards"].get(call.step, 0) + 1
                 if first_forward_only and call.forward_index > 0:
                     return dense_attention(call)
+                if "statistics" not in seen:
+                    seen["statistics"] = STATISTICS_PATHS[resolve_recall_backend(settings.backend, call.q, geometry)]
                 on_cpu = call.q.device.type != "cuda"
                 out, stats = profiler(call.q, call.k, call.v, text_len=call.text_len, text_first=call.text_first,
                                       text_mask=call.text_mask, dense_out=dense_attention(call) if on_cpu else None)
@@ -432,6 +442,8 @@ def _run_profile(settings: ProfileSettings, out: Path, *, resume: bool, progress
             forwards = max(seen["forwards"].values()) if seen["forwards"] else None
             if profile is None:
                 header.update(text_len=text_len, text_first=text_first, forwards_per_step=forwards)
+                if seen.get("statistics"):
+                    header["statistics"] = seen["statistics"]
                 if split is not None:
                     header["active_layers"] = active_layers  # per profiled step: the expert's [first, last+1) layers
                     header["experts"] = split.to_list()  # each expert's layers and the steps it runs

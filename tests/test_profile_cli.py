@@ -49,8 +49,10 @@ def test_profile_end_to_end(tiny_models, prompts, tmp_path, kind):
                   "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mean recall per layer" in result.stdout
+    assert "(statistics: reference)" in " ".join(result.stdout.split())
     profile = Profile.load(out)
     h = profile.header
+    assert h["statistics"].startswith("reference: ")  # CPU: the PyTorch path
     assert h["model"]["family"] == kind
     assert h["canvas"] == [3, 4, 8] and h["tile"] == [1, 4, 4] and profile.grid == (3, 1, 2)
     assert h["profile_steps"] == [0, 2] and h["steps"] == 3 and h["seed"] == 3

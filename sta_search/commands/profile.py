@@ -90,7 +90,9 @@ def register(app: typer.Typer) -> None:
         for layer, values in summary_rows(result, chosen):
             table.add_row(str(layer), *(f"{v:.3f}" for v in values))
         Console().print(table)
-        Console().print(f"profile written to {out}", markup=False, highlight=False)
+        where = result.header.get("statistics")
+        Console().print(f"profile written to {out}" + (f" (statistics: {where.split(':')[0]})" if where else ""),
+                        markup=False, highlight=False)
 
 
 def _quiet_loading_bars() -> None:
