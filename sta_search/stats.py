@@ -222,23 +222,22 @@ class AttentionProfiler:
                                                          text_mask, scale)
             if partial:
                 errors[:, :, partial] = partial_errors
-        elif backend == "gluon":
-            dense_out, mass = dense_and_tile_mass(q, k, v, g, text_len=text_len, text_first=text_first,
-                                                  text_mask=text_mask, scale=scale, memory_budget=self.memory_budget)
-            if partial:
-                errors[:, :, partial] = self._shortlist_errors(q, k, v, dense_out, partial, text_len, text_first,
-                                                               text_mask, scale)
         else:
-            dense_out, lse = attention_with_lse(q, k, v, text_len=text_len, text_first=text_first,
-                                                text_mask=text_mask, scale=scale)
-            mass = torch.empty(B, H, g.num_tiles, g.num_tiles + 1, dtype=torch.float32, device=q.device)
-            per_head = 2 * B * (g.padded_len + text_len) * D * q.element_size()  # tile-order q and k
-            chunk = max(1, min(H, self.memory_budget // per_head))
-            for h0 in range(0, H, chunk):
-                heads = slice(h0, min(H, h0 + chunk))
-                mass[:, heads] = self._recall_chunk(q[:, heads], k[:, heads], lse[:, heads], text_len, text_first,
-                                                    text_mask, scale)
-            del lse
+            if backend == "gluon":
+                dense_out, mass = dense_and_tile_mass(q, k, v, g, text_len=text_len, text_first=text_first,
+                                                      text_mask=text_mask, scale=scale,
+                                                      memory_budget=self.memory_budget)
+            else:
+                dense_out, lse = attention_with_lse(q, k, v, text_len=text_len, text_first=text_first,
+                                                    text_mask=text_mask, scale=scale)
+                mass = torch.empty(B, H, g.num_tiles, g.num_tiles + 1, dtype=torch.float32, device=q.device)
+                per_head = 2 * B * (g.padded_len + text_len) * D * q.element_size()  # tile-order q and k
+                chunk = max(1, min(H, self.memory_budget // per_head))
+                for h0 in range(0, H, chunk):
+                    heads = slice(h0, min(H, h0 + chunk))
+                    mass[:, heads] = self._recall_chunk(q[:, heads], k[:, heads], lse[:, heads], text_len,
+                                                        text_first, text_mask, scale)
+                del lse
             if partial:
                 errors[:, :, partial] = self._shortlist_errors(q, k, v, dense_out, partial, text_len, text_first,
                                                                text_mask, scale)
