@@ -53,7 +53,7 @@ VARIANTS = {
 
 GLUON = dict(NT=5, NH=6, NW=10, TT=6, TH=8, TW=8, REM_T=6, REM_H=8, REM_W=8, HEAD_DIM=128, BLOCK_N=128, STAGES=3,
              HAS_PADDING=False, HAS_TEXT_MASK=False, NATURAL=False, PRODUCER_REGS=24, CONSUMER_REGS=240,
-             MASS=False)
+             MASS=False, COMPACT=False)
 WAN_480P = dict(NT=4, NH=4, NW=7, REM_T=3, REM_H=6, REM_W=4, HAS_PADDING=True)
 GLUON_VARIANTS = {
     "gluon": {},
@@ -69,6 +69,10 @@ GLUON_VARIANTS = {
     # the profiler's fused dense pass with per-tile softmax mass (kernels/recall/gluon_fused.py)
     "gluon-mass-natural-text": dict(NATURAL=True, HAS_TEXT_MASK=True, MASS=True),
     "gluon-mass-natural-wan480p": dict(NATURAL=True, MASS=True, **WAN_480P),
+    # padded canvases in compact tile order (real tokens first in every tile)
+    "gluon-compact-wan480p": {**WAN_480P, "COMPACT": True, "HAS_PADDING": False},
+    "gluon-compact-wan480p-text": {**WAN_480P, "COMPACT": True, "HAS_PADDING": False, "HAS_TEXT_MASK": True},
+    "gluon-tiled-wan480p": dict(**WAN_480P),
 }
 
 

@@ -115,8 +115,10 @@ def _text_mask(shape: BenchShape, device: torch.device) -> torch.Tensor | None:
 
 
 # Rows of our kernels: tile-order tokens, natural order through tile/untile copies, natural order in place.
+# Padded canvases add the Gluon kernel alone on compact tile order and the in-place boxes path (which
+# ``gluon-natural`` no longer takes there: it gathers compact tile order).
 STA_ROWS = ("triton", "triton+permutes", "triton-natural", "gluon", "gluon+permutes", "gluon-natural",
-            "gluon-fp8-natural", "gluon-fp8-kernel")
+            "gluon-compact-kernel", "gluon-natural-boxes", "gluon-fp8-natural", "gluon-fp8-kernel")
 
 
 def median_ms(fn, input_sets, warmup: int, iters: int) -> tuple[float, list[float]]:
@@ -265,6 +267,9 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
         log(f"  gluon natural == tiled path: {result.extra['gluon_natural_equals_tiled']}; gluon vs triton rel RMS "
             f"{result.extra['gluon_vs_triton_rel_rms']:.1e}")
         del natural_out, triton_out
+        if not geometry.is_divisible:
+            _time_padded_paths(result, geometry, windows, T, text_mask, natural_sets, gluon_natural, record, warmup,
+                               iters, attended_flop, log)
         if fp8:
             _time_fp8(result, geometry, windows, T, text_mask, natural_sets, gluon_natural, record, warmup, iters,
                       attended_flop, log)
@@ -328,6 +333,39 @@ def run_shape(shape: BenchShape, *, iters: int = 20, dense_iters: int = 6, warmu
                 if row in result.ms:
                     result.speedup[f"{row} vs {base}"] = result.ms[base] / result.ms[row]
     return result
+
+
+def _time_padded_paths(result, geometry, windows, T, text_mask, natural_sets, gluon_natural, record, warmup, iters,
+                       attended_flop, log):
+    """Padded canvases: the Gluon kernel alone on compact tile order (``gluon-compact-kernel``: what the natural entry
+    pays without its gathers) and the in-place path through TMA boxes of tile planes (``gluon-natural-boxes``)."""
+    from .kernels.backends import gluon_reads_tile_planes
+    from .kernels.geometry import to_tiles
+    from .kernels.sta import gluon_fwd
+
+    def compact(x):
+        video = to_tiles(geometry, x[:, :, : geometry.video_len], compact=True)
+        return torch.cat([video, x[:, :, geometry.video_len:]], 2) if T else video
+
+    compact_sets = [[compact(x) for x in s] for s in natural_sets]
+    outs = [torch.empty_like(s[0]) for s in compact_sets]
+
+    def compact_kernel(i):
+        q, k, v = compact_sets[i]
+        return gluon_fwd._launch(q, k, v, outs[i], geometry, windows, T, geometry.padded_len, 0, text_mask, None,
+                                 natural=False, stages=None, compact=True)
+
+    record("gluon-compact-kernel", median_ms(compact_kernel, [[i] for i in range(len(compact_sets))], warmup,
+                                             iters)[0], attended_flop)
+    del compact_sets, outs
+    if gluon_reads_tile_planes(geometry)[0]:
+        def boxes(q, k, v):
+            return gluon_fwd.sta_gluon_natural(q, k, v, geometry, windows, T, False, text_mask, None, padded="in-place")
+
+        record("gluon-natural-boxes", median_ms(boxes, natural_sets, warmup, iters)[0], attended_flop)
+        result.extra["gluon_compact_vs_boxes_rel_rms"] = _rel_rms(gluon_natural(*natural_sets[0]),
+                                                                  boxes(*natural_sets[0]))
+        log(f"  gluon compact vs boxes rel RMS {result.extra['gluon_compact_vs_boxes_rel_rms']:.2e}")
 
 
 def _time_fp8(result, geometry, windows, T, text_mask, natural_sets, gluon_natural, record, warmup, iters,

@@ -59,6 +59,33 @@ def test_tiles_round_trip(geometry, seed):
     assert torch.equal(from_tiles(geometry, tiled, dim=1), x)
 
 
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=GEO_IDS)
+def test_compact_tile_order_puts_each_tiles_real_tokens_first(geometry, seed):
+    """Compact tile order: the same tiles in the same slots; inside a tile its real tokens first, in the tile
+    order's relative order (T-major offsets), then its padding; equal to tile order on divisible canvases."""
+    tile_order = geometry.tile_index().view(geometry.num_tiles, -1)
+    compact = geometry.compact_tile_index().view(geometry.num_tiles, -1)
+    real = geometry.real_tokens_per_tile()
+    for i in range(geometry.num_tiles):
+        expected = tile_order[i][tile_order[i] >= 0]
+        assert len(expected) == real[i]
+        assert torch.equal(compact[i, : real[i]], expected)
+        assert (compact[i, real[i]:] == -1).all()
+    if geometry.is_divisible:
+        assert torch.equal(compact, tile_order)
+    x = torch.randn(2, geometry.video_len, 3)
+    tiled = to_tiles(geometry, x, dim=1, compact=True)
+    assert torch.equal(tiled[:, geometry.compact_tile_index() < 0], torch.zeros(2, geometry.padded_len
+                                                                                - geometry.video_len, 3))
+    assert torch.equal(from_tiles(geometry, tiled, dim=1, compact=True), x)
+
+
+def test_real_tokens_per_tile_brute_force():
+    geometry = Geometry((5, 7, 9), (2, 4, 4))
+    counts = (geometry.tile_index() >= 0).view(geometry.num_tiles, -1).sum(1).numpy()
+    assert np.array_equal(geometry.real_tokens_per_tile(), counts)
+
+
 @pytest.mark.parametrize("geometry", [g for g in GEOMETRIES if g.is_divisible] + [Geometry((6, 8, 12), (3, 4, 4))],
                          ids=["even-4x8x8", "6x8x12-t344"])
 @pytest.mark.parametrize("dim", [0, 1, 2, -1])

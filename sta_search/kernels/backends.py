@@ -133,10 +133,25 @@ def can_run_reference(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdi
 
 
 # ------------------------------------------------------------------------- in-place natural-order paths
-def _gluon_in_place(q, k, v, geometry: Geometry) -> Verdict:
+def _gluon_boxes_in_place(q, k, v, geometry: Geometry) -> Verdict:
     from .sta import gluon_fwd
 
     return gluon_fwd._natural_boxes_ok(geometry)
+
+
+def gluon_reads_tile_planes(geometry: Geometry) -> Verdict:
+    """Whether the Gluon kernel can read natural order in place through TMA boxes of whole tile planes. On padded
+    canvases its natural entry gathers compact tile order instead, unless asked for ``padded="in-place"``."""
+    return _gluon_boxes_in_place(None, None, None, geometry)
+
+
+def _gluon_in_place(q, k, v, geometry: Geometry) -> Verdict:
+    """Divisible canvases: in place through TMA boxes of tile planes. Padded canvases: the natural entry copies the
+    video tokens into compact tile order itself (fewer padded pairs than either the boxes or the public tile
+    order), so ``sta_attention`` hands it natural order there too."""
+    if not geometry.is_divisible:
+        return True, "padded canvas: the Gluon natural entry gathers compact tile order itself"
+    return _gluon_boxes_in_place(q, k, v, geometry)
 
 
 def _gather_in_place(q, k, v, geometry: Geometry) -> Verdict:
@@ -204,7 +219,8 @@ PRECISIONS = ("bf16", "fp8")
 #: Backends that run ``precision="fp8"``, same fields as :data:`TABLE` (only ``gluon`` for now).
 FP8_TABLE: dict[str, Backend] = {b.name: b for b in (
     Backend("gluon", can_run_gluon_fp8, "FP8 (e4m3) Gluon kernel after a quantization pre-pass (Hopper, head dim 128)",
-            natural="gluon_fp8:sta_gluon_fp8_natural", tiled="gluon_fp8:sta_gluon_fp8_tiled", in_place=_gluon_in_place),
+            natural="gluon_fp8:sta_gluon_fp8_natural", tiled="gluon_fp8:sta_gluon_fp8_tiled",
+            in_place=_gluon_boxes_in_place),
 )}
 
 
@@ -323,6 +339,7 @@ def require_backend(backend: str, q: torch.Tensor, geometry: Geometry, layout: s
 __all__ = [
     "BACKENDS", "FP8_TABLE", "GLUON_HEAD_DIMS", "LAYOUTS", "PRECISIONS", "TABLE", "Backend", "backend_for",
     "can_run", "can_run_flex", "can_run_gather", "can_run_gluon", "can_run_gluon_fp8", "can_run_reference",
-    "can_run_triton", "check_precision", "choose_backend", "compatible_backends", "require_backend", "resolve",
+    "can_run_triton", "check_precision", "choose_backend", "compatible_backends", "gluon_reads_tile_planes",
+    "require_backend", "resolve",
     "runs_in_place",
 ]

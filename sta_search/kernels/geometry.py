@@ -121,6 +121,19 @@ class Geometry:
         """``(padded_len,)`` bool: True where a tile-order position holds a real token."""
         return self.tile_index() >= 0
 
+    # ------------------------------------------------------- compact tile order (padded canvases)
+    def real_tokens_per_tile(self) -> np.ndarray:
+        """``(num_tiles,)`` int64: the real (canvas) tokens of each tile; border tiles of a padded canvas hold fewer."""
+        return _real_tokens_per_tile(self)
+
+    def compact_tile_index(self) -> torch.Tensor:
+        """Like :meth:`tile_index` for *compact tile order*: every tile keeps its ``tile_volume`` slots, but holds
+        its real tokens first (T-major in their in-tile offsets) and its padding after them, so that in a border
+        tile only the last block is partly padding and the blocks after it are all padding. Equal to
+        :meth:`tile_index` on divisible canvases. The Gluon kernel uses it on padded canvases
+        (``docs/kernel.md``); the public tile order stays the one above."""
+        return _compact_tile_index(self)
+
 
 def _check_window(window) -> Triple:
     w = _as_triple(window, "window")
@@ -177,12 +190,35 @@ def _tile_index(geometry: Geometry) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _untile_index(geometry: Geometry) -> torch.Tensor:
-    index = _tile_index(geometry)
+def _real_tokens_per_tile(geometry: Geometry) -> np.ndarray:
+    per_axis = [np.minimum(t, c - np.arange(n) * t) for c, t, n in zip(geometry.canvas, geometry.tile, geometry.grid)]
+    real = (per_axis[0][:, None, None] * per_axis[1][None, :, None] * per_axis[2][None, None, :]).reshape(-1)
+    real.flags.writeable = False
+    return real
+
+
+@functools.lru_cache(maxsize=64)
+def _compact_tile_index(geometry: Geometry) -> torch.Tensor:
+    index = _tile_index(geometry).view(geometry.num_tiles, geometry.tile_volume)
+    real_first = torch.argsort((index < 0).to(torch.int8), dim=1, stable=True)
+    return index.gather(1, real_first).reshape(-1)
+
+
+def _inverse_index(index: torch.Tensor, video_len: int) -> torch.Tensor:
     positions = torch.nonzero(index >= 0).squeeze(1)
-    inverse = torch.empty(geometry.video_len, dtype=torch.long)
+    inverse = torch.empty(video_len, dtype=torch.long)
     inverse[index[positions]] = positions
     return inverse
+
+
+@functools.lru_cache(maxsize=64)
+def _compact_untile_index(geometry: Geometry) -> torch.Tensor:
+    return _inverse_index(_compact_tile_index(geometry), geometry.video_len)
+
+
+@functools.lru_cache(maxsize=64)
+def _untile_index(geometry: Geometry) -> torch.Tensor:
+    return _inverse_index(_tile_index(geometry), geometry.video_len)
 
 
 @functools.lru_cache(maxsize=64)
@@ -197,14 +233,22 @@ def untile_index_on(geometry: Geometry, device: torch.device) -> torch.Tensor:
     return geometry.untile_index().to(device)
 
 
-def to_tiles(geometry: Geometry, x: torch.Tensor, dim: int = -2) -> torch.Tensor:
-    """Reorder the natural video tokens of ``x`` along ``dim`` into tile order; padding is zero."""
+@functools.lru_cache(maxsize=64)
+def compact_index_on(geometry: Geometry, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`Geometry.compact_tile_index` and its inverse (natural token -> compact position) on ``device``."""
+    return geometry.compact_tile_index().to(device), _compact_untile_index(geometry).to(device)
+
+
+def to_tiles(geometry: Geometry, x: torch.Tensor, dim: int = -2, compact: bool = False) -> torch.Tensor:
+    """Reorder the natural video tokens of ``x`` along ``dim`` into tile order; padding is zero.
+
+    ``compact``: into compact tile order instead (:meth:`Geometry.compact_tile_index`)."""
     dim = dim % x.ndim
     if x.shape[dim] != geometry.video_len:
         raise ValueError(f"expected {geometry.video_len} video tokens along dim {dim}, got {x.shape[dim]}")
     if geometry.is_divisible:
         return _permute_tiles(geometry, x, dim, to_tile_order=True)
-    index = tile_index_on(geometry, x.device)
+    index = compact_index_on(geometry, x.device)[0] if compact else tile_index_on(geometry, x.device)
     gathered = x.index_select(dim, index.clamp_min(0))
     if not geometry.is_divisible:
         shape = [1] * x.ndim
@@ -213,14 +257,15 @@ def to_tiles(geometry: Geometry, x: torch.Tensor, dim: int = -2) -> torch.Tensor
     return gathered
 
 
-def from_tiles(geometry: Geometry, x: torch.Tensor, dim: int = -2) -> torch.Tensor:
-    """Inverse of :func:`to_tiles`: back to natural T-major order, padding dropped."""
+def from_tiles(geometry: Geometry, x: torch.Tensor, dim: int = -2, compact: bool = False) -> torch.Tensor:
+    """Inverse of :func:`to_tiles` (with the same ``compact``): back to natural T-major order, padding dropped."""
     dim = dim % x.ndim
     if x.shape[dim] != geometry.padded_len:
         raise ValueError(f"expected {geometry.padded_len} tile-order tokens along dim {dim}, got {x.shape[dim]}")
     if geometry.is_divisible:
         return _permute_tiles(geometry, x, dim, to_tile_order=False)
-    return x.index_select(dim, untile_index_on(geometry, x.device))
+    untile = compact_index_on(geometry, x.device)[1] if compact else untile_index_on(geometry, x.device)
+    return x.index_select(dim, untile)
 
 
 def _permute_tiles(geometry: Geometry, x: torch.Tensor, dim: int, to_tile_order: bool) -> torch.Tensor:
