@@ -232,3 +232,24 @@ def test_gluon_host_side_keeps_tma_ready_views_and_refuses_a_bad_out(monkeypatch
     bad_out = torch.empty(2, geometry.video_len, 3, 128, dtype=torch.bfloat16).transpose(1, 2)
     with pytest.raises(ValueError, match="TMA-compatible"):
         gluon_fwd._prepare(two, two, two, bad_out, geometry, natural=True)
+
+
+@pytest.mark.parametrize("text_len,text_first", [(0, False), (37, False), (37, True)], ids=["no-text", "text-after",
+                                                                                             "text-first"])
+def test_compact_row_gathers_round_trip_through_the_triton_row_copy(text_len, text_first, seed):
+    """The compact path's row copies (Triton kernel; CPU interpreter here) against index_select, on a (B, S, H, D)
+    view (head and batch strides of a diffusers processor), and back to natural order exactly."""
+    from sta_search.kernels.sta.row_gather import compact_gathers, gather_rows
+
+    geometry = Geometry((5, 9, 11), (2, 8, 8))
+    S = geometry.video_len + text_len
+    x = torch.randn(2, S, 3, 32).transpose(1, 2)
+    forward, backward = compact_gathers(geometry, text_len, text_first, x.device)
+    tiled = gather_rows(x, forward)
+    expected = x.index_select(2, forward.long().clamp_min(0)) * (forward >= 0).view(1, 1, -1, 1)
+    assert tiled.shape == (2, 3, geometry.padded_len + text_len, 32) and torch.equal(tiled, expected)
+    video = tiled[:, :, : geometry.padded_len]
+    natural_video = x[:, :, text_len:] if text_first else x[:, :, : geometry.video_len]
+    assert torch.equal(video, to_tiles(geometry, natural_video, compact=True))
+    out = torch.empty(2, S, 3, 32).transpose(1, 2)
+    assert torch.equal(gather_rows(tiled, backward, out=out), x)

@@ -26,8 +26,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from ..geometry import Geometry, compact_index_on
+from ..geometry import Geometry
 from . import triton_fwd
+from .row_gather import compact_gathers, gather_rows
 
 # Scalar / elementwise index math shared with the Triton kernel, compiled as Gluon.
 _clamped_window = gluon.jit(triton_fwd._clamped_window.fn)
@@ -648,22 +649,14 @@ def sta_gluon_compact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometr
     if S != V + text_len:
         raise ValueError(f"sequence length {S} != canvas volume {V} + text_len {text_len}")
     require_runnable(q, geometry, natural=False)
-    gather, untile = compact_index_on(geometry, q.device)
-    video, text = (slice(text_len, None), slice(0, text_len)) if text_first else (slice(0, V), slice(V, None))
-    gather = gather.clamp_min(0)  # padding slots copy token 0: finite, and never attended
-
-    qt, kt, vt = (torch.cat([x[:, :, video].index_select(2, gather), x[:, :, text]], 2) if text_len
-                  else x[:, :, video].index_select(2, gather) for x in (q, k, v))
-    qt, kt, vt, ot = _prepare(qt, kt, vt, None, geometry, natural=False)
+    forward, backward = compact_gathers(geometry, text_len, text_first, q.device)
+    qt, kt, vt = (gather_rows(x, forward) for x in (q, k, v))  # padding slots are zeros, never attended
+    ot = torch.empty_like(qt)
     _launch(qt, kt, vt, ot, geometry, windows, text_len, geometry.padded_len, 0, text_mask, scale, natural=False,
             stages=stages, compact=True)
-    video_out = ot[:, :, : geometry.padded_len].index_select(2, untile)
-    result = torch.cat([ot[:, :, geometry.padded_len:], video_out] if text_first else
-                       [video_out, ot[:, :, geometry.padded_len:]], 2) if text_len else video_out
-    if out is None:
-        return result
-    out.copy_(result)
-    return out
+    if out is not None and out.shape != q.shape:
+        raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
+    return gather_rows(ot, backward, out=out)
 
 
 sta_fwd_gluon_kernel = _sta_fwd_gluon_kernel  # the JIT function, for tools that compile it without launching
