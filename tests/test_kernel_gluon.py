@@ -244,12 +244,15 @@ def test_compact_row_gathers_round_trip_through_the_triton_row_copy(text_len, te
     geometry = Geometry((5, 9, 11), (2, 8, 8))
     S = geometry.video_len + text_len
     x = torch.randn(2, S, 3, 32).transpose(1, 2)
+    y, z = torch.randn(2, 3, S, 32), torch.randn(2, 3, S, 64)[..., :32]  # contiguous; row stride 64
     forward, backward = compact_gathers(geometry, text_len, text_first, x.device)
-    tiled = gather_rows(x, forward)
-    expected = x.index_select(2, forward.long().clamp_min(0)) * (forward >= 0).view(1, 1, -1, 1)
-    assert tiled.shape == (2, 3, geometry.padded_len + text_len, 32) and torch.equal(tiled, expected)
+    tiled, *others = gather_rows(x, y, z, index=forward)
+    for source, result in zip((x, y, z), (tiled, *others)):
+        expected = source.index_select(2, forward.long().clamp_min(0)) * (forward >= 0).view(1, 1, -1, 1)
+        assert result.shape == (2, 3, geometry.padded_len + text_len, 32) and torch.equal(result, expected)
     video = tiled[:, :, : geometry.padded_len]
     natural_video = x[:, :, text_len:] if text_first else x[:, :, : geometry.video_len]
     assert torch.equal(video, to_tiles(geometry, natural_video, compact=True))
     out = torch.empty(2, S, 3, 32).transpose(1, 2)
-    assert torch.equal(gather_rows(tiled, backward, out=out), x)
+    assert torch.equal(gather_rows(tiled, index=backward, outs=[out])[0], x)
+    assert torch.equal(gather_rows(*others, index=backward)[1], z)

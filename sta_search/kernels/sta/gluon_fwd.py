@@ -18,6 +18,8 @@ Runs bf16/fp16 with head dim 64 or 128 and tiles whose volume is a multiple of 1
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 from triton.experimental import gluon
@@ -490,7 +492,13 @@ def _natural_boxes_ok(geometry: Geometry) -> tuple[bool, str]:
 
 
 def _layout(block, torch_dtype):
-    return gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16 if torch_dtype == torch.bfloat16 else gl.float16)
+    return _layout_of(tuple(block), torch_dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _layout_of(block: tuple, torch_dtype):
+    return gl.NVMMASharedLayout.get_default_for(list(block), gl.bfloat16 if torch_dtype == torch.bfloat16
+                                                else gl.float16)
 
 
 def _rows_descriptor(x: torch.Tensor, start: int, length: int, block: int) -> TensorDescriptor:
@@ -650,13 +658,13 @@ def sta_gluon_compact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometr
         raise ValueError(f"sequence length {S} != canvas volume {V} + text_len {text_len}")
     require_runnable(q, geometry, natural=False)
     forward, backward = compact_gathers(geometry, text_len, text_first, q.device)
-    qt, kt, vt = (gather_rows(x, forward) for x in (q, k, v))  # padding slots are zeros, never attended
+    qt, kt, vt = gather_rows(q, k, v, index=forward)  # padding slots are zeros, never attended
     ot = torch.empty_like(qt)
     _launch(qt, kt, vt, ot, geometry, windows, text_len, geometry.padded_len, 0, text_mask, scale, natural=False,
             stages=stages, compact=True)
     if out is not None and out.shape != q.shape:
         raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
-    return gather_rows(ot, backward, out=out)
+    return gather_rows(ot, index=backward, outs=None if out is None else [out])[0]
 
 
 sta_fwd_gluon_kernel = _sta_fwd_gluon_kernel  # the JIT function, for tools that compile it without launching

@@ -1,7 +1,7 @@
 """Row gathers between natural order and compact tile order (``gluon_fwd.sta_gluon_compact``).
 
-``gather_rows(x, index)`` returns ``y`` with ``y[:, :, i] = x[:, :, index[i]]`` (zeros where ``index[i] < 0``) for
-``x`` of shape ``(B, heads, S, D)``. On CUDA a Triton kernel copies whole rows (any batch/head strides, last dim
+``gather_rows(q, k, v, index=index)`` returns, for each, ``y`` with ``y[:, :, i] = x[:, :, index[i]]`` (zeros where
+``index[i] < 0``) for ``x`` of shape ``(B, heads, S, D)``, in one launch. On CUDA a Triton kernel copies whole rows (any batch/head strides, last dim
 contiguous): ``index_select`` on dim 2 moved about 1.2 TB/s on an H200 (bench/NOTES.md, session 8), a row copy
 is bandwidth-bound. Elsewhere, or for layouts the kernel does not take, ``index_select``.
 """
@@ -24,21 +24,30 @@ BLOCK_ROWS = 32
 
 
 @triton.jit
-def _gather_rows_kernel(Src, Dst, Index, rows_out, heads, stride_sb, stride_sh, stride_ss, stride_db, stride_dh,
-                        stride_ds, HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+def _gather_rows_kernel(Src0, Src1, Src2, Dst0, Dst1, Dst2, Index, rows_out, heads,
+                        ssb0, ssh0, sss0, ssb1, ssh1, sss1, ssb2, ssh2, sss2,
+                        sdb0, sdh0, sds0, sdb1, sdh1, sds1, sdb2, sdh2, sds2,
+                        HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    """Rows ``Index`` of up to three ``(B, heads, S, D)`` tensors (grid axis 2 picks one), zeros for ``-1``."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
+    which = tl.program_id(2)
+    b = (bh // heads).to(tl.int64)
+    h = (bh % heads).to(tl.int64)
+    first, second = which == 0, which == 1
+    src = tl.where(first, Src0, tl.where(second, Src1, Src2))
+    dst = tl.where(first, Dst0, tl.where(second, Dst1, Dst2))
+    src += b * tl.where(first, ssb0, tl.where(second, ssb1, ssb2)) + h * tl.where(first, ssh0, tl.where(second, ssh1, ssh2))
+    dst += b * tl.where(first, sdb0, tl.where(second, sdb1, sdb2)) + h * tl.where(first, sdh0, tl.where(second, sdh1, sdh2))
+    src_row_stride = tl.where(first, sss0, tl.where(second, sss1, sss2)).to(tl.int64)
+    dst_row_stride = tl.where(first, sds0, tl.where(second, sds1, sds2)).to(tl.int64)
     rows = pid * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     in_range = rows < rows_out
     src_rows = tl.load(Index + rows, mask=in_range, other=-1)
     cols = tl.arange(0, HEAD_DIM)
-    src = Src + b.to(tl.int64) * stride_sb + h.to(tl.int64) * stride_sh
-    x = tl.load(src + src_rows.to(tl.int64)[:, None] * stride_ss + cols[None, :], mask=(src_rows >= 0)[:, None],
+    x = tl.load(src + src_rows.to(tl.int64)[:, None] * src_row_stride + cols[None, :], mask=(src_rows >= 0)[:, None],
                 other=0.0)
-    dst = Dst + b.to(tl.int64) * stride_db + h.to(tl.int64) * stride_dh
-    tl.store(dst + rows.to(tl.int64)[:, None] * stride_ds + cols[None, :], x, mask=in_range[:, None])
+    tl.store(dst + rows.to(tl.int64)[:, None] * dst_row_stride + cols[None, :], x, mask=in_range[:, None])
 
 
 def _kernel_takes(x: torch.Tensor) -> bool:
@@ -47,20 +56,24 @@ def _kernel_takes(x: torch.Tensor) -> bool:
     return runs_here and x.stride(-1) == 1 and D >= 16 and D & (D - 1) == 0
 
 
-def gather_rows(x: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``(B, heads, len(index), D)``: rows ``index`` of ``x`` (dim 2), zeros for negative entries."""
-    B, H, _, D = x.shape
+def gather_rows(*xs: torch.Tensor, index: torch.Tensor, outs: list | None = None) -> list[torch.Tensor]:
+    """For each ``x`` (``(B, heads, S, D)``, same shape and dtype): rows ``index`` of dim 2 (zeros for negative
+    entries), ``(B, heads, len(index), D)``; written into ``outs`` when given. One launch for up to three."""
+    B, H, _, D = xs[0].shape
     rows = index.shape[0]
-    if out is None:
-        out = torch.empty(B, H, rows, D, device=x.device, dtype=x.dtype)
-    if not _kernel_takes(x) or not _kernel_takes(out):
+    outs = list(outs) if outs is not None else [torch.empty(B, H, rows, D, device=x.device, dtype=x.dtype) for x in xs]
+    if len(xs) > 3 or not all(_kernel_takes(t) and t.shape[:2] == (B, H) and t.dtype == xs[0].dtype
+                              for t in (*xs, *outs)):
         valid = (index >= 0).view(1, 1, -1, 1)
-        out.copy_(x.index_select(2, index.clamp_min(0)) * valid.to(x.dtype))
-        return out
-    grid = (triton.cdiv(rows, BLOCK_ROWS), B * H)
-    _gather_rows_kernel[grid](x, out, index, rows, H, *x.stride()[:3], *out.stride()[:3], HEAD_DIM=D,
-                              BLOCK_ROWS=BLOCK_ROWS, num_warps=4)
-    return out
+        for x, out in zip(xs, outs):
+            out.copy_(x.index_select(2, index.clamp_min(0)) * valid.to(x.dtype))
+        return outs
+    padded_xs, padded_outs = [*xs, *xs[-1:] * (3 - len(xs))], [*outs, *outs[-1:] * (3 - len(outs))]
+    strides = [st for t in padded_xs for st in t.stride()[:3]] + [st for t in padded_outs for st in t.stride()[:3]]
+    grid = (triton.cdiv(rows, BLOCK_ROWS), B * H, len(xs))
+    _gather_rows_kernel[grid](*padded_xs, *padded_outs, index, rows, H, *strides, HEAD_DIM=D, BLOCK_ROWS=BLOCK_ROWS,
+                              num_warps=4)
+    return outs
 
 
 @functools.lru_cache(maxsize=64)
