@@ -55,6 +55,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--canvas", default="21,30,52")
     parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time hunyuan-720p (3,3,3) and report the effective-rate ratio")
     args = parser.parse_args(argv)
     canvas = tuple(int(x) for x in args.canvas.split(","))
     geometry = Geometry(canvas, (6, 8, 8))
@@ -65,8 +67,10 @@ def main(argv=None) -> dict:
     qt, kt, vt = gather_rows(q, k, v, index=forward)
     ot = torch.empty_like(qt)
     pieces = {
-        "sta_attention (compact)": lambda: sta_attention(q, k, v, canvas=canvas, tile=geometry.tile, windows=(3, 3, 3),
+        "sta_attention (compact)": lambda: sta_attention(q, k, v, canvas=canvas, tile=geometry.tile, windows=windows,
                                                          backend="gluon"),
+        "sta_attention (compact), windows tuple": lambda: sta_attention(q, k, v, canvas=canvas, tile=geometry.tile,
+                                                                        windows=(3, 3, 3), backend="gluon"),
         "sta_gluon_compact": lambda: gluon_fwd.sta_gluon_compact(q, k, v, geometry, windows, 0, False, None, None),
         "kernel launch only (compact)": lambda: gluon_fwd._launch(qt, kt, vt, ot, geometry, windows, 0,
                                                                   geometry.padded_len, 0, None, None, natural=False,
@@ -81,6 +85,18 @@ def main(argv=None) -> dict:
     for name, fn in pieces.items():
         report["pieces"][name] = host_and_device_ms(fn)
         print(f"{name:<36} {json.dumps({k: round(v, 3) for k, v in report['pieces'][name].items()})}", flush=True)
+    if args.reference:  # hunyuan-720p (3,3,3) through sta_attention: the rate the padded canvas is compared with
+        ref = Geometry((30, 48, 80), (6, 8, 8))
+        rq, rk, rv = (torch.randn(1, 24, ref.video_len, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        rw = normalize_windows((3, 3, 3), 24, device="cuda")
+        report["reference"] = host_and_device_ms(lambda: sta_attention(rq, rk, rv, canvas=ref.canvas, tile=ref.tile,
+                                                                       windows=rw, backend="gluon"), calls=20)
+        pairs = {"padded": geometry.density((3, 3, 3)) * geometry.video_len ** 2 * args.heads,
+                 "reference": ref.density((3, 3, 3)) * ref.video_len ** 2 * 24}
+        rate = pairs["padded"] / report["pieces"]["sta_attention (compact)"]["throughput_ms_per_call"]
+        report["rate_vs_reference"] = rate / (pairs["reference"] / report["reference"]["throughput_ms_per_call"])
+        print(f"reference {report['reference']}; sta_attention rate vs hunyuan-720p {report['rate_vs_reference']:.3f}")
+        del rq, rk, rv
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

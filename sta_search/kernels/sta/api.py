@@ -11,8 +11,22 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def normalize_windows(windows, heads: int, device=None) -> torch.Tensor:
-    """``(3,)`` or ``(heads, 3)`` window(s) -> ``(heads, 3)`` int32 tensor, validated."""
+    """``(3,)`` or ``(heads, 3)`` window(s) -> ``(heads, 3)`` int32 tensor, validated.
+
+    Values of a table already on a GPU are not checked (that would stop the host until the GPU catches up, once per
+    attention call; bench/NOTES.md, session 8): pass integer tables there (``MaskAttention`` does, from a validated
+    mask config); the Triton and Gluon kernels read an entry below 1 as 1."""
     w = torch.as_tensor(windows)
+    if w.device.type not in ("cpu", "meta"):
+        if w.is_floating_point() or w.is_complex() or w.dtype == torch.bool:
+            raise ValueError(f"a window table on {w.device} must have an integer dtype, got {w.dtype}")
+        if w.ndim == 1 and w.shape[0] == 3:
+            w = w.expand(heads, 3)
+        elif w.ndim != 2 or w.shape[1] != 3:
+            raise ValueError(f"windows must have shape (3,) or (heads, 3), got {tuple(w.shape)}")
+        elif w.shape[0] != heads:
+            raise ValueError(f"windows table has {w.shape[0]} rows but the inputs have {heads} heads")
+        return w.to(device=device or w.device, dtype=torch.int32).contiguous()
     if w.is_floating_point() or w.is_complex():
         if not torch.equal(w, w.round()):
             raise ValueError(f"windows must be integers, got {w.tolist()}")

@@ -182,9 +182,9 @@ def _clamped_window(Windows, h, ct, ch, cw, NT: tl.constexpr, NH: tl.constexpr, 
     start ``(st, sh, sw)``, extent ``(wh, ww)``, ``spans`` (kt, kh) rows of ``ww`` tiles, kt-major, of which
     the ``last_spans`` of the last t-row (if the window reaches it) come last, and the ``n_first`` key
     blocks before those. Scalar only: the Gluon kernel compiles the same function."""
-    wt = tl.minimum(tl.load(Windows + h * 3 + 0), NT)
-    wh = tl.minimum(tl.load(Windows + h * 3 + 1), NH)
-    ww = tl.minimum(tl.load(Windows + h * 3 + 2), NW)
+    wt = tl.minimum(tl.maximum(tl.load(Windows + h * 3 + 0), 1), NT)  # an unchecked GPU table: below 1 reads as 1
+    wh = tl.minimum(tl.maximum(tl.load(Windows + h * 3 + 1), 1), NH)
+    ww = tl.minimum(tl.maximum(tl.load(Windows + h * 3 + 2), 1), NW)
     st = tl.minimum(tl.maximum(ct - (wt - 1) // 2, 0), NT - wt)
     sh = tl.minimum(tl.maximum(ch - (wh - 1) // 2, 0), NH - wh)
     sw = tl.minimum(tl.maximum(cw - (ww - 1) // 2, 0), NW - ww)
