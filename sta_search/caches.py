@@ -16,6 +16,10 @@ taylorseer     ``TaylorSeerCacheConfig()`` (full steps 0-2, then one in 5; the o
                Taylor series). Its default module patterns (``^blocks.*attn``, matched whole) match no
                Wan module (``attn1``/``attn2``): for such models the same patterns with a trailing
                ``\\d*`` are used, so the attention modules diffusers meant are the cached ones
+taylorseer-   ``TaylorSeerCacheConfig(use_lite_mode=True)``: on predicted steps the transformer blocks do
+lite           not run at all and only ``proj_out``'s output is predicted, so it stores one tensor's
+               factors instead of every block's (HunyuanVideo 13B at 720p: the full TaylorSeer and STA
+               together ran out of memory on a 140 GB H200); needs a ``proj_out`` module
 mag            ``MagCacheConfig`` needs magnitude ratios calibrated for the checkpoint (diffusers ships
                Flux's only): from the command line it is refused; library users pass their own
                ``MagCacheConfig`` to :func:`sta_search.accelerate` (``cache=``)
@@ -48,7 +52,7 @@ import torch
 
 from .errors import UserError
 
-CACHE_NAMES = ("none", "first-block", "taylorseer", "mag", "faster", "pab")
+CACHE_NAMES = ("none", "first-block", "taylorseer", "taylorseer-lite", "mag", "faster", "pab")
 
 #: Families whose pipelines run the classifier-free-guidance branches as separate transformer forwards.
 _SEPARATE_CFG_FAMILIES = ("wan",)
@@ -131,6 +135,13 @@ def can_use_cache(name: str, transformer, pipeline=None) -> tuple[bool, str]:
                        "MagCacheConfig to sta_search.accelerate(..., cache=config)")
     if name == "taylorseer" and _taylorseer_patterns(transformer) == []:
         return False, f"its module patterns match no attention module of {cls}"
+    if name == "taylorseer-lite":
+        from diffusers.hooks.taylorseer_cache import _BLOCK_IDENTIFIERS, _PROJ_OUT_IDENTIFIERS
+
+        names = [n for n, _ in transformer.named_modules()]
+        for what, patterns in (("proj_out", _PROJ_OUT_IDENTIFIERS), ("transformer block", _BLOCK_IDENTIFIERS)):
+            if not any(re.fullmatch(p, n) for p in patterns for n in names):
+                return False, f"its lite mode needs a {what} module ({', '.join(patterns)}), and {cls} has none"
     if name in ("faster", "pab"):
         if pipeline is None or not hasattr(type(pipeline), "current_timestep"):
             return False, "it needs the pipeline's current timestep (run a whole pipeline, not a bare transformer)"
@@ -153,6 +164,8 @@ def _make_config(name: str, transformer, pipeline):
     if name == "taylorseer":
         patterns = _taylorseer_patterns(transformer)
         return diffusers.TaylorSeerCacheConfig(cache_identifiers=patterns) if patterns else diffusers.TaylorSeerCacheConfig()
+    if name == "taylorseer-lite":
+        return diffusers.TaylorSeerCacheConfig(use_lite_mode=True)
     timestep = lambda: pipeline.current_timestep  # noqa: E731 - read at every call
     if name == "pab":
         return diffusers.PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=2,

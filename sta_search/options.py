@@ -521,7 +521,7 @@ def flag(default: bool, *names: str, help: str):
 # ------------------------------------------------------------------------------------------- step caches
 #: ``sta_search.caches.CACHE_NAMES`` spelled out here so the CLI checks a name before torch loads
 #: (tests/test_caches.py keeps the two equal).
-CACHES = ("none", "first-block", "taylorseer", "mag", "faster", "pab")
+CACHES = ("none", "first-block", "taylorseer", "taylorseer-lite", "mag", "faster", "pab")
 
 
 def check_cache_name(cache: str) -> str:
@@ -534,6 +534,7 @@ def _cache(ctx: typer.Context, param: typer.CallbackParam, value):
     return check_cache_name(value)
 
 
-def cache_option(help: str = "diffusers step cache to run with STA: none, first-block, taylorseer, mag, faster, pab "
+def cache_option(help: str = "diffusers step cache to run with STA: none, first-block, taylorseer, "
+                             "taylorseer-lite, mag, faster, pab "
                              "(exit 2 when it cannot run on the model; see docs/mask-config.md)."):
     return typer.Option("none", "--cache", help=help, callback=_cache)

@@ -35,13 +35,14 @@ def _configs():
         # ratios of 1 never add error: retention 1 step, then at most 3 skipped steps in a row
         "mag": (lambda: MagCacheConfig(mag_ratios=[1.0] * STEPS, num_inference_steps=STEPS), {0, 4}),
         "taylorseer": (lambda: _taylorseer(), None),
+        "taylorseer-lite": (lambda: _taylorseer("taylorseer-lite"), None),
     }
 
 
-def _taylorseer():
+def _taylorseer(name="taylorseer"):
     from sta_search.caches import resolve_cache
 
-    config = resolve_cache("taylorseer", tiny_pipeline_cached()).configs[0]  # Wan patterns (attn1/attn2)
+    config = resolve_cache(name, tiny_pipeline_cached()).configs[0]  # Wan patterns (attn1/attn2), or lite mode
     config.cache_interval, config.disable_cache_before_step = 2, 1
     return config
 
@@ -87,7 +88,7 @@ def test_cache_names_match_the_cli():
     assert options.CACHES == caches.CACHE_NAMES
 
 
-@pytest.mark.parametrize("name", ["first-block", "mag", "taylorseer"])
+@pytest.mark.parametrize("name", ["first-block", "mag", "taylorseer", "taylorseer-lite"])
 def test_all_full_config_with_cache_equals_cache_alone(pipe, name):
     make, _ = _configs()[name]
     pipe.transformer.enable_cache(make())
@@ -108,7 +109,7 @@ def test_all_full_config_with_cache_equals_cache_alone(pipe, name):
         assert psnr == "inf" or psnr >= 60
 
 
-@pytest.mark.parametrize("name", ["first-block", "mag", "taylorseer"])
+@pytest.mark.parametrize("name", ["first-block", "mag", "taylorseer", "taylorseer-lite"])
 def test_sta_with_cache_follows_the_step_schedule(pipe, name):
     make, expected_layer1_steps = _configs()[name]
     config = _config(pipe, per_step=True)

@@ -40,7 +40,8 @@ def register(app: typer.Typer) -> None:
         dtype: Optional[str] = options.dtype_option(),
         image: Optional[str] = options.image_option(),
         cache: str = options.cache_option(help="diffusers step cache to profile under: none, first-block, "
-                                          "taylorseer, mag, faster, pab; steps it skips are recorded and select "
+                                          "taylorseer, taylorseer-lite, mag, faster, pab; steps it skips are "
+                                          "recorded and select "
                                           "chooses windows for the computed steps only."),
     ):
         """Run MODEL with full attention over a prompt set and record, for every profiled (step, layer, head),
