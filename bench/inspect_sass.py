@@ -48,6 +48,11 @@ VARIANTS = {
     "warp-specialize": (dict(WARP_SPECIALIZE=True), dict(num_warps=8, num_stages=3)),
     "text-before": (dict(HAS_TEXT=True, HAS_TEXT_MASK=True, TEXT_TMA=True, TEXT_BEFORE=True),
                     dict(num_warps=8, num_stages=3)),
+    # a padded canvas (wan-480p) in compact tile order: the state-machine walk, a mask on partial blocks only
+    "compact-wan480p": (dict(NT=4, NH=4, NW=7, REM_T=3, REM_H=6, REM_W=4, COMPACT=True, HAS_TEXT=True,
+                             HAS_TEXT_MASK=True), dict(num_warps=8, num_stages=3)),
+    "padded-wan480p": (dict(NT=4, NH=4, NW=7, REM_T=3, REM_H=6, REM_W=4, HAS_PADDING=True, HAS_TEXT=True,
+                            HAS_TEXT_MASK=True), dict(num_warps=8, num_stages=3)),
 }
 
 

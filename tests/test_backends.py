@@ -80,16 +80,21 @@ def test_compatible_backends_lists_every_backend_with_its_verdict(monkeypatch):
 
 def test_runs_in_place_on_cpu(monkeypatch):
     """Off CUDA only gather runs on natural order directly: the interpreter's Triton config has no TMA; flex and
-    the reference have no in-place kernel path."""
+    the reference have no in-place kernel path. On a padded canvas the Triton natural entry still takes natural
+    order: it gathers compact tile order itself."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    q = _q()
+    divisible = Geometry((4, 8, 8), SMALL.tile)
+    q = _q(divisible)
     for name in TABLE:
-        ok, why = runs_in_place(name, q, q, q, SMALL)
+        ok, why = runs_in_place(name, q, q, q, divisible)
         assert ok == (name == "gather") and why, name
-    assert "TMA" in runs_in_place("triton", q, None, None, SMALL)[1]
-    assert "no in-place" in runs_in_place("flex", q, None, None, SMALL)[1]
+    assert "TMA" in runs_in_place("triton", q, None, None, divisible)[1]
+    assert not SMALL.is_divisible
+    ok, why = runs_in_place("triton", _q(SMALL), None, None, SMALL)
+    assert ok and "compact tile order" in why and "TMA" in why
+    assert "no in-place" in runs_in_place("flex", q, None, None, divisible)[1]
     with pytest.raises(ValueError, match="backend must be one of"):
-        runs_in_place("auto", q, None, None, SMALL)
+        runs_in_place("auto", q, None, None, divisible)
 
 
 def test_resolve_names_the_backend_and_logs_auto(caplog):

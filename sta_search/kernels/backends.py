@@ -159,10 +159,15 @@ def _gather_in_place(q, k, v, geometry: Geometry) -> Verdict:
 
 
 def _triton_in_place(q, k, v, geometry: Geometry) -> Verdict:
+    """TMA boxes of tile planes where the config and strides allow; else, on padded canvases, the natural entry
+    gathers compact tile order itself (fewer padded pairs than the public tile order's copies)."""
     from .sta import triton_fwd
 
     config = triton_fwd.default_config(geometry.tile_volume, q.shape[-1], q.dtype, q.device.type == "cuda")
-    return triton_fwd._natural_layout_ok(q, k, v, geometry, config)
+    ok, why = triton_fwd._natural_layout_ok(q, k, v, geometry, config)
+    if not ok and not geometry.is_divisible:
+        return True, f"padded canvas: the Triton natural entry gathers compact tile order itself ({why} in place)"
+    return ok, why
 
 
 # ----------------------------------------------------------------------------------------------- table

@@ -35,6 +35,9 @@ from .row_gather import compact_gathers, gather_rows
 # Scalar / elementwise index math shared with the Triton kernel, compiled as Gluon.
 _clamped_window = gluon.jit(triton_fwd._clamped_window.fn)
 _padding_ok = gluon.jit(triton_fwd._padding_ok.fn)
+_real_tokens = gluon.jit(triton_fwd._real_tokens.fn)
+_next_compact_block = gluon.jit(triton_fwd._next_compact_block.fn)
+_compact_blocks = gluon.jit(triton_fwd._compact_blocks.fn)
 
 LOG2E = 1.4426950408889634
 QUERY_ROWS = 64  # query rows per consumer warpgroup (one m64 wgmma row block); two warpgroups per program
@@ -64,57 +67,6 @@ def _video_row(j, n_first, spans, last_spans, st, sh, sw, wh, ww, dense, NH: gl.
         tile = ((st + span // wh) * NH + sh + span % wh) * NW + sw + r // bpt
         sub = r % bpt
     return tile * TILE_VOL + sub * BLOCK_N
-
-
-@gluon.jit
-def _real_tokens(kt, kh, kw, NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr,
-                 TH: gl.constexpr, TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr):
-    """Real (canvas) tokens of tile ``(kt, kh, kw)``: fewer in border tiles of a padded canvas."""
-    return (gl.where(kt == NT - 1, REM_T, TT) * gl.where(kh == NH - 1, REM_H, TH)
-            * gl.where(kw == NW - 1, REM_W, TW))
-
-
-@gluon.jit
-def _next_compact_block(kt, kh, kw, sub, n_real, sh, sw, wh, ww, NT: gl.constexpr, NH: gl.constexpr,
-                        NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr, TW: gl.constexpr, REM_T: gl.constexpr,
-                        REM_H: gl.constexpr, REM_W: gl.constexpr, BLOCK_N: gl.constexpr):
-    """The window walk in compact tile order, one key block on: the blocks of a tile holding real tokens (its
-    ``cdiv(n_real, BLOCK_N)`` first), tiles in spans of ``ww`` along W, spans kh-minor: ascending tile ids."""
-    sub = sub + 1
-    tile_done = sub * BLOCK_N >= n_real
-    sub = gl.where(tile_done, 0, sub)
-    kw = gl.where(tile_done, kw + 1, kw)
-    span_done = kw == sw + ww
-    kw = gl.where(span_done, sw, kw)
-    kh = gl.where(span_done, kh + 1, kh)
-    row_done = kh == sh + wh
-    kh = gl.where(row_done, sh, kh)
-    kt = gl.where(row_done, kt + 1, kt)
-    n_real = _real_tokens(kt, kh, kw, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
-    return kt, kh, kw, sub, n_real
-
-
-@gluon.jit
-def _compact_blocks(st, sh, sw, wt, wh, ww, NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr,
-                    TT: gl.constexpr, TH: gl.constexpr, TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr,
-                    REM_W: gl.constexpr, BLOCK_N: gl.constexpr):
-    """Key blocks of a clamped window in compact tile order: per axis the window holds full tiles and at most
-    one border tile (the grid's last), so eight products of (tiles of each kind) x (blocks of such a tile)."""
-    bt = gl.where(st + wt == NT, 1, 0)
-    bh = gl.where(sh + wh == NH, 1, 0)
-    bw = gl.where(sw + ww == NW, 1, 0)
-    ft = wt - bt
-    fh = wh - bh
-    fw = ww - bw
-    return (ft * fh * (fw * _cdiv_c(TT * TH * TW, BLOCK_N) + bw * _cdiv_c(TT * TH * REM_W, BLOCK_N))
-            + ft * bh * (fw * _cdiv_c(TT * REM_H * TW, BLOCK_N) + bw * _cdiv_c(TT * REM_H * REM_W, BLOCK_N))
-            + bt * fh * (fw * _cdiv_c(REM_T * TH * TW, BLOCK_N) + bw * _cdiv_c(REM_T * TH * REM_W, BLOCK_N))
-            + bt * bh * (fw * _cdiv_c(REM_T * REM_H * TW, BLOCK_N) + bw * _cdiv_c(REM_T * REM_H * REM_W, BLOCK_N)))
-
-
-@gluon.constexpr_function
-def _cdiv_c(a, b):
-    return (a + b - 1) // b
 
 
 @gluon.jit

@@ -195,6 +195,61 @@ def _clamped_window(Windows, h, ct, ch, cw, NT: tl.constexpr, NH: tl.constexpr, 
 
 
 @triton.jit
+def _real_tokens(kt, kh, kw, NT: tl.constexpr, NH: tl.constexpr, NW: tl.constexpr, TT: tl.constexpr,
+                 TH: tl.constexpr, TW: tl.constexpr, REM_T: tl.constexpr, REM_H: tl.constexpr, REM_W: tl.constexpr):
+    """Real (canvas) tokens of tile ``(kt, kh, kw)``: fewer in border tiles of a padded canvas."""
+    return (tl.where(kt == NT - 1, REM_T, TT) * tl.where(kh == NH - 1, REM_H, TH)
+            * tl.where(kw == NW - 1, REM_W, TW))
+
+
+@triton.jit
+def _next_compact_block(kt, kh, kw, sub, n_real, sh, sw, wh, ww, NT: tl.constexpr, NH: tl.constexpr,
+                        NW: tl.constexpr, TT: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, REM_T: tl.constexpr,
+                        REM_H: tl.constexpr, REM_W: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The window walk in compact tile order (``Geometry.compact_tile_index``), one key block on: a tile's blocks
+    holding real tokens (its ``cdiv(n_real, BLOCK_N)`` first), tiles in spans of ``ww`` along W, spans kh-minor:
+    ascending tile ids. Scalar only (the Gluon kernel compiles the same function); returns the new state and the
+    new tile's real tokens."""
+    sub = sub + 1
+    tile_done = sub * BLOCK_N >= n_real
+    sub = tl.where(tile_done, 0, sub)
+    kw = tl.where(tile_done, kw + 1, kw)
+    span_done = kw == sw + ww
+    kw = tl.where(span_done, sw, kw)
+    kh = tl.where(span_done, kh + 1, kh)
+    row_done = kh == sh + wh
+    kh = tl.where(row_done, sh, kh)
+    kt = tl.where(row_done, kt + 1, kt)
+    n_real = (tl.where(kt == NT - 1, REM_T, TT) * tl.where(kh == NH - 1, REM_H, TH)
+              * tl.where(kw == NW - 1, REM_W, TW))
+    return kt, kh, kw, sub, n_real
+
+
+@triton.jit
+def _compact_blocks(st, sh, sw, wt, wh, ww, NT: tl.constexpr, NH: tl.constexpr, NW: tl.constexpr,
+                    TT: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, REM_T: tl.constexpr, REM_H: tl.constexpr,
+                    REM_W: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key blocks of a clamped window in compact tile order: per axis the window holds full tiles and at most one
+    border tile (the grid's last), so eight products of (tiles of each kind) x (blocks of such a tile)."""
+    bt = tl.where(st + wt == NT, 1, 0)
+    bh = tl.where(sh + wh == NH, 1, 0)
+    bw = tl.where(sw + ww == NW, 1, 0)
+    ft = wt - bt
+    fh = wh - bh
+    fw = ww - bw
+    B_FFF: tl.constexpr = (TT * TH * TW + BLOCK_N - 1) // BLOCK_N
+    B_FFB: tl.constexpr = (TT * TH * REM_W + BLOCK_N - 1) // BLOCK_N
+    B_FBF: tl.constexpr = (TT * REM_H * TW + BLOCK_N - 1) // BLOCK_N
+    B_FBB: tl.constexpr = (TT * REM_H * REM_W + BLOCK_N - 1) // BLOCK_N
+    B_BFF: tl.constexpr = (REM_T * TH * TW + BLOCK_N - 1) // BLOCK_N
+    B_BFB: tl.constexpr = (REM_T * TH * REM_W + BLOCK_N - 1) // BLOCK_N
+    B_BBF: tl.constexpr = (REM_T * REM_H * TW + BLOCK_N - 1) // BLOCK_N
+    B_BBB: tl.constexpr = (REM_T * REM_H * REM_W + BLOCK_N - 1) // BLOCK_N
+    return (ft * fh * (fw * B_FFF + bw * B_FFB) + ft * bh * (fw * B_FBF + bw * B_FBB)
+            + bt * fh * (fw * B_BFF + bw * B_BFB) + bt * bh * (fw * B_BBF + bw * B_BBB))
+
+
+@triton.jit
 def _window_block(j, n_first, spans, last_spans, st, sh, sw, wh, ww, NH: tl.constexpr, NW: tl.constexpr,
                   BPT: tl.constexpr, BPT_LAST: tl.constexpr):
     """(key tile, block in tile) of the window loop's ``j``-th key block (spans of ``ww`` tiles, kt-major)."""
@@ -222,16 +277,26 @@ def _attend_video_block(acc, m_i, l_i, q, K, V, KDesc, VDesc, b, h, bh, tile, su
                         TT: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, REM_T: tl.constexpr,
                         REM_H: tl.constexpr, REM_W: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                         USE_TMA: tl.constexpr, NATURAL: tl.constexpr, HAS_PADDING: tl.constexpr,
-                        DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr):
-    """One online-softmax step over video key block ``sub`` of key tile ``tile``; padding masked if any."""
+                        DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr, n_valid=0,
+                        COMPACT: tl.constexpr = False):
+    """One online-softmax step over video key block ``sub`` of key tile ``tile``; padding masked if any
+    (``COMPACT``: the block's keys past ``n_valid`` are its tile's padding)."""
     k, v = _load_key_block(K, V, KDesc, VDesc, b, h, bh, tile, sub, offs_n, offs_d, stride_kn, stride_vn,
                            NH, NW, TT, TH, TW, HEAD_DIM, BLOCK_N, USE_TMA, NATURAL)
-    if HAS_PADDING:
+    if COMPACT:
+        if n_valid < BLOCK_N:
+            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, (offs_n < n_valid)[None, :], True,
+                                                 DOT_PRECISION, UPCAST_DOTS)
+        else:
+            acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, 0, False, DOT_PRECISION,
+                                                 UPCAST_DOTS)
+    elif HAS_PADDING:
         key_ok = _padding_ok(tile, sub * BLOCK_N + offs_n, NH, NW, TH, TW, NT, REM_T, REM_H, REM_W)
-        return _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, key_ok[None, :], True, DOT_PRECISION,
-                                    UPCAST_DOTS)
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, key_ok[None, :], True, DOT_PRECISION,
+                                             UPCAST_DOTS)
     else:
-        return _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, 0, False, DOT_PRECISION, UPCAST_DOTS)
+        acc, m_i, l_i = _online_softmax_step(acc, m_i, l_i, q, k, v, qk_scale, 0, False, DOT_PRECISION, UPCAST_DOTS)
+    return acc, m_i, l_i
 
 
 @triton.jit
@@ -281,7 +346,7 @@ def _sta_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_PADDING: tl.constexpr, HAS_TEXT: tl.constexpr, HAS_TEXT_MASK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_DOTS: tl.constexpr, USE_TMA: tl.constexpr, NATURAL: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr, TEXT_TMA: tl.constexpr, TEXT_BEFORE: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr, TEXT_TMA: tl.constexpr, TEXT_BEFORE: tl.constexpr, COMPACT: tl.constexpr = False,
 ):
     TILE_VOL: tl.constexpr = TT * TH * TW
     NUM_TILES: tl.constexpr = NT * NH * NW
@@ -325,7 +390,11 @@ def _sta_fwd_kernel(
     Ob = Out + b64 * stride_ob + h64 * stride_oh
     Tb = TextMask + b64 * stride_tb
 
-    q_padded = (pid >= text_programs) & (ct == NT - 1) & (q_sub >= Q_LAST)
+    if COMPACT:  # compact tile order: a tile's real rows first; blocks past them are all padding
+        q_padded = (pid >= text_programs) & (q_sub * BLOCK_M >= _real_tokens(ct, ch, cw, NT, NH, NW, TT, TH, TW, REM_T,
+                                                                                REM_H, REM_W))
+    else:
+        q_padded = (pid >= text_programs) & (ct == NT - 1) & (q_sub >= Q_LAST)
     # Rows addressed through pointers: text queries (both layouts) and video queries in tile order.
     rows = tl.where(is_text_query, text_start, tile * TILE_VOL) + q_sub * BLOCK_M + offs_m
     row_ok = (rows < text_start + text_len) | (pid >= text_programs)
@@ -349,7 +418,33 @@ def _sta_fwd_kernel(
                                      stride_vn, stride_tm, qk_scale, text_len_here, text_len, text_start, HEAD_DIM,
                                      BLOCK_N, HAS_TEXT_MASK, TEXT_TMA, DOT_PRECISION, UPCAST_DOTS)
 
-    if is_text_query:
+    if COMPACT:  # the walk of _next_compact_block over the window (every tile for text queries)
+        if is_text_query:
+            st = tl.full([], 0, tl.int32)
+            sh = st
+            sw = st
+            wt = st + NT
+            wh = st + NH
+            ww = st + NW
+        else:
+            st, sh, sw, wh, ww, spans, last_spans, n_first = _clamped_window(Windows, h64, ct, ch, cw, NT, NH, NW, BPT)
+            wt = spans // wh
+        n_total = tl.where(q_padded, 0, _compact_blocks(st, sh, sw, wt, wh, ww, NT, NH, NW, TT, TH, TW, REM_T, REM_H,
+                                                         REM_W, BLOCK_N))
+        kt = st
+        kh = sh
+        kw = sw
+        sub = st * 0
+        n_real = _real_tokens(st, sh, sw, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
+        for j in tl.range(0, n_total, warp_specialize=WARP_SPECIALIZE):
+            acc, m_i, l_i = _attend_video_block(acc, m_i, l_i, q, Kb, Vb, KDesc, VDesc, b, h, bh,
+                                                (kt * NH + kh) * NW + kw, sub, offs_n, offs_d, stride_kn, stride_vn,
+                                                qk_scale, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, HEAD_DIM,
+                                                BLOCK_N, USE_TMA, NATURAL, HAS_PADDING, DOT_PRECISION, UPCAST_DOTS,
+                                                n_real - sub * BLOCK_N, COMPACT)
+            kt, kh, kw, sub, n_real = _next_compact_block(kt, kh, kw, sub, n_real, sh, sw, wh, ww, NT, NH, NW, TT, TH,
+                                                          TW, REM_T, REM_H, REM_W, BLOCK_N)
+    elif is_text_query:
         # Dense over every key tile; tiles of the last t-row have fewer (non-padding) blocks.
         n_first: tl.constexpr = (NT - 1) * NH * NW * BPT
         for j in range(0, n_first + NH * NW * BPT_LAST):
@@ -403,8 +498,11 @@ def _head_order(windows: torch.Tensor, grid) -> torch.Tensor:
 
 
 def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, text_mask, scale, config: KernelConfig,
-            natural: bool, video_start: int = 0):
+            natural: bool, video_start: int = 0, compact: bool = False):
     B, heads, _, D = q.shape
+    compact = compact and not geometry.is_divisible
+    if compact and natural:
+        raise ValueError("compact tile order is a tile-order layout, not the natural one")
     if text_len and text_mask is not None:
         text_mask_arg = text_mask.to(device=q.device, dtype=torch.int8).contiguous()
         stride_tb, stride_tm = text_mask_arg.stride()
@@ -437,12 +535,12 @@ def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, tex
         scale * LOG2E, heads, text_len, text_start, text_programs,
         NT=nt, NH=nh, NW=nw, TT=tt, TH=th, TW=tw, REM_T=rem[0], REM_H=rem[1], REM_W=rem[2],
         HEAD_DIM=D, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        HAS_PADDING=not geometry.is_divisible, HAS_TEXT=text_len > 0,
+        HAS_PADDING=not geometry.is_divisible and not compact, HAS_TEXT=text_len > 0,
         HAS_TEXT_MASK=text_len > 0 and text_mask is not None,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         UPCAST_DOTS=q.device.type != "cuda" and q.dtype == torch.bfloat16,
         USE_TMA=config.tma or natural, NATURAL=natural, WARP_SPECIALIZE=config.warp_specialize,
-        TEXT_TMA=text_tma, TEXT_BEFORE=config.text_before,
+        TEXT_TMA=text_tma, TEXT_BEFORE=config.text_before, COMPACT=compact,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
@@ -485,6 +583,11 @@ def sta_triton_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry
     _check_common(q, geometry, windows, D, heads)
     if L != geometry.padded_len + text_len:
         raise ValueError(f"tiled sequence length {L} != padded video {geometry.padded_len} + text_len {text_len}")
+    return _run_tiled(q, k, v, geometry, windows, text_len, text_mask, scale, out, config, compact=False)
+
+
+def _run_tiled(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, out, config, compact: bool):
+    D = q.shape[-1]
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     windows = windows.to(device=q.device, dtype=torch.int32).contiguous()
     if out is None:
@@ -500,7 +603,7 @@ def sta_triton_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry
         # Pointer loads hold K/V stages in shared memory less compactly: 128-wide key blocks overflow it.
         config = replace(config, tma=False, block_n=math.gcd(config.block_n, 64))
     return _launch(q, k, v, out, geometry, windows, text_len, geometry.padded_len, text_mask, scale, config,
-                   natural=False)
+                   natural=False, compact=compact)
 
 
 def _natural_layout_ok(q, k, v, geometry: Geometry, config: KernelConfig) -> tuple[bool, str]:
@@ -529,8 +632,9 @@ def sta_triton_natural(q, k, v, geometry: Geometry, windows: torch.Tensor, text_
 
     Video tokens are read and written as TMA boxes of whole tile planes of the ``[T, H, W]`` canvas,
     which arrive in tile order; boxes crossing the canvas edge read zeros (masked as padding) and
-    write nothing past it. Returns None when the layout does not allow it (see
-    :func:`sta_search.kernels.backends.runs_in_place`); the caller then goes through tile order.
+    write nothing past it. Where the layout does not allow that: padded canvases go through compact tile order
+    (:func:`sta_triton_compact`); divisible ones return None (see
+    :func:`sta_search.kernels.backends.runs_in_place`), and the caller goes through tile order.
     """
     B, heads, S, D = q.shape
     _check_common(q, geometry, windows, D, heads)
@@ -539,6 +643,9 @@ def sta_triton_natural(q, k, v, geometry: Geometry, windows: torch.Tensor, text_
     if config is None:
         config = default_config(geometry.tile_volume, D, q.dtype, q.device.type == "cuda")
     if not _natural_layout_ok(q, k, v, geometry, config)[0]:
+        if not geometry.is_divisible:
+            return sta_triton_compact(q, k, v, geometry, windows, text_len, text_first, text_mask, scale, out=out,
+                                      config=config)
         return None
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -549,6 +656,29 @@ def sta_triton_natural(q, k, v, geometry: Geometry, windows: torch.Tensor, text_
     video_start, text_start = (text_len, 0) if text_first else (0, geometry.video_len)
     return _launch(q, k, v, out, geometry, windows, text_len, text_start, text_mask, scale, config, natural=True,
                    video_start=video_start)
+
+
+def sta_triton_compact(q, k, v, geometry: Geometry, windows: torch.Tensor, text_len: int, text_first: bool,
+                       text_mask: torch.Tensor | None, scale: float | None, *, out: torch.Tensor | None = None,
+                       config: KernelConfig | None = None) -> torch.Tensor:
+    """STA on natural-order tokens through compact tile order (each tile's real tokens first,
+    ``Geometry.compact_tile_index``): the same copies as going through tile order, but the kernel skips every
+    all-padding block and masks only a border tile's last real key block (``gluon_fwd.sta_gluon_compact``)."""
+    from .row_gather import compact_gathers, gather_rows
+
+    B, heads, S, D = q.shape
+    _check_common(q, geometry, windows, D, heads)
+    if S != geometry.video_len + text_len:
+        raise ValueError(f"sequence length {S} != canvas volume {geometry.video_len} + text_len {text_len}")
+    if config is None:
+        config = default_config(geometry.tile_volume, D, q.dtype, q.device.type == "cuda")
+    forward, backward = compact_gathers(geometry, text_len, text_first, q.device)
+    qt, kt, vt = gather_rows(q, k, v, index=forward)
+    windows = windows.to(device=q.device, dtype=torch.int32).contiguous()
+    ot = _run_tiled(qt, kt, vt, geometry, windows, text_len, text_mask, scale, None, config, compact=True)
+    if out is not None and out.shape != q.shape:
+        raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
+    return gather_rows(ot, index=backward, outs=None if out is None else [out])[0]
 
 
 sta_fwd_kernel = _sta_fwd_kernel  # the JIT function, for tools that compile it without launching (bench/inspect_sass.py)
