@@ -625,6 +625,15 @@ def _natural_layout_ok(q, k, v, geometry: Geometry, config: KernelConfig) -> tup
     return True, "ok"
 
 
+def _check_natural(q, geometry: Geometry, windows, text_len: int, config: KernelConfig | None) -> KernelConfig:
+    """Validate natural-order inputs ``(B, heads, T*H*W + text_len, D)``; the launch config (default if None)."""
+    B, heads, S, D = q.shape
+    _check_common(q, geometry, windows, D, heads)
+    if S != geometry.video_len + text_len:
+        raise ValueError(f"sequence length {S} != canvas volume {geometry.video_len} + text_len {text_len}")
+    return config or default_config(geometry.tile_volume, D, q.dtype, q.device.type == "cuda")
+
+
 def sta_triton_natural(q, k, v, geometry: Geometry, windows: torch.Tensor, text_len: int, text_first: bool,
                        text_mask: torch.Tensor | None, scale: float | None, *, out: torch.Tensor | None = None,
                        config: KernelConfig | None = None) -> torch.Tensor | None:
@@ -636,12 +645,7 @@ def sta_triton_natural(q, k, v, geometry: Geometry, windows: torch.Tensor, text_
     (:func:`sta_triton_compact`); divisible ones return None (see
     :func:`sta_search.kernels.backends.runs_in_place`), and the caller goes through tile order.
     """
-    B, heads, S, D = q.shape
-    _check_common(q, geometry, windows, D, heads)
-    if S != geometry.video_len + text_len:
-        raise ValueError(f"sequence length {S} != canvas volume {geometry.video_len} + text_len {text_len}")
-    if config is None:
-        config = default_config(geometry.tile_volume, D, q.dtype, q.device.type == "cuda")
+    config = _check_natural(q, geometry, windows, text_len, config)
     if not _natural_layout_ok(q, k, v, geometry, config)[0]:
         if not geometry.is_divisible:
             return sta_triton_compact(q, k, v, geometry, windows, text_len, text_first, text_mask, scale, out=out,
@@ -666,12 +670,7 @@ def sta_triton_compact(q, k, v, geometry: Geometry, windows: torch.Tensor, text_
     all-padding block and masks only a border tile's last real key block (``gluon_fwd.sta_gluon_compact``)."""
     from .row_gather import compact_gathers, gather_rows
 
-    B, heads, S, D = q.shape
-    _check_common(q, geometry, windows, D, heads)
-    if S != geometry.video_len + text_len:
-        raise ValueError(f"sequence length {S} != canvas volume {geometry.video_len} + text_len {text_len}")
-    if config is None:
-        config = default_config(geometry.tile_volume, D, q.dtype, q.device.type == "cuda")
+    config = _check_natural(q, geometry, windows, text_len, config)
     forward, backward = compact_gathers(geometry, text_len, text_first, q.device)
     qt, kt, vt = gather_rows(q, k, v, index=forward)
     windows = windows.to(device=q.device, dtype=torch.int32).contiguous()
