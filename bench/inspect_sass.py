@@ -78,6 +78,7 @@ GLUON_VARIANTS = {
     "gluon-compact-wan480p": {**WAN_480P, "COMPACT": True, "HAS_PADDING": False},
     "gluon-compact-wan480p-text": {**WAN_480P, "COMPACT": True, "HAS_PADDING": False, "HAS_TEXT_MASK": True},
     "gluon-tiled-wan480p": dict(**WAN_480P),
+    "gluon-mass-compact-wan480p": {**WAN_480P, "COMPACT": True, "HAS_PADDING": False, "MASS": True},
 }
 
 

@@ -24,16 +24,18 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9,
 hopper = pytest.mark.skipif(not HOPPER, reason="needs a Hopper (sm_90) GPU")
 
 
-def exact_row_values(q, k, geometry, text_len, text_first, text_mask):
+def exact_row_values(q, k, geometry, text_len, text_first, text_mask, compact=False):
     """What the kernel writes, from float64 scores: per tile-order query row, log2 of its softmax sum on each key
-    tile and on the valid text keys, and over all keys (scaled units: score * scale * log2 e)."""
+    tile and on the valid text keys, and over all keys (scaled units: score * scale * log2 e). ``compact``: rows and
+    keys in compact tile order."""
     H, S, D = q.shape[1:]
     n, P = geometry.num_tiles, geometry.padded_len
     video, text = video_and_text_slices(geometry.video_len, text_len, text_first)
-    q_t = to_tiles(geometry, q[:, :, video].double())
-    k_t = to_tiles(geometry, k[:, :, video].double())
+    q_t = to_tiles(geometry, q[:, :, video].double(), compact=compact)
+    k_t = to_tiles(geometry, k[:, :, video].double(), compact=compact)
     s = (q_t @ k_t.transpose(-1, -2))[0] * (D**-0.5 / math.log(2))  # (H, P, P)
-    s = s.masked_fill(~geometry.key_valid()[None, None, :], float("-inf"))
+    key_valid = (geometry.compact_tile_index() if compact else geometry.tile_index()) >= 0
+    s = s.masked_fill(~key_valid[None, None, :], float("-inf"))
     per_tile = torch.logsumexp(s.unflatten(-1, (n, geometry.tile_volume)) * math.log(2), -1) / math.log(2)
     if text_len:
         st = (q_t @ k[:, :, text].double().transpose(-1, -2))[0] * (D**-0.5 / math.log(2))
@@ -56,8 +58,9 @@ CPU_CASES = [
 ]
 
 
+@pytest.mark.parametrize("layout", ["tile-order", "compact"])
 @pytest.mark.parametrize("case", CPU_CASES, ids=[c[0] for c in CPU_CASES])
-def test_row_reduction_gives_the_reference_tile_mass(case, seed):
+def test_row_reduction_gives_the_reference_tile_mass(case, layout, seed):
     _, canvas, tile, heads, text_len, text_first, masked = case
     g = Geometry(canvas, tile)
     q, k = (torch.randn(1, heads, g.video_len + text_len, 32) * 2 for _ in range(2))
@@ -65,8 +68,9 @@ def test_row_reduction_gives_the_reference_tile_mass(case, seed):
     if masked:
         mask = torch.rand(1, text_len) > 0.4
         mask[0, 0] = True
-    rows, lse2 = exact_row_values(q, k, g, text_len, text_first, mask)
-    got = reduce_row_mass(rows, lse2, g)
+    compact = layout == "compact"
+    rows, lse2 = exact_row_values(q, k, g, text_len, text_first, mask, compact)
+    got = reduce_row_mass(rows, lse2, g, compact)
     ref = tile_mass_reference(q, k, canvas=canvas, tile=tile, text_len=text_len, text_first=text_first,
                               text_mask=mask)[0]
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4, msg=f"seed {seed}")
@@ -112,10 +116,17 @@ GPU_CASES = [
 
 @pytest.mark.gpu
 @hopper
+@pytest.mark.parametrize("padded", ["boxes", "compact"])
 @pytest.mark.parametrize("budget", ["one-head", "all-heads"])
 @pytest.mark.parametrize("case", GPU_CASES, ids=[c[0] for c in GPU_CASES])
-def test_fused_pass_matches_float64_references(case, budget, seed):
+def test_fused_pass_matches_float64_references(case, budget, padded, seed, monkeypatch):
+    """Both paths of padded canvases (``gluon_fused.COMPACT_PADDED``: tile-plane boxes, or compact tile order)."""
+    from sta_search.kernels.recall import gluon_fused
+
     _, canvas, heads, text_len, text_first, masked, batch, head_dim = case
+    if padded == "compact" and canvas == (12, 16, 16):
+        pytest.skip("divisible canvas: compact tile order is tile order")
+    monkeypatch.setattr(gluon_fused, "COMPACT_PADDED", padded == "compact")
     tile = (6, 8, 8)
     g = Geometry(canvas, tile)
     S = g.video_len + text_len

@@ -71,12 +71,15 @@ def can_run_gluon(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
 def can_run_fused_recall(q: torch.Tensor, geometry: Geometry) -> Verdict:
     """The profiler's fused dense + tile-mass pass (``kernels/recall/gluon_fused.py``): the Gluon kernel with the
     full window, reading natural-order tokens in place, so what :func:`can_run_gluon` needs and tile planes that
-    fit its TMA boxes."""
+    fit its TMA boxes (on padded canvases with ``gluon_fused.COMPACT_PADDED``: compact tile order instead)."""
     ok, why = can_run_gluon(q, geometry, "natural")
     if not ok:
         return False, why
+    from .recall import gluon_fused
     from .sta import gluon_fwd
 
+    if gluon_fused.COMPACT_PADDED and not geometry.is_divisible:
+        return True, "padded canvas: the fused pass gathers compact tile order"
     return gluon_fwd._natural_boxes_ok(geometry)
 
 

@@ -23,13 +23,21 @@ from ..geometry import Geometry
 #: query rows per scratch row block (one consumer warpgroup of the kernel)
 ROW_BLOCK = 64
 
+#: Padded canvases in compact tile order (each tile's real tokens first, ``Geometry.compact_tile_index``): the
+#: kernel then skips all-padding blocks instead of masking padding per key (at wan-480p the full-window pass would
+#: execute 1.30x the attended pairs instead of 1.45x, without the per-key mask). Off until its GPU tests
+#: (``tests/test_recall_gluon.py``, parametrized over it) have run on a Hopper GPU: bench/NOTES.md, session 8.
+COMPACT_PADDED = False
+
 
 @functools.lru_cache(maxsize=32)
-def _row_valid(geometry: Geometry, device: torch.device) -> torch.Tensor:
-    return geometry.key_valid().to(device=device, dtype=torch.float32)
+def _row_valid(geometry: Geometry, device: torch.device, compact: bool = False) -> torch.Tensor:
+    index = geometry.compact_tile_index() if compact else geometry.tile_index()
+    return (index >= 0).to(device=device, dtype=torch.float32)
 
 
-def reduce_row_mass(mass_log: torch.Tensor, lse2: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+def reduce_row_mass(mass_log: torch.Tensor, lse2: torch.Tensor, geometry: Geometry,
+                    compact: bool = False) -> torch.Tensor:
     """``(heads, num_tiles, num_tiles + 1)`` tile mass from the kernel's row values, in place on ``mass_log``.
 
     Args:
@@ -38,11 +46,12 @@ def reduce_row_mass(mass_log: torch.Tensor, lse2: torch.Tensor, geometry: Geomet
             the scaled-score units of ``lse2``.
         lse2: ``(heads, padded_len)`` float32, each row's ``log2`` of its whole softmax sum (``+inf`` for rows
             that saw no key).
+        compact: the query rows are in compact tile order (real rows first in each tile).
     """
     heads = mass_log.shape[0]
     n, P = geometry.num_tiles, geometry.padded_len
     blocks = P // ROW_BLOCK
-    valid = _row_valid(geometry, mass_log.device).view(1, blocks, 1, ROW_BLOCK)
+    valid = _row_valid(geometry, mass_log.device, compact).view(1, blocks, 1, ROW_BLOCK)
     mass_log.sub_(lse2.view(heads, blocks, 1, ROW_BLOCK)).exp2_().mul_(valid)
     return mass_log.sum(-1).view(heads, n, geometry.tile_volume // ROW_BLOCK, n + 1).sum(2)
 
@@ -85,16 +94,28 @@ def dense_and_tile_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geome
     windows = torch.tensor([geometry.grid] * H, dtype=torch.int32, device=q.device)
     video_start, text_start = (text_len, 0) if text_first else (0, geometry.video_len)
     mass = torch.empty(B, H, n, n + 1, dtype=torch.float32, device=q.device)
+    compact = COMPACT_PADDED and not geometry.is_divisible
+    if compact:
+        from ..sta.row_gather import compact_gathers, gather_rows
+
+        forward, backward = compact_gathers(geometry, text_len, text_first, q.device)
     for b in range(B):
         mask_b = text_mask[b:b + 1] if (text_len and text_mask is not None) else None
         for h0 in range(0, H, chunk):
             h1 = min(H, h0 + chunk)
-            qs, ks, vs, os_ = gluon_fwd._prepare(*(x[b:b + 1, h0:h1] for x in (q, k, v, out)), geometry,
-                                                 natural=True)
             rows = scratch[: (h1 - h0) * P * (n + 1)].zero_()
             lse_rows = lse2[: (h1 - h0) * P]
-            gluon_fwd._launch(qs, ks, vs, os_, geometry, windows[h0:h1], text_len, text_start, video_start, mask_b,
-                              scale, natural=True, stages=None, mass_log=rows, lse_out=lse_rows)
+            if compact:  # [compact video tiles | text], then the output rows back to natural order
+                qs, ks, vs = gather_rows(*(x[b:b + 1, h0:h1] for x in (q, k, v)), index=forward)
+                os_ = torch.empty_like(qs)
+                gluon_fwd._launch(qs, ks, vs, os_, geometry, windows[h0:h1], text_len, P, 0, mask_b, scale,
+                                  natural=False, stages=None, mass_log=rows, lse_out=lse_rows, compact=True)
+                gather_rows(os_, index=backward, outs=[out[b:b + 1, h0:h1]])
+            else:
+                qs, ks, vs, os_ = gluon_fwd._prepare(*(x[b:b + 1, h0:h1] for x in (q, k, v, out)), geometry,
+                                                     natural=True)
+                gluon_fwd._launch(qs, ks, vs, os_, geometry, windows[h0:h1], text_len, text_start, video_start,
+                                  mask_b, scale, natural=True, stages=None, mass_log=rows, lse_out=lse_rows)
             mass[b, h0:h1] = reduce_row_mass(rows.view(h1 - h0, P // ROW_BLOCK, n + 1, ROW_BLOCK),
-                                             lse_rows.view(h1 - h0, P), geometry)
+                                             lse_rows.view(h1 - h0, P), geometry, compact)
     return out, mass

@@ -193,6 +193,16 @@ def _record_tile_mass(t_i, p, alpha, m_i, row, mass_ptr, record, NT: gl.constexp
 
 
 @gluon.jit
+def _add_tile_mass(t_i, p, alpha, m_i, tile, last, mass_ptr, record):
+    """:func:`_record_tile_mass` for compact tile order, where the walk knows the key tile and whether this is its
+    last block."""
+    t_i = t_i * alpha + gl.sum(p, 1)
+    if last & record:
+        gl.store(mass_ptr + tile * p.shape[0], m_i + gl.log2(t_i))
+    return gl.where(last, 0.0, t_i)
+
+
+@gluon.jit
 def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, MassLog, LseOut, bh, b, q_row,
               text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh,
               sw, wh, ww, NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr,
@@ -267,15 +277,19 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, Text
             s_acc = _mask_partial_block(s_acc, n_real - sub * BLOCK_N, offs_n, BLOCK_N)
         # Every video block holds a real key for every row (all-padding blocks are never visited), so the
         # running max is finite from here on and the unguarded softmax is exact.
-        if HAS_PADDING or MASS:
+        if HAS_PADDING or (MASS and not COMPACT):
             row = _video_row(0, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW, TILE_VOL,
                              BLOCK_N, BPT, BPT_LAST)
         if HAS_PADDING:
             s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
         p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, 0, False)
         if MASS:
-            t_i = _record_tile_mass(t_i, p, alpha, m_i, row, mass_ptr, record, NT, NH, NW, TILE_VOL, BLOCK_N, BPT,
-                                    BPT_LAST)
+            if COMPACT:
+                t_i = _add_tile_mass(t_i, p, alpha, m_i, (kt * NH + kh) * NW + kw, (sub + 1) * BLOCK_N >= n_real,
+                                     mass_ptr, record)
+            else:
+                t_i = _record_tile_mass(t_i, p, alpha, m_i, row, mass_ptr, record, NT, NH, NW, TILE_VOL, BLOCK_N,
+                                        BPT, BPT_LAST)
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
         p_op = gl.convert_layout(p.to(dtype), p_layout)
         s_prev = s
@@ -284,7 +298,7 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, Text
             mbarrier.wait(ready.index(s), (it // STAGES) & 1)
             s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             acc = warpgroup_mma(p_op, v_smem.index(s_prev), acc, is_async=True)
-            if HAS_PADDING or MASS:  # scalar index math while the wgmmas run
+            if HAS_PADDING or (MASS and not COMPACT):  # scalar index math while the wgmmas run
                 row = _video_row(it - n_text, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW,
                                  TILE_VOL, BLOCK_N, BPT, BPT_LAST)
             if COMPACT:
@@ -297,8 +311,12 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, Text
                 s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
             p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, 0, False)
             if MASS:
-                t_i = _record_tile_mass(t_i, p, alpha, m_i, row, mass_ptr, record, NT, NH, NW, TILE_VOL, BLOCK_N,
-                                        BPT, BPT_LAST)
+                if COMPACT:
+                    t_i = _add_tile_mass(t_i, p, alpha, m_i, (kt * NH + kh) * NW + kw,
+                                         (sub + 1) * BLOCK_N >= n_real, mass_ptr, record)
+                else:
+                    t_i = _record_tile_mass(t_i, p, alpha, m_i, row, mass_ptr, record, NT, NH, NW, TILE_VOL,
+                                            BLOCK_N, BPT, BPT_LAST)
             acc = warpgroup_mma_wait(0, deps=(acc, ))
             mbarrier.arrive(empty.index(s_prev), count=1)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
@@ -476,12 +494,12 @@ def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, vid
             stages, mass_log: torch.Tensor | None = None, lse_out: torch.Tensor | None = None, compact: bool = False):
     """``mass_log``/``lse_out`` (float32, ``B*heads*padded_len*(num_tiles + 1)`` / ``B*heads*padded_len``): the
     profiler's per-row tile sums (kernels/recall/gluon_fused.py); the kernel then records them. ``compact``: the
-    video rows are in compact tile order (``Geometry.compact_tile_index``; tile-order descriptors, no MASS)."""
+    video rows are in compact tile order (``Geometry.compact_tile_index``; tile-order descriptors)."""
     from .triton_fwd import _head_order
 
     compact = compact and not geometry.is_divisible
-    if compact and (natural or mass_log is not None):
-        raise ValueError("compact tile order runs on tile-order descriptors without MASS")
+    if compact and natural:
+        raise ValueError("compact tile order runs on tile-order descriptors")
 
     B, heads, S, D = q.shape
     stages = stages or DEFAULT_STAGES[D]
