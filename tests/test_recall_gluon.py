@@ -120,13 +120,14 @@ GPU_CASES = [
 @pytest.mark.parametrize("budget", ["one-head", "all-heads"])
 @pytest.mark.parametrize("case", GPU_CASES, ids=[c[0] for c in GPU_CASES])
 def test_fused_pass_matches_float64_references(case, budget, padded, seed, monkeypatch):
-    """Both paths of padded canvases (``gluon_fused.COMPACT_PADDED``: tile-plane boxes, or compact tile order)."""
-    from sta_search.kernels.recall import gluon_fused
+    """Both paths of padded canvases (``backends.FUSED_RECALL_COMPACT_PADDED``: tile-plane boxes, or compact tile
+    order)."""
+    from sta_search.kernels import backends
 
     _, canvas, heads, text_len, text_first, masked, batch, head_dim = case
     if padded == "compact" and canvas == (12, 16, 16):
         pytest.skip("divisible canvas: compact tile order is tile order")
-    monkeypatch.setattr(gluon_fused, "COMPACT_PADDED", padded == "compact")
+    monkeypatch.setattr(backends, "FUSED_RECALL_COMPACT_PADDED", padded == "compact")
     tile = (6, 8, 8)
     g = Geometry(canvas, tile)
     S = g.video_len + text_len

@@ -39,6 +39,12 @@ TRITON_HEAD_DIMS = (32, 64, 128)
 #: Head dims the Gluon kernel runs (``sta/gluon_fwd.py`` keeps a K/V ring depth for each); the one switch.
 GLUON_HEAD_DIMS = (64, 128)
 REFERENCE_MAX_TOKENS = 4096
+#: The profiler's fused pass (``recall/gluon_fused.py``) on padded canvases in compact tile order (each tile's real
+#: tokens first): the kernel then skips all-padding blocks instead of masking padding per key (at wan-480p the
+#: full-window pass would execute 1.30x the attended pairs instead of 1.45x, without the per-key mask). Off until
+#: its GPU tests (``tests/test_recall_gluon.py``, parametrized over it) have run on a Hopper GPU (bench/NOTES.md,
+#: session 8).
+FUSED_RECALL_COMPACT_PADDED = False
 
 Verdict = tuple[bool, str]
 
@@ -71,14 +77,13 @@ def can_run_gluon(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
 def can_run_fused_recall(q: torch.Tensor, geometry: Geometry) -> Verdict:
     """The profiler's fused dense + tile-mass pass (``kernels/recall/gluon_fused.py``): the Gluon kernel with the
     full window, reading natural-order tokens in place, so what :func:`can_run_gluon` needs and tile planes that
-    fit its TMA boxes (on padded canvases with ``gluon_fused.COMPACT_PADDED``: compact tile order instead)."""
+    fit its TMA boxes (on padded canvases with :data:`FUSED_RECALL_COMPACT_PADDED`: compact tile order instead)."""
     ok, why = can_run_gluon(q, geometry, "natural")
     if not ok:
         return False, why
-    from .recall import gluon_fused
     from .sta import gluon_fwd
 
-    if gluon_fused.COMPACT_PADDED and not geometry.is_divisible:
+    if FUSED_RECALL_COMPACT_PADDED and not geometry.is_divisible:
         return True, "padded canvas: the fused pass gathers compact tile order"
     return gluon_fwd._natural_boxes_ok(geometry)
 

@@ -23,12 +23,6 @@ from ..geometry import Geometry
 #: query rows per scratch row block (one consumer warpgroup of the kernel)
 ROW_BLOCK = 64
 
-#: Padded canvases in compact tile order (each tile's real tokens first, ``Geometry.compact_tile_index``): the
-#: kernel then skips all-padding blocks instead of masking padding per key (at wan-480p the full-window pass would
-#: execute 1.30x the attended pairs instead of 1.45x, without the per-key mask). Off until its GPU tests
-#: (``tests/test_recall_gluon.py``, parametrized over it) have run on a Hopper GPU: bench/NOTES.md, session 8.
-COMPACT_PADDED = False
-
 
 @functools.lru_cache(maxsize=32)
 def _row_valid(geometry: Geometry, device: torch.device, compact: bool = False) -> torch.Tensor:
@@ -74,6 +68,7 @@ def dense_and_tile_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geome
         ``out`` ``(B, heads, S, D)`` in q's dtype and ``mass`` ``(B, heads, num_tiles, num_tiles + 1)`` float32, as
         :func:`sta_search.kernels.recall.tile_mass` (last column: valid text keys).
     """
+    from .. import backends
     from ..backends import can_run_fused_recall
     from ..sta import gluon_fwd
 
@@ -94,7 +89,7 @@ def dense_and_tile_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geome
     windows = torch.tensor([geometry.grid] * H, dtype=torch.int32, device=q.device)
     video_start, text_start = (text_len, 0) if text_first else (0, geometry.video_len)
     mass = torch.empty(B, H, n, n + 1, dtype=torch.float32, device=q.device)
-    compact = COMPACT_PADDED and not geometry.is_divisible
+    compact = backends.FUSED_RECALL_COMPACT_PADDED and not geometry.is_divisible
     if compact:
         from ..sta.row_gather import compact_gathers, gather_rows
 
