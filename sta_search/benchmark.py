@@ -340,14 +340,11 @@ def _time_padded_paths(result, geometry, windows, T, text_mask, natural_sets, gl
     """Padded canvases: the Gluon kernel alone on compact tile order (``gluon-compact-kernel``: what the natural entry
     pays without its gathers) and the in-place path through TMA boxes of tile planes (``gluon-natural-boxes``)."""
     from .kernels.backends import gluon_reads_tile_planes
-    from .kernels.geometry import to_tiles
     from .kernels.sta import gluon_fwd
+    from .kernels.sta.row_gather import compact_gathers, gather_rows
 
-    def compact(x):
-        video = to_tiles(geometry, x[:, :, : geometry.video_len], compact=True)
-        return torch.cat([video, x[:, :, geometry.video_len:]], 2) if T else video
-
-    compact_sets = [[compact(x) for x in s] for s in natural_sets]
+    forward, _ = compact_gathers(geometry, T, False, natural_sets[0][0].device)
+    compact_sets = [gather_rows(*s, index=forward) for s in natural_sets]
     outs = [torch.empty_like(s[0]) for s in compact_sets]
 
     def compact_kernel(i):

@@ -81,11 +81,9 @@ def can_run_fused_recall(q: torch.Tensor, geometry: Geometry) -> Verdict:
     ok, why = can_run_gluon(q, geometry, "natural")
     if not ok:
         return False, why
-    from .sta import gluon_fwd
-
     if FUSED_RECALL_COMPACT_PADDED and not geometry.is_divisible:
         return True, "padded canvas: the fused pass gathers compact tile order"
-    return gluon_fwd._natural_boxes_ok(geometry)
+    return gluon_reads_tile_planes(geometry)
 
 
 def can_run_gluon_fp8(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:

@@ -134,6 +134,10 @@ class Geometry:
         (``docs/kernel.md``); the public tile order stays the one above."""
         return _compact_tile_index(self)
 
+    def compact_untile_index(self) -> torch.Tensor:
+        """``(video_len,)`` int64: the compact tile-order position of each natural video token."""
+        return _compact_untile_index(self)
+
 
 def _check_window(window) -> Triple:
     w = _as_triple(window, "window")
@@ -236,7 +240,7 @@ def untile_index_on(geometry: Geometry, device: torch.device) -> torch.Tensor:
 @functools.lru_cache(maxsize=64)
 def compact_index_on(geometry: Geometry, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """:meth:`Geometry.compact_tile_index` and its inverse (natural token -> compact position) on ``device``."""
-    return geometry.compact_tile_index().to(device), _compact_untile_index(geometry).to(device)
+    return geometry.compact_tile_index().to(device), geometry.compact_untile_index().to(device)
 
 
 def to_tiles(geometry: Geometry, x: torch.Tensor, dim: int = -2, compact: bool = False) -> torch.Tensor:

@@ -71,6 +71,7 @@ def dense_and_tile_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geome
     from .. import backends
     from ..backends import can_run_fused_recall
     from ..sta import gluon_fwd
+    from ..sta.row_gather import run_compact
 
     ok, why = can_run_fused_recall(q, geometry)
     if not ok:
@@ -90,10 +91,6 @@ def dense_and_tile_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geome
     video_start, text_start = (text_len, 0) if text_first else (0, geometry.video_len)
     mass = torch.empty(B, H, n, n + 1, dtype=torch.float32, device=q.device)
     compact = backends.FUSED_RECALL_COMPACT_PADDED and not geometry.is_divisible
-    if compact:
-        from ..sta.row_gather import compact_gathers, gather_rows
-
-        forward, backward = compact_gathers(geometry, text_len, text_first, q.device)
     for b in range(B):
         mask_b = text_mask[b:b + 1] if (text_len and text_mask is not None) else None
         for h0 in range(0, H, chunk):
@@ -101,11 +98,13 @@ def dense_and_tile_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geome
             rows = scratch[: (h1 - h0) * P * (n + 1)].zero_()
             lse_rows = lse2[: (h1 - h0) * P]
             if compact:  # [compact video tiles | text], then the output rows back to natural order
-                qs, ks, vs = gather_rows(*(x[b:b + 1, h0:h1] for x in (q, k, v)), index=forward)
-                os_ = torch.empty_like(qs)
-                gluon_fwd._launch(qs, ks, vs, os_, geometry, windows[h0:h1], text_len, P, 0, mask_b, scale,
-                                  natural=False, stages=None, mass_log=rows, lse_out=lse_rows, compact=True)
-                gather_rows(os_, index=backward, outs=[out[b:b + 1, h0:h1]])
+                def run(qs, ks, vs, h0=h0, h1=h1, rows=rows, lse_rows=lse_rows, mask_b=mask_b):
+                    return gluon_fwd._launch(qs, ks, vs, torch.empty_like(qs), geometry, windows[h0:h1], text_len, P,
+                                             0, mask_b, scale, natural=False, stages=None, mass_log=rows,
+                                             lse_out=lse_rows, compact=True)
+
+                run_compact(*(x[b:b + 1, h0:h1] for x in (q, k, v)), geometry, text_len, text_first, run,
+                            out[b:b + 1, h0:h1])
             else:
                 qs, ks, vs, os_ = gluon_fwd._prepare(*(x[b:b + 1, h0:h1] for x in (q, k, v, out)), geometry,
                                                      natural=True)

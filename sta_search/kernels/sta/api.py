@@ -17,20 +17,14 @@ def normalize_windows(windows, heads: int, device=None) -> torch.Tensor:
     attention call; bench/NOTES.md, session 8): pass integer tables there (``MaskAttention`` does, from a validated
     mask config); the Triton and Gluon kernels read an entry below 1 as 1."""
     w = torch.as_tensor(windows)
-    if w.device.type not in ("cpu", "meta"):
-        if w.is_floating_point() or w.is_complex() or w.dtype == torch.bool:
-            raise ValueError(f"a window table on {w.device} must have an integer dtype, got {w.dtype}")
-        if w.ndim == 1 and w.shape[0] == 3:
-            w = w.expand(heads, 3)
-        elif w.ndim != 2 or w.shape[1] != 3:
-            raise ValueError(f"windows must have shape (3,) or (heads, 3), got {tuple(w.shape)}")
-        elif w.shape[0] != heads:
-            raise ValueError(f"windows table has {w.shape[0]} rows but the inputs have {heads} heads")
-        return w.to(device=device or w.device, dtype=torch.int32).contiguous()
+    on_host = w.device.type in ("cpu", "meta")
+    if not on_host and (w.is_floating_point() or w.is_complex() or w.dtype == torch.bool):
+        raise ValueError(f"a window table on {w.device} must have an integer dtype, got {w.dtype}")
     if w.is_floating_point() or w.is_complex():
         if not torch.equal(w, w.round()):
             raise ValueError(f"windows must be integers, got {w.tolist()}")
-    w = w.to(torch.int64)
+    if on_host:
+        w = w.to(torch.int64)
     if w.ndim == 1:
         if w.shape[0] != 3:
             raise ValueError(f"a single window must have 3 entries (t, h, w), got {w.tolist()}")
@@ -39,10 +33,10 @@ def normalize_windows(windows, heads: int, device=None) -> torch.Tensor:
         raise ValueError(f"windows must have shape (3,) or (heads, 3), got {tuple(w.shape)}")
     elif w.shape[0] != heads:
         raise ValueError(f"windows table has {w.shape[0]} rows but the inputs have {heads} heads")
-    if (w < 1).any():
+    if on_host and (w < 1).any():
         bad = w[(w < 1).any(dim=1)][0].tolist()
         raise ValueError(f"window entries must be >= 1, got {bad}")
-    return w.to(torch.int32).contiguous() if device is None else w.to(device=device, dtype=torch.int32).contiguous()
+    return w.to(device=w.device if device is None else device, dtype=torch.int32).contiguous()
 
 
 def _validate(q, k, v, geometry: Geometry, text_len: int, text_mask):

@@ -30,7 +30,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ..geometry import Geometry
 from . import triton_fwd
-from .row_gather import compact_gathers, gather_rows
+from .row_gather import run_compact
 
 # Scalar / elementwise index math shared with the Triton kernel, compiled as Gluon.
 _clamped_window = gluon.jit(triton_fwd._clamped_window.fn)
@@ -622,19 +622,16 @@ def sta_gluon_compact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometr
     key block. Costs one gather of q, k, v and one of the output; on padded canvases it executes fewer token
     pairs than the in-place path (wan-480p with tile (6,8,8) at (3,3,3): 1.23x the attended pairs instead of
     1.33x)."""
-    B, heads, S, D = q.shape
-    V = geometry.video_len
+    S, V = q.shape[2], geometry.video_len
     if S != V + text_len:
         raise ValueError(f"sequence length {S} != canvas volume {V} + text_len {text_len}")
     require_runnable(q, geometry, natural=False)
-    forward, backward = compact_gathers(geometry, text_len, text_first, q.device)
-    qt, kt, vt = gather_rows(q, k, v, index=forward)  # padding slots are zeros, never attended
-    ot = torch.empty_like(qt)
-    _launch(qt, kt, vt, ot, geometry, windows, text_len, geometry.padded_len, 0, text_mask, scale, natural=False,
-            stages=stages, compact=True)
-    if out is not None and out.shape != q.shape:
-        raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
-    return gather_rows(ot, index=backward, outs=None if out is None else [out])[0]
+
+    def run(qt, kt, vt):
+        return _launch(qt, kt, vt, torch.empty_like(qt), geometry, windows, text_len, geometry.padded_len, 0,
+                       text_mask, scale, natural=False, stages=stages, compact=True)
+
+    return run_compact(q, k, v, geometry, text_len, text_first, run, out)
 
 
 sta_fwd_gluon_kernel = _sta_fwd_gluon_kernel  # the JIT function, for tools that compile it without launching

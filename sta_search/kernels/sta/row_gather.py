@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .._interpreter import patch_interpreter
-from ..geometry import Geometry, compact_index_on
+from ..geometry import Geometry
 
 patch_interpreter()
 
@@ -81,7 +81,7 @@ def compact_gathers(geometry: Geometry, text_len: int, text_first: bool, device:
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """int32 row maps on ``device``: natural ``(T*H*W + text_len)`` rows -> ``[compact video tiles | text]`` and
     back (``-1``: padding slot)."""
-    to_compact, to_natural = (i.cpu() for i in compact_index_on(geometry, torch.device("cpu")))
+    to_compact, to_natural = geometry.compact_tile_index(), geometry.compact_untile_index()
     V, P = geometry.video_len, geometry.padded_len
     video_offset, text_offset = (text_len, 0) if text_first else (0, V)
     text = torch.arange(text_len)
@@ -89,3 +89,15 @@ def compact_gathers(geometry: Geometry, text_len: int, text_first: bool, device:
     back_video, back_text = to_natural, P + text
     backward = torch.cat([back_text, back_video] if text_first else [back_video, back_text])
     return forward.to(device=device, dtype=torch.int32), backward.to(device=device, dtype=torch.int32)
+
+
+def run_compact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Geometry, text_len: int,
+                text_first: bool, run, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Natural-order ``q, k, v`` (``(B, heads, T*H*W + text_len, D)``) copied to ``[compact video tiles | text]`` in
+    one launch, ``run(qt, kt, vt)`` on them (returns the output in that layout), and its rows copied back to
+    natural order (into ``out`` when given)."""
+    if out is not None and out.shape != q.shape:
+        raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
+    forward, backward = compact_gathers(geometry, text_len, text_first, q.device)
+    ot = run(*gather_rows(q, k, v, index=forward))  # padding slots are zeros, never attended
+    return gather_rows(ot, index=backward, outs=None if out is None else [out])[0]

@@ -220,9 +220,7 @@ def _next_compact_block(kt, kh, kw, sub, n_real, sh, sw, wh, ww, NT: tl.constexp
     row_done = kh == sh + wh
     kh = tl.where(row_done, sh, kh)
     kt = tl.where(row_done, kt + 1, kt)
-    n_real = (tl.where(kt == NT - 1, REM_T, TT) * tl.where(kh == NH - 1, REM_H, TH)
-              * tl.where(kw == NW - 1, REM_W, TW))
-    return kt, kh, kw, sub, n_real
+    return kt, kh, kw, sub, _real_tokens(kt, kh, kw, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
 
 
 @triton.jit
@@ -668,16 +666,14 @@ def sta_triton_compact(q, k, v, geometry: Geometry, windows: torch.Tensor, text_
     """STA on natural-order tokens through compact tile order (each tile's real tokens first,
     ``Geometry.compact_tile_index``): the same copies as going through tile order, but the kernel skips every
     all-padding block and masks only a border tile's last real key block (``gluon_fwd.sta_gluon_compact``)."""
-    from .row_gather import compact_gathers, gather_rows
+    from .row_gather import run_compact
 
     config = _check_natural(q, geometry, windows, text_len, config)
-    forward, backward = compact_gathers(geometry, text_len, text_first, q.device)
-    qt, kt, vt = gather_rows(q, k, v, index=forward)
-    windows = windows.to(device=q.device, dtype=torch.int32).contiguous()
-    ot = _run_tiled(qt, kt, vt, geometry, windows, text_len, text_mask, scale, None, config, compact=True)
-    if out is not None and out.shape != q.shape:
-        raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
-    return gather_rows(ot, index=backward, outs=None if out is None else [out])[0]
+
+    def run(qt, kt, vt):
+        return _run_tiled(qt, kt, vt, geometry, windows, text_len, text_mask, scale, None, config, compact=True)
+
+    return run_compact(q, k, v, geometry, text_len, text_first, run, out)
 
 
 sta_fwd_kernel = _sta_fwd_kernel  # the JIT function, for tools that compile it without launching (bench/inspect_sass.py)
