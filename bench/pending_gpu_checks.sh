@@ -4,7 +4,8 @@
 #   bash bench/pending_gpu_checks.sh OUTDIR [LIMIT_SECONDS]      # default limit 560 s for the whole job
 #
 # 1. GPU tests of the profiler (not run since b493a9d) and of the fused pass in compact tile order
-#    (kernels.backends.FUSED_RECALL_COMPACT_PADDED, off until these pass), plus the Triton kernel's GPU tests;
+#    (kernels.backends.FUSED_RECALL_COMPACT_PADDED, off until these pass), plus the Gluon compact-order tests (its
+#    host side was refactored after its last GPU run) and both kernels at the wan-480p model shape;
 # 2. bench/compact_overhead.py: host vs device time of the compact natural-order call after the host-stall fix;
 # 3. bench/padded_canvas.py: effective rate of wan-480p / wan-720p against hunyuan-720p in one run;
 # 4. bench/e2e.py: Wan 2.1 1.3B 480p compiled, (3,3,3) (target 1.8x per forward).
@@ -28,8 +29,8 @@ run() {  # run SECONDS_WANTED LOGNAME command...: bounded by what is left of LIM
 nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 run 200 gpu-tests-recall-stats.log python3 -m pytest -q -m gpu tests/test_recall_gluon.py tests/test_stats.py \
     -p no:cacheprovider
-run 60 gpu-tests-triton.log python3 -m pytest -q -m gpu tests/test_kernel_triton.py -k "model_shapes and wan" \
-    -p no:cacheprovider
+run 100 gpu-tests-kernels.log python3 -m pytest -q -m gpu tests/test_kernel_gluon.py tests/test_kernel_triton.py \
+    -k "(compact and d128) or (model_shapes and wan)" -p no:cacheprovider
 run 60 compact-overhead.log python3 bench/compact_overhead.py --out "$OUT"
 run 150 padded-canvas.log python3 bench/padded_canvas.py --out "$OUT" --time-budget 110
 run 80 e2e-wan-1.3b.log python3 bench/e2e.py --spec wan-1.3b-480p --windows 3,3,3 --backends gluon \
