@@ -103,6 +103,9 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help=f"smaller shape: {QUICK}")
     parser.add_argument("--out", default=None, help="a .json file, or a folder to write a stamped JSON into")
+    parser.add_argument("--fused-compact", choices=("on", "off"), default=None,
+                        help="force kernels.backends.FUSED_RECALL_COMPACT_PADDED (the fused pass on padded canvases in "
+                             "compact tile order); default: the library's setting")
     parser.add_argument("-v", "--verbose", action="store_true", help="log kernel choices (dense kernel, backends)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
@@ -118,6 +121,8 @@ def main() -> int:
     from sta_search.kernels.sta import sta_attention
     from sta_search.stats import AttentionProfiler, _tile_order_indices, default_error_windows, squared_distance
 
+    if args.fused_compact is not None:
+        backends.FUSED_RECALL_COMPACT_PADDED = args.fused_compact == "on"
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
     dtype = getattr(torch, args.dtype)
@@ -141,6 +146,7 @@ def main() -> int:
         "shape": {"batch": B, "heads": H, "head_dim": D, "canvas": list(canvas), "tile": list(tile),
                   "grid": list(g.grid), "video_tokens": g.video_len, "text_len": T,
                   "text_valid": min(args.text_valid, T), "dtype": args.dtype, "quick": args.quick},
+        "fused_recall_compact_padded": backends.FUSED_RECALL_COMPACT_PADDED,
         "timing": f"{'CUDA events' if on_gpu else 'perf_counter'}, median of the runs after warm-up",
         "yardstick": "dense_cudnn_nomask: cuDNN SDPA without a mask on the same shape (all text keys)",
         "shortlist": {"windows": [list(w) for w in windows],
