@@ -245,6 +245,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-prompts", type=int, default=16, help="held-out captions scored at every canvas")
     ap.add_argument("--eval-steps", type=int, default=None, help="sampling steps (default: settings steps)")
+    ap.add_argument("--eval-guidance", default=None,
+                    help="comma-separated guidance scales to score at (default: the bundled setting); the first "
+                         "one draws samples.png")
     ap.add_argument("--sample-prompts", type=int, default=6)
     ap.add_argument("--pack", action="store_true", help="write the checkpoint as tars < 15 MiB in --out")
     ap.add_argument("--compile", action="store_true", help="torch.compile the transformer")
@@ -411,24 +414,28 @@ def main() -> None:
         m.float()
     eval_steps = args.eval_steps or settings["steps"]
     prompts = data.prompt_set(max(args.eval_prompts, args.sample_prompts), EVAL_SEED)
-    log["eval"] = {"steps": eval_steps, "guidance": settings["guidance_scale"], "prompts": prompts[:args.eval_prompts]}
-    for i, canvas in enumerate(canvases):
-        t0 = time.time()
-        n = args.eval_prompts if i else max(args.eval_prompts, args.sample_prompts)
-        if n == 0:
-            continue
-        videos = generate(ema_components, prompts[:n], canvas, eval_steps, settings["guidance_scale"], args.seed)
-        key = "x".join(map(str, canvas[:3]))
-        if i == 0 and args.sample_prompts:
-            write_png(args.out / "samples.png", video_grid(videos[: args.sample_prompts]))
-            log["sample_prompts"] = prompts[: args.sample_prompts]
-        if args.eval_prompts:
-            result = evaluate.score(evaluate.videos_to_frames(videos[: args.eval_prompts]), prompts[: args.eval_prompts])
-            result["seconds"] = round(time.time() - t0, 1)
-            log["eval"][key] = result
-            print(f"eval {key}: " + json.dumps({k: v for k, v in result.items() if not k.startswith("objects")}),
-                  flush=True)
-        (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    guidances = [float(x) for x in args.eval_guidance.split(",")] if args.eval_guidance else [settings["guidance_scale"]]
+    log["eval"] = {"steps": eval_steps, "guidance": guidances[0], "prompts": prompts[:args.eval_prompts]}
+    for gi, guidance in enumerate(guidances):
+        for i, canvas in enumerate(canvases):
+            t0 = time.time()
+            n = args.eval_prompts if (i or gi) else max(args.eval_prompts, args.sample_prompts)
+            if n == 0:
+                continue
+            videos = generate(ema_components, prompts[:n], canvas, eval_steps, guidance, args.seed)
+            key = "x".join(map(str, canvas[:3])) + (f"@cfg{guidance:g}" if gi else "")
+            if i == 0 and gi == 0 and args.sample_prompts:
+                write_png(args.out / "samples.png", video_grid(videos[: args.sample_prompts]))
+                log["sample_prompts"] = prompts[: args.sample_prompts]
+            if args.eval_prompts:
+                result = evaluate.score(evaluate.videos_to_frames(videos[: args.eval_prompts]),
+                                        prompts[: args.eval_prompts])
+                result["seconds"] = round(time.time() - t0, 1)
+                result["guidance"] = guidance
+                log["eval"][key] = result
+                print(f"eval {key}: " + json.dumps({k: v for k, v in result.items() if not k.startswith("objects")}),
+                      flush=True)
+            (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
     log["total_seconds"] = round(time.time() - START, 1)
     (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
     shutil.rmtree(scratch, ignore_errors=True)
