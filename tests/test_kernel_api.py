@@ -143,3 +143,24 @@ def test_bench_command_rejects_bad_options(args, message):
                           timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+def test_host_window_tables_are_copied_to_a_device_once_per_distinct_table():
+    from sta_search.kernels.sta import tables
+
+    host = normalize_windows([(1, 2, 3), (3, 3, 3)], 2)
+    assert host.dtype == torch.int32 and host.device.type == "cpu"
+    assert tables.device_windows(host, "cpu").tolist() == [[1, 2, 3], [3, 3, 3]]
+    first = tables._cached(((1, 2, 3), (3, 3, 3)), torch.device("cpu"))
+    assert tables._cached(((1, 2, 3), (3, 3, 3)), torch.device("cpu")) is first
+    assert tables._cached(((1, 2, 3), (3, 3, 4)), torch.device("cpu")) is not first
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_host_window_table_reaches_the_gpu_without_a_new_copy_per_call():
+    from sta_search.kernels.sta import tables
+
+    a = tables.device_windows(normalize_windows((3, 3, 3), 4), torch.device("cuda"))
+    b = tables.device_windows(normalize_windows([3, 3, 3], 4), "cuda")
+    assert a is b and a.device.type == "cuda" and a.dtype == torch.int32 and a.tolist() == [[3, 3, 3]] * 4

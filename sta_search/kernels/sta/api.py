@@ -6,6 +6,7 @@ import torch
 
 from .. import backends
 from ..geometry import Geometry, from_tiles, to_tiles
+from .tables import device_windows
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -36,7 +37,7 @@ def normalize_windows(windows, heads: int, device=None) -> torch.Tensor:
     if on_host and (w < 1).any():
         bad = w[(w < 1).any(dim=1)][0].tolist()
         raise ValueError(f"window entries must be >= 1, got {bad}")
-    return w.to(device=w.device if device is None else device, dtype=torch.int32).contiguous()
+    return device_windows(w, w.device if device is None else device)
 
 
 def _validate(q, k, v, geometry: Geometry, text_len: int, text_mask):

@@ -39,6 +39,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ..geometry import Geometry
+from .tables import device_windows
 from . import gluon_fwd
 from .gluon_fwd import (BLOCK_N, LOG2E, QUERY_ROWS, WG_ROWS, _clamped_window, _copy_video_rows, _mask_padding,
                         _softmax, _video_row)
@@ -454,7 +455,7 @@ def _run(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, la
     # without text the descriptor is never read: any one of the right block shape (as gluon_fwd does)
     ot_desc = (gluon_fwd._rows_descriptor(out, text_start, text_len, QUERY_ROWS) if text_len
                else gluon_fwd._rows_descriptor(out, 0, S, QUERY_ROWS))
-    windows = windows.to(device=q.device, dtype=torch.int32).contiguous()
+    windows = device_windows(windows, q.device)
     if text_len and text_mask is not None:
         mask_arg = text_mask.to(device=q.device, dtype=torch.int8).contiguous()
         stride_tb, stride_tm = mask_arg.stride()

@@ -29,6 +29,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ..geometry import Geometry
+from .tables import device_windows
 from . import triton_fwd
 from .row_gather import run_compact
 
@@ -506,7 +507,7 @@ def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, vid
     smem = (2 * QUERY_ROWS + 2 * stages * BLOCK_N) * D * q.element_size()
     if smem > SMEM_LIMIT:
         raise ValueError(f"{stages} K/V stages at head dim {D} need {smem} bytes of shared memory (> {SMEM_LIMIT})")
-    windows = windows.to(device=q.device, dtype=torch.int32).contiguous()
+    windows = device_windows(windows, q.device)
     if natural:
         video = [_canvas_descriptor(x, geometry, video_start, blk)
                  for x, blk in ((q, QUERY_ROWS), (k, BLOCK_N), (v, BLOCK_N), (out, QUERY_ROWS))]

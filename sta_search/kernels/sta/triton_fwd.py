@@ -47,6 +47,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .._interpreter import patch_interpreter
 from ..geometry import Geometry
+from .tables import device_windows
 
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 LOG2E = 1.4426950408889634
@@ -587,7 +588,7 @@ def sta_triton_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry
 def _run_tiled(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, out, config, compact: bool):
     D = q.shape[-1]
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    windows = windows.to(device=q.device, dtype=torch.int32).contiguous()
+    windows = device_windows(windows, q.device)
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
     elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device or out.stride(-1) != 1:
@@ -654,7 +655,7 @@ def sta_triton_natural(q, k, v, geometry: Geometry, windows: torch.Tensor, text_
     elif out.shape != q.shape or out.dtype != q.dtype or not _natural_layout_ok(out, out, out, geometry,
                                                                                         config)[0]:
         raise ValueError(f"out must match q ({tuple(q.shape)}, {q.dtype}) in a TMA-compatible layout")
-    windows = windows.to(device=q.device, dtype=torch.int32).contiguous()
+    windows = device_windows(windows, q.device)
     video_start, text_start = (text_len, 0) if text_first else (0, geometry.video_len)
     return _launch(q, k, v, out, geometry, windows, text_len, text_start, text_mask, scale, config, natural=True,
                    video_start=video_start)
