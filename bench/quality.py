@@ -141,6 +141,9 @@ def parse_args(argv=None):
     p.add_argument("--objectives", nargs="+", default=[], choices=("squared-error", "recall"),
                    help="study v2: also the solver with these objectives, at argmin-capped's density (the 0.5 dB "
                         "target's comparison)")
+    p.add_argument("--solver-variants", nargs="+", default=[], choices=tuple(SOLVER_VARIANTS),
+                   help="study v2: also these solver variants at argmin-capped's density: budget-per-step (every "
+                        "sparse step holds the budget on its own), layer (one window per layer and head)")
     p.add_argument("--uniform-windows", nargs="+", default=[],
                    help="also run these uniform windows t,h,w (whatever their in-sample error)")
     p.add_argument("--configs", nargs="+", default=None, help="run only the configs with these names")
@@ -607,7 +610,12 @@ def paper_fixed(profile, info, budget: float, dense_steps):
                                    "predicted_error": insample_cost(profile, config), "density": config.density()})
 
 
-def build_configs_v2(profile, info, densities, extra_objectives=()):
+#: study v2 solver variants (--solver-variants): config name stem -> SelectOptions fields
+SOLVER_VARIANTS = {"budget-per-step": ("solver-error-step-per-step", dict(budget_scope="step")),
+                   "layer": ("solver-error-layer", dict(granularity="layer"))}
+
+
+def build_configs_v2(profile, info, densities, extra_objectives=(), solver_variants=()):
     """Ordered (name, method, target density, config) list of study v2 (module docstring): the target
     comparisons at 0.3 and 0.2 first (argmin capped runs at these only), then 0.42, argmin (uncapped) and
     the remaining densities. ``extra_objectives`` (e.g. ``squared-error``): the solver with that objective too,
@@ -637,7 +645,9 @@ def build_configs_v2(profile, info, densities, extra_objectives=()):
         return [(f"argmin-capped@{d:g}", "argmin, candidates <= budget", d, config),
                 (f"solver-error-step@argmin-capped{d:g}", "budget solver at argmin-capped's density", ad, solver(ad))] + [
                 (f"solver-{objective}-step@argmin-capped{d:g}", f"budget solver ({objective}) at argmin-capped's density",
-                 ad, solver(ad, objective=objective)) for objective in extra_objectives]
+                 ad, solver(ad, objective=objective)) for objective in extra_objectives] + [
+                (f"{SOLVER_VARIANTS[v][0]}@argmin-capped{d:g}", f"budget solver ({v}) at argmin-capped's density",
+                 ad, solver(ad, **SOLVER_VARIANTS[v][1])) for v in solver_variants]
 
     targeted = [d for d in sorted(densities, key=lambda d: (abs(d - 0.3), d)) if d in V2_TARGET_DENSITIES]
     rest = sorted(d for d in densities if d not in V2_TARGET_DENSITIES)
@@ -764,7 +774,7 @@ def run_seed(args, loaded, settings, seed: int, split: int, suffix: str, out: di
 
     t0 = time.perf_counter()
     if plan == "v2":
-        configs = build_configs_v2(profile, info, densities, tuple(args.objectives))
+        configs = build_configs_v2(profile, info, densities, tuple(args.objectives), tuple(args.solver_variants))
     else:
         configs = build_configs(profile, info, densities, variants=not (args.no_variants or args.quick))
     for text in args.uniform_windows:
@@ -892,6 +902,12 @@ def comparisons(densities, plan: str = "v1") -> list[tuple[str, str, str]]:
                         f"solver-squared-error-step@argmin-capped{d:g}", f"argmin-capped@{d:g}"))
             out.append((f"solver_squared_error_minus_solver_error_matched@{d:g}",
                         f"solver-squared-error-step@argmin-capped{d:g}", f"solver-error-step@argmin-capped{d:g}"))
+            for stem, _ in SOLVER_VARIANTS.values():  # --solver-variants (reported where they ran)
+                label = stem.replace("-", "_")
+                out.append((f"{label}_minus_argmin_capped_matched@{d:g}", f"{stem}@argmin-capped{d:g}",
+                            f"argmin-capped@{d:g}"))
+                out.append((f"{label}_minus_solver_error_matched@{d:g}", f"{stem}@argmin-capped{d:g}",
+                            f"solver-error-step@argmin-capped{d:g}"))
     out.append(("solver_minus_argmin_matched", "solver-error-step@argmin", "argmin"))
     if plan == "v2":
         out.append(("solver_minus_uniform_at_argmin_density", "solver-error-step@argmin", "uniform@argmin"))

@@ -15,7 +15,8 @@
 #
 # Knobs (environment): QUALITY_BUDGET (default 165), HARD_QUALITY (200), LOCALITY_BUDGET (30),
 # HARD_LOCALITY (40), SEEDS ("0 1 2 3 4"), DEVICE (cuda when available), PYTHON (python3), OBJECTIVES (extra
-# solver objectives at argmin-capped's density, e.g. "squared-error"; default none).
+# solver objectives at argmin-capped's density, e.g. "squared-error"; default none), SOLVER_VARIANTS (extra solver
+# variants there: "budget-per-step", "layer"; default none).
 set -uo pipefail
 
 OUT=${1:?usage: bench/small_study_job.sh OUTDIR [--quick]}
@@ -53,6 +54,10 @@ fi
 if [ -n "${OBJECTIVES:-}" ]; then
     # shellcheck disable=SC2206
     quality_args+=(--objectives $OBJECTIVES)
+fi
+if [ -n "${SOLVER_VARIANTS:-}" ]; then
+    # shellcheck disable=SC2206
+    quality_args+=(--solver-variants $SOLVER_VARIANTS)
 fi
 
 stamp "device $DEVICE; $($PY -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "")' 2>&1 | tail -n 1)"

@@ -56,6 +56,9 @@ OBJECTIVES = ("error", "squared-error", "recall")
 ERROR_OBJECTIVES = ("error", "squared-error")
 STRATEGIES = ("budget", "argmin")
 GRANULARITIES = ("step", "layer")
+#: where the density budget holds: over the whole run (the solver may move density between sparse steps), or at
+#: every sparse step on its own (each step's (layer, head) groups solve their own knapsack at the same budget)
+BUDGET_SCOPES = ("run", "step")
 CANDIDATE_SETS = ("auto", "shortlist", "all")
 DEFAULT_FULL_STEP_FRACTION = 0.24  # the STA paper keeps 12 of 50 steps dense
 
@@ -234,6 +237,7 @@ class SelectOptions:
     granularity: str = "step"
     objective: str = "error"
     strategy: str = "budget"
+    budget_scope: str = "run"
     candidates: str = "auto"
     folds: int = 5
     results_dir: str | None = None
@@ -447,9 +451,12 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
                    cost_model: CostModel | None = None) -> Selection:
     """Choose windows from one or several (merged) profiles; see the module docstring."""
     profile = profiles if isinstance(profiles, Profile) else merge_profiles(list(profiles))
-    for name, allowed in (("strategy", STRATEGIES), ("granularity", GRANULARITIES)):
+    for name, allowed in (("strategy", STRATEGIES), ("granularity", GRANULARITIES), ("budget_scope", BUDGET_SCOPES)):
         if getattr(options, name) not in allowed:
-            raise UserError(f"{name} {getattr(options, name)!r} is not one of {', '.join(allowed)}")
+            raise UserError(f"{name.replace('_', ' ')} {getattr(options, name)!r} is not one of {', '.join(allowed)}")
+    if options.budget_scope == "step" and (options.granularity != "step" or options.strategy != "budget"):
+        raise UserError("budget scope 'step' needs --granularity step and --strategy budget (a per-step budget "
+                        "splits the (step, layer, head) groups by step)")
     if profile.num_prompts == 0:
         raise UserError("the profile holds no prompts yet: profile at least one prompt")
     cost_model = cost_model or load_cost_model(options.results_dir)
@@ -477,6 +484,10 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
         C, weights = _group_costs(mean_cost, layout, options.granularity)
         if options.strategy == "argmin":
             return solve_argmin(C, ~cands.is_full[None, :]), None
+        if options.budget_scope == "step":  # C's rows are the active (step, layer, head) groups, step by step
+            bounds = np.cumsum([0] + [int(layout.active[i].sum()) * H for i in range(S)])
+            return np.concatenate([solve_budget(C[a:b], cands.densities, budget).choice
+                                   for a, b in zip(bounds[:-1], bounds[1:]) if b > a]), None
         solution = _solve_weighted(C, cands.densities, weights, budget)
         return solution.choice, solution
 
@@ -497,6 +508,7 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
         "strategy": options.strategy,
         "objective": options.objective,
         "granularity": options.granularity,
+        "budget_scope": options.budget_scope,
         "candidates": f"{cands.source} ({len(cands.windows)} windows)",
         "budget": budget,
         "density": density,

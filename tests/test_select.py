@@ -178,6 +178,28 @@ def test_budget_solution_beats_argmin_at_the_same_density(seed):
     assert budget.summary["predicted_error"] <= argmin.summary["predicted_error"] + 1e-6
 
 
+def test_step_budget_scope_holds_the_budget_at_every_sparse_step(seed, tmp_path):
+    profile = synthetic_profile(prompts=3, steps=10, profile_steps=[0, 3, 6, 9], rng=seed)
+    g = profile.geometry
+
+    def step_densities(config):
+        return [np.mean([g.tile_density(tuple(int(x) for x in w)) for w in config.windows[s].reshape(-1, 3)])
+                for s in config.sparse_steps]
+
+    per_run = select_windows(profile, SelectOptions(budget=0.3))
+    per_step = select_windows(profile, SelectOptions(budget=0.3, budget_scope="step"))
+    assert per_step.summary["budget_scope"] == "step" and per_run.summary["budget_scope"] == "run"
+    assert max(step_densities(per_step.config)) <= 0.3 + 1e-12
+    # the run-wide solve may move density between steps, so it can only do better in total
+    assert per_step.summary["predicted_error"] >= per_run.summary["predicted_error"] - 1e-9
+    profile.save(tmp_path / "p")
+    result = subprocess.run([sys.executable, "-m", "sta_search", "select", str(tmp_path / "p"), "--budget", "0.3",
+                             "--budget-scope", "sometimes", "--out", str(tmp_path / "m.yaml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "'sometimes'" in result.stderr, result.stderr
+    assert not (tmp_path / "m.yaml").exists()
+
+
 def test_heldout_needs_two_prompts():
     summary = select_windows(synthetic_profile(prompts=1), SelectOptions(budget=0.5)).summary
     assert summary["heldout_error"] is None
@@ -211,6 +233,8 @@ def test_default_full_steps_is_about_a_quarter():
         (SelectOptions(budget=0.5, granularity="block"), "granularity"),
         (SelectOptions(budget=0.5, candidates="all"), "shortlist"),
         (SelectOptions(budget=0.5, strategy="argmin"), "has no budget"),
+        (SelectOptions(budget=0.5, budget_scope="layer"), "budget scope 'layer' is not one of run, step"),
+        (SelectOptions(budget=0.5, budget_scope="step", granularity="layer"), "needs --granularity step"),
     ],
 )
 def test_select_user_errors(options, message):

@@ -132,13 +132,19 @@ def test_v2_configs_respect_budgets(quality, seed):
     profile = synthetic_profile(prompts=3, rng=seed, canvas=(8, 12, 40), tile=(2, 2, 4),
                                 error_windows=((1, 1, 1), (1, 3, 3), (3, 3, 3), (3, 3, 5), (3, 5, 5), (4, 6, 10)))
     info = type("Info", (), {k: profile.model[k] for k in ("family", "transformer_class", "num_layers", "num_heads")})
-    configs = quality.build_configs_v2(profile, info, [0.2, 0.3], extra_objectives=("squared-error",))
+    configs = quality.build_configs_v2(profile, info, [0.2, 0.3], extra_objectives=("squared-error",),
+                                       solver_variants=("budget-per-step", "layer"))
     names = [c[0] for c in configs]
     assert names[:3] == ["solver-error-step@0.3", "uniform@0.3", "paper-fixed@0.3"]
-    assert names[3:6] == ["argmin-capped@0.3", "solver-error-step@argmin-capped0.3",
-                          "solver-squared-error-step@argmin-capped0.3"]
+    assert names[3:8] == ["argmin-capped@0.3", "solver-error-step@argmin-capped0.3",
+                          "solver-squared-error-step@argmin-capped0.3", "solver-error-step-per-step@argmin-capped0.3",
+                          "solver-error-layer@argmin-capped0.3"]
     by_name = {c[0]: c[3] for c in configs}
     assert by_name["solver-squared-error-step@argmin-capped0.3"].summary["objective"] == "squared-error"
+    assert by_name["solver-error-step-per-step@argmin-capped0.3"].summary["budget_scope"] == "step"
+    assert by_name["solver-error-layer@argmin-capped0.3"].summary["granularity"] == "layer"
+    labels = [c[0] for c in quality.comparisons([0.3], "v2")]
+    assert "solver_error_step_per_step_minus_argmin_capped_matched@0.3" in labels
     for name, _, target, config in configs:
         assert config.dense_steps == configs[0][3].dense_steps
         if target is not None:

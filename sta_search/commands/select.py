@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         full_steps: Optional[int] = options.non_negative_option(None, "--full-steps", help="Dense steps at the start (default: round(0.24 * steps), the paper's 12 of 50).", maximum=options.MAX_STEPS),
         granularity: str = typer.Option("step", "--granularity", help="step: a window per (step, layer, head); layer: one per (layer, head) for all sparse steps."),
         objective: str = typer.Option("error", "--objective", help="error: relative L2 output error; squared-error: its square (the total then weighs the worst (step, layer, head) entries more, as a video's squared error would if the errors added independently); recall: 1 - attention recall."),
+        budget_scope: str = typer.Option("run", "--budget-scope", help="run: the budget holds for the sparse steps together (the solver may give some steps more density than others); step: every sparse step holds it on its own (constant attention cost per step)."),
         strategy: str = typer.Option("budget", "--strategy", help="budget: optimal under the budget; argmin: FastVideo's per-head argmin (no budget)."),
         candidates: str = typer.Option("auto", "--candidates", help="shortlist (windows with measured errors) or all (every window; recall only) (default: shortlist for error, all for recall)."),
         folds: int = options.positive_option(5, "--folds", help="Folds over prompts for the held-out error (leave-one-out with fewer prompts).", maximum=options.MAX_PROMPTS),
@@ -82,6 +83,7 @@ def register(app: typer.Typer) -> None:
             if target == "pixels":
                 target = canvas_from_pixels(profile.header, height, width, frames)
             opts = SelectOptions(budget=budget, sparsity=sparsity, speedup=speedup, full_steps=full_steps,
+                                 budget_scope=budget_scope,
                                  granularity=granularity, objective=objective, strategy=strategy,
                                  candidates=candidates, folds=folds, results_dir=results,
                                  heldout_tolerance=heldout_tolerance)
