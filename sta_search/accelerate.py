@@ -59,7 +59,13 @@ def check_config(config, info, canvas=None, steps: int | None = None, *, tile=No
     try:
         config.validate(info, config.canvas if canvas is None else canvas, steps, tile=tile)
     except UserError as exc:
-        raise UserError(f"{exc}{f' ({declared})' if declared else ''}") from None
+        text, hints = str(exc), []
+        if declared and ("canvas:" in text or "tile:" in text):  # where the run's size or tile came from
+            hints.append(declared)
+        if "canvas:" in text and canvas is not None:
+            hints.append("a config for this canvas: sta-search select PROFILE --canvas "
+                         f"{','.join(str(int(c)) for c in canvas)} --add-to MASK")
+        raise UserError(text + (f" ({'; '.join(hints)})" if hints else "")) from None
     try:
         Geometry(tuple(config.canvas), tuple(config.tile))
     except ValueError as exc:

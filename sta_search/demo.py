@@ -50,6 +50,19 @@ def _prompt_grammar(model: str = "tiny"):
     return data
 
 
+def _check_sta_backend(backend: str, loaded, device: str, dtype, size, tile) -> None:
+    """UserError (exit 2) before any work when ``--backend`` cannot run this model here, as `generate` says it."""
+    import torch
+
+    from .generate import _check_backend
+    from .kernels.geometry import Geometry
+
+    info = loaded.adapter.info(loaded.transformer, loaded.transformer_2)
+    height, width, frames = size
+    canvas = tuple(int(c) for c in loaded.adapter.canvas(loaded.transformer, height, width, frames))
+    _check_backend(backend, info, torch.device(device), dtype, Geometry(canvas, tuple(tile)))
+
+
 def demo_prompts(quick: int = 4, heldout: int = 2, model: str = "tiny") -> tuple[list[str], list[str]]:
     """(`quick` prompts to profile, `heldout` other prompts to generate), deterministic."""
     data = _prompt_grammar(model)
@@ -113,15 +126,28 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
     missing = [name for name, value in (("--steps", steps), ("--height", height), ("--width", width),
                                         ("--frames", frames), ("tile", tile)) if value is None]
     if missing:
-        raise UserError(f"model {settings.model!r} has no sta_search.json with its recommended settings "
-                        f"(missing: {', '.join(missing)}); the demo runs bundled models or folders that have one")
+        from .models.loading import MODEL_DEFAULTS_FILE, resolve_model_path
+
+        folder, _ = resolve_model_path(settings.model)
+        if not (folder / "model_index.json").is_file():
+            raise UserError(f"--model {settings.model!r} is not a diffusers pipeline folder (no model_index.json); "
+                            "the demo runs the bundled models (tiny, small) or a pipeline folder")
+        raise UserError(f"--model {settings.model!r} has no {MODEL_DEFAULTS_FILE} with its recommended steps, size "
+                        f"and tile (missing: {', '.join(m.lstrip('-') for m in missing)}); the demo runs the bundled "
+                        f"models (tiny, small) or pipeline folders that have one (use profile/select/generate, "
+                        "which take these as options)")
     tile = tuple(int(t) for t in tile)
+    if settings.full_steps is not None and not 0 <= settings.full_steps < steps:
+        raise UserError(f"--full-steps {settings.full_steps} must be in [0, {steps}) for the demo's {steps} steps")
     device = str(resolve_device(settings.device))
     threads = None
     if device == "cpu" or settings.threads is not None:
         from .cpu_threads import apply_threads
 
         threads = apply_threads(settings.threads)
+    dtype = resolve_dtype(None, device)
+    loaded = load_model(settings.model, device, dtype)
+    _check_sta_backend(settings.backend, loaded, device, dtype, (height, width, frames), tile)
     if out.exists() and any(out.iterdir()):  # --overwrite; only after every check passed
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,13 +158,14 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
     where = f"{device}, {threads.threads} thread{'s' if threads.threads > 1 else ''}" if threads else device
     console.print(f"[bold]1/4 profile[/] {settings.model} on {len(quick)} prompts, {steps} steps, tile {tile} "
                   f"({where})")
-    dtype = resolve_dtype(None, device)
-    loaded = load_model(settings.model, device, dtype)
+    from .kernels.recall import RECALL_BACKENDS
+
     profile = run_profile(
         ProfileSettings(model=settings.model, prompts=tuple(quick), steps=steps, height=height,
                         width=width, frames=frames, seed=settings.seed, tile=tile,
                         profile_steps=settings.profile_every, windows=tuple(settings.error_windows),
-                        device=device, backend=settings.backend),
+                        device=device,  # --backend is the STA kernel's; the profiler's own pass picks itself
+                        backend=settings.backend if settings.backend in RECALL_BACKENDS else "auto"),
         out / "profile", loaded=loaded,
         progress=LogProgress(lambda line: console.print("  " + line, markup=False, highlight=False)))
     timings["profile_s"] = time.perf_counter() - t0

@@ -276,7 +276,9 @@ def generate(settings: GenerateSettings, console=None) -> dict:
                                              loaded.adapter)  # UserError: missing/bad/unwanted
         config = check_config(config, info, canvas, steps, tile=declared.get("tile"),
                               declared="the model's sta_search.json declares its default size and tile; pass "
-                              "--height, --width and --frames to run at another size" if declared else "")
+                              "--height, --width and --frames to run at another size"
+                              if declared and settings.height is None and settings.width is None
+                              and settings.frames is None else "")
         check_experts(config, loaded, steps)  # of the entry for this canvas
         _check_backend(settings.backend, info, device, dtype, Geometry(canvas, tuple(config.tile)),
                        settings.precision)

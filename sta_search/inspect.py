@@ -31,7 +31,13 @@ def load_artifact(path) -> Profile | MaskConfig:
 def _window_arg(window, profile_or_grid) -> tuple[int, int, int]:
     grid = profile_or_grid.grid if hasattr(profile_or_grid, "grid") else profile_or_grid
     w = parse_window(window, "--window")
-    return tuple(min(a, n) for a, n in zip(w, grid))  # type: ignore[return-value]
+    clipped = tuple(min(a, n) for a, n in zip(w, grid))
+    if clipped != tuple(w):
+        import logging
+
+        logging.getLogger(__name__).warning("--window %s is larger than the %s tile grid: using %s",
+                                            ",".join(map(str, w)), tuple(grid), ",".join(map(str, clipped)))
+    return clipped  # type: ignore[return-value]
 
 
 def default_window(profile: Profile) -> tuple[int, int, int]:

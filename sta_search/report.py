@@ -189,6 +189,18 @@ def check_output_folder(path, what: str = "--out") -> Path:
     return path
 
 
+#: what `sta-search generate` writes into its --out folder (videos, a .gif where imageio-ffmpeg is missing)
+GENERATE_OUTPUTS = ("report.json", "*.mp4", "*.gif")
+
+
+def earlier_run_files(path, patterns=GENERATE_OUTPUTS) -> list[Path]:
+    """Files of an earlier run in the folder `path` (top level, by `patterns`), sorted; [] when there is none."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return sorted({p for pattern in patterns for p in path.glob(pattern) if p.is_file()})
+
+
 @contextlib.contextmanager
 def removed_if_left_empty(path):
     """Around a command that creates the folder `path`: when the block fails and `path` did not exist

@@ -463,7 +463,7 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
     steps = profile.steps
     full_steps = round(DEFAULT_FULL_STEP_FRACTION * steps) if options.full_steps is None else int(options.full_steps)
     if not 0 <= full_steps < steps:
-        raise UserError(f"--full-steps {full_steps} must be in [0, {steps}) for a {steps}-step profile")
+        raise UserError(f"--full-steps {full_steps} must be in [0, {steps}): the profile has {steps} steps")
     dense_steps = tuple(range(full_steps))
     computed = _computed_steps(profile)  # a step cache's skipped steps get no windows of their own
     sparse_steps = tuple(s for s in range(full_steps, steps) if computed[s])

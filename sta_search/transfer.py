@@ -253,7 +253,7 @@ def resolve_from_offsets(profile, canvas: Sequence[int], options=None, *, tile: 
     steps = profile.steps
     full_steps = round(DEFAULT_FULL_STEP_FRACTION * steps) if options.full_steps is None else int(options.full_steps)
     if not 0 <= full_steps < steps:
-        raise UserError(f"--full-steps {full_steps} must be in [0, {steps}) for a {steps}-step profile")
+        raise UserError(f"--full-steps {full_steps} must be in [0, {steps}): the profile has {steps} steps")
     dense_steps = tuple(range(full_steps))
     sparse_steps = tuple(range(full_steps, steps))
     layout = StepLayout.of(profile, sparse_steps)  # nearest profiled step (of the layer's expert, two experts)

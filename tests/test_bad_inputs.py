@@ -40,6 +40,10 @@ def files(tmp_path_factory):
     f["folder"] = root / "a-folder"
     f["folder"].mkdir()
     (f["folder"] / "keep.txt").write_text("x")
+    f["run_folder"] = root / "a-run"  # what an earlier `generate` left
+    f["run_folder"].mkdir()
+    (f["run_folder"] / "report.json").write_text("{}")
+    (f["run_folder"] / "000-x.mp4").write_bytes(b"")
     from sta_search import cli
 
     for source, mask in ((f["profile"], "mask"), (f["fastvideo_profile"], "fastvideo_mask")):
@@ -144,6 +148,8 @@ CASES = [
     ("generate-out-proc", ["generate", "tiny", "--mask", "{mask}", "--prompt", "x", "--out", "/proc/x"], ["/proc/x"]),
     ("generate-out-file", ["generate", "tiny", "--mask", "{mask}", "--prompt", "x", "--out", "{file}"],
      ["a-file.txt"]),
+    ("generate-out-holds-a-run", ["generate", "tiny", "--mask", "{mask}", "--prompt", "x", "--out", "{run_folder}"],
+     ["--force", "report.json"]),
     # ---- convert
     ("convert-missing", ["convert", "{root}/none.json", "--to", "yaml", "--canvas", "6,16,16"], ["none.json"]),
     ("convert-random-json", ["convert", "{random}", "--to", "yaml", "--canvas", "6,16,16", "--out", "{root}/c1.yaml"],
@@ -190,6 +196,10 @@ CASES = [
     ("demo-out-proc", ["demo", "--out", "/proc/x"], ["/proc/x"]),
     ("demo-out-file", ["demo", "--out", "{file}"], ["a-file.txt"]),
     ("demo-out-not-empty", ["demo", "--out", "{folder}"], ["--overwrite"]),
+    ("demo-gluon-on-cpu", ["demo", "--backend", "gluon", "--device", "cpu", "--out", "{root}/d6"],
+     ["--backend gluon", "--backend gather"]),
+    ("demo-full-steps-past-steps", ["demo", "--full-steps", "99", "--out", "{root}/d7"], ["--full-steps 99"]),
+    ("demo-profile-as-model", ["demo", "--model", "{profile}", "--out", "{root}/d8"], ["model_index.json"]),
 ]
 
 

@@ -65,6 +65,25 @@ def test_cli_end_to_end(kind, folders, tmp_path):
     assert report["mask"]["sha256"] and report["settings"]["seed"] == 3
 
 
+def test_cli_refuses_an_earlier_run_in_out_unless_forced(folders, tmp_path):
+    mask = _mask(folders["wan"], tmp_path / "mask.yaml", (1, 1, 1))
+    out = tmp_path / "out"
+    args = ("generate", folders["wan"], "--mask", mask, *SIZE, "--steps", STEPS, "--backend", "reference",
+            "--out", out, "--threads", 1)
+    assert _cli(*args, "--prompt", "a cat", "--compare-dense").returncode == 0
+    (out / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in out.iterdir())
+    refused = _cli(*args, "--prompt", "a dog")
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing touched
+    forced = _cli(*args, "--prompt", "a dog", "--force")
+    assert forced.returncode == 0, forced.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [v["prompt"] for v in report["videos"]] == ["a dog"] and report["settings"]["threads"] == 1
+    # the earlier run's dense and side-by-side videos are gone, the user's file stays
+    assert sorted(p.name for p in out.iterdir()) == sorted(["notes.txt", "report.json", report["videos"][0]["video"]])
+
+
 def test_compare_dense_with_full_windows_is_lossless(folders, tmp_path):
     mask = _mask(folders["wan"], tmp_path / "full.yaml", (9, 9, 9))
     prompts = tmp_path / "prompts.txt"

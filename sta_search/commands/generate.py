@@ -43,12 +43,23 @@ def register(app: typer.Typer) -> None:
                                                "`torchrun --nproc-per-node N -m sta_search generate ... --ulysses N`.", maximum=1024),
         image: Optional[str] = options.image_option(),
         cache: str = options.cache_option(),
+        threads: Optional[int] = options.positive_option(None, "--threads", help="Torch CPU threads (default on "
+                                                         "CPU: physical cores the load average leaves idle, >= 1).",
+                                                         maximum=4096),
+        force: bool = options.flag(False, "--force", help="Replace the videos and report.json of an earlier run in "
+                                   "--out (other files there are left alone)."),
     ):
         """Generate videos with the Sliding Tile Attention windows of a mask config."""
         prompt_list = options.prompts_from(prompt, prompts)  # before the heavy imports: a bad file fails at once
-        from ..report import check_output_folder, removed_if_left_empty
+        from ..report import check_output_folder, earlier_run_files, removed_if_left_empty
 
         check_output_folder(out)
+        earlier = earlier_run_files(out)
+        if earlier and not force:
+            from ..errors import UserError
+
+            raise UserError(f"--out {out} already holds a run ({', '.join(p.name for p in earlier[:3])}"
+                            f"{', ...' if len(earlier) > 3 else ''}); pass --force to replace it or choose another --out")
         from .. import distributed
         from ..generate import GenerateSettings, generate
 
@@ -56,7 +67,11 @@ def register(app: typer.Typer) -> None:
                                     seed=seed, steps=steps, height=height, width=width, frames=frames, dtype=dtype,
                                     device=device, compare_dense=compare_dense, compile=compile, backend=backend,
                                     precision=precision,
-                                    fps=fps, warmup_steps=warmup_steps, ulysses=ulysses, image=image, cache=cache)
+                                    fps=fps, warmup_steps=warmup_steps, ulysses=ulysses, image=image, cache=cache,
+                                    threads=threads)
+        if earlier and distributed.is_main_process():  # --force: only the earlier run's own files
+            for path in earlier:
+                path.unlink(missing_ok=True)
         with distributed.session(), removed_if_left_empty(out):
             report = generate(settings)
         if distributed.is_main_process():

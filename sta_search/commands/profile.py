@@ -43,6 +43,9 @@ def register(app: typer.Typer) -> None:
                                           "taylorseer, taylorseer-lite, mag, faster, pab; steps it skips are "
                                           "recorded and select "
                                           "chooses windows for the computed steps only."),
+        threads: Optional[int] = options.positive_option(None, "--threads", help="Torch CPU threads (default on "
+                                                         "CPU: physical cores the load average leaves idle, >= 1).",
+                                                         maximum=4096),
     ):
         """Run MODEL with full attention over a prompt set and record, for every profiled (step, layer, head),
         the recall of every STA window, the attention mass by tile offset and the output error of a window
@@ -74,6 +77,11 @@ def register(app: typer.Typer) -> None:
         )
         _quiet_loading_bars()
         console = Console(stderr=True)
+        if threads is not None or options.resolve_device(device).type == "cpu":
+            from ..cpu_threads import apply_threads
+
+            choice = apply_threads(threads)
+            console.print(f"torch CPU threads: {choice.threads} ({choice.why})", highlight=False)
         if distributed.launched_by_torchrun():  # torchrun --nproc-per-node N: prompts sharded over the ranks
             with distributed.session(), _RichProgress(console, enabled=distributed.is_main_process()) as sink:
                 result = distributed.sharded_profile(settings, out, resume=resume, progress=sink)
