@@ -77,11 +77,11 @@ def register(app: typer.Typer) -> None:
         )
         _quiet_loading_bars()
         console = Console(stderr=True)
+        choice = None
         if threads is not None or options.resolve_device(device).type == "cpu":
             from ..cpu_threads import apply_threads
 
-            choice = apply_threads(threads)
-            console.print(f"torch CPU threads: {choice.threads} ({choice.why})", highlight=False)
+            choice = apply_threads(threads)  # said with the result: an input error stays one line
         if distributed.launched_by_torchrun():  # torchrun --nproc-per-node N: prompts sharded over the ranks
             with distributed.session(), _RichProgress(console, enabled=distributed.is_main_process()) as sink:
                 result = distributed.sharded_profile(settings, out, resume=resume, progress=sink)
@@ -100,7 +100,8 @@ def register(app: typer.Typer) -> None:
             table.add_row(str(layer), *(f"{v:.3f}" for v in values))
         Console().print(table)
         where = result.header.get("statistics")
-        Console().print(f"profile written to {out}" + (f" (statistics: {where.split(':')[0]})" if where else ""),
+        Console().print(f"profile written to {out}" + (f" (statistics: {where.split(':')[0]})" if where else "")
+                        + (f"; torch CPU threads: {choice.threads} ({choice.why})" if choice else ""),
                         markup=False, highlight=False)
 
 
