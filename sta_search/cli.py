@@ -130,6 +130,13 @@ def run(argv: list[str] | None = None) -> None:
     except Exception as exc:
         # click usage errors (typer may vendor click, so match by shape) show themselves, exit code 2
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
+            if _state["debug"]:
+                exc.show()
+            else:  # one line, like every other input error: the message and where the options are listed
+                message = exc.format_message() if callable(getattr(exc, "format_message", None)) else str(exc)
+                ctx = getattr(exc, "ctx", None)
+                path = getattr(ctx, "command_path", None) or "sta-search"
+                listed = "commands" if " " not in path else "options"
+                print_error(f"{message} (`{path} --help` lists the {listed})")
             sys.exit(exc.exit_code)
         raise

@@ -90,6 +90,11 @@ def test_unknown_option_exits_2_without_traceback(capsys):
     assert _entry("select", "--budgt", "0.3", "somewhere") == 2
     err = capsys.readouterr().err
     assert "--budgt" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("error:") and "sta-search select --help" in err, repr(err)
+    for args in (["selekt"], ["select", "--budget", "abc"], ["generate", "tiny"]):
+        assert _entry(*args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error:"), repr(err)
 
 
 def test_user_error_text_is_printed_literally(tmp_path, capsys):
