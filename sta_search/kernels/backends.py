@@ -139,16 +139,16 @@ def can_run_reference(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdi
 
 
 # ------------------------------------------------------------------------- in-place natural-order paths
-def _gluon_boxes_in_place(q, k, v, geometry: Geometry) -> Verdict:
+def gluon_reads_tile_planes(geometry: Geometry) -> Verdict:
+    """Whether the Gluon kernel can read natural order in place through TMA boxes of whole tile planes. On padded
+    canvases its natural entry gathers compact tile order instead, unless asked for ``padded="in-place"``."""
     from .sta import gluon_fwd
 
     return gluon_fwd._natural_boxes_ok(geometry)
 
 
-def gluon_reads_tile_planes(geometry: Geometry) -> Verdict:
-    """Whether the Gluon kernel can read natural order in place through TMA boxes of whole tile planes. On padded
-    canvases its natural entry gathers compact tile order instead, unless asked for ``padded="in-place"``."""
-    return _gluon_boxes_in_place(None, None, None, geometry)
+def _gluon_boxes_in_place(q, k, v, geometry: Geometry) -> Verdict:
+    return gluon_reads_tile_planes(geometry)
 
 
 def _gluon_in_place(q, k, v, geometry: Geometry) -> Verdict:

@@ -71,6 +71,7 @@ def dense_and_tile_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geome
     from .. import backends
     from ..backends import can_run_fused_recall
     from ..sta import gluon_fwd
+    from ..sta.api import normalize_windows
     from ..sta.row_gather import run_compact
 
     ok, why = can_run_fused_recall(q, geometry)
@@ -87,7 +88,7 @@ def dense_and_tile_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geome
     chunk = math.ceil(H / math.ceil(H / most))  # even chunks: no small last launch
     scratch = torch.empty(chunk * P * (n + 1), dtype=torch.float32, device=q.device)
     lse2 = torch.empty(chunk * P, dtype=torch.float32, device=q.device)
-    windows = torch.tensor([geometry.grid] * H, dtype=torch.int32, device=q.device)
+    windows = normalize_windows(geometry.grid, H, device=q.device)  # the full window, one device copy per shape
     video_start, text_start = (text_len, 0) if text_first else (0, geometry.video_len)
     mass = torch.empty(B, H, n, n + 1, dtype=torch.float32, device=q.device)
     compact = backends.FUSED_RECALL_COMPACT_PADDED and not geometry.is_divisible
