@@ -103,7 +103,7 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
     from .inspect import plot_mask, plot_profile
     from .models import load_model
     from .profile import LogProgress, ProfileSettings, run_profile
-    from .select import SelectOptions, select_windows
+    from .select import SelectOptions, resolve_full_steps, select_windows
 
     console = console or Console(stderr=True)
     if not 0 < settings.budget <= 1:
@@ -137,8 +137,8 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
                         f"models (tiny, small) or pipeline folders that have one (use profile/select/generate, "
                         "which take these as options)")
     tile = tuple(int(t) for t in tile)
-    if settings.full_steps is not None and not 0 <= settings.full_steps < steps:
-        raise UserError(f"--full-steps {settings.full_steps} must be in [0, {steps}) for the demo's {steps} steps")
+    if settings.full_steps is not None:  # before any work (select would say it after profiling)
+        resolve_full_steps(settings.full_steps, steps, "the demo")
     device = str(resolve_device(settings.device))
     threads = None
     if device == "cpu" or settings.threads is not None:

@@ -420,6 +420,12 @@ def non_negative_option(default: int | None, *names: str, help: str, maximum: in
     return typer.Option(default, *names, help=help, callback=_bounded(non_negative_int, maximum))
 
 
+def threads_option(maximum: int | None = 4096):
+    """``--threads N``: torch's CPU thread count (``sta_search.cpu_threads`` picks one when it is not given)."""
+    return positive_option(None, "--threads", help="Torch CPU threads (default on CPU: physical cores the load "
+                           "average leaves idle, >= 1).", maximum=maximum)
+
+
 def seed_option(default: int = 0, help: str = "Random seed."):
     """``--seed``: 0 ... MAX_SEED."""
     return typer.Option(default, "--seed", help=help, callback=_seed)

@@ -403,12 +403,48 @@ def evaluate(choice_table: np.ndarray, cost: np.ndarray, layout: StepLayout) -> 
     return float(picked[layout.active].mean())
 
 
+def check_options(options: SelectOptions) -> None:
+    """UserError naming an unknown strategy, granularity or budget scope, or a budget scope they cannot take."""
+    for name, allowed in (("strategy", STRATEGIES), ("granularity", GRANULARITIES), ("budget_scope", BUDGET_SCOPES)):
+        if getattr(options, name) not in allowed:
+            raise UserError(f"{name.replace('_', ' ')} {getattr(options, name)!r} is not one of {', '.join(allowed)}")
+    if options.budget_scope == "step" and (options.granularity != "step" or options.strategy != "budget"):
+        raise UserError("budget scope 'step' needs --granularity step and --strategy budget (a per-step budget "
+                        "splits the (step, layer, head) groups by step)")
+
+
+def solve_groups(cost: np.ndarray, layout: StepLayout, densities: np.ndarray, is_full: np.ndarray,
+                 budget: float | None, options: SelectOptions) -> tuple[np.ndarray, Solution | None]:
+    """(candidate per group, the solution with its bound or None) for a ``(P, L, H, K)`` cost table, as
+    ``options`` ask: FastVideo's argmin over the non-full candidates, or the budget solver over the whole run or
+    step by step (``budget_scope``)."""
+    C, weights = _group_costs(cost, layout, options.granularity)
+    if options.strategy == "argmin":
+        return solve_argmin(C, ~is_full[None, :]), None
+    if options.budget_scope == "step":  # C's rows are the active (step, layer, head) groups, step by step
+        per_step = layout.active.sum(axis=1) * cost.shape[2]
+        bounds = np.cumsum(np.concatenate([[0], per_step]))
+        return np.concatenate([solve_budget(C[a:b], densities, budget).choice
+                               for a, b in zip(bounds[:-1], bounds[1:]) if b > a]), None
+    solution = _solve_weighted(C, densities, weights, budget)
+    return solution.choice, solution
+
+
 def _solve_weighted(C: np.ndarray, densities: np.ndarray, weights: np.ndarray | None, budget: float) -> Solution:
     """`solve_budget` with the density of group g counted ``weights[g]`` times (mean weight 1)."""
     if weights is None:
         return solve_budget(C, densities, budget)
     scaled = np.outer(weights / weights.mean(), densities)
     return solve_budget(C, scaled, budget)
+
+
+def resolve_full_steps(full_steps: int | None, steps: int, whose: str = "the profile") -> int:
+    """``--full-steps`` (None: the paper's share, :data:`DEFAULT_FULL_STEP_FRACTION`), checked against a run of
+    ``steps`` steps (UserError naming the value; ``whose`` says where the steps come from)."""
+    full_steps = round(DEFAULT_FULL_STEP_FRACTION * steps) if full_steps is None else int(full_steps)
+    if not 0 <= full_steps < steps:
+        raise UserError(f"--full-steps {full_steps} must be in [0, {steps}): {whose} has {steps} steps")
+    return full_steps
 
 
 def resolve_budget(options: SelectOptions, min_density: float, sparse_steps: int, dense_steps: int,
@@ -451,19 +487,12 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
                    cost_model: CostModel | None = None) -> Selection:
     """Choose windows from one or several (merged) profiles; see the module docstring."""
     profile = profiles if isinstance(profiles, Profile) else merge_profiles(list(profiles))
-    for name, allowed in (("strategy", STRATEGIES), ("granularity", GRANULARITIES), ("budget_scope", BUDGET_SCOPES)):
-        if getattr(options, name) not in allowed:
-            raise UserError(f"{name.replace('_', ' ')} {getattr(options, name)!r} is not one of {', '.join(allowed)}")
-    if options.budget_scope == "step" and (options.granularity != "step" or options.strategy != "budget"):
-        raise UserError("budget scope 'step' needs --granularity step and --strategy budget (a per-step budget "
-                        "splits the (step, layer, head) groups by step)")
+    check_options(options)
     if profile.num_prompts == 0:
         raise UserError("the profile holds no prompts yet: profile at least one prompt")
     cost_model = cost_model or load_cost_model(options.results_dir)
     steps = profile.steps
-    full_steps = round(DEFAULT_FULL_STEP_FRACTION * steps) if options.full_steps is None else int(options.full_steps)
-    if not 0 <= full_steps < steps:
-        raise UserError(f"--full-steps {full_steps} must be in [0, {steps}): the profile has {steps} steps")
+    full_steps = resolve_full_steps(options.full_steps, steps)
     dense_steps = tuple(range(full_steps))
     computed = _computed_steps(profile)  # a step cache's skipped steps get no windows of their own
     sparse_steps = tuple(s for s in range(full_steps, steps) if computed[s])
@@ -481,15 +510,7 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
     budget = resolve_budget(options, float(cands.densities.min()), S, full_steps, cost_model)
 
     def choose(mean_cost):
-        C, weights = _group_costs(mean_cost, layout, options.granularity)
-        if options.strategy == "argmin":
-            return solve_argmin(C, ~cands.is_full[None, :]), None
-        if options.budget_scope == "step":  # C's rows are the active (step, layer, head) groups, step by step
-            bounds = np.cumsum([0] + [int(layout.active[i].sum()) * H for i in range(S)])
-            return np.concatenate([solve_budget(C[a:b], cands.densities, budget).choice
-                                   for a, b in zip(bounds[:-1], bounds[1:]) if b > a]), None
-        solution = _solve_weighted(C, cands.densities, weights, budget)
-        return solution.choice, solution
+        return solve_groups(mean_cost, layout, cands.densities, cands.is_full, budget, options)
 
     choice, solution = choose(cands.mean_cost)
     table = _choice_table(choice, options.granularity, S, L, H, layout)

@@ -235,13 +235,11 @@ def resolve_from_offsets(profile, canvas: Sequence[int], options=None, *, tile: 
     from .costmodel import load_cost_model
     from .kernels.geometry import Geometry
     from .report import tool_version
-    from .select import (DEFAULT_FULL_STEP_FRACTION, GRANULARITIES, STRATEGIES, Selection, SelectOptions,
-                         StepLayout, _choice_table, _group_costs, _solve_weighted, resolve_budget, solve_argmin)
+    from .select import (Selection, SelectOptions, StepLayout, _choice_table, check_options, resolve_budget,
+                         resolve_full_steps, solve_groups)
 
     options = options or SelectOptions()
-    for name, allowed in (("strategy", STRATEGIES), ("granularity", GRANULARITIES)):
-        if getattr(options, name) not in allowed:
-            raise UserError(f"{name} {getattr(options, name)!r} is not one of {', '.join(allowed)}")
+    check_options(options)
     if profile.num_prompts == 0:
         raise UserError("the profile holds no prompts yet: profile at least one prompt")
     tile = tuple(int(v) for v in (tile or profile.tile))
@@ -251,9 +249,7 @@ def resolve_from_offsets(profile, canvas: Sequence[int], options=None, *, tile: 
         raise UserError(f"canvas {list(canvas)} with tile {list(tile)}: {exc}") from None
     cost_model = cost_model or load_cost_model(options.results_dir)
     steps = profile.steps
-    full_steps = round(DEFAULT_FULL_STEP_FRACTION * steps) if options.full_steps is None else int(options.full_steps)
-    if not 0 <= full_steps < steps:
-        raise UserError(f"--full-steps {full_steps} must be in [0, {steps}): the profile has {steps} steps")
+    full_steps = resolve_full_steps(options.full_steps, steps)
     dense_steps = tuple(range(full_steps))
     sparse_steps = tuple(range(full_steps, steps))
     layout = StepLayout.of(profile, sparse_steps)  # nearest profiled step (of the layer's expert, two experts)
@@ -270,13 +266,7 @@ def resolve_from_offsets(profile, canvas: Sequence[int], options=None, *, tile: 
     full = np.array([geometry.is_full(w) for w in windows])
     cost = (1.0 - recall).reshape(P, L, H, len(windows))
     budget = resolve_budget(options, float(densities.min()), S, full_steps, cost_model)
-    C, weights = _group_costs(cost, layout, options.granularity)
-    solution = None
-    if options.strategy == "argmin":
-        choice = solve_argmin(C, ~full[None, :])
-    else:
-        solution = _solve_weighted(C, densities, weights, budget)
-        choice = solution.choice
+    choice, solution = solve_groups(cost, layout, densities, full, budget, options)
     table = _choice_table(choice, options.granularity, S, L, H, layout)
     chosen = np.empty((steps, L, H, 3), dtype=np.int32)
     chosen[:] = np.asarray(geometry.grid, dtype=np.int32)
@@ -287,6 +277,7 @@ def resolve_from_offsets(profile, canvas: Sequence[int], options=None, *, tile: 
         "strategy": options.strategy,
         "objective": "recall (estimated from offset mass)",
         "granularity": options.granularity,
+        "budget_scope": options.budget_scope,
         "candidates": f"all ({len(windows)} windows)",
         "budget": budget,
         "density": density,

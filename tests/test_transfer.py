@@ -137,6 +137,17 @@ def test_resolve_meets_the_budget_on_the_new_canvas(canvas):
     assert config.dense_steps == (0, 1)  # select's default: round(0.24 * 8)
 
 
+def test_resolve_takes_the_per_step_budget_scope():
+    profile, canvas = synthetic_profile(3), (5, 13, 11)
+    geometry = Geometry(canvas, profile.tile)
+    config = resolve_from_offsets(profile, canvas, SelectOptions(budget=0.45, budget_scope="step")).config
+    per_step = [np.mean([geometry.density(tuple(w)) for w in np.asarray(config.windows)[s].reshape(-1, 3).tolist()])
+                for s in config.sparse_steps]
+    assert max(per_step) <= 0.45 + 1e-9 and config.summary["budget_scope"] == "step"
+    with pytest.raises(UserError, match="needs --granularity step"):
+        resolve_from_offsets(profile, canvas, SelectOptions(budget=0.45, budget_scope="step", granularity="layer"))
+
+
 def test_canvas_from_pixels():
     header = synthetic_profile(1).header  # canvas (4, 8, 8), 128x128 px, 13 frames, patch (1, 2, 2): VAE 8 / 4
     assert canvas_from_pixels(header, None, None, None) == (4, 8, 8)

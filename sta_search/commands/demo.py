@@ -29,8 +29,7 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = options.device_option(),
         backend: str = options.backend_option(),
         overwrite: bool = options.flag(False, "--overwrite", help="Replace a non-empty --out folder."),
-        threads: Optional[int] = options.positive_option(None, "--threads", help="Torch CPU threads (default on "
-                                                         "CPU: physical cores the load average leaves idle, >= 1)."),
+        threads: Optional[int] = options.threads_option(maximum=None),
     ):
         """Profile a bundled model (tiny), select windows at a budget, generate dense vs STA and report."""
         from ..report import check_output_folder, removed_if_left_empty

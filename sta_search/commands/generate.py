@@ -43,9 +43,7 @@ def register(app: typer.Typer) -> None:
                                                "`torchrun --nproc-per-node N -m sta_search generate ... --ulysses N`.", maximum=1024),
         image: Optional[str] = options.image_option(),
         cache: str = options.cache_option(),
-        threads: Optional[int] = options.positive_option(None, "--threads", help="Torch CPU threads (default on "
-                                                         "CPU: physical cores the load average leaves idle, >= 1).",
-                                                         maximum=4096),
+        threads: Optional[int] = options.threads_option(),
         force: bool = options.flag(False, "--force", help="Replace the videos and report.json of an earlier run in "
                                    "--out (other files there are left alone)."),
     ):

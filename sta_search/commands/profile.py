@@ -43,9 +43,7 @@ def register(app: typer.Typer) -> None:
                                           "taylorseer, taylorseer-lite, mag, faster, pab; steps it skips are "
                                           "recorded and select "
                                           "chooses windows for the computed steps only."),
-        threads: Optional[int] = options.positive_option(None, "--threads", help="Torch CPU threads (default on "
-                                                         "CPU: physical cores the load average leaves idle, >= 1).",
-                                                         maximum=4096),
+        threads: Optional[int] = options.threads_option(),
     ):
         """Run MODEL with full attention over a prompt set and record, for every profiled (step, layer, head),
         the recall of every STA window, the attention mass by tile offset and the output error of a window
