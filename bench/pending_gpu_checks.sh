@@ -7,8 +7,8 @@
 #    kernels in compact tile order;
 # 2. bench/compact_overhead.py: host vs device time of the compact natural-order call, now also with a tuple window
 #    (3.8 ms of host time a call in session 9, before kernels/sta/tables.py);
-# 3. bench/padded_canvas.py: effective rate of wan-480p / wan-720p against hunyuan-720p in one run;
-# 4. bench/softmax_ceiling.py: bf16 and FP8 kernel times with the softmax swapped for cheaper code (what FP8 can gain).
+# 3. bench/softmax_ceiling.py: bf16 and FP8 kernel times with the softmax swapped for cheaper code (what FP8 can gain);
+# 4. bench/padded_canvas.py: effective rate of wan-480p / wan-720p against hunyuan-720p in one run (last: measured in session 9).
 # Every step runs under `timeout` within what is left of the limit, so the job ends in time and keeps what finished.
 # The device returns at most 8 files: at the end everything under OUTDIR is packed into OUTDIR.tar.gz (one file)
 # and OUTDIR removed, so put OUTDIR under $OUT (e.g. $OUT/r -> $OUT/r.tar.gz).
@@ -33,7 +33,7 @@ nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 run 120 gpu-tests.log python3 -m pytest -q -m gpu tests/test_kernel_api.py tests/test_kernel_gluon.py \
     tests/test_kernel_triton.py -k "api or (compact and d128)" -p no:cacheprovider
 run 60 compact-overhead.log python3 bench/compact_overhead.py --out "$OUT"
-run 130 padded-canvas.log python3 bench/padded_canvas.py --out "$OUT" --time-budget 100
 run 200 softmax-ceiling.log python3 bench/softmax_ceiling.py --out "$OUT"
+run 130 padded-canvas.log python3 bench/padded_canvas.py --out "$OUT" --time-budget 100
 echo "[$SECONDS s] done" | tee -a "$OUT/job.log"
 tar czf "$OUT.tar.gz" -C "$(dirname "$OUT")" "$(basename "$OUT")" && rm -rf "$OUT" && echo "packed $OUT.tar.gz"
