@@ -143,7 +143,9 @@ def parse_args(argv=None):
                         "target's comparison)")
     p.add_argument("--solver-variants", nargs="+", default=[], choices=tuple(SOLVER_VARIANTS),
                    help="study v2: also these solver variants at argmin-capped's density: budget-per-step (every "
-                        "sparse step holds the budget on its own), layer (one window per layer and head)")
+                        "sparse step holds the budget on its own), layer (one window per layer and head), step-calibrated "
+                        "(each profiled step's costs weighted by its measured effect on the final video, "
+                        "sta_search.sensitivity)")
     p.add_argument("--uniform-windows", nargs="+", default=[],
                    help="also run these uniform windows t,h,w (whatever their in-sample error)")
     p.add_argument("--configs", nargs="+", default=None, help="run only the configs with these names")
@@ -612,14 +614,18 @@ def paper_fixed(profile, info, budget: float, dense_steps):
 
 #: study v2 solver variants (--solver-variants): config name stem -> SelectOptions fields
 SOLVER_VARIANTS = {"budget-per-step": ("solver-error-step-per-step", dict(budget_scope="step")),
-                   "layer": ("solver-error-layer", dict(granularity="layer"))}
+                   "layer": ("solver-error-layer", dict(granularity="layer")),
+                   # step weights measured per seed on the profiled prompts (sta_search.sensitivity; run_seed)
+                   "step-calibrated": ("solver-error-step-calibrated", dict())}
 
 
-def build_configs_v2(profile, info, densities, extra_objectives=(), solver_variants=()):
+def build_configs_v2(profile, info, densities, extra_objectives=(), solver_variants=(), variant_options=None):
     """Ordered (name, method, target density, config) list of study v2 (module docstring): the target
     comparisons at 0.3 and 0.2 first (argmin capped runs at these only), then 0.42, argmin (uncapped) and
     the remaining densities. ``extra_objectives`` (e.g. ``squared-error``): the solver with that objective too,
-    at argmin-capped's density (``solver-<objective>-step@argmin-capped<d>``)."""
+    at argmin-capped's density (``solver-<objective>-step@argmin-capped<d>``); ``solver_variants`` likewise,
+    with ``variant_options`` (variant -> SelectOptions fields) in place of `SOLVER_VARIANTS`' fields."""
+    variant_options = {v: SOLVER_VARIANTS[v][1] for v in solver_variants} | dict(variant_options or {})
     from sta_search.errors import UserError
     from sta_search.select import DEFAULT_FULL_STEP_FRACTION, SelectOptions, select_windows
 
@@ -647,7 +653,7 @@ def build_configs_v2(profile, info, densities, extra_objectives=(), solver_varia
                 (f"solver-{objective}-step@argmin-capped{d:g}", f"budget solver ({objective}) at argmin-capped's density",
                  ad, solver(ad, objective=objective)) for objective in extra_objectives] + [
                 (f"{SOLVER_VARIANTS[v][0]}@argmin-capped{d:g}", f"budget solver ({v}) at argmin-capped's density",
-                 ad, solver(ad, **SOLVER_VARIANTS[v][1])) for v in solver_variants]
+                 ad, solver(ad, **variant_options[v])) for v in solver_variants]
 
     targeted = [d for d in sorted(densities, key=lambda d: (abs(d - 0.3), d)) if d in V2_TARGET_DENSITIES]
     rest = sorted(d for d in densities if d not in V2_TARGET_DENSITIES)
@@ -735,6 +741,34 @@ def summarize(results: dict) -> dict:
     return checks
 
 
+def calibrate_steps(args, loaded, settings, profile, training, seed: int, densities):
+    """(`sta_search.sensitivity.StepSensitivity`, seconds): step weights measured on the profiled prompts from
+    their profiling seed, with the plain solver's selection at the first target density as the probe."""
+    from sta_search.accelerate import MaskAttention
+    from sta_search.models import dense_attention
+    from sta_search.select import DEFAULT_FULL_STEP_FRACTION, SelectOptions, select_windows
+    from sta_search.sensitivity import measure_step_sensitivity
+
+    t0 = time.perf_counter()
+    steps = args.steps or settings.steps
+    targeted = [d for d in sorted(densities, key=lambda d: (abs(d - 0.3), d)) if d in V2_TARGET_DENSITIES] or list(densities)
+    full_steps = round(DEFAULT_FULL_STEP_FRACTION * profile.steps)
+    probe = select_windows(profile, SelectOptions(budget=targeted[0], full_steps=full_steps)).config
+    generator = HeldoutGenerator(loaded, settings, training, steps, seed)
+    sta = "kernel" if getattr(args, "sta", "auto") == "auto" else args.sta
+
+    def render(config):
+        if config is None:
+            return generator.run(dense_attention, dense_steps=())
+        attention = MaskAttention(config, backend="auto") if sta == "kernel" else ConfigAttention(config)
+        return generator.run(attention, dense_steps=config.dense_steps)
+
+    sensitivity = measure_step_sensitivity(profile, probe, render, progress=lambda m: print(f"[seed {seed}] calibrate: {m}", flush=True))
+    print(f"[seed {seed}] step weights {[round(w, 3) for w in sensitivity.weights]} (profiled steps "
+          f"{list(sensitivity.profile_steps)}) in {time.perf_counter() - t0:.1f} s", flush=True)
+    return sensitivity, time.perf_counter() - t0
+
+
 def study_plan(args, kind: str) -> str:
     plan = getattr(args, "plan", "auto")
     return ("v2" if kind == "small" else "v1") if plan == "auto" else plan
@@ -774,7 +808,13 @@ def run_seed(args, loaded, settings, seed: int, split: int, suffix: str, out: di
 
     t0 = time.perf_counter()
     if plan == "v2":
-        configs = build_configs_v2(profile, info, densities, tuple(args.objectives), tuple(args.solver_variants))
+        variant_options = {}
+        if "step-calibrated" in args.solver_variants:
+            sensitivity, calibrate_s = calibrate_steps(args, loaded, settings, profile, training, seed, densities)
+            out["step_sensitivity"] = sensitivity.to_dict() | {"seconds": round(calibrate_s, 1)}
+            variant_options["step-calibrated"] = dict(step_weights=sensitivity.weights)
+        configs = build_configs_v2(profile, info, densities, tuple(args.objectives), tuple(args.solver_variants),
+                                   variant_options)
     else:
         configs = build_configs(profile, info, densities, variants=not (args.no_variants or args.quick))
     for text in args.uniform_windows:

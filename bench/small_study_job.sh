@@ -16,7 +16,7 @@
 # Knobs (environment): QUALITY_BUDGET (default 165), HARD_QUALITY (200), LOCALITY_BUDGET (30),
 # HARD_LOCALITY (40), SEEDS ("0 1 2 3 4"), DEVICE (cuda when available), PYTHON (python3), OBJECTIVES (extra
 # solver objectives at argmin-capped's density, e.g. "squared-error"; default none), SOLVER_VARIANTS (extra solver
-# variants there: "budget-per-step", "layer"; default none).
+# variants there: "budget-per-step", "layer", "step-calibrated" (step weights measured per seed); default none).
 set -uo pipefail
 
 OUT=${1:?usage: bench/small_study_job.sh OUTDIR [--quick]}

@@ -242,6 +242,10 @@ class SelectOptions:
     folds: int = 5
     results_dir: str | None = None
     heldout_tolerance: float = DEFAULT_TOLERANCE  # warn when held-out error > (1 + this) x in-sample (select_check)
+    #: one positive factor per profiled step (the profile's ``profile_steps`` order) multiplying that step's costs
+    #: for the solver: how far an attention error at that step moves the final video
+    #: (:mod:`sta_search.sensitivity`); None: every step counts the same
+    step_weights: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -438,6 +442,21 @@ def _solve_weighted(C: np.ndarray, densities: np.ndarray, weights: np.ndarray | 
     return solve_budget(C, scaled, budget)
 
 
+def resolve_step_weights(step_weights: Sequence[float] | None, profile: Profile) -> np.ndarray | None:
+    """``(profiled steps,)`` float64 weights, or None; UserError naming a wrong count or a weight that is not a
+    positive finite number."""
+    if step_weights is None:
+        return None
+    weights = np.asarray(step_weights, dtype=np.float64).reshape(-1)
+    if weights.size != len(profile.profile_steps):
+        raise UserError(f"step weights: {weights.size} given, the profile has {len(profile.profile_steps)} profiled "
+                        f"steps {list(profile.profile_steps)}")
+    bad = [float(w) for w in weights if not (np.isfinite(w) and w > 0)]
+    if bad:
+        raise UserError(f"step weights must be positive finite numbers, got {bad[0]!r}")
+    return weights
+
+
 def resolve_full_steps(full_steps: int | None, steps: int, whose: str = "the profile") -> int:
     """``--full-steps`` (None: the paper's share, :data:`DEFAULT_FULL_STEP_FRACTION`), checked against a run of
     ``steps`` steps (UserError naming the value; ``whose`` says where the steps come from)."""
@@ -509,8 +528,11 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
     cands = build_candidates(profile, options.objective, candidate_set)
     budget = resolve_budget(options, float(cands.densities.min()), S, full_steps, cost_model)
 
+    step_weights = resolve_step_weights(options.step_weights, profile)
+
     def choose(mean_cost):
-        return solve_groups(mean_cost, layout, cands.densities, cands.is_full, budget, options)
+        weighted = mean_cost if step_weights is None else mean_cost * step_weights[:, None, None, None]
+        return solve_groups(weighted, layout, cands.densities, cands.is_full, budget, options)
 
     choice, solution = choose(cands.mean_cost)
     table = _choice_table(choice, options.granularity, S, L, H, layout)
@@ -539,6 +561,8 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
         "predicted_speedup": cost_model.speedup(density, S, dense_computed),
         "cost_model": cost_model.source,
     }
+    if step_weights is not None:
+        summary["step_weights"] = [round(float(w), 4) for w in step_weights]
     if profile.header.get("cache"):
         summary["cache"] = profile.header["cache"]
         summary["cache_skipped_steps"] = [s for s in range(steps) if not computed[s]]

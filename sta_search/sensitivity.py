@@ -1,0 +1,151 @@
+"""How far an attention error at each denoising step moves the final video: step weights for the solver.
+
+The budget solver (:mod:`sta_search.select`) sums the profile's relative attention errors over every (step,
+layer, head) as if an error weighed the same at every step. It need not: an early error is partly undone by
+the later denoising, or grows through it, and the step sizes of the sampler differ. This module measures it.
+
+A *probe* config (a selection at the budget of interest) is run sparse only at the sparse steps that use one
+profiled step's statistics (the nearest-profiled-step mapping of the solver) and dense everywhere else, from
+the profiled prompts' own initial noise. That step's *gain* is the final video's relative RMS distance from
+the dense video divided by the probe's summed profile error at those steps (first order: final error ~ gain x
+attention error). The weights handed to ``SelectOptions(step_weights=...)`` are the gains over their mean;
+profiled steps no sparse step uses, or whose probe changes nothing, get weight 1 before that normalisation.
+
+Cost: one generation of the profiled prompts per profiled step that sparse steps use, plus one dense one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .artifacts import Profile
+from .errors import UserError
+from .maskconfig import MaskConfig
+
+
+@dataclass(frozen=True)
+class StepProbe:
+    """The probe config for one profiled step: sparse at ``steps`` (the sparse steps whose statistics come from
+    ``profile_steps[slot]``), dense elsewhere; ``attention_error``: its windows' summed mean profile error there."""
+
+    slot: int
+    steps: tuple[int, ...]
+    config: MaskConfig
+    attention_error: float
+
+
+@dataclass(frozen=True)
+class StepSensitivity:
+    """Per profiled step: the measured final-video error of its probe, the probe's summed attention error, their
+    ratio (gain; None where not measured) and the solver weight (gain over the mean gain; 1 where None)."""
+
+    profile_steps: tuple[int, ...]
+    final_error: tuple[float | None, ...]
+    attention_error: tuple[float | None, ...]
+    gains: tuple[float | None, ...]
+    weights: tuple[float, ...]
+    probe: str
+
+    def to_dict(self) -> dict:
+        def rounded(values):
+            return [None if v is None else float(f"{v:.6g}") for v in values]
+
+        return {"profile_steps": list(self.profile_steps), "final_error": rounded(self.final_error),
+                "attention_error": rounded(self.attention_error), "gains": rounded(self.gains),
+                "weights": rounded(self.weights), "probe": self.probe}
+
+
+def _sparse_slots(profile: Profile, config: MaskConfig) -> dict[int, tuple[int, ...]]:
+    """profiled-step index -> the config's sparse steps that use its statistics (nearest profiled step)."""
+    from .select import nearest_profiled
+
+    sparse = list(config.sparse_steps)
+    slots: dict[int, list[int]] = {}
+    for step, slot in zip(sparse, nearest_profiled(sparse, profile.profile_steps).tolist() if sparse else []):
+        slots.setdefault(int(slot), []).append(int(step))
+    return {slot: tuple(steps) for slot, steps in sorted(slots.items())}
+
+
+def step_probes(profile: Profile, config: MaskConfig) -> list[StepProbe]:
+    """One probe per profiled step that some sparse step of ``config`` uses (see the module docstring)."""
+    geometry = profile.geometry
+    if tuple(config.canvas) != tuple(profile.canvas) or tuple(config.tile) != tuple(profile.tile) \
+            or config.steps != profile.steps:
+        raise UserError(f"probe config (canvas {list(config.canvas)}, tile {list(config.tile)}, {config.steps} steps) "
+                        f"does not match the profile (canvas {list(profile.canvas)}, tile {list(profile.tile)}, "
+                        f"{profile.steps} steps)")
+    index = {}
+    for i, window in enumerate(profile.error_windows):
+        index.setdefault(geometry.clip_window(tuple(window)), i)
+    error = profile.mean_error().double().numpy()  # (P, L, H, K)
+    probes = []
+    for slot, steps in _sparse_slots(profile, config).items():
+        total = 0.0
+        for step in steps:
+            for layer, row in enumerate(np.asarray(config.window_table(step)).tolist()):
+                for head, window in enumerate(row):
+                    window = geometry.clip_window(tuple(window))
+                    if geometry.is_full(window):
+                        continue
+                    if window not in index:
+                        raise UserError(f"probe window {list(window)} (step {step}, layer {layer}, head {head}) has no "
+                                        "measured error: probe with a selection over the profile's shortlist")
+                    total += float(error[slot, layer, head, index[window]])
+        dense = tuple(s for s in range(config.steps) if s not in set(steps))
+        probes.append(StepProbe(slot, steps, config.replace(dense_steps=dense), total))
+    return probes
+
+
+def relative_rms(video: torch.Tensor, reference: torch.Tensor) -> float:
+    """``||video - reference|| / ||reference||`` over all elements, in float64."""
+    a, b = torch.as_tensor(video).double(), torch.as_tensor(reference).double()
+    if a.shape != b.shape:
+        raise ValueError(f"video shape {tuple(a.shape)} differs from the reference's {tuple(b.shape)}")
+    norm = float(torch.linalg.vector_norm(b))
+    return float(torch.linalg.vector_norm(a - b)) / max(norm, 1e-30)
+
+
+def weights_from_gains(gains: Sequence[float | None]) -> tuple[float, ...]:
+    """Gains over their mean (measured ones only); 1 where a gain is None, all 1 when none is measured."""
+    measured = [g for g in gains if g is not None]
+    if not measured:
+        return tuple(1.0 for _ in gains)
+    mean = float(np.mean(measured))
+    return tuple(1.0 if g is None else float(g) / mean for g in gains)
+
+
+def measure_step_sensitivity(profile: Profile, probe: MaskConfig,
+                             render: Callable[[MaskConfig | None], torch.Tensor],
+                             progress: Callable[[str], None] | None = None) -> StepSensitivity:
+    """Measure the step weights with ``probe`` (module docstring). ``render(config)`` generates the profiled
+    prompts from their profiling seed under ``config`` (None: dense attention) and returns the videos."""
+    probes = step_probes(profile, probe)
+    if not probes:
+        raise UserError("the probe config has no sparse step: nothing to measure")
+    reference = render(None)
+    P = len(profile.profile_steps)
+    final: list[float | None] = [None] * P
+    attention: list[float | None] = [None] * P
+    gains: list[float | None] = [None] * P
+    for item in probes:
+        attention[item.slot] = item.attention_error
+        if item.attention_error <= 0:
+            continue
+        final[item.slot] = relative_rms(render(item.config), reference)
+        if final[item.slot] > 0:
+            gains[item.slot] = final[item.slot] / item.attention_error
+        if progress is not None:
+            progress(f"profiled step {profile.profile_steps[item.slot]} (sparse steps {list(item.steps)}): final error "
+                     f"{final[item.slot]:.4g}, attention error {item.attention_error:.4g}")
+    summary = probe.summary or {}
+    label = f"{summary.get('strategy', 'config')} at density {probe.density():.4g}"
+    return StepSensitivity(tuple(profile.profile_steps), tuple(final), tuple(attention), tuple(gains),
+                           weights_from_gains(gains), label)
+
+
+__all__ = ["StepProbe", "StepSensitivity", "measure_step_sensitivity", "relative_rms", "step_probes",
+           "weights_from_gains"]

@@ -1,0 +1,101 @@
+"""Step weights: the solver's step weighting and their measurement (sta_search.sensitivity) on synthetic profiles."""
+
+import numpy as np
+import pytest
+import torch
+
+from sta_search.errors import UserError
+from sta_search.select import SelectOptions, nearest_profiled, select_windows
+from sta_search.sensitivity import measure_step_sensitivity, relative_rms, step_probes, weights_from_gains
+from synthetic_profile import synthetic_profile
+
+
+def _step_densities(profile, config):
+    g = profile.geometry
+    return {s: float(np.mean([g.density(tuple(int(x) for x in w)) for w in config.windows[s].reshape(-1, 3)]))
+            for s in config.sparse_steps}
+
+
+def test_a_heavy_step_weight_draws_density_to_that_step(seed):
+    profile = synthetic_profile(prompts=2, steps=10, profile_steps=[0, 3, 6, 9], rng=seed)
+    plain = select_windows(profile, SelectOptions(budget=0.3))
+    heavy = select_windows(profile, SelectOptions(budget=0.3, step_weights=(1.0, 1.0, 1.0, 50.0)))
+    later = [s for s in plain.config.sparse_steps if s >= 8]  # the steps that use profiled step 9
+    assert later and heavy.summary["step_weights"] == [1.0, 1.0, 1.0, 50.0]
+    plain_d, heavy_d = _step_densities(profile, plain.config), _step_densities(profile, heavy.config)
+    assert np.mean([heavy_d[s] for s in later]) > np.mean([plain_d[s] for s in later]) + 0.05
+    assert heavy.summary["density"] <= 0.3 + 1e-12
+    # equal weights are no weights: the choice cannot depend on their scale
+    same = select_windows(profile, SelectOptions(budget=0.3, step_weights=(2.5,) * 4))
+    assert np.array_equal(same.config.windows, plain.config.windows)
+
+
+@pytest.mark.parametrize("weights, message", [((1.0, 1.0), "2 given, the profile has 4"),
+                                              ((1.0, 0.0, 1.0, 1.0), "positive finite numbers, got 0.0"),
+                                              ((1.0, float("nan"), 1.0, 1.0), "got nan")],
+                         ids=["count", "zero", "nan"])
+def test_step_weight_errors_name_the_bad_value(weights, message):
+    profile = synthetic_profile(prompts=2, steps=10, profile_steps=[0, 3, 6, 9])
+    with pytest.raises(UserError, match=message):
+        select_windows(profile, SelectOptions(budget=0.3, step_weights=weights))
+
+
+def test_weights_from_gains():
+    assert weights_from_gains([None, 2.0, 1.0, 3.0]) == (1.0, 1.0, 0.5, 1.5)
+    assert weights_from_gains([None, None]) == (1.0, 1.0)
+
+
+def test_probes_are_sparse_only_at_their_steps_and_sum_the_profile_error(seed):
+    profile = synthetic_profile(prompts=2, steps=10, profile_steps=[0, 3, 6, 9], rng=seed)
+    config = select_windows(profile, SelectOptions(budget=0.3)).config
+    probes = step_probes(profile, config)
+    slots = nearest_profiled(list(config.sparse_steps), profile.profile_steps)
+    assert sorted(s for p in probes for s in p.steps) == list(config.sparse_steps)
+    g = profile.geometry
+    error = profile.mean_error().double().numpy()
+    index = {g.clip_window(tuple(w)): i for i, w in reversed(list(enumerate(profile.error_windows)))}
+    for probe in probes:
+        assert all(slots[list(config.sparse_steps).index(s)] == probe.slot for s in probe.steps)
+        assert probe.config.sparse_steps == probe.steps
+        assert np.array_equal(probe.config.windows[list(probe.steps)], config.windows[list(probe.steps)])
+        expected = sum(error[probe.slot, l, h, index[g.clip_window(tuple(int(x) for x in config.windows[s, l, h]))]]
+                       for s in probe.steps for l in range(profile.num_layers) for h in range(profile.num_heads)
+                       if not g.is_full(g.clip_window(tuple(int(x) for x in config.windows[s, l, h]))))
+        assert probe.attention_error == pytest.approx(expected, rel=1e-12)
+
+
+def test_measured_gains_recover_a_planted_step_response(seed):
+    """A fake renderer whose final error is a known multiple of the probe's attention error per profiled step."""
+    profile = synthetic_profile(prompts=2, steps=10, profile_steps=[0, 3, 6, 9], rng=seed)
+    config = select_windows(profile, SelectOptions(budget=0.3)).config
+    planted = {0: 4.0, 1: 3.0, 2: 2.0, 3: 1.0}
+    by_steps = {p.steps: p for p in step_probes(profile, config)}
+    reference = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 3.0
+    direction = torch.randn(reference.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    direction *= torch.linalg.vector_norm(reference) / torch.linalg.vector_norm(direction)
+    calls = []
+
+    def render(cfg):
+        calls.append(cfg)
+        if cfg is None:
+            return reference
+        probe = by_steps[cfg.sparse_steps]
+        return reference + direction * planted[probe.slot] * probe.attention_error * 1e-3
+
+    result = measure_step_sensitivity(profile, config, render)
+    measured = [g for g in result.gains if g is not None]
+    assert len(calls) == len(by_steps) + 1 and calls[0] is None
+    for slot, gain in enumerate(result.gains):
+        if gain is not None:
+            assert gain == pytest.approx(planted[slot] * 1e-3, rel=1e-9)
+    assert np.mean([w for w, g in zip(result.weights, result.gains) if g is not None]) == pytest.approx(1.0)
+    assert len(measured) == len(by_steps)
+    assert relative_rms(reference, reference) == 0.0
+
+
+def test_probe_config_must_match_the_profile():
+    profile = synthetic_profile(prompts=2, steps=10, profile_steps=[0, 3, 6, 9])
+    other = synthetic_profile(prompts=2, steps=8, profile_steps=[0, 4])
+    config = select_windows(other, SelectOptions(budget=0.3)).config
+    with pytest.raises(UserError, match="does not match the profile"):
+        step_probes(profile, config)
