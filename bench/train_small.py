@@ -190,7 +190,7 @@ def load_checkpoint(folder: Path):
     from diffusers import WanTransformer3DModel
 
     state = json.loads((folder / "train_state" / "state.json").read_text())
-    if not (folder / "transformer").is_dir():  # the committed state: its EMA weights are the bundled model's
+    if not (folder / "transformer" / "config.json").is_file():  # the committed state: its EMA weights are the bundled model's
         from sta_search.small import bundled_path
 
         print(f"{folder} holds the training state only: EMA weights from {bundled_path()}", flush=True)
