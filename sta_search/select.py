@@ -421,7 +421,9 @@ def solve_groups(cost: np.ndarray, layout: StepLayout, densities: np.ndarray, is
                  budget: float | None, options: SelectOptions) -> tuple[np.ndarray, Solution | None]:
     """(candidate per group, the solution with its bound or None) for a ``(P, L, H, K)`` cost table, as
     ``options`` ask: FastVideo's argmin over the non-full candidates, or the budget solver over the whole run or
-    step by step (``budget_scope``)."""
+    step by step (``budget_scope``), each profiled step's costs times ``options.step_weights`` when given."""
+    if options.step_weights is not None:
+        cost = cost * np.asarray(options.step_weights, dtype=np.float64).reshape(-1, 1, 1, 1)
     C, weights = _group_costs(cost, layout, options.granularity)
     if options.strategy == "argmin":
         return solve_argmin(C, ~is_full[None, :]), None
@@ -531,8 +533,7 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
     step_weights = resolve_step_weights(options.step_weights, profile)
 
     def choose(mean_cost):
-        weighted = mean_cost if step_weights is None else mean_cost * step_weights[:, None, None, None]
-        return solve_groups(weighted, layout, cands.densities, cands.is_full, budget, options)
+        return solve_groups(mean_cost, layout, cands.densities, cands.is_full, budget, options)
 
     choice, solution = choose(cands.mean_cost)
     table = _choice_table(choice, options.granularity, S, L, H, layout)

@@ -17,6 +17,7 @@ Cost: one generation of the profiled prompts per profiled step that sparse steps
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -147,5 +148,90 @@ def measure_step_sensitivity(profile: Profile, probe: MaskConfig,
                            weights_from_gains(gains), label)
 
 
-__all__ = ["StepProbe", "StepSensitivity", "measure_step_sensitivity", "relative_rms", "step_probes",
+#: where ``sta-search profile --calibrate-steps`` writes the measurement, inside the profile folder
+SENSITIVITY_FILE = "step_sensitivity.json"
+SENSITIVITY_SCHEMA = "sta-search/step-sensitivity/v1"
+#: the probe's density budget by default: the middle of the densities people run STA at
+DEFAULT_CALIBRATION_BUDGET = 0.3
+
+
+def save_sensitivity(sensitivity: StepSensitivity, folder, *, prompts: int, budget: float) -> Path:
+    """Write ``folder/step_sensitivity.json`` atomically; returns its path."""
+    import json
+    import os
+
+    path = Path(folder) / SENSITIVITY_FILE
+    doc = {"schema": SENSITIVITY_SCHEMA, **sensitivity.to_dict(), "prompts": int(prompts), "budget": float(budget)}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_step_weights(folder, profile: Profile) -> tuple[tuple[float, ...], dict] | None:
+    """(weights, the file's contents) from ``folder/step_sensitivity.json``, or None without one. UserError when
+    the file is unreadable or measured for other profiled steps than ``profile``'s."""
+    import json
+
+    path = Path(folder) / SENSITIVITY_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        weights = tuple(float(w) for w in doc["weights"])
+        steps = [int(s) for s in doc["profile_steps"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a step sensitivity file ({exc}); delete it or profile again with "
+                        "--calibrate-steps") from None
+    if steps != list(profile.profile_steps) or len(weights) != len(steps):
+        raise UserError(f"{path} was measured at profiled steps {steps}, the profile has {list(profile.profile_steps)}; "
+                        "profile again with --calibrate-steps")
+    return weights, doc
+
+
+def calibrate_profile(folder, loaded, budget: float = DEFAULT_CALIBRATION_BUDGET, *, device=None,
+                      progress: Callable[[str], None] | None = None) -> StepSensitivity:
+    """Measure the step weights of the profile in ``folder`` on its own prompts and seeds (prompt i: seed + i)
+    with ``loaded`` (the profiled model), the probe being the budget solver's selection at ``budget``, and write
+    them beside the profile (:data:`SENSITIVITY_FILE`). Generation runs to latents (no VAE decode)."""
+    from .accelerate import MaskAttention
+    from .caches import PipelineSteps
+    from .models import dense_attention, hook_attention
+    from .profile import pipeline_image_kwargs
+    from .select import SelectOptions, select_windows
+
+    profile = Profile.load(folder)
+    header = profile.header
+    if header.get("cache"):
+        raise UserError(f"--calibrate-steps runs without a step cache; this profile ran under {header['cache']!r}")
+    if header.get("image"):
+        raise UserError("--calibrate-steps does not support image-to-video profiles yet")
+    probe = select_windows(profile, SelectOptions(budget=budget)).config
+    pipeline, adapter = loaded.pipeline, loaded.adapter
+    if hasattr(pipeline, "set_progress_bar_config"):
+        pipeline.set_progress_bar_config(disable=True)
+    sizes = (int(header["height"]), int(header["width"]), int(header["frames"]))
+    image_kwargs = pipeline_image_kwargs(pipeline, None, sizes, adapter)
+
+    def render(config):
+        attention = dense_attention if config is None else MaskAttention(config, backend="auto")
+        videos = []
+        for index, prompt in enumerate(profile.prompts):
+            generator = torch.Generator(device="cpu").manual_seed(int(header["seed"]) + index)
+            kwargs = dict(adapter.pipeline_kwargs(prompt, *sizes, int(header["steps"]), generator))
+            kwargs.update(image_kwargs, output_type="latent")
+            with PipelineSteps(loaded) as steps, hook_attention(loaded, steps.wrap(attention), adapter):
+                with torch.inference_mode():
+                    out = pipeline(**kwargs)
+            frames = out.frames if hasattr(out, "frames") else out[0]
+            videos.append(torch.as_tensor(frames).float().cpu())
+        return torch.cat(videos)
+
+    sensitivity = measure_step_sensitivity(profile, probe, render, progress=progress)
+    save_sensitivity(sensitivity, folder, prompts=profile.num_prompts, budget=budget)
+    return sensitivity
+
+
+__all__ = ["DEFAULT_CALIBRATION_BUDGET", "SENSITIVITY_FILE", "StepProbe", "StepSensitivity", "calibrate_profile",
+           "load_step_weights", "measure_step_sensitivity", "relative_rms", "save_sensitivity", "step_probes",
            "weights_from_gains"]

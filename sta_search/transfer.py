@@ -236,10 +236,11 @@ def resolve_from_offsets(profile, canvas: Sequence[int], options=None, *, tile: 
     from .kernels.geometry import Geometry
     from .report import tool_version
     from .select import (Selection, SelectOptions, StepLayout, _choice_table, check_options, resolve_budget,
-                         resolve_full_steps, solve_groups)
+                         resolve_full_steps, resolve_step_weights, solve_groups)
 
     options = options or SelectOptions()
     check_options(options)
+    resolve_step_weights(options.step_weights, profile)  # UserError naming a wrong count or value
     if profile.num_prompts == 0:
         raise UserError("the profile holds no prompts yet: profile at least one prompt")
     tile = tuple(int(v) for v in (tile or profile.tile))
@@ -278,6 +279,7 @@ def resolve_from_offsets(profile, canvas: Sequence[int], options=None, *, tile: 
         "objective": "recall (estimated from offset mass)",
         "granularity": options.granularity,
         "budget_scope": options.budget_scope,
+        **({"step_weights": [round(float(w), 4) for w in options.step_weights]} if options.step_weights else {}),
         "candidates": f"all ({len(windows)} windows)",
         "budget": budget,
         "density": density,

@@ -262,3 +262,30 @@ def test_windows_proportional_scales_the_default_shortlist(tiny_models, prompts,
     message = str(_in_process("profile", tiny_models["wan"], "--prompts", prompts, *SIZE,
                               "--windows", "proportional;1,1,1", "--out", tmp_path / "bad"))
     assert "proportional" in message and not (tmp_path / "bad").exists()
+
+
+def test_profile_calibrate_steps_feeds_select(tiny_models, prompts, tmp_path):
+    """--calibrate-steps writes step_sensitivity.json; select weighs the steps by it unless --step-weights none."""
+    out = tmp_path / "profile"
+    result = _cli("profile", tiny_models["wan"], "--prompts", prompts, "--steps", "6", "--profile-steps", "2",
+                  "--windows", "1,1,1;1,1,2;2,1,2", *SIZE, "--out", out, "--calibrate-steps", "--calibrate-budget", "0.5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = json.loads((out / "step_sensitivity.json").read_text())
+    assert doc["profile_steps"] == [0, 2, 4] and doc["prompts"] == 3 and doc["budget"] == 0.5
+    assert "step weights (profiled step: weight)" in result.stdout
+    # dense step 0 (round(0.24 * 6)); sparse step 1 uses profiled step 0 (ties: the earlier), so all three are probed
+    assert all(g is not None and g > 0 for g in doc["gains"]) and sum(doc["weights"]) == pytest.approx(3.0, abs=1e-4)
+    weighted, plain = tmp_path / "w.yaml", tmp_path / "p.yaml"
+    result = _cli("select", out, "--budget", "0.5", "--full-steps", "1", "--out", weighted)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from sta_search.maskconfig import MaskConfig
+
+    assert MaskConfig.load(weighted).summary["step_weights"] == pytest.approx(doc["weights"], abs=1e-4)
+    result = _cli("select", out, "--budget", "0.5", "--full-steps", "1", "--step-weights", "none", "--out", plain)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step_weights" not in MaskConfig.load(plain).summary
+    result = _cli("select", out, "--budget", "0.5", "--step-weights", "some", "--out", tmp_path / "x.yaml")
+    assert result.returncode == 2 and "--step-weights 'some'" in result.stderr
+    (out / "step_sensitivity.json").write_text("{not json")
+    result = _cli("select", out, "--budget", "0.5", "--out", tmp_path / "y.yaml")
+    assert result.returncode == 2 and "step_sensitivity.json" in result.stderr and len(result.stderr.strip().splitlines()) == 1

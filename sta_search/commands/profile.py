@@ -44,11 +44,19 @@ def register(app: typer.Typer) -> None:
                                           "recorded and select "
                                           "chooses windows for the computed steps only."),
         threads: Optional[int] = options.threads_option(),
+        calibrate_steps: bool = options.flag(False, "--calibrate-steps", help="After profiling, measure how far an "
+                                             "attention error at each profiled step moves the final video (a "
+                                             "few more runs of the profiled prompts, sparse at one step at a time) "
+                                             "and write step_sensitivity.json beside the profile; select then "
+                                             "weighs each step's errors by it (--step-weights)."),
+        calibrate_budget: float = options.density_option(0.3, "--calibrate-budget", help="Density of the probe "
+                                                         "selection --calibrate-steps runs with."),
     ):
         """Run MODEL with full attention over a prompt set and record, for every profiled (step, layer, head),
         the recall of every STA window, the attention mass by tile offset and the output error of a window
         shortlist. The artifact is rewritten atomically after each prompt; --resume continues it."""
         prompt_list = options.read_prompts(prompts)  # before the heavy imports: a bad file fails at once
+        from ..errors import UserError
         from ..report import check_output_folder
 
         check_output_folder(out)
@@ -80,6 +88,21 @@ def register(app: typer.Typer) -> None:
             from ..cpu_threads import apply_threads
 
             choice = apply_threads(threads)  # said with the result: an input error stays one line
+        loaded = None
+        if calibrate_steps:
+            if distributed.launched_by_torchrun():
+                raise UserError("--calibrate-steps runs in one process: profile under torchrun, then run "
+                                "`sta-search profile ... --resume --calibrate-steps` without it")
+            if cache != "none":
+                raise UserError(f"--calibrate-steps runs without a step cache, got --cache {cache}")
+            if image is not None:
+                raise UserError("--calibrate-steps does not support --image (image-to-video) yet")
+            import torch
+
+            from ..models import load_model
+
+            device_name = str(options.resolve_device(device))
+            loaded = load_model(model, device_name, getattr(torch, options.dtype_name(dtype, device_name)))
         if distributed.launched_by_torchrun():  # torchrun --nproc-per-node N: prompts sharded over the ranks
             with distributed.session(), _RichProgress(console, enabled=distributed.is_main_process()) as sink:
                 result = distributed.sharded_profile(settings, out, resume=resume, progress=sink)
@@ -87,7 +110,7 @@ def register(app: typer.Typer) -> None:
                 return
         else:
             with _RichProgress(console) as sink:
-                result = run_profile(settings, out, resume=resume, progress=sink)
+                result = run_profile(settings, out, resume=resume, progress=sink, loaded=loaded)
         chosen = summary_windows(result)
         table = Table(title=f"mean recall per layer ({result.num_prompts} prompts, "
                             f"{len(result.profile_steps)} profiled steps)")
@@ -97,6 +120,16 @@ def register(app: typer.Typer) -> None:
         for layer, values in summary_rows(result, chosen):
             table.add_row(str(layer), *(f"{v:.3f}" for v in values))
         Console().print(table)
+        if calibrate_steps:
+            from ..sensitivity import calibrate_profile
+
+            console.print(f"calibrating step weights on {result.num_prompts} prompt(s) (probe: the budget solver at "
+                          f"density {calibrate_budget:g})", markup=False, highlight=False)
+            sensitivity = calibrate_profile(out, loaded, calibrate_budget,
+                                            progress=lambda line: console.print("  " + line, markup=False,
+                                                                                highlight=False))
+            Console().print("step weights (profiled step: weight): " + ", ".join(
+                f"{s}: {w:.2f}" for s, w in zip(sensitivity.profile_steps, sensitivity.weights)), highlight=False)
         where = result.header.get("statistics")
         Console().print(f"profile written to {out}" + (f" (statistics: {where.split(':')[0]})" if where else "")
                         + (f"; torch CPU threads: {choice.threads} ({choice.why})" if choice else ""),

@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         full_steps: Optional[int] = options.non_negative_option(None, "--full-steps", help="Dense steps at the start (default: round(0.24 * steps), the paper's 12 of 50).", maximum=options.MAX_STEPS),
         granularity: str = typer.Option("step", "--granularity", help="step: a window per (step, layer, head); layer: one per (layer, head) for all sparse steps."),
         objective: str = typer.Option("error", "--objective", help="error: relative L2 output error; squared-error: its square (the total then weighs the worst (step, layer, head) entries more, as a video's squared error would if the errors added independently); recall: 1 - attention recall."),
+        step_weights: str = typer.Option("auto", "--step-weights", help="auto: weigh each profiled step's errors by how far they move the final video, where the profile folder holds that measurement (profile --calibrate-steps; several folders: their mean); none: every step counts the same."),
         budget_scope: str = typer.Option("run", "--budget-scope", help="run: the budget holds for the sparse steps together (the solver may give some steps more density than others); step: every sparse step holds it on its own (constant attention cost per step)."),
         strategy: str = typer.Option("budget", "--strategy", help="budget: optimal under the budget; argmin: FastVideo's per-head argmin (no budget)."),
         candidates: str = typer.Option("auto", "--candidates", help="shortlist (windows with measured errors) or all (every window; recall only) (default: shortlist for error, all for recall)."),
@@ -46,6 +47,8 @@ def register(app: typer.Typer) -> None:
         the profile's by --transfer; --add-to keeps several canvases in one file.
         """
         from pathlib import Path
+
+        import numpy as np
 
         from ..report import check_output_file, writing
 
@@ -82,8 +85,17 @@ def register(app: typer.Typer) -> None:
             profile = merge_profiles(loaded)
             if target == "pixels":
                 target = canvas_from_pixels(profile.header, height, width, frames)
+            if step_weights not in ("auto", "none"):
+                raise UserError(f"--step-weights {step_weights!r} is not one of auto, none")
+            weights = None
+            if step_weights == "auto":
+                from ..sensitivity import load_step_weights
+
+                measured = [w for w in (load_step_weights(p, profile) for p in profiles) if w is not None]
+                if measured:
+                    weights = tuple(float(x) for x in np.mean([w for w, _ in measured], axis=0))
             opts = SelectOptions(budget=budget, sparsity=sparsity, speedup=speedup, full_steps=full_steps,
-                                 budget_scope=budget_scope,
+                                 budget_scope=budget_scope, step_weights=weights,
                                  granularity=granularity, objective=objective, strategy=strategy,
                                  candidates=candidates, folds=folds, results_dir=results,
                                  heldout_tolerance=heldout_tolerance)
