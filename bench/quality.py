@@ -640,7 +640,10 @@ def build_configs_v2(profile, info, densities, extra_objectives=(), solver_varia
             return None
 
     def at(d):
-        return [(f"solver-error-step@{d:g}", "budget solver (error, step)", d, solver(d)),
+        calibrated = ([(f"solver-error-step-calibrated@{d:g}", "budget solver (error, step, measured step weights)", d,
+                        solver(d, **variant_options["step-calibrated"]))]
+                      if "step-calibrated" in variant_options and d in V2_TARGET_DENSITIES else [])
+        return calibrated + [(f"solver-error-step@{d:g}", "budget solver (error, step)", d, solver(d)),
                 (f"uniform@{d:g}", "best uniform window", d, best_uniform(profile, info, d, dense_steps, f"density <= {d:g}")),
                 (f"paper-fixed@{d:g}", "fixed schedule, paper style (dense steps, then one window)", d,
                  paper_fixed(profile, info, d, dense_steps))]
@@ -942,6 +945,10 @@ def comparisons(densities, plan: str = "v1") -> list[tuple[str, str, str]]:
                         f"solver-squared-error-step@argmin-capped{d:g}", f"argmin-capped@{d:g}"))
             out.append((f"solver_squared_error_minus_solver_error_matched@{d:g}",
                         f"solver-squared-error-step@argmin-capped{d:g}", f"solver-error-step@argmin-capped{d:g}"))
+            out.append((f"solver_error_step_calibrated_minus_best_uniform@{d:g}", f"solver-error-step-calibrated@{d:g}",
+                        f"uniform@{d:g}"))
+            out.append((f"solver_error_step_calibrated_minus_solver_error@{d:g}", f"solver-error-step-calibrated@{d:g}",
+                        f"solver-error-step@{d:g}"))
             for stem, _ in SOLVER_VARIANTS.values():  # --solver-variants (reported where they ran)
                 label = stem.replace("-", "_")
                 out.append((f"{label}_minus_argmin_capped_matched@{d:g}", f"{stem}@argmin-capped{d:g}",
@@ -995,6 +1002,27 @@ def v2_targets(results: dict) -> dict:
                 value = None if pa is None or pb is None else pa - pb
                 out[label] = {"value_db": value, "goal_db": f">= +{goal}",
                               "holds": None if value is None else bool(value >= goal)}
+    # the solver with measured step weights (--solver-variants step-calibrated; profile --calibrate-steps in the
+    # CLI), where it ran: the same goals
+    for d in V2_TARGET_DENSITIES:
+        for label, a, b, stem in (
+                (f"solver_error_step_calibrated_minus_argmin_capped_matched@{d:g}",
+                 f"solver-error-step-calibrated@argmin-capped{d:g}", f"argmin-capped@{d:g}", "solver_minus_argmin_capped_matched"),
+                (f"solver_error_step_calibrated_minus_best_uniform@{d:g}",
+                 f"solver-error-step-calibrated@{d:g}", f"uniform@{d:g}", "solver_minus_best_uniform")):
+            goal = V2_TARGETS[stem]
+            if multi:
+                mean, n, _ = diff(label)
+                if mean is None:
+                    continue
+                per = (diffs.get(label) or {}).get("per_seed", {})
+                held = sum(v["psnr_db"] >= goal for v in per.values())
+                out[label] = {"value_db": mean, "goal_db": f">= +{goal}", "seeds": n, "holds": bool(mean >= goal),
+                              "holds_in_seeds": f"{held}/{n}"}
+            else:
+                pa, pb = psnr(a), psnr(b)
+                if pa is not None and pb is not None:
+                    out[label] = {"value_db": pa - pb, "goal_db": f">= +{goal}", "holds": bool(pa - pb >= goal)}
     value = psnr("solver-error-step@0.42")
     out["solver_psnr@0.42_vs_paper"] = {
         "value_db": value, "paper_db": PAPER_PSNR_DB,

@@ -16,7 +16,8 @@
 # Knobs (environment): QUALITY_BUDGET (default 165), HARD_QUALITY (200), LOCALITY_BUDGET (30),
 # HARD_LOCALITY (40), SEEDS ("0 1 2 3 4"), DEVICE (cuda when available), PYTHON (python3), OBJECTIVES (extra
 # solver objectives at argmin-capped's density, e.g. "squared-error"; default none), SOLVER_VARIANTS (extra solver
-# variants there: "budget-per-step", "layer", "step-calibrated" (step weights measured per seed); default none).
+# variants there: "budget-per-step", "layer", "step-calibrated" (step weights measured per seed; it also runs at
+# 0.2 and 0.3 themselves); default "step-calibrated", "" for none).
 set -uo pipefail
 
 OUT=${1:?usage: bench/small_study_job.sh OUTDIR [--quick]}
@@ -55,6 +56,7 @@ if [ -n "${OBJECTIVES:-}" ]; then
     # shellcheck disable=SC2206
     quality_args+=(--objectives $OBJECTIVES)
 fi
+SOLVER_VARIANTS=${SOLVER_VARIANTS-step-calibrated}  # the solver with measured step weights; "" for none
 if [ -n "${SOLVER_VARIANTS:-}" ]; then
     # shellcheck disable=SC2206
     quality_args+=(--solver-variants $SOLVER_VARIANTS)

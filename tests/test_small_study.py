@@ -207,3 +207,27 @@ def test_paper_matched_window(locality):
     assert locality.paper_matched_window(Geometry((16, 24, 40), (4, 4, 4))) == (1, 3, 3)
     # HunyuanVideo 720p itself, tile (6, 8, 8): (2, 3, 3) tiles -> nearest odd (1 or 3: ties to the smaller), 3, 3
     assert locality.paper_matched_window(Geometry((30, 48, 80), (6, 8, 8)))[1:] == (3, 3)
+
+
+def test_step_calibrated_variant_takes_the_measured_weights(quality, seed):
+    profile = synthetic_profile(prompts=3, rng=seed, steps=10, profile_steps=[0, 3, 6, 9], canvas=(8, 12, 40),
+                                tile=(2, 2, 4),
+                                error_windows=((1, 1, 1), (1, 3, 3), (3, 3, 3), (3, 3, 5), (3, 5, 5), (4, 6, 10)))
+    info = type("Info", (), {k: profile.model[k] for k in ("family", "transformer_class", "num_layers", "num_heads")})
+    weights = (1.0, 3.0, 1.0, 0.25)
+    configs = quality.build_configs_v2(profile, info, [0.3], solver_variants=("step-calibrated",),
+                                       variant_options={"step-calibrated": dict(step_weights=weights)})
+    by_name = {c[0]: c for c in configs}
+    assert [c[0] for c in configs][:2] == ["solver-error-step-calibrated@0.3", "solver-error-step@0.3"]
+    for name in ("solver-error-step-calibrated@0.3", "solver-error-step-calibrated@argmin-capped0.3"):
+        _, _, target, config = by_name[name]
+        assert config.summary["step_weights"] == list(weights) and config.density() <= target + 1e-6
+    assert "step_weights" not in by_name["solver-error-step@0.3"][3].summary
+    per_seed = {"0": {"configs": {
+        "solver-error-step-calibrated@argmin-capped0.3": {"density": 0.3, "mean_psnr_db": 25.0, "mean_ssim": 0.9,
+                                                          "per_prompt": [{"prompt": "p", "psnr_db": 25.0, "ssim": 0.9}]},
+        "argmin-capped@0.3": {"density": 0.3, "mean_psnr_db": 24.6, "mean_ssim": 0.9,
+                              "per_prompt": [{"prompt": "p", "psnr_db": 24.6, "ssim": 0.9}]}}}}
+    results = {"per_seed": per_seed, "aggregate": quality.aggregate(per_seed, [0.3], "v2")}
+    target = quality.v2_targets(results)["solver_error_step_calibrated_minus_argmin_capped_matched@0.3"]
+    assert target["value_db"] == pytest.approx(0.4) and target["holds"] is False and target["holds_in_seeds"] == "0/1"
