@@ -93,6 +93,7 @@ class DemoSettings:
     backend: str = "auto"
     overwrite: bool = False
     threads: int | None = None
+    calibrate_steps: bool = False  # measure step weights after profiling (sta_search.sensitivity) and select with them
 
 
 def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
@@ -170,9 +171,23 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
         progress=LogProgress(lambda line: console.print("  " + line, markup=False, highlight=False)))
     timings["profile_s"] = time.perf_counter() - t0
 
+    weights = None
+    if settings.calibrate_steps:
+        from .sensitivity import calibrate_profile
+
+        console.print(f"  step weights: probing each profiled step's effect on the final video "
+                      f"({len(quick)} prompts)", markup=False, highlight=False)
+        tc = time.perf_counter()
+        sensitivity = calibrate_profile(out / "profile", loaded, settings.budget, full_steps=settings.full_steps)
+        weights = sensitivity.weights
+        timings["calibrate_s"] = time.perf_counter() - tc
+        console.print("  step weights (profiled step: weight): " + ", ".join(
+            f"{s}: {w:.2f}" for s, w in zip(sensitivity.profile_steps, weights)), markup=False, highlight=False)
+
     console.print(f"[bold]2/4 select[/] windows at density budget {settings.budget}")
     t1 = time.perf_counter()
-    selection = select_windows(profile, SelectOptions(budget=settings.budget, full_steps=settings.full_steps))
+    selection = select_windows(profile, SelectOptions(budget=settings.budget, full_steps=settings.full_steps,
+                                                      step_weights=weights))
     mask_path = out / "mask.yaml"
     selection.config.save(mask_path)
     timings["select_s"] = time.perf_counter() - t1
@@ -210,7 +225,7 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
         "profiled_prompts": quick,
         "heldout_prompts": heldout,
         "selection": {k: summary.get(k) for k in ("density", "overall_density", "predicted_error",
-                                                  "heldout_error", "dense_step_count")},
+                                                  "heldout_error", "dense_step_count", "step_weights")},
         "prediction": _prediction(summary),
         "measured": _measured(gen_report, device),
         "videos": [{"prompt": v["prompt"], "video": f"videos/{v['video']}",
@@ -334,6 +349,9 @@ def _markdown(report: dict) -> str:
         f"{sel['dense_step_count']} dense steps: {_fmt(sel['overall_density'])}",
         f"- predicted relative error (profiled prompts): {_fmt(sel['predicted_error'])}; "
         f"held-out (cross-validated): {_fmt(sel['heldout_error'])}",
+        ("- step weights (profiled steps' errors, measured on the profiled prompts): "
+         + ", ".join(f"{w:.2f}" for w in sel["step_weights"])) if sel.get("step_weights")
+        else "- step weights: none (every step's errors count the same)",
     ]
     gpu = pred.get("calibrated_on") or "a GPU"
     if device.startswith("cuda"):

@@ -189,11 +189,12 @@ def load_step_weights(folder, profile: Profile) -> tuple[tuple[float, ...], dict
     return weights, doc
 
 
-def calibrate_profile(folder, loaded, budget: float = DEFAULT_CALIBRATION_BUDGET, *, device=None,
+def calibrate_profile(folder, loaded, budget: float = DEFAULT_CALIBRATION_BUDGET, *, full_steps: int | None = None,
                       progress: Callable[[str], None] | None = None) -> StepSensitivity:
     """Measure the step weights of the profile in ``folder`` on its own prompts and seeds (prompt i: seed + i)
-    with ``loaded`` (the profiled model), the probe being the budget solver's selection at ``budget``, and write
-    them beside the profile (:data:`SENSITIVITY_FILE`). Generation runs to latents (no VAE decode)."""
+    with ``loaded`` (the profiled model), the probe being the budget solver's selection at ``budget`` (with
+    ``full_steps`` dense steps; None: select's default), and write them beside the profile
+    (:data:`SENSITIVITY_FILE`). Generation runs to latents (no VAE decode)."""
     from .accelerate import MaskAttention
     from .caches import PipelineSteps
     from .models import dense_attention, hook_attention
@@ -206,7 +207,7 @@ def calibrate_profile(folder, loaded, budget: float = DEFAULT_CALIBRATION_BUDGET
         raise UserError(f"--calibrate-steps runs without a step cache; this profile ran under {header['cache']!r}")
     if header.get("image"):
         raise UserError("--calibrate-steps does not support image-to-video profiles yet")
-    probe = select_windows(profile, SelectOptions(budget=budget)).config
+    probe = select_windows(profile, SelectOptions(budget=budget, full_steps=full_steps)).config
     pipeline, adapter = loaded.pipeline, loaded.adapter
     if hasattr(pipeline, "set_progress_bar_config"):
         pipeline.set_progress_bar_config(disable=True)

@@ -183,8 +183,11 @@ def test_demo_shortened_writes_report_mask_videos_and_heatmaps(tmp_path):
     log = io.StringIO()  # not a terminal: the profile stage still reports every prompt in plain lines
     report = run_demo(DemoSettings(out=str(out), budget=0.3, quick_prompts=1, heldout_prompts=1, steps=2,
                                    height=32, width=32, full_steps=0, profile_every=2, error_windows=((1, 4, 4), (2, 2, 2)),
-                                   model=folder, threads=1), console=Console(file=log, width=200))
+                                   model=folder, threads=1, calibrate_steps=True), console=Console(file=log, width=200))
     assert "prompt 1/1 done in" in log.getvalue()
+    # --calibrate-steps: one profiled step (0), probed by both sparse steps; its weight is its gain over itself
+    assert report["selection"]["step_weights"] == [1.0] and report["timings"]["calibrate_s"] > 0
+    assert (out / "profile" / "step_sensitivity.json").is_file()
     assert report["model"] == folder and report["threads"]["threads"] == 1
     measured = report["measured"]
     assert measured["sta_kernels"] == ["gather"] and measured["threads"] == 1  # auto off CUDA
@@ -193,7 +196,7 @@ def test_demo_shortened_writes_report_mask_videos_and_heatmaps(tmp_path):
     calibrated = report["prediction"]["calibrated_on"]
     assert calibrated and f"calibrated on {calibrated}" in markdown  # named, and its number left out on CPU:
     assert f"{report['prediction']['attention_speedup']:.2f}x" not in markdown.split("## Speed measured")[0]
-    assert "`gather`" in markdown and "1 (--threads)" in markdown
+    assert "`gather`" in markdown and "1 (--threads)" in markdown and "- step weights (profiled steps'" in markdown
     written = json.loads((out / "report.json").read_text())
     assert (out / "report.md").is_file() and written["steps"] == 2
     assert written["tool_version"] and written["versions"]["torch"] == torch.__version__  # sta_search.report

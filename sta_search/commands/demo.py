@@ -30,6 +30,11 @@ def register(app: typer.Typer) -> None:
         backend: str = options.backend_option(),
         overwrite: bool = options.flag(False, "--overwrite", help="Replace a non-empty --out folder."),
         threads: Optional[int] = options.threads_option(maximum=None),
+        calibrate_steps: bool = typer.Option(False, "--calibrate-steps/--no-calibrate-steps", help="After profiling, "
+                                             "measure how far each profiled step's attention error moves the final "
+                                             "video (a few more runs of the profiled prompts) and select with those "
+                                             "step weights (profile --calibrate-steps). Off by default: on the "
+                                             "2-core CPU it doubles the demo's time (tiny: +91 s)."),
     ):
         """Profile a bundled model (tiny), select windows at a budget, generate dense vs STA and report."""
         from ..report import check_output_folder, removed_if_left_empty
@@ -41,4 +46,5 @@ def register(app: typer.Typer) -> None:
             run_demo(DemoSettings(out=out, budget=budget, quick_prompts=quick_prompts,
                                   heldout_prompts=heldout_prompts, steps=steps, full_steps=full_steps,
                                   profile_every=profile_every, seed=seed, device=device, backend=backend,
-                                  overwrite=overwrite, model=model, threads=threads))
+                                  overwrite=overwrite, model=model, threads=threads,
+                                  calibrate_steps=calibrate_steps))
