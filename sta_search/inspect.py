@@ -41,8 +41,9 @@ def _window_arg(window, profile_or_grid) -> tuple[int, int, int]:
 
 
 def default_window(profile: Profile) -> tuple[int, int, int]:
-    """The window recall tables use when none is given: (3, 3, 3) clipped to the grid."""
-    return _window_arg((3, 3, 3), profile)
+    """The window recall tables use when none is given: (3, 3, 3) clipped to the grid (silently: nobody asked
+    for a larger one)."""
+    return tuple(min(3, n) for n in profile.grid)  # type: ignore[return-value]
 
 
 def _step_index(profile: Profile, step: int | None) -> int | None:
@@ -316,6 +317,31 @@ def plot_mask(config: MaskConfig, folder) -> list[Path]:
     return written
 
 
+def step_weight_table(folder, profile: Profile):
+    """Per profiled step: the measured gain and solver weight (``profile --calibrate-steps``), or None without
+    that measurement."""
+    from rich.table import Table
+
+    from .sensitivity import load_step_weights
+
+    loaded = load_step_weights(folder, profile)
+    if loaded is None:
+        return None
+    weights, doc = loaded
+    table = Table(title=f"step weights ({doc.get('probe', 'probe')}, {doc.get('prompts', '?')} prompt(s); "
+                        "select --step-weights auto uses them)")
+    for column in ("profiled step", "final error", "attention error", "gain", "weight"):
+        table.add_column(column, justify="right")
+
+    def fmt(value):
+        return "-" if value is None else f"{value:.4g}"
+
+    for i, step in enumerate(profile.profile_steps):
+        table.add_row(str(step), fmt(doc["final_error"][i]), fmt(doc["attention_error"][i]), fmt(doc["gains"][i]),
+                      f"{weights[i]:.2f}")
+    return table
+
+
 def inspect_path(path, *, window=None, layer: int | None = None, head: int | None = None, step: int | None = None,
                  plot: str | None = None) -> tuple[list, list[Path]]:
     """Tables (rich renderables) and written pictures for a profile folder or a mask config file."""
@@ -323,7 +349,10 @@ def inspect_path(path, *, window=None, layer: int | None = None, head: int | Non
     pictures: list[Path] = []
     if isinstance(artifact, Profile):
         _check_head(head, artifact.num_heads)
+        weights = step_weight_table(path, artifact)  # a broken step_sensitivity.json fails before any work
         tables = profile_tables(artifact, window=window, layer=layer, step=step)
+        if weights is not None:
+            tables.append(weights)
         if plot:
             pictures = plot_profile(artifact, plot, window=window, layer=layer or 0, head=head or 0, step=step)
     else:

@@ -286,6 +286,10 @@ def test_profile_calibrate_steps_feeds_select(tiny_models, prompts, tmp_path):
     assert "step_weights" not in MaskConfig.load(plain).summary
     result = _cli("select", out, "--budget", "0.5", "--step-weights", "some", "--out", tmp_path / "x.yaml")
     assert result.returncode == 2 and "--step-weights 'some'" in result.stderr
+    result = _cli("inspect", out)
+    assert result.returncode == 0 and "step weights" in result.stdout and "profiled step" in result.stdout
     (out / "step_sensitivity.json").write_text("{not json")
-    result = _cli("select", out, "--budget", "0.5", "--out", tmp_path / "y.yaml")
-    assert result.returncode == 2 and "step_sensitivity.json" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    for args in (["select", out, "--budget", "0.5", "--out", tmp_path / "y.yaml"], ["inspect", out]):
+        result = _cli(*args)
+        assert result.returncode == 2 and "step_sensitivity.json" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
