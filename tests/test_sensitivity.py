@@ -99,3 +99,36 @@ def test_probe_config_must_match_the_profile():
     config = select_windows(other, SelectOptions(budget=0.3)).config
     with pytest.raises(UserError, match="does not match the profile"):
         step_probes(profile, config)
+
+
+def test_calibration_replays_the_dense_prefix_exactly(tmp_path, monkeypatch):
+    """calibrate_profile on the bundled tiny model: replaying the dense run's transformer outputs for each probe's
+    dense prefix gives the same numbers as computing them, with fewer transformer forwards computed."""
+    from sta_search import sensitivity
+    from sta_search.models import load_model
+    from sta_search.profile import ProfileSettings, run_profile
+
+    loaded = load_model("tiny", "cpu", torch.float32)
+    settings = ProfileSettings(model="tiny", prompts=("a big red square moves left",), steps=6, height=32, width=32,
+                               frames=8, seed=5, profile_steps=2, tile=(2, 4, 4), windows=((1, 4, 4), (2, 2, 2)),
+                               device="cpu")
+    run_profile(settings, tmp_path / "p", loaded=loaded)
+    made = []
+
+    class Counted(sensitivity.ForwardReplay):
+        def __init__(self, model):
+            super().__init__(model)
+            made.append(self)
+
+    monkeypatch.setattr(sensitivity, "ForwardReplay", Counted)
+    plain = sensitivity.calibrate_profile(tmp_path / "p", loaded, 0.5, replay=False)
+    assert not made
+    replayed = sensitivity.calibrate_profile(tmp_path / "p", loaded, 0.5, replay=True)
+    assert replayed.final_error == pytest.approx(plain.final_error, rel=1e-6)
+    assert replayed.weights == pytest.approx(plain.weights, rel=1e-6)
+    # 6 steps, dense step 0 (round(0.24 * 6) = 1), probes of profiled steps 0, 2, 4 start at sparse steps 1, 2, 4:
+    # their dense prefixes (1 + 2 + 4 steps, one forward each at guidance 1 or two with CFG) are replayed
+    assert len(made) == 1
+    forwards_per_step = (made[0].computed + made[0].replayed) // (4 * 6)  # 4 runs (dense + 3 probes) of 6 steps
+    assert forwards_per_step in (1, 2) and made[0].replayed == (1 + 2 + 4) * forwards_per_step
+    assert "forward" not in vars(loaded.transformer)  # unpatched afterwards
