@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
                                              "measure how far each profiled step's attention error moves the final "
                                              "video (a few more runs of the profiled prompts) and select with those "
                                              "step weights (profile --calibrate-steps). Off by default: on the "
-                                             "2-core CPU it doubles the demo's time (tiny: +91 s)."),
+                                             "2-core CPU it adds 70 s to the demo on one thread (tiny)."),
     ):
         """Profile a bundled model (tiny), select windows at a budget, generate dense vs STA and report."""
         from ..report import check_output_folder, removed_if_left_empty
