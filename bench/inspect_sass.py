@@ -58,7 +58,7 @@ VARIANTS = {
 
 GLUON = dict(NT=5, NH=6, NW=10, TT=6, TH=8, TW=8, REM_T=6, REM_H=8, REM_W=8, HEAD_DIM=128, BLOCK_N=128, STAGES=3,
              HAS_PADDING=False, HAS_TEXT_MASK=False, NATURAL=False, PRODUCER_REGS=24, CONSUMER_REGS=240,
-             MASS=False, COMPACT=False)
+             MASS=False, COMPACT=False, PINGPONG=False)
 WAN_480P = dict(NT=4, NH=4, NW=7, REM_T=3, REM_H=6, REM_W=4, HAS_PADDING=True)
 GLUON_VARIANTS = {
     "gluon": {},
@@ -79,6 +79,10 @@ GLUON_VARIANTS = {
     "gluon-compact-wan480p-text": {**WAN_480P, "COMPACT": True, "HAS_PADDING": False, "HAS_TEXT_MASK": True},
     "gluon-tiled-wan480p": dict(**WAN_480P),
     "gluon-mass-compact-wan480p": {**WAN_480P, "COMPACT": True, "HAS_PADDING": False, "MASS": True},
+    # FA3's ping-pong: the consumer warpgroups take turns to issue their wgmmas (an mbarrier handshake)
+    "gluon-pingpong": dict(PINGPONG=True),
+    "gluon-pingpong-natural-text": dict(NATURAL=True, HAS_TEXT_MASK=True, PINGPONG=True),
+    "gluon-pingpong-compact-wan480p": {**WAN_480P, "COMPACT": True, "HAS_PADDING": False, "PINGPONG": True},
 }
 
 

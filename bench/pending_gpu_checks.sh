@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# What is pending on the GPU after session 9, in one device call (H200, ~5 minutes plus start), writing under OUTDIR:
+# What is pending on the GPU after session 10, in one device call (H200, ~4 minutes plus start), writing under OUTDIR:
 #
 #   bash bench/pending_gpu_checks.sh OUTDIR [LIMIT_SECONDS]      # default limit 480 s for the whole job
 #
-# 1. GPU tests of the public entry (host window tables reach the GPU once per distinct table) and of both
-#    kernels in compact tile order;
-# 2. bench/compact_overhead.py: host vs device time of the compact natural-order call, now also with a tuple window
-#    (3.8 ms of host time a call in session 9, before kernels/sta/tables.py);
-# 3. bench/softmax_ceiling.py: bf16 and FP8 kernel times with the softmax swapped for cheaper code (what FP8 can gain);
-# 4. bench/padded_canvas.py: effective rate of wan-480p / wan-720p against hunyuan-720p in one run (last: measured in session 9).
+# 1. GPU tests of the ping-pong variant of the Gluon kernel (bit-identical to the free-running warpgroups, and
+#    against float64), of the public entry and of both kernels in compact tile order;
+# 2. bench/pingpong_check.py: the Gluon kernel with and without FA3's ping-pong at hunyuan-720p (tile order, in
+#    place, (5,5,5), mixed, d=64) and wan-480p, with cuDNN in the same run (issue #18's 12x stretch);
+# 3. bench/softmax_ceiling.py again (the bf16/FP8 floor; measured in session 10);
+# 4. bench/padded_canvas.py (last: measured in sessions 9 and 10).
 # Every step runs under `timeout` within what is left of the limit, so the job ends in time and keeps what finished.
 # The device returns at most 8 files: at the end everything under OUTDIR is packed into OUTDIR.tar.gz (one file)
 # and OUTDIR removed, so put OUTDIR under $OUT (e.g. $OUT/r -> $OUT/r.tar.gz).
@@ -30,10 +30,10 @@ run() {  # run SECONDS_WANTED LOGNAME command...: bounded by what is left of LIM
     echo "[$SECONDS s] rc=$? $(tail -n 1 "$OUT/$log")" | tee -a "$OUT/job.log"
 }
 nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/gpu.txt" 2>&1
-run 120 gpu-tests.log python3 -m pytest -q -m gpu tests/test_kernel_api.py tests/test_kernel_gluon.py \
-    tests/test_kernel_triton.py -k "api or (compact and d128)" -p no:cacheprovider
-run 60 compact-overhead.log python3 bench/compact_overhead.py --out "$OUT"
-run 200 softmax-ceiling.log python3 bench/softmax_ceiling.py --out "$OUT"
+run 220 gpu-tests.log python3 -m pytest -q -m gpu tests/test_kernel_api.py tests/test_kernel_gluon.py \
+    tests/test_kernel_triton.py -k "pingpong or api or (compact and d128)" -p no:cacheprovider
+run 150 pingpong.log python3 bench/pingpong_check.py --out "$OUT"
+run 100 softmax-ceiling.log python3 bench/softmax_ceiling.py --out "$OUT"
 run 130 padded-canvas.log python3 bench/padded_canvas.py --out "$OUT" --time-budget 100
 echo "[$SECONDS s] done" | tee -a "$OUT/job.log"
 tar czf "$OUT.tar.gz" -C "$(dirname "$OUT")" "$(basename "$OUT")" && rm -rf "$OUT" && echo "packed $OUT.tar.gz"

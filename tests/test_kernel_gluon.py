@@ -191,8 +191,31 @@ def test_gluon_head_dims_have_a_ring_depth_that_fits_and_deeper_rings_are_refuse
                                         stages=too_deep)
 
 
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("head_dim", [128, 64], ids=["d128", "d64"])
+@pytest.mark.parametrize("case", CASES + [c[:2] + c[3:] for c in COMPACT_CASES[:3]],
+                         ids=[c[0] for c in CASES] + [c[0] for c in COMPACT_CASES[:3]])
+def test_gluon_pingpong_is_bit_identical_to_the_free_running_warpgroups(case, head_dim, seed, monkeypatch):
+    """FA3's ping-pong (the consumer warpgroups take turns to issue their wgmmas) changes when each wgmma is issued,
+    not what it computes: outputs equal the default kernel's bit for bit, in place, in tile order and compact."""
+    from sta_search.kernels.sta import gluon_fwd
+
+    _, canvas, heads, windows, text_len, text_first, masked, batch = case
+    tile = next((c[2] for c in COMPACT_CASES if c[0] == case[0]), TILE)
+    q, k, v, mask = make_case(canvas, heads, text_len, masked, batch, torch.bfloat16, head_dim)
+    kw = dict(canvas=canvas, tile=tile, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
+    monkeypatch.setattr(gluon_fwd, "DEFAULT_PINGPONG", False)
+    free = sta_attention(q, k, v, **kw, backend="gluon")
+    monkeypatch.setattr(gluon_fwd, "DEFAULT_PINGPONG", True)
+    pingpong = sta_attention(q, k, v, **kw, backend="gluon")
+    assert torch.equal(pingpong, free), f"seed {seed}"
+    ref = sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": normalize_windows(windows, heads)})
+    assert rel_rms(pingpong, ref) < TOLERANCE[torch.bfloat16], f"seed {seed}"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["gluon-d64-natural-wan480p", "gluon-compact-wan480p"])
+@pytest.mark.parametrize("variant", ["gluon-d64-natural-wan480p", "gluon-compact-wan480p", "gluon-pingpong"])
 def test_gluon_compiles_for_sm90_without_a_gpu_with_no_spills(variant, tmp_path):
     """The kernel compiled for sm_90 on any machine (bench/inspect_sass.py, no GPU needed): it fits the 227 KB of
     shared memory, wgmma (HGMMA) runs both products, the softmax overlaps PV, and nothing spills in the main loop."""

@@ -204,13 +204,13 @@ def _add_tile_mass(t_i, p, alpha, m_i, tile, last, mass_ptr, record):
 
 
 @gluon.jit
-def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, MassLog, LseOut, bh, b, q_row,
+def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, TextMask, MassLog, LseOut, bh, b, q_row,
               text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh,
               sw, wh, ww, NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr,
               TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr,
               BPT_LAST: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_PADDING: gl.constexpr,
               HAS_TEXT_MASK: gl.constexpr, NATURAL: gl.constexpr, MASS: gl.constexpr, COMPACT: gl.constexpr,
-              WG: gl.constexpr):
+              WG: gl.constexpr, PINGPONG: gl.constexpr):
     TILE_VOL: gl.constexpr = TT * TH * TW
     HEAD_DIM: gl.constexpr = q_smem.shape[2]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -297,8 +297,17 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, Text
         for it in range(n_text + 1, n_total):
             s = it % STAGES
             mbarrier.wait(ready.index(s), (it // STAGES) & 1)
+            if PINGPONG:  # FA3's order: the warpgroups take turns to issue, so one's softmax runs under the other's MMAs
+                k_it = it - n_text - 1
+                if WG == 0:
+                    if k_it > 0:
+                        mbarrier.wait(turn.index(0), (k_it - 1) & 1)
+                else:
+                    mbarrier.wait(turn.index(1), k_it & 1)
             s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             acc = warpgroup_mma(p_op, v_smem.index(s_prev), acc, is_async=True)
+            if PINGPONG:
+                mbarrier.arrive(turn.index(1 - WG), count=1)
             if HAS_PADDING or (MASS and not COMPACT):  # scalar index math while the wgmmas run
                 row = _video_row(it - n_text, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW,
                                  TILE_VOL, BLOCK_N, BPT, BPT_LAST)
@@ -357,6 +366,7 @@ def _sta_fwd_gluon_kernel(
     REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
     STAGES: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_TEXT_MASK: gl.constexpr, NATURAL: gl.constexpr,
     PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, MASS: gl.constexpr = False, COMPACT: gl.constexpr = False,
+    PINGPONG: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 2 * WG_ROWS
     TILE_VOL: gl.constexpr = TT * TH * TW
@@ -416,7 +426,10 @@ def _sta_fwd_gluon_kernel(
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # PINGPONG: whose turn to issue
     mbarrier.init(q_bar, count=1)
+    mbarrier.init(turn.index(0), count=1)
+    mbarrier.init(turn.index(1), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=2)  # one arrival per consumer warpgroup
@@ -424,14 +437,14 @@ def _sta_fwd_gluon_kernel(
 
     # (Argument tuples are written out: a tuple built by concatenation loses its constexpr entries.)
     gl.warp_specialize([
-        (_consumer, (o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, MassLog, LseOut, bh,
-                     b, q_row, text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first, spans,
-                     last_spans, st, sh, sw, wh, ww, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N,
-                     STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, MASS, COMPACT, 0)),
-        (_consumer, (o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, TextMask, MassLog, LseOut, bh,
-                     b, q_row, text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first, spans,
-                     last_spans, st, sh, sw, wh, ww, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N,
-                     STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, MASS, COMPACT, 1)),
+        (_consumer, (o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, TextMask, MassLog, LseOut,
+                     bh, b, q_row, text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first,
+                     spans, last_spans, st, sh, sw, wh, ww, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST,
+                     BLOCK_N, STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, MASS, COMPACT, 0, PINGPONG)),
+        (_consumer, (o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, TextMask, MassLog, LseOut,
+                     bh, b, q_row, text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first,
+                     spans, last_spans, st, sh, sw, wh, ww, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST,
+                     BLOCK_N, STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, MASS, COMPACT, 1, PINGPONG)),
         (_producer, (q_desc, k_desc, v_desc, qt_desc, kt_desc, vt_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
                      bh, q_row, text_query, n_text, n_total, n_first, spans, last_spans, st, sh, sw, wh, ww, NT, NH,
                      NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N, STAGES, NATURAL, COMPACT)),
@@ -491,8 +504,14 @@ def _canvas_descriptor(x: torch.Tensor, geometry: Geometry, start: int, block: i
                             [x.stride(1), Hc * W * ss, W * ss, ss, 1], box, _layout(box, x.dtype))
 
 
+#: FA3's ping-pong between the two consumer warpgroups (they take turns to issue their wgmmas; mbarrier handshake).
+#: Off until measured on a GPU (bench/pingpong_check.py); tests run both.
+DEFAULT_PINGPONG = False
+
+
 def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, video_start, text_mask, scale, natural,
-            stages, mass_log: torch.Tensor | None = None, lse_out: torch.Tensor | None = None, compact: bool = False):
+            stages, mass_log: torch.Tensor | None = None, lse_out: torch.Tensor | None = None, compact: bool = False,
+            pingpong: bool | None = None):
     """``mass_log``/``lse_out`` (float32, ``B*heads*padded_len*(num_tiles + 1)`` / ``B*heads*padded_len``): the
     profiler's per-row tile sums (kernels/recall/gluon_fused.py); the kernel then records them. ``compact``: the
     video rows are in compact tile order (``Geometry.compact_tile_index``; tile-order descriptors)."""
@@ -537,7 +556,8 @@ def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, vid
         NT=nt, NH=nh, NW=nw, TT=tt, TH=th, TW=tw, REM_T=rem[0], REM_H=rem[1], REM_W=rem[2], HEAD_DIM=D,
         BLOCK_N=BLOCK_N, STAGES=stages, HAS_PADDING=not geometry.is_divisible and not compact,
         HAS_TEXT_MASK=bool(text_len) and text_mask is not None, NATURAL=natural, PRODUCER_REGS=24,
-        CONSUMER_REGS=240, MASS=mass_log is not None, COMPACT=compact, num_warps=4,
+        CONSUMER_REGS=240, MASS=mass_log is not None, COMPACT=compact,
+        PINGPONG=DEFAULT_PINGPONG if pingpong is None else bool(pingpong), num_warps=4,
     )
     return out
 

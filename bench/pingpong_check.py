@@ -1,0 +1,136 @@
+"""Does FA3's ping-pong make the Gluon STA kernel faster? (issue #18's 12x stretch; GPU only, ~1.5 minutes on an H200)
+
+    python3 bench/pingpong_check.py --out DIR [--rounds 5] [--iters 10]
+
+The Gluon kernel's two consumer warpgroups run free (each overlaps its own softmax with its PV wgmma). With
+``PINGPONG`` they take turns to issue their wgmmas (an mbarrier handshake per key block), so one warpgroup's softmax
+runs while the other's MMAs keep the tensor core busy. ``bench/softmax_ceiling.py`` (session 10) measured the non-exp
+softmax work at 36% of the kernel at hunyuan-720p (3,3,3): that is what ping-pong could hide.
+
+Per shape, in one process: cuDNN dense SDPA (the baseline), FlexAttention STA, and the Gluon kernel with and without
+ping-pong, alternated over ``--rounds`` rounds of ``--iters`` timed calls (two input sets rotated, medians). Outputs of
+the two variants are compared bit for bit. Shapes: hunyuan-720p (30x48x80, 24 heads, d=128) at (3,3,3) in tile order
+and in place, at (5,5,5), and mixed windows; wan-480p (21x30x52, 12 heads) at (3,3,3) through the compact path;
+hunyuan-720p at d=64 (48 heads) at (3,3,3).
+
+Writes ``DIR/pingpong-check-<utc>.json``: device, versions, per shape the medians (ms) and the speedups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHAPES = [
+    # name, canvas, heads, head dim, windows, path
+    ("hunyuan-720p-333-tiled", (30, 48, 80), 24, 128, (3, 3, 3), "tiled"),
+    ("hunyuan-720p-333-in-place", (30, 48, 80), 24, 128, (3, 3, 3), "natural"),
+    ("hunyuan-720p-555-tiled", (30, 48, 80), 24, 128, (5, 5, 5), "tiled"),
+    ("hunyuan-720p-mixed-tiled", (30, 48, 80), 24, 128, "mixed", "tiled"),
+    ("wan-480p-333-compact", (21, 30, 52), 12, 128, (3, 3, 3), "natural"),
+    ("hunyuan-720p-333-d64-tiled", (30, 48, 80), 48, 64, (3, 3, 3), "tiled"),
+]
+
+
+def run_shape(name, canvas, heads, head_dim, windows, path, rounds, iters) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from sta_search.benchmark import median_ms
+    from sta_search.kernels import Geometry, to_tiles
+    from sta_search.kernels.sta import gluon_fwd, normalize_windows
+
+    geometry = Geometry(canvas, (6, 8, 8))
+    if windows == "mixed":
+        table = torch.tensor([(1 + h % 3, 1 + (h // 3) % 4, 2 + h % 4) for h in range(heads)], dtype=torch.int32)
+        windows = table
+    table = normalize_windows(windows, heads, device="cuda")
+    natural = [[torch.randn(1, heads, geometry.video_len, head_dim, device="cuda", dtype=torch.bfloat16)
+                for _ in range(3)] for _ in range(2)]
+    tiled = [[to_tiles(geometry, x) for x in s] for s in natural] if path == "tiled" else None
+    outs = [torch.empty_like((tiled or natural)[i][0]) for i in range(2)]
+    row: dict = {"canvas": list(canvas), "heads": heads, "head_dim": head_dim, "tile": [6, 8, 8],
+                 "windows": table.tolist() if heads <= 4 or isinstance(windows, torch.Tensor) else list(windows),
+                 "path": path, "density": float(sum(geometry.density(tuple(w)) for w in table.tolist()) / heads),
+                 "ms": {}, "rounds": {}}
+
+    def gluon(pingpong):
+        def call(i):
+            gluon_fwd.DEFAULT_PINGPONG = pingpong
+            if path == "tiled":
+                return gluon_fwd.sta_gluon_tiled(*tiled[i], geometry, table, 0, None, None, out=outs[i])
+            return gluon_fwd.sta_gluon_natural(*natural[i], geometry, table, 0, False, None, None, out=outs[i])
+        return call
+
+    def cudnn(i):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return F.scaled_dot_product_attention(*natural[i])
+
+    free, pingpong = gluon(False), gluon(True)
+    a = free(0).clone()
+    b = pingpong(0).clone()
+    row["pingpong_bit_identical"] = bool(torch.equal(a, b))
+    per = {"gluon": [], "gluon-pingpong": []}
+    for r in range(rounds):  # alternate, so drift (clocks, heat) hits both alike
+        for key, fn in (("gluon", free), ("gluon-pingpong", pingpong)) if r % 2 == 0 else \
+                (("gluon-pingpong", pingpong), ("gluon", free)):
+            per[key].append(median_ms(fn, [[0], [1]], 2, iters)[0])
+    for key, values in per.items():
+        row["rounds"][key] = [round(v, 4) for v in values]
+        row["ms"][key] = statistics.median(values)
+    try:
+        row["ms"]["cudnn-dense"] = median_ms(cudnn, [[0], [1]], 1, 3)[0]
+    except Exception as exc:  # noqa: BLE001
+        row["errors"] = {"cudnn-dense": f"{type(exc).__name__}: {exc}"[:400]}
+    ms = row["ms"]
+    row["pingpong_speedup"] = ms["gluon"] / ms["gluon-pingpong"]
+    if "cudnn-dense" in ms:
+        row["vs_cudnn"] = {k: ms["cudnn-dense"] / ms[k] for k in ("gluon", "gluon-pingpong")}
+    gluon_fwd.DEFAULT_PINGPONG = False
+    del natural, tiled, outs
+    torch.cuda.empty_cache()
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--shapes", nargs="+", default=None, help="names (default: all)")
+    args = parser.parse_args(argv)
+
+    import torch
+    import triton
+
+    result = {"bench": "pingpong_check", "utc": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "shapes": {}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"pingpong-check-{result['utc']}.json"
+    for name, *spec in SHAPES:
+        if args.shapes and name not in args.shapes:
+            continue
+        try:
+            row = run_shape(name, *spec, args.rounds, args.iters)
+        except Exception as exc:  # noqa: BLE001  (recorded; the next shape still runs)
+            row = {"error": f"{type(exc).__name__}: {exc}"[:1500]}
+        result["shapes"][name] = row
+        print(name, json.dumps({k: row.get(k) for k in ("ms", "pingpong_speedup", "vs_cudnn",
+                                                        "pingpong_bit_identical", "error")}), flush=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
