@@ -30,7 +30,7 @@ run() {  # run SECONDS_WANTED LOGNAME command...: bounded by what is left of LIM
     echo "[$SECONDS s] rc=$? $(tail -n 1 "$OUT/$log")" | tee -a "$OUT/job.log"
 }
 nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/gpu.txt" 2>&1
-run 220 gpu-tests.log python3 -m pytest -q -m gpu tests/test_kernel_api.py tests/test_kernel_gluon.py \
+run 220 gpu-tests.log python3 -m pytest -q -m gpu tests/test_kernel_api.py tests/test_kernel_gluon.py tests/test_kernel_fp8.py \
     tests/test_kernel_triton.py -k "pingpong or api or (compact and d128)" -p no:cacheprovider
 run 150 pingpong.log python3 bench/pingpong_check.py --out "$OUT"
 run 100 softmax-ceiling.log python3 bench/softmax_ceiling.py --out "$OUT"

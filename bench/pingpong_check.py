@@ -11,7 +11,8 @@ Per shape, in one process: cuDNN dense SDPA (the baseline), FlexAttention STA, a
 ping-pong, alternated over ``--rounds`` rounds of ``--iters`` timed calls (two input sets rotated, medians). Outputs of
 the two variants are compared bit for bit. Shapes: hunyuan-720p (30x48x80, 24 heads, d=128) at (3,3,3) in tile order
 and in place, at (5,5,5), and mixed windows; wan-480p (21x30x52, 12 heads) at (3,3,3) through the compact path;
-hunyuan-720p at d=64 (48 heads) at (3,3,3).
+hunyuan-720p at d=64 (48 heads) at (3,3,3); the FP8 kernel alone at hunyuan-720p (3,3,3) (its 1.5x target
+against bf16 needs the softmax hidden).
 
 Writes ``DIR/pingpong-check-<utc>.json``: device, versions, per shape the medians (ms) and the speedups.
 """
@@ -36,6 +37,7 @@ SHAPES = [
     ("hunyuan-720p-mixed-tiled", (30, 48, 80), 24, 128, "mixed", "tiled"),
     ("wan-480p-333-compact", (21, 30, 52), 12, 128, (3, 3, 3), "natural"),
     ("hunyuan-720p-333-d64-tiled", (30, 48, 80), 48, 64, (3, 3, 3), "tiled"),
+    ("hunyuan-720p-333-fp8-kernel", (30, 48, 80), 24, 128, (3, 3, 3), "fp8"),
 ]
 
 
@@ -74,6 +76,18 @@ def run_shape(name, canvas, heads, head_dim, windows, path, rounds, iters) -> di
 
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             return F.scaled_dot_product_attention(*natural[i])
+
+    if path == "fp8":  # the FP8 kernel alone (its quantization pre-pass excluded), natural-order output
+        from sta_search.kernels.sta import gluon_fp8
+
+        quantized = [gluon_fp8.quantize_fp8(*s, geometry, 0, layout="natural") for s in natural]
+
+        def gluon(pingpong):
+            def call(i):
+                gluon_fwd.DEFAULT_PINGPONG = pingpong
+                return gluon_fp8._run(natural[i][0], None, None, geometry, table, 0, None, None, layout="natural",
+                                      text_first=False, stages=3, quantized=quantized[i])
+            return call
 
     free, pingpong = gluon(False), gluon(True)
     a = free(0).clone()

@@ -278,3 +278,21 @@ def test_generate_precision_refusal_exits_2(tmp_path, capsys, monkeypatch, preci
     if precision == "fp8":
         assert "Hopper" in err or "Gluon" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_fp8_pingpong_is_bit_identical_to_the_free_running_warpgroups(case, seed, monkeypatch):
+    """The FP8 kernel with the consumer warpgroups taking turns to issue (gluon_fwd.DEFAULT_PINGPONG) computes the
+    same numbers as without."""
+    from sta_search.kernels.sta import gluon_fwd
+
+    _, canvas, heads, windows, text_len, text_first, masked, batch = case
+    q, k, v, mask = make_case(canvas, heads, text_len, text_first, masked, batch, seed=seed)
+    kw = dict(canvas=canvas, tile=TILE, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
+    monkeypatch.setattr(gluon_fwd, "DEFAULT_PINGPONG", False)
+    free = sta_attention(q, k, v, **kw, backend="gluon", precision="fp8")
+    monkeypatch.setattr(gluon_fwd, "DEFAULT_PINGPONG", True)
+    pingpong = sta_attention(q, k, v, **kw, backend="gluon", precision="fp8")
+    assert torch.equal(pingpong, free), f"seed {seed}"
