@@ -8,10 +8,11 @@ A *probe* config (a selection at the budget of interest) is run sparse only at t
 profiled step's statistics (the nearest-profiled-step mapping of the solver) and dense everywhere else, from
 the profiled prompts' own initial noise. That step's *gain* is the final video's relative RMS distance from
 the dense video divided by the probe's summed profile error at those steps (first order: final error ~ gain x
-attention error). The weights handed to ``SelectOptions(step_weights=...)`` are the gains over their mean;
-profiled steps no sparse step uses, or whose probe changes nothing, get weight 1 before that normalisation.
+attention error). The weights handed to ``SelectOptions(step_weights=...)`` are the measured gains over their
+mean; profiled steps no sparse step uses, or whose probe changes nothing, get weight 1.
 
-Cost: one generation of the profiled prompts per profiled step that sparse steps use, plus one dense one.
+Cost: one generation of the profiled prompts per profiled step that sparse steps use, plus one dense one; each probe
+replays the dense run's transformer outputs for the steps before its first sparse step (:class:`ForwardReplay`).
 """
 
 from __future__ import annotations
