@@ -162,11 +162,17 @@ def save_sensitivity(sensitivity: StepSensitivity, folder, *, prompts: int, budg
     import json
     import os
 
+    from .report import writing
+
     path = Path(folder) / SENSITIVITY_FILE
     doc = {"schema": SENSITIVITY_SCHEMA, **sensitivity.to_dict(), "prompts": int(prompts), "budget": float(budget)}
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    with writing(path, "the step weights", kept="the profile beside it is unchanged"):
+        try:
+            tmp.write_text(json.dumps(doc, indent=1) + "\n")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
 
 

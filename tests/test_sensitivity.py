@@ -132,3 +132,13 @@ def test_calibration_replays_the_dense_prefix_exactly(tmp_path, monkeypatch):
     forwards_per_step = (made[0].computed + made[0].replayed) // (4 * 6)  # 4 runs (dense + 3 probes) of 6 steps
     assert forwards_per_step in (1, 2) and made[0].replayed == (1 + 2 + 4) * forwards_per_step
     assert "forward" not in vars(loaded.transformer)  # unpatched afterwards
+
+
+def test_saving_into_a_missing_folder_is_a_user_error_naming_it(tmp_path):
+    from sta_search.sensitivity import StepSensitivity, save_sensitivity
+
+    result = StepSensitivity((0, 2), (None, 0.1), (None, 2.0), (None, 0.05), (1.0, 1.0), "budget at density 0.3")
+    with pytest.raises(UserError, match="gone.*step_sensitivity.json.*the profile beside it is unchanged"):
+        save_sensitivity(result, tmp_path / "gone", prompts=1, budget=0.3)
+    path = save_sensitivity(result, tmp_path, prompts=1, budget=0.3)
+    assert path.read_text().count('"schema"') == 1 and not list(tmp_path.glob("*.tmp"))
