@@ -148,6 +148,24 @@ def test_resolve_takes_the_per_step_budget_scope():
         resolve_from_offsets(profile, canvas, SelectOptions(budget=0.45, budget_scope="step", granularity="layer"))
 
 
+def test_resolve_takes_the_step_weights():
+    profile, canvas = synthetic_profile(3), (5, 13, 11)
+    geometry = Geometry(canvas, profile.tile)
+    P = len(profile.profile_steps)
+
+    def late_density(config):
+        late = [s for s in config.sparse_steps if s >= config.steps - 2]
+        return np.mean([geometry.density(tuple(w)) for s in late
+                        for w in np.asarray(config.windows)[s].reshape(-1, 3).tolist()])
+
+    plain = resolve_from_offsets(profile, canvas, SelectOptions(budget=0.45)).config
+    heavy_late = resolve_from_offsets(profile, canvas, SelectOptions(budget=0.45,
+                                                                     step_weights=(1.0,) * (P - 1) + (50.0,))).config
+    assert heavy_late.summary["step_weights"][-1] == 50.0 and late_density(heavy_late) > late_density(plain)
+    with pytest.raises(UserError, match=f"1 given, the profile has {P}"):
+        resolve_from_offsets(profile, canvas, SelectOptions(budget=0.45, step_weights=(1.0,)))
+
+
 def test_canvas_from_pixels():
     header = synthetic_profile(1).header  # canvas (4, 8, 8), 128x128 px, 13 frames, patch (1, 2, 2): VAE 8 / 4
     assert canvas_from_pixels(header, None, None, None) == (4, 8, 8)
