@@ -616,7 +616,9 @@ def paper_fixed(profile, info, budget: float, dense_steps):
 SOLVER_VARIANTS = {"budget-per-step": ("solver-error-step-per-step", dict(budget_scope="step")),
                    "layer": ("solver-error-layer", dict(granularity="layer")),
                    # step weights measured per seed on the profiled prompts (sta_search.sensitivity; run_seed)
-                   "step-calibrated": ("solver-error-step-calibrated", dict())}
+                   "step-calibrated": ("solver-error-step-calibrated", dict()),
+                   # step weights times layer weights, both measured per seed (sta_search.sensitivity)
+                   "step-layer-calibrated": ("solver-error-step-layer-calibrated", dict())}
 
 
 def build_configs_v2(profile, info, densities, extra_objectives=(), solver_variants=(), variant_options=None):
@@ -744,9 +746,10 @@ def summarize(results: dict) -> dict:
     return checks
 
 
-def calibrate_steps(args, loaded, settings, profile, training, seed: int, densities):
-    """(`sta_search.sensitivity.StepSensitivity`, seconds): step weights measured on the profiled prompts from
-    their profiling seed, with the plain solver's selection at the first target density as the probe."""
+def calibrate_steps(args, loaded, settings, profile, training, seed: int, densities, layers: bool = False):
+    """(step `sta_search.sensitivity.StepSensitivity`, layer one or None, seconds): step (and with ``layers``
+    layer) weights measured on the profiled prompts from their profiling seed, with the plain solver's selection at
+    the first target density as the probe."""
     from sta_search.accelerate import MaskAttention
     from sta_search.models import dense_attention
     from sta_search.select import DEFAULT_FULL_STEP_FRACTION, SelectOptions, select_windows
@@ -769,7 +772,14 @@ def calibrate_steps(args, loaded, settings, profile, training, seed: int, densit
     sensitivity = measure_step_sensitivity(profile, probe, render, progress=lambda m: print(f"[seed {seed}] calibrate: {m}", flush=True))
     print(f"[seed {seed}] step weights {[round(w, 3) for w in sensitivity.weights]} (profiled steps "
           f"{list(sensitivity.profile_steps)}) in {time.perf_counter() - t0:.1f} s", flush=True)
-    return sensitivity, time.perf_counter() - t0
+    per_layer = None
+    if layers:
+        from sta_search.sensitivity import measure_layer_sensitivity
+
+        per_layer = measure_layer_sensitivity(profile, probe, render)
+        print(f"[seed {seed}] layer weights {[round(w, 3) for w in per_layer.weights]} "
+              f"({time.perf_counter() - t0:.1f} s in all)", flush=True)
+    return sensitivity, per_layer, time.perf_counter() - t0
 
 
 def study_plan(args, kind: str) -> str:
@@ -812,10 +822,16 @@ def run_seed(args, loaded, settings, seed: int, split: int, suffix: str, out: di
     t0 = time.perf_counter()
     if plan == "v2":
         variant_options = {}
-        if "step-calibrated" in args.solver_variants:
-            sensitivity, calibrate_s = calibrate_steps(args, loaded, settings, profile, training, seed, densities)
+        calibrated = {"step-calibrated", "step-layer-calibrated"} & set(args.solver_variants)
+        if calibrated:
+            sensitivity, layers, calibrate_s = calibrate_steps(args, loaded, settings, profile, training, seed, densities,
+                                                               layers="step-layer-calibrated" in calibrated)
             out["step_sensitivity"] = sensitivity.to_dict() | {"seconds": round(calibrate_s, 1)}
             variant_options["step-calibrated"] = dict(step_weights=sensitivity.weights)
+            if layers is not None:
+                out["layer_sensitivity"] = layers.to_dict()
+                variant_options["step-layer-calibrated"] = dict(
+                    step_weights=tuple(map(tuple, np.outer(sensitivity.weights, layers.weights).tolist())))
         configs = build_configs_v2(profile, info, densities, tuple(args.objectives), tuple(args.solver_variants),
                                    variant_options)
     else:

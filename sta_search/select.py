@@ -244,8 +244,8 @@ class SelectOptions:
     heldout_tolerance: float = DEFAULT_TOLERANCE  # warn when held-out error > (1 + this) x in-sample (select_check)
     #: one positive factor per profiled step (the profile's ``profile_steps`` order) multiplying that step's costs
     #: for the solver: how far an attention error at that step moves the final video
-    #: (:mod:`sta_search.sensitivity`); None: every step counts the same
-    step_weights: tuple[float, ...] | None = None
+    #: (:mod:`sta_search.sensitivity`); or a (profiled steps, layers) table of them; None: every step counts the same
+    step_weights: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -423,7 +423,8 @@ def solve_groups(cost: np.ndarray, layout: StepLayout, densities: np.ndarray, is
     ``options`` ask: FastVideo's argmin over the non-full candidates, or the budget solver over the whole run or
     step by step (``budget_scope``), each profiled step's costs times ``options.step_weights`` when given."""
     if options.step_weights is not None:
-        cost = cost * np.asarray(options.step_weights, dtype=np.float64).reshape(-1, 1, 1, 1)
+        weights = np.asarray(options.step_weights, dtype=np.float64)
+        cost = cost * weights.reshape(weights.shape[0], weights.shape[1] if weights.ndim == 2 else 1, 1, 1)
     C, weights = _group_costs(cost, layout, options.granularity)
     if options.strategy == "argmin":
         return solve_argmin(C, ~is_full[None, :]), None
@@ -449,11 +450,15 @@ def resolve_step_weights(step_weights: Sequence[float] | None, profile: Profile)
     positive finite number."""
     if step_weights is None:
         return None
-    weights = np.asarray(step_weights, dtype=np.float64).reshape(-1)
-    if weights.size != len(profile.profile_steps):
+    weights = np.asarray(step_weights, dtype=np.float64)
+    if weights.ndim == 2:  # per (profiled step, layer)
+        if weights.shape != (len(profile.profile_steps), profile.num_layers):
+            raise UserError(f"step weights: shape {tuple(weights.shape)} given, the profile has "
+                            f"({len(profile.profile_steps)}, {profile.num_layers}) profiled steps and layers")
+    elif weights.ndim != 1 or weights.size != len(profile.profile_steps):
         raise UserError(f"step weights: {weights.size} given, the profile has {len(profile.profile_steps)} profiled "
                         f"steps {list(profile.profile_steps)}")
-    bad = [float(w) for w in weights if not (np.isfinite(w) and w > 0)]
+    bad = [float(w) for w in weights.reshape(-1) if not (np.isfinite(w) and w > 0)]
     if bad:
         raise UserError(f"step weights must be positive finite numbers, got {bad[0]!r}")
     return weights
@@ -563,7 +568,7 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
         "cost_model": cost_model.source,
     }
     if step_weights is not None:
-        summary["step_weights"] = [round(float(w), 4) for w in step_weights]
+        summary["step_weights"] = np.round(step_weights, 4).tolist()
     if profile.header.get("cache"):
         summary["cache"] = profile.header["cache"]
         summary["cache_skipped_steps"] = [s for s in range(steps) if not computed[s]]

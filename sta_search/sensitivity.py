@@ -103,6 +103,54 @@ def step_probes(profile: Profile, config: MaskConfig) -> list[StepProbe]:
     return probes
 
 
+def layer_probes(profile: Profile, config: MaskConfig) -> list[StepProbe]:
+    """One probe per layer: ``config``'s windows for that layer at every sparse step, every other layer full
+    (``slot`` is the layer here; ``attention_error`` the layer's summed profile error over the sparse steps)."""
+    from .select import nearest_profiled
+
+    geometry = profile.geometry
+    index = {}
+    for i, window in enumerate(profile.error_windows):
+        index.setdefault(geometry.clip_window(tuple(window)), i)
+    error = profile.mean_error().double().numpy()
+    sparse = list(config.sparse_steps)
+    slots = nearest_profiled(sparse, profile.profile_steps).tolist() if sparse else []
+    full = np.asarray(profile.grid, dtype=np.int32)
+    probes = []
+    for layer in range(profile.num_layers):
+        total = 0.0
+        for step, slot in zip(sparse, slots):
+            for head, window in enumerate(np.asarray(config.window_table(step))[layer].tolist()):
+                window = geometry.clip_window(tuple(window))
+                if not geometry.is_full(window):
+                    total += float(error[slot, layer, head, index[window]])
+        windows = np.array(config.windows, dtype=np.int32)
+        others = [l for l in range(profile.num_layers) if l != layer]
+        windows[:, others] = full
+        probes.append(StepProbe(layer, tuple(sparse), config.replace(windows=windows), total))
+    return probes
+
+
+def measure_layer_sensitivity(profile: Profile, probe: MaskConfig,
+                              render: Callable[[MaskConfig | None], torch.Tensor]) -> StepSensitivity:
+    """Like :func:`measure_step_sensitivity`, per layer (:func:`layer_probes`): ``profile_steps`` holds the layer
+    indices here."""
+    reference = render(None)
+    gains: list[float | None] = []
+    final: list[float | None] = []
+    attention: list[float | None] = []
+    for item in layer_probes(profile, probe):
+        attention.append(item.attention_error)
+        if item.attention_error <= 0:
+            final.append(None)
+            gains.append(None)
+            continue
+        final.append(relative_rms(render(item.config), reference))
+        gains.append(final[-1] / item.attention_error if final[-1] > 0 else None)
+    return StepSensitivity(tuple(range(profile.num_layers)), tuple(final), tuple(attention), tuple(gains),
+                           weights_from_gains(gains), "layers")
+
+
 def relative_rms(video: torch.Tensor, reference: torch.Tensor) -> float:
     """``||video - reference|| / ||reference||`` over all elements, in float64."""
     a, b = torch.as_tensor(video).double(), torch.as_tensor(reference).double()

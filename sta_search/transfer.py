@@ -279,7 +279,8 @@ def resolve_from_offsets(profile, canvas: Sequence[int], options=None, *, tile: 
         "objective": "recall (estimated from offset mass)",
         "granularity": options.granularity,
         "budget_scope": options.budget_scope,
-        **({"step_weights": [round(float(w), 4) for w in options.step_weights]} if options.step_weights else {}),
+        **({"step_weights": np.round(np.asarray(options.step_weights, dtype=np.float64), 4).tolist()}
+           if options.step_weights is not None else {}),
         "candidates": f"all ({len(windows)} windows)",
         "budget": budget,
         "density": density,

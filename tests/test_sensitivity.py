@@ -142,3 +142,53 @@ def test_saving_into_a_missing_folder_is_a_user_error_naming_it(tmp_path):
         save_sensitivity(result, tmp_path / "gone", prompts=1, budget=0.3)
     path = save_sensitivity(result, tmp_path, prompts=1, budget=0.3)
     assert path.read_text().count('"schema"') == 1 and not list(tmp_path.glob("*.tmp"))
+
+
+def test_per_layer_weights_draw_density_to_that_layer(seed):
+    profile = synthetic_profile(prompts=2, steps=10, profile_steps=[0, 3, 6, 9], rng=seed)
+    g = profile.geometry
+    P, L = len(profile.profile_steps), profile.num_layers
+    table = np.ones((P, L))
+    table[:, L - 1] = 50.0
+    plain = select_windows(profile, SelectOptions(budget=0.3))
+    heavy = select_windows(profile, SelectOptions(budget=0.3, step_weights=tuple(map(tuple, table.tolist()))))
+
+    def layer_density(config, layer):
+        return np.mean([g.density(tuple(int(x) for x in w)) for s in config.sparse_steps
+                        for w in config.windows[s, layer]])
+
+    assert layer_density(heavy.config, L - 1) > layer_density(plain.config, L - 1) + 0.05
+    assert np.asarray(heavy.summary["step_weights"]).shape == (P, L)
+    with pytest.raises(UserError, match=r"shape \(4, 1\) given"):
+        select_windows(profile, SelectOptions(budget=0.3, step_weights=((1.0,),) * 4))
+
+
+def test_layer_probes_keep_one_layer_sparse(seed):
+    from sta_search.sensitivity import layer_probes, measure_layer_sensitivity
+
+    profile = synthetic_profile(prompts=2, steps=10, profile_steps=[0, 3, 6, 9], rng=seed)
+    config = select_windows(profile, SelectOptions(budget=0.3)).config
+    probes = layer_probes(profile, config)
+    g = profile.geometry
+    assert [p.slot for p in probes] == list(range(profile.num_layers))
+    for probe in probes:
+        for s in config.sparse_steps:
+            for layer in range(profile.num_layers):
+                rows = probe.config.windows[s, layer]
+                if layer == probe.slot:
+                    assert np.array_equal(rows, config.windows[s, layer])
+                else:
+                    assert all(g.is_full(g.clip_window(tuple(int(x) for x in w))) for w in rows)
+    planted = {layer: 1.0 + layer for layer in range(profile.num_layers)}
+    by_layer = {p.slot: p for p in probes}
+    reference = torch.ones(3, 4, dtype=torch.float64)
+
+    def render(cfg):
+        if cfg is None:
+            return reference
+        layer = next(l for l, p in by_layer.items() if np.array_equal(p.config.windows, cfg.windows))
+        return reference * (1.0 + 1e-3 * planted[layer] * by_layer[layer].attention_error)
+
+    result = measure_layer_sensitivity(profile, config, render)
+    for layer, gain in enumerate(result.gains):
+        assert gain == pytest.approx(1e-3 * planted[layer], rel=1e-9)
