@@ -42,7 +42,7 @@ from ..geometry import Geometry
 from .tables import device_windows
 from . import gluon_fwd
 from .gluon_fwd import (BLOCK_N, LOG2E, QUERY_ROWS, WG_ROWS, _clamped_window, _copy_video_rows, _mask_padding,
-                        _softmax, _video_row)
+                        _pass_turn, _softmax, _take_turn, _video_row)
 
 FP8_MAX = 448.0  # largest finite e4m3 (float8_e4m3fn)
 P_SCALE = 256.0  # probabilities in [0, 1] are stored as p * 256 in e4m3
@@ -291,16 +291,11 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
             k_scale = gl.load(k_scales + row // BLOCK_N)  # in flight while this block's K arrives
             mbarrier.wait(ready.index(s), (it // STAGES) & 1)
             if PINGPONG:  # the warpgroups take turns to issue (gluon_fwd._consumer)
-                k_it = it - n_text - 1
-                if WG == 0:
-                    if k_it > 0:
-                        mbarrier.wait(turn.index(0), (k_it - 1) & 1)
-                else:
-                    mbarrier.wait(turn.index(1), k_it & 1)
+                _take_turn(turn, it - n_text - 1, WG)
             s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             acc = warpgroup_mma(p_op, v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
             if PINGPONG:
-                mbarrier.arrive(turn.index(1 - WG), count=1)
+                _pass_turn(turn, WG)
             s_acc = warpgroup_mma_wait(1, deps=(s_acc, ))
             if HAS_PADDING:
                 s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)

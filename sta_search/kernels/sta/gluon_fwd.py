@@ -204,6 +204,23 @@ def _add_tile_mass(t_i, p, alpha, m_i, tile, last, mass_ptr, record):
 
 
 @gluon.jit
+def _take_turn(turn, k_it, WG: gl.constexpr):
+    """PINGPONG: wait until this warpgroup may issue the wgmmas of its ``k_it``-th video loop iteration (warpgroup 0
+    goes first; neither can get two phases ahead of the other, so parity waits are safe)."""
+    if WG == 0:
+        if k_it > 0:
+            mbarrier.wait(turn.index(0), (k_it - 1) & 1)
+    else:
+        mbarrier.wait(turn.index(1), k_it & 1)
+
+
+@gluon.jit
+def _pass_turn(turn, WG: gl.constexpr):
+    """PINGPONG: hand the turn to the other warpgroup once this one's wgmmas are issued."""
+    mbarrier.arrive(turn.index(1 - WG), count=1)
+
+
+@gluon.jit
 def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, TextMask, MassLog, LseOut, bh, b, q_row,
               text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh,
               sw, wh, ww, NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr,
@@ -298,16 +315,11 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn
             s = it % STAGES
             mbarrier.wait(ready.index(s), (it // STAGES) & 1)
             if PINGPONG:  # FA3's order: the warpgroups take turns to issue, so one's softmax runs under the other's MMAs
-                k_it = it - n_text - 1
-                if WG == 0:
-                    if k_it > 0:
-                        mbarrier.wait(turn.index(0), (k_it - 1) & 1)
-                else:
-                    mbarrier.wait(turn.index(1), k_it & 1)
+                _take_turn(turn, it - n_text - 1, WG)
             s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             acc = warpgroup_mma(p_op, v_smem.index(s_prev), acc, is_async=True)
             if PINGPONG:
-                mbarrier.arrive(turn.index(1 - WG), count=1)
+                _pass_turn(turn, WG)
             if HAS_PADDING or (MASS and not COMPACT):  # scalar index math while the wgmmas run
                 row = _video_row(it - n_text, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW,
                                  TILE_VOL, BLOCK_N, BPT, BPT_LAST)
