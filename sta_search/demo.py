@@ -181,8 +181,7 @@ def run_demo(settings: DemoSettings = DemoSettings(), console=None) -> dict:
         sensitivity = calibrate_profile(out / "profile", loaded, settings.budget, full_steps=settings.full_steps)
         weights = sensitivity.weights
         timings["calibrate_s"] = time.perf_counter() - tc
-        console.print("  step weights (profiled step: weight): " + ", ".join(
-            f"{s}: {w:.2f}" for s, w in zip(sensitivity.profile_steps, weights)), markup=False, highlight=False)
+        console.print("  " + sensitivity.weights_line(), markup=False, highlight=False)
 
     console.print(f"[bold]2/4 select[/] windows at density budget {settings.budget}")
     t1 = time.perf_counter()

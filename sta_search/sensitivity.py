@@ -53,6 +53,11 @@ class StepSensitivity:
     weights: tuple[float, ...]
     probe: str
 
+    def weights_line(self) -> str:
+        """``step weights (profiled step: weight): 4: 1.83, 6: 1.51, ...`` for a console."""
+        return "step weights (profiled step: weight): " + ", ".join(
+            f"{s}: {w:.2f}" for s, w in zip(self.profile_steps, self.weights))
+
     def to_dict(self) -> dict:
         def rounded(values):
             return [None if v is None else float(f"{v:.6g}") for v in values]
@@ -73,8 +78,12 @@ def _sparse_slots(profile: Profile, config: MaskConfig) -> dict[int, tuple[int, 
     return {slot: tuple(steps) for slot, steps in sorted(slots.items())}
 
 
-def step_probes(profile: Profile, config: MaskConfig) -> list[StepProbe]:
-    """One probe per profiled step that some sparse step of ``config`` uses (see the module docstring)."""
+def _attention_errors(profile: Profile, config: MaskConfig) -> np.ndarray:
+    """``(steps, layers)``: the summed mean profile error of ``config``'s windows at each sparse step and layer (the
+    nearest profiled step's statistics; 0 at dense steps and for full windows). UserError when ``config`` is for
+    another canvas, tile or step count, or uses a window the profile measured no error for."""
+    from .select import nearest_profiled
+
     geometry = profile.geometry
     if tuple(config.canvas) != tuple(profile.canvas) or tuple(config.tile) != tuple(profile.tile) \
             or config.steps != profile.steps:
@@ -85,70 +94,72 @@ def step_probes(profile: Profile, config: MaskConfig) -> list[StepProbe]:
     for i, window in enumerate(profile.error_windows):
         index.setdefault(geometry.clip_window(tuple(window)), i)
     error = profile.mean_error().double().numpy()  # (P, L, H, K)
+    table = np.zeros((config.steps, profile.num_layers))
+    sparse = list(config.sparse_steps)
+    for step, slot in zip(sparse, nearest_profiled(sparse, profile.profile_steps).tolist() if sparse else []):
+        for layer, row in enumerate(np.asarray(config.window_table(step)).tolist()):
+            for head, window in enumerate(row):
+                window = geometry.clip_window(tuple(window))
+                if geometry.is_full(window):
+                    continue
+                if window not in index:
+                    raise UserError(f"probe window {list(window)} (step {step}, layer {layer}, head {head}) has no "
+                                    "measured error: probe with a selection over the profile's shortlist")
+                table[step, layer] += float(error[slot, layer, head, index[window]])
+    return table
+
+
+def step_probes(profile: Profile, config: MaskConfig) -> list[StepProbe]:
+    """One probe per profiled step that some sparse step of ``config`` uses (see the module docstring)."""
+    errors = _attention_errors(profile, config)
     probes = []
     for slot, steps in _sparse_slots(profile, config).items():
-        total = 0.0
-        for step in steps:
-            for layer, row in enumerate(np.asarray(config.window_table(step)).tolist()):
-                for head, window in enumerate(row):
-                    window = geometry.clip_window(tuple(window))
-                    if geometry.is_full(window):
-                        continue
-                    if window not in index:
-                        raise UserError(f"probe window {list(window)} (step {step}, layer {layer}, head {head}) has no "
-                                        "measured error: probe with a selection over the profile's shortlist")
-                    total += float(error[slot, layer, head, index[window]])
         dense = tuple(s for s in range(config.steps) if s not in set(steps))
-        probes.append(StepProbe(slot, steps, config.replace(dense_steps=dense), total))
+        probes.append(StepProbe(slot, steps, config.replace(dense_steps=dense), float(errors[list(steps)].sum())))
     return probes
 
 
 def layer_probes(profile: Profile, config: MaskConfig) -> list[StepProbe]:
     """One probe per layer: ``config``'s windows for that layer at every sparse step, every other layer full
     (``slot`` is the layer here; ``attention_error`` the layer's summed profile error over the sparse steps)."""
-    from .select import nearest_profiled
-
-    geometry = profile.geometry
-    index = {}
-    for i, window in enumerate(profile.error_windows):
-        index.setdefault(geometry.clip_window(tuple(window)), i)
-    error = profile.mean_error().double().numpy()
-    sparse = list(config.sparse_steps)
-    slots = nearest_profiled(sparse, profile.profile_steps).tolist() if sparse else []
+    errors = _attention_errors(profile, config)
     full = np.asarray(profile.grid, dtype=np.int32)
     probes = []
     for layer in range(profile.num_layers):
-        total = 0.0
-        for step, slot in zip(sparse, slots):
-            for head, window in enumerate(np.asarray(config.window_table(step))[layer].tolist()):
-                window = geometry.clip_window(tuple(window))
-                if not geometry.is_full(window):
-                    total += float(error[slot, layer, head, index[window]])
         windows = np.array(config.windows, dtype=np.int32)
-        others = [l for l in range(profile.num_layers) if l != layer]
-        windows[:, others] = full
-        probes.append(StepProbe(layer, tuple(sparse), config.replace(windows=windows), total))
+        windows[:, [l for l in range(profile.num_layers) if l != layer]] = full
+        probes.append(StepProbe(layer, tuple(config.sparse_steps), config.replace(windows=windows),
+                                float(errors[:, layer].sum())))
     return probes
+
+
+def _probe_gains(probes: Sequence[StepProbe], slots: int, render: Callable[[MaskConfig | None], torch.Tensor],
+                 progress: Callable[[StepProbe, float], None] | None = None):
+    """(final error, attention error, gain) lists over ``slots`` from rendering each probe against the dense run;
+    None where a slot has no probe or its probe changes nothing."""
+    reference = render(None)
+    final: list[float | None] = [None] * slots
+    attention: list[float | None] = [None] * slots
+    gains: list[float | None] = [None] * slots
+    for item in probes:
+        attention[item.slot] = item.attention_error
+        if item.attention_error <= 0:
+            continue
+        final[item.slot] = relative_rms(render(item.config), reference)
+        if final[item.slot] > 0:
+            gains[item.slot] = final[item.slot] / item.attention_error
+        if progress is not None:
+            progress(item, final[item.slot])
+    return tuple(final), tuple(attention), tuple(gains)
 
 
 def measure_layer_sensitivity(profile: Profile, probe: MaskConfig,
                               render: Callable[[MaskConfig | None], torch.Tensor]) -> StepSensitivity:
     """Like :func:`measure_step_sensitivity`, per layer (:func:`layer_probes`): ``profile_steps`` holds the layer
     indices here."""
-    reference = render(None)
-    gains: list[float | None] = []
-    final: list[float | None] = []
-    attention: list[float | None] = []
-    for item in layer_probes(profile, probe):
-        attention.append(item.attention_error)
-        if item.attention_error <= 0:
-            final.append(None)
-            gains.append(None)
-            continue
-        final.append(relative_rms(render(item.config), reference))
-        gains.append(final[-1] / item.attention_error if final[-1] > 0 else None)
-    return StepSensitivity(tuple(range(profile.num_layers)), tuple(final), tuple(attention), tuple(gains),
-                           weights_from_gains(gains), "layers")
+    final, attention, gains = _probe_gains(layer_probes(profile, probe), profile.num_layers, render)
+    return StepSensitivity(tuple(range(profile.num_layers)), final, attention, gains, weights_from_gains(gains),
+                           "layers")
 
 
 def relative_rms(video: torch.Tensor, reference: torch.Tensor) -> float:
@@ -177,25 +188,16 @@ def measure_step_sensitivity(profile: Profile, probe: MaskConfig,
     probes = step_probes(profile, probe)
     if not probes:
         raise UserError("the probe config has no sparse step: nothing to measure")
-    reference = render(None)
-    P = len(profile.profile_steps)
-    final: list[float | None] = [None] * P
-    attention: list[float | None] = [None] * P
-    gains: list[float | None] = [None] * P
-    for item in probes:
-        attention[item.slot] = item.attention_error
-        if item.attention_error <= 0:
-            continue
-        final[item.slot] = relative_rms(render(item.config), reference)
-        if final[item.slot] > 0:
-            gains[item.slot] = final[item.slot] / item.attention_error
-        if progress is not None:
-            progress(f"profiled step {profile.profile_steps[item.slot]} (sparse steps {list(item.steps)}): final error "
-                     f"{final[item.slot]:.4g}, attention error {item.attention_error:.4g}")
+
+    def said(item, final):
+        progress(f"profiled step {profile.profile_steps[item.slot]} (sparse steps {list(item.steps)}): final error "
+                 f"{final:.4g}, attention error {item.attention_error:.4g}")
+
+    final, attention, gains = _probe_gains(probes, len(profile.profile_steps), render,
+                                           said if progress is not None else None)
     summary = probe.summary or {}
     label = f"{summary.get('strategy', 'config')} at density {probe.density():.4g}"
-    return StepSensitivity(tuple(profile.profile_steps), tuple(final), tuple(attention), tuple(gains),
-                           weights_from_gains(gains), label)
+    return StepSensitivity(tuple(profile.profile_steps), final, attention, gains, weights_from_gains(gains), label)
 
 
 #: where ``sta-search profile --calibrate-steps`` writes the measurement, inside the profile folder

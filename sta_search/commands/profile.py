@@ -128,8 +128,7 @@ def register(app: typer.Typer) -> None:
             sensitivity = calibrate_profile(out, loaded, calibrate_budget,
                                             progress=lambda line: console.print("  " + line, markup=False,
                                                                                 highlight=False))
-            Console().print("step weights (profiled step: weight): " + ", ".join(
-                f"{s}: {w:.2f}" for s, w in zip(sensitivity.profile_steps, sensitivity.weights)), highlight=False)
+            Console().print(sensitivity.weights_line(), highlight=False)
         where = result.header.get("statistics")
         Console().print(f"profile written to {out}" + (f" (statistics: {where.split(':')[0]})" if where else "")
                         + (f"; torch CPU threads: {choice.threads} ({choice.why})" if choice else ""),
