@@ -746,28 +746,36 @@ def summarize(results: dict) -> dict:
     return checks
 
 
+def config_attention(args, config):
+    """The attention function generation runs a config with: the STA kernel entry (``--sta kernel``, the default)
+    or SDPA under the reference mask (``--sta mask``)."""
+    from sta_search.accelerate import MaskAttention
+
+    sta = "kernel" if getattr(args, "sta", "auto") == "auto" else args.sta
+    return MaskAttention(config, backend="auto") if sta == "kernel" else ConfigAttention(config)
+
+
 def calibrate_steps(args, loaded, settings, profile, training, seed: int, densities, layers: bool = False):
     """(step `sta_search.sensitivity.StepSensitivity`, layer one or None, seconds): step (and with ``layers``
     layer) weights measured on the profiled prompts from their profiling seed, with the plain solver's selection at
     the first target density as the probe."""
-    from sta_search.accelerate import MaskAttention
     from sta_search.models import dense_attention
-    from sta_search.select import DEFAULT_FULL_STEP_FRACTION, SelectOptions, select_windows
+    from sta_search.select import SelectOptions, select_windows
     from sta_search.sensitivity import measure_step_sensitivity
 
     t0 = time.perf_counter()
     steps = args.steps or settings.steps
     targeted = [d for d in sorted(densities, key=lambda d: (abs(d - 0.3), d)) if d in V2_TARGET_DENSITIES] or list(densities)
-    full_steps = round(DEFAULT_FULL_STEP_FRACTION * profile.steps)
-    probe = select_windows(profile, SelectOptions(budget=targeted[0], full_steps=full_steps)).config
+    probe = select_windows(profile, SelectOptions(budget=targeted[0])).config  # select's default dense steps
     generator = HeldoutGenerator(loaded, settings, training, steps, seed)
-    sta = "kernel" if getattr(args, "sta", "auto") == "auto" else args.sta
+    dense = []  # the step and the layer measurement share one dense run
 
     def render(config):
         if config is None:
-            return generator.run(dense_attention, dense_steps=())
-        attention = MaskAttention(config, backend="auto") if sta == "kernel" else ConfigAttention(config)
-        return generator.run(attention, dense_steps=config.dense_steps)
+            if not dense:
+                dense.append(generator.run(dense_attention, dense_steps=()))
+            return dense[0]
+        return generator.run(config_attention(args, config), dense_steps=config.dense_steps)
 
     sensitivity = measure_step_sensitivity(profile, probe, render, progress=lambda m: print(f"[seed {seed}] calibrate: {m}", flush=True))
     print(f"[seed {seed}] step weights {[round(w, 3) for w in sensitivity.weights]} (profiled steps "
@@ -791,7 +799,6 @@ def run_seed(args, loaded, settings, seed: int, split: int, suffix: str, out: di
              kind: str = "tiny"):
     """The study for one seed into `out` (a per-seed results dict, filled in as configs finish; `write()`
     saves everything so far)."""
-    from sta_search.accelerate import MaskAttention
     from sta_search.kernels.geometry import Geometry
     from sta_search.maskconfig import MaskConfig
     from sta_search.models import dense_attention
@@ -914,7 +921,7 @@ def run_seed(args, loaded, settings, seed: int, split: int, suffix: str, out: di
             save()
             continue
         t0 = time.perf_counter()
-        attention = MaskAttention(config, backend="auto") if sta == "kernel" else ConfigAttention(config)
+        attention = config_attention(args, config)
         video = generator.run(attention, dense_steps=config.dense_steps)
         per = video_metrics(video, dense)
         sync()
@@ -1000,45 +1007,35 @@ def v2_targets(results: dict) -> dict:
         def psnr(name):
             return cfg.get(name, {}).get("mean_psnr_db")
 
+    def entry(label, a, b, goal):
+        """The target entry (value and holds None where its configs did not run)."""
+        if multi:
+            mean, n, _ = diff(label)
+            per = (diffs.get(label) or {}).get("per_seed", {})
+            held = sum(v["psnr_db"] >= goal for v in per.values())
+            return {"value_db": mean, "goal_db": f">= +{goal}", "seeds": n,
+                    "holds": None if mean is None else bool(mean >= goal), "holds_in_seeds": f"{held}/{n}"}
+        pa, pb = psnr(a), psnr(b)
+        value = None if pa is None or pb is None else pa - pb
+        return {"value_db": value, "goal_db": f">= +{goal}", "holds": None if value is None else bool(value >= goal)}
+
     out = {}
     for d in V2_TARGET_DENSITIES:
         for label, a, b in ((f"solver_minus_best_uniform@{d:g}", f"solver-error-step@{d:g}", f"uniform@{d:g}"),
                             (f"solver_minus_argmin_capped_matched@{d:g}", f"solver-error-step@argmin-capped{d:g}",
                              f"argmin-capped@{d:g}")):
-            goal = V2_TARGETS[label.split("@")[0]]
-            if multi:
-                mean, n, _ = diff(label)
-                per = (diffs.get(label) or {}).get("per_seed", {})
-                held = sum(v["psnr_db"] >= goal for v in per.values())
-                out[label] = {"value_db": mean, "goal_db": f">= +{goal}", "seeds": n,
-                              "holds": None if mean is None else bool(mean >= goal),
-                              "holds_in_seeds": f"{held}/{n}"}
-            else:
-                pa, pb = psnr(a), psnr(b)
-                value = None if pa is None or pb is None else pa - pb
-                out[label] = {"value_db": value, "goal_db": f">= +{goal}",
-                              "holds": None if value is None else bool(value >= goal)}
+            out[label] = entry(label, a, b, V2_TARGETS[label.split("@")[0]])
     # the solver with measured step weights (--solver-variants step-calibrated; profile --calibrate-steps in the
-    # CLI), where it ran: the same goals
+    # CLI), only where it ran: the same goals
     for d in V2_TARGET_DENSITIES:
         for label, a, b, stem in (
                 (f"solver_error_step_calibrated_minus_argmin_capped_matched@{d:g}",
                  f"solver-error-step-calibrated@argmin-capped{d:g}", f"argmin-capped@{d:g}", "solver_minus_argmin_capped_matched"),
                 (f"solver_error_step_calibrated_minus_best_uniform@{d:g}",
                  f"solver-error-step-calibrated@{d:g}", f"uniform@{d:g}", "solver_minus_best_uniform")):
-            goal = V2_TARGETS[stem]
-            if multi:
-                mean, n, _ = diff(label)
-                if mean is None:
-                    continue
-                per = (diffs.get(label) or {}).get("per_seed", {})
-                held = sum(v["psnr_db"] >= goal for v in per.values())
-                out[label] = {"value_db": mean, "goal_db": f">= +{goal}", "seeds": n, "holds": bool(mean >= goal),
-                              "holds_in_seeds": f"{held}/{n}"}
-            else:
-                pa, pb = psnr(a), psnr(b)
-                if pa is not None and pb is not None:
-                    out[label] = {"value_db": pa - pb, "goal_db": f">= +{goal}", "holds": bool(pa - pb >= goal)}
+            found = entry(label, a, b, V2_TARGETS[stem])
+            if found["value_db"] is not None:
+                out[label] = found
     value = psnr("solver-error-step@0.42")
     out["solver_psnr@0.42_vs_paper"] = {
         "value_db": value, "paper_db": PAPER_PSNR_DB,

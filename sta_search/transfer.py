@@ -240,7 +240,7 @@ def resolve_from_offsets(profile, canvas: Sequence[int], options=None, *, tile: 
 
     options = options or SelectOptions()
     check_options(options)
-    resolve_step_weights(options.step_weights, profile)  # UserError naming a wrong count or value
+    step_weights = resolve_step_weights(options.step_weights, profile)  # UserError naming a wrong count or value
     if profile.num_prompts == 0:
         raise UserError("the profile holds no prompts yet: profile at least one prompt")
     tile = tuple(int(v) for v in (tile or profile.tile))
@@ -279,8 +279,7 @@ def resolve_from_offsets(profile, canvas: Sequence[int], options=None, *, tile: 
         "objective": "recall (estimated from offset mass)",
         "granularity": options.granularity,
         "budget_scope": options.budget_scope,
-        **({"step_weights": np.round(np.asarray(options.step_weights, dtype=np.float64), 4).tolist()}
-           if options.step_weights is not None else {}),
+        **({"step_weights": np.round(step_weights, 4).tolist()} if step_weights is not None else {}),
         "candidates": f"all ({len(windows)} windows)",
         "budget": budget,
         "density": density,
