@@ -324,6 +324,16 @@ def _cloned(value):
     return value
 
 
+def check_calibratable(cache: str | None, image, what: str = "--cache") -> None:
+    """UserError unless step weights can be measured for a run under step cache ``cache`` and conditioning
+    ``image``: the probes replay and compare whole denoising runs, which a step cache makes differ by design, and
+    the image of an image-to-video profile is not kept with it."""
+    if cache not in (None, "none"):
+        raise UserError(f"--calibrate-steps runs without a step cache, got {what} {cache}")
+    if image:
+        raise UserError("--calibrate-steps does not support --image (image-to-video) yet")
+
+
 def calibrate_profile(folder, loaded, budget: float = DEFAULT_CALIBRATION_BUDGET, *, full_steps: int | None = None,
                       progress: Callable[[str], None] | None = None, replay: bool = True) -> StepSensitivity:
     """Measure the step weights of the profile in ``folder`` on its own prompts and seeds (prompt i: seed + i)
@@ -340,10 +350,7 @@ def calibrate_profile(folder, loaded, budget: float = DEFAULT_CALIBRATION_BUDGET
 
     profile = Profile.load(folder)
     header = profile.header
-    if header.get("cache"):
-        raise UserError(f"--calibrate-steps runs without a step cache; this profile ran under {header['cache']!r}")
-    if header.get("image"):
-        raise UserError("--calibrate-steps does not support image-to-video profiles yet")
+    check_calibratable(header.get("cache"), header.get("image"), "the profile's cache")
     probe = select_windows(profile, SelectOptions(budget=budget, full_steps=full_steps)).config
     pipeline, adapter = loaded.pipeline, loaded.adapter
     if hasattr(pipeline, "set_progress_bar_config"):
@@ -381,5 +388,5 @@ def calibrate_profile(folder, loaded, budget: float = DEFAULT_CALIBRATION_BUDGET
 
 
 __all__ = ["DEFAULT_CALIBRATION_BUDGET", "SENSITIVITY_FILE", "StepProbe", "StepSensitivity", "calibrate_profile",
-           "load_step_weights", "measure_step_sensitivity", "relative_rms", "save_sensitivity", "step_probes",
-           "weights_from_gains"]
+           "check_calibratable", "load_step_weights", "measure_layer_sensitivity", "measure_step_sensitivity",
+           "layer_probes", "relative_rms", "save_sensitivity", "step_probes", "weights_from_gains"]

@@ -93,13 +93,12 @@ def register(app: typer.Typer) -> None:
             if distributed.launched_by_torchrun():
                 raise UserError("--calibrate-steps runs in one process: profile under torchrun, then run "
                                 "`sta-search profile ... --resume --calibrate-steps` without it")
-            if cache != "none":
-                raise UserError(f"--calibrate-steps runs without a step cache, got --cache {cache}")
-            if image is not None:
-                raise UserError("--calibrate-steps does not support --image (image-to-video) yet")
             import torch
 
             from ..models import load_model
+            from ..sensitivity import check_calibratable
+
+            check_calibratable(cache, image)
 
             device_name = str(options.resolve_device(device))
             loaded = load_model(model, device_name, getattr(torch, options.dtype_name(dtype, device_name)))
