@@ -517,7 +517,8 @@ def _canvas_descriptor(x: torch.Tensor, geometry: Geometry, start: int, block: i
 
 
 #: FA3's ping-pong between the two consumer warpgroups (they take turns to issue their wgmmas; mbarrier handshake).
-#: Off until measured on a GPU (bench/pingpong_check.py); tests run both.
+#: Off: measured on an H200 (bench/results/pingpong-check-h200-20261202T124343Z.json) at 0.97-1.00x of the
+#: free-running warpgroups at every shape, bit-identical; kept as a switch for other GPUs. Tests run both.
 DEFAULT_PINGPONG = False
 
 
