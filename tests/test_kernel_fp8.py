@@ -296,31 +296,3 @@ def test_fp8_pingpong_is_bit_identical_to_the_free_running_warpgroups(case, seed
     monkeypatch.setattr(gluon_fwd, "DEFAULT_PINGPONG", True)
     pingpong = sta_attention(q, k, v, **kw, backend="gluon", precision="fp8")
     assert torch.equal(pingpong, free), f"seed {seed}"
-
-
-# 1, 2 and 3 video key blocks per program (canvas T = 10: the last t-tile holds 4 of 6 frames, two 128-key blocks)
-FEW_BLOCKS = ("few-blocks", (10, 8, 16), 2, [(1, 1, 1), (1, 1, 2)], 0, False, False, 1)
-
-
-@pytest.mark.gpu
-@hopper
-@pytest.mark.parametrize("case", CASES + [FEW_BLOCKS], ids=[c[0] for c in CASES + [FEW_BLOCKS]])
-def test_fp8_qk_ahead_is_bit_identical_to_the_default_loop(case, seed, monkeypatch):
-    """The FP8 kernel issuing each QK^T one key block ahead (gluon_fp8.DEFAULT_QK_AHEAD) computes the same numbers as
-    without, at every ring depth it runs with."""
-    from sta_search.kernels.sta import gluon_fp8
-
-    _, canvas, heads, windows, text_len, text_first, masked, batch = case
-    q, k, v, mask = make_case(canvas, heads, text_len, text_first, masked, batch, seed=seed)
-    kw = dict(canvas=canvas, tile=TILE, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
-    monkeypatch.setattr(gluon_fp8, "DEFAULT_QK_AHEAD", False)
-    default = sta_attention(q, k, v, **kw, backend="gluon", precision="fp8")
-    monkeypatch.setattr(gluon_fp8, "DEFAULT_QK_AHEAD", True)
-    ahead = sta_attention(q, k, v, **kw, backend="gluon", precision="fp8")
-    assert torch.equal(ahead, default), f"seed {seed}"
-    geometry = Geometry(canvas, TILE)
-    windows_t = normalize_windows(windows, heads, device="cuda")
-    for stages in (4, 5):
-        deeper = gluon_fp8.sta_gluon_fp8_natural(q, k, v, geometry, windows_t, text_len, text_first, mask, None,
-                                                 stages=stages)
-        assert torch.equal(deeper, default), f"stages {stages}, seed {seed}"

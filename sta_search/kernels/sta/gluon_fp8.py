@@ -220,116 +220,6 @@ def _producer_fp8(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, 
 
 
 @gluon.jit
-def _ahead_block(it, s_inflight, row, scale, acc, m_i, l_i, p_op, s_prev, q, k_smem, v_smem, ready, empty, s_zero, offs_n,
-                 q_scale, k_scales, n_text, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query,
-                 p_layout: gl.constexpr, o_rows: gl.constexpr, NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr,
-                 TT: gl.constexpr, TH: gl.constexpr, TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr,
-                 REM_W: gl.constexpr, TILE_VOL: gl.constexpr, BPT: gl.constexpr, BPT_LAST: gl.constexpr,
-                 BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_PADDING: gl.constexpr, P_MUL: gl.constexpr):
-    """QK_AHEAD: key block ``it`` (not the last), whose QK^T is in flight: PV of block it - 1, QK^T of block it + 1
-    issued, then this block's softmax under both. Returns the next block's QK^T (in flight), row and scale."""
-    fp8: gl.constexpr = k_smem.dtype
-    acc = warpgroup_mma(p_op, v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
-    s_ahead = (it + 1) % STAGES
-    row_ahead = _video_row(it + 1 - n_text, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW,
-                           TILE_VOL, BLOCK_N, BPT, BPT_LAST)
-    scale_ahead = q_scale * gl.load(k_scales + row_ahead // BLOCK_N)
-    mbarrier.wait(ready.index(s_ahead), ((it + 1) // STAGES) & 1)
-    ahead = warpgroup_mma(q, k_smem.index(s_ahead).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    s_acc = warpgroup_mma_wait(2, deps=(s_inflight, ))  # still in flight: PV of block it - 1, QK^T of block it + 1
-    if HAS_PADDING:
-        s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
-    p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, scale, 0, False)
-    acc = warpgroup_mma_wait(1, deps=(acc, ))
-    mbarrier.arrive(empty.index(s_prev), count=1)
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
-    p_op = gl.convert_layout((p * P_MUL).to(fp8), p_layout)
-    return ahead, row_ahead, scale_ahead, acc, m_i, l_i, p_op, it % STAGES
-
-
-@gluon.jit
-def _last_block(it, s_inflight, row, scale, acc, m_i, l_i, p_op, s_prev, v_smem, empty, offs_n,
-                p_layout: gl.constexpr, o_rows: gl.constexpr, NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr,
-                TT: gl.constexpr, TH: gl.constexpr, TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr,
-                REM_W: gl.constexpr, STAGES: gl.constexpr, HAS_PADDING: gl.constexpr, P_MUL: gl.constexpr):
-    """QK_AHEAD: the last key block ``it``, whose QK^T is in flight: PV of block it - 1, this block's softmax, its PV."""
-    fp8: gl.constexpr = v_smem.dtype
-    acc = warpgroup_mma(p_op, v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
-    s_acc = warpgroup_mma_wait(1, deps=(s_inflight, ))
-    if HAS_PADDING:
-        s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
-    p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, scale, 0, False)
-    acc = warpgroup_mma_wait(0, deps=(acc, ))
-    mbarrier.arrive(empty.index(s_prev), count=1)
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
-    s = it % STAGES
-    acc = warpgroup_mma(gl.convert_layout((p * P_MUL).to(fp8), p_layout), v_smem.index(s).permute((1, 0)), acc,
-                        is_async=True)
-    acc = warpgroup_mma_wait(0, deps=(acc, ))
-    mbarrier.arrive(empty.index(s), count=1)
-    return acc, m_i, l_i
-
-
-@gluon.jit
-def _video_blocks_qk_ahead(q, k_smem, v_smem, ready, empty, acc, m_i, l_i, s_zero, offs_n, q_scale, k_scales, n_text,
-                           n_total, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, s_layout: gl.constexpr,
-                           p_layout: gl.constexpr, o_rows: gl.constexpr, NT: gl.constexpr, NH: gl.constexpr,
-                           NW: gl.constexpr, TT: gl.constexpr, TH: gl.constexpr, TW: gl.constexpr, REM_T: gl.constexpr,
-                           REM_H: gl.constexpr, REM_W: gl.constexpr, TILE_VOL: gl.constexpr, BPT: gl.constexpr,
-                           BPT_LAST: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                           HAS_PADDING: gl.constexpr, P_MUL: gl.constexpr):
-    """QK_AHEAD, two or more video blocks: the QK^T of block j + 1 is issued before the softmax of block j, so a QK^T
-    is in flight during every softmax besides the PV of block j - 1. Same operations in the same order as the
-    default loop (bit-identical results). Two S accumulators alternate (the loop handles two blocks per trip), so no
-    register copy ever reads an accumulator a wgmma is still writing (ptxas would serialize every wgmma)."""
-    fp8: gl.constexpr = k_smem.dtype
-    s0 = n_text % STAGES
-    row_a = _video_row(0, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW, TILE_VOL, BLOCK_N, BPT,
-                       BPT_LAST)
-    scale_a = q_scale * gl.load(k_scales + row_a // BLOCK_N)
-    mbarrier.wait(ready.index(s0), (n_text // STAGES) & 1)
-    s_a = warpgroup_mma(q, k_smem.index(s0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    s1 = (n_text + 1) % STAGES
-    row_b = _video_row(1, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW, TILE_VOL, BLOCK_N, BPT,
-                       BPT_LAST)
-    scale_b = q_scale * gl.load(k_scales + row_b // BLOCK_N)
-    mbarrier.wait(ready.index(s1), ((n_text + 1) // STAGES) & 1)
-    s_b = warpgroup_mma(q, k_smem.index(s1).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    s_acc = warpgroup_mma_wait(1, deps=(s_a, ))
-    if HAS_PADDING:
-        s_acc = _mask_padding(s_acc, row_a, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
-    p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, scale_a, 0, False)
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
-    p_op = gl.convert_layout((p * P_MUL).to(fp8), p_layout)
-    s_prev = s0
-    n_video = n_total - n_text
-    for pair in range((n_video - 2) // 2):  # blocks 1 + 2 pair (QK^T in s_b) and 2 + 2 pair (then in s_a)
-        it = n_text + 1 + 2 * pair
-        s_a, row_a, scale_a, acc, m_i, l_i, p_op, s_prev = _ahead_block(
-            it, s_b, row_b, scale_b, acc, m_i, l_i, p_op, s_prev, q, k_smem, v_smem, ready, empty, s_zero, offs_n,
-            q_scale, k_scales, n_text, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, p_layout, o_rows,
-            NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, TILE_VOL, BPT, BPT_LAST, BLOCK_N, STAGES, HAS_PADDING, P_MUL)
-        s_b, row_b, scale_b, acc, m_i, l_i, p_op, s_prev = _ahead_block(
-            it + 1, s_a, row_a, scale_a, acc, m_i, l_i, p_op, s_prev, q, k_smem, v_smem, ready, empty, s_zero, offs_n,
-            q_scale, k_scales, n_text, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, p_layout, o_rows,
-            NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, TILE_VOL, BPT, BPT_LAST, BLOCK_N, STAGES, HAS_PADDING, P_MUL)
-    if n_video % 2 == 1:  # one more block before the last: the last one's QK^T lands in s_a
-        s_a, row_a, scale_a, acc, m_i, l_i, p_op, s_prev = _ahead_block(
-            n_total - 2, s_b, row_b, scale_b, acc, m_i, l_i, p_op, s_prev, q, k_smem, v_smem, ready, empty, s_zero,
-            offs_n, q_scale, k_scales, n_text, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, p_layout,
-            o_rows, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, TILE_VOL, BPT, BPT_LAST, BLOCK_N, STAGES, HAS_PADDING,
-            P_MUL)
-        acc, m_i, l_i = _last_block(n_total - 1, s_a, row_a, scale_a, acc, m_i, l_i, p_op, s_prev, v_smem, empty,
-                                    offs_n, p_layout, o_rows, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, STAGES,
-                                    HAS_PADDING, P_MUL)
-    else:
-        acc, m_i, l_i = _last_block(n_total - 1, s_b, row_b, scale_b, acc, m_i, l_i, p_op, s_prev, v_smem, empty,
-                                    offs_n, p_layout, o_rows, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, STAGES,
-                                    HAS_PADDING, P_MUL)
-    return acc, m_i, l_i
-
-
-@gluon.jit
 def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready, empty, turn, TextMask, QScale, KScale,
                   VScale, bh, b, q_row, q_load, padded_len, n_qblocks, n_kblocks, text_query, n_text, n_total, text_len,
                   stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww,
@@ -337,7 +227,7 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
                   TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr,
                   BPT_LAST: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_PADDING: gl.constexpr,
                   HAS_TEXT_MASK: gl.constexpr, OUT_NATURAL: gl.constexpr, WG: gl.constexpr,
-                  PINGPONG: gl.constexpr, QK_AHEAD: gl.constexpr):
+                  PINGPONG: gl.constexpr):
     TILE_VOL: gl.constexpr = TT * TH * TW
     HEAD_DIM: gl.constexpr = q_smem.shape[2]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -380,12 +270,7 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
 
     # Video key blocks: QK^T of block j is issued before PV of block j - 1; softmax j overlaps that PV.
     BPT: gl.constexpr = TILE_VOL // BLOCK_N
-    if QK_AHEAD and n_total - n_text >= 2:
-        acc, m_i, l_i = _video_blocks_qk_ahead(q, k_smem, v_smem, ready, empty, acc, m_i, l_i, s_zero, offs_n, q_scale, k_scales,
-                                               n_text, n_total, n_first, spans, last_spans, st, sh, sw, wh, ww,
-                                               text_query, s_layout, p_layout, o_rows, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W,
-                                     TILE_VOL, BPT, BPT_LAST, BLOCK_N, STAGES, HAS_PADDING, P_MUL)
-    elif n_total > n_text:
+    if n_total > n_text:
         s = n_text % STAGES
         row = _video_row(0, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW, TILE_VOL, BLOCK_N,
                          BPT, BPT_LAST)
@@ -452,7 +337,6 @@ def _sta_fwd_gluon_fp8_kernel(
     REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
     STAGES: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_TEXT_MASK: gl.constexpr, OUT_NATURAL: gl.constexpr,
     PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False,
-    QK_AHEAD: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 2 * WG_ROWS
     TILE_VOL: gl.constexpr = TT * TH * TW
@@ -522,12 +406,12 @@ def _sta_fwd_gluon_fp8_kernel(
                          KScale, VScale, bh, b, q_row, q_load, padded_len, n_qblocks, n_kblocks, text_query, n_text, n_total,
                          text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww,
                          NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N, STAGES, HAS_PADDING,
-                         HAS_TEXT_MASK, OUT_NATURAL, 0, PINGPONG, QK_AHEAD)),
+                         HAS_TEXT_MASK, OUT_NATURAL, 0, PINGPONG)),
         (_consumer_fp8, (o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready, empty, turn, TextMask, QScale,
                          KScale, VScale, bh, b, q_row, q_load, padded_len, n_qblocks, n_kblocks, text_query, n_text, n_total,
                          text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww,
                          NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N, STAGES, HAS_PADDING,
-                         HAS_TEXT_MASK, OUT_NATURAL, 1, PINGPONG, QK_AHEAD)),
+                         HAS_TEXT_MASK, OUT_NATURAL, 1, PINGPONG)),
         (_producer_fp8, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, bh, q_load,
                          padded_len, text_query, n_text, n_total, n_first, spans, last_spans, st, sh, sw, wh, ww,
                          NH, NW, TT, TH, TW, BPT_LAST, BLOCK_N, STAGES)),
@@ -538,11 +422,6 @@ sta_fwd_gluon_fp8_kernel = _sta_fwd_gluon_fp8_kernel  # the JIT function, for to
 
 
 # ----------------------------------------------------------------------------------------------- host side
-#: Issue the QK^T of key block j + 1 before the softmax of block j (`_video_blocks_qk_ahead`). Off until measured on a
-#: GPU (bench/pingpong_check.py); tests run both.
-DEFAULT_QK_AHEAD = False
-
-
 def _fp8_inputs_ok(q: torch.Tensor, geometry: Geometry) -> tuple[bool, str]:
     """What the FP8 kernel needs beyond the bf16 Gluon kernel's checks; why not. Called by ``kernels.backends``
     only (``can_run_gluon_fp8``)."""
@@ -602,7 +481,7 @@ def _run(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, la
         NT=nt, NH=nh, NW=nw, TT=tt, TH=th, TW=tw, REM_T=rem[0], REM_H=rem[1], REM_W=rem[2], HEAD_DIM=D,
         BLOCK_N=BLOCK_N, STAGES=stages, HAS_PADDING=not geometry.is_divisible,
         HAS_TEXT_MASK=bool(text_len) and text_mask is not None, OUT_NATURAL=out_natural, PRODUCER_REGS=24,
-        CONSUMER_REGS=240, PINGPONG=gluon_fwd.DEFAULT_PINGPONG, QK_AHEAD=DEFAULT_QK_AHEAD, num_warps=4,
+        CONSUMER_REGS=240, PINGPONG=gluon_fwd.DEFAULT_PINGPONG, num_warps=4,
     )
     return out
 
