@@ -296,3 +296,61 @@ def test_fp8_pingpong_is_bit_identical_to_the_free_running_warpgroups(case, seed
     monkeypatch.setattr(gluon_fwd, "DEFAULT_PINGPONG", True)
     pingpong = sta_attention(q, k, v, **kw, backend="gluon", precision="fp8")
     assert torch.equal(pingpong, free), f"seed {seed}"
+
+
+# --------------------------------------------------------------------- FP8 experiments (bench/fp8_variants.py)
+def test_v_column_permutes_each_key_block_and_the_prepass_writes_in_that_order(monkeypatch):
+    """`v_column` maps every 128-key block onto itself, one to one; with DEFAULT_PERMUTED_V the Triton pre-pass
+    (interpreted on the CPU) and the torch one write V^T's columns in that order and nothing else changes."""
+    from sta_search.kernels.sta import gluon_fp8
+
+    positions = torch.arange(3 * 128)
+    columns = gluon_fp8.v_column(positions)
+    assert sorted(columns.tolist()) == positions.tolist() and (columns // 128 == positions // 128).all()
+    assert not torch.equal(columns, positions) and (gluon_fp8.v_column_order(3 * 128)[columns] == positions).all()
+    canvas, text_len = (7, 9, 10), 40
+    geometry = Geometry(canvas, TILE)
+    q, k, v, _ = make_case(canvas, 2, text_len, False, False, 1, device="cpu")
+    for quantize in (lambda: gluon_fp8.quantize_fp8(q, k, v, geometry, text_len),
+                     lambda: gluon_fp8.quantize_fp8_torch(q, k, v, geometry, text_len)):
+        monkeypatch.setattr(gluon_fp8, "DEFAULT_PERMUTED_V", False)
+        plain = quantize()
+        monkeypatch.setattr(gluon_fp8, "DEFAULT_PERMUTED_V", True)
+        permuted = quantize()
+        order = gluon_fp8.v_column_order(plain[2].shape[-1])
+        assert torch.equal(permuted[2].view(torch.uint8), plain[2][:, :, order].view(torch.uint8))
+        for a, b in zip(plain[:2] + plain[3:], permuted[:2] + permuted[3:]):
+            assert torch.equal(a.view(torch.uint8) if a.dtype == torch.float8_e4m3fn else a,
+                               b.view(torch.uint8) if b.dtype == torch.float8_e4m3fn else b)
+
+
+FP8_VARIANTS = {"permuted-v": dict(DEFAULT_PERMUTED_V=True), "scale-ahead": dict(DEFAULT_SCALE_AHEAD=True),
+                "permuted-v-fast-p-scale-ahead": dict(DEFAULT_PERMUTED_V=True, DEFAULT_FAST_P=True,
+                                                      DEFAULT_SCALE_AHEAD=True)}
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("variant", list(FP8_VARIANTS))
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_fp8_variants_match_float64_reference(case, variant, seed, monkeypatch):
+    """Each experimental FP8 variant against float64, as tight as the default kernel, and near the default's output
+    (the scale look-ahead is bit-identical; relabelled V and P x 256 in the exponent round a few P differently)."""
+    from sta_search.kernels.sta import gluon_fp8
+
+    _, canvas, heads, windows, text_len, text_first, masked, batch = case
+    q, k, v, mask = make_case(canvas, heads, text_len, text_first, masked, batch, seed=seed)
+    table = normalize_windows(windows, heads)
+    kw = dict(canvas=canvas, tile=TILE, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
+    ref = sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": table})
+    default = sta_attention(q, k, v, **kw, backend="gluon", precision="fp8")
+    for name, value in FP8_VARIANTS[variant].items():
+        monkeypatch.setattr(gluon_fp8, name, value)
+    out = sta_attention(q, k, v, **kw, backend="gluon", precision="fp8")
+    err, base = rel_rms(out, ref), rel_rms(default, ref)
+    print(f"{case[0]} {variant}: rel RMS {err:.3e} (default fp8 {base:.3e})")
+    assert err < FP8_TOLERANCE and err < 1.05 * base + 1e-4, f"seed {seed}"
+    if variant == "scale-ahead":
+        assert torch.equal(out, default)
+    else:
+        assert rel_rms(out, default) < 0.2 * base, f"seed {seed}"
