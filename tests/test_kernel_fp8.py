@@ -62,14 +62,14 @@ def make_case(canvas, heads, text_len, text_first, masked, batch, dtype=torch.bf
 def emulate_fp8(q, k, v, *, canvas, tile, windows, text_len=0, text_first=False, text_mask=None):
     """The recipe in float64 from the torch pre-pass's fp8 values: dequantized Q, smoothed K, V; exact masked
     softmax; P rounded to e4m3 (times 256, relative to the final row max); row sums of the unrounded P."""
-    from sta_search.kernels.sta.gluon_fp8 import P_SCALE, quantize_fp8_torch
+    from sta_search.kernels.sta.gluon_fp8 import P_SCALE, quantize_fp8_torch, v_column
 
     geometry = Geometry(canvas, tile)
     B, heads, S, D = q.shape
     q8, k8, v8t, q_scale, k_scale, v_scale = quantize_fp8_torch(q, k, v, geometry, text_len, text_first=text_first)
     deq_q = (q8.double().reshape(B * heads, -1, 64, D) * q_scale.double()[:, :, None, None]).reshape(B * heads, -1, D)
     deq_k = (k8.double().reshape(B * heads, -1, 128, D) * k_scale.double()[:, :, None, None]).reshape(B * heads, -1, D)
-    deq_v = v8t.double().transpose(1, 2) * v_scale.double()[:, None, :]
+    deq_v = v8t.double()[:, :, v_column(torch.arange(v8t.shape[-1]))].transpose(1, 2) * v_scale.double()[:, None, :]
 
     def natural(rows):
         rows = rows.reshape(B, heads, -1, D)
@@ -106,7 +106,7 @@ def test_fp8_refusals_name_the_reason():
 def test_torch_prepass_round_trips_within_e4m3_precision():
     """Dequantized Q, V equal the inputs to e4m3's half-ulp (2^-4 relative, plus subnormal steps), K up to the
     smoothing shift; padding rows of the fp8 buffers are zeros; scales are amax / 448."""
-    from sta_search.kernels.sta.gluon_fp8 import quantize_fp8_torch
+    from sta_search.kernels.sta.gluon_fp8 import quantize_fp8_torch, v_column
 
     canvas, text_len = (7, 9, 10), 20
     geometry = Geometry(canvas, TILE)
@@ -126,7 +126,8 @@ def test_torch_prepass_round_trips_within_e4m3_precision():
     ref_q = tile_rows(q)
     step = q_scale.double().repeat_interleave(64, 1)[:, :, None] * 2.0**-9  # e4m3's subnormal spacing
     assert ((deq_q - ref_q).abs() <= ref_q.abs() * 2.0**-4 + step / 2 + 1e-12).all()
-    deq_v = v8t.double().transpose(1, 2) * v_scale.double()[:, None, :]
+    natural_columns = v8t.double()[:, :, v_column(torch.arange(rows))]  # V^T's columns are in v_column order
+    deq_v = natural_columns.transpose(1, 2) * v_scale.double()[:, None, :]
     ref_v = tile_rows(v)
     assert ((deq_v - ref_v).abs() <= ref_v.abs() * 2.0**-4 + v_scale.double()[:, None, :] * 2.0**-10 + 1e-12).all()
     deq_k = (k8.double().reshape(2, -1, 128, 128) * k_scale.double()[:, :, None, None]).reshape(2, rows, 128)
@@ -298,59 +299,23 @@ def test_fp8_pingpong_is_bit_identical_to_the_free_running_warpgroups(case, seed
     assert torch.equal(pingpong, free), f"seed {seed}"
 
 
-# --------------------------------------------------------------------- FP8 experiments (bench/fp8_variants.py)
-def test_v_column_permutes_each_key_block_and_the_prepass_writes_in_that_order(monkeypatch):
-    """`v_column` maps every 128-key block onto itself, one to one; with DEFAULT_PERMUTED_V the Triton pre-pass
-    (interpreted on the CPU) and the torch one write V^T's columns in that order and nothing else changes."""
+# ------------------------------------------------------------------------------ V^T's column order (CPU)
+def test_v_column_permutes_each_key_block_and_both_prepasses_agree():
+    """`v_column` maps every 128-key block onto itself, one to one, and is not the identity; the Triton pre-pass
+    (interpreted on the CPU) writes V^T's columns in that order exactly as the torch one does."""
     from sta_search.kernels.sta import gluon_fp8
 
     positions = torch.arange(3 * 128)
     columns = gluon_fp8.v_column(positions)
     assert sorted(columns.tolist()) == positions.tolist() and (columns // 128 == positions // 128).all()
-    assert not torch.equal(columns, positions) and (gluon_fp8.v_column_order(3 * 128)[columns] == positions).all()
+    assert not torch.equal(columns, positions)
+    assert torch.equal(gluon_fp8.v_column_order(3 * 128)[columns], positions)
     canvas, text_len = (7, 9, 10), 40
     geometry = Geometry(canvas, TILE)
     q, k, v, _ = make_case(canvas, 2, text_len, False, False, 1, device="cpu")
-    for quantize in (lambda: gluon_fp8.quantize_fp8(q, k, v, geometry, text_len),
-                     lambda: gluon_fp8.quantize_fp8_torch(q, k, v, geometry, text_len)):
-        monkeypatch.setattr(gluon_fp8, "DEFAULT_PERMUTED_V", False)
-        plain = quantize()
-        monkeypatch.setattr(gluon_fp8, "DEFAULT_PERMUTED_V", True)
-        permuted = quantize()
-        order = gluon_fp8.v_column_order(plain[2].shape[-1])
-        assert torch.equal(permuted[2].view(torch.uint8), plain[2][:, :, order].view(torch.uint8))
-        for a, b in zip(plain[:2] + plain[3:], permuted[:2] + permuted[3:]):
-            assert torch.equal(a.view(torch.uint8) if a.dtype == torch.float8_e4m3fn else a,
-                               b.view(torch.uint8) if b.dtype == torch.float8_e4m3fn else b)
-
-
-FP8_VARIANTS = {"permuted-v": dict(DEFAULT_PERMUTED_V=True), "scale-ahead": dict(DEFAULT_SCALE_AHEAD=True),
-                "permuted-v-fast-p-scale-ahead": dict(DEFAULT_PERMUTED_V=True, DEFAULT_FAST_P=True,
-                                                      DEFAULT_SCALE_AHEAD=True)}
-
-
-@pytest.mark.gpu
-@hopper
-@pytest.mark.parametrize("variant", list(FP8_VARIANTS))
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_fp8_variants_match_float64_reference(case, variant, seed, monkeypatch):
-    """Each experimental FP8 variant against float64, as tight as the default kernel, and near the default's output
-    (the scale look-ahead is bit-identical; relabelled V and P x 256 in the exponent round a few P differently)."""
-    from sta_search.kernels.sta import gluon_fp8
-
-    _, canvas, heads, windows, text_len, text_first, masked, batch = case
-    q, k, v, mask = make_case(canvas, heads, text_len, text_first, masked, batch, seed=seed)
-    table = normalize_windows(windows, heads)
-    kw = dict(canvas=canvas, tile=TILE, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
-    ref = sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": table})
-    default = sta_attention(q, k, v, **kw, backend="gluon", precision="fp8")
-    for name, value in FP8_VARIANTS[variant].items():
-        monkeypatch.setattr(gluon_fp8, name, value)
-    out = sta_attention(q, k, v, **kw, backend="gluon", precision="fp8")
-    err, base = rel_rms(out, ref), rel_rms(default, ref)
-    print(f"{case[0]} {variant}: rel RMS {err:.3e} (default fp8 {base:.3e})")
-    assert err < FP8_TOLERANCE and err < 1.05 * base + 1e-4, f"seed {seed}"
-    if variant == "scale-ahead":
-        assert torch.equal(out, default)
-    else:
-        assert rel_rms(out, default) < 0.2 * base, f"seed {seed}"
+    ours = gluon_fp8.quantize_fp8(q, k, v, geometry, text_len)[2].double()
+    ref = gluon_fp8.quantize_fp8_torch(q, k, v, geometry, text_len)[2].double()
+    # 0.5% of the values differ here because the interpreter's e4m3 rounding is not torch's (the GPU test compares
+    # the compiled pre-pass closely); a wrong column order would make nearly all of them differ
+    assert (ours == ref).double().mean() > 0.98
+    assert (ours[:, :, columns[:128]] == ref[:, :, :128]).double().mean() < 0.5  # the order matters

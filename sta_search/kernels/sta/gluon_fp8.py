@@ -13,13 +13,17 @@ Recipe (SageAttention / FA3-FP8), all scales float32:
     exactly, and it removes the channel bias that makes K hard to quantize), ``k8 = k' / sk``;
   - V per channel over all tokens of the head, stored transposed ``[D, rows]``: Hopper's FP8 wgmma wants
     its B operand K-major, and for PV the reduction dimension is the token axis (FA3 transposes V in the
-    kernel; here the pre-pass writes V^T). The channel scale ``sv[d]`` multiplies output column ``d``
-    after the loop.
+    kernel; here the pre-pass writes V^T), its columns in `v_column` order within each 128-key block (so P
+    needs no shuffles on its way to the PV operand, below). The channel scale ``sv[d]`` multiplies output
+    column ``d`` after the loop.
 - **kernel**: ``S = (q8 k8^T) * sq * sk_j`` (the scales fold into the softmax scale of each block pair),
-  fp32 online softmax as in the bf16 kernel, ``P`` rounded to e4m3 after a multiply by 256 (exact power of
-  two, so probabilities down to about 2^-14 keep a normal e4m3 exponent), PV in FP8 with fp32 accumulators,
-  ``out = acc * sv / (256 * l)`` rounded to q's dtype (bf16 or fp16). The row sum ``l`` is of the fp32
-  probabilities (SageAttention does the same).
+  fp32 online softmax as in the bf16 kernel but with ``P`` and its row sum ``l`` x 256 (an exponent shift;
+  an exact power of two, so probabilities down to about 2^-14 keep a normal e4m3 exponent), ``P`` relabelled
+  by `v_column` and rounded to e4m3 in the PV operand's layout without leaving its threads, PV in FP8 with fp32
+  accumulators, ``out = acc * sv / l`` rounded to q's dtype (bf16 or fp16). The row sum is of the fp32
+  probabilities (SageAttention does the same). Against the plain recipe (a separate x 256, P moved by
+  shuffles) this takes 538 instead of 635 instructions per key block and warp, 6-8% of the kernel's time
+  (bench/NOTES.md, session 11).
 
 The natural-order entry reads natural order (the pre-pass gathers tiles) and writes the output straight to
 natural order through the bf16 kernel's 5-D TMA boxes of whole tile planes; where those do not fit,
@@ -55,7 +59,7 @@ def _quantize_kernel(X, Out, Scale, Shift, ChannelScale, stride_b, stride_h, str
                      video_start, text_start, padded_len, NT: tl.constexpr, NH: tl.constexpr, NW: tl.constexpr,
                      TT: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, CT: tl.constexpr, CH: tl.constexpr,
                      CW: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, NATURAL: tl.constexpr,
-                     MODE: tl.constexpr, PERMUTE_V: tl.constexpr = False):
+                     MODE: tl.constexpr):
     """One block of ``ROWS`` rows of the tile-order fp8 buffer of one (batch, head).
 
     MODE 0 (Q): one scale per block. MODE 1 (K): ``Shift[bh]`` subtracted first, one scale per block.
@@ -91,10 +95,8 @@ def _quantize_kernel(X, Out, Scale, Shift, ChannelScale, stride_b, stride_h, str
     if MODE == 2:
         val = val / tl.load(ChannelScale + bh * D + offs_d)[None, :]
         q8 = val.to(Out.dtype.element_ty)
-        cols = rows
-        if PERMUTE_V:  # v_column: bits 1, 2, 3 of the position in the 128-key block rotated
-            c = rows % 128
-            cols = rows - c + ((c & 0b1110001) | (((c >> 1) & 1) << 2) | (((c >> 2) & 1) << 3) | (((c >> 3) & 1) << 1))
+        c = rows % 128  # v_column: bits 1, 2, 3 of the position in the 128-key block rotated
+        cols = rows - c + ((c & 0b1110001) | (((c >> 1) & 1) << 2) | (((c >> 2) & 1) << 3) | (((c >> 3) & 1) << 1))
         tl.store(Out + bh.to(tl.int64) * D * L8 + offs_d[None, :].to(tl.int64) * L8 + cols[:, None], q8)
     else:
         amax = tl.max(tl.max(tl.abs(val), 1), 0)
@@ -151,8 +153,7 @@ def quantize_fp8(q, k, v, geometry: Geometry, text_len: int, *, layout: str = "n
         _quantize_kernel[(L8 // rows, BH)](
             x, out, scale, k_mean, v_scale, x.stride(0), x.stride(1), x.stride(2), heads, L8, text_len, video_start,
             text_start, geometry.padded_len, NT=nt, NH=nh, NW=nw, TT=tt, TH=th, TW=tw, CT=ct, CH=ch, CW=cw, D=D,
-            ROWS=rows, NATURAL=layout == "natural", MODE=mode, PERMUTE_V=DEFAULT_PERMUTED_V,
-            num_warps=8 if rows == 128 else 4)
+            ROWS=rows, NATURAL=layout == "natural", MODE=mode, num_warps=8 if rows == 128 else 4)
     return q8, k8, v8t, q_scale, k_scale, v_scale
 
 
@@ -194,21 +195,20 @@ def quantize_fp8_torch(q, k, v, geometry: Geometry, text_len: int, *, text_first
     k8, k_scale = blocks(torch.where(valid[None, :, None], kr - k_mean, 0.0), BLOCK_N)
     v_scale = v.abs().amax(dim=2).float().reshape(B * heads, D).clamp_min(1e-30) / FP8_MAX
     v8t = (tile_rows(v) / v_scale[:, None, :]).to(torch.float8_e4m3fn).transpose(1, 2).contiguous()
-    if DEFAULT_PERMUTED_V:
-        v8t = v8t[:, :, v_column_order(L8, v8t.device)].contiguous()
+    v8t = v8t[:, :, v_column_order(L8, v8t.device)].contiguous()
     return q8, k8, v8t, q_scale, k_scale, v_scale
 
 
 def v_column(position: torch.Tensor) -> torch.Tensor:
-    """Where the key at ``position`` of a 128-key block sits among V^T's columns with ``DEFAULT_PERMUTED_V``: bits 1, 2
-    and 3 rotated (bit 1 -> 2 -> 3 -> 1), the relabelling under which the QK^T accumulator's column pattern across
-    lanes is the PV operand's (`_p_operand`)."""
+    """Where the key at ``position`` of a 128-key block sits among V^T's columns: bits 1, 2 and 3 rotated (bit 1 ->
+    2 -> 3 -> 1), the relabelling under which the QK^T accumulator's column pattern across lanes is the PV
+    operand's (`_p_operand`)."""
     c = position % BLOCK_N
     return position - c + ((c & 0b1110001) | (((c >> 1) & 1) << 2) | (((c >> 2) & 1) << 3) | (((c >> 3) & 1) << 1))
 
 
 def v_column_order(rows: int, device=None) -> torch.Tensor:
-    """``order`` with ``permuted[..., order] == natural`` undone: ``permuted = natural[..., order]``."""
+    """Indices with ``natural[..., order]`` = V^T's columns in `v_column` order, for ``rows`` columns."""
     positions = torch.arange(rows, device=device)
     order = torch.empty_like(positions)
     order[v_column(positions)] = positions
@@ -243,37 +243,15 @@ def _producer_fp8(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, 
 
 
 @gluon.jit
-def _softmax_scaled(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr, LOG2_MUL: gl.constexpr):
-    """FAST_P: gluon_fwd._softmax with P and its row sum multiplied by ``2**LOG2_MUL`` inside the exponent (exactly
-    that power of two up to ex2.approx's rounding), which saves the separate multiply before the FP8 rounding."""
-    if MASKED:
-        s_acc = gl.where(key_ok, s_acc, float("-inf"))
-    m_new = gl.maximum(m_i, gl.max(s_acc, 1) * qk_scale)
-    if MASKED:  # a row with no valid key yet: exp2(-inf - -inf) would be NaN
-        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
-    else:
-        m_use = m_new
-    p = gl.exp2(s_acc * qk_scale - gl.expand_dims(m_use - LOG2_MUL, 1))
-    alpha = gl.exp2(m_i - m_use)
-    l_i = l_i * alpha + gl.sum(p, 1)
-    return p, alpha, m_new, l_i
+def _p_operand(p, p_layout: gl.constexpr, fp8: gl.constexpr):
+    """P (fp32, already x 256, in the QK^T accumulator's layout) rounded to e4m3 in the PV wgmma's A-operand layout.
 
-
-@gluon.jit
-def _p_operand(p, P_MUL: gl.constexpr, fp8: gl.constexpr, p_layout: gl.constexpr, PERMUTED_V: gl.constexpr,
-               FAST_P: gl.constexpr = False):
-    """P (fp32, the QK^T accumulator's layout) scaled, rounded to e4m3 and moved to the PV wgmma's A-operand layout.
-
-    With ``PERMUTED_V`` the columns are first relabelled by :func:`v_column` (bits 1, 2, 3 of the key index rotated):
-    that maps the accumulator's lane-to-column pattern onto the operand's, so the move stays inside each thread (no
-    shuffles); V^T's columns were written in the same order by the pre-pass, so PV sums the same products."""
-    if PERMUTED_V:  # relabel and move in fp32 (register renaming only), then round in the operand layout
-        ROWS: gl.constexpr = p.shape[0]
-        p = p.reshape([ROWS, 2, 2, 2, 2, 2, 2, 2]).permute((0, 1, 2, 3, 5, 6, 4, 7)).reshape([ROWS, p.shape[1]])
-        if FAST_P:  # P arrives already multiplied (_softmax_scaled)
-            return gl.convert_layout(p, p_layout).to(fp8)
-        return (gl.convert_layout(p, p_layout) * P_MUL).to(fp8)
-    return gl.convert_layout((p * P_MUL).to(fp8), p_layout)
+    The columns are first relabelled by :func:`v_column` (bits 1, 2, 3 of the key position rotated), which maps the
+    accumulator's lane-to-column pattern onto the operand's, so the move only renames registers (no shuffles); the
+    pre-pass wrote V^T's columns in the same order, so PV sums the same products."""
+    ROWS: gl.constexpr = p.shape[0]
+    p = p.reshape([ROWS, 2, 2, 2, 2, 2, 2, 2]).permute((0, 1, 2, 3, 5, 6, 4, 7)).reshape([ROWS, p.shape[1]])
+    return gl.convert_layout(p, p_layout).to(fp8)
 
 
 @gluon.jit
@@ -284,8 +262,7 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
                   TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr,
                   BPT_LAST: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_PADDING: gl.constexpr,
                   HAS_TEXT_MASK: gl.constexpr, OUT_NATURAL: gl.constexpr, WG: gl.constexpr,
-                  PINGPONG: gl.constexpr, PERMUTED_V: gl.constexpr, SCALE_AHEAD: gl.constexpr,
-                  FAST_P: gl.constexpr):
+                  PINGPONG: gl.constexpr):
     TILE_VOL: gl.constexpr = TT * TH * TW
     HEAD_DIM: gl.constexpr = q_smem.shape[2]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -295,8 +272,7 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
     fp8: gl.constexpr = q_smem.dtype
-    P_MUL: gl.constexpr = 256.0
-    LOG2_P_MUL: gl.constexpr = 8.0
+    LOG2_P_MUL: gl.constexpr = 8.0  # P x 256 (exact power of two): probabilities down to ~2^-14 stay normal in e4m3
 
     q = q_smem.index(WG)
     # This warpgroup's 64 query rows start at row q_load + WG * 64 of the fp8 buffer: one Q scale.
@@ -320,10 +296,9 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
         key_ok = cols < text_len
         if HAS_TEXT_MASK:
             key_ok = key_ok & (gl.load(TextMask + b * stride_tb + cols * stride_tm, mask=key_ok, other=0) != 0)
-        p, alpha, m_i, l_i = _softmax_scaled(s_acc, m_i, l_i, scale_j, gl.expand_dims(key_ok, 0), True,
-                                              LOG2_P_MUL if FAST_P else 0.0)
+        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, scale_j, gl.expand_dims(key_ok, 0), True, LOG2_P_MUL)
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
-        acc = warpgroup_mma(_p_operand(p, P_MUL, fp8, p_layout, PERMUTED_V, FAST_P), v_smem.index(s).permute((1, 0)), acc,
+        acc = warpgroup_mma(_p_operand(p, p_layout, fp8), v_smem.index(s).permute((1, 0)), acc,
                             is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc, ))
         mbarrier.arrive(empty.index(s), count=1)
@@ -340,26 +315,15 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
         s_acc = warpgroup_mma_wait(0, deps=(s_acc, ))
         if HAS_PADDING:
             s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
-        p, alpha, m_i, l_i = _softmax_scaled(s_acc, m_i, l_i, scale_j, 0, False, LOG2_P_MUL if FAST_P else 0.0)
+        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, scale_j, 0, False, LOG2_P_MUL)
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
-        p_op = _p_operand(p, P_MUL, fp8, p_layout, PERMUTED_V, FAST_P)
+        p_op = _p_operand(p, p_layout, fp8)
         s_prev = s
-        k_scale_next = q_scale
-        if SCALE_AHEAD:
-            row_next = _video_row(gl.minimum(1, n_total - 1 - n_text), n_first, spans, last_spans, st, sh, sw, wh,
-                                  ww, text_query, NH, NW, TILE_VOL, BLOCK_N, BPT, BPT_LAST)
-            k_scale_next = gl.load(k_scales + row_next // BLOCK_N)
         for it in range(n_text + 1, n_total):
             s = it % STAGES
             row = _video_row(it - n_text, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW,
                              TILE_VOL, BLOCK_N, BPT, BPT_LAST)
-            if SCALE_AHEAD:  # this block's scale arrived during the previous block; fetch the next one's
-                k_scale = k_scale_next
-                row_next = _video_row(gl.minimum(it + 1, n_total - 1) - n_text, n_first, spans, last_spans, st, sh,
-                                      sw, wh, ww, text_query, NH, NW, TILE_VOL, BLOCK_N, BPT, BPT_LAST)
-                k_scale_next = gl.load(k_scales + row_next // BLOCK_N)
-            else:
-                k_scale = gl.load(k_scales + row // BLOCK_N)  # in flight while this block's K arrives
+            k_scale = gl.load(k_scales + row // BLOCK_N)  # in flight while this block's K arrives
             mbarrier.wait(ready.index(s), (it // STAGES) & 1)
             if PINGPONG:  # the warpgroups take turns to issue (gluon_fwd._consumer)
                 _take_turn(turn, it - n_text - 1, WG)
@@ -370,12 +334,11 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
             s_acc = warpgroup_mma_wait(1, deps=(s_acc, ))
             if HAS_PADDING:
                 s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
-            p, alpha, m_i, l_i = _softmax_scaled(s_acc, m_i, l_i, q_scale * k_scale, 0, False,
-                                                  LOG2_P_MUL if FAST_P else 0.0)
+            p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, q_scale * k_scale, 0, False, LOG2_P_MUL)
             acc = warpgroup_mma_wait(0, deps=(acc, ))
             mbarrier.arrive(empty.index(s_prev), count=1)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
-            p_op = _p_operand(p, P_MUL, fp8, p_layout, PERMUTED_V, FAST_P)
+            p_op = _p_operand(p, p_layout, fp8)
             s_prev = s
         acc = warpgroup_mma(p_op, v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc, ))
@@ -383,8 +346,7 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
 
     l_i = gl.where(l_i == 0.0, 1.0, l_i)  # query blocks of canvas padding (no keys): finite zeros
     v_scale = gl.load(VScale + bh * HEAD_DIM + gl.arange(0, HEAD_DIM, gl.SliceLayout(0, o_layout)))
-    l_scaled = l_i if FAST_P else l_i * P_MUL
-    out = acc * gl.expand_dims(v_scale, 0) / gl.expand_dims(gl.convert_layout(l_scaled, o_rows), 1)
+    out = acc * gl.expand_dims(v_scale, 0) / gl.expand_dims(gl.convert_layout(l_i, o_rows), 1)  # P, l: x 256
     o_tile = o_smem.index(WG)
     o_tile.store(out.to(o_smem.dtype))
     fence_async_shared()
@@ -410,7 +372,6 @@ def _sta_fwd_gluon_fp8_kernel(
     REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
     STAGES: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_TEXT_MASK: gl.constexpr, OUT_NATURAL: gl.constexpr,
     PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False,
-    PERMUTED_V: gl.constexpr = False, SCALE_AHEAD: gl.constexpr = False, FAST_P: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 2 * WG_ROWS
     TILE_VOL: gl.constexpr = TT * TH * TW
@@ -480,12 +441,12 @@ def _sta_fwd_gluon_fp8_kernel(
                          KScale, VScale, bh, b, q_row, q_load, padded_len, n_qblocks, n_kblocks, text_query, n_text, n_total,
                          text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww,
                          NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N, STAGES, HAS_PADDING,
-                         HAS_TEXT_MASK, OUT_NATURAL, 0, PINGPONG, PERMUTED_V, SCALE_AHEAD, FAST_P)),
+                         HAS_TEXT_MASK, OUT_NATURAL, 0, PINGPONG)),
         (_consumer_fp8, (o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready, empty, turn, TextMask, QScale,
                          KScale, VScale, bh, b, q_row, q_load, padded_len, n_qblocks, n_kblocks, text_query, n_text, n_total,
                          text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww,
                          NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N, STAGES, HAS_PADDING,
-                         HAS_TEXT_MASK, OUT_NATURAL, 1, PINGPONG, PERMUTED_V, SCALE_AHEAD, FAST_P)),
+                         HAS_TEXT_MASK, OUT_NATURAL, 1, PINGPONG)),
         (_producer_fp8, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, bh, q_load,
                          padded_len, text_query, n_text, n_total, n_first, spans, last_spans, st, sh, sw, wh, ww,
                          NH, NW, TT, TH, TW, BPT_LAST, BLOCK_N, STAGES)),
@@ -496,13 +457,6 @@ sta_fwd_gluon_fp8_kernel = _sta_fwd_gluon_fp8_kernel  # the JIT function, for to
 
 
 # ----------------------------------------------------------------------------------------------- host side
-#: Experiments (bench/fp8_variants.py), off until measured: V^T written in `v_column` order so P reaches the PV
-#: operand layout without shuffles (`_p_operand`); each key block's scale loaded one block ahead.
-DEFAULT_PERMUTED_V = False
-DEFAULT_SCALE_AHEAD = False
-DEFAULT_FAST_P = False  # with DEFAULT_PERMUTED_V: P x 256 inside the exponent, not a separate multiply
-
-
 def _fp8_inputs_ok(q: torch.Tensor, geometry: Geometry) -> tuple[bool, str]:
     """What the FP8 kernel needs beyond the bf16 Gluon kernel's checks; why not. Called by ``kernels.backends``
     only (``can_run_gluon_fp8``)."""
@@ -562,8 +516,7 @@ def _run(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, la
         NT=nt, NH=nh, NW=nw, TT=tt, TH=th, TW=tw, REM_T=rem[0], REM_H=rem[1], REM_W=rem[2], HEAD_DIM=D,
         BLOCK_N=BLOCK_N, STAGES=stages, HAS_PADDING=not geometry.is_divisible,
         HAS_TEXT_MASK=bool(text_len) and text_mask is not None, OUT_NATURAL=out_natural, PRODUCER_REGS=24,
-        CONSUMER_REGS=240, PINGPONG=gluon_fwd.DEFAULT_PINGPONG, PERMUTED_V=DEFAULT_PERMUTED_V,
-        SCALE_AHEAD=DEFAULT_SCALE_AHEAD, FAST_P=DEFAULT_PERMUTED_V and DEFAULT_FAST_P, num_warps=4,
+        CONSUMER_REGS=240, PINGPONG=gluon_fwd.DEFAULT_PINGPONG, num_warps=4,
     )
     return out
 
