@@ -17,7 +17,9 @@ objects on a plain floor, camera still, light steady). Per video the evaluator's
 centroid displacement (first two to last two visible frames, pixels) are recorded; per condition the motion
 accuracy per motion word, and how far the displacement moves with the word: the spread of the five motions' mean
 displacements against the spread of displacements within one motion (across scenes); the same numbers for the data generator's own videos of the same
-captions (``ground_truth_summary``) show what following the words looks like.
+captions (``ground_truth_summary``) show what following the words looks like. And the text encoder's side: how far
+its output at the word moves when one motion word replaces another (``text_encoder_separation``; a colour swap for
+scale).
 Generates at the small canvas (8x64x96 px), 16 steps, guidance 4, float32; ~30 s a video on the 2-core CPU box.
 """
 
@@ -97,6 +99,41 @@ def reference_summary(base, frames: int = 8, height: int = 64, width: int = 96) 
     return summarise(rows, data.MOTIONS)
 
 
+def text_separation(text_encoder, scenes) -> dict:
+    """How far the text encoder's output at the swapped word moves when one word of the main object changes (relative
+    to its norm, mean over ``scenes``): every pair of motion words of the same length, and a colour swap for scale."""
+    from sta_search.small import data
+    from sta_search.small.text import encode_words
+
+    def encoded(captions):
+        ids = encode_words(captions)
+        with torch.no_grad():
+            out = text_encoder(ids, attention_mask=(ids != 0).long())
+        return out[0] if isinstance(out, (tuple, list)) else getattr(out, "last_hidden_state", out)
+
+    def moved(variants, position_of):
+        out = []
+        for scene in scenes:
+            a, b = encoded([variants[0](scene).caption, variants[1](scene).caption])
+            i = position_of(variants[0](scene))
+            out.append(float((a[i] - b[i]).norm() / a[i].norm()))
+        return round(float(np.mean(out)), 3)
+
+    def motion_word_index(scene):  # "a big red triangle moves left ..." -> the token after "moves"
+        return 5
+
+    result = {}
+    for i, w1 in enumerate(data.MOTIONS[:4]):
+        for w2 in data.MOTIONS[i + 1:4]:
+            result[f"{w1} / {w2}"] = moved([lambda s, m=data.MOTIONS.index(w1): sweep_captions(s, m),
+                                            lambda s, m=data.MOTIONS.index(w2): sweep_captions(s, m)],
+                                           motion_word_index)
+    recolour = [lambda s: s, lambda s: dataclasses.replace(
+        s, objects=(dataclasses.replace(s.main, color=(s.main.color + 1) % len(data.COLORS)), *s.objects[1:]))]
+    result["colour swap"] = moved(recolour, lambda s: 2)
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=6)
@@ -120,6 +157,8 @@ def main(argv=None) -> int:
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
               "torch": torch.__version__, "threads": torch.get_num_threads(), "canvas_px": [8, 64, 96],
               "steps": args.steps, "guidance": args.guidance, "motions": list(data.MOTIONS), "conditions": {}}
+    result["text_encoder_separation"] = text_separation(components["text_encoder"], scenes)
+    print("text encoder output change at the swapped word:", result["text_encoder_separation"], flush=True)
     t0 = time.time()
     for name, base in conditions.items():
         rows = []
