@@ -16,8 +16,9 @@ conditions: as sampled (``full``: textured floor, camera moves, light changes as
 objects on a plain floor, camera still, light steady). Per video the evaluator's checks of the main object and its
 centroid displacement (first two to last two visible frames, pixels) are recorded; per condition the motion
 accuracy per motion word, and how far the displacement moves with the word: the spread of the five motions' mean
-displacements against the spread of displacements within one motion (across scenes); the same numbers for the data generator's own videos of the same
-captions (``ground_truth_summary``) show what following the words looks like. And the text encoder's side: how far
+displacements against the spread of displacements within one motion (across scenes); the same numbers for the
+data generator's own videos of the same captions (``ground_truth_summary``) show what following the words looks
+like. And the text encoder's side: how far
 its output at the word moves when one motion word replaces another (``text_encoder_separation``; a colour swap for
 scale).
 Generates at the small canvas (8x64x96 px), 16 steps, guidance 4, float32; ~30 s a video on the 2-core CPU box.

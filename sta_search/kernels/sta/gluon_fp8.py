@@ -462,8 +462,8 @@ def _fp8_inputs_ok(q: torch.Tensor, geometry: Geometry) -> tuple[bool, str]:
     only (``can_run_gluon_fp8``)."""
     if not hasattr(torch, "float8_e4m3fn"):
         return False, f"torch {torch.__version__} has no float8_e4m3fn"
-    if q.shape[-1] != 128:
-        return False, f"head dim {q.shape[-1]} (the FP8 kernel is built and tested for 128 only)"
+    if q.shape[-1] not in (64, 128):
+        return False, f"head dim {q.shape[-1]} (the FP8 kernel is built for 64 and 128 only)"
     return True, "ok"
 
 
