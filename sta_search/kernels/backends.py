@@ -230,7 +230,7 @@ PRECISIONS = ("bf16", "fp8")
 #: Backends that run ``precision="fp8"``, same fields as :data:`TABLE` (only ``gluon`` for now).
 FP8_TABLE: dict[str, Backend] = {b.name: b for b in (
     Backend("gluon", can_run_gluon_fp8,
-            "FP8 (e4m3) Gluon kernel after a quantization pre-pass (Hopper, head dim 64 or 128)",
+            "FP8 (e4m3) Gluon kernel after a quantization pre-pass (Hopper, head dim 128)",
             natural="gluon_fp8:sta_gluon_fp8_natural", tiled="gluon_fp8:sta_gluon_fp8_tiled",
             in_place=_gluon_boxes_in_place),
 )}
