@@ -254,7 +254,7 @@ class Bench:
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor(),
             "versions": versions(),
-            "dtype": args.dtype,
+            "dtype": args.dtype, "sta_precision": args.precision,
             "tile": list(TILE),  # unless a model entry says otherwise
             "reps": args.reps,
             "notes": "one transformer forward (one denoising step for HunyuanVideo; Wan runs two per step under CFG). "
@@ -326,7 +326,7 @@ class Bench:
             window = tuple(int(c) for c in window)
             text_len = spec["text_len"] if spec["cls"].startswith("Hunyuan") else 0
             config = MaskConfig.uniform(info, spec["canvas"], spec_tile(spec), text_len, 64, window)
-            ctx = accelerate(model, config, backend=backend, timer=timer)
+            ctx = accelerate(model, config, backend=backend, timer=timer, precision=self.args.precision)
         with sdpa_cudnn_first(self.device), torch.inference_mode(), ctx as acc:
             t = time.perf_counter()
             if full_warmup or self.call_shape is None:
@@ -523,6 +523,8 @@ def main(argv=None):
                         help="also time dense SDPA without the (all-valid) text key mask")
     parser.add_argument("--skip-masked-dense", action="store_true",
                         help="time dense only without the all-true text mask (dense-nomask), not diffusers' masked SDPA")
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp8"],
+                        help="precision of the STA modes' sparse calls (fp8: the FP8 Gluon kernel, --backends gluon)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])

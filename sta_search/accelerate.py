@@ -369,7 +369,7 @@ class Acceleration:
 @contextlib.contextmanager
 def accelerate(pipe_or_transformer, mask, *, backend: str = "auto", height: int | None = None,
                width: int | None = None, frames: int | None = None, steps: int | None = None,
-               timer: AttentionTimer | None = None, cache=None):
+               timer: AttentionTimer | None = None, cache=None, precision: str = "bf16"):
     """Run ``pipe_or_transformer`` with the Sliding Tile Attention windows of ``mask`` inside the block.
 
     Args:
@@ -388,6 +388,8 @@ def accelerate(pipe_or_transformer, mask, *, backend: str = "auto", height: int 
             ``MagCacheConfig``); enabled on entry, disabled on exit. A cache the caller enabled already works
             too. Either way each call's window comes from the step index the pipeline is at (see
             :class:`sta_search.caches.PipelineSteps`), so steps a cache skips do not shift the schedule.
+        precision: ``"bf16"`` (the model's dtype) or ``"fp8"``: the opt-in FP8 Gluon kernel for the sparse calls
+            (Hopper, head dim 128; a refusal raises ValueError at the first call, never a silent bf16 run).
 
     Yields:
         :class:`Acceleration`. The original attention processors are restored on exit, also on error.
@@ -407,7 +409,7 @@ def accelerate(pipe_or_transformer, mask, *, backend: str = "auto", height: int 
     if height is not None and width is not None and frames is not None:
         canvas = tuple(adapter.canvas(transformer, height, width, frames))
     config = check_config(config, info, canvas, steps)
-    attention = MaskAttention(config, backend=backend)
+    attention = MaskAttention(config, backend=backend, precision=precision)
     timer = timer if timer is not None else AttentionTimer()
     acceleration = Acceleration(config=config, attention=attention, timer=timer, info=info)
     from .caches import PipelineSteps, use_cache
