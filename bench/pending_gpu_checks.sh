@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# What is pending on the GPU after session 10, in one device call (H200, ~4 minutes plus start), writing under OUTDIR:
+# What is pending on the GPU after session 11, in one device call (H200, ~6 minutes plus start), writing under OUTDIR:
 #
 #   bash bench/pending_gpu_checks.sh OUTDIR [LIMIT_SECONDS]      # default limit 480 s for the whole job
 #
-# 1. GPU tests of the ping-pong variant of the Gluon kernel (bit-identical to the free-running warpgroups, and
-#    against float64), of the public entry and of both kernels in compact tile order;
-# 2. bench/pingpong_check.py: the Gluon kernel with and without FA3's ping-pong at hunyuan-720p (tile order, in
-#    place, (5,5,5), mixed, d=64) and wan-480p, with cuDNN in the same run (issue #18's 12x stretch);
-# 3. bench/softmax_ceiling.py again (the bf16/FP8 floor; measured in session 10);
-# 4. bench/padded_canvas.py (last: measured in sessions 9 and 10).
+# 1. GPU tests of the FP8 kernel in its final form (session 11 made V^T's v_column order and the exponent-shifted
+#    P its only path; measured and tested behind switches, not yet as shipped) and of FP8 at head dim 64 (refused by
+#    gluon_fp8.HEAD_DIMS until this passes);
+# 2. bench/fp8_check.py: FP8 correctness and speed with the pre-pass, cuDNN and bf16 in the same run;
+# 3. bench/softmax_ceiling.py (bf16 / FP8 floors with the new FP8 path).
+# End to end (a call of its own, ~8 minutes): python3 bench/e2e.py --spec hunyuan-720p --windows 3,3,3
+#   --backends gluon --compile on --compiled-backends gluon --no-native --reps 2 --precision fp8 --out $OUT/e2e.json
 # Every step runs under `timeout` within what is left of the limit, so the job ends in time and keeps what finished.
 # The device returns at most 8 files: at the end everything under OUTDIR is packed into OUTDIR.tar.gz (one file)
 # and OUTDIR removed, so put OUTDIR under $OUT (e.g. $OUT/r -> $OUT/r.tar.gz).
@@ -30,10 +31,9 @@ run() {  # run SECONDS_WANTED LOGNAME command...: bounded by what is left of LIM
     echo "[$SECONDS s] rc=$? $(tail -n 1 "$OUT/$log")" | tee -a "$OUT/job.log"
 }
 nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/gpu.txt" 2>&1
-run 220 gpu-tests.log python3 -m pytest -q -m gpu tests/test_kernel_api.py tests/test_kernel_gluon.py tests/test_kernel_fp8.py \
-    tests/test_kernel_triton.py -k "pingpong or api or (compact and d128)" -p no:cacheprovider
-run 150 pingpong.log python3 bench/pingpong_check.py --out "$OUT"
+run 260 gpu-tests.log python3 -m pytest -q -m gpu tests/test_kernel_fp8.py \
+    -k "matches_float64 or head_dim_64 or prepass or close_to_bf16 or refuses" -p no:cacheprovider
+run 110 fp8-check.log python3 bench/fp8_check.py --out "$OUT"
 run 100 softmax-ceiling.log python3 bench/softmax_ceiling.py --out "$OUT"
-run 130 padded-canvas.log python3 bench/padded_canvas.py --out "$OUT" --time-budget 100
 echo "[$SECONDS s] done" | tee -a "$OUT/job.log"
 tar czf "$OUT.tar.gz" -C "$(dirname "$OUT")" "$(basename "$OUT")" && rm -rf "$OUT" && echo "packed $OUT.tar.gz"
