@@ -7,7 +7,7 @@ growing / shrinking); the bundled model's flow-matching loss on each video (same
 0.95) is compared under the true caption and under the caption with the opposite direction, the other axis, or the
 reversed size change. A model that reads the word has a clearly lower loss with the true caption; per comparison
 the JSON has the mean relative loss increase of the wrong caption and the fraction of videos where the true one is
-lower (0.5: chance).
+lower (0.5: chance). And whether the denoiser commutes with reversing the frames (`symmetries`).
 """
 
 from __future__ import annotations
@@ -49,6 +49,34 @@ def flow_losses(transformer, text_encoder, videos, captions, sigma: float, seed:
     return ((pred - target) ** 2).mean(dim=(1, 2, 3, 4))
 
 
+def symmetries(transformer, text_encoder, scenes, sigmas=(0.3, 0.8)) -> dict:
+    """How far the denoiser is from commuting with a frame reversal, a left-right mirror and a frame shuffle:
+    ``|f(g x) - g f(x)| / |f(x)|`` on noised generator videos of ``scenes`` (their own captions). Near 0 for the
+    reversal means the model cannot tell a video from itself played backwards (so neither "left" from "right" nor
+    "grows" from "shrinks": each is the other reversed)."""
+    from sta_search.small import data
+    from sta_search.small.text import MAX_LENGTH, encode_words
+
+    videos = data.render(scenes, frames=8, height=64, width=96, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(videos.shape, generator=torch.Generator().manual_seed(2))
+    perm = torch.tensor([3, 0, 6, 1, 7, 2, 5, 4])
+    moves = {"reverse frames": (lambda x: x.flip(2), lambda x: x.flip(2)),
+             "mirror left-right": (lambda x: x.flip(4), lambda x: x.flip(4)),
+             "shuffle frames": (lambda x: x[:, :, perm], lambda x: x[:, :, torch.argsort(perm)])}
+    with torch.no_grad():
+        text = text_encoder(encode_words([s.caption for s in scenes], MAX_LENGTH))
+        out = {}
+        for sigma in sigmas:
+            x = (1 - sigma) * videos + sigma * noise
+            t = torch.full((len(scenes),), sigma * 1000.0)
+            f = transformer(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+            out[sigma] = {}
+            for name, (move, undo) in moves.items():
+                g = transformer(hidden_states=move(x), timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+                out[sigma][name] = round(float((undo(g) - f).norm() / f.norm()), 4)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=12)
@@ -71,6 +99,8 @@ def main(argv=None) -> int:
         other = flow_losses(transformer, text_encoder, videos, [s.caption for s in wrong], sigma, 2)
         return ((other - true) / true).tolist()
 
+    symmetry = symmetries(transformer, text_encoder, scenes[:4])
+    print("symmetry defects:", json.dumps(symmetry), flush=True)
     result = {}
     for sigma in NOISE_LEVELS:
         found = {"opposite direction": [], "other axis": [], "size reversed": []}
@@ -88,7 +118,8 @@ def main(argv=None) -> int:
         print(sigma, json.dumps(result[sigma]), flush=True)
     out = args.out or ROOT / "bench" / "results" / f"small-caption-loss-cpu-{time.strftime('%Y%m%dT%H%MZ', time.gmtime())}.json"
     out.write_text(json.dumps({"bench": "small_caption_loss", "scenes": args.scenes, "canvas_px": [8, 64, 96],
-                               "by_noise_level": result}, indent=1) + "\n")
+                               "by_noise_level": result, "symmetry_defects_first_4_scenes": symmetry}, indent=1)
+                   + "\n")
     print("wrote", out)
     return 0
 
