@@ -57,18 +57,19 @@ def symmetries(transformer, text_encoder, scenes, sigmas=(0.3, 0.8)) -> dict:
     from sta_search.small import data
     from sta_search.small.text import MAX_LENGTH, encode_words
 
-    videos = data.render(scenes, frames=8, height=64, width=96, generator=torch.Generator().manual_seed(1))
-    noise = torch.randn(videos.shape, generator=torch.Generator().manual_seed(2))
-    perm = torch.tensor([3, 0, 6, 1, 7, 2, 5, 4])
+    device = next(transformer.parameters()).device
+    videos = data.render(scenes, frames=8, height=64, width=96, generator=torch.Generator().manual_seed(1)).to(device)
+    noise = torch.randn(videos.shape, generator=torch.Generator().manual_seed(2)).to(device)
+    perm = torch.tensor([3, 0, 6, 1, 7, 2, 5, 4], device=device)
     moves = {"reverse frames": (lambda x: x.flip(2), lambda x: x.flip(2)),
              "mirror left-right": (lambda x: x.flip(4), lambda x: x.flip(4)),
              "shuffle frames": (lambda x: x[:, :, perm], lambda x: x[:, :, torch.argsort(perm)])}
     with torch.no_grad():
-        text = text_encoder(encode_words([s.caption for s in scenes], MAX_LENGTH))
+        text = text_encoder(encode_words([s.caption for s in scenes], MAX_LENGTH).to(device))
         out = {}
         for sigma in sigmas:
             x = (1 - sigma) * videos + sigma * noise
-            t = torch.full((len(scenes),), sigma * 1000.0)
+            t = torch.full((len(scenes),), sigma * 1000.0, device=device)
             f = transformer(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
             out[sigma] = {}
             for name, (move, undo) in moves.items():

@@ -107,7 +107,7 @@ def text_separation(text_encoder, scenes) -> dict:
     from sta_search.small.text import encode_words
 
     def encoded(captions):
-        ids = encode_words(captions)
+        ids = encode_words(captions).to(next(text_encoder.parameters()).device)
         with torch.no_grad():
             out = text_encoder(ids, attention_mask=(ids != 0).long())
         return out[0] if isinstance(out, (tuple, list)) else getattr(out, "last_hidden_state", out)
@@ -117,7 +117,7 @@ def text_separation(text_encoder, scenes) -> dict:
         for scene in scenes:
             a, b = encoded([variants[0](scene).caption, variants[1](scene).caption])
             i = position_of(variants[0](scene))
-            out.append(float((a[i] - b[i]).norm() / a[i].norm()))
+            out.append(float((a[i] - b[i]).float().norm() / a[i].float().norm()))
         return round(float(np.mean(out)), 3)
 
     def motion_word_index(scene):  # "a big red triangle moves left ..." -> the token after "moves"

@@ -12,6 +12,14 @@ autocast on CUDA, AdamW, EMA 0.999. Multi-resolution: each step uses one canvas 
 (default 16x96x160 px, batch 12 -> token canvas 16x24x40; and 8x64x96 px, batch 64 -> 8x16x24);
 a fraction ``--large-fraction`` of the steps (deterministic in the step index) uses the first one.
 
+``--reversal-pairs``: half of every batch is the other half played backwards, captioned by
+`sta_search.small.data.reversed_scene` (left <-> right, grows <-> shrinks, pans and zooms swapped), so the same
+pixels come in both time orders with opposite words (session 11 found the model symmetric under time reversal,
+which is why it cannot learn motion direction or size change). After evaluation ``train_log.json`` also gets
+``direction_diagnostics``: how far the EMA model is from commuting with a frame reversal (and a mirror and a shuffle,
+for scale) and how far its text encoder keeps the direction words apart (bench/small_caption_loss.py,
+bench/small_caption_probe.py).
+
 Time box: ``--time-budget`` seconds from start, minus ``--reserve`` for saving, samples and evaluation.
 After ``calibrate`` steps the run's step count is fixed from the measured step time. The learning rate
 warms up linearly (``--warmup`` steps, 300 fresh / 100 on resume) and then stays constant, so a run can
@@ -251,6 +259,9 @@ def main() -> None:
     ap.add_argument("--sample-prompts", type=int, default=6)
     ap.add_argument("--pack", action="store_true", help="write the checkpoint as tars < 15 MiB in --out")
     ap.add_argument("--compile", action="store_true", help="torch.compile the transformer")
+    ap.add_argument("--reversal-pairs", action="store_true",
+                    help="half of every batch is the other half played backwards with reversed captions "
+                         "(data.reversed_scene): the model must read the caption to know which way time runs")
     ap.add_argument("--smoke", action="store_true", help="tiny model and canvases, for a CPU check in seconds")
     args = ap.parse_args()
 
@@ -348,7 +359,8 @@ def main() -> None:
         which = canvas_of(global_step)
         f, h, w, batch = canvases[which]
         t0 = time.time()
-        videos, captions = data.sample_batch(batch, frames=f, height=h, width=w, generator=data_gen, device=device)
+        videos, captions = data.sample_batch(batch, frames=f, height=h, width=w, generator=data_gen, device=device,
+                                             reversal_pairs=args.reversal_pairs)
         drop = torch.rand(batch, generator=data_gen) < args.text_dropout
         ids = encode_words(["" if d else c for c, d in zip(captions, drop.tolist())], MAX_LENGTH).to(device)
         noise = torch.randn(videos.shape, generator=noise_gen, device=device)
@@ -436,6 +448,17 @@ def main() -> None:
                 print(f"eval {key}: " + json.dumps({k: v for k, v in result.items() if not k.startswith("objects")}),
                       flush=True)
             (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    # Why motion fails (session 11): does the model tell a video from itself played backwards, and does its text
+    # encoder keep the direction words apart? (bench/small_caption_loss.py, bench/small_caption_probe.py)
+    from small_caption_loss import symmetries
+    from small_caption_probe import text_separation
+
+    if args.eval_prompts:  # part of the evaluation (off with --eval-prompts 0)
+        diagnostic_scenes = [data.parse_caption(c) for c in data.prompt_set(4, EVAL_SEED)]
+        log["direction_diagnostics"] = {
+            "symmetry_defects": symmetries(ema_models[0], ema_models[1], diagnostic_scenes),
+            "text_encoder_separation": text_separation(ema_models[1], diagnostic_scenes)}
+        print("direction diagnostics: " + json.dumps(log["direction_diagnostics"]), flush=True)
     log["total_seconds"] = round(time.time() - START, 1)
     (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
     shutil.rmtree(scratch, ignore_errors=True)

@@ -69,6 +69,26 @@ def test_evaluator_scores_ground_truth_high_and_wrong_captions_low():
         assert sum(getattr(b, name) for _, b in checks) / len(checks) <= 0.25, name
 
 
+def test_reversal_pairs_are_the_first_half_played_backwards_with_reversed_captions():
+    """--reversal-pairs batches: the second half is the first half's videos reversed in time, captioned by
+    data.reversed_scene (an involution on captions); the evaluator scores both halves as following their captions."""
+    for seed in range(20):
+        scene = data.sample_scene(torch.Generator().manual_seed(seed))
+        assert data.reversed_scene(data.reversed_scene(scene)) == scene
+    videos, captions = data.sample_batch(16, generator=torch.Generator().manual_seed(5), reversal_pairs=True,
+                                         **SMALL_CANVAS)
+    half = len(videos) // 2
+    flipped = [i for i in range(half) if captions[half + i] != captions[i]]
+    assert len(flipped) >= half - 1  # only a held-out reversed caption falls back to the forward pair
+    for i in flipped:
+        assert torch.equal(videos[half + i], videos[i].flip(1))
+        assert captions[half + i] == data.reversed_scene(data.parse_caption(captions[i])).caption
+        assert not data.is_held_out(captions[half + i])
+    result = score(videos_to_frames(videos[half:]), captions[half:])
+    for name in ATTRIBUTES:
+        assert result[name] >= 0.9, (name, result)
+
+
 def test_architecture_builds_and_runs_on_both_canvas_kinds():
     assert TRANSFORMER_CONFIG["attention_head_dim"] in (64, 128)
     torch.manual_seed(0)

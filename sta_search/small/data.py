@@ -160,6 +160,23 @@ def parse_caption(text: str) -> Scene:
     return Scene(tuple(objects), floor, pattern, camera, light)
 
 
+_REVERSED_MOTION = {"moves left": "moves right", "moves right": "moves left", "moves up": "moves down",
+                    "moves down": "moves up", "bounces": "bounces"}
+_REVERSED_CAMERA = {"": "", "pans left": "pans right", "pans right": "pans left", "pans up": "pans down",
+                    "pans down": "pans up", "zooms in": "zooms out", "zooms out": "zooms in"}
+_REVERSED_LIGHT = {"": "", "dims": "brightens", "brightens": "dims", "flickers": "flickers"}
+
+
+def reversed_scene(scene: Scene) -> Scene:
+    """The scene whose video is ``scene``'s played backwards: motions, size changes, pans and zooms swapped, light
+    dims <-> brightens (their gain ranges differ slightly: 1.0 -> 0.65 against 0.7 -> 1.1). Bounces and flicker are
+    their own reversal."""
+    objects = tuple(ObjectSpec(o.size, o.color, o.shape, MOTIONS.index(_REVERSED_MOTION[MOTIONS[o.motion]]),
+                               {0: 0, 1: 2, 2: 1}[o.change]) for o in scene.objects)
+    return Scene(objects, scene.floor, scene.pattern, CAMERAS.index(_REVERSED_CAMERA[CAMERAS[scene.camera]]),
+                 LIGHTS.index(_REVERSED_LIGHT[LIGHTS[scene.light]]))
+
+
 def is_held_out(caption: str) -> bool:
     """True for the fixed ~2 % of captions kept out of training (evaluation prompts come from these)."""
     return zlib.crc32(caption.encode()) % HOLDOUT_MODULUS == 0
@@ -354,8 +371,23 @@ def render(scenes: list[Scene], *, frames: int, height: int, width: int, generat
 
 
 def sample_batch(batch: int, *, frames: int, height: int, width: int, generator: torch.Generator, device="cpu",
-                 held_out: bool | None = False) -> tuple[torch.Tensor, list[str]]:
-    """A fresh batch of ``(videos, captions)`` (training captions by default), deterministic in the generator."""
-    scenes = sample_scenes(batch, generator, held_out)
+                 held_out: bool | None = False, reversal_pairs: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """A fresh batch of ``(videos, captions)`` (training captions by default), deterministic in the generator.
+
+    ``reversal_pairs``: the second half of the batch is the first half played backwards, captioned by
+    `reversed_scene` (a reversed caption that is held out is replaced by its scene's own, with its video forwards):
+    the same pixels in both orders with opposite words, so only the caption tells the model which way time runs."""
+    if not reversal_pairs:
+        scenes = sample_scenes(batch, generator, held_out)
+        videos = render(scenes, frames=frames, height=height, width=width, generator=generator, device=device)
+        return videos, [s.caption for s in scenes]
+    scenes = sample_scenes(batch - batch // 2, generator, held_out)
     videos = render(scenes, frames=frames, height=height, width=width, generator=generator, device=device)
-    return videos, [s.caption for s in scenes]
+    captions = [s.caption for s in scenes]
+    backwards, back_captions = [], []
+    for video, scene in list(zip(videos, scenes))[: batch // 2]:
+        flipped = reversed_scene(scene)
+        allowed = held_out is None or is_held_out(flipped.caption) == held_out
+        backwards.append(video.flip(1) if allowed else video)
+        back_captions.append(flipped.caption if allowed else scene.caption)
+    return torch.cat([videos, torch.stack(backwards)]), captions + back_captions
