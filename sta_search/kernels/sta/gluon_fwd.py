@@ -153,10 +153,7 @@ def _softmax(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr, LOG2_MUL: 
         m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_use = m_new
-    if LOG2_MUL != 0.0:
-        p = gl.exp2(s_acc * qk_scale - gl.expand_dims(m_use - LOG2_MUL, 1))
-    else:
-        p = gl.exp2(s_acc * qk_scale - gl.expand_dims(m_use, 1))
+    p = gl.exp2(s_acc * qk_scale - gl.expand_dims(m_use - LOG2_MUL, 1))
     alpha = gl.exp2(m_i - m_use)
     l_i = l_i * alpha + gl.sum(p, 1)
     return p, alpha, m_new, l_i
