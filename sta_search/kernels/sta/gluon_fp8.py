@@ -54,6 +54,17 @@ TEXT_ROUND = 128  # text rows of the fp8 buffers are rounded up to whole query a
 
 
 # ------------------------------------------------------------------------------------------- pre-pass
+def v_column(position):
+    """Where the key at ``position`` of a 128-key block sits among V^T's columns: bits 1, 2 and 3 rotated (bit 1 ->
+    2 -> 3 -> 1), the relabelling under which the QK^T accumulator's column pattern across lanes is the PV
+    operand's (`_p_operand`). Operators only, so it serves torch tensors and, as `_v_column`, the pre-pass kernel."""
+    c = position % 128  # BLOCK_N
+    return position - c + ((c & 0b1110001) | (((c >> 1) & 1) << 2) | (((c >> 2) & 1) << 3) | (((c >> 3) & 1) << 1))
+
+
+_v_column = triton.jit(v_column)
+
+
 @triton.jit
 def _quantize_kernel(X, Out, Scale, Shift, ChannelScale, stride_b, stride_h, stride_s, heads, L8, text_len,
                      video_start, text_start, padded_len, NT: tl.constexpr, NH: tl.constexpr, NW: tl.constexpr,
@@ -95,9 +106,7 @@ def _quantize_kernel(X, Out, Scale, Shift, ChannelScale, stride_b, stride_h, str
     if MODE == 2:
         val = val / tl.load(ChannelScale + bh * D + offs_d)[None, :]
         q8 = val.to(Out.dtype.element_ty)
-        c = rows % 128  # v_column: bits 1, 2, 3 of the position in the 128-key block rotated
-        cols = rows - c + ((c & 0b1110001) | (((c >> 1) & 1) << 2) | (((c >> 2) & 1) << 3) | (((c >> 3) & 1) << 1))
-        tl.store(Out + bh.to(tl.int64) * D * L8 + offs_d[None, :].to(tl.int64) * L8 + cols[:, None], q8)
+        tl.store(Out + bh.to(tl.int64) * D * L8 + offs_d[None, :].to(tl.int64) * L8 + _v_column(rows)[:, None], q8)
     else:
         amax = tl.max(tl.max(tl.abs(val), 1), 0)
         scale = tl.maximum(amax, 1e-30) / 448.0
@@ -197,14 +206,6 @@ def quantize_fp8_torch(q, k, v, geometry: Geometry, text_len: int, *, text_first
     v8t = (tile_rows(v) / v_scale[:, None, :]).to(torch.float8_e4m3fn).transpose(1, 2).contiguous()
     v8t = v8t[:, :, v_column_order(L8, v8t.device)].contiguous()
     return q8, k8, v8t, q_scale, k_scale, v_scale
-
-
-def v_column(position: torch.Tensor) -> torch.Tensor:
-    """Where the key at ``position`` of a 128-key block sits among V^T's columns: bits 1, 2 and 3 rotated (bit 1 ->
-    2 -> 3 -> 1), the relabelling under which the QK^T accumulator's column pattern across lanes is the PV
-    operand's (`_p_operand`)."""
-    c = position % BLOCK_N
-    return position - c + ((c & 0b1110001) | (((c >> 1) & 1) << 2) | (((c >> 2) & 1) << 3) | (((c >> 3) & 1) << 1))
 
 
 def v_column_order(rows: int, device=None) -> torch.Tensor:
