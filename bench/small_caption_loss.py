@@ -13,7 +13,6 @@ lower (0.5: chance). And whether the denoiser commutes with reversing the frames
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -30,11 +29,6 @@ DIRECTIONS = ("moves left", "moves right", "moves up", "moves down")
 OPPOSITE = {"moves left": "moves right", "moves right": "moves left", "moves up": "moves down", "moves down": "moves up"}
 OTHER_AXIS = {"moves left": "moves up", "moves right": "moves down", "moves up": "moves left", "moves down": "moves right"}
 NOISE_LEVELS = (0.5, 0.8, 0.95)
-
-
-def with_main(scene, **changes):
-    """``scene`` with attributes of its main object replaced."""
-    return dataclasses.replace(scene, objects=(dataclasses.replace(scene.main, **changes), *scene.objects[1:]))
 
 
 def flow_losses(transformer, text_encoder, videos, captions, sigma: float, seed: int) -> torch.Tensor:
@@ -85,10 +79,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import train_small
-    from sta_search.small import data, load_small
+    from sta_search.small import data
 
-    pipe = load_small()
-    transformer, text_encoder = pipe.transformer.float().eval(), pipe.text_encoder.float().eval()
+    components = train_small.bundled_components("cpu")
+    transformer, text_encoder = components["transformer"], components["text_encoder"]
     scenes = [data.parse_caption(c) for c in data.prompt_set(args.scenes, train_small.EVAL_SEED)]
 
     def render(variants):
@@ -106,13 +100,13 @@ def main(argv=None) -> int:
     for sigma in NOISE_LEVELS:
         found = {"opposite direction": [], "other axis": [], "size reversed": []}
         for word in DIRECTIONS:
-            variants = [with_main(s, motion=data.MOTIONS.index(word)) for s in scenes]
+            variants = [s.with_main(motion=data.MOTIONS.index(word)) for s in scenes]
             for name, table in (("opposite direction", OPPOSITE), ("other axis", OTHER_AXIS)):
-                wrong = [with_main(s, motion=data.MOTIONS.index(table[word])) for s in scenes]
+                wrong = [s.with_main(motion=data.MOTIONS.index(table[word])) for s in scenes]
                 found[name] += increase(variants, wrong, sigma)
         for change, reversed_change in ((1, 2), (2, 1)):  # grows <-> shrinks
-            found["size reversed"] += increase([with_main(s, change=change) for s in scenes],
-                                               [with_main(s, change=reversed_change) for s in scenes], sigma)
+            found["size reversed"] += increase([s.with_main(change=change) for s in scenes],
+                                               [s.with_main(change=reversed_change) for s in scenes], sigma)
         result[sigma] = {name: {"mean_rel_loss_increase": round(float(np.mean(v)), 4),
                                 "fraction_correct_lower": round(float(np.mean(np.array(v) > 0)), 3), "n": len(v)}
                          for name, v in found.items()}

@@ -79,18 +79,13 @@ def summarise(rows: list[dict], words) -> dict:
             "spread_within_word_px": round(float(np.mean(within)), 2) if within else None}
 
 
-def sweep_captions(scene, motion: int):
-    """``scene`` with its main object's motion replaced."""
-    return dataclasses.replace(scene, objects=(dataclasses.replace(scene.main, motion=motion), *scene.objects[1:]))
-
-
 def reference_summary(base, frames: int = 8, height: int = 64, width: int = 96) -> dict:
     """The same sweep on the data generator's own videos (what a model that follows the words would give)."""
     from sta_search.small import data, evaluate
 
     rows = []
     for motion in range(len(data.MOTIONS)):
-        scenes = [sweep_captions(s, motion) for s in base]
+        scenes = [s.with_main(motion=motion) for s in base]
         videos = data.render(scenes, frames=frames, height=height, width=width,
                              generator=torch.Generator().manual_seed(0))
         for scene, video in zip(scenes, evaluate.videos_to_frames(videos)):
@@ -112,26 +107,21 @@ def text_separation(text_encoder, scenes) -> dict:
             out = text_encoder(ids, attention_mask=(ids != 0).long())
         return out[0] if isinstance(out, (tuple, list)) else getattr(out, "last_hidden_state", out)
 
-    def moved(variants, position_of):
+    def moved(variants, i):
         out = []
         for scene in scenes:
             a, b = encoded([variants[0](scene).caption, variants[1](scene).caption])
-            i = position_of(variants[0](scene))
             out.append(float((a[i] - b[i]).float().norm() / a[i].float().norm()))
         return round(float(np.mean(out)), 3)
 
-    def motion_word_index(scene):  # "a big red triangle moves left ..." -> the token after "moves"
-        return 5
-
+    # token positions in "a big red triangle moves left, ...": the colour is 2, the word after "moves" 5
     result = {}
     for i, w1 in enumerate(data.MOTIONS[:4]):
         for w2 in data.MOTIONS[i + 1:4]:
-            result[f"{w1} / {w2}"] = moved([lambda s, m=data.MOTIONS.index(w1): sweep_captions(s, m),
-                                            lambda s, m=data.MOTIONS.index(w2): sweep_captions(s, m)],
-                                           motion_word_index)
-    recolour = [lambda s: s, lambda s: dataclasses.replace(
-        s, objects=(dataclasses.replace(s.main, color=(s.main.color + 1) % len(data.COLORS)), *s.objects[1:]))]
-    result["colour swap"] = moved(recolour, lambda s: 2)
+            result[f"{w1} / {w2}"] = moved([lambda s, m=data.MOTIONS.index(w1): s.with_main(motion=m),
+                                            lambda s, m=data.MOTIONS.index(w2): s.with_main(motion=m)], 5)
+    recolour = [lambda s: s, lambda s: s.with_main(color=(s.main.color + 1) % len(data.COLORS))]
+    result["colour swap"] = moved(recolour, 2)
     return result
 
 
@@ -145,12 +135,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import train_small
-    from sta_search.small import data, evaluate, load_small
+    from sta_search.small import data, evaluate
 
-    pipe = load_small()
-    components = {k: v for k, v in pipe.components.items() if k != "tokenizer"}
-    for module in (components["transformer"], components["text_encoder"]):
-        module.float().to(args.device)
+    components = train_small.bundled_components(args.device)
     scenes = [data.parse_caption(c) for c in data.prompt_set(args.scenes, train_small.EVAL_SEED)]
     conditions = {"full": scenes,
                   "plain": [dataclasses.replace(s, pattern=0, camera=0, light=0) for s in scenes]}
@@ -164,7 +151,7 @@ def main(argv=None) -> int:
     for name, base in conditions.items():
         rows = []
         for motion in range(len(data.MOTIONS)):
-            captions = [sweep_captions(scene, motion).caption for scene in base]
+            captions = [scene.with_main(motion=motion).caption for scene in base]
             videos = train_small.generate(components, captions, (8, 64, 96), args.steps, args.guidance, 0,
                                           batch=len(captions))  # one batch, one seed: the same noise per scene
             frames = evaluate.videos_to_frames(videos)

@@ -33,12 +33,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import train_small
-    from sta_search.small import data, evaluate, load_small
+    from sta_search.small import data, evaluate
 
-    pipe = load_small()
-    components = {k: v for k, v in pipe.components.items() if k != "tokenizer"}
-    for module in (components["transformer"], components["text_encoder"]):
-        module.float().to(args.device)
+    components = train_small.bundled_components(args.device)
     prompts = data.prompt_set(args.prompts, train_small.EVAL_SEED)
     result = {"bench": "small_sampling_steps", "utc": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",

@@ -22,6 +22,7 @@ A fixed ~2 % of all captions (`is_held_out`) is never drawn for training; `promp
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from dataclasses import dataclass
@@ -99,6 +100,10 @@ class Scene:
     @property
     def main(self) -> ObjectSpec:
         return self.objects[0]
+
+    def with_main(self, **changes) -> "Scene":
+        """This scene with attributes of its main object replaced (``motion=...``, ``color=...``)."""
+        return dataclasses.replace(self, objects=(dataclasses.replace(self.main, **changes), *self.objects[1:]))
 
     @property
     def caption(self) -> str:
@@ -377,13 +382,11 @@ def sample_batch(batch: int, *, frames: int, height: int, width: int, generator:
     ``reversal_pairs``: the second half of the batch is the first half played backwards, captioned by
     `reversed_scene` (a reversed caption that is held out is replaced by its scene's own, with its video forwards):
     the same pixels in both orders with opposite words, so only the caption tells the model which way time runs."""
-    if not reversal_pairs:
-        scenes = sample_scenes(batch, generator, held_out)
-        videos = render(scenes, frames=frames, height=height, width=width, generator=generator, device=device)
-        return videos, [s.caption for s in scenes]
-    scenes = sample_scenes(batch - batch // 2, generator, held_out)
+    scenes = sample_scenes(batch - batch // 2 if reversal_pairs else batch, generator, held_out)
     videos = render(scenes, frames=frames, height=height, width=width, generator=generator, device=device)
     captions = [s.caption for s in scenes]
+    if not reversal_pairs:
+        return videos, captions
     backwards, back_captions = [], []
     for video, scene in list(zip(videos, scenes))[: batch // 2]:
         flipped = reversed_scene(scene)
