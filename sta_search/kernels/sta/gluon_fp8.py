@@ -459,7 +459,7 @@ sta_fwd_gluon_fp8_kernel = _sta_fwd_gluon_fp8_kernel  # the JIT function, for to
 
 # ----------------------------------------------------------------------------------------------- host side
 #: Head dims the FP8 kernel accepts. It compiles for 64 too (168 registers); 64 joins once
-#: tests/test_kernel_fp8.py::test_fp8_head_dim_64_matches_float64_reference has passed on a GPU.
+#: tests/test_kernel_fp8.py::test_fp8_matches_float64_reference_in_both_layouts[*-d64] has passed on a GPU.
 HEAD_DIMS = (128,)
 
 
