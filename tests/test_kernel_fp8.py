@@ -161,13 +161,11 @@ def test_emulated_recipe_error_sets_the_tolerance(case):
 @hopper
 @pytest.mark.parametrize("head_dim", [128, 64], ids=["d128", "d64"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_fp8_matches_float64_reference_in_both_layouts(case, head_dim, seed, monkeypatch):
-    """Against float64 and the recipe computed exactly from the same fp8 values, in place and in tile order. Head dim
-    64 (small, CogVideoX, LTX-Video) runs here whether or not gluon_fp8.HEAD_DIMS admits it yet."""
-    from sta_search.kernels.sta import gluon_fp8
+def test_fp8_matches_float64_reference_in_both_layouts(case, head_dim, seed):
+    """Against float64 and the recipe computed exactly from the same fp8 values, in place and in tile order, at head
+    dims 128 and 64 (small, CogVideoX, LTX-Video)."""
     from sta_search.kernels.sta.gluon_fp8 import sta_gluon_fp8_tiled
 
-    monkeypatch.setattr(gluon_fp8, "HEAD_DIMS", (64, 128))
     _, canvas, heads, windows, text_len, text_first, masked, batch = case
     geometry = Geometry(canvas, TILE)
     q, k, v, mask = make_case(canvas, heads, text_len, text_first, masked, batch, seed=seed, head_dim=head_dim)

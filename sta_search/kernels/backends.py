@@ -88,7 +88,7 @@ def can_run_fused_recall(q: torch.Tensor, geometry: Geometry) -> Verdict:
 
 def can_run_gluon_fp8(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
     """The FP8 (e4m3) Gluon kernel (``precision="fp8"``): what :func:`can_run_gluon` needs (Hopper, bf16/fp16 inputs,
-    head dim 128, tile volume a multiple of 128) and a torch with ``float8_e4m3fn``. Either layout (a
+    head dim 64 or 128, tile volume a multiple of 128) and a torch with ``float8_e4m3fn``. Either layout (a
     quantization pre-pass reads either and writes fp8 copies in tile order)."""
     ok, why = can_run_gluon(q, geometry, layout)
     if not ok:
@@ -230,7 +230,7 @@ PRECISIONS = ("bf16", "fp8")
 #: Backends that run ``precision="fp8"``, same fields as :data:`TABLE` (only ``gluon`` for now).
 FP8_TABLE: dict[str, Backend] = {b.name: b for b in (
     Backend("gluon", can_run_gluon_fp8,
-            "FP8 (e4m3) Gluon kernel after a quantization pre-pass (Hopper, head dim 128)",
+            "FP8 (e4m3) Gluon kernel after a quantization pre-pass (Hopper, head dim 64 or 128)",
             natural="gluon_fp8:sta_gluon_fp8_natural", tiled="gluon_fp8:sta_gluon_fp8_tiled",
             in_place=_gluon_boxes_in_place),
 )}
