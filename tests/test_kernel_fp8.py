@@ -303,6 +303,26 @@ def test_fp8_pingpong_is_bit_identical_to_the_free_running_warpgroups(case, seed
     assert torch.equal(pingpong, free), f"seed {seed}"
 
 
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("slack", [4.0, 8.0], ids=["slack4", "slack8"])
+@pytest.mark.parametrize("q_mul", [1.0, 6.0], ids=["plain", "peaked"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_fp8_lazy_rescale_matches_float64(case, q_mul, slack, seed, monkeypatch):
+    """The FP8 kernel with lazy rescaling (gluon_fp8.RESCALE_SLACK; P stored times 2^(8 - slack)) within the FP8
+    tolerance of float64, on plain and peaked (q x 6) inputs."""
+    from sta_search.kernels.sta import gluon_fp8
+
+    _, canvas, heads, windows, text_len, text_first, masked, batch = case
+    q, k, v, mask = make_case(canvas, heads, text_len, text_first, masked, batch, seed=seed)
+    q = q * q_mul
+    kw = dict(canvas=canvas, tile=TILE, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
+    monkeypatch.setattr(gluon_fp8, "RESCALE_SLACK", slack)
+    lazy = sta_attention(q, k, v, **kw, backend="gluon", precision="fp8")
+    ref = sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": normalize_windows(windows, heads)})
+    assert rel_rms(lazy, ref) < FP8_TOLERANCE, f"seed {seed}"
+
+
 # ------------------------------------------------------------------------------ V^T's column order (CPU)
 def test_v_column_permutes_each_key_block_and_both_prepasses_agree():
     """`v_column` maps every 128-key block onto itself, one to one, and is not the identity; the Triton pre-pass

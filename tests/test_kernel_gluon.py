@@ -214,6 +214,32 @@ def test_gluon_pingpong_is_bit_identical_to_the_free_running_warpgroups(case, he
     assert rel_rms(pingpong, ref) < TOLERANCE[torch.bfloat16], f"seed {seed}"
 
 
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("q_mul", [1.0, 6.0], ids=["plain", "peaked"])
+@pytest.mark.parametrize("head_dim", [128, 64], ids=["d128", "d64"])
+@pytest.mark.parametrize("case", CASES + [c[:2] + c[3:] for c in COMPACT_CASES[:3]],
+                         ids=[c[0] for c in CASES] + [c[0] for c in COMPACT_CASES[:3]])
+def test_gluon_lazy_rescale_matches_float64_and_the_exact_kernel(case, head_dim, q_mul, seed, monkeypatch):
+    """FlashAttention-4's lazy rescaling (gluon_fwd.DEFAULT_RESCALE_SLACK = 8): against float64 and close to the
+    kernel that rescales every block, on plain inputs (maxima settle after the first blocks) and peaked ones (q x 6:
+    scores spread over ~12 log2 units, so maxima move by more than the slack and the rescale branch runs)."""
+    from sta_search.kernels.sta import gluon_fwd
+
+    _, canvas, heads, windows, text_len, text_first, masked, batch = case
+    tile = next((c[2] for c in COMPACT_CASES if c[0] == case[0]), TILE)
+    q, k, v, mask = make_case(canvas, heads, text_len, masked, batch, torch.bfloat16, head_dim)
+    q = q * q_mul
+    kw = dict(canvas=canvas, tile=tile, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
+    monkeypatch.setattr(gluon_fwd, "DEFAULT_RESCALE_SLACK", 0.0)
+    exact = sta_attention(q, k, v, **kw, backend="gluon")
+    monkeypatch.setattr(gluon_fwd, "DEFAULT_RESCALE_SLACK", 8.0)
+    lazy = sta_attention(q, k, v, **kw, backend="gluon")
+    ref = sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": normalize_windows(windows, heads)})
+    assert rel_rms(lazy, ref) < TOLERANCE[torch.bfloat16], f"seed {seed}"
+    assert rel_rms(lazy, exact) < 2e-3, f"seed {seed}"  # P rounded against another max: bf16 rounding noise only
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["gluon-d64-natural-wan480p", "gluon-compact-wan480p", "gluon-pingpong"])
 def test_gluon_compiles_for_sm90_without_a_gpu_with_no_spills(variant, tmp_path):

@@ -46,7 +46,7 @@ from ..geometry import Geometry
 from .tables import device_windows
 from . import gluon_fwd
 from .gluon_fwd import (BLOCK_N, LOG2E, QUERY_ROWS, WG_ROWS, _clamped_window, _copy_video_rows, _mask_padding,
-                        _pass_turn, _softmax, _take_turn, _video_row)
+                        _pass_turn, _rescale, _softmax, _take_turn, _video_row)
 
 FP8_MAX = 448.0  # largest finite e4m3 (float8_e4m3fn)
 P_SCALE = 256.0  # probabilities in [0, 1] are stored as p * 256 in e4m3
@@ -263,7 +263,7 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
                   TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr,
                   BPT_LAST: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_PADDING: gl.constexpr,
                   HAS_TEXT_MASK: gl.constexpr, OUT_NATURAL: gl.constexpr, WG: gl.constexpr,
-                  PINGPONG: gl.constexpr):
+                  PINGPONG: gl.constexpr, SLACK: gl.constexpr):
     TILE_VOL: gl.constexpr = TT * TH * TW
     HEAD_DIM: gl.constexpr = q_smem.shape[2]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -273,7 +273,9 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
     fp8: gl.constexpr = q_smem.dtype
-    LOG2_P_MUL: gl.constexpr = 8.0  # P x 256 (exact power of two): probabilities down to ~2^-14 stay normal in e4m3
+    # P x 2^(8 - SLACK) (exact power of two; P <= 2^SLACK): at most 256 (e4m3 max 448), and probabilities down to
+    # ~2^(SLACK - 14) stay normal in e4m3
+    LOG2_P_MUL: gl.constexpr = 8.0 - SLACK
 
     q = q_smem.index(WG)
     # This warpgroup's 64 query rows start at row q_load + WG * 64 of the fp8 buffer: one Q scale.
@@ -316,8 +318,8 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
         s_acc = warpgroup_mma_wait(0, deps=(s_acc, ))
         if HAS_PADDING:
             s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
-        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, scale_j, 0, False, LOG2_P_MUL)
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, scale_j, 0, False, LOG2_P_MUL, SLACK)
+        acc = _rescale(acc, alpha, o_rows, SLACK)
         p_op = _p_operand(p, p_layout, fp8)
         s_prev = s
         for it in range(n_text + 1, n_total):
@@ -335,10 +337,10 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
             s_acc = warpgroup_mma_wait(1, deps=(s_acc, ))
             if HAS_PADDING:
                 s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
-            p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, q_scale * k_scale, 0, False, LOG2_P_MUL)
+            p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, q_scale * k_scale, 0, False, LOG2_P_MUL, SLACK)
             acc = warpgroup_mma_wait(0, deps=(acc, ))
             mbarrier.arrive(empty.index(s_prev), count=1)
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+            acc = _rescale(acc, alpha, o_rows, SLACK)
             p_op = _p_operand(p, p_layout, fp8)
             s_prev = s
         acc = warpgroup_mma(p_op, v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
@@ -373,6 +375,7 @@ def _sta_fwd_gluon_fp8_kernel(
     REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
     STAGES: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_TEXT_MASK: gl.constexpr, OUT_NATURAL: gl.constexpr,
     PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False,
+    SLACK: gl.constexpr = 0.0,
 ):
     BLOCK_M: gl.constexpr = 2 * WG_ROWS
     TILE_VOL: gl.constexpr = TT * TH * TW
@@ -442,12 +445,12 @@ def _sta_fwd_gluon_fp8_kernel(
                          KScale, VScale, bh, b, q_row, q_load, padded_len, n_qblocks, n_kblocks, text_query, n_text, n_total,
                          text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww,
                          NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N, STAGES, HAS_PADDING,
-                         HAS_TEXT_MASK, OUT_NATURAL, 0, PINGPONG)),
+                         HAS_TEXT_MASK, OUT_NATURAL, 0, PINGPONG, SLACK)),
         (_consumer_fp8, (o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready, empty, turn, TextMask, QScale,
                          KScale, VScale, bh, b, q_row, q_load, padded_len, n_qblocks, n_kblocks, text_query, n_text, n_total,
                          text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww,
                          NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N, STAGES, HAS_PADDING,
-                         HAS_TEXT_MASK, OUT_NATURAL, 1, PINGPONG)),
+                         HAS_TEXT_MASK, OUT_NATURAL, 1, PINGPONG, SLACK)),
         (_producer_fp8, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, bh, q_load,
                          padded_len, text_query, n_text, n_total, n_first, spans, last_spans, st, sh, sw, wh, ww,
                          NH, NW, TT, TH, TW, BPT_LAST, BLOCK_N, STAGES)),
@@ -461,6 +464,10 @@ sta_fwd_gluon_fp8_kernel = _sta_fwd_gluon_fp8_kernel  # the JIT function, for to
 #: Head dims the FP8 kernel accepts (64: verified on an H200 in session 12 by
 #: tests/test_kernel_fp8.py::test_fp8_matches_float64_reference_in_both_layouts[*-d64]).
 HEAD_DIMS = (64, 128)
+
+#: ``gluon_fwd._softmax``'s lazy rescaling for the FP8 kernel (log2 units). P is stored times 2^(8 - SLACK), so a
+#: larger slack trades small probabilities (flushed below ~2^(SLACK - 17)) for fewer accumulator rescales.
+RESCALE_SLACK = 0.0
 
 
 def _fp8_inputs_ok(q: torch.Tensor, geometry: Geometry) -> tuple[bool, str]:
@@ -522,7 +529,7 @@ def _run(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, la
         NT=nt, NH=nh, NW=nw, TT=tt, TH=th, TW=tw, REM_T=rem[0], REM_H=rem[1], REM_W=rem[2], HEAD_DIM=D,
         BLOCK_N=BLOCK_N, STAGES=stages, HAS_PADDING=not geometry.is_divisible,
         HAS_TEXT_MASK=bool(text_len) and text_mask is not None, OUT_NATURAL=out_natural, PRODUCER_REGS=24,
-        CONSUMER_REGS=240, PINGPONG=gluon_fwd.DEFAULT_PINGPONG, num_warps=4,
+        CONSUMER_REGS=240, PINGPONG=gluon_fwd.DEFAULT_PINGPONG, SLACK=float(RESCALE_SLACK), num_warps=4,
     )
     return out
 

@@ -142,13 +142,19 @@ def _producer(q_desc, k_desc, v_desc, qt_desc, kt_desc, vt_desc, q_smem, k_smem,
 
 
 @gluon.jit
-def _softmax(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr, LOG2_MUL: gl.constexpr = 0.0):
+def _softmax(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr, LOG2_MUL: gl.constexpr = 0.0,
+             SLACK: gl.constexpr = 0.0):
     """One key block of the online softmax (base 2, scores scaled by ``qk_scale``): ``p``, the rescale factor of the
     running sums, the new row max and row sum. With ``LOG2_MUL`` (the FP8 kernel) ``p`` and the row sum come out
-    multiplied by ``2**LOG2_MUL`` by shifting the exponent, which costs nothing per element."""
+    multiplied by ``2**LOG2_MUL`` by shifting the exponent, which costs nothing per element. With ``SLACK`` a row
+    keeps its reference max until a block's max exceeds it by more than ``SLACK`` (log2 units; FlashAttention-4's
+    lazy rescaling): ``p <= 2**SLACK`` and ``alpha`` is exactly 1 for rows that kept it, so the accumulator's
+    rescale can be skipped when no row of the warpgroup moved (:func:`_rescale`)."""
     if MASKED:
         s_acc = gl.where(key_ok, s_acc, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(s_acc, 1) * qk_scale)
+    if SLACK > 0.0:
+        m_new = gl.where(m_new > m_i + SLACK, m_new, m_i)
     if MASKED:  # a row with no valid key yet: exp2(-inf - -inf) would be NaN
         m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
     else:
@@ -157,6 +163,18 @@ def _softmax(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr, LOG2_MUL: 
     alpha = gl.exp2(m_i - m_use)
     l_i = l_i * alpha + gl.sum(p, 1)
     return p, alpha, m_new, l_i
+
+
+@gluon.jit
+def _rescale(acc, alpha, o_rows: gl.constexpr, SLACK: gl.constexpr):
+    """``acc`` times ``alpha`` per row; with ``SLACK`` only when some row of the warpgroup moved its max (a
+    warpgroup-wide min: one branch for all its threads)."""
+    if SLACK > 0.0:
+        if gl.min(alpha, 0) < 1.0:
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+    else:
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+    return acc
 
 
 @gluon.jit
@@ -230,7 +248,7 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn
               TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr,
               BPT_LAST: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_PADDING: gl.constexpr,
               HAS_TEXT_MASK: gl.constexpr, NATURAL: gl.constexpr, MASS: gl.constexpr, COMPACT: gl.constexpr,
-              WG: gl.constexpr, PINGPONG: gl.constexpr):
+              WG: gl.constexpr, PINGPONG: gl.constexpr, SLACK: gl.constexpr):
     TILE_VOL: gl.constexpr = TT * TH * TW
     HEAD_DIM: gl.constexpr = q_smem.shape[2]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -303,7 +321,7 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn
                              BLOCK_N, BPT, BPT_LAST)
         if HAS_PADDING:
             s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
-        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, 0, False)
+        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, 0, False, 0.0, SLACK)
         if MASS:
             if COMPACT:
                 t_i = _add_tile_mass(t_i, p, alpha, m_i, (kt * NH + kh) * NW + kw, (sub + 1) * BLOCK_N >= n_real,
@@ -311,7 +329,7 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn
             else:
                 t_i = _record_tile_mass(t_i, p, alpha, m_i, row, mass_ptr, record, NT, NH, NW, TILE_VOL, BLOCK_N,
                                         BPT, BPT_LAST)
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+        acc = _rescale(acc, alpha, o_rows, SLACK)
         p_op = gl.convert_layout(p.to(dtype), p_layout)
         s_prev = s
         for it in range(n_text + 1, n_total):
@@ -334,7 +352,7 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn
                 s_acc = _mask_partial_block(s_acc, n_real - sub * BLOCK_N, offs_n, BLOCK_N)
             if HAS_PADDING:
                 s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
-            p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, 0, False)
+            p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, 0, False, 0.0, SLACK)
             if MASS:
                 if COMPACT:
                     t_i = _add_tile_mass(t_i, p, alpha, m_i, (kt * NH + kh) * NW + kw,
@@ -344,7 +362,7 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn
                                             BLOCK_N, BPT, BPT_LAST)
             acc = warpgroup_mma_wait(0, deps=(acc, ))
             mbarrier.arrive(empty.index(s_prev), count=1)
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+            acc = _rescale(acc, alpha, o_rows, SLACK)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             s_prev = s
         acc = warpgroup_mma(p_op, v_smem.index(s_prev), acc, is_async=True)
@@ -381,7 +399,7 @@ def _sta_fwd_gluon_kernel(
     REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
     STAGES: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_TEXT_MASK: gl.constexpr, NATURAL: gl.constexpr,
     PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, MASS: gl.constexpr = False, COMPACT: gl.constexpr = False,
-    PINGPONG: gl.constexpr = False,
+    PINGPONG: gl.constexpr = False, SLACK: gl.constexpr = 0.0,
 ):
     BLOCK_M: gl.constexpr = 2 * WG_ROWS
     TILE_VOL: gl.constexpr = TT * TH * TW
@@ -455,11 +473,11 @@ def _sta_fwd_gluon_kernel(
         (_consumer, (o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, TextMask, MassLog, LseOut,
                      bh, b, q_row, text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first,
                      spans, last_spans, st, sh, sw, wh, ww, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST,
-                     BLOCK_N, STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, MASS, COMPACT, 0, PINGPONG)),
+                     BLOCK_N, STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, MASS, COMPACT, 0, PINGPONG, SLACK)),
         (_consumer, (o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, TextMask, MassLog, LseOut,
                      bh, b, q_row, text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first,
                      spans, last_spans, st, sh, sw, wh, ww, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST,
-                     BLOCK_N, STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, MASS, COMPACT, 1, PINGPONG)),
+                     BLOCK_N, STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, MASS, COMPACT, 1, PINGPONG, SLACK)),
         (_producer, (q_desc, k_desc, v_desc, qt_desc, kt_desc, vt_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
                      bh, q_row, text_query, n_text, n_total, n_first, spans, last_spans, st, sh, sw, wh, ww, NT, NH,
                      NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N, STAGES, NATURAL, COMPACT)),
@@ -524,6 +542,11 @@ def _canvas_descriptor(x: torch.Tensor, geometry: Geometry, start: int, block: i
 #: free-running warpgroups at every shape, bit-identical; kept as a switch for other GPUs. Tests run both.
 DEFAULT_PINGPONG = False
 
+#: FlashAttention-4's lazy rescaling in the video key loop (``_softmax``'s ``SLACK``, log2 units): a row's reference
+#: max moves only when a block's max exceeds it by more than this, and the accumulator is rescaled only when some row
+#: of the warpgroup moved. 0.0: rescale every block (exact online softmax).
+DEFAULT_RESCALE_SLACK = 0.0
+
 
 def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, video_start, text_mask, scale, natural,
             stages, mass_log: torch.Tensor | None = None, lse_out: torch.Tensor | None = None, compact: bool = False,
@@ -573,7 +596,8 @@ def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, vid
         BLOCK_N=BLOCK_N, STAGES=stages, HAS_PADDING=not geometry.is_divisible and not compact,
         HAS_TEXT_MASK=bool(text_len) and text_mask is not None, NATURAL=natural, PRODUCER_REGS=24,
         CONSUMER_REGS=240, MASS=mass_log is not None, COMPACT=compact,
-        PINGPONG=DEFAULT_PINGPONG if pingpong is None else bool(pingpong), num_warps=4,
+        PINGPONG=DEFAULT_PINGPONG if pingpong is None else bool(pingpong), SLACK=float(DEFAULT_RESCALE_SLACK),
+        num_warps=4,
     )
     return out
 
