@@ -105,6 +105,8 @@ def sass_report(cubin: bytes) -> dict:
             "qgmma": sum("QGMMA" in ln for ln in lines), "hgmma": sum("HGMMA" in ln for ln in lines),
             "qgmma_a_from_registers": sum(bool(re.match(r"QGMMA\S* R\d+, R\d+", ln)) for ln in lines),
             "wgmma_waits_leaving_one": sum("WARPGROUP.DEPBAR.LE gsb0, 0x1" in ln for ln in lines),
+            "prmt": sum(bool(re.match(r"(@\S+ )?PRMT\b", ln)) for ln in lines),
+            "f2fp": sum(bool(re.match(r"(@\S+ )?F2FP\b", ln)) for ln in lines),
             "instructions": len(lines)}
 
 

@@ -320,7 +320,6 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
             s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
         p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, scale_j, 0, False, LOG2_P_MUL, SLACK)
         acc = _rescale(acc, alpha, o_rows, SLACK)
-        p_op = _p_operand(p, p_layout, fp8)
         s_prev = s
         for it in range(n_text + 1, n_total):
             s = it % STAGES
@@ -331,7 +330,10 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
             if PINGPONG:  # the warpgroups take turns to issue (gluon_fwd._consumer)
                 _take_turn(turn, it - n_text - 1, WG)
             s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            acc = warpgroup_mma(p_op, v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
+            # P of the previous block is rounded here, under this block's QK^T: its e4m3 bytes then go straight
+            # into the PV wgmma's registers (carried over the loop edge they would be unpacked and repacked)
+            acc = warpgroup_mma(_p_operand(p, p_layout, fp8), v_smem.index(s_prev).permute((1, 0)), acc,
+                                is_async=True)
             if PINGPONG:
                 _pass_turn(turn, WG)
             s_acc = warpgroup_mma_wait(1, deps=(s_acc, ))
@@ -341,9 +343,8 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
             acc = warpgroup_mma_wait(0, deps=(acc, ))
             mbarrier.arrive(empty.index(s_prev), count=1)
             acc = _rescale(acc, alpha, o_rows, SLACK)
-            p_op = _p_operand(p, p_layout, fp8)
             s_prev = s
-        acc = warpgroup_mma(p_op, v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
+        acc = warpgroup_mma(_p_operand(p, p_layout, fp8), v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc, ))
         mbarrier.arrive(empty.index(s_prev), count=1)
 
