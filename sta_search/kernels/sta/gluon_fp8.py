@@ -46,7 +46,8 @@ from ..geometry import Geometry
 from .tables import device_windows
 from . import gluon_fwd
 from .gluon_fwd import (BLOCK_N, LOG2E, QUERY_ROWS, WG_ROWS, _clamped_window, _copy_video_rows, _mask_padding,
-                        _pass_turn, _rescale, _softmax, _take_turn, _video_row)
+                        _pass_turn, _rescale, _softmax, _take_turn, _video_row, _walk_next,
+                        _walk_row)
 
 FP8_MAX = 448.0  # largest finite e4m3 (float8_e4m3fn)
 P_SCALE = 256.0  # probabilities in [0, 1] are stored as p * 256 in e4m3
@@ -310,8 +311,8 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
     BPT: gl.constexpr = TILE_VOL // BLOCK_N
     if n_total > n_text:
         s = n_text % STAGES
-        row = _video_row(0, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW, TILE_VOL, BLOCK_N,
-                         BPT, BPT_LAST)
+        walk = (0, 0, 0, 0)  # _video_row's walk, stepped without divisions (the key block scales are per row)
+        row = _walk_row(walk, st, sh, sw, NH, NW, TILE_VOL, BLOCK_N)
         scale_j = q_scale * gl.load(k_scales + row // BLOCK_N)
         mbarrier.wait(ready.index(s), (n_text // STAGES) & 1)
         s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
@@ -323,8 +324,8 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
         s_prev = s
         for it in range(n_text + 1, n_total):
             s = it % STAGES
-            row = _video_row(it - n_text, n_first, spans, last_spans, st, sh, sw, wh, ww, text_query, NH, NW,
-                             TILE_VOL, BLOCK_N, BPT, BPT_LAST)
+            walk = _walk_next(it - n_text - 1, walk, n_first, wh, ww, BPT, BPT_LAST)
+            row = _walk_row(walk, st, sh, sw, NH, NW, TILE_VOL, BLOCK_N)
             k_scale = gl.load(k_scales + row // BLOCK_N)  # in flight while this block's K arrives
             mbarrier.wait(ready.index(s), (it // STAGES) & 1)
             if PINGPONG:  # the warpgroups take turns to issue (gluon_fwd._consumer)

@@ -71,6 +71,32 @@ def _video_row(j, n_first, spans, last_spans, st, sh, sw, wh, ww, dense, NH: gl.
 
 
 @gluon.jit
+def _walk_row(walk, st, sh, sw, NH: gl.constexpr, NW: gl.constexpr, TILE_VOL: gl.constexpr, BLOCK_N: gl.constexpr):
+    """Tile-order row of the video key block at ``walk`` = (sub-block, tile offsets dw, dh, dt in the window)."""
+    sub, dw, dh, dt = walk
+    return (((st + dt) * NH + sh + dh) * NW + sw + dw) * TILE_VOL + sub * BLOCK_N
+
+
+@gluon.jit
+def _walk_next(j, walk, n_first, wh, ww, BPT: gl.constexpr, BPT_LAST: gl.constexpr):
+    """:func:`_video_row`'s walk one block on (from block ``j`` to ``j + 1``) without its integer divisions: sub-blocks
+    of a tile, then tiles along W (``ww``), H (``wh``), T; tiles of the last t-row (from block ``n_first``) have
+    ``BPT_LAST`` blocks. Text queries walk every tile with ``wh, ww = NH, NW``, which is the same order."""
+    sub, dw, dh, dt = walk
+    sub = sub + 1
+    wrap = sub == gl.where(j >= n_first, BPT_LAST, BPT)
+    sub = gl.where(wrap, 0, sub)
+    dw = dw + wrap.to(gl.int32)
+    wrap = dw == ww
+    dw = gl.where(wrap, 0, dw)
+    dh = dh + wrap.to(gl.int32)
+    wrap = dh == wh
+    dh = gl.where(wrap, 0, dh)
+    dt = dt + wrap.to(gl.int32)
+    return sub, dw, dh, dt
+
+
+@gluon.jit
 def _copy_video_rows(desc, bh, row, bar, dst, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr,
                      TH: gl.constexpr, TW: gl.constexpr, NATURAL: gl.constexpr):
     """TMA copy of video rows ``row ..`` (tile order) of head ``bh`` into ``dst`` (2-D ``[rows, D]``)."""
