@@ -324,9 +324,12 @@ class Bench:
         else:
             _, backend, window = name.split("-")
             window = tuple(int(c) for c in window)
+            precision = self.args.precision
+            if backend == "gluonfp8":
+                backend, precision = "gluon", "fp8"
             text_len = spec["text_len"] if spec["cls"].startswith("Hunyuan") else 0
             config = MaskConfig.uniform(info, spec["canvas"], spec_tile(spec), text_len, 64, window)
-            ctx = accelerate(model, config, backend=backend, timer=timer, precision=self.args.precision)
+            ctx = accelerate(model, config, backend=backend, timer=timer, precision=precision)
         with sdpa_cudnn_first(self.device), torch.inference_mode(), ctx as acc:
             t = time.perf_counter()
             if full_warmup or self.call_shape is None:
@@ -513,9 +516,12 @@ def main(argv=None):
     parser.add_argument("--all-text-valid", action="store_true",
                         help="hunyuan15-*: every joint text token valid (no key mask) instead of the spec's text_valid")
     parser.add_argument("--windows", nargs="+", type=parse_window, default=[(5, 5, 5), (3, 3, 3)])
-    parser.add_argument("--backends", nargs="+", default=["triton", "flex"], choices=["gluon", "triton", "auto", "flex", "reference"])
+    parser.add_argument("--backends", nargs="+", default=["triton", "flex"],
+                        choices=["gluon", "gluonfp8", "triton", "auto", "flex", "reference"],
+                        help="STA backends (gluonfp8: the FP8 Gluon kernel, i.e. gluon with precision fp8)")
     parser.add_argument("--compile", choices=["off", "on", "both"], default="both")
-    parser.add_argument("--compiled-backends", nargs="+", default=["triton"], choices=["gluon", "triton", "auto", "flex", "reference"],
+    parser.add_argument("--compiled-backends", nargs="+", default=["triton"],
+                        choices=["gluon", "gluonfp8", "triton", "auto", "flex", "reference"],
                         help="STA backends timed again after torch.compile")
     parser.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
                         help="also time diffusers' own processors (dense-native)")
