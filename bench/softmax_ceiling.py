@@ -47,7 +47,8 @@ def _install(mode: str) -> None:
 
     if mode == "no-exp":
         @gluon.jit
-        def softmax(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr, LOG2_MUL: gl.constexpr = 0.0):
+        def softmax(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr, LOG2_MUL: gl.constexpr = 0.0,
+                    SLACK: gl.constexpr = 0.0):
             if MASKED:
                 s_acc = gl.where(key_ok, s_acc, float("-inf"))
             m_new = gl.maximum(m_i, gl.max(s_acc, 1) * qk_scale)
@@ -61,7 +62,8 @@ def _install(mode: str) -> None:
             return p, alpha, m_new, l_i
     else:
         @gluon.jit
-        def softmax(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr, LOG2_MUL: gl.constexpr = 0.0):
+        def softmax(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr, LOG2_MUL: gl.constexpr = 0.0,
+                    SLACK: gl.constexpr = 0.0):
             p = s_acc * qk_scale
             alpha = m_i * 0.0 + 1.0
             l_i = l_i + gl.sum(p, 1)

@@ -309,18 +309,24 @@ def test_fp8_pingpong_is_bit_identical_to_the_free_running_warpgroups(case, seed
 @pytest.mark.parametrize("q_mul", [1.0, 6.0], ids=["plain", "peaked"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_fp8_lazy_rescale_matches_float64(case, q_mul, slack, seed, monkeypatch):
-    """The FP8 kernel with lazy rescaling (gluon_fp8.RESCALE_SLACK; P stored times 2^(8 - slack)) within the FP8
-    tolerance of float64, on plain and peaked (q x 6) inputs."""
+    """The FP8 kernel with lazy rescaling (gluon_fp8.RESCALE_SLACK; P stored times 2^(8 - slack)) about as accurate
+    as without, on plain and peaked (q x 6) inputs. Peaked inputs are outside FP8's own tolerance (Q and K rounding
+    moves large scores: 0.106-0.111 against float64 on an H200, bench/results/lazy-rescale-check-*), so the bound is
+    relative: measured 1.01-1.02x the exact FP8 kernel's error."""
     from sta_search.kernels.sta import gluon_fp8
 
     _, canvas, heads, windows, text_len, text_first, masked, batch = case
     q, k, v, mask = make_case(canvas, heads, text_len, text_first, masked, batch, seed=seed)
     q = q * q_mul
     kw = dict(canvas=canvas, tile=TILE, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
-    monkeypatch.setattr(gluon_fp8, "RESCALE_SLACK", slack)
-    lazy = sta_attention(q, k, v, **kw, backend="gluon", precision="fp8")
     ref = sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": normalize_windows(windows, heads)})
-    assert rel_rms(lazy, ref) < FP8_TOLERANCE, f"seed {seed}"
+    monkeypatch.setattr(gluon_fp8, "RESCALE_SLACK", 0.0)
+    exact = rel_rms(sta_attention(q, k, v, **kw, backend="gluon", precision="fp8"), ref)
+    monkeypatch.setattr(gluon_fp8, "RESCALE_SLACK", slack)
+    lazy = rel_rms(sta_attention(q, k, v, **kw, backend="gluon", precision="fp8"), ref)
+    assert lazy < 1.1 * exact, f"seed {seed}: lazy {lazy:.3e} vs exact {exact:.3e}"
+    if q_mul == 1.0:
+        assert lazy < FP8_TOLERANCE, f"seed {seed}"
 
 
 # ------------------------------------------------------------------------------ V^T's column order (CPU)
