@@ -237,7 +237,10 @@ def test_gluon_lazy_rescale_matches_float64_and_the_exact_kernel(case, head_dim,
     lazy = sta_attention(q, k, v, **kw, backend="gluon")
     ref = sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": normalize_windows(windows, heads)})
     assert rel_rms(lazy, ref) < TOLERANCE[torch.bfloat16], f"seed {seed}"
-    assert rel_rms(lazy, exact) < 2e-3, f"seed {seed}"  # P rounded against another max: bf16 rounding noise only
+    # P exponentiated against another max is rounded to bf16 differently: two rounding-noise draws of ~2.2e-3 each
+    # against float64 are ~3e-3 apart (measured on an H200: 3.1e-3 at hunyuan-720p)
+    assert rel_rms(lazy, exact) < 6e-3, f"seed {seed}"
+    assert rel_rms(lazy, ref) < 1.3 * rel_rms(exact, ref), f"seed {seed}"
 
 
 @pytest.mark.slow
