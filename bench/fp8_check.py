@@ -125,7 +125,7 @@ def compile_offline(variant: dict) -> dict:
 
     c = dict(NT=5, NH=6, NW=10, TT=6, TH=8, TW=8, REM_T=6, REM_H=8, REM_W=8, HEAD_DIM=128, BLOCK_N=128, STAGES=3,
              HAS_PADDING=False, HAS_TEXT_MASK=False, OUT_NATURAL=True, PRODUCER_REGS=24, CONSUMER_REGS=240,
-             PINGPONG=False, SLACK=0.0)
+             PINGPONG=False, SLACK=0.0, SUM_MMA=False)
     c.update(variant)
     kernel = gluon_fp8.sta_fwd_gluon_fp8_kernel
     sig = {n: "i32" for n in kernel.arg_names}

@@ -9,6 +9,8 @@
 ``gluon_fp8.RESCALE_SLACK`` = ``--fp8-slack``). Its outputs are not bit-identical (P is exponentiated against a
 stale max), so the JSON reports their relative RMS difference, and ``lazy_correctness`` the error against float64 on
 small cases with plain (N(0, 1)) and peaked (q x 6, so maxima move by more than the slack) inputs.
+``--switch summma`` (session 12): the FP8 kernel with its softmax row sums on the tensor core (``gluon_fp8.SUM_MMA``);
+the bf16 shapes then time the same kernel twice (a noise check).
 
 The Gluon kernel's two consumer warpgroups run free (each overlaps its own softmax with its PV wgmma). With
 ``PINGPONG`` they take turns to issue their wgmmas (an mbarrier handshake per key block), so one warpgroup's softmax
@@ -54,6 +56,8 @@ def set_switch(switch: str, on: bool, fp8_slack: float = 4.0) -> None:
 
     if switch == "pingpong":
         gluon_fwd.DEFAULT_PINGPONG = on
+    elif switch == "summma":  # the FP8 kernel's row sums on the tensor core (bf16 shapes run the same kernel twice)
+        gluon_fp8.SUM_MMA = on
     else:
         gluon_fwd.DEFAULT_RESCALE_SLACK = 8.0 if on else 0.0
         gluon_fp8.RESCALE_SLACK = fp8_slack if on else 0.0
@@ -184,7 +188,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--shapes", nargs="+", default=None, help="names (default: all)")
-    parser.add_argument("--switch", choices=["pingpong", "lazy"], default="pingpong")
+    parser.add_argument("--switch", choices=["pingpong", "lazy", "summma"], default="pingpong")
     parser.add_argument("--fp8-slack", type=float, default=4.0, help="--switch lazy: gluon_fp8.RESCALE_SLACK")
     args = parser.parse_args(argv)
 
@@ -195,7 +199,8 @@ def main(argv=None) -> int:
               "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
               "shapes": {}}
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{'pingpong' if args.switch == 'pingpong' else 'lazy-rescale'}-check-{result['utc']}.json"
+    name = {"pingpong": "pingpong", "lazy": "lazy-rescale", "summma": "fp8-summma"}[args.switch]
+    path = args.out / f"{name}-check-{result['utc']}.json"
     if args.switch == "lazy":
         result["lazy_correctness"] = lazy_correctness(args.fp8_slack)
         print("lazy_correctness", json.dumps(result["lazy_correctness"]), flush=True)

@@ -329,6 +329,29 @@ def test_fp8_lazy_rescale_matches_float64(case, q_mul, slack, seed, monkeypatch)
         assert lazy < FP8_TOLERANCE, f"seed {seed}"
 
 
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("head_dim", [128, 64], ids=["d128", "d64"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_fp8_row_sums_on_the_tensor_core_match_float64(case, head_dim, seed, monkeypatch):
+    """gluon_fp8.SUM_MMA (the video blocks' softmax row sums from a wgmma of P with a block of ones): within the FP8
+    tolerance of float64 and no worse than 1.1x the default kernel (it sums the e4m3-rounded P that PV uses)."""
+    from sta_search.kernels.sta import gluon_fp8
+
+    _, canvas, heads, windows, text_len, text_first, masked, batch = case
+    q, k, v, mask = make_case(canvas, heads, text_len, text_first, masked, batch, seed=seed, head_dim=head_dim)
+    kw = dict(canvas=canvas, tile=TILE, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
+    ref = sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": normalize_windows(windows, heads)})
+    monkeypatch.setattr(gluon_fp8, "SUM_MMA", False)
+    default = rel_rms(sta_attention(q, k, v, **kw, backend="gluon", precision="fp8"), ref)
+    monkeypatch.setattr(gluon_fp8, "SUM_MMA", True)
+    out = sta_attention(q, k, v, **kw, backend="gluon", precision="fp8")
+    err = rel_rms(out, ref)
+    print(f"{case[0]}-d{head_dim}: SUM_MMA {err:.4e}, default {default:.4e}")
+    assert torch.isfinite(out).all()
+    assert err < FP8_TOLERANCE and err < 1.1 * default, f"seed {seed}: {err:.3e} vs default {default:.3e}"
+
+
 # ------------------------------------------------------------------------------ V^T's column order (CPU)
 def test_v_column_permutes_each_key_block_and_both_prepasses_agree():
     """`v_column` maps every 128-key block onto itself, one to one, and is not the identity; the Triton pre-pass

@@ -264,7 +264,7 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
                   TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr,
                   BPT_LAST: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_PADDING: gl.constexpr,
                   HAS_TEXT_MASK: gl.constexpr, OUT_NATURAL: gl.constexpr, WG: gl.constexpr,
-                  PINGPONG: gl.constexpr, SLACK: gl.constexpr):
+                  PINGPONG: gl.constexpr, SLACK: gl.constexpr, ones_smem, SUM_MMA: gl.constexpr):
     TILE_VOL: gl.constexpr = TT * TH * TW
     HEAD_DIM: gl.constexpr = q_smem.shape[2]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -273,6 +273,11 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
                                                        instr_shape=[16, HEAD_DIM, 32])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+    # SUM_MMA: P's row sums of the video blocks come from a second wgmma, P times a block of ones (N = 8), instead of
+    # 64 FADDs per thread and block; they then sum the e4m3-rounded P that PV multiplies.
+    PV_GROUPS: gl.constexpr = 2 if SUM_MMA else 1
+    l_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 8, 32])
+    pl_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=l_layout, k_width=4)
     fp8: gl.constexpr = q_smem.dtype
     # P x 2^(8 - SLACK) (exact power of two; P <= 2^SLACK): at most 256 (e4m3 max 448), and probabilities down to
     # ~2^(SLACK - 14) stay normal in e4m3
@@ -285,6 +290,7 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
     m_i = gl.full([WG_ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.zeros([WG_ROWS], gl.float32, gl.SliceLayout(1, s_layout))
     acc = gl.zeros([WG_ROWS, HEAD_DIM], gl.float32, o_layout)
+    l_acc = gl.zeros([WG_ROWS, 8], gl.float32, l_layout)
     s_zero = gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout)
     offs_n = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))
     mbarrier.wait(q_bar, 0)
@@ -319,8 +325,10 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
         s_acc = warpgroup_mma_wait(0, deps=(s_acc, ))
         if HAS_PADDING:
             s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
-        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, scale_j, 0, False, LOG2_P_MUL, SLACK)
+        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, scale_j, 0, False, LOG2_P_MUL, SLACK, not SUM_MMA)
         acc = _rescale(acc, alpha, o_rows, SLACK)
+        if SUM_MMA:
+            l_acc = _rescale(l_acc, alpha, gl.SliceLayout(1, l_layout), SLACK)
         s_prev = s
         for it in range(n_text + 1, n_total):
             s = it % STAGES
@@ -333,20 +341,35 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
             s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             # P of the previous block is rounded here, under this block's QK^T: its e4m3 bytes then go straight
             # into the PV wgmma's registers (carried over the loop edge they would be unpacked and repacked)
-            acc = warpgroup_mma(_p_operand(p, p_layout, fp8), v_smem.index(s_prev).permute((1, 0)), acc,
-                                is_async=True)
+            p_op = _p_operand(p, p_layout, fp8)
+            acc = warpgroup_mma(p_op, v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
+            if SUM_MMA:
+                l_acc = warpgroup_mma(gl.convert_layout(p_op, pl_layout), ones_smem.permute((1, 0)), l_acc,
+                                      is_async=True)
             if PINGPONG:
                 _pass_turn(turn, WG)
-            s_acc = warpgroup_mma_wait(1, deps=(s_acc, ))
+            s_acc = warpgroup_mma_wait(PV_GROUPS, deps=(s_acc, ))  # PV (and the row-sum wgmma) still in flight
             if HAS_PADDING:
                 s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
-            p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, q_scale * k_scale, 0, False, LOG2_P_MUL, SLACK)
-            acc = warpgroup_mma_wait(0, deps=(acc, ))
+            p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, q_scale * k_scale, 0, False, LOG2_P_MUL, SLACK,
+                                          not SUM_MMA)
+            if SUM_MMA:
+                acc, l_acc = warpgroup_mma_wait(0, deps=(acc, l_acc))
+            else:
+                acc = warpgroup_mma_wait(0, deps=(acc, ))
             mbarrier.arrive(empty.index(s_prev), count=1)
             acc = _rescale(acc, alpha, o_rows, SLACK)
+            if SUM_MMA:
+                l_acc = _rescale(l_acc, alpha, gl.SliceLayout(1, l_layout), SLACK)
             s_prev = s
-        acc = warpgroup_mma(_p_operand(p, p_layout, fp8), v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
-        acc = warpgroup_mma_wait(0, deps=(acc, ))
+        p_op = _p_operand(p, p_layout, fp8)
+        acc = warpgroup_mma(p_op, v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
+        if SUM_MMA:
+            l_acc = warpgroup_mma(gl.convert_layout(p_op, pl_layout), ones_smem.permute((1, 0)), l_acc, is_async=True)
+            acc, l_acc = warpgroup_mma_wait(0, deps=(acc, l_acc))
+            l_i = l_i + gl.convert_layout(gl.max(l_acc, 1), gl.SliceLayout(1, s_layout))  # every column is the sum
+        else:
+            acc = warpgroup_mma_wait(0, deps=(acc, ))
         mbarrier.arrive(empty.index(s_prev), count=1)
 
     l_i = gl.where(l_i == 0.0, 1.0, l_i)  # query blocks of canvas padding (no keys): finite zeros
@@ -377,7 +400,7 @@ def _sta_fwd_gluon_fp8_kernel(
     REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
     STAGES: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_TEXT_MASK: gl.constexpr, OUT_NATURAL: gl.constexpr,
     PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False,
-    SLACK: gl.constexpr = 0.0,
+    SLACK: gl.constexpr = 0.0, SUM_MMA: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 2 * WG_ROWS
     TILE_VOL: gl.constexpr = TT * TH * TW
@@ -434,6 +457,10 @@ def _sta_fwd_gluon_fp8_kernel(
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # PINGPONG: whose turn to issue
+    ones_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([8, BLOCK_N], gl.float8e4nv)
+    ones_smem = gl.allocate_shared_memory(gl.float8e4nv, [8, BLOCK_N], ones_layout,
+                                          gl.full([8, BLOCK_N], 1.0, gl.float32,
+                                                  gl.BlockedLayout([1, 4], [1, 32], [4, 1], [1, 0])).to(gl.float8e4nv))
     mbarrier.init(q_bar, count=1)
     mbarrier.init(turn.index(0), count=1)
     mbarrier.init(turn.index(1), count=1)
@@ -447,12 +474,12 @@ def _sta_fwd_gluon_fp8_kernel(
                          KScale, VScale, bh, b, q_row, q_load, padded_len, n_qblocks, n_kblocks, text_query, n_text, n_total,
                          text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww,
                          NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N, STAGES, HAS_PADDING,
-                         HAS_TEXT_MASK, OUT_NATURAL, 0, PINGPONG, SLACK)),
+                         HAS_TEXT_MASK, OUT_NATURAL, 0, PINGPONG, SLACK, ones_smem, SUM_MMA)),
         (_consumer_fp8, (o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready, empty, turn, TextMask, QScale,
                          KScale, VScale, bh, b, q_row, q_load, padded_len, n_qblocks, n_kblocks, text_query, n_text, n_total,
                          text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww,
                          NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N, STAGES, HAS_PADDING,
-                         HAS_TEXT_MASK, OUT_NATURAL, 1, PINGPONG, SLACK)),
+                         HAS_TEXT_MASK, OUT_NATURAL, 1, PINGPONG, SLACK, ones_smem, SUM_MMA)),
         (_producer_fp8, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, bh, q_load,
                          padded_len, text_query, n_text, n_total, n_first, spans, last_spans, st, sh, sw, wh, ww,
                          NH, NW, TT, TH, TW, BPT_LAST, BLOCK_N, STAGES)),
@@ -470,6 +497,10 @@ HEAD_DIMS = (64, 128)
 #: ``gluon_fwd._softmax``'s lazy rescaling for the FP8 kernel (log2 units). P is stored times 2^(8 - SLACK), so a
 #: larger slack trades small probabilities (flushed below ~2^(SLACK - 17)) for fewer accumulator rescales.
 RESCALE_SLACK = 0.0
+
+#: The video blocks' softmax row sums on the tensor core (P times a block of ones, a second N = 8 wgmma beside PV)
+#: instead of 64 FADDs per thread and block; the sum is then of the e4m3-rounded P.
+SUM_MMA = False
 
 
 def _fp8_inputs_ok(q: torch.Tensor, geometry: Geometry) -> tuple[bool, str]:
@@ -531,7 +562,8 @@ def _run(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, la
         NT=nt, NH=nh, NW=nw, TT=tt, TH=th, TW=tw, REM_T=rem[0], REM_H=rem[1], REM_W=rem[2], HEAD_DIM=D,
         BLOCK_N=BLOCK_N, STAGES=stages, HAS_PADDING=not geometry.is_divisible,
         HAS_TEXT_MASK=bool(text_len) and text_mask is not None, OUT_NATURAL=out_natural, PRODUCER_REGS=24,
-        CONSUMER_REGS=240, PINGPONG=gluon_fwd.DEFAULT_PINGPONG, SLACK=float(RESCALE_SLACK), num_warps=4,
+        CONSUMER_REGS=240, PINGPONG=gluon_fwd.DEFAULT_PINGPONG, SLACK=float(RESCALE_SLACK),
+        SUM_MMA=bool(SUM_MMA), num_warps=4,
     )
     return out
 

@@ -169,7 +169,7 @@ def _producer(q_desc, k_desc, v_desc, qt_desc, kt_desc, vt_desc, q_smem, k_smem,
 
 @gluon.jit
 def _softmax(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr, LOG2_MUL: gl.constexpr = 0.0,
-             SLACK: gl.constexpr = 0.0):
+             SLACK: gl.constexpr = 0.0, ROW_SUM: gl.constexpr = True):
     """One key block of the online softmax (base 2, scores scaled by ``qk_scale``): ``p``, the rescale factor of the
     running sums, the new row max and row sum. With ``LOG2_MUL`` (the FP8 kernel) ``p`` and the row sum come out
     multiplied by ``2**LOG2_MUL`` by shifting the exponent, which costs nothing per element. With ``SLACK`` a row
@@ -187,7 +187,10 @@ def _softmax(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr, LOG2_MUL: 
         m_use = m_new
     p = gl.exp2(s_acc * qk_scale - gl.expand_dims(m_use - LOG2_MUL, 1))
     alpha = gl.exp2(m_i - m_use)
-    l_i = l_i * alpha + gl.sum(p, 1)
+    if ROW_SUM:
+        l_i = l_i * alpha + gl.sum(p, 1)
+    else:  # the caller sums p on the tensor core
+        l_i = l_i * alpha
     return p, alpha, m_new, l_i
 
 
