@@ -20,6 +20,12 @@ which is why it cannot learn motion direction or size change). After evaluation 
 for scale) and how far its text encoder keeps the direction words apart (bench/small_caption_loss.py,
 bench/small_caption_probe.py).
 
+``--contrast W`` (session 12, not yet trained with): on ``--contrast-fraction`` of each batch the denoiser also runs
+under the caption of the same video played backwards (``data.reversed_scene``: left <-> right, grows <-> shrinks), and
+``W x relu((1 + margin) err_true - err_reversed) / err_true`` is added to the loss: zero once the error under the
+wrong words is clearly higher, which the model can only reach by reading them (``bench/small_binding_probe.py``
+found that it does not read the motion word at all; the reversal pairs of run 6 gave no such signal).
+
 Time box: ``--time-budget`` seconds from start, minus ``--reserve`` for saving, samples and evaluation.
 After ``calibrate`` steps the run's step count is fixed from the measured step time. The learning rate
 warms up linearly (``--warmup`` steps, 300 fresh / 100 on resume) and then stays constant, so a run can
@@ -246,6 +252,36 @@ def generate(components: dict, prompts: list[str], canvas, steps: int, guidance:
     return torch.cat(out)
 
 
+def caption_contrast(forward, text_encoder, noisy, sigma, target, pred, captions, drop, args, autocast):
+    """``--contrast``: mean over the first ``--contrast-fraction`` of the batch (captions kept, and changed by a
+    reversal) of ``relu((1 + margin) * err_true - err_reversed) / err_true``, where ``err_*`` is a sample's
+    flow-matching error with its caption and with the caption of the same video played backwards (left <-> right,
+    grows <-> shrinks, ...). It is zero once the denoiser's error is clearly higher under the wrong words, which
+    it can only reach by reading them. None when no sample qualifies."""
+    from sta_search.small import data
+    from sta_search.small.text import MAX_LENGTH, encode_words
+
+    k = max(1, int(round(args.contrast_fraction * len(captions))))
+    rows, wrong = [], []
+    for i in range(min(k, len(captions))):
+        if drop[i]:
+            continue
+        flipped = data.reversed_scene(data.parse_caption(captions[i])).caption
+        if flipped != captions[i]:
+            rows.append(i)
+            wrong.append(flipped)
+    if not rows:
+        return None
+    index = torch.tensor(rows, device=noisy.device)
+    ids = encode_words(wrong, MAX_LENGTH).to(noisy.device)
+    with autocast:
+        pred_wrong = forward(hidden_states=noisy[index], timestep=sigma[index] * 1000,
+                             encoder_hidden_states=text_encoder(ids), return_dict=False)[0]
+    err_true = ((pred[index].float() - target[index]) ** 2).mean(dim=(1, 2, 3, 4))
+    err_wrong = ((pred_wrong.float() - target[index]) ** 2).mean(dim=(1, 2, 3, 4))
+    return (torch.relu((1 + args.contrast_margin) * err_true - err_wrong) / err_true.detach()).mean()
+
+
 # ------------------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -273,6 +309,12 @@ def main() -> None:
     ap.add_argument("--reversal-pairs", action="store_true",
                     help="half of every batch is the other half played backwards with reversed captions "
                          "(data.reversed_scene): the model must read the caption to know which way time runs")
+    ap.add_argument("--contrast", type=float, default=0.0,
+                    help="weight of a caption-contrast hinge: on --contrast-fraction of each batch the loss under the "
+                         "reversed caption (data.reversed_scene) must exceed the loss under the true one by "
+                         "--contrast-margin (relative), so the denoiser is trained to read the direction words")
+    ap.add_argument("--contrast-fraction", type=float, default=0.25)
+    ap.add_argument("--contrast-margin", type=float, default=0.05)
     ap.add_argument("--smoke", action="store_true", help="tiny model and canvases, for a CPU check in seconds")
     args = ap.parse_args()
 
@@ -335,6 +377,7 @@ def main() -> None:
     step_time: dict[int, list[float]] = {i: [] for i in range(len(canvases))}
     running = {i: [0.0, 0] for i in range(len(canvases))}
     run_step, t_train0, decay_from = 0, time.time(), None
+    contrast_log: list = []  # --contrast: the hinge per step since the last log entry
 
     def lr_at(i: int) -> float:
         lr = args.lr * min(1.0, (i + 1) / warmup)
@@ -385,6 +428,12 @@ def main() -> None:
             pred = forward(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=text_encoder(ids),
                            return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(pred.float(), target)
+        if args.contrast > 0:
+            contrast = caption_contrast(forward, text_encoder, noisy, sigma, target, pred, captions, drop, args,
+                                        autocast)
+            if contrast is not None:
+                loss = loss + args.contrast * contrast
+                contrast_log.append(contrast.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -406,6 +455,9 @@ def main() -> None:
                 if cnt:
                     entry[f"loss_{'x'.join(map(str, canvases[i][:3]))}"] = round(tot / cnt, 5)
             running = {i: [0.0, 0] for i in range(len(canvases))}
+            if contrast_log:
+                entry["contrast_hinge"] = round(float(torch.stack(contrast_log).mean()), 5)
+                contrast_log = []
             log["loss"].append(entry)
             print(json.dumps(entry), flush=True)
 

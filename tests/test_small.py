@@ -1,5 +1,6 @@
 """The `small` model's parts: data generator, caption grammar, evaluator, architecture, resumable trainer."""
 
+import contextlib
 import json
 import math
 import os
@@ -158,3 +159,41 @@ def test_bundled_small_loads_by_name_and_draws_the_captioned_colour():
     border = np.concatenate([frames[0, :, :4].reshape(-1, 3), frames[0, :, -4:].reshape(-1, 3)])
     red, green, blue = np.median(border, axis=0)
     assert blue > red + 0.05 and blue > green + 0.05, (red, green, blue)
+
+
+def test_caption_contrast_is_a_relative_hinge_on_the_reversed_caption():
+    """train_small --contrast: the wrong caption is the reversed scene's (left <-> right, grows <-> shrinks), only
+    kept captions that a reversal changes are used, and the hinge is relu((1 + margin) e_true - e_wrong) / e_true."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_small
+    from sta_search.small import data
+    from sta_search.small.text import MAX_LENGTH, encode_words
+
+    captions = ["a big red circle moves left, a small blue square bounces, on a gray floor",
+                "a small green ring bounces, a big red square bounces, on a gray floor",  # reversal changes nothing
+                "a big blue triangle moves up and grows, on a gray floor"]
+    seen = []
+
+    def text_encoder(ids):
+        seen.append(ids.clone())
+        return torch.zeros(ids.shape[0], ids.shape[1], 4)
+
+    def forward(hidden_states, timestep, encoder_hidden_states, return_dict):
+        return (torch.full_like(hidden_states, 0.5 if len(seen) == 1 else 0.25),)
+
+    target = torch.zeros(3, 3, 2, 4, 4)
+    noisy = torch.randn(3, 3, 2, 4, 4)
+    pred = torch.full_like(target, 0.5)  # error 0.25 under the true captions
+    args = argparse.Namespace(contrast_fraction=1.0, contrast_margin=0.05)
+    drop = torch.tensor([False, False, False])
+    hinge = train_small.caption_contrast(forward, text_encoder, noisy, torch.full((3,), 0.8), target, pred, captions,
+                                         drop, args, contextlib.nullcontext())
+    wrong = [data.reversed_scene(data.parse_caption(c)).caption for c in (captions[0], captions[2])]
+    assert torch.equal(seen[0], encode_words(wrong, MAX_LENGTH))
+    assert "moves right" in wrong[0] and "moves down and shrinks" in wrong[1]
+    assert float(hinge) == pytest.approx(0.05)  # same error under the wrong words: the whole margin
+    drop = torch.tensor([True, False, True])
+    assert train_small.caption_contrast(forward, text_encoder, noisy, torch.full((3,), 0.8), target, pred, captions,
+                                        drop, args, contextlib.nullcontext()) is None
