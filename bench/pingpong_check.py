@@ -9,8 +9,8 @@
 ``gluon_fp8.RESCALE_SLACK`` = ``--fp8-slack``). Its outputs are not bit-identical (P is exponentiated against a
 stale max), so the JSON reports their relative RMS difference, and ``lazy_correctness`` the error against float64 on
 small cases with plain (N(0, 1)) and peaked (q x 6, so maxima move by more than the slack) inputs.
-``--switch summma`` (session 12): the FP8 kernel with its softmax row sums on the tensor core (``gluon_fp8.SUM_MMA``);
-the bf16 shapes then time the same kernel twice (a noise check).
+``--switch summma`` (session 12): both kernels with their softmax row sums on the tensor core (``gluon_fp8.SUM_MMA``,
+``gluon_fwd.DEFAULT_SUM_MMA``: an N = 8 wgmma of P with a block of ones instead of 64 FADDs per thread and block).
 
 The Gluon kernel's two consumer warpgroups run free (each overlaps its own softmax with its PV wgmma). With
 ``PINGPONG`` they take turns to issue their wgmmas (an mbarrier handshake per key block), so one warpgroup's softmax
@@ -56,8 +56,9 @@ def set_switch(switch: str, on: bool, fp8_slack: float = 4.0) -> None:
 
     if switch == "pingpong":
         gluon_fwd.DEFAULT_PINGPONG = on
-    elif switch == "summma":  # the FP8 kernel's row sums on the tensor core (bf16 shapes run the same kernel twice)
+    elif switch == "summma":  # both kernels' row sums on the tensor core
         gluon_fp8.SUM_MMA = on
+        gluon_fwd.DEFAULT_SUM_MMA = on
     else:
         gluon_fwd.DEFAULT_RESCALE_SLACK = 8.0 if on else 0.0
         gluon_fp8.RESCALE_SLACK = fp8_slack if on else 0.0

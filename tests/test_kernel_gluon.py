@@ -243,6 +243,29 @@ def test_gluon_lazy_rescale_matches_float64_and_the_exact_kernel(case, head_dim,
     assert rel_rms(lazy, ref) < 1.3 * rel_rms(exact, ref), f"seed {seed}"
 
 
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("head_dim", [128, 64], ids=["d128", "d64"])
+@pytest.mark.parametrize("case", CASES + [c[:2] + c[3:] for c in COMPACT_CASES[:3]],
+                         ids=[c[0] for c in CASES] + [c[0] for c in COMPACT_CASES[:3]])
+def test_gluon_row_sums_on_the_tensor_core_match_float64(case, head_dim, seed, monkeypatch):
+    """gluon_fwd.DEFAULT_SUM_MMA (the video blocks' softmax row sums from a wgmma of P with a block of ones): against
+    float64 and within bf16 rounding of the default kernel (it sums the bf16-rounded P that PV multiplies)."""
+    from sta_search.kernels.sta import gluon_fwd
+
+    _, canvas, heads, windows, text_len, text_first, masked, batch = case
+    tile = next((c[2] for c in COMPACT_CASES if c[0] == case[0]), TILE)
+    q, k, v, mask = make_case(canvas, heads, text_len, masked, batch, torch.bfloat16, head_dim)
+    kw = dict(canvas=canvas, tile=tile, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
+    monkeypatch.setattr(gluon_fwd, "DEFAULT_SUM_MMA", False)
+    default = sta_attention(q, k, v, **kw, backend="gluon")
+    monkeypatch.setattr(gluon_fwd, "DEFAULT_SUM_MMA", True)
+    summed = sta_attention(q, k, v, **kw, backend="gluon")
+    ref = sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": normalize_windows(windows, heads)})
+    assert rel_rms(summed, ref) < TOLERANCE[torch.bfloat16], f"seed {seed}"
+    assert rel_rms(summed, default) < 6e-3, f"seed {seed}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["gluon-d64-natural-wan480p", "gluon-compact-wan480p", "gluon-pingpong"])
 def test_gluon_compiles_for_sm90_without_a_gpu_with_no_spills(variant, tmp_path):
