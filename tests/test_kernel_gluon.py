@@ -191,26 +191,41 @@ def test_gluon_head_dims_have_a_ring_depth_that_fits_and_deeper_rings_are_refuse
                                         stages=too_deep)
 
 
+# Cases of the switch tests (ping-pong, lazy rescaling, row sums on the tensor core): CASES and three compact ones.
+SWITCH_CASES = CASES + [c[:2] + c[3:] for c in COMPACT_CASES[:3]]
+SWITCH_IDS = [c[0] for c in CASES] + [c[0] for c in COMPACT_CASES[:3]]
+
+
+def switch_case(case, head_dim):
+    """bf16 inputs of a SWITCH_CASES entry and sta_attention's keyword arguments (the compact cases' own tile)."""
+    _, canvas, heads, windows, text_len, text_first, masked, batch = case
+    tile = next((c[2] for c in COMPACT_CASES if c[0] == case[0]), TILE)
+    q, k, v, mask = make_case(canvas, heads, text_len, masked, batch, torch.bfloat16, head_dim)
+    kw = dict(canvas=canvas, tile=tile, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
+    return q, k, v, kw
+
+
+def float64_reference(q, k, v, kw):
+    windows = normalize_windows(kw["windows"], q.shape[1])
+    return sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": windows})
+
+
 @pytest.mark.gpu
 @hopper
 @pytest.mark.parametrize("head_dim", [128, 64], ids=["d128", "d64"])
-@pytest.mark.parametrize("case", CASES + [c[:2] + c[3:] for c in COMPACT_CASES[:3]],
-                         ids=[c[0] for c in CASES] + [c[0] for c in COMPACT_CASES[:3]])
+@pytest.mark.parametrize("case", SWITCH_CASES, ids=SWITCH_IDS)
 def test_gluon_pingpong_is_bit_identical_to_the_free_running_warpgroups(case, head_dim, seed, monkeypatch):
     """FA3's ping-pong (the consumer warpgroups take turns to issue their wgmmas) changes when each wgmma is issued,
     not what it computes: outputs equal the default kernel's bit for bit, in place, in tile order and compact."""
     from sta_search.kernels.sta import gluon_fwd
 
-    _, canvas, heads, windows, text_len, text_first, masked, batch = case
-    tile = next((c[2] for c in COMPACT_CASES if c[0] == case[0]), TILE)
-    q, k, v, mask = make_case(canvas, heads, text_len, masked, batch, torch.bfloat16, head_dim)
-    kw = dict(canvas=canvas, tile=tile, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
+    q, k, v, kw = switch_case(case, head_dim)
     monkeypatch.setattr(gluon_fwd, "DEFAULT_PINGPONG", False)
     free = sta_attention(q, k, v, **kw, backend="gluon")
     monkeypatch.setattr(gluon_fwd, "DEFAULT_PINGPONG", True)
     pingpong = sta_attention(q, k, v, **kw, backend="gluon")
     assert torch.equal(pingpong, free), f"seed {seed}"
-    ref = sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": normalize_windows(windows, heads)})
+    ref = float64_reference(q, k, v, kw)
     assert rel_rms(pingpong, ref) < TOLERANCE[torch.bfloat16], f"seed {seed}"
 
 
@@ -218,24 +233,20 @@ def test_gluon_pingpong_is_bit_identical_to_the_free_running_warpgroups(case, he
 @hopper
 @pytest.mark.parametrize("q_mul", [1.0, 6.0], ids=["plain", "peaked"])
 @pytest.mark.parametrize("head_dim", [128, 64], ids=["d128", "d64"])
-@pytest.mark.parametrize("case", CASES + [c[:2] + c[3:] for c in COMPACT_CASES[:3]],
-                         ids=[c[0] for c in CASES] + [c[0] for c in COMPACT_CASES[:3]])
+@pytest.mark.parametrize("case", SWITCH_CASES, ids=SWITCH_IDS)
 def test_gluon_lazy_rescale_matches_float64_and_the_exact_kernel(case, head_dim, q_mul, seed, monkeypatch):
     """FlashAttention-4's lazy rescaling (gluon_fwd.DEFAULT_RESCALE_SLACK = 8): against float64 and close to the
     kernel that rescales every block, on plain inputs (maxima settle after the first blocks) and peaked ones (q x 6:
     scores spread over ~12 log2 units, so maxima move by more than the slack and the rescale branch runs)."""
     from sta_search.kernels.sta import gluon_fwd
 
-    _, canvas, heads, windows, text_len, text_first, masked, batch = case
-    tile = next((c[2] for c in COMPACT_CASES if c[0] == case[0]), TILE)
-    q, k, v, mask = make_case(canvas, heads, text_len, masked, batch, torch.bfloat16, head_dim)
+    q, k, v, kw = switch_case(case, head_dim)
     q = q * q_mul
-    kw = dict(canvas=canvas, tile=tile, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
     monkeypatch.setattr(gluon_fwd, "DEFAULT_RESCALE_SLACK", 0.0)
     exact = sta_attention(q, k, v, **kw, backend="gluon")
     monkeypatch.setattr(gluon_fwd, "DEFAULT_RESCALE_SLACK", 8.0)
     lazy = sta_attention(q, k, v, **kw, backend="gluon")
-    ref = sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": normalize_windows(windows, heads)})
+    ref = float64_reference(q, k, v, kw)
     assert rel_rms(lazy, ref) < TOLERANCE[torch.bfloat16], f"seed {seed}"
     # P exponentiated against another max is rounded to bf16 differently: two rounding-noise draws of ~2.2e-3 each
     # against float64 are ~3e-3 apart (measured on an H200: 3.1e-3 at hunyuan-720p)
@@ -246,22 +257,18 @@ def test_gluon_lazy_rescale_matches_float64_and_the_exact_kernel(case, head_dim,
 @pytest.mark.gpu
 @hopper
 @pytest.mark.parametrize("head_dim", [128, 64], ids=["d128", "d64"])
-@pytest.mark.parametrize("case", CASES + [c[:2] + c[3:] for c in COMPACT_CASES[:3]],
-                         ids=[c[0] for c in CASES] + [c[0] for c in COMPACT_CASES[:3]])
+@pytest.mark.parametrize("case", SWITCH_CASES, ids=SWITCH_IDS)
 def test_gluon_row_sums_on_the_tensor_core_match_float64(case, head_dim, seed, monkeypatch):
     """gluon_fwd.DEFAULT_SUM_MMA (the video blocks' softmax row sums from a wgmma of P with a block of ones): against
     float64 and within bf16 rounding of the default kernel (it sums the bf16-rounded P that PV multiplies)."""
     from sta_search.kernels.sta import gluon_fwd
 
-    _, canvas, heads, windows, text_len, text_first, masked, batch = case
-    tile = next((c[2] for c in COMPACT_CASES if c[0] == case[0]), TILE)
-    q, k, v, mask = make_case(canvas, heads, text_len, masked, batch, torch.bfloat16, head_dim)
-    kw = dict(canvas=canvas, tile=tile, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
+    q, k, v, kw = switch_case(case, head_dim)
     monkeypatch.setattr(gluon_fwd, "DEFAULT_SUM_MMA", False)
     default = sta_attention(q, k, v, **kw, backend="gluon")
     monkeypatch.setattr(gluon_fwd, "DEFAULT_SUM_MMA", True)
     summed = sta_attention(q, k, v, **kw, backend="gluon")
-    ref = sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": normalize_windows(windows, heads)})
+    ref = float64_reference(q, k, v, kw)
     assert rel_rms(summed, ref) < TOLERANCE[torch.bfloat16], f"seed {seed}"
     assert rel_rms(summed, default) < 6e-3, f"seed {seed}"
 
