@@ -12,7 +12,6 @@ noise per scene in every condition (one batch, one seed), 8x64x96 px, evaluator 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -27,20 +26,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenes", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--guidance", type=float, default=4.0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
+def _mean_or_none(values):
+    return float(np.mean(values)) if values else None
 
+
+def main(argv=None) -> int:
     import train_small
     from sta_search.small import data, evaluate
 
-    components = train_small.bundled_components(args.device)
-    scenes = [data.parse_caption(c) for c in data.prompt_set(args.scenes, train_small.EVAL_SEED)]
+    args, components, scenes = train_small.probe_setup(__doc__, 16, argv)
     uniform = [dataclasses.replace(s, objects=tuple(dataclasses.replace(o, motion=s.main.motion) for o in s.objects))
                for s in scenes]
     conditions = {"mixed": scenes, "uniform": uniform,
@@ -62,8 +56,8 @@ def main(argv=None) -> int:
         summary = {"main_motion": float(np.mean([r["main"]["motion"] for r in rows])),
                    "main_color": float(np.mean([r["main"]["color"] for r in rows])),
                    "objects_motion": float(np.mean([r["objects_motion"] for r in rows])),
-                   "main_motion_by_word": {w: float(np.mean([r["main"]["motion"] for r, s in zip(rows, base)
-                                                             if data.MOTIONS[s.main.motion] == w] or [np.nan]))
+                   "main_motion_by_word": {w: _mean_or_none([r["main"]["motion"] for r, s in zip(rows, base)
+                                                             if data.MOTIONS[s.main.motion] == w])
                                            for w in data.MOTIONS}}
         result["conditions"][name] = {"summary": summary, "videos": rows}
         print(f"[{time.time() - t0:.0f} s] {name}: {json.dumps(summary)}", flush=True)

@@ -26,7 +26,6 @@ Generates at the small canvas (8x64x96 px), 16 steps, guidance 4, float32; ~30 s
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -126,19 +125,10 @@ def text_separation(text_encoder, scenes) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenes", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--guidance", type=float, default=4.0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-
     import train_small
     from sta_search.small import data, evaluate
 
-    components = train_small.bundled_components(args.device)
-    scenes = [data.parse_caption(c) for c in data.prompt_set(args.scenes, train_small.EVAL_SEED)]
+    args, components, scenes = train_small.probe_setup(__doc__, 6, argv)
     conditions = {"full": scenes,
                   "plain": [dataclasses.replace(s, pattern=0, camera=0, light=0) for s in scenes]}
     result = {"bench": "small_caption_probe", "utc": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),

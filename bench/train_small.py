@@ -239,6 +239,25 @@ def bundled_components(device) -> dict:
     return components
 
 
+def probe_setup(doc: str, scenes: int, argv=None):
+    """What the CPU probes of the bundled model share (bench/small_caption_probe.py, small_binding_probe.py): their
+    arguments (``--scenes``, ``--steps``, ``--guidance``, ``--device``, ``--out``), the bundled components and the
+    held-out evaluation scenes. Returns ``(args, components, scenes)``."""
+    import argparse
+
+    from sta_search.small import data
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenes", type=int, default=scenes)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    held_out = [data.parse_caption(c) for c in data.prompt_set(args.scenes, EVAL_SEED)]
+    return args, bundled_components(args.device), held_out
+
+
 @torch.no_grad()
 def generate(components: dict, prompts: list[str], canvas, steps: int, guidance: float, seed: int, batch: int = 8):
     pipe = SmallVideoPipeline(tokenizer=None, **components)
