@@ -48,7 +48,7 @@ def _install(mode: str) -> None:
     if mode == "no-exp":
         @gluon.jit
         def softmax(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr, LOG2_MUL: gl.constexpr = 0.0,
-                    SLACK: gl.constexpr = 0.0):
+                    SLACK: gl.constexpr = 0.0, ROW_SUM: gl.constexpr = True):
             if MASKED:
                 s_acc = gl.where(key_ok, s_acc, float("-inf"))
             m_new = gl.maximum(m_i, gl.max(s_acc, 1) * qk_scale)
@@ -58,15 +58,15 @@ def _install(mode: str) -> None:
                 m_use = m_new
             p = s_acc * qk_scale - gl.expand_dims(m_use, 1) + 1.0  # a multiply-add where exp2 was
             alpha = m_i - m_use + 1.0
-            l_i = l_i * alpha + gl.sum(p, 1)
+            l_i = l_i * alpha + gl.sum(p, 1) if ROW_SUM else l_i * alpha
             return p, alpha, m_new, l_i
     else:
         @gluon.jit
         def softmax(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr, LOG2_MUL: gl.constexpr = 0.0,
-                    SLACK: gl.constexpr = 0.0):
+                    SLACK: gl.constexpr = 0.0, ROW_SUM: gl.constexpr = True):
             p = s_acc * qk_scale
             alpha = m_i * 0.0 + 1.0
-            l_i = l_i + gl.sum(p, 1)
+            l_i = l_i + gl.sum(p, 1) if ROW_SUM else l_i
             return p, alpha, m_i, l_i
 
     gluon_fwd._softmax = softmax
