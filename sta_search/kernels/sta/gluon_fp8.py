@@ -46,8 +46,8 @@ from ..geometry import Geometry
 from .tables import device_windows
 from . import gluon_fwd
 from .gluon_fwd import (BLOCK_N, LOG2E, QUERY_ROWS, WG_ROWS, _clamped_window, _copy_video_rows, _mask_padding,
-                        _pass_turn, _rescale, _softmax, _take_turn, _video_row, _walk_next,
-                        _walk_row)
+                        _pass_turn, _rescale_pv, _softmax, _take_turn, _video_row,
+                        _wait_pv, _walk_next, _walk_row)
 
 FP8_MAX = 448.0  # largest finite e4m3 (float8_e4m3fn)
 P_SCALE = 256.0  # probabilities in [0, 1] are stored as p * 256 in e4m3
@@ -278,6 +278,7 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
     PV_GROUPS: gl.constexpr = 2 if SUM_MMA else 1
     l_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 8, 32])
     pl_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=l_layout, k_width=4)
+    l_rows: gl.constexpr = gl.SliceLayout(1, l_layout)
     fp8: gl.constexpr = q_smem.dtype
     # P x 2^(8 - SLACK) (exact power of two; P <= 2^SLACK): at most 256 (e4m3 max 448), and probabilities down to
     # ~2^(SLACK - 14) stay normal in e4m3
@@ -326,9 +327,7 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
         if HAS_PADDING:
             s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
         p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, scale_j, 0, False, LOG2_P_MUL, SLACK, not SUM_MMA)
-        acc = _rescale(acc, alpha, o_rows, SLACK)
-        if SUM_MMA:
-            l_acc = _rescale(l_acc, alpha, gl.SliceLayout(1, l_layout), SLACK)
+        acc, l_acc = _rescale_pv(acc, l_acc, alpha, o_rows, l_rows, SLACK, SUM_MMA)
         s_prev = s
         for it in range(n_text + 1, n_total):
             s = it % STAGES
@@ -353,23 +352,17 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
                 s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
             p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, q_scale * k_scale, 0, False, LOG2_P_MUL, SLACK,
                                           not SUM_MMA)
-            if SUM_MMA:
-                acc, l_acc = warpgroup_mma_wait(0, deps=(acc, l_acc))
-            else:
-                acc = warpgroup_mma_wait(0, deps=(acc, ))
+            acc, l_acc = _wait_pv(acc, l_acc, SUM_MMA)
             mbarrier.arrive(empty.index(s_prev), count=1)
-            acc = _rescale(acc, alpha, o_rows, SLACK)
-            if SUM_MMA:
-                l_acc = _rescale(l_acc, alpha, gl.SliceLayout(1, l_layout), SLACK)
+            acc, l_acc = _rescale_pv(acc, l_acc, alpha, o_rows, l_rows, SLACK, SUM_MMA)
             s_prev = s
         p_op = _p_operand(p, p_layout, fp8)
         acc = warpgroup_mma(p_op, v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
         if SUM_MMA:
             l_acc = warpgroup_mma(gl.convert_layout(p_op, pl_layout), ones_smem.permute((1, 0)), l_acc, is_async=True)
-            acc, l_acc = warpgroup_mma_wait(0, deps=(acc, l_acc))
+        acc, l_acc = _wait_pv(acc, l_acc, SUM_MMA)
+        if SUM_MMA:
             l_i = l_i + gl.convert_layout(gl.max(l_acc, 1), gl.SliceLayout(1, s_layout))  # every column is the sum
-        else:
-            acc = warpgroup_mma_wait(0, deps=(acc, ))
         mbarrier.arrive(empty.index(s_prev), count=1)
 
     l_i = gl.where(l_i == 0.0, 1.0, l_i)  # query blocks of canvas padding (no keys): finite zeros

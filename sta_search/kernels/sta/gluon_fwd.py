@@ -207,6 +207,26 @@ def _rescale(acc, alpha, o_rows: gl.constexpr, SLACK: gl.constexpr):
 
 
 @gluon.jit
+def _wait_pv(acc, l_acc, SUM: gl.constexpr):
+    """Wait for the PV wgmma in flight and, with ``SUM`` (SUM_MMA), the row-sum wgmma issued beside it."""
+    if SUM:
+        acc, l_acc = warpgroup_mma_wait(0, deps=(acc, l_acc))
+    else:
+        acc = warpgroup_mma_wait(0, deps=(acc, ))
+    return acc, l_acc
+
+
+@gluon.jit
+def _rescale_pv(acc, l_acc, alpha, o_rows: gl.constexpr, l_rows: gl.constexpr, SLACK: gl.constexpr,
+                SUM: gl.constexpr):
+    """:func:`_rescale` of the accumulator and, with ``SUM``, of the row sums kept on the tensor core."""
+    acc = _rescale(acc, alpha, o_rows, SLACK)
+    if SUM:
+        l_acc = _rescale(l_acc, alpha, l_rows, SLACK)
+    return acc, l_acc
+
+
+@gluon.jit
 def _mask_padding(s_acc, row, offs_n, NT: gl.constexpr, NH: gl.constexpr, NW: gl.constexpr, TT: gl.constexpr,
                   TH: gl.constexpr, TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr):
     """``s_acc`` with canvas-padding keys at -inf; only blocks of border tiles along padded axes pay for it."""
@@ -293,6 +313,7 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn
     PV_GROUPS: gl.constexpr = 2 if SUM else 1
     l_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 8, 16])
     pl_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=l_layout, k_width=2)
+    l_rows: gl.constexpr = gl.SliceLayout(1, l_layout)
 
     q = q_smem.index(WG)
     m_i = gl.full([WG_ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
@@ -365,9 +386,7 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn
             else:
                 t_i = _record_tile_mass(t_i, p, alpha, m_i, row, mass_ptr, record, NT, NH, NW, TILE_VOL, BLOCK_N,
                                         BPT, BPT_LAST)
-        acc = _rescale(acc, alpha, o_rows, SLACK)
-        if SUM:
-            l_acc = _rescale(l_acc, alpha, gl.SliceLayout(1, l_layout), SLACK)
+        acc, l_acc = _rescale_pv(acc, l_acc, alpha, o_rows, l_rows, SLACK, SUM)
         p_op = gl.convert_layout(p.to(dtype), p_layout)
         s_prev = s
         for it in range(n_text + 1, n_total):
@@ -400,23 +419,17 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn
                 else:
                     t_i = _record_tile_mass(t_i, p, alpha, m_i, row, mass_ptr, record, NT, NH, NW, TILE_VOL,
                                             BLOCK_N, BPT, BPT_LAST)
-            if SUM:
-                acc, l_acc = warpgroup_mma_wait(0, deps=(acc, l_acc))
-            else:
-                acc = warpgroup_mma_wait(0, deps=(acc, ))
+            acc, l_acc = _wait_pv(acc, l_acc, SUM)
             mbarrier.arrive(empty.index(s_prev), count=1)
-            acc = _rescale(acc, alpha, o_rows, SLACK)
-            if SUM:
-                l_acc = _rescale(l_acc, alpha, gl.SliceLayout(1, l_layout), SLACK)
+            acc, l_acc = _rescale_pv(acc, l_acc, alpha, o_rows, l_rows, SLACK, SUM)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             s_prev = s
         acc = warpgroup_mma(p_op, v_smem.index(s_prev), acc, is_async=True)
         if SUM:
             l_acc = warpgroup_mma(gl.convert_layout(p_op, pl_layout), ones_smem, l_acc, is_async=True)
-            acc, l_acc = warpgroup_mma_wait(0, deps=(acc, l_acc))
+        acc, l_acc = _wait_pv(acc, l_acc, SUM)
+        if SUM:
             l_i = l_i + gl.convert_layout(gl.max(l_acc, 1), gl.SliceLayout(1, s_layout))  # every column is the sum
-        else:
-            acc = warpgroup_mma_wait(0, deps=(acc, ))
         mbarrier.arrive(empty.index(s_prev), count=1)
 
     if MASS:
