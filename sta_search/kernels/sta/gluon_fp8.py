@@ -45,7 +45,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from ..geometry import Geometry
 from .tables import device_windows
 from . import gluon_fwd
-from .gluon_fwd import (BLOCK_N, LOG2E, QUERY_ROWS, WG_ROWS, _clamped_window, _copy_video_rows, _mask_padding,
+from .gluon_fwd import (BLOCK_N, LOG2E, QUERY_ROWS, WG_ROWS, _clamped_window, _mask_padding,
                         _pass_turn, _rescale_pv, _softmax, _take_turn, _video_row,
                         _wait_pv, _walk_next, _walk_row)
 
