@@ -10,6 +10,15 @@ TILE = (6, 8, 8)
 MIXED_CHOICES = [(1, 2, 3), (3, 3, 3), (5, 6, 10), (2, 3, 5), (3, 5, 5), (1, 1, 1)]
 
 
+def float64_reference(q, k, v, kw: dict) -> torch.Tensor:
+    """The float64 reference of ``sta_attention(q, k, v, **kw)`` (``kw`` as passed to it: canvas, tile, windows,
+    text arguments)."""
+    from sta_search.kernels.sta import normalize_windows, sta_reference
+
+    windows = normalize_windows(kw["windows"], q.shape[1])
+    return sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": windows})
+
+
 def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.double(), ref.double()
     assert torch.isfinite(out).all(), "non-finite output"

@@ -23,7 +23,7 @@ from sta_search.kernels import Geometry, from_tiles, to_tiles
 from sta_search.kernels.backends import can_run_gluon_fp8
 from sta_search.kernels.sta import normalize_windows, sta_attention, sta_mask, sta_reference
 
-from kernel_cases import TILE, model_shape_case, rel_rms
+from kernel_cases import TILE, float64_reference, model_shape_case, rel_rms
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 hopper = pytest.mark.skipif(not HOPPER, reason="needs a Hopper (sm_90) GPU")
@@ -58,6 +58,14 @@ def make_case(canvas, heads, text_len, text_first, masked, batch, dtype=torch.bf
         text_v[~mask[:, None, :, None].expand_as(text_v)] = 50.0  # attended by mistake: far off
         mask = mask.to(device)
     return *(x.to(device=device, dtype=dtype) for x in (q, k, v)), mask
+
+
+def fp8_case(case, seed, head_dim=128):
+    """Inputs of a CASES entry on the GPU and sta_attention's keyword arguments (what the switch tests share)."""
+    _, canvas, heads, windows, text_len, text_first, masked, batch = case
+    q, k, v, mask = make_case(canvas, heads, text_len, text_first, masked, batch, seed=seed, head_dim=head_dim)
+    return q, k, v, dict(canvas=canvas, tile=TILE, windows=windows, text_len=text_len, text_first=text_first,
+                         text_mask=mask)
 
 
 def emulate_fp8(q, k, v, *, canvas, tile, windows, text_len=0, text_first=False, text_mask=None):
@@ -293,9 +301,7 @@ def test_fp8_pingpong_is_bit_identical_to_the_free_running_warpgroups(case, seed
     same numbers as without."""
     from sta_search.kernels.sta import gluon_fwd
 
-    _, canvas, heads, windows, text_len, text_first, masked, batch = case
-    q, k, v, mask = make_case(canvas, heads, text_len, text_first, masked, batch, seed=seed)
-    kw = dict(canvas=canvas, tile=TILE, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
+    q, k, v, kw = fp8_case(case, seed)
     monkeypatch.setattr(gluon_fwd, "DEFAULT_PINGPONG", False)
     free = sta_attention(q, k, v, **kw, backend="gluon", precision="fp8")
     monkeypatch.setattr(gluon_fwd, "DEFAULT_PINGPONG", True)
@@ -315,11 +321,9 @@ def test_fp8_lazy_rescale_matches_float64(case, q_mul, slack, seed, monkeypatch)
     relative: measured 1.01-1.02x the exact FP8 kernel's error."""
     from sta_search.kernels.sta import gluon_fp8
 
-    _, canvas, heads, windows, text_len, text_first, masked, batch = case
-    q, k, v, mask = make_case(canvas, heads, text_len, text_first, masked, batch, seed=seed)
+    q, k, v, kw = fp8_case(case, seed)
     q = q * q_mul
-    kw = dict(canvas=canvas, tile=TILE, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
-    ref = sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": normalize_windows(windows, heads)})
+    ref = float64_reference(q, k, v, kw)
     monkeypatch.setattr(gluon_fp8, "RESCALE_SLACK", 0.0)
     exact = rel_rms(sta_attention(q, k, v, **kw, backend="gluon", precision="fp8"), ref)
     monkeypatch.setattr(gluon_fp8, "RESCALE_SLACK", slack)
@@ -338,10 +342,8 @@ def test_fp8_row_sums_on_the_tensor_core_match_float64(case, head_dim, seed, mon
     tolerance of float64 and no worse than 1.1x the default kernel (it sums the e4m3-rounded P that PV uses)."""
     from sta_search.kernels.sta import gluon_fp8
 
-    _, canvas, heads, windows, text_len, text_first, masked, batch = case
-    q, k, v, mask = make_case(canvas, heads, text_len, text_first, masked, batch, seed=seed, head_dim=head_dim)
-    kw = dict(canvas=canvas, tile=TILE, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
-    ref = sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": normalize_windows(windows, heads)})
+    q, k, v, kw = fp8_case(case, seed, head_dim)
+    ref = float64_reference(q, k, v, kw)
     monkeypatch.setattr(gluon_fp8, "SUM_MMA", False)
     default = rel_rms(sta_attention(q, k, v, **kw, backend="gluon", precision="fp8"), ref)
     monkeypatch.setattr(gluon_fp8, "SUM_MMA", True)

@@ -12,7 +12,7 @@ from sta_search.kernels import Geometry, from_tiles, to_tiles
 from sta_search.kernels.sta import normalize_windows, sta_attention, sta_reference
 from sta_search.kernels.backends import can_run_gluon
 
-from kernel_cases import TILE, model_shape_case, rel_rms
+from kernel_cases import TILE, float64_reference, model_shape_case, rel_rms
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 hopper = pytest.mark.skipif(not HOPPER, reason="needs a Hopper (sm_90) GPU")
@@ -203,11 +203,6 @@ def switch_case(case, head_dim):
     q, k, v, mask = make_case(canvas, heads, text_len, masked, batch, torch.bfloat16, head_dim)
     kw = dict(canvas=canvas, tile=tile, windows=windows, text_len=text_len, text_first=text_first, text_mask=mask)
     return q, k, v, kw
-
-
-def float64_reference(q, k, v, kw):
-    windows = normalize_windows(kw["windows"], q.shape[1])
-    return sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": windows})
 
 
 @pytest.mark.gpu
