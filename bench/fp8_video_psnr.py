@@ -36,17 +36,20 @@ def main(argv=None) -> dict:
     p.add_argument("--prompts", type=int, default=8, help="held-out captions, generated as one batch")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--smoke", action="store_true",
-                   help="CPU plumbing check: float32, 8x64x96, 2 prompts, 2 steps, window 1,3,3, the gather backend for both sides")
+                   help="CPU plumbing check: float32, 8x64x96, 2 prompts, 2 steps, window 1,3,3, the gather "
+                        "backend for both sides")
     args = p.parse_args(argv)
 
     import quality  # bench/quality.py: prompts, generate_batch, video_metrics
     from sta_search.accelerate import MaskAttention, fast_dense_attention
     from sta_search.maskconfig import MaskConfig, parse_window
     from sta_search.models import load_model, resolve_model_path
+    from sta_search.select import resolve_full_steps
 
     device = torch.device("cpu" if args.smoke else "cuda")
     folder, _ = resolve_model_path(args.model)
-    settings = quality.study_settings(argparse.Namespace(**(dict(steps=2, frames=8, height=64, width=96) if args.smoke else {})), folder)
+    smoke_size = dict(steps=2, frames=8, height=64, width=96) if args.smoke else {}
+    settings = quality.study_settings(argparse.Namespace(**smoke_size), folder)
     loaded = load_model(args.model, device.type, torch.float32 if args.smoke else torch.bfloat16)
     if args.smoke:
         args.prompts, args.seeds, args.windows = 2, args.seeds[:1], ["1,3,3"]
@@ -55,7 +58,7 @@ def main(argv=None) -> dict:
                                                          settings.frames))
     tile = parse_window(args.tile, "tile")
     steps = int(settings.steps)
-    dense_steps = tuple(range(round(0.24 * steps)))
+    dense_steps = tuple(range(resolve_full_steps(None, steps)))  # the selector's default dense first steps
     _, heldout = quality.prompts(0, args.prompts, kind=quality.model_kind(folder))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     report = {"schema": "sta-search/fp8-video-psnr/v1", "created_utc": stamp,
@@ -88,7 +91,8 @@ def main(argv=None) -> dict:
                 kernels[precision] = dict(attention.calls)
             fp8_vs_bf16 = quality.video_metrics(runs["fp8"], runs["bf16"])
             row = {"seed": seed, "window": window, "density": float(config.density()),
-                   "fp8_vs_bf16": summary(fp8_vs_bf16), "bf16_vs_dense": summary(quality.video_metrics(runs["bf16"], dense)),
+                   "fp8_vs_bf16": summary(fp8_vs_bf16),
+                   "bf16_vs_dense": summary(quality.video_metrics(runs["bf16"], dense)),
                    "fp8_vs_dense": summary(quality.video_metrics(runs["fp8"], dense)),
                    "fp8_vs_bf16_min_psnr_db": min(m["psnr_db"] for m in fp8_vs_bf16),
                    "calls": kernels, "seconds": round(time.perf_counter() - t0, 1)}

@@ -196,12 +196,12 @@ def main(argv=None) -> int:
     import torch
     import triton
 
-    result = {"bench": "pingpong_check", "switch": args.switch, "fp8_slack": args.fp8_slack, "utc": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
-              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "shapes": {}}
+    result = {"bench": "pingpong_check", "switch": args.switch, "fp8_slack": args.fp8_slack,
+              "utc": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), "device": torch.cuda.get_device_name(),
+              "torch": torch.__version__, "triton": triton.__version__, "shapes": {}}
     args.out.mkdir(parents=True, exist_ok=True)
-    name = {"pingpong": "pingpong", "lazy": "lazy-rescale", "summma": "fp8-summma"}[args.switch]
-    path = args.out / f"{name}-check-{result['utc']}.json"
+    stem = {"pingpong": "pingpong", "lazy": "lazy-rescale", "summma": "summma"}[args.switch]
+    path = args.out / f"{stem}-check-{result['utc']}.json"
     if args.switch == "lazy":
         result["lazy_correctness"] = lazy_correctness(args.fp8_slack)
         print("lazy_correctness", json.dumps(result["lazy_correctness"]), flush=True)
