@@ -32,6 +32,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 RECIPES = ("exact", "fp8", "fp8-qk", "int8-qk", "int8-qk-bf16-pv")
@@ -39,31 +40,22 @@ RECIPES = ("exact", "fp8", "fp8-qk", "int8-qk", "int8-qk-bf16-pv")
 
 def fake_quantize(q, k, v, geometry, recipe: str):
     """Dequantized natural-order ``(q, k, v)`` (float32) and how P is rounded (``"fp8"``, ``"bf16"`` or None)."""
+    from kernel_cases import fp8_dequantized  # tests/: the FP8 kernel tests' emulation of the same pre-pass
+    from sta_search.kernels.sta.gluon_fp8 import BLOCK_N, QUERY_ROWS, fp8_rows
     from sta_search.kernels.geometry import from_tiles
-    from sta_search.kernels.sta.gluon_fp8 import BLOCK_N, QUERY_ROWS, quantize_fp8_torch, v_column
 
     if recipe == "exact":
         return q, k, v, None
-    B, heads, S, D = q.shape
-    q8, k8, v8t, q_scale, k_scale, v_scale = quantize_fp8_torch(q, k, v, geometry, 0)
-    L8 = q8.shape[1]
-
-    def natural(rows):
-        return from_tiles(geometry, rows.reshape(B, heads, L8, D)[:, :, : geometry.padded_len])
-
+    qn, kn, vn = fp8_dequantized(q, k, v, geometry, dtype=torch.float32)
     if recipe.startswith("int8"):  # the same blocks and K smoothing, rounded to int8 instead of e4m3
+        B, heads, S, D = q.shape
+        L8 = fp8_rows(geometry, 0)
         q32, k32 = _smoothed_rows(q, k, geometry, L8)
-        deq_q = _int8_blocks(q32, QUERY_ROWS)
-        deq_k = _int8_blocks(k32, BLOCK_N)
-    else:
-        deq_q = (q8.float().reshape(B * heads, -1, QUERY_ROWS, D) * q_scale[:, :, None, None]).reshape(B * heads, L8, D)
-        deq_k = (k8.float().reshape(B * heads, -1, BLOCK_N, D) * k_scale[:, :, None, None]).reshape(B * heads, L8, D)
+        qn, kn = (from_tiles(geometry, _int8_blocks(x, n).reshape(B, heads, L8, D)[:, :, : geometry.padded_len])
+                  for x, n in ((q32, QUERY_ROWS), (k32, BLOCK_N)))
     if recipe in ("fp8", "int8-qk"):
-        deq_v = v8t.float()[:, :, v_column(torch.arange(L8))].transpose(1, 2) * v_scale[:, None, :]
-        vn, p_format = natural(deq_v), "fp8"
-    else:
-        vn, p_format = v.to(torch.bfloat16).float(), "bf16"
-    return natural(deq_q), natural(deq_k), vn, p_format
+        return qn, kn, vn, "fp8"
+    return qn, kn, v.to(torch.bfloat16).float(), "bf16"
 
 
 def _smoothed_rows(q, k, geometry, L8):
@@ -139,7 +131,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import quality
+    from sta_search.kernels.geometry import Geometry
+    from sta_search.kernels.sta.reference import sta_mask
     from sta_search.maskconfig import MaskConfig
+    from sta_search.select import resolve_full_steps
     from sta_search.models import load_model
 
     from sta_search.models import resolve_model_path
@@ -151,7 +146,7 @@ def main(argv=None) -> int:
                                                          settings.frames))
     steps = int(settings.steps)
     config = MaskConfig.uniform(loaded.info, canvas, (4, 4, 8), 0, steps, args.window,
-                                dense_steps=tuple(range(round(0.24 * steps))))
+                                dense_steps=tuple(range(resolve_full_steps(None, steps))))
     _, prompts = quality.prompts(0, args.prompts, kind="small")
     result = {"bench": "fp8_recipes_cpu", "utc": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "canvas": list(canvas),
@@ -159,24 +154,25 @@ def main(argv=None) -> int:
               "dense_steps": list(config.dense_steps), "prompts": prompts, "recipes": {}}
     videos = {}
     record: list = []
+    one_call = None  # the first sparse call of the exact run, its mask and float64 output
     t0 = time.time()
     for recipe in args.recipes:
         frames = quality.generate_batch(loaded, settings, prompts, steps, 0,
                                         recipe_attention(config, recipe, record if recipe == "exact" else None))
         videos[recipe] = torch.from_numpy(frames).permute(0, 1, 4, 2, 3)
         row = {"seconds": round(time.time() - t0, 1)}
+        if record and one_call is None:
+            q, k, v, windows = record[0]
+            geometry = Geometry(canvas, (4, 4, 8))
+            mask = sta_mask(canvas, (4, 4, 8), windows, 0, False, None, batch=1)
+            ref = sta_recipe(q.double(), k.double(), v.double(), geometry, mask, "exact")
+            one_call = (q, k, v, geometry, mask, ref)
         if recipe != "exact" and "exact" in videos:
             metrics = quality.video_metrics(videos[recipe], videos["exact"])
             row.update({key: sum(m[key] for m in metrics) / len(metrics) for key in ("psnr_db", "ssim")})
             row["psnr_db_min"] = min(m["psnr_db"] for m in metrics)
-            if record:
-                from sta_search.kernels.geometry import Geometry
-                from sta_search.kernels.sta.reference import sta_mask
-
-                q, k, v, windows = record[0]
-                geometry = Geometry(canvas, (4, 4, 8))
-                mask = sta_mask(canvas, (4, 4, 8), windows, 0, False, None, batch=1)
-                ref = sta_recipe(q.double(), k.double(), v.double(), geometry, mask, "exact")
+            if one_call is not None:
+                q, k, v, geometry, mask, ref = one_call
                 out = sta_recipe(q, k, v, geometry, mask, recipe).double()
                 row["attention_rel_rms_one_call"] = float((out - ref).norm() / ref.norm())
         result["recipes"][recipe] = row

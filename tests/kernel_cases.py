@@ -19,6 +19,30 @@ def float64_reference(q, k, v, kw: dict) -> torch.Tensor:
     return sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": windows})
 
 
+def fp8_dequantized(q, k, v, geometry, text_len: int = 0, text_first: bool = False, dtype=torch.float64):
+    """The FP8 recipe's inputs to its two products, in natural order: Q, smoothed K and V as the torch pre-pass
+    (`gluon_fp8.quantize_fp8_torch`) rounds them to e4m3, dequantized with their block and channel scales."""
+    from sta_search.kernels import from_tiles
+    from sta_search.kernels.sta.gluon_fp8 import BLOCK_N, QUERY_ROWS, quantize_fp8_torch, v_column
+
+    B, heads, S, D = q.shape
+    q8, k8, v8t, q_scale, k_scale, v_scale = quantize_fp8_torch(q, k, v, geometry, text_len, text_first=text_first)
+    L8 = q8.shape[1]
+
+    def blocks(x8, scale, rows):
+        return (x8.to(dtype).reshape(B * heads, -1, rows, D) * scale.to(dtype)[:, :, None, None]).reshape(-1, L8, D)
+
+    def natural(rows):
+        rows = rows.reshape(B, heads, L8, D)
+        video = from_tiles(geometry, rows[:, :, : geometry.padded_len])
+        text = rows[:, :, geometry.padded_len: geometry.padded_len + text_len]
+        return torch.cat([text, video] if text_first else [video, text], 2)
+
+    columns = v_column(torch.arange(L8, device=v8t.device))
+    deq_v = v8t.to(dtype)[:, :, columns].transpose(1, 2) * v_scale.to(dtype)[:, None, :]
+    return natural(blocks(q8, q_scale, QUERY_ROWS)), natural(blocks(k8, k_scale, BLOCK_N)), natural(deq_v)
+
+
 def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.double(), ref.double()
     assert torch.isfinite(out).all(), "non-finite output"

@@ -23,7 +23,7 @@ from sta_search.kernels import Geometry, from_tiles, to_tiles
 from sta_search.kernels.backends import can_run_gluon_fp8
 from sta_search.kernels.sta import normalize_windows, sta_attention, sta_mask, sta_reference
 
-from kernel_cases import TILE, float64_reference, model_shape_case, rel_rms
+from kernel_cases import TILE, float64_reference, fp8_dequantized, model_shape_case, rel_rms
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 hopper = pytest.mark.skipif(not HOPPER, reason="needs a Hopper (sm_90) GPU")
@@ -71,22 +71,10 @@ def fp8_case(case, seed, head_dim=128):
 def emulate_fp8(q, k, v, *, canvas, tile, windows, text_len=0, text_first=False, text_mask=None):
     """The recipe in float64 from the torch pre-pass's fp8 values: dequantized Q, smoothed K, V; exact masked
     softmax; P rounded to e4m3 (times 256, relative to the final row max); row sums of the unrounded P."""
-    from sta_search.kernels.sta.gluon_fp8 import P_SCALE, quantize_fp8_torch, v_column
+    from sta_search.kernels.sta.gluon_fp8 import P_SCALE
 
-    geometry = Geometry(canvas, tile)
     B, heads, S, D = q.shape
-    q8, k8, v8t, q_scale, k_scale, v_scale = quantize_fp8_torch(q, k, v, geometry, text_len, text_first=text_first)
-    deq_q = (q8.double().reshape(B * heads, -1, 64, D) * q_scale.double()[:, :, None, None]).reshape(B * heads, -1, D)
-    deq_k = (k8.double().reshape(B * heads, -1, 128, D) * k_scale.double()[:, :, None, None]).reshape(B * heads, -1, D)
-    deq_v = v8t.double()[:, :, v_column(torch.arange(v8t.shape[-1]))].transpose(1, 2) * v_scale.double()[:, None, :]
-
-    def natural(rows):
-        rows = rows.reshape(B, heads, -1, D)
-        video = from_tiles(geometry, rows[:, :, : geometry.padded_len])
-        text = rows[:, :, geometry.padded_len: geometry.padded_len + text_len]
-        return torch.cat([text, video] if text_first else [video, text], 2)
-
-    qn, kn, vn = natural(deq_q), natural(deq_k), natural(deq_v)
+    qn, kn, vn = fp8_dequantized(q, k, v, Geometry(canvas, tile), text_len, text_first)
     mask = sta_mask(canvas, tile, windows, text_len, text_first, text_mask, batch=B, device=q.device)
     s = (qn @ kn.transpose(-1, -2)) * D**-0.5
     s = s.masked_fill(~mask, float("-inf"))
