@@ -11,8 +11,8 @@ progress. Every case is caught and recorded; a watchdog thread writes the JSON a
    float64 reference, against the recipe computed exactly from the same fp8 values (tests/test_kernel_fp8.py
    explains the 0.08 bound), and (first case) the tile-order path into a NaN-poisoned output;
 2. timing at hunyuan-720p (30x48x80, 24 heads), (3,3,3), in one process on the same inputs: bf16 Gluon
-   (natural order, in place), fp8 Gluon whole call (pre-pass included), fp8 pre-pass alone, fp8 kernel alone
-   (3 and 4 stages), cuDNN dense SDPA; and fp8 vs bf16 rel RMS;
+   (natural order, in place); at ``precision="fp8"`` and ``"int8"`` the whole call (pre-pass included), the pre-pass
+   alone and the kernel alone; cuDNN dense SDPA; and each 8-bit output's rel RMS against bf16;
 3. the compiled kernels: registers, spills, shared memory (``metadata.shared``), and in SASS the QGMMA
    (fp8 wgmma) and HGMMA counts (Triton's own cuobjdump / nvdisasm).
 """
@@ -120,16 +120,17 @@ def compile_offline(variant: dict) -> dict:
     from sta_search.kernels.sta import gluon_fp8
 
     def desc(dtype, shape):
-        gdt = {"fp8e4nv": gl.float8e4nv, "bf16": gl.bfloat16}[dtype]
+        gdt = {"fp8e4nv": gl.float8e4nv, "i8": gl.int8, "bf16": gl.bfloat16}[dtype]
         return f"tensordesc<{dtype}[{', '.join(map(str, shape))}],{gl.NVMMASharedLayout.get_default_for(shape, gdt)!r}>"
 
     c = dict(NT=5, NH=6, NW=10, TT=6, TH=8, TW=8, REM_T=6, REM_H=8, REM_W=8, HEAD_DIM=128, BLOCK_N=128, STAGES=3,
              HAS_PADDING=False, HAS_TEXT_MASK=False, OUT_NATURAL=True, PRODUCER_REGS=24, CONSUMER_REGS=240,
-             PINGPONG=False, SLACK=0.0, SUM_MMA=False)
+             PINGPONG=False, SLACK=0.0, QK_INT8=False)
     c.update(variant)
+    qk = "i8" if c["QK_INT8"] else "fp8e4nv"
     kernel = gluon_fp8.sta_fwd_gluon_fp8_kernel
     sig = {n: "i32" for n in kernel.arg_names}
-    sig.update(q_desc=desc("fp8e4nv", [1, 64, 128]), k_desc=desc("fp8e4nv", [1, 128, 128]),
+    sig.update(q_desc=desc(qk, [1, 64, 128]), k_desc=desc(qk, [1, 128, 128]),
                v_desc=desc("fp8e4nv", [1, 128, 128]), ot_desc=desc("bf16", [1, 64, 128]),
                o_desc=desc("bf16", [1, 64 // (c["TH"] * c["TW"]), c["TH"], c["TW"], 128] if c["OUT_NATURAL"]
                            else [1, 64, 128]),
@@ -240,14 +241,21 @@ def timing(iters: int) -> dict:
     def fp8(q, k, v):
         return sta_attention(q, k, v, **kw, backend="gluon", precision="fp8")
 
-    def prepass(q, k, v):
-        return gluon_fp8.quantize_fp8(q, k, v, geometry, 0, layout="natural")
+    def int8(q, k, v):
+        return sta_attention(q, k, v, **kw, backend="gluon", precision="int8")
+
+    def prepass(q, k, v, qk_int8=False):
+        return gluon_fp8.quantize_fp8(q, k, v, geometry, 0, layout="natural", qk_int8=qk_int8)
+
+    def int8_prepass(q, k, v):
+        return prepass(q, k, v, qk_int8=True)
 
     def dense(q, k, v):
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             return torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
-    for name, fn in (("gluon-bf16-natural", bf16), ("gluon-fp8-natural", fp8), ("fp8-prepass", prepass)):
+    for name, fn in (("gluon-bf16-natural", bf16), ("gluon-fp8-natural", fp8), ("fp8-prepass", prepass),
+                     ("gluon-int8-natural", int8), ("int8-prepass", int8_prepass)):
         try:
             t = time.time()
             fn(*sets[0])
@@ -258,32 +266,26 @@ def timing(iters: int) -> dict:
         except Exception as exc:  # noqa: BLE001
             rows.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:1000]
             log(f"   {name} FAILED: {exc}")
-    try:
-        quantized = [prepass(*s) for s in sets]
-        def kernel_only(i):
-            return gluon_fp8._run(sets[i][0], None, None, geometry, windows, 0, None, None, layout="natural",
-                                  text_first=False, stages=3, quantized=quantized[i])
-        rows["ms"]["fp8-kernel-only"] = median_ms(kernel_only, [[0], [1]], 2, iters)[0]
-        log(f"   {'fp8-kernel-only':<22} {rows['ms']['fp8-kernel-only']:9.3f} ms")
-        for stages in (4,):
-            def kernel_stages(i, stages=stages):
+    for label, qk_int8 in (("fp8", False), ("int8", True)):  # the kernels alone, on pre-quantized inputs
+        try:
+            quantized = [prepass(*s, qk_int8=qk_int8) for s in sets]
+
+            def kernel_only(i, quantized=quantized, qk_int8=qk_int8):
                 return gluon_fp8._run(sets[i][0], None, None, geometry, windows, 0, None, None, layout="natural",
-                                      text_first=False, stages=stages, quantized=quantized[i])
-            try:
-                rows["ms"][f"fp8-kernel-only-stages{stages}"] = median_ms(kernel_stages, [[0], [1]], 2, iters)[0]
-                log(f"   fp8-kernel-only-stages{stages}  {rows['ms'][f'fp8-kernel-only-stages{stages}']:9.3f} ms")
-            except Exception as exc:  # noqa: BLE001
-                rows.setdefault("errors", {})[f"stages{stages}"] = f"{type(exc).__name__}: {exc}"[:500]
-        del quantized
-    except Exception as exc:  # noqa: BLE001
-        rows.setdefault("errors", {})["fp8-kernel-only"] = f"{type(exc).__name__}: {exc}"[:1000]
-    try:
-        a, b = fp8(*sets[0]), bf16(*sets[0])
-        rows["fp8_vs_bf16_rel_rms"] = ((a.float() - b.float()).norm() / b.float().norm()).item()
-        log(f"   fp8 vs bf16 gluon rel RMS {rows['fp8_vs_bf16_rel_rms']:.3e}")
-        del a, b
-    except Exception as exc:  # noqa: BLE001
-        rows.setdefault("errors", {})["fp8_vs_bf16"] = f"{type(exc).__name__}: {exc}"[:1000]
+                                      text_first=False, stages=3, quantized=quantized[i], qk_int8=qk_int8)
+            rows["ms"][f"{label}-kernel-only"] = median_ms(kernel_only, [[0], [1]], 2, iters)[0]
+            log(f"   {label + '-kernel-only':<22} {rows['ms'][f'{label}-kernel-only']:9.3f} ms")
+            del quantized, kernel_only
+        except Exception as exc:  # noqa: BLE001
+            rows.setdefault("errors", {})[f"{label}-kernel-only"] = f"{type(exc).__name__}: {exc}"[:1000]
+    for label, fn in (("fp8", fp8), ("int8", int8)):
+        try:
+            a, b = fn(*sets[0]), bf16(*sets[0])
+            rows[f"{label}_vs_bf16_rel_rms"] = ((a.float() - b.float()).norm() / b.float().norm()).item()
+            log(f"   {label} vs bf16 gluon rel RMS {rows[f'{label}_vs_bf16_rel_rms']:.3e}")
+            del a, b
+        except Exception as exc:  # noqa: BLE001
+            rows.setdefault("errors", {})[f"{label}_vs_bf16"] = f"{type(exc).__name__}: {exc}"[:1000]
     try:
         rows["ms"]["cudnn-dense"] = median_ms(dense, sets, 1, 4)[0]
         log(f"   {'cudnn-dense':<22} {rows['ms']['cudnn-dense']:9.3f} ms")
@@ -294,7 +296,7 @@ def timing(iters: int) -> dict:
         rows["speedup_vs_cudnn"] = {k: ms["cudnn-dense"] / v for k, v in ms.items() if k != "cudnn-dense"}
     if "gluon-bf16-natural" in ms:
         rows["speedup_vs_bf16_gluon"] = {k: ms["gluon-bf16-natural"] / v for k, v in ms.items()
-                                         if k.startswith(("gluon-fp8", "fp8-kernel"))}
+                                         if k.startswith(("gluon-fp8", "fp8-kernel", "gluon-int8", "int8-kernel"))}
     log("   speedups vs cuDNN:", {k: round(v, 2) for k, v in rows.get("speedup_vs_cudnn", {}).items()})
     return rows
 
@@ -327,6 +329,7 @@ def main(argv=None) -> int:
         if not args.smoke:
             REPORT["note"] = "no Hopper GPU: ran the smoke steps only"
         step("compile_offline_hunyuan")(lambda: compile_offline({}))()
+        step("compile_offline_hunyuan_int8")(lambda: compile_offline({"QK_INT8": True}))()
         step("compile_offline_padding_text")(lambda: compile_offline(
             dict(NT=4, NH=4, NW=7, REM_T=3, REM_H=6, REM_W=4, HAS_PADDING=True, HAS_TEXT_MASK=True)))()
         for case in CORRECTNESS[:1]:

@@ -4,10 +4,10 @@ bf16-STA >= 35 dB, reported next to the speed).
     python3 bench/fp8_video_psnr.py --out DIR          # H200: about a minute, mostly Gluon compiles
 
 For each window (uniform over every head; the selector's default dense first steps) the held-out prompts are
-generated three times from the same initial noise: dense (SDPA), STA through the bf16 Gluon kernel, and STA
-through the FP8 Gluon kernel (``MaskAttention(..., backend="gluon", precision=...)``). Reported per window
-and seed: PSNR / SSIM (8-bit frames, bench/quality.py's ``video_metrics``) of FP8-STA against bf16-STA (the
-price of FP8), and of each against dense (the price of the window). ``small`` has head dim 64 and tile
+generated from the same initial noise: dense (SDPA), STA through the bf16 Gluon kernel, and STA through the 8-bit
+Gluon kernel at each ``--variants`` precision (``fp8``, ``int8``: ``MaskAttention(..., backend="gluon",
+precision=...)``). Reported per window and seed: PSNR / SSIM (8-bit frames, bench/quality.py's ``video_metrics``) of
+each 8-bit run against bf16-STA (the price of 8 bits), and of each against dense (the price of the window). ``small`` has head dim 64 and tile
 (4,4,4); the Gluon kernels need a tile volume that is a multiple of 128, so the configs use tile (4,4,8)
 (canvas 16x24x40 -> 4x6x5 tiles). Writes ``DIR/fp8-video-psnr-<device>-<utc>.json``.
 """
@@ -35,6 +35,8 @@ def main(argv=None) -> dict:
     p.add_argument("--windows", nargs="+", default=["3,3,3", "3,5,5"])
     p.add_argument("--prompts", type=int, default=8, help="held-out captions, generated as one batch")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--variants", nargs="+", choices=["fp8", "int8"], default=["fp8", "int8"],
+                   help="8-bit precisions compared with bf16-STA: fp8 (e4m3 QK^T and PV), int8 (int8 QK^T, e4m3 PV)")
     p.add_argument("--smoke", action="store_true",
                    help="CPU plumbing check: float32, 8x64x96, 2 prompts, 2 steps, window 1,3,3, the gather "
                         "backend for both sides")
@@ -84,18 +86,19 @@ def main(argv=None) -> dict:
             t0 = time.perf_counter()
             runs = {}
             kernels = {}
-            for precision in ("bf16", "fp8"):
+            for variant in ("bf16", *args.variants):
                 attention = (MaskAttention(config, backend="gather") if args.smoke
-                             else MaskAttention(config, backend="gluon", precision=precision))
-                runs[precision] = videos(seed, attention)
-                kernels[precision] = dict(attention.calls)
-            fp8_vs_bf16 = quality.video_metrics(runs["fp8"], runs["bf16"])
+                             else MaskAttention(config, backend="gluon", precision=variant))
+                runs[variant] = videos(seed, attention)
+                kernels[variant] = dict(attention.calls)
             row = {"seed": seed, "window": window, "density": float(config.density()),
-                   "fp8_vs_bf16": summary(fp8_vs_bf16),
-                   "bf16_vs_dense": summary(quality.video_metrics(runs["bf16"], dense)),
-                   "fp8_vs_dense": summary(quality.video_metrics(runs["fp8"], dense)),
-                   "fp8_vs_bf16_min_psnr_db": min(m["psnr_db"] for m in fp8_vs_bf16),
-                   "calls": kernels, "seconds": round(time.perf_counter() - t0, 1)}
+                   "bf16_vs_dense": summary(quality.video_metrics(runs["bf16"], dense))}
+            for variant in args.variants:
+                vs_bf16 = quality.video_metrics(runs[variant], runs["bf16"])
+                row[f"{variant}_vs_bf16"] = summary(vs_bf16)
+                row[f"{variant}_vs_dense"] = summary(quality.video_metrics(runs[variant], dense))
+                row[f"{variant}_vs_bf16_min_psnr_db"] = min(m["psnr_db"] for m in vs_bf16)
+            row.update(calls=kernels, seconds=round(time.perf_counter() - t0, 1))
             report["results"].append(row)
             print(json.dumps(row), flush=True)
             path.write_text(json.dumps(report, indent=1))

@@ -58,7 +58,7 @@ VARIANTS = {
 
 GLUON = dict(NT=5, NH=6, NW=10, TT=6, TH=8, TW=8, REM_T=6, REM_H=8, REM_W=8, HEAD_DIM=128, BLOCK_N=128, STAGES=3,
              HAS_PADDING=False, HAS_TEXT_MASK=False, NATURAL=False, PRODUCER_REGS=24, CONSUMER_REGS=240,
-             MASS=False, COMPACT=False, PINGPONG=False, SLACK=0.0, SUM_MMA=False)
+             MASS=False, COMPACT=False, PINGPONG=False, SLACK=0.0)
 WAN_480P = dict(NT=4, NH=4, NW=7, REM_T=3, REM_H=6, REM_W=4, HAS_PADDING=True)
 GLUON_VARIANTS = {
     "gluon": {},
@@ -87,10 +87,6 @@ GLUON_VARIANTS = {
     "gluon-lazy8": dict(SLACK=8.0),
     "gluon-lazy8-natural": dict(NATURAL=True, SLACK=8.0),
     "gluon-lazy8-mass-natural-text": dict(NATURAL=True, HAS_TEXT_MASK=True, MASS=True, SLACK=8.0),
-    # the row sums on the tensor core (an N = 8 wgmma of P with ones)
-    "gluon-summma": dict(SUM_MMA=True),
-    "gluon-summma-natural-text": dict(NATURAL=True, HAS_TEXT_MASK=True, SUM_MMA=True),
-    "gluon-summma-d64": dict(HEAD_DIM=64, STAGES=4, SUM_MMA=True),
 }
 
 

@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# What is pending on the GPU after session 12, in one device call (H200, ~5 minutes plus start), writing under OUTDIR:
+# What is pending on the GPU in session 13, in one device call (H200, ~6 minutes plus start), writing under OUTDIR:
 #
 #   bash bench/pending_gpu_checks.sh OUTDIR [LIMIT_SECONDS]      # default limit 360 s for the whole job
 #
-# 1. GPU tests of gluon_fp8.SUM_MMA and gluon_fwd.DEFAULT_SUM_MMA (the softmax row sums from a wgmma of P with a
-#    block of ones; compiled for sm_90 in session 12: FP8 loop 474 -> 413 SASS instructions, bf16 445 -> 406, d64
-#    406 -> 355; never run) against float64 and the default kernels;
-# 2. bench/pingpong_check.py --switch summma: both kernels with and without it, alternated, cuDNN in the same run;
-# 3. bench/fp8_check.py (FP8 vs bf16 vs cuDNN, correctness cases).
+# 1. GPU tests of precision="int8" (int8 QK^T, e4m3 PV; session 13) and the FP8 kernel's float64 tests (after
+#    SUM_MMA's removal) against float64, the recipes and each other; both pre-passes against torch;
+# 2. bench/fp8_video_psnr.py: small's videos, bf16-STA against STA at precision fp8 and int8;
+# 3. bench/fp8_check.py: bf16, fp8 and int8 at hunyuan-720p (3,3,3), cuDNN in the same run, correctness cases.
 # Every step runs under `timeout` within what is left of the limit, so the job ends in time and keeps what finished.
 # The device returns at most 8 files: at the end everything under OUTDIR is packed into OUTDIR.tar.gz (one file)
 # and OUTDIR removed, so put OUTDIR under $OUT (e.g. $OUT/r -> $OUT/r.tar.gz).
@@ -29,11 +28,9 @@ run() {  # run SECONDS_WANTED LOGNAME command...: bounded by what is left of LIM
     echo "[$SECONDS s] rc=$? $(tail -n 1 "$OUT/$log")" | tee -a "$OUT/job.log"
 }
 nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/gpu.txt" 2>&1
-run 150 gpu-tests.log python3 -m pytest -q -m gpu tests/test_kernel_fp8.py tests/test_kernel_gluon.py \
-    -k "row_sums_on_the_tensor_core" -p no:cacheprovider -s
-run 60 summma-check.log python3 bench/pingpong_check.py --switch summma --rounds 5 \
-    --shapes hunyuan-720p-333-fp8-kernel hunyuan-720p-333-tiled hunyuan-720p-333-in-place \
-    hunyuan-720p-333-d64-tiled wan-480p-333-compact --out "$OUT"
-run 60 fp8-check.log python3 bench/fp8_check.py --out "$OUT"
+run 200 gpu-tests.log python3 -m pytest -q -m gpu tests/test_kernel_fp8.py -p no:cacheprovider -s \
+    -k "int8 or (fp8_matches_float64_reference and d128) or prepass or close_to_bf16"
+run 200 video-psnr.log python3 bench/fp8_video_psnr.py --out "$OUT"
+run 90 fp8-check.log python3 bench/fp8_check.py --out "$OUT"
 echo "[$SECONDS s] done" | tee -a "$OUT/job.log"
 tar czf "$OUT.tar.gz" -C "$(dirname "$OUT")" "$(basename "$OUT")" && rm -rf "$OUT" && echo "packed $OUT.tar.gz"

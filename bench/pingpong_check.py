@@ -9,8 +9,8 @@
 ``gluon_fp8.RESCALE_SLACK`` = ``--fp8-slack``). Its outputs are not bit-identical (P is exponentiated against a
 stale max), so the JSON reports their relative RMS difference, and ``lazy_correctness`` the error against float64 on
 small cases with plain (N(0, 1)) and peaked (q x 6, so maxima move by more than the slack) inputs.
-``--switch summma`` (session 12): both kernels with their softmax row sums on the tensor core (``gluon_fp8.SUM_MMA``,
-``gluon_fwd.DEFAULT_SUM_MMA``: an N = 8 wgmma of P with a block of ones instead of 64 FADDs per thread and block).
+``--switch qkint8`` (session 13; fp8 shapes only): the FP8 kernel against ``precision="int8"`` (QK^T from int8 Q and
+K; inputs quantized both ways beforehand, the kernel follows their dtype).
 
 The Gluon kernel's two consumer warpgroups run free (each overlaps its own softmax with its PV wgmma). With
 ``PINGPONG`` they take turns to issue their wgmmas (an mbarrier handshake per key block), so one warpgroup's softmax
@@ -56,9 +56,8 @@ def set_switch(switch: str, on: bool, fp8_slack: float = 4.0) -> None:
 
     if switch == "pingpong":
         gluon_fwd.DEFAULT_PINGPONG = on
-    elif switch == "summma":  # both kernels' row sums on the tensor core
-        gluon_fp8.SUM_MMA = on
-        gluon_fwd.DEFAULT_SUM_MMA = on
+    elif switch == "qkint8":  # nothing to set: the kernel follows the quantized inputs' dtype
+        pass
     else:
         gluon_fwd.DEFAULT_RESCALE_SLACK = 8.0 if on else 0.0
         gluon_fp8.RESCALE_SLACK = fp8_slack if on else 0.0
@@ -103,13 +102,14 @@ def run_shape(name, canvas, heads, head_dim, windows, path, rounds, iters, switc
     if path == "fp8":  # the FP8 kernel alone (its quantization pre-pass excluded), natural-order output
         from sta_search.kernels.sta import gluon_fp8
 
-        quantized = [gluon_fp8.quantize_fp8(*s, geometry, 0, layout="natural") for s in natural]
+        quantized = {on: [gluon_fp8.quantize_fp8(*s, geometry, 0, layout="natural", qk_int8=on) for s in natural]
+                     for on in ((False, True) if switch == "qkint8" else (False, ))}
 
         def gluon(on):
             def call(i):
                 set_switch(switch, on, fp8_slack)
                 return gluon_fp8._run(natural[i][0], None, None, geometry, table, 0, None, None, layout="natural",
-                                      text_first=False, stages=3, quantized=quantized[i])
+                                      text_first=False, stages=3, quantized=quantized[on and switch == "qkint8"][i])
             return call
 
     free, pingpong = gluon(False), gluon(True)
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--shapes", nargs="+", default=None, help="names (default: all)")
-    parser.add_argument("--switch", choices=["pingpong", "lazy", "summma"], default="pingpong")
+    parser.add_argument("--switch", choices=["pingpong", "lazy", "qkint8"], default="pingpong")
     parser.add_argument("--fp8-slack", type=float, default=4.0, help="--switch lazy: gluon_fp8.RESCALE_SLACK")
     args = parser.parse_args(argv)
 
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
               "utc": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), "device": torch.cuda.get_device_name(),
               "torch": torch.__version__, "triton": triton.__version__, "shapes": {}}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = {"pingpong": "pingpong", "lazy": "lazy-rescale", "summma": "summma"}[args.switch]
+    stem = {"pingpong": "pingpong", "lazy": "lazy-rescale", "qkint8": "qk-int8"}[args.switch]
     path = args.out / f"{stem}-check-{result['utc']}.json"
     if args.switch == "lazy":
         result["lazy_correctness"] = lazy_correctness(args.fp8_slack)

@@ -149,7 +149,7 @@ class MaskAttention:
 
     config: object
     backend: str = "auto"
-    precision: str = "bf16"  # "fp8": the opt-in FP8 Gluon kernel (kernels.backends.PRECISIONS)
+    precision: str = "bf16"  # "fp8" / "int8": the opt-in 8-bit Gluon kernel (kernels.backends.PRECISIONS)
     max_chunk_bytes: int | None = 64 * 2**20
     calls: Counter = field(default_factory=Counter)
     check_experts: bool = True  # two-expert configs: refuse a call of the expert the config says rests
@@ -388,8 +388,9 @@ def accelerate(pipe_or_transformer, mask, *, backend: str = "auto", height: int 
             ``MagCacheConfig``); enabled on entry, disabled on exit. A cache the caller enabled already works
             too. Either way each call's window comes from the step index the pipeline is at (see
             :class:`sta_search.caches.PipelineSteps`), so steps a cache skips do not shift the schedule.
-        precision: ``"bf16"`` (the model's dtype) or ``"fp8"``: the opt-in FP8 Gluon kernel for the sparse calls
-            (Hopper, head dim 128; a refusal raises ValueError at the first call, never a silent bf16 run).
+        precision: ``"bf16"`` (the model's dtype), ``"fp8"`` or ``"int8"``: the opt-in 8-bit Gluon kernel for the
+            sparse calls (Hopper, head dim 64 or 128; ``int8`` computes QK^T from int8 Q and K; a refusal raises
+            ValueError at the first call, never a silent bf16 run).
 
     Yields:
         :class:`Acceleration`. The original attention processors are restored on exit, also on error.

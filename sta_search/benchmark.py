@@ -118,7 +118,8 @@ def _text_mask(shape: BenchShape, device: torch.device) -> torch.Tensor | None:
 # Padded canvases add the Gluon kernel alone on compact tile order and the in-place boxes path (which
 # ``gluon-natural`` no longer takes there: it gathers compact tile order).
 STA_ROWS = ("triton", "triton+permutes", "triton-natural", "gluon", "gluon+permutes", "gluon-natural",
-            "gluon-compact-kernel", "gluon-natural-boxes", "gluon-fp8-natural", "gluon-fp8-kernel")
+            "gluon-compact-kernel", "gluon-natural-boxes", "gluon-fp8-natural", "gluon-fp8-kernel",
+            "gluon-int8-natural", "gluon-int8-kernel")
 
 
 def median_ms(fn, input_sets, warmup: int, iters: int) -> tuple[float, list[float]]:
@@ -367,47 +368,50 @@ def _time_padded_paths(result, geometry, windows, T, text_mask, natural_sets, gl
 
 def _time_fp8(result, geometry, windows, T, text_mask, natural_sets, gluon_natural, record, warmup, iters,
               attended_flop, log):
-    """Rows of the opt-in FP8 Gluon kernel (``precision="fp8"``): whole call (pre-pass included), the pre-pass
-    alone, the kernel alone on pre-quantized inputs; its rel RMS against the bf16 Gluon kernel. Failures are
-    recorded, never raised (the other rows still count)."""
+    """Rows of the opt-in 8-bit Gluon kernel at ``precision="fp8"`` and ``"int8"``: whole call (pre-pass included),
+    the pre-pass alone, the kernel alone on pre-quantized inputs; its rel RMS against the bf16 Gluon kernel.
+    Failures are recorded, never raised (the other rows still count)."""
     from .kernels.backends import can_run_gluon_fp8
 
     ok, why = can_run_gluon_fp8(natural_sets[0][0], geometry, "natural")
     result.extra["gluon_fp8"] = why
     if not ok:
         return
-    try:
-        from .kernels.sta import gluon_fp8
+    from .kernels.sta import gluon_fp8
 
-        def fp8_natural(q, k, v):
-            return gluon_fp8.sta_gluon_fp8_natural(q, k, v, geometry, windows, T, False, text_mask, None)
+    for precision, qk_int8 in (("fp8", False), ("int8", True)):
+        try:
+            def natural(q, k, v, qk_int8=qk_int8):
+                return gluon_fp8.sta_gluon_fp8_natural(q, k, v, geometry, windows, T, False, text_mask, None,
+                                                       qk_int8=qk_int8)
 
-        def prepass(q, k, v):
-            return gluon_fp8.quantize_fp8(q, k, v, geometry, T, layout="natural")
+            def prepass(q, k, v, qk_int8=qk_int8):
+                return gluon_fp8.quantize_fp8(q, k, v, geometry, T, layout="natural", qk_int8=qk_int8)
 
-        quantized = [prepass(*s) for s in natural_sets]
+            quantized = [prepass(*s) for s in natural_sets]
 
-        def kernel_only(i):
-            q = natural_sets[i][0]
-            return gluon_fp8._run(q, None, None, geometry, windows, T, text_mask, None, layout="natural",
-                                  text_first=False, stages=3, quantized=quantized[i])
+            def kernel_only(i, qk_int8=qk_int8, quantized=quantized):
+                q = natural_sets[i][0]
+                return gluon_fp8._run(q, None, None, geometry, windows, T, text_mask, None, layout="natural",
+                                      text_first=False, stages=3, quantized=quantized[i], qk_int8=qk_int8)
 
-        t0 = time.perf_counter()
-        fp8_natural(*natural_sets[0])
-        torch.cuda.synchronize()
-        result.extra["gluon_fp8_first_call_s"] = time.perf_counter() - t0
-        record("gluon-fp8-natural", median_ms(fp8_natural, natural_sets, warmup, iters)[0], attended_flop)
-        record("gluon-fp8-kernel", median_ms(kernel_only, [[i] for i in range(len(natural_sets))], warmup, iters)[0],
-               attended_flop)
-        result.extra["fp8_prepass_ms"] = median_ms(prepass, natural_sets, warmup, iters)[0]
-        log(f"  fp8 pre-pass           {result.extra['fp8_prepass_ms']:9.3f} ms")
-        result.extra["gluon_fp8_vs_gluon_rel_rms"] = _rel_rms(fp8_natural(*natural_sets[0]),
-                                                              gluon_natural(*natural_sets[0]))
-        log(f"  gluon fp8 vs bf16 gluon rel RMS {result.extra['gluon_fp8_vs_gluon_rel_rms']:.2e}")
-        del quantized
-    except Exception as exc:  # noqa: BLE001 - keep the other rows
-        result.extra["gluon_fp8_error"] = f"{type(exc).__name__}: {exc}"[:500]
-        log(f"  gluon fp8 failed: {result.extra['gluon_fp8_error']}")
+            t0 = time.perf_counter()
+            natural(*natural_sets[0])
+            torch.cuda.synchronize()
+            result.extra[f"gluon_{precision}_first_call_s"] = time.perf_counter() - t0
+            record(f"gluon-{precision}-natural", median_ms(natural, natural_sets, warmup, iters)[0], attended_flop)
+            record(f"gluon-{precision}-kernel",
+                   median_ms(kernel_only, [[i] for i in range(len(natural_sets))], warmup, iters)[0], attended_flop)
+            result.extra[f"{precision}_prepass_ms"] = median_ms(prepass, natural_sets, warmup, iters)[0]
+            log(f"  {precision} pre-pass          {result.extra[f'{precision}_prepass_ms']:9.3f} ms")
+            result.extra[f"gluon_{precision}_vs_gluon_rel_rms"] = _rel_rms(natural(*natural_sets[0]),
+                                                                           gluon_natural(*natural_sets[0]))
+            log(f"  gluon {precision} vs bf16 gluon rel RMS "
+                f"{result.extra[f'gluon_{precision}_vs_gluon_rel_rms']:.2e}")
+            del quantized, kernel_only
+        except Exception as exc:  # noqa: BLE001 - keep the other rows
+            result.extra[f"gluon_{precision}_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            log(f"  gluon {precision} failed: {result.extra[f'gluon_{precision}_error']}")
 
 
 def sweep_configs(shape: BenchShape, configs, *, iters: int = 15, warmup: int = 2, rotate: int = 3, log=print,

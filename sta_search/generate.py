@@ -49,7 +49,7 @@ class GenerateSettings:
     compare_dense: bool = False
     compile: bool = False
     backend: str = "auto"
-    precision: str = "bf16"           # "fp8": the opt-in FP8 Gluon kernel for the STA calls
+    precision: str = "bf16"           # "fp8" / "int8": the opt-in 8-bit Gluon kernel for the STA calls
     fps: int | None = None
     warmup_steps: int = 0             # short untimed runs of each side before the timed ones
     ulysses: int = 1                  # sequence-parallel degree (torchrun with this many processes)

@@ -41,7 +41,7 @@ DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", 
 #: (tests/test_backends.py keeps the two equal; the backend choice itself lives in kernels/backends.py).
 BACKENDS = ("auto", "gluon", "triton", "flex", "gather", "reference")
 #: ``sta_search.kernels.backends.PRECISIONS`` spelled out for the same reason (tests/test_kernel_fp8.py keeps them equal).
-PRECISIONS = ("bf16", "fp8")
+PRECISIONS = ("bf16", "fp8", "int8")
 #: Prompt sets shipped in ``sta_search/prompts/<name>.txt``.
 BUNDLED_PROMPT_SETS = ("default", "quick")
 
@@ -500,9 +500,10 @@ def backend_option(help: str = "STA kernel backend: auto (gluon on Hopper, else 
     return typer.Option("auto", "--backend", help=help, callback=_backend)
 
 
-def precision_option(help: str = "STA compute precision: bf16 (the model's dtype), or fp8 (opt-in: q, k, v in e4m3 "
-                                 "with float32 block scales, FP8 tensor cores; Hopper, gluon backend only; dense "
-                                 "steps and full-window layers stay in the model's dtype)."):
+def precision_option(help: str = "STA compute precision: bf16 (the model's dtype); fp8 (opt-in: q, k, v in e4m3 "
+                                 "with float32 block scales, FP8 tensor cores: the fastest); int8 (opt-in: q, k in "
+                                 "int8 and v in e4m3: closer to bf16, a little slower). 8-bit: Hopper, gluon backend "
+                                 "only; dense steps and full-window layers stay in the model's dtype."):
     return typer.Option("bf16", "--precision", help=help, callback=_precision)
 
 

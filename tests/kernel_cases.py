@@ -19,14 +19,17 @@ def float64_reference(q, k, v, kw: dict) -> torch.Tensor:
     return sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": windows})
 
 
-def fp8_dequantized(q, k, v, geometry, text_len: int = 0, text_first: bool = False, dtype=torch.float64):
+def fp8_dequantized(q, k, v, geometry, text_len: int = 0, text_first: bool = False, dtype=torch.float64,
+                    qk_int8: bool = False):
     """The FP8 recipe's inputs to its two products, in natural order: Q, smoothed K and V as the torch pre-pass
-    (`gluon_fp8.quantize_fp8_torch`) rounds them to e4m3, dequantized with their block and channel scales."""
+    (`gluon_fp8.quantize_fp8_torch`) rounds them to e4m3 (Q and K to int8 with ``qk_int8``), dequantized with their
+    block and channel scales."""
     from sta_search.kernels import from_tiles
     from sta_search.kernels.sta.gluon_fp8 import BLOCK_N, QUERY_ROWS, quantize_fp8_torch, v_column
 
     B, heads, S, D = q.shape
-    q8, k8, v8t, q_scale, k_scale, v_scale = quantize_fp8_torch(q, k, v, geometry, text_len, text_first=text_first)
+    q8, k8, v8t, q_scale, k_scale, v_scale = quantize_fp8_torch(q, k, v, geometry, text_len, text_first=text_first,
+                                                                qk_int8=qk_int8)
     L8 = q8.shape[1]
 
     def blocks(x8, scale, rows):

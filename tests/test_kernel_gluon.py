@@ -249,25 +249,6 @@ def test_gluon_lazy_rescale_matches_float64_and_the_exact_kernel(case, head_dim,
     assert rel_rms(lazy, ref) < 1.3 * rel_rms(exact, ref), f"seed {seed}"
 
 
-@pytest.mark.gpu
-@hopper
-@pytest.mark.parametrize("head_dim", [128, 64], ids=["d128", "d64"])
-@pytest.mark.parametrize("case", SWITCH_CASES, ids=SWITCH_IDS)
-def test_gluon_row_sums_on_the_tensor_core_match_float64(case, head_dim, seed, monkeypatch):
-    """gluon_fwd.DEFAULT_SUM_MMA (the video blocks' softmax row sums from a wgmma of P with a block of ones): against
-    float64 and within bf16 rounding of the default kernel (it sums the bf16-rounded P that PV multiplies)."""
-    from sta_search.kernels.sta import gluon_fwd
-
-    q, k, v, kw = switch_case(case, head_dim)
-    monkeypatch.setattr(gluon_fwd, "DEFAULT_SUM_MMA", False)
-    default = sta_attention(q, k, v, **kw, backend="gluon")
-    monkeypatch.setattr(gluon_fwd, "DEFAULT_SUM_MMA", True)
-    summed = sta_attention(q, k, v, **kw, backend="gluon")
-    ref = float64_reference(q, k, v, kw)
-    assert rel_rms(summed, ref) < TOLERANCE[torch.bfloat16], f"seed {seed}"
-    assert rel_rms(summed, default) < 6e-3, f"seed {seed}"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["gluon-d64-natural-wan480p", "gluon-compact-wan480p", "gluon-pingpong"])
 def test_gluon_compiles_for_sm90_without_a_gpu_with_no_spills(variant, tmp_path):

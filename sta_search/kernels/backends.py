@@ -87,9 +87,9 @@ def can_run_fused_recall(q: torch.Tensor, geometry: Geometry) -> Verdict:
 
 
 def can_run_gluon_fp8(q: torch.Tensor, geometry: Geometry, layout: str) -> Verdict:
-    """The FP8 (e4m3) Gluon kernel (``precision="fp8"``): what :func:`can_run_gluon` needs (Hopper, bf16/fp16 inputs,
-    head dim 64 or 128, tile volume a multiple of 128) and a torch with ``float8_e4m3fn``. Either layout (a
-    quantization pre-pass reads either and writes fp8 copies in tile order)."""
+    """The 8-bit Gluon kernel (``precision="fp8"`` or ``"int8"``): what :func:`can_run_gluon` needs (Hopper,
+    bf16/fp16 inputs, head dim 64 or 128, tile volume a multiple of 128) and a torch with ``float8_e4m3fn``. Either
+    layout (a quantization pre-pass reads either and writes 8-bit copies in tile order)."""
     ok, why = can_run_gluon(q, geometry, layout)
     if not ok:
         return False, why
@@ -223,17 +223,28 @@ TABLE: dict[str, Backend] = {b.name: b for b in (
 BACKENDS = ("auto", *TABLE)
 
 #: Compute precisions of ``sta_attention(..., precision=...)``. ``bf16`` computes in the inputs' dtype (every
-#: backend); ``fp8`` quantizes q, k, v to e4m3 with float32 block scales and runs both products in FP8 (opt-in,
-#: only the ``gluon`` backend, which ``auto`` resolves to; output in the inputs' dtype).
-PRECISIONS = ("bf16", "fp8")
+#: backend); ``fp8`` quantizes q, k, v to e4m3 with float32 block scales and runs both products in FP8; ``int8`` is
+#: the same with Q and K in int8 (QK^T on the int8 tensor cores: more accurate, a little slower). Both 8-bit
+#: precisions are opt-in, only on the ``gluon`` backend (which ``auto`` resolves to); output in the inputs' dtype.
+PRECISIONS = ("bf16", "fp8", "int8")
 
-#: Backends that run ``precision="fp8"``, same fields as :data:`TABLE` (only ``gluon`` for now).
+#: Backends that run ``precision="fp8"``, same fields as :data:`TABLE` (only ``gluon``).
 FP8_TABLE: dict[str, Backend] = {b.name: b for b in (
     Backend("gluon", can_run_gluon_fp8,
             "FP8 (e4m3) Gluon kernel after a quantization pre-pass (Hopper, head dim 64 or 128)",
             natural="gluon_fp8:sta_gluon_fp8_natural", tiled="gluon_fp8:sta_gluon_fp8_tiled",
             in_place=_gluon_boxes_in_place),
 )}
+
+#: Backends that run ``precision="int8"`` (int8 QK^T, e4m3 PV), same fields as :data:`TABLE`.
+INT8_TABLE: dict[str, Backend] = {b.name: b for b in (
+    Backend("gluon", can_run_gluon_fp8,
+            "8-bit Gluon kernel, QK^T in int8 and PV in e4m3, after a quantization pre-pass (Hopper, head dim 64 "
+            "or 128)", natural="gluon_fp8:sta_gluon_int8_natural", tiled="gluon_fp8:sta_gluon_int8_tiled",
+            in_place=_gluon_boxes_in_place),
+)}
+
+_QUANTIZED = {"fp8": FP8_TABLE, "int8": INT8_TABLE}
 
 
 def _entry(backend: str) -> Backend:
@@ -291,26 +302,28 @@ def check_precision(precision: str) -> str:
 
 def backend_for(backend: str, precision: str = "bf16") -> Backend:
     """The :class:`Backend` entry that runs a resolved ``backend`` at ``precision``."""
-    return (FP8_TABLE if check_precision(precision) == "fp8" else TABLE)[backend]
+    return _QUANTIZED.get(check_precision(precision), TABLE)[backend]
 
 
 def resolve(backend: str, q: torch.Tensor, geometry: Geometry, layout: str, precision: str = "bf16") -> str:
     """``backend`` checked (ValueError naming why it cannot run) or ``auto`` chosen (logged at INFO).
 
-    ``precision="fp8"``: ``auto`` and ``gluon`` resolve to the FP8 Gluon kernel where :func:`can_run_gluon_fp8`
-    passes, else ValueError saying why (never a silent fall back to bf16); other backends have no FP8 path.
+    ``precision="fp8"`` or ``"int8"``: ``auto`` and ``gluon`` resolve to the 8-bit Gluon kernel where
+    :func:`can_run_gluon_fp8` passes, else ValueError saying why (never a silent fall back to bf16); other backends
+    have no 8-bit path.
     """
-    if check_precision(precision) == "fp8":
-        if backend not in ("auto", *FP8_TABLE):
+    if check_precision(precision) in _QUANTIZED:
+        table = _QUANTIZED[precision]
+        if backend not in ("auto", *table):
             _entry(backend)
-            raise ValueError(f"backend {backend!r} has no precision='fp8' path (only {', '.join(FP8_TABLE)}; "
+            raise ValueError(f"backend {backend!r} has no precision={precision!r} path (only {', '.join(table)}; "
                              "or auto)")
         name = "gluon" if backend == "auto" else backend
-        ok, why = FP8_TABLE[name].can_run(q, geometry, layout)
+        ok, why = table[name].can_run(q, geometry, layout)
         if not ok:
-            raise ValueError(f"precision 'fp8' cannot run: {why} (backend {name}; use precision='bf16')")
+            raise ValueError(f"precision {precision!r} cannot run: {why} (backend {name}; use precision='bf16')")
         if backend == "auto":
-            logger.info("sta_attention: backend=%s precision=fp8 (%s)", name, why)
+            logger.info("sta_attention: backend=%s precision=%s (%s)", name, precision, why)
         return name
     if backend == "auto":
         backend, why = choose_backend(q, geometry, layout)
@@ -349,7 +362,7 @@ def require_backend(backend: str, q: torch.Tensor, geometry: Geometry, layout: s
 
 
 __all__ = [
-    "BACKENDS", "FP8_TABLE", "GLUON_HEAD_DIMS", "LAYOUTS", "PRECISIONS", "TABLE", "Backend", "backend_for",
+    "BACKENDS", "FP8_TABLE", "GLUON_HEAD_DIMS", "INT8_TABLE", "LAYOUTS", "PRECISIONS", "TABLE", "Backend", "backend_for",
     "can_run", "can_run_flex", "can_run_gather", "can_run_gluon", "can_run_gluon_fp8", "can_run_reference",
     "can_run_triton", "check_precision", "choose_backend", "compatible_backends", "gluon_reads_tile_planes",
     "require_backend", "resolve",

@@ -85,9 +85,10 @@ def sta_attention(q, k, v, *, canvas, tile=(6, 8, 8), windows, text_len: int = 0
         backend: ``"gluon"`` (warp-specialized, Hopper only), ``"triton"``, ``"flex"``, ``"reference"`` or
             ``"auto"`` (gluon where it runs, else triton on CUDA; reference for small CPU inputs, flex for
             large ones; the choice is logged).
-        precision: ``"bf16"`` (default: products in the inputs' dtype) or ``"fp8"`` (opt-in: q, k, v quantized
-            to e4m3 with float32 block scales, both products in FP8 on Hopper; Gluon only, ``auto`` picks it;
-            ValueError saying why where it cannot run). Output in q's dtype either way.
+        precision: ``"bf16"`` (default: products in the inputs' dtype), ``"fp8"`` (opt-in: q, k, v quantized
+            to e4m3 with float32 block scales, both products on Hopper's FP8 tensor cores) or ``"int8"`` (the same
+            with Q and K in int8: more accurate, a little slower). The 8-bit precisions are Gluon only (``auto``
+            picks it; ValueError saying why where it cannot run). Output in q's dtype either way.
 
     Returns:
         ``(B, heads, S, D)`` in q's dtype and layout.

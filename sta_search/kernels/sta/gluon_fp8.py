@@ -1,5 +1,9 @@
-"""Opt-in FP8 (e4m3) STA forward for Hopper: a quantization pre-pass, then the warp-specialized Gluon kernel
-of :mod:`.gluon_fwd` with both products in FP8 (``sta_attention(..., precision="fp8")``, issue #18).
+"""Opt-in 8-bit STA forward for Hopper: a quantization pre-pass, then the warp-specialized Gluon kernel of
+:mod:`.gluon_fwd` with both products on the 8-bit tensor cores (issue #18):
+
+- ``sta_attention(..., precision="fp8")``: Q, K, V and P in e4m3 (the fastest);
+- ``precision="int8"``: Q and K in int8 instead (SageAttention2's recipe: 7 bits for the scores instead of e4m3's
+  3; QK^T exact in int32, then one int-to-float conversion per score), V and P in e4m3 as for ``fp8``.
 
 Recipe (SageAttention / FA3-FP8), all scales float32:
 
@@ -7,7 +11,8 @@ Recipe (SageAttention / FA3-FP8), all scales float32:
   tokens): reads q, k, v in either layout (natural T-major order with text before or after, or tile order)
   and writes three fp8 buffers in tile order ``[padded video tiles | text rounded up to 128 rows]``, zeros
   at canvas and text padding:
-  - Q per block of 64 query rows (one consumer warpgroup's rows): ``q8 = q / sq``, ``sq = amax|q| / 448``;
+  - Q per block of 64 query rows (one consumer warpgroup's rows): ``q8 = q / sq``, ``sq = amax|q| / 448``
+    (int8: ``amax / 127`` and rounded half away from zero; K likewise);
   - K smoothed then per key block of 128 rows: ``k' = k - mean_tokens(k)`` (per batch and head; subtracting
     one vector from every key shifts each query row's scores by the same constant, so softmax is unchanged
     exactly, and it removes the channel bias that makes K hard to quantize), ``k8 = k' / sk``;
@@ -46,10 +51,10 @@ from ..geometry import Geometry
 from .tables import device_windows
 from . import gluon_fwd
 from .gluon_fwd import (BLOCK_N, LOG2E, QUERY_ROWS, WG_ROWS, _clamped_window, _mask_padding,
-                        _pass_turn, _rescale_pv, _softmax, _take_turn, _video_row,
-                        _wait_pv, _walk_next, _walk_row)
+                        _pass_turn, _rescale, _softmax, _take_turn, _video_row, _walk_next, _walk_row)
 
 FP8_MAX = 448.0  # largest finite e4m3 (float8_e4m3fn)
+INT8_MAX = 127.0  # symmetric int8 (precision="int8": Q and K)
 P_SCALE = 256.0  # probabilities in [0, 1] are stored as p * 256 in e4m3
 TEXT_ROUND = 128  # text rows of the fp8 buffers are rounded up to whole query and key blocks
 
@@ -71,11 +76,12 @@ def _quantize_kernel(X, Out, Scale, Shift, ChannelScale, stride_b, stride_h, str
                      video_start, text_start, padded_len, NT: tl.constexpr, NH: tl.constexpr, NW: tl.constexpr,
                      TT: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, CT: tl.constexpr, CH: tl.constexpr,
                      CW: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, NATURAL: tl.constexpr,
-                     MODE: tl.constexpr):
+                     MODE: tl.constexpr, INT8: tl.constexpr = False):
     """One block of ``ROWS`` rows of the tile-order fp8 buffer of one (batch, head).
 
     MODE 0 (Q): one scale per block. MODE 1 (K): ``Shift[bh]`` subtracted first, one scale per block.
     MODE 2 (V): divided by ``ChannelScale[bh, d]``, stored transposed ``Out[bh, d, row]``.
+    INT8 (modes 0 and 1): ``amax / 127`` scales and int8 values rounded half away from zero.
     """
     blk = tl.program_id(0)
     bh = tl.program_id(1)
@@ -110,8 +116,14 @@ def _quantize_kernel(X, Out, Scale, Shift, ChannelScale, stride_b, stride_h, str
         tl.store(Out + bh.to(tl.int64) * D * L8 + offs_d[None, :].to(tl.int64) * L8 + _v_column(rows)[:, None], q8)
     else:
         amax = tl.max(tl.max(tl.abs(val), 1), 0)
-        scale = tl.maximum(amax, 1e-30) / 448.0
-        q8 = (val / scale).to(Out.dtype.element_ty)
+        if INT8:
+            scale = tl.maximum(amax, 1e-30) / 127.0
+            x = val / scale
+            x = tl.where(x >= 0, x + 0.5, x - 0.5)
+            q8 = tl.minimum(tl.maximum(x, -127.0), 127.0).to(tl.int8)
+        else:
+            scale = tl.maximum(amax, 1e-30) / 448.0
+            q8 = (val / scale).to(Out.dtype.element_ty)
         tl.store(Out + bh.to(tl.int64) * L8 * D + rows[:, None].to(tl.int64) * D + offs_d[None, :], q8)
         n_blocks = L8 // ROWS
         tl.store(Scale + bh * n_blocks + blk, scale)
@@ -133,10 +145,12 @@ def _token_views(x, geometry: Geometry, text_len: int, layout: str, text_first: 
     return x, video_start, text_start
 
 
-def quantize_fp8(q, k, v, geometry: Geometry, text_len: int, *, layout: str = "natural", text_first: bool = False):
+def quantize_fp8(q, k, v, geometry: Geometry, text_len: int, *, layout: str = "natural", text_first: bool = False,
+                 qk_int8: bool = False):
     """The pre-pass: ``(q8, k8, v8t, q_scale, k_scale, v_scale)`` (see the module docstring).
 
-    ``q8``, ``k8``: ``(B*heads, L8, D)`` e4m3 in tile order (``L8 = fp8_rows``), ``v8t``: ``(B*heads, D, L8)``;
+    ``q8``, ``k8``: ``(B*heads, L8, D)`` e4m3 (int8 with ``qk_int8``: scales ``amax / 127``) in tile order
+    (``L8 = fp8_rows``), ``v8t``: ``(B*heads, D, L8)`` e4m3;
     ``q_scale``: ``(B*heads, L8 // 64)``, ``k_scale``: ``(B*heads, L8 // 128)``, ``v_scale``: ``(B*heads, D)``.
     Triton kernel on CUDA (or CPU under ``TRITON_INTERPRET=1``).
     """
@@ -146,8 +160,9 @@ def quantize_fp8(q, k, v, geometry: Geometry, text_len: int, *, layout: str = "n
     dev = q.device
     (nt, nh, nw), (tt, th, tw), (ct, ch, cw) = geometry.grid, geometry.tile, geometry.canvas
     f8 = torch.float8_e4m3fn
-    q8 = torch.empty(BH, L8, D, device=dev, dtype=f8)
-    k8 = torch.empty(BH, L8, D, device=dev, dtype=f8)
+    qk_dtype = torch.int8 if qk_int8 else f8
+    q8 = torch.empty(BH, L8, D, device=dev, dtype=qk_dtype)
+    k8 = torch.empty(BH, L8, D, device=dev, dtype=qk_dtype)
     v8t = torch.empty(BH, D, L8, device=dev, dtype=f8)
     q_scale = torch.empty(BH, L8 // QUERY_ROWS, device=dev, dtype=torch.float32)
     k_scale = torch.empty(BH, L8 // BLOCK_N, device=dev, dtype=torch.float32)
@@ -163,7 +178,8 @@ def quantize_fp8(q, k, v, geometry: Geometry, text_len: int, *, layout: str = "n
         _quantize_kernel[(L8 // rows, BH)](
             x, out, scale, k_mean, v_scale, x.stride(0), x.stride(1), x.stride(2), heads, L8, text_len, video_start,
             text_start, geometry.padded_len, NT=nt, NH=nh, NW=nw, TT=tt, TH=th, TW=tw, CT=ct, CH=ch, CW=cw, D=D,
-            ROWS=rows, NATURAL=layout == "natural", MODE=mode, num_warps=8 if rows == 128 else 4)
+            ROWS=rows, NATURAL=layout == "natural", MODE=mode, INT8=qk_int8 and mode < 2,
+            num_warps=8 if rows == 128 else 4)
     return q8, k8, v8t, q_scale, k_scale, v_scale
 
 
@@ -176,7 +192,8 @@ def _real_tokens(x, geometry: Geometry, text_len: int, layout: str, text_first: 
     return idx.to(x.device)
 
 
-def quantize_fp8_torch(q, k, v, geometry: Geometry, text_len: int, *, text_first: bool = False):
+def quantize_fp8_torch(q, k, v, geometry: Geometry, text_len: int, *, text_first: bool = False,
+                       qk_int8: bool = False):
     """The same pre-pass in plain torch ops on natural-order inputs (the tests' independent reference)."""
     from ..geometry import to_tiles
 
@@ -193,8 +210,11 @@ def quantize_fp8_torch(q, k, v, geometry: Geometry, text_len: int, *, text_first
 
     def blocks(x, n):
         xb = x.reshape(B * heads, L8 // n, n, D)
-        scale = xb.abs().amax(dim=(2, 3)).clamp_min(1e-30) / FP8_MAX
-        return (xb / scale[:, :, None, None]).to(torch.float8_e4m3fn).reshape(B * heads, L8, D), scale
+        scale = xb.abs().amax(dim=(2, 3)).clamp_min(1e-30) / (INT8_MAX if qk_int8 else FP8_MAX)
+        xb = xb / scale[:, :, None, None]
+        xb = (xb + 0.5 * xb.sign()).trunc().clamp(-INT8_MAX, INT8_MAX).to(torch.int8) if qk_int8 else \
+            xb.to(torch.float8_e4m3fn)
+        return xb.reshape(B * heads, L8, D), scale
 
     q8, q_scale = blocks(tile_rows(q), QUERY_ROWS)
     k_mean = k.float().mean(dim=2).reshape(B * heads, 1, D)
@@ -257,6 +277,16 @@ def _p_operand(p, p_layout: gl.constexpr, fp8: gl.constexpr):
 
 
 @gluon.jit
+def _scores(s_acc, QK_INT8: gl.constexpr):
+    """QK^T's accumulator as fp32 (exact from int32: the sums stay below 2^24)."""
+    if QK_INT8:
+        s = s_acc.to(gl.float32)
+    else:
+        s = s_acc
+    return s
+
+
+@gluon.jit
 def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready, empty, turn, TextMask, QScale, KScale,
                   VScale, bh, b, q_row, q_load, padded_len, n_qblocks, n_kblocks, text_query, n_text, n_total, text_len,
                   stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww,
@@ -264,7 +294,7 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
                   TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr,
                   BPT_LAST: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_PADDING: gl.constexpr,
                   HAS_TEXT_MASK: gl.constexpr, OUT_NATURAL: gl.constexpr, WG: gl.constexpr,
-                  PINGPONG: gl.constexpr, SLACK: gl.constexpr, ones_smem, SUM_MMA: gl.constexpr):
+                  PINGPONG: gl.constexpr, SLACK: gl.constexpr, QK_INT8: gl.constexpr):
     TILE_VOL: gl.constexpr = TT * TH * TW
     HEAD_DIM: gl.constexpr = q_smem.shape[2]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -273,13 +303,7 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
                                                        instr_shape=[16, HEAD_DIM, 32])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
-    # SUM_MMA: P's row sums of the video blocks come from a second wgmma, P times a block of ones (N = 8), instead of
-    # 64 FADDs per thread and block; they then sum the e4m3-rounded P that PV multiplies.
-    PV_GROUPS: gl.constexpr = 2 if SUM_MMA else 1
-    l_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 8, 32])
-    pl_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=l_layout, k_width=4)
-    l_rows: gl.constexpr = gl.SliceLayout(1, l_layout)
-    fp8: gl.constexpr = q_smem.dtype
+    fp8: gl.constexpr = v_smem.dtype
     # P x 2^(8 - SLACK) (exact power of two; P <= 2^SLACK): at most 256 (e4m3 max 448), and probabilities down to
     # ~2^(SLACK - 14) stay normal in e4m3
     LOG2_P_MUL: gl.constexpr = 8.0 - SLACK
@@ -291,8 +315,8 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
     m_i = gl.full([WG_ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.zeros([WG_ROWS], gl.float32, gl.SliceLayout(1, s_layout))
     acc = gl.zeros([WG_ROWS, HEAD_DIM], gl.float32, o_layout)
-    l_acc = gl.zeros([WG_ROWS, 8], gl.float32, l_layout)
-    s_zero = gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout)
+    # QK_INT8: int8 Q and K, QK^T exact in int32 (|sum| <= 127^2 * 128 < 2^24, so converting to fp32 is exact too)
+    s_zero = gl.zeros([WG_ROWS, BLOCK_N], gl.int32 if QK_INT8 else gl.float32, s_layout)
     offs_n = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))
     mbarrier.wait(q_bar, 0)
 
@@ -302,7 +326,7 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
         scale_j = q_scale * gl.load(k_scales + padded_len // BLOCK_N + it)
         mbarrier.wait(ready.index(s), (it // STAGES) & 1)
         s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        s_acc = warpgroup_mma_wait(0, deps=(s_acc, ))
+        s_acc = _scores(warpgroup_mma_wait(0, deps=(s_acc, )), QK_INT8)
         cols = it * BLOCK_N + offs_n
         key_ok = cols < text_len
         if HAS_TEXT_MASK:
@@ -323,11 +347,11 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
         scale_j = q_scale * gl.load(k_scales + row // BLOCK_N)
         mbarrier.wait(ready.index(s), (n_text // STAGES) & 1)
         s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        s_acc = warpgroup_mma_wait(0, deps=(s_acc, ))
+        s_acc = _scores(warpgroup_mma_wait(0, deps=(s_acc, )), QK_INT8)
         if HAS_PADDING:
             s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
-        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, scale_j, 0, False, LOG2_P_MUL, SLACK, not SUM_MMA)
-        acc, l_acc = _rescale_pv(acc, l_acc, alpha, o_rows, l_rows, SLACK, SUM_MMA)
+        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, scale_j, 0, False, LOG2_P_MUL, SLACK)
+        acc = _rescale(acc, alpha, o_rows, SLACK)
         s_prev = s
         for it in range(n_text + 1, n_total):
             s = it % STAGES
@@ -340,29 +364,20 @@ def _consumer_fp8(o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready,
             s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             # P of the previous block is rounded here, under this block's QK^T: its e4m3 bytes then go straight
             # into the PV wgmma's registers (carried over the loop edge they would be unpacked and repacked)
-            p_op = _p_operand(p, p_layout, fp8)
-            acc = warpgroup_mma(p_op, v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
-            if SUM_MMA:
-                l_acc = warpgroup_mma(gl.convert_layout(p_op, pl_layout), ones_smem.permute((1, 0)), l_acc,
-                                      is_async=True)
+            acc = warpgroup_mma(_p_operand(p, p_layout, fp8), v_smem.index(s_prev).permute((1, 0)), acc,
+                                is_async=True)
             if PINGPONG:
                 _pass_turn(turn, WG)
-            s_acc = warpgroup_mma_wait(PV_GROUPS, deps=(s_acc, ))  # PV (and the row-sum wgmma) still in flight
+            s_acc = _scores(warpgroup_mma_wait(1, deps=(s_acc, )), QK_INT8)
             if HAS_PADDING:
                 s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
-            p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, q_scale * k_scale, 0, False, LOG2_P_MUL, SLACK,
-                                          not SUM_MMA)
-            acc, l_acc = _wait_pv(acc, l_acc, SUM_MMA)
+            p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, q_scale * k_scale, 0, False, LOG2_P_MUL, SLACK)
+            acc = warpgroup_mma_wait(0, deps=(acc, ))
             mbarrier.arrive(empty.index(s_prev), count=1)
-            acc, l_acc = _rescale_pv(acc, l_acc, alpha, o_rows, l_rows, SLACK, SUM_MMA)
+            acc = _rescale(acc, alpha, o_rows, SLACK)
             s_prev = s
-        p_op = _p_operand(p, p_layout, fp8)
-        acc = warpgroup_mma(p_op, v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
-        if SUM_MMA:
-            l_acc = warpgroup_mma(gl.convert_layout(p_op, pl_layout), ones_smem.permute((1, 0)), l_acc, is_async=True)
-        acc, l_acc = _wait_pv(acc, l_acc, SUM_MMA)
-        if SUM_MMA:
-            l_i = l_i + gl.convert_layout(gl.max(l_acc, 1), gl.SliceLayout(1, s_layout))  # every column is the sum
+        acc = warpgroup_mma(_p_operand(p, p_layout, fp8), v_smem.index(s_prev).permute((1, 0)), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(acc, ))
         mbarrier.arrive(empty.index(s_prev), count=1)
 
     l_i = gl.where(l_i == 0.0, 1.0, l_i)  # query blocks of canvas padding (no keys): finite zeros
@@ -393,7 +408,7 @@ def _sta_fwd_gluon_fp8_kernel(
     REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
     STAGES: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_TEXT_MASK: gl.constexpr, OUT_NATURAL: gl.constexpr,
     PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False,
-    SLACK: gl.constexpr = 0.0, SUM_MMA: gl.constexpr = False,
+    SLACK: gl.constexpr = 0.0, QK_INT8: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 2 * WG_ROWS
     TILE_VOL: gl.constexpr = TT * TH * TW
@@ -439,21 +454,18 @@ def _sta_fwd_gluon_fp8_kernel(
         q_load = q_row
     b = bh // heads
 
-    fp8_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], gl.float8e4nv)
+    qk_dtype: gl.constexpr = gl.int8 if QK_INT8 else gl.float8e4nv
+    qk_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], qk_dtype)
     vt_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HEAD_DIM, BLOCK_N], gl.float8e4nv)
     o_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([WG_ROWS, HEAD_DIM], o_desc.dtype)
-    q_smem = gl.allocate_shared_memory(gl.float8e4nv, [2, WG_ROWS, HEAD_DIM], fp8_layout)
-    k_smem = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_N, HEAD_DIM], fp8_layout)
+    q_smem = gl.allocate_shared_memory(qk_dtype, [2, WG_ROWS, HEAD_DIM], qk_layout)
+    k_smem = gl.allocate_shared_memory(qk_dtype, [STAGES, BLOCK_N, HEAD_DIM], qk_layout)
     v_smem = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, HEAD_DIM, BLOCK_N], vt_layout)
     o_smem = gl.allocate_shared_memory(o_desc.dtype, [2, WG_ROWS, HEAD_DIM], o_layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # PINGPONG: whose turn to issue
-    ones_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([8, BLOCK_N], gl.float8e4nv)
-    ones_smem = gl.allocate_shared_memory(gl.float8e4nv, [8, BLOCK_N], ones_layout,
-                                          gl.full([8, BLOCK_N], 1.0, gl.float32,
-                                                  gl.BlockedLayout([1, 4], [1, 32], [4, 1], [1, 0])).to(gl.float8e4nv))
     mbarrier.init(q_bar, count=1)
     mbarrier.init(turn.index(0), count=1)
     mbarrier.init(turn.index(1), count=1)
@@ -467,12 +479,12 @@ def _sta_fwd_gluon_fp8_kernel(
                          KScale, VScale, bh, b, q_row, q_load, padded_len, n_qblocks, n_kblocks, text_query, n_text, n_total,
                          text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww,
                          NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N, STAGES, HAS_PADDING,
-                         HAS_TEXT_MASK, OUT_NATURAL, 0, PINGPONG, SLACK, ones_smem, SUM_MMA)),
+                         HAS_TEXT_MASK, OUT_NATURAL, 0, PINGPONG, SLACK, QK_INT8)),
         (_consumer_fp8, (o_desc, ot_desc, q_smem, k_smem, v_smem, o_smem, q_bar, ready, empty, turn, TextMask, QScale,
                          KScale, VScale, bh, b, q_row, q_load, padded_len, n_qblocks, n_kblocks, text_query, n_text, n_total,
                          text_len, stride_tb, stride_tm, qk_scale, n_first, spans, last_spans, st, sh, sw, wh, ww,
                          NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N, STAGES, HAS_PADDING,
-                         HAS_TEXT_MASK, OUT_NATURAL, 1, PINGPONG, SLACK, ones_smem, SUM_MMA)),
+                         HAS_TEXT_MASK, OUT_NATURAL, 1, PINGPONG, SLACK, QK_INT8)),
         (_producer_fp8, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, bh, q_load,
                          padded_len, text_query, n_text, n_total, n_first, spans, last_spans, st, sh, sw, wh, ww,
                          NH, NW, TT, TH, TW, BPT_LAST, BLOCK_N, STAGES)),
@@ -491,10 +503,6 @@ HEAD_DIMS = (64, 128)
 #: larger slack trades small probabilities (flushed below ~2^(SLACK - 17)) for fewer accumulator rescales.
 RESCALE_SLACK = 0.0
 
-#: The video blocks' softmax row sums on the tensor core (P times a block of ones, a second N = 8 wgmma beside PV)
-#: instead of 64 FADDs per thread and block; the sum is then of the e4m3-rounded P.
-SUM_MMA = False
-
 
 def _fp8_inputs_ok(q: torch.Tensor, geometry: Geometry) -> tuple[bool, str]:
     """What the FP8 kernel needs beyond the bf16 Gluon kernel's checks; why not. Called by ``kernels.backends``
@@ -507,12 +515,12 @@ def _fp8_inputs_ok(q: torch.Tensor, geometry: Geometry) -> tuple[bool, str]:
 
 
 def _f8_descriptor(x: torch.Tensor, block) -> TensorDescriptor:
-    return TensorDescriptor(x, list(x.shape), list(x.stride()), block,
-                            gl.NVMMASharedLayout.get_default_for(block, gl.float8e4nv))
+    dtype = gl.int8 if x.dtype == torch.int8 else gl.float8e4nv
+    return TensorDescriptor(x, list(x.shape), list(x.stride()), block, gl.NVMMASharedLayout.get_default_for(block, dtype))
 
 
 def _run(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, layout, text_first, stages,
-         quantized=None, out=None):
+         quantized=None, out=None, qk_int8: bool = False):
     from .triton_fwd import _head_order
 
     gluon_fwd.require_runnable(q, geometry, natural=layout == "natural", kernel="gluon fp8")
@@ -521,7 +529,7 @@ def _run(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, la
         raise ValueError(f"the gluon fp8 STA kernel cannot run: {why}")
     B, heads, S, D = q.shape
     q8, k8, v8t, q_scale, k_scale, v_scale = quantized or quantize_fp8(q, k, v, geometry, text_len, layout=layout,
-                                                                       text_first=text_first)
+                                                                       text_first=text_first, qk_int8=qk_int8)
     L8 = q8.shape[1]
     if out is None:
         out = torch.empty(B, heads, S, D, device=q.device, dtype=q.dtype)
@@ -556,26 +564,41 @@ def _run(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, la
         BLOCK_N=BLOCK_N, STAGES=stages, HAS_PADDING=not geometry.is_divisible,
         HAS_TEXT_MASK=bool(text_len) and text_mask is not None, OUT_NATURAL=out_natural, PRODUCER_REGS=24,
         CONSUMER_REGS=240, PINGPONG=gluon_fwd.DEFAULT_PINGPONG, SLACK=float(RESCALE_SLACK),
-        SUM_MMA=bool(SUM_MMA), num_warps=4,
+        QK_INT8=q8.dtype == torch.int8, num_warps=4,
     )
     return out
 
 
 def sta_gluon_fp8_natural(q, k, v, geometry: Geometry, windows, text_len, text_first, text_mask, scale, *,
-                          out=None, stages: int = 3):
+                          out=None, stages: int = 3, qk_int8: bool = False):
     """FP8 STA on natural-order tokens ``(B, heads, T*H*W + text_len, D)``; output in q's dtype and layout
-    (written into ``out`` when given: contiguous, q's shape and dtype)."""
+    (written into ``out`` when given: contiguous, q's shape and dtype). ``qk_int8``: QK^T from int8 Q and K
+    (``precision="int8"``)."""
     if q.shape[2] != geometry.video_len + text_len:
         raise ValueError(f"sequence length {q.shape[2]} != canvas volume {geometry.video_len} + text_len {text_len}")
     return _run(q, k, v, geometry, windows, text_len, text_mask, scale, layout="natural", text_first=text_first,
-                stages=stages, out=out)
+                stages=stages, out=out, qk_int8=qk_int8)
 
 
 def sta_gluon_fp8_tiled(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, out=None,
-                        stages: int = 3):
+                        stages: int = 3, qk_int8: bool = False):
     """FP8 STA on tile-order tokens ``[padded video tiles | text]``; padded rows of the output are unspecified."""
     if q.shape[2] != geometry.padded_len + text_len:
         raise ValueError(f"tiled sequence length {q.shape[2]} != padded video {geometry.padded_len} + text_len "
                          f"{text_len}")
     return _run(q, k, v, geometry, windows, text_len, text_mask, scale, layout="tiled", text_first=False,
-                stages=stages, out=out)
+                stages=stages, out=out, qk_int8=qk_int8)
+
+
+def sta_gluon_int8_natural(q, k, v, geometry: Geometry, windows, text_len, text_first, text_mask, scale, *,
+                           out=None, stages: int = 3):
+    """:func:`sta_gluon_fp8_natural` with QK^T from int8 Q and K (``precision="int8"``)."""
+    return sta_gluon_fp8_natural(q, k, v, geometry, windows, text_len, text_first, text_mask, scale, out=out,
+                                 stages=stages, qk_int8=True)
+
+
+def sta_gluon_int8_tiled(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, out=None,
+                         stages: int = 3):
+    """:func:`sta_gluon_fp8_tiled` with QK^T from int8 Q and K (``precision="int8"``)."""
+    return sta_gluon_fp8_tiled(q, k, v, geometry, windows, text_len, text_mask, scale, out=out, stages=stages,
+                               qk_int8=True)

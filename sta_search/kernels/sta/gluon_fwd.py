@@ -169,7 +169,7 @@ def _producer(q_desc, k_desc, v_desc, qt_desc, kt_desc, vt_desc, q_smem, k_smem,
 
 @gluon.jit
 def _softmax(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr, LOG2_MUL: gl.constexpr = 0.0,
-             SLACK: gl.constexpr = 0.0, ROW_SUM: gl.constexpr = True):
+             SLACK: gl.constexpr = 0.0):
     """One key block of the online softmax (base 2, scores scaled by ``qk_scale``): ``p``, the rescale factor of the
     running sums, the new row max and row sum. With ``LOG2_MUL`` (the FP8 kernel) ``p`` and the row sum come out
     multiplied by ``2**LOG2_MUL`` by shifting the exponent, which costs nothing per element. With ``SLACK`` a row
@@ -187,10 +187,7 @@ def _softmax(s_acc, m_i, l_i, qk_scale, key_ok, MASKED: gl.constexpr, LOG2_MUL: 
         m_use = m_new
     p = gl.exp2(s_acc * qk_scale - gl.expand_dims(m_use - LOG2_MUL, 1))
     alpha = gl.exp2(m_i - m_use)
-    if ROW_SUM:
-        l_i = l_i * alpha + gl.sum(p, 1)
-    else:  # the caller sums p on the tensor core
-        l_i = l_i * alpha
+    l_i = l_i * alpha + gl.sum(p, 1)
     return p, alpha, m_new, l_i
 
 
@@ -204,26 +201,6 @@ def _rescale(acc, alpha, o_rows: gl.constexpr, SLACK: gl.constexpr):
     else:
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
     return acc
-
-
-@gluon.jit
-def _wait_pv(acc, l_acc, SUM: gl.constexpr):
-    """Wait for the PV wgmma in flight and, with ``SUM`` (SUM_MMA), the row-sum wgmma issued beside it."""
-    if SUM:
-        acc, l_acc = warpgroup_mma_wait(0, deps=(acc, l_acc))
-    else:
-        acc = warpgroup_mma_wait(0, deps=(acc, ))
-    return acc, l_acc
-
-
-@gluon.jit
-def _rescale_pv(acc, l_acc, alpha, o_rows: gl.constexpr, l_rows: gl.constexpr, SLACK: gl.constexpr,
-                SUM: gl.constexpr):
-    """:func:`_rescale` of the accumulator and, with ``SUM``, of the row sums kept on the tensor core."""
-    acc = _rescale(acc, alpha, o_rows, SLACK)
-    if SUM:
-        l_acc = _rescale(l_acc, alpha, l_rows, SLACK)
-    return acc, l_acc
 
 
 @gluon.jit
@@ -297,7 +274,7 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn
               TW: gl.constexpr, REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr,
               BPT_LAST: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_PADDING: gl.constexpr,
               HAS_TEXT_MASK: gl.constexpr, NATURAL: gl.constexpr, MASS: gl.constexpr, COMPACT: gl.constexpr,
-              WG: gl.constexpr, PINGPONG: gl.constexpr, SLACK: gl.constexpr, ones_smem, SUM_MMA: gl.constexpr):
+              WG: gl.constexpr, PINGPONG: gl.constexpr, SLACK: gl.constexpr):
     TILE_VOL: gl.constexpr = TT * TH * TW
     HEAD_DIM: gl.constexpr = q_smem.shape[2]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -307,19 +284,11 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
     dtype: gl.constexpr = q_smem.dtype
-    # SUM_MMA (not with MASS, which sums p per tile anyway): the video blocks' row sums from an N = 8 wgmma of P with a
-    # block of ones beside PV, instead of 64 FADDs per thread and block (gluon_fp8.SUM_MMA likewise)
-    SUM: gl.constexpr = SUM_MMA and not MASS
-    PV_GROUPS: gl.constexpr = 2 if SUM else 1
-    l_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 8, 16])
-    pl_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=l_layout, k_width=2)
-    l_rows: gl.constexpr = gl.SliceLayout(1, l_layout)
 
     q = q_smem.index(WG)
     m_i = gl.full([WG_ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.zeros([WG_ROWS], gl.float32, gl.SliceLayout(1, s_layout))
     acc = gl.zeros([WG_ROWS, HEAD_DIM], gl.float32, o_layout)
-    l_acc = gl.zeros([WG_ROWS, 8], gl.float32, l_layout)
     s_zero = gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout)
     offs_n = gl.arange(0, BLOCK_N, gl.SliceLayout(0, s_layout))
     # MASS (profiler): per row, the log2 of its softmax sum over each key tile (then over all text keys) is
@@ -378,7 +347,7 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn
                              BLOCK_N, BPT, BPT_LAST)
         if HAS_PADDING:
             s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
-        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, 0, False, 0.0, SLACK, not SUM)
+        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, 0, False, 0.0, SLACK)
         if MASS:
             if COMPACT:
                 t_i = _add_tile_mass(t_i, p, alpha, m_i, (kt * NH + kh) * NW + kw, (sub + 1) * BLOCK_N >= n_real,
@@ -386,7 +355,7 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn
             else:
                 t_i = _record_tile_mass(t_i, p, alpha, m_i, row, mass_ptr, record, NT, NH, NW, TILE_VOL, BLOCK_N,
                                         BPT, BPT_LAST)
-        acc, l_acc = _rescale_pv(acc, l_acc, alpha, o_rows, l_rows, SLACK, SUM)
+        acc = _rescale(acc, alpha, o_rows, SLACK)
         p_op = gl.convert_layout(p.to(dtype), p_layout)
         s_prev = s
         for it in range(n_text + 1, n_total):
@@ -396,8 +365,6 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn
                 _take_turn(turn, it - n_text - 1, WG)
             s_acc = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             acc = warpgroup_mma(p_op, v_smem.index(s_prev), acc, is_async=True)
-            if SUM:
-                l_acc = warpgroup_mma(gl.convert_layout(p_op, pl_layout), ones_smem, l_acc, is_async=True)
             if PINGPONG:
                 _pass_turn(turn, WG)
             if HAS_PADDING or (MASS and not COMPACT):  # scalar index math while the wgmmas run
@@ -406,12 +373,12 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn
             if COMPACT:
                 kt, kh, kw, sub, n_real = _next_compact_block(kt, kh, kw, sub, n_real, sh, sw, wh, ww, NT, NH, NW, TT,
                                                               TH, TW, REM_T, REM_H, REM_W, BLOCK_N)
-            s_acc = warpgroup_mma_wait(PV_GROUPS, deps=(s_acc, ))
+            s_acc = warpgroup_mma_wait(1, deps=(s_acc, ))
             if COMPACT:
                 s_acc = _mask_partial_block(s_acc, n_real - sub * BLOCK_N, offs_n, BLOCK_N)
             if HAS_PADDING:
                 s_acc = _mask_padding(s_acc, row, offs_n, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W)
-            p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, 0, False, 0.0, SLACK, not SUM)
+            p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, qk_scale, 0, False, 0.0, SLACK)
             if MASS:
                 if COMPACT:
                     t_i = _add_tile_mass(t_i, p, alpha, m_i, (kt * NH + kh) * NW + kw,
@@ -419,17 +386,13 @@ def _consumer(o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn
                 else:
                     t_i = _record_tile_mass(t_i, p, alpha, m_i, row, mass_ptr, record, NT, NH, NW, TILE_VOL,
                                             BLOCK_N, BPT, BPT_LAST)
-            acc, l_acc = _wait_pv(acc, l_acc, SUM)
+            acc = warpgroup_mma_wait(0, deps=(acc, ))
             mbarrier.arrive(empty.index(s_prev), count=1)
-            acc, l_acc = _rescale_pv(acc, l_acc, alpha, o_rows, l_rows, SLACK, SUM)
+            acc = _rescale(acc, alpha, o_rows, SLACK)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             s_prev = s
         acc = warpgroup_mma(p_op, v_smem.index(s_prev), acc, is_async=True)
-        if SUM:
-            l_acc = warpgroup_mma(gl.convert_layout(p_op, pl_layout), ones_smem, l_acc, is_async=True)
-        acc, l_acc = _wait_pv(acc, l_acc, SUM)
-        if SUM:
-            l_i = l_i + gl.convert_layout(gl.max(l_acc, 1), gl.SliceLayout(1, s_layout))  # every column is the sum
+        acc = warpgroup_mma_wait(0, deps=(acc, ))
         mbarrier.arrive(empty.index(s_prev), count=1)
 
     if MASS:
@@ -462,7 +425,7 @@ def _sta_fwd_gluon_kernel(
     REM_T: gl.constexpr, REM_H: gl.constexpr, REM_W: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
     STAGES: gl.constexpr, HAS_PADDING: gl.constexpr, HAS_TEXT_MASK: gl.constexpr, NATURAL: gl.constexpr,
     PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, MASS: gl.constexpr = False, COMPACT: gl.constexpr = False,
-    PINGPONG: gl.constexpr = False, SLACK: gl.constexpr = 0.0, SUM_MMA: gl.constexpr = False,
+    PINGPONG: gl.constexpr = False, SLACK: gl.constexpr = 0.0,
 ):
     BLOCK_M: gl.constexpr = 2 * WG_ROWS
     TILE_VOL: gl.constexpr = TT * TH * TW
@@ -523,10 +486,6 @@ def _sta_fwd_gluon_kernel(
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # PINGPONG: whose turn to issue
-    ones_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, 8], q_desc.dtype)
-    ones_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK_N, 8], ones_layout,  # SUM_MMA only (else unused)
-                                          gl.full([BLOCK_N, 8], 1.0, gl.float32,
-                                                  gl.BlockedLayout([1, 8], [32, 1], [4, 1], [1, 0])).to(q_desc.dtype))
     mbarrier.init(q_bar, count=1)
     mbarrier.init(turn.index(0), count=1)
     mbarrier.init(turn.index(1), count=1)
@@ -540,11 +499,11 @@ def _sta_fwd_gluon_kernel(
         (_consumer, (o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, TextMask, MassLog, LseOut,
                      bh, b, q_row, text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first,
                      spans, last_spans, st, sh, sw, wh, ww, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST,
-                     BLOCK_N, STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, MASS, COMPACT, 0, PINGPONG, SLACK, ones_smem, SUM_MMA)),
+                     BLOCK_N, STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, MASS, COMPACT, 0, PINGPONG, SLACK)),
         (_consumer, (o_desc, ot_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, turn, TextMask, MassLog, LseOut,
                      bh, b, q_row, text_query, n_text, n_total, text_len, stride_tb, stride_tm, qk_scale, n_first,
                      spans, last_spans, st, sh, sw, wh, ww, NT, NH, NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST,
-                     BLOCK_N, STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, MASS, COMPACT, 1, PINGPONG, SLACK, ones_smem, SUM_MMA)),
+                     BLOCK_N, STAGES, HAS_PADDING, HAS_TEXT_MASK, NATURAL, MASS, COMPACT, 1, PINGPONG, SLACK)),
         (_producer, (q_desc, k_desc, v_desc, qt_desc, kt_desc, vt_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
                      bh, q_row, text_query, n_text, n_total, n_first, spans, last_spans, st, sh, sw, wh, ww, NT, NH,
                      NW, TT, TH, TW, REM_T, REM_H, REM_W, BPT_LAST, BLOCK_N, STAGES, NATURAL, COMPACT)),
@@ -614,10 +573,6 @@ DEFAULT_PINGPONG = False
 #: of the warpgroup moved. 0.0: rescale every block (exact online softmax).
 DEFAULT_RESCALE_SLACK = 0.0
 
-#: The video blocks' softmax row sums on the tensor core (an N = 8 wgmma of P with a 2 KB block of ones beside PV)
-#: instead of 64 FADDs per thread and block. Compiled for sm_90 in session 12, not yet run on a GPU: off.
-DEFAULT_SUM_MMA = False
-
 
 def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, video_start, text_mask, scale, natural,
             stages, mass_log: torch.Tensor | None = None, lse_out: torch.Tensor | None = None, compact: bool = False,
@@ -633,8 +588,7 @@ def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, vid
 
     B, heads, S, D = q.shape
     stages = stages or DEFAULT_STAGES[D]
-    smem = (2 * QUERY_ROWS + 2 * stages * BLOCK_N) * D * q.element_size() + (
-        BLOCK_N * 8 * q.element_size() if DEFAULT_SUM_MMA and mass_log is None else 0)
+    smem = (2 * QUERY_ROWS + 2 * stages * BLOCK_N) * D * q.element_size()
     if smem > SMEM_LIMIT:
         raise ValueError(f"{stages} K/V stages at head dim {D} need {smem} bytes of shared memory (> {SMEM_LIMIT})")
     windows = device_windows(windows, q.device)
@@ -669,7 +623,7 @@ def _launch(q, k, v, out, geometry: Geometry, windows, text_len, text_start, vid
         HAS_TEXT_MASK=bool(text_len) and text_mask is not None, NATURAL=natural, PRODUCER_REGS=24,
         CONSUMER_REGS=240, MASS=mass_log is not None, COMPACT=compact,
         PINGPONG=DEFAULT_PINGPONG if pingpong is None else bool(pingpong), SLACK=float(DEFAULT_RESCALE_SLACK),
-        SUM_MMA=bool(DEFAULT_SUM_MMA), num_warps=4,
+        num_warps=4,
     )
     return out
 
