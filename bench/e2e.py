@@ -325,8 +325,8 @@ class Bench:
             _, backend, window = name.split("-")
             window = tuple(int(c) for c in window)
             precision = self.args.precision
-            if backend == "gluonfp8":
-                backend, precision = "gluon", "fp8"
+            if backend in ("gluonfp8", "gluonint8"):
+                backend, precision = "gluon", backend[5:]
             text_len = spec["text_len"] if spec["cls"].startswith("Hunyuan") else 0
             config = MaskConfig.uniform(info, spec["canvas"], spec_tile(spec), text_len, 64, window)
             ctx = accelerate(model, config, backend=backend, timer=timer, precision=precision)
@@ -517,11 +517,12 @@ def main(argv=None):
                         help="hunyuan15-*: every joint text token valid (no key mask) instead of the spec's text_valid")
     parser.add_argument("--windows", nargs="+", type=parse_window, default=[(5, 5, 5), (3, 3, 3)])
     parser.add_argument("--backends", nargs="+", default=["triton", "flex"],
-                        choices=["gluon", "gluonfp8", "triton", "auto", "flex", "reference"],
-                        help="STA backends (gluonfp8: the FP8 Gluon kernel, i.e. gluon with precision fp8)")
+                        choices=["gluon", "gluonfp8", "gluonint8", "triton", "auto", "flex", "reference"],
+                        help="STA backends (gluonfp8 / gluonint8: the 8-bit Gluon kernel, i.e. gluon with precision fp8 / "
+                             "int8)")
     parser.add_argument("--compile", choices=["off", "on", "both"], default="both")
     parser.add_argument("--compiled-backends", nargs="+", default=["triton"],
-                        choices=["gluon", "gluonfp8", "triton", "auto", "flex", "reference"],
+                        choices=["gluon", "gluonfp8", "gluonint8", "triton", "auto", "flex", "reference"],
                         help="STA backends timed again after torch.compile")
     parser.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
                         help="also time diffusers' own processors (dense-native)")
@@ -529,7 +530,7 @@ def main(argv=None):
                         help="also time dense SDPA without the (all-valid) text key mask")
     parser.add_argument("--skip-masked-dense", action="store_true",
                         help="time dense only without the all-true text mask (dense-nomask), not diffusers' masked SDPA")
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp8"],
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp8", "int8"],
                         help="precision of the STA modes' sparse calls (fp8: the FP8 Gluon kernel, --backends gluon)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)

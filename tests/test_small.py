@@ -195,3 +195,29 @@ def test_caption_contrast_is_a_relative_hinge_on_the_reversed_caption():
     drop = torch.tensor([True, False, True])
     assert train_small.caption_contrast(forward, text_encoder, noisy, torch.full((3,), 0.8), target, pred, captions,
                                         drop, args, contextlib.nullcontext()) is None
+
+
+@pytest.mark.parametrize("grad", ["both", "true"])
+def test_caption_contrast_gradient_reaches_the_wrong_caption_only_with_both(grad):
+    """--contrast-grad true: the hinge's gradient pushes only the true caption's error down (the wrong caption's
+    prediction gets none), so it cannot be satisfied by predicting worse under the wrong words."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_small
+
+    captions = ["a big red circle moves left, on a gray floor"]
+    wrong_pred = torch.full((1, 3, 2, 4, 4), 0.5, requires_grad=True)
+
+    def forward(hidden_states, timestep, encoder_hidden_states, return_dict):
+        return (wrong_pred,)
+
+    pred = torch.full((1, 3, 2, 4, 4), 0.5, requires_grad=True)
+    target = torch.zeros(1, 3, 2, 4, 4)
+    args = argparse.Namespace(contrast_fraction=1.0, contrast_margin=0.05, contrast_grad=grad)
+    hinge = train_small.caption_contrast(forward, lambda ids: torch.zeros(ids.shape[0], ids.shape[1], 4),
+                                         torch.randn(1, 3, 2, 4, 4), torch.full((1,), 0.8), target, pred, captions,
+                                         torch.tensor([False]), args, contextlib.nullcontext())
+    hinge.backward()
+    assert pred.grad.abs().sum() > 0
+    assert (wrong_pred.grad is not None and wrong_pred.grad.abs().sum() > 0) == (grad == "both")
