@@ -13,6 +13,8 @@ progress. Every case is caught and recorded; a watchdog thread writes the JSON a
 2. timing at hunyuan-720p (30x48x80, 24 heads), (3,3,3), in one process on the same inputs: bf16 Gluon
    (natural order, in place); at ``precision="fp8"`` and ``"int8"`` the whole call (pre-pass included), the pre-pass
    alone and the kernel alone; cuDNN dense SDPA; and each 8-bit output's rel RMS against bf16;
+``--model-call`` (session 13, not yet run): the same three precisions at HunyuanVideo's shape as the model hands
+   it over ((B, S, H, D) views, 256 text tokens, 205 valid): whole call, pre-pass, kernel, with and without text;
 3. the compiled kernels: registers, spills, shared memory (``metadata.shared``), and in SASS the QGMMA
    (fp8 wgmma) and HGMMA counts (Triton's own cuobjdump / nvdisasm).
 """
@@ -301,12 +303,66 @@ def timing(iters: int) -> dict:
     return rows
 
 
+def timing_model_call(iters: int) -> dict:
+    """Where an 8-bit call's time goes at HunyuanVideo's shape as the model hands it over: q, k, v as (B, S, H, D)
+    projections viewed as (B, H, S, D), 256 text tokens after the video with 205 valid (e2e runs measured 24.4 ms a
+    call for fp8 in the model against 18.3 ms for the bare kernel). Per precision: the whole ``sta_attention`` call,
+    the pre-pass alone, the kernel alone; the same without text; the bf16 kernel on the same inputs."""
+    import torch
+
+    from sta_search.benchmark import median_ms
+    from sta_search.kernels import Geometry
+    from sta_search.kernels.sta import gluon_fp8, normalize_windows, sta_attention
+
+    geometry = Geometry((30, 48, 80), (6, 8, 8))
+    heads, D, text_len = 24, 128, 256
+    windows = normalize_windows((3, 3, 3), heads, device="cuda")
+    mask = torch.zeros(1, text_len, dtype=torch.bool, device="cuda")
+    mask[:, :205] = True
+    S = geometry.video_len + text_len
+    sets = [[torch.randn(1, S, heads, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(3)]
+            for _ in range(2)]
+    rows: dict = {"shape": "hunyuan-720p (30,48,80) + 256 text (205 valid) x 24 heads, d=128, bf16, (B,S,H,D) views",
+                  "iters": iters, "ms": {}}
+
+    def record(name, fn, input_sets):
+        try:
+            rows["ms"][name] = median_ms(fn, input_sets, 2, iters)[0]
+            log(f"   {name:<28} {rows['ms'][name]:9.3f} ms")
+        except Exception as exc:  # noqa: BLE001
+            rows.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:500]
+            log(f"   {name} FAILED: {exc}")
+
+    for T in (text_len, 0):
+        tag = "text256" if T else "notext"
+        inputs = sets if T else [[x[:, :, : geometry.video_len] for x in s] for s in sets]
+        kw = dict(canvas=geometry.canvas, tile=geometry.tile, windows=windows, text_len=T,
+                  text_mask=mask if T else None)
+        record(f"bf16-call-{tag}", lambda q, k, v, kw=kw: sta_attention(q, k, v, **kw, backend="gluon"), inputs)
+        for precision, qk_int8 in (("fp8", False), ("int8", True)):
+            record(f"{precision}-call-{tag}",
+                   lambda q, k, v, kw=kw, p=precision: sta_attention(q, k, v, **kw, backend="gluon", precision=p),
+                   inputs)
+            record(f"{precision}-prepass-{tag}",
+                   lambda q, k, v, T=T, i8=qk_int8: gluon_fp8.quantize_fp8(q, k, v, geometry, T, qk_int8=i8), inputs)
+            quantized = [gluon_fp8.quantize_fp8(*s, geometry, T, qk_int8=qk_int8) for s in inputs]
+            record(f"{precision}-kernel-{tag}",
+                   lambda i, T=T, qz=quantized, i8=qk_int8: gluon_fp8._run(
+                       inputs[i][0], None, None, geometry, windows, T, mask if T else None, None, layout="natural",
+                       text_first=False, stages=3, quantized=qz[i], qk_int8=i8), [[0], [1]])
+            del quantized
+    return rows
+
+
 def main(argv=None) -> int:
     global OUT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="no GPU: offline sm_90 compile + CPU-side checks only")
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--model-call", action="store_true",
+                        help="also break an 8-bit call down at HunyuanVideo's shape as the model hands it over "
+                             "((B,S,H,D) views, 256 text tokens): whole call, pre-pass, kernel; with and without text")
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds before the watchdog writes and exits")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -340,6 +396,8 @@ def main(argv=None) -> int:
         first, *rest = CORRECTNESS
         step(f"correctness_{first[0]}")(lambda: correctness_case(first, "cuda"))()
         step("timing_hunyuan_720p_333")(lambda: timing(args.iters))()
+        if args.model_call:
+            step("timing_model_call")(lambda: timing_model_call(args.iters))()
         for case in rest:
             step(f"correctness_{case[0]}")(lambda c=case: correctness_case(c, "cuda", tiled=False))()
         step("compiled_kernels")(jit_kernels_report)()

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# What is pending on the GPU in session 13, in one device call (H200, ~6 minutes plus start), writing under OUTDIR:
+# What is pending on the GPU after session 13, in one device call (H200, ~4 minutes plus start), writing under OUTDIR:
 #
 #   bash bench/pending_gpu_checks.sh OUTDIR [LIMIT_SECONDS]      # default limit 360 s for the whole job
 #
-# 1. GPU tests of precision="int8" (int8 QK^T, e4m3 PV; session 13) and the FP8 kernel's float64 tests (after
-#    SUM_MMA's removal) against float64, the recipes and each other; both pre-passes against torch;
-# 2. bench/fp8_video_psnr.py: small's videos, bf16-STA against STA at precision fp8 and int8;
-# 3. bench/fp8_check.py: bf16, fp8 and int8 at hunyuan-720p (3,3,3), cuDNN in the same run, correctness cases.
+# 1. bench/fp8_check.py --model-call: where an 8-bit call's time goes at HunyuanVideo's shape as the model hands it
+#    over ((B,S,H,D) views, 256 text tokens): e2e measured 24.4 ms a call for fp8 against 18.3 ms for the bare
+#    kernel; the FP8 5x end-to-end target needs ~4 ms of that back;
+# 2. the GPU tests of both 8-bit precisions (float64, recipes, pre-passes; ~2.5 minutes).
 # Every step runs under `timeout` within what is left of the limit, so the job ends in time and keeps what finished.
 # The device returns at most 8 files: at the end everything under OUTDIR is packed into OUTDIR.tar.gz (one file)
 # and OUTDIR removed, so put OUTDIR under $OUT (e.g. $OUT/r -> $OUT/r.tar.gz).
@@ -28,9 +28,8 @@ run() {  # run SECONDS_WANTED LOGNAME command...: bounded by what is left of LIM
     echo "[$SECONDS s] rc=$? $(tail -n 1 "$OUT/$log")" | tee -a "$OUT/job.log"
 }
 nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+run 150 fp8-check.log python3 bench/fp8_check.py --out "$OUT" --model-call --deadline 140
 run 200 gpu-tests.log python3 -m pytest -q -m gpu tests/test_kernel_fp8.py -p no:cacheprovider -s \
     -k "int8 or (fp8_matches_float64_reference and d128) or prepass or close_to_bf16"
-run 200 video-psnr.log python3 bench/fp8_video_psnr.py --out "$OUT"
-run 90 fp8-check.log python3 bench/fp8_check.py --out "$OUT"
 echo "[$SECONDS s] done" | tee -a "$OUT/job.log"
 tar czf "$OUT.tar.gz" -C "$(dirname "$OUT")" "$(basename "$OUT")" && rm -rf "$OUT" && echo "packed $OUT.tar.gz"
