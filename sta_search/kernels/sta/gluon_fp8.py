@@ -170,7 +170,8 @@ def quantize_fp8(q, k, v, geometry: Geometry, text_len: int, *, layout: str = "n
     # Per (batch, head) over real tokens: K's mean (the smoothing shift) and V's channel amax (its scale).
     k_mean = (k[:, :, real].mean(dim=2, dtype=torch.float32) if real is not None
               else k.mean(dim=2, dtype=torch.float32)).reshape(BH, D).contiguous()
-    v_amax = (v[:, :, real] if real is not None else v).abs().amax(dim=2).float().reshape(BH, D)
+    v_min, v_max = torch.aminmax(v[:, :, real] if real is not None else v, dim=2)  # one pass, no |v| copy
+    v_amax = torch.maximum(v_max, -v_min).float().reshape(BH, D)
     v_scale = (v_amax.clamp_min(1e-30) / FP8_MAX).contiguous()
     for x, out, scale, rows, mode in ((q, q8, q_scale, QUERY_ROWS, 0), (k, k8, k_scale, BLOCK_N, 1),
                                       (v, v8t, k_scale, BLOCK_N, 2)):
