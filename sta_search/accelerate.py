@@ -247,7 +247,8 @@ class MaskAttention:
         windows = windows_for_call(windows, call)  # this rank's heads under Ulysses; all heads otherwise
         q, k, v = call.q, call.k, call.v
         kernel, copies = self._decide(q, k, v)
-        self.calls[f"kernel:{kernel}"] += 1  # which STA kernel ran, for reports
+        # which STA kernel ran, for reports (and at which precision, when not the model's dtype)
+        self.calls[f"kernel:{kernel}" if self.precision == "bf16" else f"kernel:{kernel}-{self.precision}"] += 1
         kwargs = dict(canvas=self.geometry.canvas, tile=self.geometry.tile, text_len=call.text_len,
                       text_first=call.text_first, text_mask=call.text_mask, backend=kernel,
                       precision=self.precision)

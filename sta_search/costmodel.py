@@ -16,6 +16,11 @@ kernel in place on natural-order tokens, ``gluon-natural``) against cuDNN dense 
 the same shape (see :func:`records_from_json`); with two or more distinct densities both are fitted,
 with one the default shape (``a = 0.03``, ``b = 0.97``: the STA paper's H100 kernel efficiency) is
 scaled through it. The source is always reported.
+
+``precision="fp8"`` / ``"int8"`` (``select --precision``): the 8-bit Gluon kernel's calls. From ``--bench-results``
+the fit uses its rows (``gluon-fp8-natural`` / ``gluon-int8-natural``); by default the bf16 line is scaled by the
+8-bit kernel's measured speed relative to the bf16 kernel and its quantization pre-pass is added
+(``sta_search/calibration/precision-h200.json``, written by ``bench/fit_precision.py`` from one H200 run).
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ BENCH_STA_KEYS = ("gluon-natural", "triton-natural", "ours-natural", "triton+per
 BENCH_DENSE_KEYS = ("cudnn-dense", "fa2-dense")
 CALIBRATION_PACKAGE = "sta_search.calibration"
 CALIBRATION_FILE = "costmodel-h100.json"
+PRECISION_FILE = "precision-h200.json"
+#: ``sta-search bench`` rows of the 8-bit kernel, per precision (bf16 uses ``BENCH_STA_KEYS``)
+PRECISION_STA_KEYS = {"fp8": ("gluon-fp8-natural",), "int8": ("gluon-int8-natural",)}
 
 
 @dataclass(frozen=True)
@@ -74,13 +82,16 @@ class CostModel:
         return self.speedup(min_density, sparse_steps, dense_steps)
 
 
-def records_from_json(doc: Any) -> list[tuple[float, float]]:
+def records_from_json(doc: Any, sta_keys: tuple[str, ...] = BENCH_STA_KEYS) -> list[tuple[float, float]]:
     """``(density, time relative to dense)`` pairs found anywhere in a benchmark JSON document.
 
     A record is a JSON object with a numeric ``density`` and a time (one of ``TIME_KEYS``) plus a dense
     time of the same shape: either in the same object (one of ``DENSE_TIME_KEYS``) or in a sibling
-    record of the same list with ``density`` 1.0 (or ``window`` "full") and the same ``shape``.
+    record of the same list with ``density`` 1.0 (or ``window`` "full") and the same ``shape``; or a
+    ``sta-search bench`` case, whose STA time is the first of ``sta_keys`` present. With ``sta_keys`` other than
+    the default only ``sta-search bench`` cases count (the generic records carry no kernel name).
     """
+    generic = sta_keys == BENCH_STA_KEYS
     pairs: list[tuple[float, float]] = []
 
     def time_of(obj) -> float | None:
@@ -93,14 +104,14 @@ def records_from_json(doc: Any) -> list[tuple[float, float]]:
     def walk(node):
         if isinstance(node, dict) and isinstance(node.get("ms"), dict) and isinstance(node.get("density"), (int, float)):
             times = node["ms"]
-            sta = next((times[k] for k in BENCH_STA_KEYS if isinstance(times.get(k), (int, float))), None)
+            sta = next((times[k] for k in sta_keys if isinstance(times.get(k), (int, float))), None)
             dense = next((times[k] for k in BENCH_DENSE_KEYS if isinstance(times.get(k), (int, float))), None)
             if sta and dense and sta > 0 and dense > 0:
                 pairs.append((float(node["density"]), float(sta) / float(dense)))
             return
         if isinstance(node, dict):
             density, t = node.get("density"), time_of(node)
-            if isinstance(density, (int, float)) and t is not None:
+            if generic and isinstance(density, (int, float)) and t is not None:
                 for key in DENSE_TIME_KEYS:
                     dense = node.get(key)
                     if isinstance(dense, (int, float)) and dense > 0:
@@ -114,7 +125,7 @@ def records_from_json(doc: Any) -> list[tuple[float, float]]:
                 if isinstance(item, dict) and time_of(item) is not None:
                     if item.get("density") == 1.0 or item.get("window") == "full":
                         dense_by_shape[json.dumps(item.get("shape"), sort_keys=True)] = time_of(item)
-            for item in node:
+            for item in node if generic else ():
                 if isinstance(item, dict) and isinstance(item.get("density"), (int, float)):
                     if any(k in item for k in DENSE_TIME_KEYS):
                         continue  # handled by the dict branch
@@ -171,29 +182,55 @@ def calibrated_cost_model() -> CostModel:
                      f"a={cal['overhead']:.3g}, b={cal['slope']:.3g})", len(cal["points"]))
 
 
-def load_cost_model(results_dir: str | Path | None = None) -> CostModel:
-    """The packaged calibration, or (``results_dir`` given) a fit to ``results_dir/kernel-*.json``.
+@functools.lru_cache(maxsize=1)
+def precision_calibration() -> dict:
+    """The packaged 8-bit factors: ``device``, ``source`` and per precision ``kernel_ratio`` (8-bit kernel time /
+    bf16 kernel time) and ``prepass_relative`` (pre-pass time / dense time) (see ``bench/fit_precision.py``)."""
+    text = resources.files(CALIBRATION_PACKAGE).joinpath(PRECISION_FILE).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def at_precision(model: CostModel, precision: str) -> CostModel:
+    """``model`` (bf16 calls) turned into the 8-bit kernel's: ``kernel_ratio * (a + b d) + prepass``."""
+    if precision == "bf16":
+        return model
+    cal = precision_calibration()
+    factors = cal["precisions"][precision]
+    ratio, prepass = float(factors["kernel_ratio"]), float(factors["prepass_relative"])
+    return CostModel(model.overhead * ratio + prepass, model.slope * ratio,
+                     f"{model.source}; {precision}: kernel x{ratio:.3g} + pre-pass {prepass:.3g} (measured on "
+                     f"{cal['device']}, {cal['source']})", model.points)
+
+
+def load_cost_model(results_dir: str | Path | None = None, precision: str = "bf16") -> CostModel:
+    """The packaged calibration, or (``results_dir`` given) a fit to ``results_dir/kernel-*.json``; for the 8-bit
+    precisions the fit uses their rows, and the packaged calibration is scaled by :func:`at_precision`.
 
     UserError when ``results_dir`` holds no usable record."""
     from .artifacts import display_path
 
+    if precision not in ("bf16", *PRECISION_STA_KEYS):
+        raise UserError(f"--precision {precision!r} is not one of bf16, {', '.join(PRECISION_STA_KEYS)}")
     if results_dir is None:
-        return calibrated_cost_model()
+        return at_precision(calibrated_cost_model(), precision)
     folder = Path(results_dir)
     files = sorted(folder.glob("kernel-*.json")) if folder.is_dir() else []
+    keys = PRECISION_STA_KEYS.get(precision, BENCH_STA_KEYS)
     pairs: list[tuple[float, float]] = []
     for file in files:
         try:
-            pairs += records_from_json(json.loads(file.read_text(encoding="utf-8")))
+            pairs += records_from_json(json.loads(file.read_text(encoding="utf-8")), keys)
         except (OSError, ValueError):
             continue
-    model = fit(pairs, source=f"fitted to {len(pairs)} records of {len(files)} file(s) {display_path(folder)}/kernel-*.json")
+    model = fit(pairs, source=f"fitted to {len(pairs)} records of {len(files)} file(s) {display_path(folder)}/kernel-*.json"
+                + ("" if precision == "bf16" else f" ({keys[0]} rows)"))
     if model is None:
-        raise UserError(f"--bench-results {folder}: no kernel-*.json benchmark there has a density with an STA and a "
-                        "dense time; give a folder written by `sta-search bench`, or leave the option out to use "
+        rows = "" if precision == "bf16" else f" with {keys[0]} rows"
+        raise UserError(f"--bench-results {folder}: no kernel-*.json benchmark there has a density with an STA{rows} "
+                        "and a dense time; give a folder written by `sta-search bench`, or leave the option out to use "
                         f"the packaged calibration ({calibration_device()})")
     return model
 
 
-__all__ = ["CostModel", "DEFAULT_OVERHEAD", "calibrated_cost_model", "calibration", "calibration_device", "fit",
-           "load_cost_model", "records_from_json"]
+__all__ = ["CostModel", "DEFAULT_OVERHEAD", "at_precision", "calibrated_cost_model", "calibration",
+           "calibration_device", "fit", "load_cost_model", "precision_calibration", "records_from_json"]

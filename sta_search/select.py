@@ -241,6 +241,7 @@ class SelectOptions:
     candidates: str = "auto"
     folds: int = 5
     results_dir: str | None = None
+    precision: str = "bf16"  # what generation will run (--speedup's cost model): bf16, fp8 or int8
     heldout_tolerance: float = DEFAULT_TOLERANCE  # warn when held-out error > (1 + this) x in-sample (select_check)
     #: one positive factor per profiled step (the profile's ``profile_steps`` order) multiplying that step's costs
     #: for the solver: how far an attention error at that step moves the final video
@@ -516,7 +517,7 @@ def select_windows(profiles: Profile | Sequence[Profile], options: SelectOptions
     check_options(options)
     if profile.num_prompts == 0:
         raise UserError("the profile holds no prompts yet: profile at least one prompt")
-    cost_model = cost_model or load_cost_model(options.results_dir)
+    cost_model = cost_model or load_cost_model(options.results_dir, options.precision)
     steps = profile.steps
     full_steps = resolve_full_steps(options.full_steps, steps)
     dense_steps = tuple(range(full_steps))

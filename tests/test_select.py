@@ -319,6 +319,57 @@ def test_packaged_calibration_is_the_default_and_matches_its_source():
     assert len(cal["points"]) == len(pairs) >= 2
 
 
+@pytest.mark.parametrize("precision", ["fp8", "int8"])
+def test_8bit_cost_model_scales_the_bf16_line_by_the_measured_kernel(precision):
+    """select --precision fp8|int8 without --bench-results: the bf16 calibration times the 8-bit kernel's measured
+    speed relative to bf16, plus its pre-pass (both from one committed H200 run, refitted here from its JSON); a
+    faster call leaves room for more density at the same speedup."""
+    from pathlib import Path
+
+    from sta_search.costmodel import precision_calibration
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import fit_precision
+
+    cal = precision_calibration()
+    source = json.loads((Path(__file__).resolve().parent.parent / cal["source"]).read_text())
+    assert fit_precision.precision_factors(source)["precisions"] == cal["precisions"]
+    factors = cal["precisions"][precision]
+    bf16, model = load_cost_model(), load_cost_model(precision=precision)
+    assert model.overhead == pytest.approx(bf16.overhead * factors["kernel_ratio"] + factors["prepass_relative"])
+    assert model.slope == pytest.approx(bf16.slope * factors["kernel_ratio"])
+    assert precision in model.source and cal["device"] in model.source
+    assert model.density_for_speedup(3.0, 38, 12) > bf16.density_for_speedup(3.0, 38, 12)
+
+
+def test_8bit_cost_model_fits_its_own_bench_rows(tmp_path):
+    results = _bench_results(lambda d: {"gluon-natural": 100 * (0.01 + 0.9 * d),
+                                        "gluon-fp8-natural": 100 * (0.02 + 0.7 * d), "cudnn-dense": 100.0})
+    (tmp_path / "kernel-20260101T000000.json").write_text(json.dumps({"environment": {}, "results": results}))
+    model = load_cost_model(tmp_path, "fp8")
+    assert model.overhead == pytest.approx(0.02) and model.slope == pytest.approx(0.7)
+    assert "gluon-fp8-natural" in model.source
+    with pytest.raises(UserError, match="gluon-int8-natural rows"):
+        load_cost_model(tmp_path, "int8")
+
+
+def test_select_cli_precision(tmp_path, capsys):
+    """--precision needs --speedup (exit 2, one line); with it the summary's cost model is the 8-bit one."""
+    from sta_search import cli
+
+    synthetic_profile(prompts=2, rng=1).save(tmp_path / "p")
+    out = tmp_path / "mask.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(["select", str(tmp_path / "p"), "--budget", "0.3", "--precision", "fp8", "--out", str(out)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert exit_info.value.code == 2 and "only changes --speedup" in err and "Traceback" not in err
+    assert not out.exists()
+    result = CliRunner().invoke(app, ["select", str(tmp_path / "p"), "--speedup", "1.5", "--precision", "int8",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "int8: kernel x" in yaml.safe_load(out.read_text())["summary"]["cost_model"]
+
+
 def test_select_help_names_the_calibration_gpu():
     result = CliRunner().invoke(app, ["select", "--help"], env={"COLUMNS": "300"})
     assert result.exit_code == 0

@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
         beyond: str = typer.Option("edge", "--beyond", help="resolve: mass at offsets beyond the profiled grid: edge (that of the nearest measured offset) or zero."),
         from_mask: Optional[str] = typer.Option(None, "--from-mask", help="Transfer this mask config to --canvas (same_tiles or same_fraction) instead of selecting from a profile."),
         add_to: Optional[str] = typer.Option(None, "--add-to", help="Add the result to this mask config file (created if missing) as one more canvas entry, replacing an entry for the same canvas; written to --out, default this file."),
+        precision: str = options.precision_option(help="The precision generate will run at (--precision there), for --speedup's cost model: bf16; fp8 or int8 (the 8-bit Gluon kernel: its rows in --bench-results, else the packaged calibration scaled by the 8-bit kernel's speed measured on an H200). Needs --speedup."),
         out: Optional[str] = typer.Option(None, "--out", help="Mask config YAML to write (default: mask.yaml, or the --add-to file)."),
         force: bool = options.flag(False, "--force", help="Replace --out if it exists (with --add-to, the file added to may always be rewritten)."),
     ):
@@ -94,10 +95,13 @@ def register(app: typer.Typer) -> None:
                 measured = [w for w in (load_step_weights(p, profile) for p in profiles) if w is not None]
                 if measured:
                     weights = tuple(float(x) for x in np.mean([w for w, _ in measured], axis=0))
+            if precision != "bf16" and speedup is None:
+                raise UserError(f"--precision {precision} only changes --speedup's cost model; give --speedup, or "
+                                "leave --precision out (generate --precision chooses the kernel)")
             opts = SelectOptions(budget=budget, sparsity=sparsity, speedup=speedup, full_steps=full_steps,
                                  budget_scope=budget_scope, step_weights=weights,
                                  granularity=granularity, objective=objective, strategy=strategy,
-                                 candidates=candidates, folds=folds, results_dir=results,
+                                 candidates=candidates, folds=folds, results_dir=results, precision=precision,
                                  heldout_tolerance=heldout_tolerance)
             if transfer is not None and target is None:
                 raise UserError("--transfer needs --canvas T,H,W (or --height/--width/--frames)")
