@@ -181,11 +181,11 @@ CORRECTNESS = [
 def correctness_case(case, device, tiled: bool = True) -> dict:
     import torch
 
-    from sta_search.kernels import Geometry, from_tiles, to_tiles
+    from sta_search.kernels import Geometry
     from sta_search.kernels.sta import normalize_windows, sta_attention, sta_reference
     from sta_search.kernels.sta.gluon_fp8 import sta_gluon_fp8_tiled
     from test_kernel_fp8 import FP8_TOLERANCE, TILE, emulate_fp8, make_case
-    from kernel_cases import rel_rms
+    from kernel_cases import natural_order, rel_rms, tile_order
 
     _, canvas, heads, windows, text_len, text_first, masked, batch = case
     geometry = Geometry(canvas, TILE)
@@ -205,14 +205,10 @@ def correctness_case(case, device, tiled: bool = True) -> dict:
         if not tiled:  # (each path compiles its own kernels: the tile-order check runs on the first case only)
             log("  ", {k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()})
             return row
-        V = geometry.video_len
-        video, text = (slice(text_len, None), slice(0, text_len)) if text_first else (slice(0, V), slice(V, None))
-        tiled_in = [torch.cat([to_tiles(geometry, x[:, :, video]), x[:, :, text]], 2) for x in (q, k, v)]
+        tiled_in = [tile_order(geometry, x, text_len, text_first) for x in (q, k, v)]
         poisoned = torch.full_like(tiled_in[0], float("nan"))
         sta_gluon_fp8_tiled(*tiled_in, geometry, table, text_len, mask, None, out=poisoned)
-        vo = from_tiles(geometry, poisoned[:, :, : geometry.padded_len])
-        to = poisoned[:, :, geometry.padded_len:]
-        tiled = torch.cat([to, vo] if text_first else [vo, to], 2)
+        tiled = natural_order(geometry, poisoned, text_len, text_first)
         row["tiled_poisoned_finite"] = bool(torch.isfinite(tiled).all())
         row["tiled_vs_natural_rel_rms"] = rel_rms(tiled, out) if row["tiled_poisoned_finite"] else None
         row["pass"] = bool(row["pass"] and row["tiled_poisoned_finite"] and row["tiled_vs_natural_rel_rms"] < 1e-2)

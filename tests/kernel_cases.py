@@ -19,12 +19,31 @@ def float64_reference(q, k, v, kw: dict) -> torch.Tensor:
     return sta_reference(q.double(), k.double(), v.double(), **{**kw, "windows": windows})
 
 
+def tile_order(geometry, x, text_len: int = 0, text_first: bool = False) -> torch.Tensor:
+    """Natural-order tokens ``(B, heads, video + text, D)`` as the tiled entries take them: ``[padded video tiles |
+    text]``."""
+    from sta_search.kernels import to_tiles
+
+    V = geometry.video_len
+    video, text = (slice(text_len, None), slice(0, text_len)) if text_first else (slice(0, V), slice(V, None))
+    return torch.cat([to_tiles(geometry, x[:, :, video]), x[:, :, text]], 2)
+
+
+def natural_order(geometry, rows, text_len: int = 0, text_first: bool = False) -> torch.Tensor:
+    """The inverse of :func:`tile_order`: rows ``[padded video tiles | text | anything after]`` back in natural order,
+    the canvas padding and the rows past the text dropped."""
+    from sta_search.kernels import from_tiles
+
+    video = from_tiles(geometry, rows[:, :, : geometry.padded_len])
+    text = rows[:, :, geometry.padded_len: geometry.padded_len + text_len]
+    return torch.cat([text, video] if text_first else [video, text], 2)
+
+
 def fp8_dequantized(q, k, v, geometry, text_len: int = 0, text_first: bool = False, dtype=torch.float64,
                     qk_int8: bool = False):
     """The FP8 recipe's inputs to its two products, in natural order: Q, smoothed K and V as the torch pre-pass
     (`gluon_fp8.quantize_fp8_torch`) rounds them to e4m3 (Q and K to int8 with ``qk_int8``), dequantized with their
     block and channel scales."""
-    from sta_search.kernels import from_tiles
     from sta_search.kernels.sta.gluon_fp8 import BLOCK_N, QUERY_ROWS, quantize_fp8_torch, v_column
 
     B, heads, S, D = q.shape
@@ -36,10 +55,7 @@ def fp8_dequantized(q, k, v, geometry, text_len: int = 0, text_first: bool = Fal
         return (x8.to(dtype).reshape(B * heads, -1, rows, D) * scale.to(dtype)[:, :, None, None]).reshape(-1, L8, D)
 
     def natural(rows):
-        rows = rows.reshape(B, heads, L8, D)
-        video = from_tiles(geometry, rows[:, :, : geometry.padded_len])
-        text = rows[:, :, geometry.padded_len: geometry.padded_len + text_len]
-        return torch.cat([text, video] if text_first else [video, text], 2)
+        return natural_order(geometry, rows.reshape(B, heads, L8, D), text_len, text_first)
 
     columns = v_column(torch.arange(L8, device=v8t.device))
     deq_v = v8t.to(dtype)[:, :, columns].transpose(1, 2) * v_scale.to(dtype)[:, None, :]

@@ -19,11 +19,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sta_search.kernels import Geometry, from_tiles, to_tiles
+from sta_search.kernels import Geometry
 from sta_search.kernels.backends import can_run_gluon_fp8
 from sta_search.kernels.sta import normalize_windows, sta_attention, sta_mask, sta_reference
 
-from kernel_cases import TILE, float64_reference, fp8_dequantized, model_shape_case, rel_rms
+from kernel_cases import (TILE, float64_reference, fp8_dequantized, model_shape_case, natural_order, rel_rms,
+                          tile_order)
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 hopper = pytest.mark.skipif(not HOPPER, reason="needs a Hopper (sm_90) GPU")
@@ -84,6 +85,35 @@ def emulate_fp8(q, k, v, *, canvas, tile, windows, text_len=0, text_first=False,
     return (p_rounded @ vn) / p.sum(-1, keepdim=True)
 
 
+def buffer_rows(geometry, x, text_len, text_first, rows):
+    """Batch 0 of natural-order ``x`` as the pre-pass's buffers hold it, in float64: tile order, zeros up to
+    ``rows``."""
+    tiled = tile_order(geometry, x[:1].double(), text_len, text_first)[0]
+    return torch.nn.functional.pad(tiled, (0, 0, 0, rows - tiled.shape[1]))
+
+
+def valid_rows(geometry, text_len, rows):
+    """Which of the pre-pass buffers' ``rows`` hold a real token (not canvas padding, not past the text)."""
+    valid = torch.zeros(rows, dtype=torch.bool)
+    valid[: geometry.padded_len] = geometry.key_valid()
+    valid[geometry.padded_len: geometry.padded_len + text_len] = True
+    return valid
+
+
+def assert_int8_prepasses_agree(ours, ref, rtol):
+    """Q and K of two ``qk_int8`` pre-passes: int8 both, scales within ``rtol``, values one step apart at most and
+    rarely (ties and float division can round either way)."""
+    for name, a, b in zip(("q8", "k8", "q_scale", "k_scale"), (ours[0], ours[1], ours[3], ours[4]),
+                          (ref[0], ref[1], ref[3], ref[4])):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        a, b = a.double(), b.double()
+        if name.endswith("scale"):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=0, msg=name)
+        else:
+            assert (a != b).double().mean() < 1e-3 and ((a - b).abs() <= 1).all(), name
+    assert ours[0].dtype == ours[1].dtype == torch.int8
+
+
 # ---------------------------------------------------------------------------------------------- CPU tests
 def test_fp8_refusals_name_the_reason():
     geometry = Geometry((12, 16, 16), TILE)
@@ -119,10 +149,7 @@ def test_torch_prepass_round_trips_within_e4m3_precision():
     assert q8.float().abs().amax() == 448 and k8.float().abs().amax() == 448
 
     def tile_rows(x):
-        out = torch.zeros(2, rows, 128, dtype=torch.float64)
-        out[:, : geometry.padded_len] = to_tiles(geometry, x[0, :, text_len:].double())
-        out[:, geometry.padded_len: geometry.padded_len + text_len] = x[0, :, :text_len].double()
-        return out
+        return buffer_rows(geometry, x, text_len, True, rows)
 
     deq_q = (q8.double().reshape(2, -1, 64, 128) * q_scale.double()[:, :, None, None]).reshape(2, rows, 128)
     ref_q = tile_rows(q)
@@ -134,9 +161,7 @@ def test_torch_prepass_round_trips_within_e4m3_precision():
     assert ((deq_v - ref_v).abs() <= ref_v.abs() * 2.0**-4 + v_scale.double()[:, None, :] * 2.0**-10 + 1e-12).all()
     deq_k = (k8.double().reshape(2, -1, 128, 128) * k_scale.double()[:, :, None, None]).reshape(2, rows, 128)
     shift = k[0].double().mean(1)[:, None, :]
-    valid = torch.zeros(rows, dtype=torch.bool)
-    valid[: geometry.padded_len] = geometry.key_valid()
-    valid[geometry.padded_len: geometry.padded_len + text_len] = True
+    valid = valid_rows(geometry, text_len, rows)
     ref_k = torch.where(valid[None, :, None], tile_rows(k) - shift, 0.0)
     assert ((deq_k - ref_k).abs() <= ref_k.abs() * 2.0**-4 + k_scale.double().repeat_interleave(128, 1)[:, :, None]
             * 2.0**-10 + 1e-6).all()
@@ -183,27 +208,16 @@ def test_int8_prepass_rounds_to_half_a_step_and_both_prepasses_agree():
     ref = gluon_fp8.quantize_fp8_torch(q, k, v, geometry, text_len, qk_int8=True)
     ours = gluon_fp8.quantize_fp8(q, k, v, geometry, text_len, qk_int8=True)
     plain = gluon_fp8.quantize_fp8_torch(q, k, v, geometry, text_len)
-    assert ref[0].dtype == ref[1].dtype == torch.int8 and ours[0].dtype == ours[1].dtype == torch.int8
+    assert ref[0].dtype == ref[1].dtype == torch.int8
     assert torch.equal(ref[2].double(), plain[2].double()) and torch.equal(ref[5], plain[5])
-    for name, a, b in zip(("q8", "k8", "q_scale", "k_scale"), (ours[0], ours[1], ours[3], ours[4]),
-                          (ref[0], ref[1], ref[3], ref[4])):
-        a, b = a.double(), b.double()
-        if name.endswith("scale"):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=0, msg=name)
-        else:  # ties and float division can round one step apart, rarely
-            assert (a != b).double().mean() < 1e-3 and ((a - b).abs() <= 1).all(), name
+    assert_int8_prepasses_agree(ours, ref, rtol=1e-6)
     rows = ref[0].shape[1]
     assert ref[0].abs().amax() == 127 and ref[1].abs().amax() == 127
 
     def tile_rows(x):
-        out = torch.zeros(2, rows, 128, dtype=torch.float64)
-        out[:, : geometry.padded_len] = to_tiles(geometry, x[0, :, : geometry.video_len].double())
-        out[:, geometry.padded_len: geometry.padded_len + text_len] = x[0, :, geometry.video_len:].double()
-        return out
+        return buffer_rows(geometry, x, text_len, False, rows)
 
-    valid = torch.zeros(rows, dtype=torch.bool)
-    valid[: geometry.padded_len] = geometry.key_valid()
-    valid[geometry.padded_len: geometry.padded_len + text_len] = True
+    valid = valid_rows(geometry, text_len, rows)
     shift = k[0].double().mean(1)[:, None, :]
     for x8, scale, block, want in ((ref[0], ref[3], 64, tile_rows(q)),
                                    (ref[1], ref[4], 128, torch.where(valid[None, :, None], tile_rows(k) - shift, 0.0))):
@@ -239,15 +253,10 @@ def test_fp8_matches_float64_reference_in_both_layouts(case, head_dim, seed):
 
     # Tile order, output poisoned first: every real row is written, and agrees with the natural path (same
     # fp8 values; only K's smoothing mean is summed in another order).
-    V = geometry.video_len
-    video, text = (slice(text_len, None), slice(0, text_len)) if text_first else (slice(0, V), slice(V, None))
-    tiled_in = [torch.cat([to_tiles(geometry, x[:, :, video]), x[:, :, text]], 2) for x in (q, k, v)]
+    tiled_in = [tile_order(geometry, x, text_len, text_first) for x in (q, k, v)]
     out = torch.full_like(tiled_in[0], float("nan"))
     sta_gluon_fp8_tiled(*tiled_in, geometry, table, text_len, mask, None, out=out)
-    video_out = from_tiles(geometry, out[:, :, : geometry.padded_len])
-    text_out = out[:, :, geometry.padded_len:]
-    tiled = torch.cat([text_out, video_out] if text_first else [video_out, text_out], 2)
-    assert rel_rms(tiled, natural) < 1e-2, f"seed {seed}"
+    assert rel_rms(natural_order(geometry, out, text_len, text_first), natural) < 1e-2, f"seed {seed}"
 
     # Natural order into a poisoned out.
     poisoned = torch.full_like(q, float("nan"))
@@ -405,15 +414,10 @@ def test_int8_matches_float64_reference_in_both_layouts(case, head_dim, seed):
     assert err < 1.3 * emulated and err < e4m3, f"seed {seed}: {err:.3e} vs recipe {emulated:.3e}, e4m3 {e4m3:.3e}"
 
     text_len, text_first = kw["text_len"], kw["text_first"]
-    V = geometry.video_len
-    video, text = (slice(text_len, None), slice(0, text_len)) if text_first else (slice(0, V), slice(V, None))
-    tiled_in = [torch.cat([to_tiles(geometry, x[:, :, video]), x[:, :, text]], 2) for x in (q, k, v)]
+    tiled_in = [tile_order(geometry, x, text_len, text_first) for x in (q, k, v)]
     tiled = torch.full_like(tiled_in[0], float("nan"))
     gluon_fp8.sta_gluon_int8_tiled(*tiled_in, geometry, table, text_len, kw["text_mask"], None, out=tiled)
-    video_out = from_tiles(geometry, tiled[:, :, : geometry.padded_len])
-    text_out = tiled[:, :, geometry.padded_len:]
-    tiled = torch.cat([text_out, video_out] if text_first else [video_out, text_out], 2)
-    assert rel_rms(tiled, out) < 1e-2, f"seed {seed}"
+    assert rel_rms(natural_order(geometry, tiled, text_len, text_first), out) < 1e-2, f"seed {seed}"
 
 
 @pytest.mark.gpu
@@ -428,14 +432,7 @@ def test_triton_int8_prepass_matches_torch_prepass():
     q, k, v, _ = make_case(canvas, 3, text_len, True, False, 2)
     ours = quantize_fp8(q, k, v, geometry, text_len, layout="natural", text_first=True, qk_int8=True)
     ref = quantize_fp8_torch(q, k, v, geometry, text_len, text_first=True, qk_int8=True)
-    for name, a, b in zip(("q8", "k8", "q_scale", "k_scale"), (ours[0], ours[1], ours[3], ours[4]),
-                          (ref[0], ref[1], ref[3], ref[4])):
-        assert a.dtype == b.dtype and a.shape == b.shape, name
-        a, b = a.double(), b.double()
-        if name.endswith("scale"):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=0, msg=name)
-        else:
-            assert (a != b).double().mean() < 1e-3 and ((a - b).abs() <= 1).all(), name
+    assert_int8_prepasses_agree(ours, ref, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------ V^T's column order (CPU)

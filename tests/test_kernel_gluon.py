@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sta_search.kernels import Geometry, from_tiles, to_tiles
+from sta_search.kernels import Geometry, to_tiles
 from sta_search.kernels.sta import normalize_windows, sta_attention, sta_reference
 from sta_search.kernels.backends import can_run_gluon
 
-from kernel_cases import TILE, float64_reference, model_shape_case, rel_rms
+from kernel_cases import TILE, float64_reference, model_shape_case, natural_order, rel_rms, tile_order
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 hopper = pytest.mark.skipif(not HOPPER, reason="needs a Hopper (sm_90) GPU")
@@ -58,16 +58,12 @@ def test_gluon_matches_float64_reference_in_both_layouts(case, dtype, head_dim, 
     assert rel_rms(natural, ref) < TOLERANCE[dtype], f"seed {seed}"
 
     # Tile order, output poisoned first: every real row must be written, and equal the in-place result.
-    V = geometry.video_len
-    video, text = (slice(text_len, None), slice(0, text_len)) if text_first else (slice(0, V), slice(V, None))
-    tiled_in = [torch.cat([to_tiles(geometry, x[:, :, video]), x[:, :, text]], 2) for x in (q, k, v)]
+    tiled_in = [tile_order(geometry, x, text_len, text_first) for x in (q, k, v)]
     from sta_search.kernels.sta.gluon_fwd import sta_gluon_tiled
 
     out = torch.full_like(tiled_in[0], float("nan"))
     sta_gluon_tiled(*tiled_in, geometry, normalize_windows(windows, heads), text_len, mask, None, out=out)
-    video_out = from_tiles(geometry, out[:, :, : geometry.padded_len])
-    text_out = out[:, :, geometry.padded_len:]
-    tiled_result = torch.cat([text_out, video_out] if text_first else [video_out, text_out], 2)
+    tiled_result = natural_order(geometry, out, text_len, text_first)
     if geometry.is_divisible:  # the same blocks in the same order: bit-identical
         assert torch.equal(tiled_result, natural)
     else:  # padded canvases: the natural entry runs compact tile order (tokens in another order within a block)
