@@ -326,7 +326,7 @@ class Bench:
             window = tuple(int(c) for c in window)
             precision = self.args.precision
             if backend in ("gluonfp8", "gluonint8"):
-                backend, precision = "gluon", backend[5:]
+                backend, precision = "gluon", backend.removeprefix("gluon")
             text_len = spec["text_len"] if spec["cls"].startswith("Hunyuan") else 0
             config = MaskConfig.uniform(info, spec["canvas"], spec_tile(spec), text_len, 64, window)
             ctx = accelerate(model, config, backend=backend, timer=timer, precision=precision)

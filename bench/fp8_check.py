@@ -268,9 +268,9 @@ def timing(iters: int) -> dict:
         try:
             quantized = [prepass(*s, qk_int8=qk_int8) for s in sets]
 
-            def kernel_only(i, quantized=quantized, qk_int8=qk_int8):
+            def kernel_only(i, quantized=quantized):  # the kernel follows the quantized inputs' dtype
                 return gluon_fp8._run(sets[i][0], None, None, geometry, windows, 0, None, None, layout="natural",
-                                      text_first=False, stages=3, quantized=quantized[i], qk_int8=qk_int8)
+                                      text_first=False, stages=3, quantized=quantized[i])
             rows["ms"][f"{label}-kernel-only"] = median_ms(kernel_only, [[0], [1]], 2, iters)[0]
             log(f"   {label + '-kernel-only':<22} {rows['ms'][f'{label}-kernel-only']:9.3f} ms")
             del quantized, kernel_only
@@ -343,9 +343,9 @@ def timing_model_call(iters: int) -> dict:
                    lambda q, k, v, T=T, i8=qk_int8: gluon_fp8.quantize_fp8(q, k, v, geometry, T, qk_int8=i8), inputs)
             quantized = [gluon_fp8.quantize_fp8(*s, geometry, T, qk_int8=qk_int8) for s in inputs]
             record(f"{precision}-kernel-{tag}",
-                   lambda i, T=T, qz=quantized, i8=qk_int8: gluon_fp8._run(
+                   lambda i, T=T, qz=quantized: gluon_fp8._run(
                        inputs[i][0], None, None, geometry, windows, T, mask if T else None, None, layout="natural",
-                       text_first=False, stages=3, quantized=qz[i], qk_int8=i8), [[0], [1]])
+                       text_first=False, stages=3, quantized=qz[i]), [[0], [1]])
             del quantized
     return rows
 

@@ -522,6 +522,8 @@ def _f8_descriptor(x: torch.Tensor, block) -> TensorDescriptor:
 
 def _run(q, k, v, geometry: Geometry, windows, text_len, text_mask, scale, *, layout, text_first, stages,
          quantized=None, out=None, qk_int8: bool = False):
+    """The 8-bit kernel on ``quantize_fp8``'s buffers (``quantized``, else quantized here with ``qk_int8``); QK^T
+    runs in int8 or e4m3 as those buffers hold Q and K."""
     from .triton_fwd import _head_order
 
     gluon_fwd.require_runnable(q, geometry, natural=layout == "natural", kernel="gluon fp8")
