@@ -362,10 +362,31 @@ class Bench:
             row["warmup_seconds"] = warm
             row["warmup"] = "forward" if (full_warmup or self.call_shape is None) else "attention call"
             row["compiled_during_timing"] = _unique_graphs() != graphs_before
+            if self.args.kernel_profile and self.device.type == "cuda":
+                row["kernel_profile"] = self.kernel_profile(model, inputs)
             if hasattr(acc, "attention"):
                 row["density"] = acc.attention.density(1)["overall"]
                 row["attention_calls_per_forward"] = {k: v // self.args.reps for k, v in acc.attention.calls.items()}
         return row
+
+    def kernel_profile(self, model, inputs, top: int = 20) -> dict:
+        """One more forward under torch.profiler: the GPU kernels that took the most time (ms per forward, calls)."""
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(**inputs)
+            torch.cuda.synchronize()
+        totals: dict[str, list] = {}
+        for event in prof.events():
+            if event.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            entry = totals.setdefault(event.name[:120], [0.0, 0])
+            entry[0] += event.time_range.elapsed_us() / 1000
+            entry[1] += 1
+        ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])
+        return {"gpu_ms_total": sum(v[0] for v in totals.values()),
+                "top": [{"kernel": name, "ms": round(ms, 3), "calls": n} for name, (ms, n) in ranked[:top]]}
 
     @contextlib.contextmanager
     def _record_call_shape(self, state):
@@ -532,6 +553,8 @@ def main(argv=None):
                         help="time dense only without the all-true text mask (dense-nomask), not diffusers' masked SDPA")
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp8", "int8"],
                         help="precision of the STA modes' sparse calls (fp8: the FP8 Gluon kernel, --backends gluon)")
+    parser.add_argument("--kernel-profile", action="store_true",
+                        help="after timing each mode, one more forward under torch.profiler: its top GPU kernels")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
