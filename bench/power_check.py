@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--seconds", type=float, default=4.0, help="sustained run per kernel (the first second warms up)")
+    parser.add_argument("--idle", type=float, default=2.0, help="seconds idle before each kernel's run")
     parser.add_argument("--gemms", type=int, default=20,
                         help="second pass: 8192^3 bf16 matmuls before every attention call (20: ~35 ms, one layer's "
                              "GEMMs in HunyuanVideo 720p), attention timed alone")
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
         for name, fn in kernels.items():
             fn()
             torch.cuda.synchronize()
-            time.sleep(2.0)  # idle between kernels, so each starts from the same state
+            time.sleep(args.idle)  # idle between kernels, so each starts from the same state
             begin = time.time()
             times = []
             while time.time() - begin < args.seconds:
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
                   "ms in the first 0.3 s", flush=True)
         for name, fn in kernels.items():  # as in a model: each call after a layer's worth of GEMMs
             key = f"{name} after GEMMs"
-            time.sleep(2.0)
+            time.sleep(args.idle)
             begin = time.time()
             times = []
             while time.time() - begin < args.seconds:
