@@ -277,9 +277,14 @@ def test_e2e_bench_smoke(tmp_path):
     spec.loader.exec_module(e2e)
     out = tmp_path / "e2e.json"
     e2e.main(["--models", "tiny-hunyuan", "--windows", "1,1,1", "--backends", "reference", "--compile", "off",
-              "--reps", "1", "--dtype", "float32", "--device", "cpu", "--dense-nomask", "--out", str(out)])
+              "--reps", "1", "--dtype", "float32", "--device", "cpu", "--dense-nomask", "--kernel-profile",
+              "--out", str(out)])
     section = json.loads(out.read_text())["models"]["tiny-hunyuan"]["eager"]
     assert set(section) == {"dense", "dense-nomask", "sta-reference-111", "dense-native"}
     sta = section["sta-reference-111"]
     assert sta["density"] == 0.25 and sta["attention_calls_per_forward"] == {"sparse": 2, "kernel:reference": 2}
     assert 0 < sta["attention_share"] < 1 and sta["median_seconds"] > 0 and sta["speedup_vs_dense"] > 0
+    profiled = sta["kernel_profile"]  # one more forward under torch.profiler: CPU operators here
+    assert profiled["timeline"] == "cpu operators, self time" and profiled["ms_total"] > 0
+    assert any(row["name"] == "aten::scaled_dot_product_attention" or row["name"].startswith("aten::")
+               for row in profiled["top"])
