@@ -95,8 +95,9 @@ def sample(model, directions, generator, steps: int = 16) -> torch.Tensor:
     return x
 
 
-def direction_score(videos: torch.Tensor, directions: torch.Tensor) -> float:
-    """Share of videos whose brightness centroid moves the captioned way (>= 4 px, more along than across)."""
+def direction_score(videos: torch.Tensor, directions: torch.Tensor, details: dict | None = None) -> float:
+    """Share of videos whose brightness centroid moves the captioned way (>= 4 px, more along than across).
+    ``details``, when given, receives the mean signed travel along the captioned axis and the mean travel across it."""
     w = ((videos.mean(1) + 1) / 2).clamp(0, 1) ** 2  # (B, F, H, W)
     grid = torch.arange(SIZE, dtype=torch.float32)
     mass = w.sum((-1, -2)).clamp_min(1e-6)
@@ -104,11 +105,17 @@ def direction_score(videos: torch.Tensor, directions: torch.Tensor) -> float:
     c = (w.sum(-2) * grid).sum(-1) / mass
     dr = r[:, -2:].mean(1) - r[:, :2].mean(1)
     dc = c[:, -2:].mean(1) - c[:, :2].mean(1)
-    ok = []
+    ok, alongs, acrosses = [], [], []
     for i, d in enumerate(directions.tolist()):
         sr, sc = STEP[DIRECTIONS[d]]
         along, across = (dr[i] * sr, dc[i].abs()) if sr else (dc[i] * sc, dr[i].abs())
         ok.append(bool(along >= 4 and along > across))
+        alongs.append(float(along))
+        acrosses.append(float(across))
+    if details is not None:
+        details["mean_travel_along_px"] = sum(alongs) / len(alongs)
+        details["mean_travel_across_px"] = sum(acrosses) / len(acrosses)
+        details["mean_bright_share"] = float(((videos.mean(1) + 1) / 2).clamp(0, 1).mean())
     return sum(ok) / len(ok)
 
 
@@ -145,10 +152,15 @@ def train(variant: str, seed: int, seconds: float, batch: int, lr: float) -> dic
     eval_gen = torch.Generator().manual_seed(99)
     directions = torch.arange(64) % len(DIRECTIONS)
     videos = sample(model, directions, eval_gen)
-    data_score = direction_score(make_videos(directions, torch.Generator().manual_seed(7)), directions)
+    on_data: dict = {}
+    data_score = direction_score(make_videos(directions, torch.Generator().manual_seed(7)), directions, on_data)
+    sampled: dict = {}
+    score = direction_score(videos, directions, sampled)
     return {"variant": variant, "seed": seed, "steps": step, "train_seconds": time.time() - t0,
-            "final_loss": sum(losses[-50:]) / len(losses[-50:]), "direction_score": direction_score(videos, directions),
-            "direction_score_on_data": data_score, "reversal_defect_0.8": reversal_defect(model, eval_gen)}
+            "final_loss": sum(losses[-50:]) / len(losses[-50:]), "direction_score": score, "sampled": sampled,
+            "direction_score_on_data": data_score, "on_data": on_data,
+            "loss_curve": [sum(losses[i:i + 100]) / len(losses[i:i + 100]) for i in range(0, len(losses), 500)],
+            "reversal_defect_0.8": reversal_defect(model, eval_gen)}
 
 
 def main(argv=None) -> int:
