@@ -17,7 +17,12 @@ Flow matching (x_t = (1 - s) x0 + s noise, target noise - x0, s uniform), AdamW,
 64 sampled videos (16 per direction, 16 Euler steps): the brightness centroid's displacement from the first two
 frames to the last two must go the captioned way by >= 4 px and more along that axis than across it (chance 0.25
 at best); also the reversal defect, as `train_small.py` measures it (relative change of the prediction when the
-noisy input is played backwards and the output reversed back, at noise 0.8). Writes ``DIR/direction-toy-<utc>.json``.
+noisy input is played backwards and the output reversed back, at noise 0.8), and the caption loss gap (how much
+the loss on true videos rises under the opposite caption, at noise 0.5 / 0.8 / 0.95: zero when the caption is
+ignored). Variants ``adaln`` (the caption also added to the timestep embedding) and ``--guidance`` (with
+``--caption-dropout``) test whether a stronger path for the caption helps; ``--task colour`` is the control (the
+caption names the square's colour, the direction is random). ``--device cuda`` runs the network on a GPU for many
+more steps. Writes ``DIR/direction-toy-<task>-<device>-<utc>.json``.
 """
 
 from __future__ import annotations
@@ -37,8 +42,17 @@ DIRECTIONS = ("left", "right", "up", "down")
 STEP = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}  # (row, column) sign
 
 
-def make_videos(directions: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """(B, 3, FRAMES, SIZE, SIZE) in [-1, 1]: a white square moving the given directions (indices into DIRECTIONS)."""
+COLOURS = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]])  # red, green, blue, yellow
+TASK = {"name": "direction"}  # "colour": the caption names the square's colour and its direction is random (a control)
+
+
+def make_videos(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(B, 3, FRAMES, SIZE, SIZE) in [-1, 1]: a square on black. Task ``direction``: white, moving the captioned way
+    (``labels`` index DIRECTIONS); task ``colour``: the captioned colour (``labels`` index COLOURS), moving a random way."""
+    if TASK["name"] == "colour":
+        colours = COLOURS[labels]
+        labels = torch.randint(len(DIRECTIONS), labels.shape, generator=generator)
+    directions = labels
     B = directions.shape[0]
     travel = 12 + 6 * torch.rand(B, generator=generator)
     half = SIDE / 2
@@ -58,7 +72,19 @@ def make_videos(directions: torch.Tensor, generator: torch.Generator) -> torch.T
     in_r = ((grid[None, None, :] - rows[..., None]).abs() <= half).float()  # (B, F, SIZE)
     in_c = ((grid[None, None, :] - cols[..., None]).abs() <= half).float()
     frame = in_r[..., :, None] * in_c[..., None, :]  # (B, F, SIZE, SIZE)
+    if TASK["name"] == "colour":
+        return frame[:, None] * (colours[:, :, None, None, None] + 1) - 1
     return (frame * 2 - 1)[:, None].expand(B, 3, FRAMES, SIZE, SIZE).contiguous()
+
+
+def colour_score(videos: torch.Tensor, colours: torch.Tensor, details: dict | None = None) -> float:
+    """Share of videos whose bright pixels' mean colour is nearest the captioned one."""
+    bright = (videos.max(1).values > 0).float()[:, None]  # (B, 1, F, H, W)
+    mean = (videos * bright).sum((2, 3, 4)) / bright.sum((2, 3, 4)).clamp_min(1)
+    nearest = torch.cdist(mean, COLOURS).argmin(1)
+    if details is not None:
+        details["mean_bright_share"] = float(bright.mean())
+    return float((nearest == colours).float().mean())
 
 
 def coordinate_channels(batch: int) -> torch.Tensor:
@@ -67,30 +93,53 @@ def coordinate_channels(batch: int) -> torch.Tensor:
     return torch.stack([t, y, x])[None].expand(batch, 3, FRAMES, SIZE, SIZE)
 
 
+NULL = len(DIRECTIONS)  # the dropped caption's token
+
+
 class Toy(torch.nn.Module):
-    def __init__(self, coords: bool):
+    """``variant``: ``rope`` (Wan as is: the caption reaches the video only through cross-attention), ``coords`` (plus
+    3 constant input channels with each pixel's frame, row and column), ``adaln`` (plus the caption's own embedding
+    added to the timestep embedding, so it modulates every block's norms, as pooled text does in HunyuanVideo), or
+    ``coords+adaln``."""
+
+    def __init__(self, variant: str):
         super().__init__()
         from diffusers import WanTransformer3DModel
 
-        self.coords = coords
+        self.coords = "coords" in variant
         self.net = WanTransformer3DModel(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=32,
-                                         in_channels=6 if coords else 3, out_channels=3, text_dim=32, freq_dim=32,
-                                         ffn_dim=128, num_layers=2, rope_max_seq_len=64)
-        self.words = torch.nn.Embedding(len(DIRECTIONS), 32)
+                                         in_channels=6 if self.coords else 3, out_channels=3, text_dim=32,
+                                         freq_dim=32, ffn_dim=128, num_layers=2, rope_max_seq_len=64)
+        self.words = torch.nn.Embedding(len(DIRECTIONS) + 1, 32)
+        self.adaln_words = None
+        if "adaln" in variant:
+            self.adaln_words = torch.nn.Embedding(len(DIRECTIONS) + 1, self.net.config.num_attention_heads
+                                                  * self.net.config.attention_head_dim)
+            self._adaln = None
+            self.net.condition_embedder.time_embedder.register_forward_hook(
+                lambda module, args, out: out + self._adaln)
 
     def forward(self, x, sigma, directions):
+        """CPU tensors in and out; the network runs on whatever device it was moved to."""
+        device = self.words.weight.device
+        x, sigma, directions = x.to(device), sigma.to(device), directions.to(device)
         if self.coords:
-            x = torch.cat([x, coordinate_channels(x.shape[0])], dim=1)
+            x = torch.cat([x, coordinate_channels(x.shape[0]).to(device)], dim=1)
+        if self.adaln_words is not None:
+            self._adaln = self.adaln_words(directions)
         text = self.words(directions)[:, None]
-        return self.net(x, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0]
+        return self.net(x, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0].cpu()
 
 
 @torch.no_grad()
-def sample(model, directions, generator, steps: int = 16) -> torch.Tensor:
+def sample(model, directions, generator, steps: int = 16, guidance: float = 1.0) -> torch.Tensor:
     x = torch.randn(directions.shape[0], 3, FRAMES, SIZE, SIZE, generator=generator)
     sigmas = torch.linspace(1, 0, steps + 1)
     for s0, s1 in zip(sigmas[:-1], sigmas[1:]):
         v = model(x, s0.expand(x.shape[0]), directions)
+        if guidance != 1.0:
+            v_null = model(x, s0.expand(x.shape[0]), torch.full_like(directions, NULL))
+            v = v_null + guidance * (v - v_null)
         x = x + (s1 - s0) * v
     return x
 
@@ -130,10 +179,31 @@ def reversal_defect(model, generator, sigma: float = 0.8) -> float:
     return ((plain - reversed_back).norm() / plain.norm()).item()
 
 
-def train(variant: str, seed: int, seconds: float, batch: int, lr: float) -> dict:
+OPPOSITE = torch.tensor([1, 0, 3, 2])
+
+
+@torch.no_grad()
+def caption_loss_gap(model, generator, sigmas=(0.5, 0.8, 0.95)) -> dict:
+    """Relative increase of the flow-matching loss on true toy videos when the caption says the opposite direction
+    (same noise): zero when the denoiser ignores the caption."""
+    directions = torch.arange(128) % len(DIRECTIONS)
+    x0 = make_videos(directions, generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    gaps = {}
+    for sigma in sigmas:
+        x = (1 - sigma) * x0 + sigma * noise
+        s = torch.full((128,), sigma)
+        true = torch.nn.functional.mse_loss(model(x, s, directions), noise - x0)
+        wrong = torch.nn.functional.mse_loss(model(x, s, OPPOSITE[directions]), noise - x0)
+        gaps[f"{sigma:g}"] = (wrong / true - 1).item()
+    return gaps
+
+
+def train(variant: str, seed: int, seconds: float, batch: int, lr: float, caption_dropout: float = 0.0,
+          guidance: float = 1.0, device: str = "cpu") -> dict:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(1000 + seed)
-    model = Toy(coords=variant == "coords")
+    model = Toy(variant).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     t0, step, losses = time.time(), 0, []
     while time.time() - t0 < seconds:
@@ -142,7 +212,8 @@ def train(variant: str, seed: int, seconds: float, batch: int, lr: float) -> dic
         noise = torch.randn(x0.shape, generator=generator)
         sigma = torch.rand(batch, generator=generator)
         x = (1 - sigma[:, None, None, None, None]) * x0 + sigma[:, None, None, None, None] * noise
-        loss = torch.nn.functional.mse_loss(model(x, sigma, directions), noise - x0)
+        shown = torch.where(torch.rand(batch, generator=generator) < caption_dropout, NULL, directions)
+        loss = torch.nn.functional.mse_loss(model(x, sigma, shown), noise - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -151,16 +222,18 @@ def train(variant: str, seed: int, seconds: float, batch: int, lr: float) -> dic
     model.eval()
     eval_gen = torch.Generator().manual_seed(99)
     directions = torch.arange(64) % len(DIRECTIONS)
-    videos = sample(model, directions, eval_gen)
+    videos = sample(model, directions, eval_gen, guidance=guidance)
     on_data: dict = {}
-    data_score = direction_score(make_videos(directions, torch.Generator().manual_seed(7)), directions, on_data)
+    scorer = colour_score if TASK["name"] == "colour" else direction_score
+    data_score = scorer(make_videos(directions, torch.Generator().manual_seed(7)), directions, on_data)
     sampled: dict = {}
-    score = direction_score(videos, directions, sampled)
-    return {"variant": variant, "seed": seed, "steps": step, "train_seconds": time.time() - t0,
+    score = scorer(videos, directions, sampled)
+    return {"task": TASK["name"], "variant": variant, "seed": seed, "device": device, "batch": batch, "lr": lr, "caption_dropout": caption_dropout, "guidance": guidance, "steps": step, "train_seconds": time.time() - t0,
             "final_loss": sum(losses[-50:]) / len(losses[-50:]), "direction_score": score, "sampled": sampled,
             "direction_score_on_data": data_score, "on_data": on_data,
             "loss_curve": [sum(losses[i:i + 100]) / len(losses[i:i + 100]) for i in range(0, len(losses), 500)],
-            "reversal_defect_0.8": reversal_defect(model, eval_gen)}
+            "reversal_defect_0.8": reversal_defect(model, eval_gen),
+            "caption_loss_gap": caption_loss_gap(model, torch.Generator().manual_seed(5))}
 
 
 def main(argv=None) -> int:
@@ -168,21 +241,32 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--seconds", type=float, default=240.0, help="CPU training time per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--variants", nargs="+", default=["rope", "coords"], choices=["rope", "coords"])
+    parser.add_argument("--variants", nargs="+", default=["rope", "coords"],
+                        choices=["rope", "coords", "adaln", "coords+adaln"])
+    parser.add_argument("--device", default="cpu", help="where the network runs (data and scoring stay on the CPU)")
+    parser.add_argument("--task", default="direction", choices=["direction", "colour"],
+                        help="what the caption names: the motion direction, or (a control) the square's colour")
+    parser.add_argument("--caption-dropout", type=float, default=0.0, help="share of training captions replaced "
+                        "by a null token (needed for --guidance)")
+    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance when sampling")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args(argv)
+    TASK["name"] = args.task
     runs = []
     for seed in args.seeds:
         for variant in args.variants:
-            row = train(variant, seed, args.seconds, args.batch, args.lr)
+            row = train(variant, seed, args.seconds, args.batch, args.lr, args.caption_dropout, args.guidance,
+                        args.device)
             runs.append(row)
             print(json.dumps(row), flush=True)
     result = {"schema": "sta-search/direction-toy/v1",
               "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+              "machine": platform.processor() or platform.machine(),
+              "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None, "torch": torch.__version__,
               "threads": torch.get_num_threads(), "args": vars(args), "runs": runs}
-    out = Path(args.out) / f"direction-toy-cpu-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+    out = Path(args.out) / f"direction-toy-{args.task}-{args.device.split(':')[0]}-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print("wrote", out)
