@@ -48,11 +48,10 @@ TASK = {"name": "direction"}  # "colour": the caption names the square's colour 
 
 def make_videos(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """(B, 3, FRAMES, SIZE, SIZE) in [-1, 1]: a square on black. Task ``direction``: white, moving the captioned way
-    (``labels`` index DIRECTIONS); task ``colour``: the captioned colour (``labels`` index COLOURS), moving a random way."""
-    if TASK["name"] == "colour":
-        colours = COLOURS[labels]
-        labels = torch.randint(len(DIRECTIONS), labels.shape, generator=generator)
-    directions = labels
+    (``labels`` index DIRECTIONS); task ``colour``: the captioned colour (``labels`` index COLOURS), moving a
+    random way."""
+    colour_task = TASK["name"] == "colour"
+    directions = torch.randint(len(DIRECTIONS), labels.shape, generator=generator) if colour_task else labels
     B = directions.shape[0]
     travel = 12 + 6 * torch.rand(B, generator=generator)
     half = SIDE / 2
@@ -72,8 +71,8 @@ def make_videos(labels: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     in_r = ((grid[None, None, :] - rows[..., None]).abs() <= half).float()  # (B, F, SIZE)
     in_c = ((grid[None, None, :] - cols[..., None]).abs() <= half).float()
     frame = in_r[..., :, None] * in_c[..., None, :]  # (B, F, SIZE, SIZE)
-    if TASK["name"] == "colour":
-        return frame[:, None] * (colours[:, :, None, None, None] + 1) - 1
+    if colour_task:
+        return frame[:, None] * (COLOURS[labels][:, :, None, None, None] + 1) - 1
     return (frame * 2 - 1)[:, None].expand(B, 3, FRAMES, SIZE, SIZE).contiguous()
 
 
@@ -184,8 +183,8 @@ OPPOSITE = torch.tensor([1, 0, 3, 2])
 
 @torch.no_grad()
 def caption_loss_gap(model, generator, sigmas=(0.5, 0.8, 0.95)) -> dict:
-    """Relative increase of the flow-matching loss on true toy videos when the caption says the opposite direction
-    (same noise): zero when the denoiser ignores the caption."""
+    """Relative increase of the flow-matching loss on true toy videos under a wrong caption (same noise): the opposite
+    direction, or for the colour task red <-> green and blue <-> yellow. Zero when the denoiser ignores the caption."""
     directions = torch.arange(128) % len(DIRECTIONS)
     x0 = make_videos(directions, generator)
     noise = torch.randn(x0.shape, generator=generator)
@@ -228,7 +227,8 @@ def train(variant: str, seed: int, seconds: float, batch: int, lr: float, captio
     data_score = scorer(make_videos(directions, torch.Generator().manual_seed(7)), directions, on_data)
     sampled: dict = {}
     score = scorer(videos, directions, sampled)
-    return {"task": TASK["name"], "variant": variant, "seed": seed, "device": device, "batch": batch, "lr": lr, "caption_dropout": caption_dropout, "guidance": guidance, "steps": step, "train_seconds": time.time() - t0,
+    return {"task": TASK["name"], "variant": variant, "seed": seed, "device": device, "batch": batch, "lr": lr,
+            "caption_dropout": caption_dropout, "guidance": guidance, "steps": step, "train_seconds": time.time() - t0,
             "final_loss": sum(losses[-50:]) / len(losses[-50:]), "direction_score": score, "sampled": sampled,
             "direction_score_on_data": data_score, "on_data": on_data,
             "loss_curve": [sum(losses[i:i + 100]) / len(losses[i:i + 100]) for i in range(0, len(losses), 500)],
@@ -263,7 +263,8 @@ def main(argv=None) -> int:
     result = {"schema": "sta-search/direction-toy/v1",
               "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": platform.processor() or platform.machine(),
-              "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None, "torch": torch.__version__,
+              "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+              "torch": torch.__version__,
               "threads": torch.get_num_threads(), "args": vars(args), "runs": runs}
     stamp = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
     out = Path(args.out) / f"direction-toy-{args.task}-{args.device.split(':')[0]}-{stamp}.json"
