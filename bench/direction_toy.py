@@ -22,7 +22,11 @@ the loss on true videos rises under the opposite caption, at noise 0.5 / 0.8 / 0
 ignored). Variants ``adaln`` (the caption also added to the timestep embedding) and ``--guidance`` (with
 ``--caption-dropout``) test whether a stronger path for the caption helps; ``--task colour`` is the control (the
 caption names the square's colour, the direction is random). ``--device cuda`` runs the network on a GPU for many
-more steps. Writes ``DIR/direction-toy-<task>-<device>-<utc>.json``.
+more steps. Session 16 added: ``--size`` (the default width 64 is close to the 48 pixel values a patch carries, so the
+network may be too narrow to pass the noise through and read the caption too), ``--wrap`` (videos on a torus: the
+start layout carries no direction, only the relative motion does), ``--sigma-shift`` (training noise levels as in
+``train_small.py``) and ``--extra-guidance``. Writes ``DIR/direction-toy-<task>-<device>-<utc>.json`` (schema v2:
+each run's ``score`` is the direction or colour score, as ``task`` says; v1 called it ``direction_score``).
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ STEP = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}  # (row
 
 
 COLOURS = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]])  # red, green, blue, yellow
-TASK = {"name": "direction"}  # "colour": the caption names the square's colour and its direction is random (a control)
+TASK = {"name": "direction", "wrap": False}  # "colour": the caption names the square's colour, its direction random
+# "wrap": the canvas is a torus (the square starts anywhere and re-enters on the far side), so the start layout says
+# nothing about the direction and only the relative motion does
 
 
 def make_videos(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -53,7 +59,8 @@ def make_videos(labels: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     colour_task = TASK["name"] == "colour"
     directions = torch.randint(len(DIRECTIONS), labels.shape, generator=generator) if colour_task else labels
     B = directions.shape[0]
-    travel = 12 + 6 * torch.rand(B, generator=generator)
+    wrap = TASK["wrap"]
+    travel = (10 if wrap else 12) + (4 if wrap else 6) * torch.rand(B, generator=generator)  # under half the torus
     half = SIDE / 2
     lo, hi = half, SIZE - half
     start = torch.empty(B, 2)
@@ -63,13 +70,18 @@ def make_videos(labels: torch.Tensor, generator: torch.Generator) -> torch.Tenso
         u = torch.rand(B, generator=generator)
         moving_lo = torch.where(delta < 0, lo + travel, torch.full_like(travel, lo))
         moving_hi = torch.where(delta > 0, hi - travel, torch.full_like(travel, hi))
-        start[:, axis] = moving_lo + u * (moving_hi - moving_lo)
+        start[:, axis] = u * SIZE if wrap else moving_lo + u * (moving_hi - moving_lo)
     t = torch.linspace(0, 1, FRAMES)
     rows = start[:, 0, None] + dr[:, None] * travel[:, None] * t  # (B, F)
     cols = start[:, 1, None] + dc[:, None] * travel[:, None] * t
     grid = torch.arange(SIZE, dtype=torch.float32) + 0.5
-    in_r = ((grid[None, None, :] - rows[..., None]).abs() <= half).float()  # (B, F, SIZE)
-    in_c = ((grid[None, None, :] - cols[..., None]).abs() <= half).float()
+    offset_r = grid[None, None, :] - rows[..., None]  # (B, F, SIZE)
+    offset_c = grid[None, None, :] - cols[..., None]
+    if wrap:
+        offset_r = torch.remainder(offset_r + SIZE / 2, SIZE) - SIZE / 2
+        offset_c = torch.remainder(offset_c + SIZE / 2, SIZE) - SIZE / 2
+    in_r = (offset_r.abs() <= half).float()
+    in_c = (offset_c.abs() <= half).float()
     frame = in_r[..., :, None] * in_c[..., None, :]  # (B, F, SIZE, SIZE)
     if colour_task:
         return frame[:, None] * (COLOURS[labels][:, :, None, None, None] + 1) - 1
@@ -101,14 +113,15 @@ class Toy(torch.nn.Module):
     added to the timestep embedding, so it modulates every block's norms, as pooled text does in HunyuanVideo), or
     ``coords+adaln``."""
 
-    def __init__(self, variant: str):
+    def __init__(self, variant: str, heads: int = 2, head_dim: int = 32, layers: int = 2):
         super().__init__()
         from diffusers import WanTransformer3DModel
 
         self.coords = "coords" in variant
-        self.net = WanTransformer3DModel(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=32,
+        self.net = WanTransformer3DModel(patch_size=(1, 4, 4), num_attention_heads=heads, attention_head_dim=head_dim,
                                          in_channels=6 if self.coords else 3, out_channels=3, text_dim=32,
-                                         freq_dim=32, ffn_dim=128, num_layers=2, rope_max_seq_len=64)
+                                         freq_dim=32, ffn_dim=2 * heads * head_dim, num_layers=layers,
+                                         rope_max_seq_len=64)
         self.words = torch.nn.Embedding(len(DIRECTIONS) + 1, 32)
         self.adaln_words = None
         if "adaln" in variant:
@@ -147,12 +160,19 @@ def direction_score(videos: torch.Tensor, directions: torch.Tensor, details: dic
     """Share of videos whose brightness centroid moves the captioned way (>= 4 px, more along than across).
     ``details``, when given, receives the mean signed travel along the captioned axis and the mean travel across it."""
     w = ((videos.mean(1) + 1) / 2).clamp(0, 1) ** 2  # (B, F, H, W)
-    grid = torch.arange(SIZE, dtype=torch.float32)
-    mass = w.sum((-1, -2)).clamp_min(1e-6)
-    r = (w.sum(-1) * grid).sum(-1) / mass  # (B, F)
-    c = (w.sum(-2) * grid).sum(-1) / mass
-    dr = r[:, -2:].mean(1) - r[:, :2].mean(1)
-    dc = c[:, -2:].mean(1) - c[:, :2].mean(1)
+    if TASK["wrap"]:  # circular centroids on the torus; a displacement is read in (-SIZE / 2, SIZE / 2]
+        phase = torch.polar(torch.ones(SIZE), 2 * torch.pi * torch.arange(SIZE) / SIZE)
+        r = (w.sum(-1) * phase).sum(-1)  # (B, F) complex
+        c = (w.sum(-2) * phase).sum(-1)
+        dr = torch.angle(r[:, -2:].sum(1) * r[:, :2].sum(1).conj()) * SIZE / (2 * torch.pi)
+        dc = torch.angle(c[:, -2:].sum(1) * c[:, :2].sum(1).conj()) * SIZE / (2 * torch.pi)
+    else:
+        grid = torch.arange(SIZE, dtype=torch.float32)
+        mass = w.sum((-1, -2)).clamp_min(1e-6)
+        r = (w.sum(-1) * grid).sum(-1) / mass  # (B, F)
+        c = (w.sum(-2) * grid).sum(-1) / mass
+        dr = r[:, -2:].mean(1) - r[:, :2].mean(1)
+        dc = c[:, -2:].mean(1) - c[:, :2].mean(1)
     ok, alongs, acrosses = [], [], []
     for i, d in enumerate(directions.tolist()):
         sr, sc = STEP[DIRECTIONS[d]]
@@ -199,17 +219,24 @@ def caption_loss_gap(model, generator, sigmas=(0.5, 0.8, 0.95)) -> dict:
 
 
 def train(variant: str, seed: int, seconds: float, batch: int, lr: float, caption_dropout: float = 0.0,
-          guidance: float = 1.0, device: str = "cpu") -> dict:
+          guidance: float = 1.0, device: str = "cpu", size: tuple[int, int, int] = (2, 32, 2),
+          sigma_shift: float | None = None, extra_guidance: tuple[float, ...] = ()) -> dict:
+    """``size``: (heads, head dim, layers). ``sigma_shift``: None draws the training noise level uniformly; a number
+    draws it logit-normal and shifted towards noise as ``train_small.py`` does (shift 3 there)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(1000 + seed)
-    model = Toy(variant).to(device)
+    model = Toy(variant, *size).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     t0, step, losses = time.time(), 0, []
     while time.time() - t0 < seconds:
         directions = torch.randint(len(DIRECTIONS), (batch,), generator=generator)
         x0 = make_videos(directions, generator)
         noise = torch.randn(x0.shape, generator=generator)
-        sigma = torch.rand(batch, generator=generator)
+        if sigma_shift is None:
+            sigma = torch.rand(batch, generator=generator)
+        else:
+            u = torch.sigmoid(torch.randn(batch, generator=generator))
+            sigma = sigma_shift * u / (1 + (sigma_shift - 1) * u)
         x = (1 - sigma[:, None, None, None, None]) * x0 + sigma[:, None, None, None, None] * noise
         shown = torch.where(torch.rand(batch, generator=generator) < caption_dropout, NULL, directions)
         loss = torch.nn.functional.mse_loss(model(x, sigma, shown), noise - x0)
@@ -218,6 +245,7 @@ def train(variant: str, seed: int, seconds: float, batch: int, lr: float, captio
         opt.step()
         losses.append(loss.item())
         step += 1
+    train_seconds = time.time() - t0
     model.eval()
     eval_gen = torch.Generator().manual_seed(99)
     directions = torch.arange(64) % len(DIRECTIONS)
@@ -227,10 +255,17 @@ def train(variant: str, seed: int, seconds: float, batch: int, lr: float, captio
     data_score = scorer(make_videos(directions, torch.Generator().manual_seed(7)), directions, on_data)
     sampled: dict = {}
     score = scorer(videos, directions, sampled)
-    return {"task": TASK["name"], "variant": variant, "seed": seed, "device": device, "batch": batch, "lr": lr,
-            "caption_dropout": caption_dropout, "guidance": guidance, "steps": step, "train_seconds": time.time() - t0,
-            "final_loss": sum(losses[-50:]) / len(losses[-50:]), "direction_score": score, "sampled": sampled,
-            "direction_score_on_data": data_score, "on_data": on_data,
+    by_guidance = {f"{guidance:g}": score}
+    for g in extra_guidance:
+        by_guidance[f"{g:g}"] = scorer(sample(model, directions, torch.Generator().manual_seed(99), guidance=g),
+                                       directions)
+    return {"task": TASK["name"], "wrap": TASK["wrap"], "variant": variant, "seed": seed, "device": device,
+            "heads": size[0], "head_dim": size[1], "layers": size[2],
+            "parameters": sum(p.numel() for p in model.parameters()), "sigma_shift": sigma_shift,
+            "batch": batch, "lr": lr, "caption_dropout": caption_dropout, "guidance": guidance, "steps": step,
+            "train_seconds": train_seconds, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+            "score": score, "score_by_guidance": by_guidance, "sampled": sampled,
+            "score_on_data": data_score, "on_data": on_data,
             "loss_curve": [sum(losses[i:i + 100]) / len(losses[i:i + 100]) for i in range(0, len(losses), 500)],
             "reversal_defect_0.8": reversal_defect(model, eval_gen),
             "caption_loss_gap": caption_loss_gap(model, torch.Generator().manual_seed(5))}
@@ -249,18 +284,26 @@ def main(argv=None) -> int:
     parser.add_argument("--caption-dropout", type=float, default=0.0, help="share of training captions replaced "
                         "by a null token (needed for --guidance)")
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance when sampling")
+    parser.add_argument("--extra-guidance", type=float, nargs="*", default=[],
+                        help="also score samples at these guidance scales (same noise)")
+    parser.add_argument("--wrap", action="store_true", help="videos on a torus: the square starts anywhere and "
+                        "re-enters on the far side, so only the relative motion tells the direction")
+    parser.add_argument("--size", type=int, nargs=3, default=[2, 32, 2], metavar=("HEADS", "HEAD_DIM", "LAYERS"),
+                        help="the transformer's size (default 2 32 2: width 64)")
+    parser.add_argument("--sigma-shift", type=float, default=None, help="draw training noise levels logit-normal, "
+                        "shifted towards noise by this factor (as train_small.py with 3); default uniform")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args(argv)
-    TASK["name"] = args.task
+    TASK["name"], TASK["wrap"] = args.task, args.wrap
     runs = []
     for seed in args.seeds:
         for variant in args.variants:
             row = train(variant, seed, args.seconds, args.batch, args.lr, args.caption_dropout, args.guidance,
-                        args.device)
+                        args.device, tuple(args.size), args.sigma_shift, tuple(args.extra_guidance))
             runs.append(row)
             print(json.dumps(row), flush=True)
-    result = {"schema": "sta-search/direction-toy/v1",
+    result = {"schema": "sta-search/direction-toy/v2",
               "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": platform.processor() or platform.machine(),
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,

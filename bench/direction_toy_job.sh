@@ -1,26 +1,44 @@
 #!/usr/bin/env bash
 # The direction toy (bench/direction_toy.py) on one GPU, for many more steps than the CPU allows, in one device call:
 #
-#   bash bench/direction_toy_job.sh OUTDIR [SECONDS]      # default 420 s of training per run
+#   bash bench/direction_toy_job.sh OUTDIR [SECONDS] [PLAN]      # default 420 s of training per run, plan width
 #
-# Five runs at once, one process each (the model is tiny; the GPU time-slices them): the caption names the motion
-# direction for the variants rope, coords, adaln and coords+adaln, and the square's colour for rope (the control).
-# Batch 64, caption dropout 0.1, sampled with guidance 3. Everything under OUTDIR is packed into OUTDIR.tar.gz.
+# Several runs at once, one process each (the models are small; the GPU time-slices them). Batch 64, caption dropout
+# 0.1, sampled with guidance 3 (plan width also scores guidance 1 and 6). Everything under OUTDIR is packed into
+# OUTDIR.tar.gz. Plans:
+#   variants (session 15): width 64; the caption names the direction for rope, coords, adaln and coords+adaln, and
+#                          the colour for rope (the control).
+#   width (session 16):    width 256, 4 layers: direction with rope, rope on the torus (--wrap), rope with the noise
+#                          levels of train_small.py (--sigma-shift 3), coords+adaln; colour with rope (the control);
+#                          and rope on the torus at width 64.
 set -uo pipefail
-OUT=${1:?usage: bench/direction_toy_job.sh OUTDIR [SECONDS]}
+OUT=${1:?usage: bench/direction_toy_job.sh OUTDIR [SECONDS] [PLAN]}
 SECS=${2:-420}
+PLAN=${3:-width}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 common=(--device cuda --seconds "$SECS" --seeds 0 --batch 64 --caption-dropout 0.1 --guidance 3)
-for variant in rope coords adaln coords+adaln; do
-    python3 bench/direction_toy.py "${common[@]}" --variants "$variant" --out "$OUT/direction-$variant" \
-        > "$OUT/direction-$variant.log" 2>&1 &
-done
-python3 bench/direction_toy.py "${common[@]}" --task colour --variants rope --out "$OUT/colour-rope" \
-    > "$OUT/colour-rope.log" 2>&1 &
+launch() {  # NAME ARGS...: one run in the background, its JSON under OUT/NAME and its log beside it
+    local name=$1; shift
+    python3 bench/direction_toy.py "${common[@]}" "$@" --out "$OUT/$name" > "$OUT/$name.log" 2>&1 &
+}
+case $PLAN in
+    variants)
+        for variant in rope coords adaln coords+adaln; do launch "direction-$variant" --variants "$variant"; done
+        launch colour-rope --task colour --variants rope ;;
+    width)
+        wide=(--size 4 64 4 --extra-guidance 1 6)
+        launch direction-rope-w256 "${wide[@]}" --variants rope
+        launch direction-rope-w256-wrap "${wide[@]}" --variants rope --wrap
+        launch direction-rope-w256-shift3 "${wide[@]}" --variants rope --sigma-shift 3
+        launch direction-coords+adaln-w256 "${wide[@]}" --variants coords+adaln
+        launch colour-rope-w256 "${wide[@]}" --task colour --variants rope
+        launch direction-rope-w64-wrap --extra-guidance 1 6 --variants rope --wrap ;;
+    *) echo "unknown plan $PLAN (variants, width)" >&2; exit 2 ;;
+esac
 wait
 tail -n 1 "$OUT"/*.log
 tar czf "$OUT.tar.gz" -C "$(dirname "$OUT")" "$(basename "$OUT")" && rm -rf "$OUT" && echo "packed $OUT.tar.gz"
