@@ -11,6 +11,8 @@
 #   width (session 16):    width 256, 4 layers: direction with rope, rope on the torus (--wrap), rope with the noise
 #                          levels of train_small.py (--sigma-shift 3), coords+adaln; colour with rope (the control);
 #                          and rope on the torus at width 64.
+#   ablation (session 16): width 256, 4 layers: which half of coords+adaln carries the direction (coords, adaln, each
+#                          with uniform and shifted noise levels), and a second seed of rope+shift 3 and coords+adaln.
 set -uo pipefail
 OUT=${1:?usage: bench/direction_toy_job.sh OUTDIR [SECONDS] [PLAN]}
 SECS=${2:-420}
@@ -37,7 +39,15 @@ case $PLAN in
         launch direction-coords+adaln-w256 "${wide[@]}" --variants coords+adaln
         launch colour-rope-w256 "${wide[@]}" --task colour --variants rope
         launch direction-rope-w64-wrap --extra-guidance 1 6 --variants rope --wrap ;;
-    *) echo "unknown plan $PLAN (variants, width)" >&2; exit 2 ;;
+    ablation)
+        wide=(--size 4 64 4 --extra-guidance 1 6)
+        launch direction-coords-w256 "${wide[@]}" --variants coords
+        launch direction-coords-w256-shift3 "${wide[@]}" --variants coords --sigma-shift 3
+        launch direction-adaln-w256 "${wide[@]}" --variants adaln
+        launch direction-adaln-w256-shift3 "${wide[@]}" --variants adaln --sigma-shift 3
+        launch direction-rope-w256-shift3-seed1 "${wide[@]}" --variants rope --sigma-shift 3 --seeds 1
+        launch direction-coords+adaln-w256-seed1 "${wide[@]}" --variants coords+adaln --seeds 1 ;;
+    *) echo "unknown plan $PLAN (variants, width, ablation)" >&2; exit 2 ;;
 esac
 wait
 tail -n 1 "$OUT"/*.log
