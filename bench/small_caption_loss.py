@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
+from sta_search.tiny.pipeline import with_coordinates  # noqa: E402
+
 DIRECTIONS = ("moves left", "moves right", "moves up", "moves down")
 OPPOSITE = {"moves left": "moves right", "moves right": "moves left", "moves up": "moves down", "moves down": "moves up"}
 OTHER_AXIS = {"moves left": "moves up", "moves right": "moves down", "moves up": "moves left", "moves down": "moves right"}
@@ -38,7 +40,7 @@ def flow_losses(transformer, text_encoder, videos, captions, sigma: float, seed:
     noise = torch.randn(videos.shape, generator=torch.Generator().manual_seed(seed))
     noisy, target = (1 - sigma) * videos + sigma * noise, noise - videos
     with torch.no_grad():
-        pred = transformer(hidden_states=noisy, timestep=torch.full((len(videos),), sigma * 1000.0),
+        pred = transformer(hidden_states=with_coordinates(noisy, transformer), timestep=torch.full((len(videos),), sigma * 1000.0),
                            encoder_hidden_states=text_encoder(encode_words(captions, MAX_LENGTH)), return_dict=False)[0]
     return ((pred - target) ** 2).mean(dim=(1, 2, 3, 4))
 
@@ -64,10 +66,11 @@ def symmetries(transformer, text_encoder, scenes, sigmas=(0.3, 0.8)) -> dict:
         for sigma in sigmas:
             x = (1 - sigma) * videos + sigma * noise
             t = torch.full((len(scenes),), sigma * 1000.0, device=device)
-            f = transformer(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+            f = transformer(hidden_states=with_coordinates(x, transformer), timestep=t, encoder_hidden_states=text, return_dict=False)[0]
             out[sigma] = {}
             for name, (move, undo) in moves.items():
-                g = transformer(hidden_states=move(x), timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+                g = transformer(hidden_states=with_coordinates(move(x), transformer), timestep=t,
+                                encoder_hidden_states=text, return_dict=False)[0]
                 out[sigma][name] = round(float((undo(g) - f).norm() / f.norm()), 4)
     return out
 

@@ -29,6 +29,12 @@ found that it does not read the motion word at all; the reversal pairs of run 6 
 ``--contrast-grad true`` (session 13, not yet trained with) stops the gradient through the wrong caption's error, so
 the hinge only pushes the true caption's error down.
 
+``--coordinates`` (session 16): the transformer takes 3 more input channels holding each pixel's frame, row and
+column in [-1, 1] (`sta_search.tiny.pipeline.coordinate_channels`, appended by the pipeline as Wan's image-to-video
+pipelines append their condition channels; still a stock `WanTransformer3DModel`). Resuming a checkpoint without
+them widens its patch embedding with zero weights, so training starts from the same function. The direction toy
+(bench/direction_toy.py) learns a captioned direction with absolute positions and not with RoPE alone.
+
 Time box: ``--time-budget`` seconds from start, minus ``--reserve`` for saving, samples and evaluation.
 After ``calibrate`` steps the run's step count is fixed from the measured step time. The learning rate
 warms up linearly (``--warmup`` steps, 300 fresh / 100 on resume) and then stays constant, so a run can
@@ -84,6 +90,7 @@ from train_tiny import video_grid, write_png  # noqa: E402
 
 from sta_search.small import PIPELINE_CLASS, SETTINGS_FILE, data, evaluate  # noqa: E402
 from sta_search.small.pipeline import SmallVideoPipeline, build_components  # noqa: E402
+from sta_search.tiny.pipeline import with_coordinates  # noqa: E402
 from sta_search.small.text import MAX_LENGTH, encode_words, save_tokenizer  # noqa: E402
 from sta_search.tiny.text import TinyTextEncoder  # noqa: E402
 
@@ -200,6 +207,20 @@ def resolve_resume(path: Path, scratch: Path) -> Path:
         with tarfile.open(tar_path) as tar:
             tar.extractall(scratch, filter="data")
     return scratch / "checkpoint"
+
+
+def add_coordinate_inputs(transformer) -> None:
+    """Widen ``transformer``'s patch embedding by 3 input channels (`coordinate_channels`) with zero weights, so it
+    computes the same function until trained; its config records the new ``in_channels``."""
+    conv = transformer.patch_embedding
+    wider = torch.nn.Conv3d(conv.in_channels + 3, conv.out_channels, conv.kernel_size, conv.stride,
+                            device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        wider.weight.zero_()
+        wider.weight[:, :conv.in_channels] = conv.weight
+        wider.bias.copy_(conv.bias)
+    transformer.patch_embedding = wider
+    transformer.register_to_config(in_channels=conv.in_channels + 3)
 
 
 def load_checkpoint(folder: Path):
@@ -342,6 +363,9 @@ def main() -> None:
     ap.add_argument("--contrast-grad", choices=["both", "true"], default="both",
                     help="which errors the hinge's gradient reaches: both (run 7: the model can also satisfy it by "
                          "predicting worse under the wrong caption) or only the true caption's")
+    ap.add_argument("--coordinates", action="store_true",
+                    help="give the transformer each pixel's frame, row and column as 3 more input channels (a "
+                         "checkpoint without them is widened with zero weights)")
     ap.add_argument("--smoke", action="store_true", help="tiny model and canvases, for a CPU check in seconds")
     args = ap.parse_args()
 
@@ -374,6 +398,12 @@ def main() -> None:
         torch.manual_seed(args.seed)
         components = build_components(t_over, x_over)
         ema_models = [copy.deepcopy(components["transformer"]), copy.deepcopy(components["text_encoder"])]
+    if args.coordinates:
+        t_config = components["transformer"].config
+        if t_config.in_channels == t_config.out_channels:
+            for model in (components["transformer"], ema_models[0]):
+                add_coordinate_inputs(model)
+            print("patch embedding widened by 3 coordinate channels (zero weights)", flush=True)
     transformer = components["transformer"].to(device).train()
     text_encoder = components["text_encoder"].to(device).train()
     ema_models = [m.to(device).eval().requires_grad_(False) for m in ema_models]
@@ -385,7 +415,10 @@ def main() -> None:
         data_gen.set_state(torch.frombuffer(bytearray(base64.b64decode(state["data_generator"])), dtype=torch.uint8))
     start_step = state["step"]
     noise_gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + start_step + 2)
-    forward = torch.compile(transformer) if args.compile else transformer
+    network = torch.compile(transformer) if args.compile else transformer
+
+    def forward(hidden_states, **kwargs):
+        return network(hidden_states=with_coordinates(hidden_states, transformer), **kwargs)
     n_params = {"transformer": sum(p.numel() for p in transformer.parameters()),
                 "text_encoder": sum(p.numel() for p in text_encoder.parameters())}
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"

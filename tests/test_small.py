@@ -221,3 +221,41 @@ def test_caption_contrast_gradient_reaches_the_wrong_caption_only_with_both(grad
     hinge.backward()
     assert pred.grad.abs().sum() > 0
     assert (wrong_pred.grad is not None and wrong_pred.grad.abs().sum() > 0) == (grad == "both")
+
+
+def test_coordinate_inputs_hold_positions_and_widening_keeps_the_function():
+    """train_small --coordinates: the patch embedding is widened with zero weights (same outputs as before), the
+    appended channels are each pixel's frame, row and column in [-1, 1], and the pipeline samples with them."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_small
+    from sta_search.small.pipeline import SmallVideoPipeline
+    from sta_search.tiny.pipeline import coordinate_channels, with_coordinates
+
+    coords = coordinate_channels(2, 3, 4, 5)
+    assert coords.shape == (2, 3, 3, 4, 5)
+    assert torch.equal(coords[0, 0, :, 0, 0], torch.tensor([-1.0, 0.0, 1.0]))
+    assert torch.equal(coords[1, 1, 2, :, 3], torch.linspace(-1, 1, 4))
+    assert torch.equal(coords[1, 2, 1, 2], torch.linspace(-1, 1, 5))
+    torch.manual_seed(3)
+    parts = build_components(dict(num_layers=1, num_attention_heads=2, attention_head_dim=32, ffn_dim=64),
+                             dict(num_layers=1, dim=64))
+    transformer = parts["transformer"].eval()
+    x = torch.randn(2, 3, 2, 16, 24)
+    text = parts["text_encoder"](encode_words(["a big red circle moves left, on a gray floor"] * 2))
+    kwargs = dict(timestep=torch.tensor([500.0, 900.0]), encoder_hidden_states=text, return_dict=False)
+    with torch.no_grad():
+        before = transformer(hidden_states=with_coordinates(x, transformer), **kwargs)[0]
+        train_small.add_coordinate_inputs(transformer)
+        assert transformer.config.in_channels == 6 and transformer.config.out_channels == 3
+        widened = with_coordinates(x, transformer)
+        assert torch.equal(widened[:, 3:], coordinate_channels(2, 2, 16, 24))
+        torch.testing.assert_close(transformer(hidden_states=widened, **kwargs)[0], before)
+        transformer.patch_embedding.weight[:, 3:].normal_()
+        assert not torch.allclose(transformer(hidden_states=widened, **kwargs)[0], before)
+    pipe = SmallVideoPipeline(tokenizer=None, **parts)
+    frames = pipe(["a big red circle moves left, on a gray floor"], height=16, width=24, num_frames=2,
+                  num_inference_steps=2, generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (1, 2, 16, 24, 3) and np.isfinite(frames).all()
+    transformer.register_to_config(in_channels=5)
+    with pytest.raises(ValueError, match="5 channels"):
+        with_coordinates(x, transformer)

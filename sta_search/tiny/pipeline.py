@@ -52,6 +52,29 @@ def build_components(transformer_overrides: dict | None = None, text_overrides: 
     )
 
 
+def coordinate_channels(batch: int, frames: int, height: int, width: int, device=None,
+                        dtype=torch.float32) -> torch.Tensor:
+    """``(batch, 3, frames, height, width)``: each pixel's frame, row and column, scaled to [-1, 1] over the
+    canvas. A transformer with 3 more input than output channels gets these after the video, as Wan's
+    image-to-video transformers get their condition channels: the absolute position that RoPE alone cannot
+    give (bench/NOTES.md, session 16)."""
+    axes = [torch.linspace(-1, 1, n, device=device, dtype=dtype) for n in (frames, height, width)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))[None].expand(batch, 3, frames, height, width)
+
+
+def with_coordinates(video: torch.Tensor, transformer) -> torch.Tensor:
+    """``video`` as ``transformer`` takes it: unchanged when its in and out channels agree, followed by
+    `coordinate_channels` when it takes 3 more."""
+    extra = transformer.config.in_channels - transformer.config.out_channels
+    if extra == 0:
+        return video
+    if extra != 3:
+        raise ValueError(f"transformer takes {transformer.config.in_channels} channels for "
+                         f"{transformer.config.out_channels} out: only 0 or 3 extra (coordinates) are known")
+    b, _, f, h, w = video.shape
+    return torch.cat([video, coordinate_channels(b, f, h, w, video.device, video.dtype)], dim=1)
+
+
 class _WordTokenizer:
     """Stand-in used only when transformers is missing (training machines); same ids as the saved tokenizer."""
 
@@ -188,7 +211,7 @@ class TinyVideoPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
-        shape = (batch, self.transformer.config.in_channels, num_frames, height, width)
+        shape = (batch, self.transformer.config.out_channels, num_frames, height, width)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         else:
@@ -200,7 +223,7 @@ class TinyVideoPipeline(DiffusionPipeline):
                 if self.interrupt:
                     continue
                 self._current_timestep = t
-                model_input = latents.to(dtype)
+                model_input = with_coordinates(latents.to(dtype), self.transformer)
                 timestep = t.expand(batch)
                 with self.transformer.cache_context("cond"):  # as WanPipeline: diffusers' step caches key on it
                     noise_pred = self.transformer(hidden_states=model_input, timestep=timestep,
