@@ -11,8 +11,8 @@
 #   width (session 16):    width 256, 4 layers: direction with rope, rope on the torus (--wrap), rope with the noise
 #                          levels of train_small.py (--sigma-shift 3), coords+adaln; colour with rope (the control);
 #                          and rope on the torus at width 64.
-#   ablation (session 16): width 256, 4 layers: which half of coords+adaln carries the direction (coords, adaln, each
-#                          with uniform and shifted noise levels), and a second seed of rope+shift 3 and coords+adaln.
+#   ablation (session 16): width 256, 4 layers: which half of coords+adaln carries the direction (coords with uniform
+#                          and shifted noise levels, adaln with shifted ones), and a second seed of coords+adaln.
 set -uo pipefail
 OUT=${1:?usage: bench/direction_toy_job.sh OUTDIR [SECONDS] [PLAN]}
 SECS=${2:-420}
@@ -43,9 +43,7 @@ case $PLAN in
         wide=(--size 4 64 4 --extra-guidance 1 6)
         launch direction-coords-w256 "${wide[@]}" --variants coords
         launch direction-coords-w256-shift3 "${wide[@]}" --variants coords --sigma-shift 3
-        launch direction-adaln-w256 "${wide[@]}" --variants adaln
         launch direction-adaln-w256-shift3 "${wide[@]}" --variants adaln --sigma-shift 3
-        launch direction-rope-w256-shift3-seed1 "${wide[@]}" --variants rope --sigma-shift 3 --seeds 1
         launch direction-coords+adaln-w256-seed1 "${wide[@]}" --variants coords+adaln --seeds 1 ;;
     *) echo "unknown plan $PLAN (variants, width, ablation)" >&2; exit 2 ;;
 esac
