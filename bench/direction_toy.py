@@ -25,7 +25,8 @@ caption names the square's colour, the direction is random). ``--device cuda`` r
 more steps. Session 16 added: ``--size`` (the default width 64 is close to the 48 pixel values a patch carries, so the
 network may be too narrow to pass the noise through and read the caption too), ``--wrap`` (videos on a torus: the
 start layout carries no direction, only the relative motion does), ``--sigma-shift`` (training noise levels as in
-``train_small.py``) and ``--extra-guidance``. Writes ``DIR/direction-toy-<task>-<device>-<utc>.json`` (schema v2:
+``train_small.py``), ``--extra-guidance``, ``--caption-words`` (multi-token captions) and the variants ``hunyuan`` /
+``hunyuan-nopool`` (a stock `HunyuanVideoTransformer3DModel`, whose pooled text modulates the norms). Writes ``DIR/direction-toy-<task>-<device>-<utc>.json`` (schema v2:
 each run's ``score`` is the direction or colour score, as ``task`` says; v1 called it ``direction_score``).
 """
 
@@ -110,20 +111,32 @@ NULL = len(DIRECTIONS)  # the dropped caption's token
 class Toy(torch.nn.Module):
     """``variant``: ``rope`` (Wan as is: the caption reaches the video only through cross-attention), ``coords`` (plus
     3 constant input channels with each pixel's frame, row and column), ``adaln`` (plus the caption's own embedding
-    added to the timestep embedding, so it modulates every block's norms, as pooled text does in HunyuanVideo), or
-    ``coords+adaln``."""
+    added to the timestep embedding, so it modulates every block's norms, as pooled text does in HunyuanVideo),
+    ``coords+adaln``; ``hunyuan`` (a stock `HunyuanVideoTransformer3DModel` of the same width: the caption's tokens
+    join the video tokens in attention, and their mean is the pooled text that modulates the norms) or
+    ``hunyuan-nopool`` (the same with the pooled text zero: the caption only through attention). ``caption_words``:
+    the caption is that many tokens, fixed filler words followed by the direction, so that attention to it depends
+    on the query (with one token, Wan's cross-attention adds the same vector to every video token)."""
 
-    def __init__(self, variant: str, heads: int = 2, head_dim: int = 32, layers: int = 2):
+    def __init__(self, variant: str, heads: int = 2, head_dim: int = 32, layers: int = 2, caption_words: int = 1):
         super().__init__()
-        from diffusers import WanTransformer3DModel
+        from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
 
+        self.variant, self.caption_words = variant, caption_words
         self.coords = "coords" in variant
-        self.net = WanTransformer3DModel(patch_size=(1, 4, 4), num_attention_heads=heads, attention_head_dim=head_dim,
-                                         in_channels=6 if self.coords else 3, out_channels=3, text_dim=32,
-                                         freq_dim=32, ffn_dim=2 * heads * head_dim, num_layers=layers,
-                                         rope_max_seq_len=64)
-        self.words = torch.nn.Embedding(len(DIRECTIONS) + 1, 32)
         self.adaln_words = None
+        if variant.startswith("hunyuan"):
+            self.net = HunyuanVideoTransformer3DModel(
+                in_channels=3, out_channels=3, num_attention_heads=heads, attention_head_dim=head_dim,
+                num_layers=layers // 2, num_single_layers=layers - layers // 2, num_refiner_layers=1, mlp_ratio=2.0,
+                patch_size=4, patch_size_t=1, guidance_embeds=False, text_embed_dim=32, pooled_projection_dim=32,
+                rope_axes_dim=(head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8))
+        else:
+            self.net = WanTransformer3DModel(patch_size=(1, 4, 4), num_attention_heads=heads,
+                                             attention_head_dim=head_dim, in_channels=6 if self.coords else 3,
+                                             out_channels=3, text_dim=32, freq_dim=32, ffn_dim=2 * heads * head_dim,
+                                             num_layers=layers, rope_max_seq_len=64)
+        self.words = torch.nn.Embedding(len(DIRECTIONS) + caption_words, 32)  # directions, NULL, then fillers
         if "adaln" in variant:
             self.adaln_words = torch.nn.Embedding(len(DIRECTIONS) + 1, self.net.config.num_attention_heads
                                                   * self.net.config.attention_head_dim)
@@ -135,11 +148,18 @@ class Toy(torch.nn.Module):
         """CPU tensors in and out; the network runs on whatever device it was moved to."""
         device = self.words.weight.device
         x, sigma, directions = x.to(device), sigma.to(device), directions.to(device)
+        fillers = torch.arange(len(DIRECTIONS) + 1, len(DIRECTIONS) + self.caption_words, device=device)
+        tokens = torch.cat([fillers.expand(len(directions), -1), directions[:, None]], dim=1)
+        text = self.words(tokens)  # (B, caption_words, 32)
+        if self.variant.startswith("hunyuan"):
+            pooled = torch.zeros_like(text[:, 0]) if self.variant == "hunyuan-nopool" else text.mean(1)
+            mask = torch.ones(text.shape[:2], dtype=torch.bool, device=device)
+            return self.net(x, timestep=sigma * 1000, encoder_hidden_states=text, encoder_attention_mask=mask,
+                            pooled_projections=pooled, return_dict=False)[0].cpu()
         if self.coords:
             x = torch.cat([x, coordinate_channels(x.shape[0]).to(device)], dim=1)
         if self.adaln_words is not None:
             self._adaln = self.adaln_words(directions)
-        text = self.words(directions)[:, None]
         return self.net(x, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0].cpu()
 
 
@@ -220,12 +240,12 @@ def caption_loss_gap(model, generator, sigmas=(0.5, 0.8, 0.95)) -> dict:
 
 def train(variant: str, seed: int, seconds: float, batch: int, lr: float, caption_dropout: float = 0.0,
           guidance: float = 1.0, device: str = "cpu", size: tuple[int, int, int] = (2, 32, 2),
-          sigma_shift: float | None = None, extra_guidance: tuple[float, ...] = ()) -> dict:
+          sigma_shift: float | None = None, extra_guidance: tuple[float, ...] = (), caption_words: int = 1) -> dict:
     """``size``: (heads, head dim, layers). ``sigma_shift``: None draws the training noise level uniformly; a number
     draws it logit-normal and shifted towards noise as ``train_small.py`` does (shift 3 there)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(1000 + seed)
-    model = Toy(variant, *size).to(device)
+    model = Toy(variant, *size, caption_words=caption_words).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     t0, step, losses = time.time(), 0, []
     while time.time() - t0 < seconds:
@@ -260,7 +280,7 @@ def train(variant: str, seed: int, seconds: float, batch: int, lr: float, captio
         by_guidance[f"{g:g}"] = scorer(sample(model, directions, torch.Generator().manual_seed(99), guidance=g),
                                        directions)
     return {"task": TASK["name"], "wrap": TASK["wrap"], "variant": variant, "seed": seed, "device": device,
-            "heads": size[0], "head_dim": size[1], "layers": size[2],
+            "heads": size[0], "head_dim": size[1], "layers": size[2], "caption_words": caption_words,
             "parameters": sum(p.numel() for p in model.parameters()), "sigma_shift": sigma_shift,
             "batch": batch, "lr": lr, "caption_dropout": caption_dropout, "guidance": guidance, "steps": step,
             "train_seconds": train_seconds, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
@@ -277,7 +297,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=240.0, help="CPU training time per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--variants", nargs="+", default=["rope", "coords"],
-                        choices=["rope", "coords", "adaln", "coords+adaln"])
+                        choices=["rope", "coords", "adaln", "coords+adaln", "hunyuan", "hunyuan-nopool"])
+    parser.add_argument("--caption-words", type=int, default=1, help="caption length in tokens: filler words, then "
+                        "the direction (default 1: the direction alone)")
     parser.add_argument("--device", default="cpu", help="where the network runs (data and scoring stay on the CPU)")
     parser.add_argument("--task", default="direction", choices=["direction", "colour"],
                         help="what the caption names: the motion direction, or (a control) the square's colour")
@@ -300,7 +322,8 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for variant in args.variants:
             row = train(variant, seed, args.seconds, args.batch, args.lr, args.caption_dropout, args.guidance,
-                        args.device, tuple(args.size), args.sigma_shift, tuple(args.extra_guidance))
+                        args.device, tuple(args.size), args.sigma_shift, tuple(args.extra_guidance),
+                        args.caption_words)
             runs.append(row)
             print(json.dumps(row), flush=True)
     result = {"schema": "sta-search/direction-toy/v2",

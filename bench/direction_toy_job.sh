@@ -13,6 +13,10 @@
 #                          and rope on the torus at width 64.
 #   ablation (session 16): width 256, 4 layers: which half of coords+adaln carries the direction (coords with uniform
 #                          and shifted noise levels, adaln with shifted ones), and a second seed of coords+adaln.
+#   family (prepared in session 16, not yet run): width 256, 4 layers, shift 3, six-token captions (so attention to
+#                          the caption depends on the query): Wan with the caption in cross-attention only (rope) and
+#                          also in the modulation (adaln); a stock HunyuanVideo transformer with pooled text and without
+#                          (hunyuan, hunyuan-nopool); the colour control.
 set -uo pipefail
 OUT=${1:?usage: bench/direction_toy_job.sh OUTDIR [SECONDS] [PLAN]}
 SECS=${2:-420}
@@ -45,7 +49,13 @@ case $PLAN in
         launch direction-coords-w256-shift3 "${wide[@]}" --variants coords --sigma-shift 3
         launch direction-adaln-w256-shift3 "${wide[@]}" --variants adaln --sigma-shift 3
         launch direction-coords+adaln-w256-seed1 "${wide[@]}" --variants coords+adaln --seeds 1 ;;
-    *) echo "unknown plan $PLAN (variants, width, ablation)" >&2; exit 2 ;;
+    family)
+        wide=(--size 4 64 4 --extra-guidance 1 6 --sigma-shift 3 --caption-words 6)
+        for variant in rope adaln hunyuan hunyuan-nopool; do
+            launch "direction-$variant-w256-shift3-words6" "${wide[@]}" --variants "$variant"
+        done
+        launch colour-rope-w256-shift3-words6 "${wide[@]}" --task colour --variants rope ;;
+    *) echo "unknown plan $PLAN (variants, width, ablation, family)" >&2; exit 2 ;;
 esac
 wait
 tail -n 1 "$OUT"/*.log
