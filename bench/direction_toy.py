@@ -26,8 +26,8 @@ more steps. Session 16 added: ``--size`` (the default width 64 is close to the 4
 network may be too narrow to pass the noise through and read the caption too), ``--wrap`` (videos on a torus: the
 start layout carries no direction, only the relative motion does), ``--sigma-shift`` (training noise levels as in
 ``train_small.py``), ``--extra-guidance``, ``--caption-words`` (multi-token captions) and the variants ``hunyuan`` /
-``hunyuan-nopool`` (a stock `HunyuanVideoTransformer3DModel`, whose pooled text modulates the norms). Writes ``DIR/direction-toy-<task>-<device>-<utc>.json`` (schema v2:
-each run's ``score`` is the direction or colour score, as ``task`` says; v1 called it ``direction_score``).
+``hunyuan-nopool`` (a stock `HunyuanVideoTransformer3DModel`, whose pooled text modulates the norms). Writes
+``DIR/direction-toy-<task>-<device>-<utc>.json`` (schema v2: each run's ``score`` is the direction or colour score, as ``task`` says; v1 called it ``direction_score``).
 """
 
 from __future__ import annotations
