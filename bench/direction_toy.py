@@ -27,7 +27,8 @@ network may be too narrow to pass the noise through and read the caption too), `
 start layout carries no direction, only the relative motion does), ``--sigma-shift`` (training noise levels as in
 ``train_small.py``), ``--extra-guidance``, ``--caption-words`` (multi-token captions) and the variants ``hunyuan`` /
 ``hunyuan-nopool`` (a stock `HunyuanVideoTransformer3DModel`, whose pooled text modulates the norms). Writes
-``DIR/direction-toy-<task>-<device>-<utc>.json`` (schema v2: each run's ``score`` is the direction or colour score, as ``task`` says; v1 called it ``direction_score``).
+``DIR/direction-toy-<task>-<device>-<utc>.json`` (schema v2: each run's ``score`` is the direction or colour score,
+as ``task`` says; v1 called it ``direction_score``).
 """
 
 from __future__ import annotations
