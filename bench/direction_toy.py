@@ -43,6 +43,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sta_search.tiny.pipeline import with_coordinates  # noqa: E402
+
 FRAMES, SIZE, SIDE = 8, 32, 6
 DIRECTIONS = ("left", "right", "up", "down")
 STEP = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}  # (row, column) sign
@@ -100,12 +103,6 @@ def colour_score(videos: torch.Tensor, colours: torch.Tensor, details: dict | No
     return float((nearest == colours).float().mean())
 
 
-def coordinate_channels(batch: int) -> torch.Tensor:
-    t, y, x = torch.meshgrid(torch.linspace(-1, 1, FRAMES), torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE),
-                             indexing="ij")
-    return torch.stack([t, y, x])[None].expand(batch, 3, FRAMES, SIZE, SIZE)
-
-
 NULL = len(DIRECTIONS)  # the dropped caption's token
 
 
@@ -124,7 +121,7 @@ class Toy(torch.nn.Module):
         from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
 
         self.variant, self.caption_words = variant, caption_words
-        self.coords = "coords" in variant
+        coords = "coords" in variant
         self.adaln_words = None
         if variant.startswith("hunyuan"):
             self.net = HunyuanVideoTransformer3DModel(
@@ -134,7 +131,7 @@ class Toy(torch.nn.Module):
                 rope_axes_dim=(head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8))
         else:
             self.net = WanTransformer3DModel(patch_size=(1, 4, 4), num_attention_heads=heads,
-                                             attention_head_dim=head_dim, in_channels=6 if self.coords else 3,
+                                             attention_head_dim=head_dim, in_channels=6 if coords else 3,
                                              out_channels=3, text_dim=32, freq_dim=32, ffn_dim=2 * heads * head_dim,
                                              num_layers=layers, rope_max_seq_len=64)
         self.words = torch.nn.Embedding(len(DIRECTIONS) + caption_words, 32)  # directions, NULL, then fillers
@@ -157,8 +154,7 @@ class Toy(torch.nn.Module):
             mask = torch.ones(text.shape[:2], dtype=torch.bool, device=device)
             return self.net(x, timestep=sigma * 1000, encoder_hidden_states=text, encoder_attention_mask=mask,
                             pooled_projections=pooled, return_dict=False)[0].cpu()
-        if self.coords:
-            x = torch.cat([x, coordinate_channels(x.shape[0]).to(device)], dim=1)
+        x = with_coordinates(x, self.net)  # the coords variants' 3 more input channels
         if self.adaln_words is not None:
             self._adaln = self.adaln_words(directions)
         return self.net(x, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0].cpu()

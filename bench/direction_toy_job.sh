@@ -31,12 +31,12 @@ launch() {  # NAME ARGS...: one run in the background, its JSON under OUT/NAME a
     local name=$1; shift
     python3 bench/direction_toy.py "${common[@]}" "$@" --out "$OUT/$name" > "$OUT/$name.log" 2>&1 &
 }
+wide=(--size 4 64 4 --extra-guidance 1 6)  # width 256, 4 layers, also scored at guidance 1 and 6
 case $PLAN in
     variants)
         for variant in rope coords adaln coords+adaln; do launch "direction-$variant" --variants "$variant"; done
         launch colour-rope --task colour --variants rope ;;
     width)
-        wide=(--size 4 64 4 --extra-guidance 1 6)
         launch direction-rope-w256 "${wide[@]}" --variants rope
         launch direction-rope-w256-wrap "${wide[@]}" --variants rope --wrap
         launch direction-rope-w256-shift3 "${wide[@]}" --variants rope --sigma-shift 3
@@ -44,17 +44,16 @@ case $PLAN in
         launch colour-rope-w256 "${wide[@]}" --task colour --variants rope
         launch direction-rope-w64-wrap --extra-guidance 1 6 --variants rope --wrap ;;
     ablation)
-        wide=(--size 4 64 4 --extra-guidance 1 6)
         launch direction-coords-w256 "${wide[@]}" --variants coords
         launch direction-coords-w256-shift3 "${wide[@]}" --variants coords --sigma-shift 3
         launch direction-adaln-w256-shift3 "${wide[@]}" --variants adaln --sigma-shift 3
         launch direction-coords+adaln-w256-seed1 "${wide[@]}" --variants coords+adaln --seeds 1 ;;
     family)
-        wide=(--size 4 64 4 --extra-guidance 1 6 --sigma-shift 3 --caption-words 6)
+        words=("${wide[@]}" --sigma-shift 3 --caption-words 6)
         for variant in rope adaln hunyuan hunyuan-nopool; do
-            launch "direction-$variant-w256-shift3-words6" "${wide[@]}" --variants "$variant"
+            launch "direction-$variant-w256-shift3-words6" "${words[@]}" --variants "$variant"
         done
-        launch colour-rope-w256-shift3-words6 "${wide[@]}" --task colour --variants rope ;;
+        launch colour-rope-w256-shift3-words6 "${words[@]}" --task colour --variants rope ;;
     *) echo "unknown plan $PLAN (variants, width, ablation, family)" >&2; exit 2 ;;
 esac
 wait

@@ -40,7 +40,8 @@ def flow_losses(transformer, text_encoder, videos, captions, sigma: float, seed:
     noise = torch.randn(videos.shape, generator=torch.Generator().manual_seed(seed))
     noisy, target = (1 - sigma) * videos + sigma * noise, noise - videos
     with torch.no_grad():
-        pred = transformer(hidden_states=with_coordinates(noisy, transformer), timestep=torch.full((len(videos),), sigma * 1000.0),
+        pred = transformer(hidden_states=with_coordinates(noisy, transformer),
+                           timestep=torch.full((len(videos),), sigma * 1000.0),
                            encoder_hidden_states=text_encoder(encode_words(captions, MAX_LENGTH)), return_dict=False)[0]
     return ((pred - target) ** 2).mean(dim=(1, 2, 3, 4))
 
@@ -66,7 +67,8 @@ def symmetries(transformer, text_encoder, scenes, sigmas=(0.3, 0.8)) -> dict:
         for sigma in sigmas:
             x = (1 - sigma) * videos + sigma * noise
             t = torch.full((len(scenes),), sigma * 1000.0, device=device)
-            f = transformer(hidden_states=with_coordinates(x, transformer), timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+            f = transformer(hidden_states=with_coordinates(x, transformer), timestep=t, encoder_hidden_states=text,
+                            return_dict=False)[0]
             out[sigma] = {}
             for name, (move, undo) in moves.items():
                 g = transformer(hidden_states=with_coordinates(move(x), transformer), timestep=t,

@@ -90,8 +90,8 @@ from train_tiny import video_grid, write_png  # noqa: E402
 
 from sta_search.small import PIPELINE_CLASS, SETTINGS_FILE, data, evaluate  # noqa: E402
 from sta_search.small.pipeline import SmallVideoPipeline, build_components  # noqa: E402
-from sta_search.tiny.pipeline import with_coordinates  # noqa: E402
 from sta_search.small.text import MAX_LENGTH, encode_words, save_tokenizer  # noqa: E402
+from sta_search.tiny.pipeline import with_coordinates  # noqa: E402
 from sta_search.tiny.text import TinyTextEncoder  # noqa: E402
 
 SHARD_BYTES = 15_000_000
