@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from sta_search.tiny.pipeline import with_coordinates  # noqa: E402
+from sta_search.tiny.pipeline import denoise  # noqa: E402
 
 DIRECTIONS = ("moves left", "moves right", "moves up", "moves down")
 OPPOSITE = {"moves left": "moves right", "moves right": "moves left", "moves up": "moves down", "moves down": "moves up"}
@@ -40,9 +40,8 @@ def flow_losses(transformer, text_encoder, videos, captions, sigma: float, seed:
     noise = torch.randn(videos.shape, generator=torch.Generator().manual_seed(seed))
     noisy, target = (1 - sigma) * videos + sigma * noise, noise - videos
     with torch.no_grad():
-        pred = transformer(hidden_states=with_coordinates(noisy, transformer),
-                           timestep=torch.full((len(videos),), sigma * 1000.0),
-                           encoder_hidden_states=text_encoder(encode_words(captions, MAX_LENGTH)), return_dict=False)[0]
+        pred = denoise(transformer, noisy, torch.full((len(videos),), sigma * 1000.0),
+                       text_encoder(encode_words(captions, MAX_LENGTH)))
     return ((pred - target) ** 2).mean(dim=(1, 2, 3, 4))
 
 
@@ -67,12 +66,10 @@ def symmetries(transformer, text_encoder, scenes, sigmas=(0.3, 0.8)) -> dict:
         for sigma in sigmas:
             x = (1 - sigma) * videos + sigma * noise
             t = torch.full((len(scenes),), sigma * 1000.0, device=device)
-            f = transformer(hidden_states=with_coordinates(x, transformer), timestep=t, encoder_hidden_states=text,
-                            return_dict=False)[0]
+            f = denoise(transformer, x, t, text)
             out[sigma] = {}
             for name, (move, undo) in moves.items():
-                g = transformer(hidden_states=with_coordinates(move(x), transformer), timestep=t,
-                                encoder_hidden_states=text, return_dict=False)[0]
+                g = denoise(transformer, move(x), t, text)
                 out[sigma][name] = round(float((undo(g) - f).norm() / f.norm()), 4)
     return out
 

@@ -89,9 +89,9 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from train_tiny import video_grid, write_png  # noqa: E402
 
 from sta_search.small import PIPELINE_CLASS, SETTINGS_FILE, data, evaluate  # noqa: E402
-from sta_search.small.pipeline import SmallVideoPipeline, build_components  # noqa: E402
+from sta_search.small.pipeline import FAMILIES, SmallVideoPipeline, build_components  # noqa: E402
 from sta_search.small.text import MAX_LENGTH, encode_words, save_tokenizer  # noqa: E402
-from sta_search.tiny.pipeline import with_coordinates  # noqa: E402
+from sta_search.tiny.pipeline import denoise, is_joint_attention  # noqa: E402
 from sta_search.tiny.text import TinyTextEncoder  # noqa: E402
 
 SHARD_BYTES = 15_000_000
@@ -131,8 +131,10 @@ def load_sharded(folder: Path, stem: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_checkpoint(folder: Path, components: dict, ema: list, state: dict, settings: dict) -> None:
-    """Pipeline folder (EMA weights, bf16) + train_state/ (raw fp32 weights + state.json), atomically."""
+def write_checkpoint(folder: Path, components: dict, ema: list, state: dict, settings: dict,
+                     raw_state: bool = True) -> None:
+    """Pipeline folder (EMA weights, bf16) + train_state/ (raw fp32 weights unless not ``raw_state``, and
+    state.json), atomically."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -148,7 +150,7 @@ def write_checkpoint(folder: Path, components: dict, ema: list, state: dict, set
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "text_encoder": ["sta_search.tiny.text", "TinyTextEncoder"],
         "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
-        "transformer": ["diffusers", "WanTransformer3DModel"],
+        "transformer": ["diffusers", type(ema[0]).__name__],
     }
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
@@ -156,9 +158,12 @@ def write_checkpoint(folder: Path, components: dict, ema: list, state: dict, set
         save_tokenizer(tmp / "tokenizer")
     except ImportError:
         print("transformers/tokenizers missing: tokenizer/ not written (load_small needs it)", flush=True)
-    raw = {f"transformer.{k}": v.float() for k, v in components["transformer"].state_dict().items()}
-    raw.update({f"text_encoder.{k}": v.float() for k, v in components["text_encoder"].state_dict().items()})
-    save_sharded(raw, tmp / "train_state", "weights")
+    if raw_state:
+        raw = {f"transformer.{k}": v.float() for k, v in components["transformer"].state_dict().items()}
+        raw.update({f"text_encoder.{k}": v.float() for k, v in components["text_encoder"].state_dict().items()})
+        save_sharded(raw, tmp / "train_state", "weights")
+    else:
+        (tmp / "train_state").mkdir()
     (tmp / "train_state" / "state.json").write_text(json.dumps(state, indent=1) + "\n")
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -225,7 +230,7 @@ def add_coordinate_inputs(transformer) -> None:
 
 def load_checkpoint(folder: Path):
     """(components with raw weights, EMA models in fp32, state dict) from a checkpoint folder."""
-    from diffusers import WanTransformer3DModel
+    import diffusers
 
     state = json.loads((folder / "train_state" / "state.json").read_text())
     if not (folder / "transformer" / "config.json").is_file():  # the committed state: its EMA weights are the bundled model's
@@ -234,10 +239,11 @@ def load_checkpoint(folder: Path):
         print(f"{folder} holds the training state only: EMA weights from {bundled_path()}", flush=True)
         folder = bundled_path()
     components = build_components()
-    components["transformer"] = WanTransformer3DModel.from_config(
-        WanTransformer3DModel.load_config(str(folder / "transformer")))
+    transformer_config = json.loads((folder / "transformer" / "config.json").read_text())
+    transformer_class = getattr(diffusers, transformer_config["_class_name"])
+    components["transformer"] = transformer_class.from_config(transformer_config)
     components["text_encoder"] = TinyTextEncoder.from_config(TinyTextEncoder.load_config(str(folder / "text_encoder")))
-    ema = [WanTransformer3DModel.from_pretrained(str(folder / "transformer"), dtype=torch.float32),
+    ema = [transformer_class.from_pretrained(str(folder / "transformer"), dtype=torch.float32),
            TinyTextEncoder.from_pretrained(str(folder / "text_encoder"), dtype=torch.float32)]
     raw = load_sharded(folder / "train_state", "weights")
     if not raw:  # a committed checkpoint keeps only the EMA pipeline (bf16): the raw weights restart from it
@@ -366,6 +372,13 @@ def main() -> None:
     ap.add_argument("--coordinates", action="store_true",
                     help="give the transformer each pixel's frame, row and column as 3 more input channels (a "
                          "checkpoint without them is widened with zero weights)")
+    ap.add_argument("--family", choices=sorted(FAMILIES), default="wan",
+                    help="the transformer of a fresh run (a resumed run keeps its checkpoint's): wan "
+                         "(WanTransformer3DModel, text by cross-attention) or hunyuan_video "
+                         "(HunyuanVideoTransformer3DModel, text in joint attention and pooled into the modulation)")
+    ap.add_argument("--no-raw-state", action="store_true",
+                    help="keep only the EMA weights (bf16) in the checkpoint: a resume restarts the raw weights from "
+                         "them; for models whose fp32 weights would not fit the device's 64 MiB transfers")
     ap.add_argument("--smoke", action="store_true", help="tiny model and canvases, for a CPU check in seconds")
     args = ap.parse_args()
 
@@ -382,7 +395,9 @@ def main() -> None:
     if args.smoke:
         canvases = [(4, 32, 48, 2), (2, 16, 24, 2)]
         settings.update(height=32, width=48, frames=4, steps=2, tile=[2, 4, 4])
-        t_over = dict(num_layers=2, num_attention_heads=2, attention_head_dim=32, ffn_dim=128, freq_dim=64)
+        t_over = (dict(num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=32,
+                       rope_axes_dim=(8, 12, 12)) if args.family == "hunyuan_video"
+                  else dict(num_layers=2, num_attention_heads=2, attention_head_dim=32, ffn_dim=128, freq_dim=64))
         x_over = dict(dim=64, num_layers=1)
         args.eval_prompts = min(args.eval_prompts, 2)
         args.sample_prompts = min(args.sample_prompts, 2)
@@ -396,8 +411,10 @@ def main() -> None:
         print(f"resumed from {args.resume} at step {state['step']}", flush=True)
     else:
         torch.manual_seed(args.seed)
-        components = build_components(t_over, x_over)
+        components = build_components(t_over, x_over, family=args.family)
         ema_models = [copy.deepcopy(components["transformer"]), copy.deepcopy(components["text_encoder"])]
+    if args.coordinates and is_joint_attention(components["transformer"]):
+        raise SystemExit("--coordinates: only for the wan family")
     if args.coordinates:
         t_config = components["transformer"].config
         if t_config.in_channels == t_config.out_channels:
@@ -417,8 +434,8 @@ def main() -> None:
     noise_gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + start_step + 2)
     network = torch.compile(transformer) if args.compile else transformer
 
-    def forward(hidden_states, **kwargs):
-        return network(hidden_states=with_coordinates(hidden_states, transformer), **kwargs)
+    def forward(hidden_states, timestep, encoder_hidden_states, return_dict=False):  # as the transformer's call
+        return (denoise(transformer, hidden_states, timestep, encoder_hidden_states, network=network),)
     n_params = {"transformer": sum(p.numel() for p in transformer.parameters()),
                 "text_encoder": sum(p.numel() for p in text_encoder.parameters())}
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
@@ -538,7 +555,7 @@ def main() -> None:
                              for i, v in step_time.items() if v})
     ema_components = dict(components, transformer=ema_models[0], text_encoder=ema_models[1])
     ckpt = (scratch / "checkpoint") if args.pack else (args.out / "checkpoint")
-    write_checkpoint(ckpt, components, ema_models, state, settings)
+    write_checkpoint(ckpt, components, ema_models, state, settings, raw_state=not args.no_raw_state)
     if args.pack:
         log["checkpoint_tars"] = pack(ckpt, args.out)
     (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")

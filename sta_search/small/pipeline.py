@@ -4,7 +4,7 @@ and its longer captions (`MAX_LENGTH` tokens). Everything else is `TinyVideoPipe
 from __future__ import annotations
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel, WanTransformer3DModel
 
 from sta_search.tiny.pipeline import TinyVideoPipeline
 from sta_search.tiny.text import TinyTextEncoder
@@ -27,16 +27,42 @@ TRANSFORMER_CONFIG = dict(
     qk_norm="rms_norm_across_heads",
     rope_max_seq_len=256,
 )
+# The same width, canvas and patch as a `HunyuanVideoTransformer3DModel` (bench/train_small.py --family
+# hunyuan_video; bench/NOTES.md session 17): 2 dual-stream + 6 single-stream blocks, 12.3 M parameters. Its text
+# joins the video tokens in attention and, pooled, modulates every norm, where Wan's only enters by cross-attention.
+HUNYUAN_TRANSFORMER_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    num_attention_heads=4,
+    attention_head_dim=64,
+    num_layers=2,
+    num_single_layers=6,
+    num_refiner_layers=1,
+    mlp_ratio=4.0,
+    patch_size=4,
+    patch_size_t=1,
+    qk_norm="rms_norm",
+    guidance_embeds=False,
+    text_embed_dim=192,
+    pooled_projection_dim=192,
+    rope_axes_dim=(16, 24, 24),
+)
+FAMILIES = {"wan": (WanTransformer3DModel, TRANSFORMER_CONFIG),
+            "hunyuan_video": (HunyuanVideoTransformer3DModel, HUNYUAN_TRANSFORMER_CONFIG)}
 TEXT_ENCODER_CONFIG = dict(dim=192, num_layers=2, num_heads=4, max_length=MAX_LENGTH)
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=3.0)
 
 
-def build_components(transformer_overrides: dict | None = None, text_overrides: dict | None = None) -> dict:
-    """Freshly initialised transformer, text encoder and scheduler (random weights, current torch seed)."""
+def build_components(transformer_overrides: dict | None = None, text_overrides: dict | None = None,
+                     family: str = "wan") -> dict:
+    """Freshly initialised transformer (``family``: a key of `FAMILIES`), text encoder and scheduler (random
+    weights, current torch seed)."""
     text_config = {**TEXT_ENCODER_CONFIG, **(text_overrides or {})}
-    transformer_config = {**TRANSFORMER_CONFIG, "text_dim": text_config["dim"], **(transformer_overrides or {})}
+    transformer_class, config = FAMILIES[family]
+    text_keys = ("text_embed_dim", "pooled_projection_dim") if family == "hunyuan_video" else ("text_dim",)
+    transformer_config = {**config, **dict.fromkeys(text_keys, text_config["dim"]), **(transformer_overrides or {})}
     return dict(
-        transformer=WanTransformer3DModel(**transformer_config),
+        transformer=transformer_class(**transformer_config),
         text_encoder=TinyTextEncoder(vocab_size=len(vocab_map()), **text_config),
         scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
     )

@@ -6,7 +6,8 @@ Components: ``transformer`` (diffusers `WanTransformer3DModel`, 3 pixel channels
 [-1, 1], so ``vae_scale_factor_spatial = vae_scale_factor_temporal = 1`` and the token canvas is
 ``(num_frames, height / p_h, width / p_w)``. The call mirrors `WanPipeline.__call__` (two transformer
 forwards per step under classifier-free guidance, conditional first) and returns frames in [0, 1]
-shaped like WanPipeline's output.
+shaped like WanPipeline's output. The transformer may also be a `HunyuanVideoTransformer3DModel` (the
+text in joint attention and pooled; `denoise` says how it is called).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from diffusers import (DiffusionPipeline, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel,
+                       WanTransformer3DModel)
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -75,6 +77,40 @@ def with_coordinates(video: torch.Tensor, transformer) -> torch.Tensor:
     return torch.cat([video, coordinate_channels(b, f, h, w, video.device, video.dtype)], dim=1)
 
 
+def is_joint_attention(transformer) -> bool:
+    """True for a `HunyuanVideoTransformer3DModel` (text joins the video tokens in attention and, pooled,
+    modulates the norms); False for Wan (text through cross-attention only)."""
+    return type(transformer).__name__ == "HunyuanVideoTransformer3DModel"
+
+
+def prompt_mask(text: torch.Tensor) -> torch.Tensor:
+    """``(B, L)`` bool: the prompt's tokens in ``text`` ``(B, L, D)``, which the bundled text encoders zero past
+    each prompt. Position 0 always counts (the empty prompt encodes to zeros and would leave nothing to attend
+    to); padding is on the right, as HunyuanVideo's mask expects."""
+    mask = text.ne(0).any(dim=-1)
+    mask[:, 0] = True
+    return mask
+
+
+def denoise(transformer, video: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
+            attention_kwargs: dict | None = None, network=None) -> torch.Tensor:
+    """``transformer``'s flow prediction for the pixel video ``video`` ``(B, 3, F, H, W)`` at ``timestep`` ``(B,)``
+    (0-1000) under the text embeddings ``text`` ``(B, L, D)`` of a bundled text encoder. Wan takes the text
+    through cross-attention (and `coordinate_channels` when it has 3 extra inputs); HunyuanVideo through joint
+    attention with `prompt_mask` as key-padding mask and through its pooled projection, here the mean of the
+    prompt's token embeddings (zero for the empty prompt). ``network``: what to call instead of ``transformer``
+    (e.g. its ``torch.compile`` wrapper)."""
+    network = network if network is not None else transformer
+    video = with_coordinates(video, transformer)
+    if not is_joint_attention(transformer):
+        return network(hidden_states=video, timestep=timestep, encoder_hidden_states=text,
+                       attention_kwargs=attention_kwargs, return_dict=False)[0]
+    mask = prompt_mask(text)
+    pooled = text.sum(dim=1) / mask.sum(dim=1, keepdim=True).to(text.dtype)
+    return network(hidden_states=video, timestep=timestep, encoder_hidden_states=text, encoder_attention_mask=mask,
+                   pooled_projections=pooled, attention_kwargs=attention_kwargs, return_dict=False)[0]
+
+
 class _WordTokenizer:
     """Stand-in used only when transformers is missing (training machines); same ids as the saved tokenizer."""
 
@@ -89,7 +125,8 @@ class TinyVideoPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->transformer"
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
-    def __init__(self, tokenizer, text_encoder: TinyTextEncoder, transformer: WanTransformer3DModel,
+    def __init__(self, tokenizer, text_encoder: TinyTextEncoder,
+                 transformer: WanTransformer3DModel | HunyuanVideoTransformer3DModel,
                  scheduler: FlowMatchEulerDiscreteScheduler):
         super().__init__()
         self.register_modules(
@@ -179,7 +216,9 @@ class TinyVideoPipeline(DiffusionPipeline):
         """Generate videos; ``output_type`` "np" gives ``(batch, frames, height, width, 3)`` float32 in
         [0, 1], "pt" gives ``(batch, frames, 3, height, width)``, "latent" the raw [-1, 1] tensor
         ``(batch, 3, frames, height, width)``. Returns `WanPipelineOutput` (or a 1-tuple)."""
-        p_t, p_h, p_w = self.transformer.config.patch_size
+        config = self.transformer.config
+        p_t, p_h, p_w = ((config.patch_size_t, config.patch_size, config.patch_size)
+                         if is_joint_attention(self.transformer) else config.patch_size)
         if height % p_h or width % p_w or num_frames % p_t:
             raise ValueError(
                 f"height {height} and width {width} must be multiples of {p_h}x{p_w}, num_frames of {p_t}"
@@ -223,17 +262,14 @@ class TinyVideoPipeline(DiffusionPipeline):
                 if self.interrupt:
                     continue
                 self._current_timestep = t
-                model_input = with_coordinates(latents.to(dtype), self.transformer)
+                model_input = latents.to(dtype)
                 timestep = t.expand(batch)
                 with self.transformer.cache_context("cond"):  # as WanPipeline: diffusers' step caches key on it
-                    noise_pred = self.transformer(hidden_states=model_input, timestep=timestep,
-                                                  encoder_hidden_states=prompt_embeds,
-                                                  attention_kwargs=attention_kwargs, return_dict=False)[0]
+                    noise_pred = denoise(self.transformer, model_input, timestep, prompt_embeds, attention_kwargs)
                 if self.do_classifier_free_guidance:
                     with self.transformer.cache_context("uncond"):
-                        noise_uncond = self.transformer(hidden_states=model_input, timestep=timestep,
-                                                        encoder_hidden_states=negative_prompt_embeds,
-                                                        attention_kwargs=attention_kwargs, return_dict=False)[0]
+                        noise_uncond = denoise(self.transformer, model_input, timestep, negative_prompt_embeds,
+                                               attention_kwargs)
                     noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
                 latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
 
