@@ -259,3 +259,70 @@ def test_coordinate_inputs_hold_positions_and_widening_keeps_the_function():
     transformer.register_to_config(in_channels=5)
     with pytest.raises(ValueError, match="5 channels"):
         with_coordinates(x, transformer)
+
+
+def _tiny_hunyuan_small():
+    torch.manual_seed(0)
+    return build_components(dict(num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=32,
+                                 rope_axes_dim=(8, 12, 12)), dict(num_layers=1), family="hunyuan_video")
+
+
+def test_hunyuan_family_reads_the_prompt_through_its_mask_and_pooled_mean():
+    """--family hunyuan_video: `denoise` gives HunyuanVideo the prompt's tokens as key-padding mask and their mean as
+    pooled text. Checked against the transformer called with both computed from the token ids; padding the text
+    further changes nothing; the empty prompt (all zeros) gives a finite prediction; the caption matters."""
+    from sta_search.tiny.pipeline import denoise
+
+    parts = _tiny_hunyuan_small()
+    transformer, text_encoder = parts["transformer"].eval(), parts["text_encoder"].eval()
+    captions = ["a big red circle moves left, on a gray floor", "a small blue ring bounces, a big cyan square "
+                "moves up and grows, on a checkered navy floor", ""]
+    ids = encode_words(captions, MAX_LENGTH)
+    x = torch.randn(3, 3, 2, 16, 24, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([300.0, 700.0, 900.0])
+    with torch.no_grad():
+        text = text_encoder(ids)
+        got = denoise(transformer, x, t, text)
+        mask = ids != 0
+        mask[2, 0] = True  # the empty prompt keeps one (zero) token to attend to
+        pooled = torch.stack([text[i, mask[i]].mean(0) for i in range(3)])
+        want = transformer(hidden_states=x, timestep=t, encoder_hidden_states=text, encoder_attention_mask=mask,
+                           pooled_projections=pooled, return_dict=False)[0]
+        padded = denoise(transformer, x, t, torch.cat([text, torch.zeros(3, 7, text.shape[-1])], dim=1))
+        swapped = denoise(transformer, x, t, text[[1, 0, 2]])
+    assert got.shape == x.shape and torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(padded, got, rtol=1e-4, atol=1e-4)
+    assert (swapped[:2] - got[:2]).norm() > 1e-3 * got[:2].norm()
+    assert pooled[2].abs().max() == 0
+
+
+def test_hunyuan_family_trains_resumes_from_ema_only_and_profiles(tmp_path):
+    """train_small --family hunyuan_video --no-raw-state: the checkpoint names HunyuanVideoTransformer3DModel and
+    keeps no fp32 weights; a resume continues from the EMA weights (and keeps the family); the folder loads with
+    load_small and goes through sta-search's HunyuanVideo adapter."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    script = str(ROOT / "bench" / "train_small.py")
+    first, second = tmp_path / "a", tmp_path / "b"
+    subprocess.run([sys.executable, script, "--smoke", "--family", "hunyuan_video", "--no-raw-state", "--steps", "2",
+                    "--out", str(first), "--eval-prompts", "0", "--sample-prompts", "0"],
+                   check=True, env=env, capture_output=True, timeout=300)
+    folder = first / "checkpoint"
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["transformer"] == ["diffusers", "HunyuanVideoTransformer3DModel"]
+    assert not list((folder / "train_state").glob("weights-*"))
+    run = subprocess.run([sys.executable, script, "--smoke", "--steps", "1", "--resume", str(folder), "--out",
+                          str(second), "--eval-prompts", "0", "--sample-prompts", "0"],
+                         check=True, env=env, capture_output=True, text=True, timeout=300)
+    assert "continuing from the EMA weights" in run.stdout
+    assert json.loads((second / "train_log.json").read_text())["steps_total"] == 3
+    assert "HunyuanVideo" in (second / "checkpoint" / "model_index.json").read_text()
+
+    from sta_search.models.loading import load_model
+
+    loaded = load_model(str(second / "checkpoint"))
+    assert loaded.adapter.family == "hunyuan_video" and loaded.info.num_layers == 2
+    assert loaded.canvas(32, 48, 4) == (4, 8, 12)
+    frames = loaded.pipeline(["a big red circle moves left, on a gray floor"], height=32, width=48, num_frames=4,
+                             num_inference_steps=2, generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (1, 4, 32, 48, 3) and np.isfinite(frames).all()
