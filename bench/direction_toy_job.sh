@@ -13,7 +13,7 @@
 #                          and rope on the torus at width 64.
 #   ablation (session 16): width 256, 4 layers: which half of coords+adaln carries the direction (coords with uniform
 #                          and shifted noise levels, adaln with shifted ones), and a second seed of coords+adaln.
-#   family (prepared in session 16, not yet run): width 256, 4 layers, shift 3, six-token captions (so attention to
+#   family (session 17):   width 256, 4 layers, shift 3, six-token captions (so attention to
 #                          the caption depends on the query): Wan with the caption in cross-attention only (rope) and
 #                          also in the modulation (adaln); a stock HunyuanVideo transformer with pooled text and without
 #                          (hunyuan, hunyuan-nopool); the colour control.
