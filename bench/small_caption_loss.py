@@ -78,12 +78,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=12)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--folder", type=Path, default=None,
+                        help="a small-format pipeline folder (e.g. a train_small checkpoint; default: the bundled one)")
     args = parser.parse_args(argv)
 
     import train_small
     from sta_search.small import data
 
-    components = train_small.bundled_components("cpu")
+    components = train_small.bundled_components("cpu", args.folder)
     transformer, text_encoder = components["transformer"], components["text_encoder"]
     scenes = [data.parse_caption(c) for c in data.prompt_set(args.scenes, train_small.EVAL_SEED)]
 
@@ -114,7 +116,8 @@ def main(argv=None) -> int:
                          for name, v in found.items()}
         print(sigma, json.dumps(result[sigma]), flush=True)
     out = args.out or ROOT / "bench" / "results" / f"small-caption-loss-cpu-{time.strftime('%Y%m%dT%H%MZ', time.gmtime())}.json"
-    out.write_text(json.dumps({"bench": "small_caption_loss", "scenes": args.scenes, "canvas_px": [8, 64, 96],
+    out.write_text(json.dumps({"bench": "small_caption_loss", "model": str(args.folder or "bundled small"),
+                               "transformer": type(transformer).__name__, "scenes": args.scenes, "canvas_px": [8, 64, 96],
                                "by_noise_level": result, "symmetry_defects_first_4_scenes": symmetry}, indent=1)
                    + "\n")
     print("wrote", out)

@@ -258,12 +258,13 @@ def load_checkpoint(folder: Path):
 
 
 # ---------------------------------------------------------------------------------------- evaluation
-def bundled_components(device) -> dict:
-    """The bundled `small` pipeline's components (no tokenizer: `generate` encodes words itself), transformer and
-    text encoder in float32 on ``device``: what the bench scripts that study the model run."""
+def bundled_components(device, folder=None) -> dict:
+    """The bundled `small` pipeline's (or the small-format ``folder``'s, e.g. a checkpoint) components (no
+    tokenizer: `generate` encodes words itself), transformer and text encoder in float32 on ``device``: what the
+    bench scripts that study the model run."""
     from sta_search.small import load_small
 
-    components = {k: v for k, v in load_small().components.items() if k != "tokenizer"}
+    components = {k: v for k, v in load_small(folder).components.items() if k != "tokenizer"}
     for module in (components["transformer"], components["text_encoder"]):
         module.float().to(device).eval()
     return components
