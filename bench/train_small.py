@@ -17,8 +17,9 @@ a fraction ``--large-fraction`` of the steps (deterministic in the step index) u
 pixels come in both time orders with opposite words (session 11 found the model symmetric under time reversal,
 which is why it cannot learn motion direction or size change). After evaluation ``train_log.json`` also gets
 ``direction_diagnostics``: how far the EMA model is from commuting with a frame reversal (and a mirror and a shuffle,
-for scale) and how far its text encoder keeps the direction words apart (bench/small_caption_loss.py,
-bench/small_caption_probe.py).
+for scale), how far its text encoder keeps the direction words apart, and how much its loss rises under the opposite
+motion word, the other axis and the reversed size change at noise 0.8 and 0.95 (``caption_loss_gap``, 4 held-out
+scenes; zero when the words are ignored) (bench/small_caption_loss.py, bench/small_caption_probe.py).
 
 ``--contrast W`` (session 12; run 7 in session 13 trained with 0.5 and came out worse on every held-out attribute,
 ``bench/results/small_train/run7/README.md``): on ``--contrast-fraction`` of each batch the denoiser also runs
@@ -593,14 +594,17 @@ def main() -> None:
             (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
     # Why motion fails (session 11): does the model tell a video from itself played backwards, and does its text
     # encoder keep the direction words apart? (bench/small_caption_loss.py, bench/small_caption_probe.py)
-    from small_caption_loss import symmetries
+    from small_caption_loss import caption_gaps, symmetries
     from small_caption_probe import text_separation
 
     if args.eval_prompts:  # part of the evaluation (off with --eval-prompts 0)
         diagnostic_scenes = [data.parse_caption(c) for c in data.prompt_set(4, EVAL_SEED)]
+        gaps = {sigma: caption_gaps(ema_models[0], ema_models[1], diagnostic_scenes, sigma) for sigma in (0.8, 0.95)}
         log["direction_diagnostics"] = {
             "symmetry_defects": symmetries(ema_models[0], ema_models[1], diagnostic_scenes),
-            "text_encoder_separation": text_separation(ema_models[1], diagnostic_scenes)}
+            "text_encoder_separation": text_separation(ema_models[1], diagnostic_scenes),
+            "caption_loss_gap": {str(sigma): {name: round(sum(v) / len(v), 6) for name, v in found.items()}
+                                 for sigma, found in gaps.items()}}
         print("direction diagnostics: " + json.dumps(log["direction_diagnostics"]), flush=True)
     log["total_seconds"] = round(time.time() - START, 1)
     (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")

@@ -326,3 +326,26 @@ def test_hunyuan_family_trains_resumes_from_ema_only_and_profiles(tmp_path):
     frames = loaded.pipeline(["a big red circle moves left, on a gray floor"], height=32, width=48, num_frames=4,
                              num_inference_steps=2, generator=torch.Generator().manual_seed(0)).frames
     assert frames.shape == (1, 4, 32, 48, 3) and np.isfinite(frames).all()
+
+
+def test_caption_gaps_are_zero_exactly_when_the_text_is_cut_off():
+    """bench/small_caption_loss.caption_gaps (train_small's ``caption_loss_gap``): one value per scene and word
+    swap; a model whose cross-attention output is zeroed cannot read the caption, so every gap is exactly 0, while
+    the same random model with its text path intact gives nonzero gaps."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from small_caption_loss import caption_gaps
+
+    torch.manual_seed(0)
+    parts = build_components(dict(num_layers=1, num_attention_heads=2, attention_head_dim=32, ffn_dim=64,
+                                  freq_dim=32), dict(num_layers=1))
+    transformer, text_encoder = parts["transformer"].eval(), parts["text_encoder"].eval()
+    scenes = [data.parse_caption(c) for c in data.prompt_set(2, 777)]
+    found = caption_gaps(transformer, text_encoder, scenes, 0.8)
+    assert {k: len(v) for k, v in found.items()} == {"opposite direction": 8, "other axis": 8, "size reversed": 4}
+    assert max(abs(x) for v in found.values() for x in v) > 0
+    with torch.no_grad():
+        for block in transformer.blocks:
+            block.attn2.to_out[0].weight.zero_()
+            block.attn2.to_out[0].bias.zero_()
+    blind = caption_gaps(transformer, text_encoder, scenes, 0.8)
+    assert all(x == 0 for v in blind.values() for x in v)
