@@ -10,7 +10,9 @@ multi-object videos (`sta_search.small.data`) at two canvases: 16 x 96 x 160 px 
 
 `recommended_settings()` reads ``sta_search.json`` next to the weights (tile, height, width, frames,
 steps, guidance scale, and the trained ``resolutions``). A training checkpoint folder of
-``train_small.py`` is such a pipeline folder too (its EMA weights), so ``load_small(folder=CKPT)`` works.
+``train_small.py`` is such a pipeline folder too (its EMA weights), so ``load_small(folder=CKPT)`` works, also
+for one trained with ``--family hunyuan_video`` (a `HunyuanVideoTransformer3DModel` in the same pipeline; every
+sta-search command takes it through the HunyuanVideo adapter).
 """
 
 from __future__ import annotations
