@@ -90,7 +90,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from train_tiny import video_grid, write_png  # noqa: E402
 
 from sta_search.small import PIPELINE_CLASS, SETTINGS_FILE, data, evaluate  # noqa: E402
-from sta_search.small.pipeline import FAMILIES, SmallVideoPipeline, build_components  # noqa: E402
+from sta_search.small.pipeline import (FAMILIES, SmallVideoPipeline, build_components,  # noqa: E402
+                                       build_scheduler)
 from sta_search.small.text import MAX_LENGTH, encode_words, save_tokenizer  # noqa: E402
 from sta_search.tiny.pipeline import denoise, is_joint_attention  # noqa: E402
 from sta_search.tiny.text import TinyTextEncoder  # noqa: E402
@@ -239,7 +240,7 @@ def load_checkpoint(folder: Path):
 
         print(f"{folder} holds the training state only: EMA weights from {bundled_path()}", flush=True)
         folder = bundled_path()
-    components = build_components()
+    components = {"scheduler": build_scheduler()}
     transformer_config = json.loads((folder / "transformer" / "config.json").read_text())
     transformer_class = getattr(diffusers, transformer_config["_class_name"])
     components["transformer"] = transformer_class.from_config(transformer_config)
@@ -415,9 +416,9 @@ def main() -> None:
         torch.manual_seed(args.seed)
         components = build_components(t_over, x_over, family=args.family)
         ema_models = [copy.deepcopy(components["transformer"]), copy.deepcopy(components["text_encoder"])]
-    if args.coordinates and is_joint_attention(components["transformer"]):
-        raise SystemExit("--coordinates: only for the wan family")
     if args.coordinates:
+        if is_joint_attention(components["transformer"]):
+            raise SystemExit("--coordinates: only for the wan family")
         t_config = components["transformer"].config
         if t_config.in_channels == t_config.out_channels:
             for model in (components["transformer"], ema_models[0]):

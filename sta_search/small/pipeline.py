@@ -47,10 +47,17 @@ HUNYUAN_TRANSFORMER_CONFIG = dict(
     pooled_projection_dim=192,
     rope_axes_dim=(16, 24, 24),
 )
-FAMILIES = {"wan": (WanTransformer3DModel, TRANSFORMER_CONFIG),
-            "hunyuan_video": (HunyuanVideoTransformer3DModel, HUNYUAN_TRANSFORMER_CONFIG)}
+# family -> (transformer class, its config, the config keys that take the text encoder's width)
+FAMILIES = {"wan": (WanTransformer3DModel, TRANSFORMER_CONFIG, ("text_dim",)),
+            "hunyuan_video": (HunyuanVideoTransformer3DModel, HUNYUAN_TRANSFORMER_CONFIG,
+                              ("text_embed_dim", "pooled_projection_dim"))}
 TEXT_ENCODER_CONFIG = dict(dim=192, num_layers=2, num_heads=4, max_length=MAX_LENGTH)
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=3.0)
+
+
+def build_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """The scheduler `small` is trained and sampled with (`SCHEDULER_CONFIG`)."""
+    return FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
 
 
 def build_components(transformer_overrides: dict | None = None, text_overrides: dict | None = None,
@@ -58,13 +65,12 @@ def build_components(transformer_overrides: dict | None = None, text_overrides: 
     """Freshly initialised transformer (``family``: a key of `FAMILIES`), text encoder and scheduler (random
     weights, current torch seed)."""
     text_config = {**TEXT_ENCODER_CONFIG, **(text_overrides or {})}
-    transformer_class, config = FAMILIES[family]
-    text_keys = ("text_embed_dim", "pooled_projection_dim") if family == "hunyuan_video" else ("text_dim",)
+    transformer_class, config, text_keys = FAMILIES[family]
     transformer_config = {**config, **dict.fromkeys(text_keys, text_config["dim"]), **(transformer_overrides or {})}
     return dict(
         transformer=transformer_class(**transformer_config),
         text_encoder=TinyTextEncoder(vocab_size=len(vocab_map()), **text_config),
-        scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
+        scheduler=build_scheduler(),
     )
 
 
