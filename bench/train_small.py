@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import copy
 import json
 import math
@@ -99,6 +100,66 @@ from sta_search.tiny.text import TinyTextEncoder  # noqa: E402
 SHARD_BYTES = 15_000_000
 SETTINGS = {"tile": [4, 4, 4], "height": 96, "width": 160, "frames": 16, "steps": 16, "guidance_scale": 4.0}
 EVAL_SEED = 777
+
+
+SDPA_CHOICES = ("default", "cudnn", "efficient", "flash")
+
+
+def sdpa_context(name: str):
+    """A context that restricts torch's SDPA to one backend (``default``: torch's own choice)."""
+    if name == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([{"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                         "flash": SDPBackend.FLASH_ATTENTION}[name]])
+
+
+def probe_step_costs(forward, text_encoder, canvases, autocast, device, reps: int = 3) -> dict:
+    """Milliseconds per batch of each canvas for drawing the data and for one forward + backward under each SDPA
+    backend (median of ``reps`` after a warm-up; gradients are discarded), or why a backend refused."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(fn) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append((time.perf_counter() - t0) * 1000)
+        return round(sorted(times)[len(times) // 2], 1)
+
+    gen = torch.Generator().manual_seed(12345)
+    found = {}
+    for f, h, w, batch in canvases:
+        entry = {"data_ms": timed(lambda: data.sample_batch(batch, frames=f, height=h, width=w, generator=gen,
+                                                             device=device))}
+        videos, captions = data.sample_batch(batch, frames=f, height=h, width=w, generator=gen, device=device)
+        ids = encode_words(captions, MAX_LENGTH).to(device)
+        sigma = torch.full((batch,), 0.5, device=device)
+
+        def fwd_bwd():
+            with autocast:
+                pred = forward(hidden_states=videos, timestep=sigma * 1000, encoder_hidden_states=text_encoder(ids))[0]
+            pred.float().square().mean().backward()
+
+        for name in SDPA_CHOICES:
+            try:
+                with sdpa_context(name):
+                    entry[f"{name}_ms"] = timed(fwd_bwd)
+            except RuntimeError as err:
+                entry[f"{name}_ms"] = f"refused: {str(err).splitlines()[0][:160]}"
+        found["x".join(map(str, (f, h, w))) + f":{batch}"] = entry
+    return found
+
+
+def pick_sdpa(costs: dict) -> str:
+    """The backend with the least summed forward + backward time over the probed canvases."""
+    totals = {name: sum(c[f"{name}_ms"] for c in costs.values()) for name in SDPA_CHOICES
+              if all(isinstance(c[f"{name}_ms"], float) for c in costs.values())}
+    return min(totals, key=totals.get)
 
 
 def parse_canvases(text: str) -> list[tuple[int, int, int, int]]:
@@ -382,6 +443,9 @@ def main() -> None:
     ap.add_argument("--no-raw-state", action="store_true",
                     help="keep only the EMA weights (bf16) in the checkpoint: a resume restarts the raw weights from "
                          "them; for models whose fp32 weights would not fit the device's 64 MiB transfers")
+    ap.add_argument("--sdpa", choices=("auto",) + SDPA_CHOICES, default="default",
+                    help="attention backend for training: auto times a forward + backward of each canvas under each "
+                         "backend first (and the data drawing) and keeps the fastest")
     ap.add_argument("--smoke", action="store_true", help="tiny model and canvases, for a CPU check in seconds")
     args = ap.parse_args()
 
@@ -471,6 +535,13 @@ def main() -> None:
         frac = args.large_fraction
         return 0 if math.floor((global_step + 1) * frac) > math.floor(global_step * frac) or len(canvases) == 1 else 1
 
+    sdpa = args.sdpa
+    if sdpa == "auto":
+        log["step_costs"] = probe_step_costs(forward, text_encoder, canvases, autocast, device)
+        opt.zero_grad(set_to_none=True)
+        sdpa = pick_sdpa(log["step_costs"])
+        print(f"step costs {json.dumps(log['step_costs'])} -> sdpa {sdpa}", flush=True)
+    log["sdpa"] = sdpa
     budget_end = START + args.time_budget - args.reserve
     t_cal0 = None
     while total is None or run_step < total:
@@ -505,7 +576,7 @@ def main() -> None:
         noisy, target = (1 - s) * videos + s * noise, noise - videos
         for group in opt.param_groups:
             group["lr"] = lr_at(run_step)
-        with autocast:
+        with autocast, sdpa_context(sdpa):
             pred = forward(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=text_encoder(ids),
                            return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(pred.float(), target)

@@ -312,10 +312,13 @@ def test_hunyuan_family_trains_resumes_from_ema_only_and_profiles(tmp_path):
     assert index["transformer"] == ["diffusers", "HunyuanVideoTransformer3DModel"]
     assert not list((folder / "train_state").glob("weights-*"))
     run = subprocess.run([sys.executable, script, "--smoke", "--steps", "1", "--resume", str(folder), "--out",
-                          str(second), "--eval-prompts", "0", "--sample-prompts", "0"],
+                          str(second), "--eval-prompts", "0", "--sample-prompts", "0", "--sdpa", "auto"],
                          check=True, env=env, capture_output=True, text=True, timeout=300)
     assert "continuing from the EMA weights" in run.stdout
-    assert json.loads((second / "train_log.json").read_text())["steps_total"] == 3
+    log = json.loads((second / "train_log.json").read_text())
+    assert log["steps_total"] == 3
+    assert set(log["step_costs"]) == {"4x32x48:2", "2x16x24:2"}
+    assert f"{log['sdpa']}_ms" in {name for name, ms in log["step_costs"]["4x32x48:2"].items() if isinstance(ms, float)}
     assert "HunyuanVideo" in (second / "checkpoint" / "model_index.json").read_text()
 
     from sta_search.models.loading import load_model
@@ -326,6 +329,19 @@ def test_hunyuan_family_trains_resumes_from_ema_only_and_profiles(tmp_path):
     frames = loaded.pipeline(["a big red circle moves left, on a gray floor"], height=32, width=48, num_frames=4,
                              num_inference_steps=2, generator=torch.Generator().manual_seed(0)).frames
     assert frames.shape == (1, 4, 32, 48, 3) and np.isfinite(frames).all()
+
+
+def test_pick_sdpa_takes_the_fastest_backend_that_ran_on_every_canvas():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_small
+
+    costs = {"16x96x160:12": {"data_ms": 50.0, "default_ms": 300.0, "cudnn_ms": 200.0, "efficient_ms": 310.0,
+                              "flash_ms": "refused: mask"},
+             "8x64x96:64": {"data_ms": 90.0, "default_ms": 150.0, "cudnn_ms": 260.0, "efficient_ms": 151.0,
+                            "flash_ms": 10.0}}
+    assert train_small.pick_sdpa(costs) == "default"
+    costs["8x64x96:64"]["cudnn_ms"] = 240.0
+    assert train_small.pick_sdpa(costs) == "cudnn"
 
 
 def test_caption_gaps_are_zero_exactly_when_the_text_is_cut_off():
