@@ -6,11 +6,13 @@
 #   bash bench/checkpoint_carry.sh restore
 #
 # prep copies SRC into ./ckpt (ignored through .git/info/exclude) and takes the bundled weights of tiny and small
-# (37 MB) out of the index and into .git/info/exclude, so they stay on disk but do not travel; restore puts them
-# back. Nothing is committed; run restore before committing. Session 17 resumed `small` run 10 this way.
+# (37 MB) and the committed training checkpoints (bench/checkpoints, e.g. SRC itself) out of the index and into
+# .git/info/exclude, so they stay on disk but do not travel; restore puts them back. Nothing is committed; run restore
+# before committing. Session 17 resumed `small` run 10 this way.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 weights=(sta_search/small/weights sta_search/tiny/weights)
+[ -n "$(git ls-files bench/checkpoints)" ] && weights+=(bench/checkpoints)
 exclude=.git/info/exclude
 case ${1:-} in
     prep)

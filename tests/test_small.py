@@ -321,6 +321,16 @@ def test_hunyuan_family_trains_resumes_from_ema_only_and_profiles(tmp_path):
     assert f"{log['sdpa']}_ms" in {name for name, ms in log["step_costs"]["4x32x48:2"].items() if isinstance(ms, float)}
     assert "HunyuanVideo" in (second / "checkpoint" / "model_index.json").read_text()
 
+    sys.path.insert(0, str(ROOT / "bench"))
+    import small_text_paths
+
+    small_text_paths.main(["--folder", str(second / "checkpoint"), "--scenes", "2", "--out", str(tmp_path / "p.json")])
+    paths = json.loads((tmp_path / "p.json").read_text())
+    assert set(paths["loss_increase"]) == {"0.5", "0.8", "0.95"}
+    assert all(np.isfinite(v) for cut in paths["loss_increase"].values() for v in cut.values())
+    shares = paths["video_to_text_attention_share"]["0.5"]
+    assert len(shares) == 2 and all(0 <= s <= 1 for s in shares)  # one dual-stream + one single-stream block
+
     from sta_search.models.loading import load_model
 
     loaded = load_model(str(second / "checkpoint"))
