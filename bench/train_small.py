@@ -36,6 +36,13 @@ pipelines append their condition channels; still a stock `WanTransformer3DModel`
 them widens its patch embedding with zero weights, so training starts from the same function. The direction toy
 (bench/direction_toy.py) learns a captioned direction with absolute positions and not with RoPE alone.
 
+``--no-pooled-text`` (session 18, hunyuan_video only): the input weights of HunyuanVideo's pooled-text projection are
+zeroed and frozen, so the caption reaches the video only through joint attention (the direction toy's "pooled text
+zero" variant, 1.00). The model stays a stock `HunyuanVideoTransformer3DModel` whose output no longer depends on its
+``pooled_projections``: every caller runs it unchanged, and a resume keeps the cut (the weights are exactly zero).
+Why: at step 2,919 the HunyuanVideo `small` read its captions mostly through the pooled mean, a bag of words that
+cannot bind an attribute to an object (`bench/small_text_paths.py`).
+
 Time box: ``--time-budget`` seconds from start, minus ``--reserve`` for saving, samples and evaluation.
 After ``calibrate`` steps the run's step count is fixed from the measured step time. The learning rate
 warms up linearly (``--warmup`` steps, 300 fresh / 100 on resume) and then stays constant, so a run can
@@ -160,6 +167,19 @@ def pick_sdpa(costs: dict) -> str:
     totals = {name: sum(c[f"{name}_ms"] for c in costs.values()) for name in SDPA_CHOICES
               if all(isinstance(c[f"{name}_ms"], float) for c in costs.values())}
     return min(totals, key=totals.get)
+
+
+def pooled_text_weight(transformer) -> torch.Tensor:
+    """The input weights of a HunyuanVideo transformer's pooled-text projection."""
+    return transformer.time_text_embed.text_embedder.linear_1.weight
+
+
+def cut_pooled_text(transformer) -> None:
+    """Zero and freeze `pooled_text_weight`: the output no longer depends on ``pooled_projections``."""
+    weight = pooled_text_weight(transformer)
+    with torch.no_grad():
+        weight.zero_()
+    weight.requires_grad_(False)
 
 
 def parse_canvases(text: str) -> list[tuple[int, int, int, int]]:
@@ -440,6 +460,9 @@ def main() -> None:
                     help="the transformer of a fresh run (a resumed run keeps its checkpoint's): wan "
                          "(WanTransformer3DModel, text by cross-attention) or hunyuan_video "
                          "(HunyuanVideoTransformer3DModel, text in joint attention and pooled into the modulation)")
+    ap.add_argument("--no-pooled-text", action="store_true",
+                    help="hunyuan_video: zero and freeze the pooled-text projection's input weights, so the caption "
+                         "reaches the video only through joint attention (kept on resume)")
     ap.add_argument("--no-raw-state", action="store_true",
                     help="keep only the EMA weights (bf16) in the checkpoint: a resume restarts the raw weights from "
                          "them; for models whose fp32 weights would not fit the device's 64 MiB transfers")
@@ -488,6 +511,14 @@ def main() -> None:
             for model in (components["transformer"], ema_models[0]):
                 add_coordinate_inputs(model)
             print("patch embedding widened by 3 coordinate channels (zero weights)", flush=True)
+    joint = is_joint_attention(components["transformer"])
+    if args.no_pooled_text and not joint:
+        raise SystemExit("--no-pooled-text: only for the hunyuan_video family")
+    pooled_text = not (args.no_pooled_text or (joint and not pooled_text_weight(components["transformer"]).any()))
+    if not pooled_text:
+        for model in (components["transformer"], ema_models[0]):
+            cut_pooled_text(model)
+        print("pooled text cut: the caption reaches the video through joint attention only", flush=True)
     transformer = components["transformer"].to(device).train()
     text_encoder = components["text_encoder"].to(device).train()
     ema_models = [m.to(device).eval().requires_grad_(False) for m in ema_models]
@@ -624,7 +655,7 @@ def main() -> None:
     state["runs"] = state.get("runs", []) + [{"steps": run_step, "seconds": round(seconds, 1), "device": device_name,
                                               "canvases": args.canvases if not args.smoke else "smoke"}]
     state["config"] = {"canvases": [list(c) for c in canvases], "large_fraction": args.large_fraction,
-                       "ema": args.ema, "text_dropout": args.text_dropout}
+                       "ema": args.ema, "text_dropout": args.text_dropout, "pooled_text": pooled_text}
     log.update(steps_this_run=run_step, steps_total=state["step"], train_seconds=round(seconds, 1),
                train_seconds_total=state["train_seconds"], samples_seen_total=state["samples_seen"], warmup=warmup,
                step_seconds={"x".join(map(str, canvases[i][:3])): round(sum(v) / len(v), 4)

@@ -341,6 +341,42 @@ def test_hunyuan_family_trains_resumes_from_ema_only_and_profiles(tmp_path):
     assert frames.shape == (1, 4, 32, 48, 3) and np.isfinite(frames).all()
 
 
+def test_no_pooled_text_cuts_the_pooled_path_and_resume_keeps_the_cut(tmp_path):
+    """train_small --no-pooled-text: after training and after a resume without the flag, the saved HunyuanVideo
+    transformer's output does not depend on ``pooled_projections`` (while it does depend on the text tokens); the
+    wan family refuses the flag."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    script = str(ROOT / "bench" / "train_small.py")
+    first, second = tmp_path / "a", tmp_path / "b"
+    common = ["--smoke", "--eval-prompts", "0", "--sample-prompts", "0", "--no-raw-state"]
+    subprocess.run([sys.executable, script, *common, "--family", "hunyuan_video", "--no-pooled-text", "--steps", "2",
+                    "--out", str(first)], check=True, env=env, capture_output=True, timeout=300)
+    run = subprocess.run([sys.executable, script, *common, "--steps", "2", "--resume", str(first / "checkpoint"),
+                          "--out", str(second)], check=True, env=env, capture_output=True, text=True, timeout=300)
+    assert "pooled text cut" in run.stdout
+    refused = subprocess.run([sys.executable, script, *common, "--steps", "1", "--no-pooled-text", "--out",
+                              str(tmp_path / "c")], env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "--no-pooled-text: only for the hunyuan_video family" in refused.stderr
+
+    from sta_search.small import load_small
+
+    transformer = load_small(second / "checkpoint").transformer
+    torch.manual_seed(0)
+    x, t = torch.randn(2, 3, 4, 32, 48), torch.full((2,), 500.0)
+    text = torch.randn(2, 6, transformer.config.text_embed_dim)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+
+    def run_with(text, pooled):
+        with torch.no_grad():
+            return transformer(hidden_states=x, timestep=t, encoder_hidden_states=text, encoder_attention_mask=mask,
+                               pooled_projections=pooled, return_dict=False)[0]
+
+    pooled = torch.randn(2, transformer.config.pooled_projection_dim)
+    base = run_with(text, pooled)
+    torch.testing.assert_close(run_with(text, 10 * torch.randn_like(pooled)), base, rtol=0, atol=0)
+    assert (run_with(torch.randn_like(text), pooled) - base).abs().max() > 1e-4
+
+
 def test_pick_sdpa_takes_the_fastest_backend_that_ran_on_every_canvas():
     sys.path.insert(0, str(ROOT / "bench"))
     import train_small
