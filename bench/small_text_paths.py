@@ -3,12 +3,13 @@
     python3 bench/small_text_paths.py --folder CHECKPOINT [--compare small] [--scenes 8] [--out FILE.json]
 
 HunyuanVideo reads the text twice: its tokens join the video's in every block's attention (key-padding mask), and
-their mean (`sta_search.tiny.pipeline.denoise`) modulates every norm through the pooled projection. For ``--scenes``
-held-out scenes rendered at 8 x 64 x 96 px and noise levels 0.5 / 0.8 / 0.95, this reports the relative increase
-of the flow-matching loss (same noise) when the caption is another scene's, when the pooled text is zeroed, when
-every text key but the first word ("a" in every caption) is masked out of attention, and when both are cut; and per block the share of attention that
-video queries put on text keys (uniform would be 48 / 3,120 = 1.5%). ``--compare`` adds the caption-swap loss
-increase of another model folder (e.g. the bundled Wan `small`) as a yardstick.
+their mean (`sta_search.tiny.pipeline.joint_text_inputs`) modulates every norm through the pooled projection. For
+``--scenes`` held-out scenes rendered at 8 x 64 x 96 px and noise levels 0.5 / 0.8 / 0.95, this reports the relative
+increase of the flow-matching loss (same noise) when the caption is another scene's, when the pooled text is zeroed,
+when every text key but the first word ("a" in every caption) is masked out of attention, and when both are cut; and
+per block the share of attention that video queries put on text keys (uniform would be 48 / 3,120 = 1.5%).
+``--compare`` adds the caption-swap loss increase of another model folder (e.g. the bundled Wan `small`) as a
+yardstick.
 """
 
 from __future__ import annotations
@@ -33,23 +34,18 @@ FRAMES, HEIGHT, WIDTH = 8, 64, 96
 def load(folder: str):
     """(transformer, text_encoder) in fp32 from a model folder, a training checkpoint or its tars, or ``small``
     (the bundled model)."""
-    from sta_search.small import load_small
+    from train_small import bundled_components, resolve_resume
 
-    if folder == "small":
-        pipe = load_small()
-        return pipe.transformer.float().eval(), pipe.text_encoder.float().eval()
-    path = Path(folder)
-    if path.is_dir() and not (path / "model_index.json").is_file():
-        from train_small import resolve_resume
-
+    path = None if folder == "small" else Path(folder)
+    if path is not None and path.is_dir() and not (path / "model_index.json").is_file():
         path = resolve_resume(path, Path(tempfile.mkdtemp(prefix="text_paths_")))
-    pipe = load_small(path)
-    return pipe.transformer.float().eval(), pipe.text_encoder.float().eval()
+    components = bundled_components("cpu", path)
+    return components["transformer"], components["text_encoder"]
 
 
 def losses(transformer, text, videos, sigma: float, *, pooled_zero=False, text_keys=True) -> torch.Tensor:
     """Per-video flow-matching loss under text embeddings ``text``, optionally with a text path cut."""
-    from sta_search.tiny.pipeline import denoise, is_joint_attention, prompt_mask
+    from sta_search.tiny.pipeline import denoise, is_joint_attention, joint_text_inputs
 
     noise = torch.randn(videos.shape, generator=torch.Generator().manual_seed(2))
     noisy, target = (1 - sigma) * videos + sigma * noise, noise - videos
@@ -58,9 +54,10 @@ def losses(transformer, text, videos, sigma: float, *, pooled_zero=False, text_k
         if not is_joint_attention(transformer):
             pred = denoise(transformer, noisy, timestep, text)
         else:
-            mask = prompt_mask(text) & text_keys
-            mask[:, 0] = True  # the caption's first word, "a" in every caption: an all-masked row would give NaN
-            pooled = text.sum(dim=1) / prompt_mask(text).sum(dim=1, keepdim=True)
+            mask, pooled = joint_text_inputs(text)
+            if not text_keys:  # all but the caption's first word, "a" in every caption (an all-masked row gives NaN)
+                mask = torch.zeros_like(mask)
+                mask[:, 0] = True
             pred = transformer(hidden_states=noisy, timestep=timestep, encoder_hidden_states=text,
                                encoder_attention_mask=mask, pooled_projections=pooled * (not pooled_zero),
                                return_dict=False)[0]
@@ -100,6 +97,8 @@ def text_attention_share(transformer, text, videos, sigma: float) -> list[float]
 
 
 def main(argv=None) -> int:
+    from train_small import EVAL_SEED
+
     from sta_search.small import data
     from sta_search.small.text import MAX_LENGTH, encode_words
 
@@ -111,7 +110,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     t0 = time.time()
-    scenes = [data.parse_caption(c) for c in data.prompt_set(args.scenes, 777)]
+    scenes = [data.parse_caption(c) for c in data.prompt_set(args.scenes, EVAL_SEED)]
     videos = data.render(scenes, frames=FRAMES, height=HEIGHT, width=WIDTH, generator=torch.Generator().manual_seed(1))
     ids = encode_words([s.caption for s in scenes], MAX_LENGTH)
     result = {"folder": args.folder, "scenes": [s.caption for s in scenes], "canvas": [FRAMES, HEIGHT, WIDTH],
@@ -135,9 +134,12 @@ def main(argv=None) -> int:
         other, other_text_encoder = load(args.compare)
         with torch.no_grad():
             other_text = other_text_encoder(ids)
-        result["compare"] = {"folder": args.compare, "other scene's caption": {
-            str(s): round(float(((losses(other, other_text.roll(1, 0), videos, s) - losses(other, other_text, videos, s))
-                                 / losses(other, other_text, videos, s)).mean()), 5) for s in NOISE_LEVELS}}
+        swap = {}
+        for sigma in NOISE_LEVELS:
+            true = losses(other, other_text, videos, sigma)
+            swapped = losses(other, other_text.roll(1, 0), videos, sigma)
+            swap[str(sigma)] = round(float(((swapped - true) / true).mean()), 5)
+        result["compare"] = {"folder": args.compare, "other scene's caption": swap}
     result["seconds"] = round(time.time() - t0, 1)
     text_out = json.dumps(result, indent=1)
     print(text_out)

@@ -503,15 +503,15 @@ def main() -> None:
         torch.manual_seed(args.seed)
         components = build_components(t_over, x_over, family=args.family)
         ema_models = [copy.deepcopy(components["transformer"]), copy.deepcopy(components["text_encoder"])]
+    joint = is_joint_attention(components["transformer"])
     if args.coordinates:
-        if is_joint_attention(components["transformer"]):
+        if joint:
             raise SystemExit("--coordinates: only for the wan family")
         t_config = components["transformer"].config
         if t_config.in_channels == t_config.out_channels:
             for model in (components["transformer"], ema_models[0]):
                 add_coordinate_inputs(model)
             print("patch embedding widened by 3 coordinate channels (zero weights)", flush=True)
-    joint = is_joint_attention(components["transformer"])
     if args.no_pooled_text and not joint:
         raise SystemExit("--no-pooled-text: only for the hunyuan_video family")
     pooled_text = not (args.no_pooled_text or (joint and not pooled_text_weight(components["transformer"]).any()))

@@ -92,21 +92,26 @@ def prompt_mask(text: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def joint_text_inputs(text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What HunyuanVideo takes besides the text tokens ``text`` ``(B, L, D)``: `prompt_mask` as its key-padding
+    mask and, as its pooled projection, the mean of the prompt's token embeddings (zero for the empty prompt)."""
+    mask = prompt_mask(text)
+    return mask, text.sum(dim=1) / mask.sum(dim=1, keepdim=True).to(text.dtype)
+
+
 def denoise(transformer, video: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
             attention_kwargs: dict | None = None, network=None) -> torch.Tensor:
     """``transformer``'s flow prediction for the pixel video ``video`` ``(B, 3, F, H, W)`` at ``timestep`` ``(B,)``
     (0-1000) under the text embeddings ``text`` ``(B, L, D)`` of a bundled text encoder. Wan takes the text
     through cross-attention (and `coordinate_channels` when it has 3 extra inputs); HunyuanVideo through joint
-    attention with `prompt_mask` as key-padding mask and through its pooled projection, here the mean of the
-    prompt's token embeddings (zero for the empty prompt). ``network``: what to call instead of ``transformer``
+    attention and its pooled projection (`joint_text_inputs`). ``network``: what to call instead of ``transformer``
     (e.g. its ``torch.compile`` wrapper)."""
     network = network if network is not None else transformer
     video = with_coordinates(video, transformer)
     if not is_joint_attention(transformer):
         return network(hidden_states=video, timestep=timestep, encoder_hidden_states=text,
                        attention_kwargs=attention_kwargs, return_dict=False)[0]
-    mask = prompt_mask(text)
-    pooled = text.sum(dim=1) / mask.sum(dim=1, keepdim=True).to(text.dtype)
+    mask, pooled = joint_text_inputs(text)
     return network(hidden_states=video, timestep=timestep, encoder_hidden_states=text, encoder_attention_mask=mask,
                    pooled_projections=pooled, attention_kwargs=attention_kwargs, return_dict=False)[0]
 
