@@ -545,6 +545,7 @@ def main() -> None:
         warmup = 1
     calibrate, total = 30, args.steps  # steps of THIS run
     log = {"args": {k: str(v) for k, v in vars(args).items()}, "params": n_params, "device": device_name,
+           "model": {"class": type(transformer).__name__, "pooled_text": pooled_text if joint else None},
            "torch": torch.__version__, "resolutions": settings["resolutions"],
            "canvas_tokens": [[f, h // 4, w // 4] for f, h, w, _ in canvases], "batches": [c[3] for c in canvases],
            "start_step": start_step, "loss": [], "optimizer_state": "not kept: AdamW restarts with a warm-up"}

@@ -354,6 +354,8 @@ def test_no_pooled_text_cuts_the_pooled_path_and_resume_keeps_the_cut(tmp_path):
     run = subprocess.run([sys.executable, script, *common, "--steps", "2", "--resume", str(first / "checkpoint"),
                           "--out", str(second)], check=True, env=env, capture_output=True, text=True, timeout=300)
     assert "pooled text cut" in run.stdout
+    model = json.loads((second / "train_log.json").read_text())["model"]
+    assert model == {"class": "HunyuanVideoTransformer3DModel", "pooled_text": False}  # a resume's args say wan
     refused = subprocess.run([sys.executable, script, *common, "--steps", "1", "--no-pooled-text", "--out",
                               str(tmp_path / "c")], env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "--no-pooled-text: only for the hunyuan_video family" in refused.stderr
