@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -43,13 +44,24 @@ def load(folder: str):
     return components["transformer"], components["text_encoder"]
 
 
+def video_tokens(transformer, shape) -> int:
+    """Tokens of a pixel video of ``shape`` ``(B, 3, F, H, W)`` in ``transformer``."""
+    from sta_search.tiny.pipeline import patch_size
+
+    return math.prod(n // p for n, p in zip(shape[2:], patch_size(transformer)))
+
+
+def noised(videos, sigma: float):
+    """(noisy videos, flow-matching target, timestep) at noise level ``sigma``, the same noise on every call."""
+    noise = torch.randn(videos.shape, generator=torch.Generator().manual_seed(2))
+    return (1 - sigma) * videos + sigma * noise, noise - videos, torch.full((len(videos),), sigma * 1000.0)
+
+
 def losses(transformer, text, videos, sigma: float, *, pooled_zero=False, text_keys=True) -> torch.Tensor:
     """Per-video flow-matching loss under text embeddings ``text``, optionally with a text path cut."""
     from sta_search.tiny.pipeline import denoise, is_joint_attention, joint_text_inputs
 
-    noise = torch.randn(videos.shape, generator=torch.Generator().manual_seed(2))
-    noisy, target = (1 - sigma) * videos + sigma * noise, noise - videos
-    timestep = torch.full((len(videos),), sigma * 1000.0)
+    noisy, target, timestep = noised(videos, sigma)
     with torch.no_grad():
         if not is_joint_attention(transformer):
             pred = denoise(transformer, noisy, timestep, text)
@@ -69,28 +81,27 @@ def text_attention_share(transformer, text, videos, sigma: float) -> list[float]
     queries put on the prompt's text keys."""
     from sta_search.tiny.pipeline import denoise
 
-    video_tokens = videos.shape[2] * (videos.shape[3] // 4) * (videos.shape[4] // 4)
-    text_tokens = text.shape[1]
+    n_video, text_tokens = video_tokens(transformer, videos.shape), text.shape[1]
     shares: list[float] = []
     original = torch.nn.functional.scaled_dot_product_attention
 
     def recording(query, key, value, attn_mask=None, **kwargs):
         q, k = query, key
-        if k.shape[-2] == video_tokens + text_tokens:
+        if k.shape[-2] == n_video + text_tokens:
             per_video = []
             for b in range(q.shape[0]):
-                logits = q[b, :, :video_tokens] @ k[b].transpose(-1, -2) * q.shape[-1] ** -0.5
+                logits = q[b, :, :n_video] @ k[b].transpose(-1, -2) * q.shape[-1] ** -0.5
                 if attn_mask is not None:
                     logits = logits.masked_fill(~attn_mask[b].expand_as(logits), float("-inf"))
-                per_video.append(logits.softmax(-1)[..., video_tokens:].sum(-1).mean())
+                per_video.append(logits.softmax(-1)[..., n_video:].sum(-1).mean())
             shares.append(float(torch.stack(per_video).mean()))
         return original(query, key, value, attn_mask=attn_mask, **kwargs)
 
-    noise = torch.randn(videos.shape, generator=torch.Generator().manual_seed(2))
+    noisy, _, timestep = noised(videos, sigma)
     torch.nn.functional.scaled_dot_product_attention = recording
     try:
         with torch.no_grad():
-            denoise(transformer, (1 - sigma) * videos + sigma * noise, torch.full((len(videos),), sigma * 1000.0), text)
+            denoise(transformer, noisy, timestep, text)
     finally:
         torch.nn.functional.scaled_dot_product_attention = original
     return [round(s, 4) for s in shares]
@@ -129,7 +140,7 @@ def main(argv=None) -> int:
                                                for name, cut in cuts.items()}
     result["video_to_text_attention_share"] = {str(s): text_attention_share(transformer, text, videos, s)
                                                for s in (0.5, 0.95)}
-    result["uniform_share"] = round(MAX_LENGTH / (FRAMES * HEIGHT // 4 * WIDTH // 4 + MAX_LENGTH), 4)
+    result["uniform_share"] = round(MAX_LENGTH / (video_tokens(transformer, videos.shape) + MAX_LENGTH), 4)
     if args.compare:
         other, other_text_encoder = load(args.compare)
         with torch.no_grad():

@@ -92,6 +92,14 @@ def prompt_mask(text: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def patch_size(transformer) -> tuple[int, int, int]:
+    """Pixels per video token (frames, height, width) of a bundled-family transformer, Wan or HunyuanVideo."""
+    config = transformer.config
+    if is_joint_attention(transformer):
+        return config.patch_size_t, config.patch_size, config.patch_size
+    return tuple(config.patch_size)
+
+
 def joint_text_inputs(text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What HunyuanVideo takes besides the text tokens ``text`` ``(B, L, D)``: `prompt_mask` as its key-padding
     mask and, as its pooled projection, the mean of the prompt's token embeddings (zero for the empty prompt)."""
@@ -221,9 +229,7 @@ class TinyVideoPipeline(DiffusionPipeline):
         """Generate videos; ``output_type`` "np" gives ``(batch, frames, height, width, 3)`` float32 in
         [0, 1], "pt" gives ``(batch, frames, 3, height, width)``, "latent" the raw [-1, 1] tensor
         ``(batch, 3, frames, height, width)``. Returns `WanPipelineOutput` (or a 1-tuple)."""
-        config = self.transformer.config
-        p_t, p_h, p_w = ((config.patch_size_t, config.patch_size, config.patch_size)
-                         if is_joint_attention(self.transformer) else config.patch_size)
+        p_t, p_h, p_w = patch_size(self.transformer)
         if height % p_h or width % p_w or num_frames % p_t:
             raise ValueError(
                 f"height {height} and width {width} must be multiples of {p_h}x{p_w}, num_frames of {p_t}"
