@@ -26,7 +26,9 @@ more steps. Session 16 added: ``--size`` (the default width 64 is close to the 4
 network may be too narrow to pass the noise through and read the caption too), ``--wrap`` (videos on a torus: the
 start layout carries no direction, only the relative motion does), ``--sigma-shift`` (training noise levels as in
 ``train_small.py``), ``--extra-guidance``, ``--caption-words`` (multi-token captions) and the variants ``hunyuan`` /
-``hunyuan-nopool`` (a stock `HunyuanVideoTransformer3DModel`, whose pooled text modulates the norms). Writes
+``hunyuan-nopool`` (a stock `HunyuanVideoTransformer3DModel`, whose pooled text modulates the norms). Session 20
+added ``--arrow trail|accel`` (an arrow of time in the data), with which Wan's cross-attention alone reads the
+direction. Writes
 ``DIR/direction-toy-<task>-<device>-<utc>.json`` (schema v2: each run's ``score`` is the direction or colour score,
 as ``task`` says; v1 called it ``direction_score``).
 """
@@ -52,9 +54,12 @@ STEP = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}  # (row
 
 
 COLOURS = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]])  # red, green, blue, yellow
-TASK = {"name": "direction", "wrap": False}  # "colour": the caption names the square's colour, its direction random
-# "wrap": the canvas is a torus (the square starts anywhere and re-enters on the far side), so the start layout says
-# nothing about the direction and only the relative motion does
+TASK = {"name": "direction", "wrap": False, "arrow": "none"}  # "colour": the caption names the square's colour,
+# its direction random; "wrap": the canvas is a torus (the square starts anywhere and re-enters on the far side), so
+# the start layout says nothing about the direction and only the relative motion does; "arrow" (session 20): an
+# arrow of time in the data, "trail" (the square leaves a fading trail of its last two positions) or "accel" (it
+# starts from rest and speeds up), so that a video played backwards no longer looks like training data
+TRAIL = (1.0, 0.5, 0.25)  # brightness of the square now, one frame ago, two frames ago
 
 
 def make_videos(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -76,18 +81,22 @@ def make_videos(labels: torch.Tensor, generator: torch.Generator) -> torch.Tenso
         moving_lo = torch.where(delta < 0, lo + travel, torch.full_like(travel, lo))
         moving_hi = torch.where(delta > 0, hi - travel, torch.full_like(travel, hi))
         start[:, axis] = u * SIZE if wrap else moving_lo + u * (moving_hi - moving_lo)
-    t = torch.linspace(0, 1, FRAMES)
-    rows = start[:, 0, None] + dr[:, None] * travel[:, None] * t  # (B, F)
-    cols = start[:, 1, None] + dc[:, None] * travel[:, None] * t
-    grid = torch.arange(SIZE, dtype=torch.float32) + 0.5
-    offset_r = grid[None, None, :] - rows[..., None]  # (B, F, SIZE)
-    offset_c = grid[None, None, :] - cols[..., None]
-    if wrap:
-        offset_r = torch.remainder(offset_r + SIZE / 2, SIZE) - SIZE / 2
-        offset_c = torch.remainder(offset_c + SIZE / 2, SIZE) - SIZE / 2
-    in_r = (offset_r.abs() <= half).float()
-    in_c = (offset_c.abs() <= half).float()
-    frame = in_r[..., :, None] * in_c[..., None, :]  # (B, F, SIZE, SIZE)
+    arrow = TASK["arrow"]
+    frame = torch.zeros(B, FRAMES, SIZE, SIZE)
+    for lag, brightness in enumerate(TRAIL if arrow == "trail" else TRAIL[:1]):
+        t = torch.linspace(0, 1, FRAMES) - lag / (FRAMES - 1)  # the trail continues the path back before frame 0
+        progress = t.clamp_min(0) ** 2 if arrow == "accel" else t
+        rows = start[:, 0, None] + dr[:, None] * travel[:, None] * progress  # (B, F)
+        cols = start[:, 1, None] + dc[:, None] * travel[:, None] * progress
+        grid = torch.arange(SIZE, dtype=torch.float32) + 0.5
+        offset_r = grid[None, None, :] - rows[..., None]  # (B, F, SIZE)
+        offset_c = grid[None, None, :] - cols[..., None]
+        if wrap:
+            offset_r = torch.remainder(offset_r + SIZE / 2, SIZE) - SIZE / 2
+            offset_c = torch.remainder(offset_c + SIZE / 2, SIZE) - SIZE / 2
+        in_r = (offset_r.abs() <= half).float()
+        in_c = (offset_c.abs() <= half).float()
+        frame = torch.maximum(frame, brightness * in_r[..., :, None] * in_c[..., None, :])  # (B, F, SIZE, SIZE)
     if colour_task:
         return frame[:, None] * (COLOURS[labels][:, :, None, None, None] + 1) - 1
     return (frame * 2 - 1)[:, None].expand(B, 3, FRAMES, SIZE, SIZE).contiguous()
@@ -276,7 +285,8 @@ def train(variant: str, seed: int, seconds: float, batch: int, lr: float, captio
     for g in extra_guidance:
         by_guidance[f"{g:g}"] = scorer(sample(model, directions, torch.Generator().manual_seed(99), guidance=g),
                                        directions)
-    return {"task": TASK["name"], "wrap": TASK["wrap"], "variant": variant, "seed": seed, "device": device,
+    return {"task": TASK["name"], "wrap": TASK["wrap"], "arrow": TASK["arrow"], "variant": variant, "seed": seed,
+            "device": device,
             "heads": size[0], "head_dim": size[1], "layers": size[2], "caption_words": caption_words,
             "parameters": sum(p.numel() for p in model.parameters()), "sigma_shift": sigma_shift,
             "batch": batch, "lr": lr, "caption_dropout": caption_dropout, "guidance": guidance, "steps": step,
@@ -307,6 +317,9 @@ def main(argv=None) -> int:
                         help="also score samples at these guidance scales (same noise)")
     parser.add_argument("--wrap", action="store_true", help="videos on a torus: the square starts anywhere and "
                         "re-enters on the far side, so only the relative motion tells the direction")
+    parser.add_argument("--arrow", default="none", choices=["none", "trail", "accel"],
+                        help="an arrow of time in the data: a fading trail behind the square, or a square that "
+                        "starts from rest and speeds up (default none: a video reversed is as likely as played)")
     parser.add_argument("--size", type=int, nargs=3, default=[2, 32, 2], metavar=("HEADS", "HEAD_DIM", "LAYERS"),
                         help="the transformer's size (default 2 32 2: width 64)")
     parser.add_argument("--sigma-shift", type=float, default=None, help="draw training noise levels logit-normal, "
@@ -314,7 +327,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args(argv)
-    TASK["name"], TASK["wrap"] = args.task, args.wrap
+    TASK["name"], TASK["wrap"], TASK["arrow"] = args.task, args.wrap, args.arrow
     runs = []
     for seed in args.seeds:
         for variant in args.variants:

@@ -17,6 +17,8 @@
 #                          the caption depends on the query): Wan with the caption in cross-attention only (rope) and
 #                          also in the modulation (adaln); a stock HunyuanVideo transformer with pooled text and without
 #                          (hunyuan, hunyuan-nopool); the colour control.
+#   arrow (session 20):    the family plan's Wan with the caption in cross-attention only (rope), on data with an
+#                          arrow of time (--arrow trail, --arrow accel; two seeds each) and without (the baseline).
 set -uo pipefail
 OUT=${1:?usage: bench/direction_toy_job.sh OUTDIR [SECONDS] [PLAN]}
 SECS=${2:-420}
@@ -54,7 +56,16 @@ case $PLAN in
             launch "direction-$variant-w256-shift3-words6" "${words[@]}" --variants "$variant"
         done
         launch colour-rope-w256-shift3-words6 "${words[@]}" --task colour --variants rope ;;
-    *) echo "unknown plan $PLAN (variants, width, ablation, family)" >&2; exit 2 ;;
+    arrow)
+        words=("${wide[@]}" --sigma-shift 3 --caption-words 6 --variants rope)
+        launch direction-rope-w256-shift3-words6 "${words[@]}"
+        for arrow in trail accel; do
+            for seed in 0 1; do
+                launch "direction-rope-w256-shift3-words6-$arrow-seed$seed" "${words[@]}" --arrow "$arrow" \
+                    --seeds "$seed"
+            done
+        done ;;
+    *) echo "unknown plan $PLAN (variants, width, ablation, family, arrow)" >&2; exit 2 ;;
 esac
 wait
 tail -n 1 "$OUT"/*.log

@@ -36,6 +36,12 @@ pipelines append their condition channels; still a stock `WanTransformer3DModel`
 them widens its patch embedding with zero weights, so training starts from the same function. The direction toy
 (bench/direction_toy.py) learns a captioned direction with absolute positions and not with RoPE alone.
 
+``--ease accel`` (session 20): the training clips get an arrow of time (every motion, size change, pan, zoom and
+light change starts from rest and speeds up; `sta_search.small.data.EASES`), with which the direction toy's Wan reads
+the captioned direction through cross-attention alone. ``--reseparate-words`` gives chosen words fresh token
+embeddings first (run 4's encoder had merged "left" and "right"). Runs 17-18 (``bench/results/small_train/run17/``):
+the reversal symmetry breaks, the motion word is still not read after 2,355 steps from run 4.
+
 ``--no-pooled-text`` (session 18, hunyuan_video only): the input weights of HunyuanVideo's pooled-text projection are
 zeroed and frozen, so the caption reaches the video only through joint attention (the direction toy's "pooled text
 zero" variant, 1.00). The model stays a stock `HunyuanVideoTransformer3DModel` whose output no longer depends on its
@@ -100,7 +106,7 @@ from train_tiny import video_grid, write_png  # noqa: E402
 from sta_search.small import PIPELINE_CLASS, SETTINGS_FILE, data, evaluate  # noqa: E402
 from sta_search.small.pipeline import (FAMILIES, SmallVideoPipeline, build_components,  # noqa: E402
                                        build_scheduler)
-from sta_search.small.text import MAX_LENGTH, encode_words, save_tokenizer  # noqa: E402
+from sta_search.small.text import MAX_LENGTH, encode_words, save_tokenizer, vocab_map  # noqa: E402
 from sta_search.tiny.pipeline import denoise, is_joint_attention  # noqa: E402
 from sta_search.tiny.text import TinyTextEncoder  # noqa: E402
 
@@ -385,6 +391,22 @@ def generate(components: dict, prompts: list[str], canvas, steps: int, guidance:
     return torch.cat(out)
 
 
+def reseparate_words(encoders, words: list[str], seed: int) -> None:
+    """Give each of ``words`` a fresh random token embedding, at the table's mean row norm, in every encoder of
+    ``encoders`` (the trained one and its EMA get the same rows). For a trained encoder that has merged words its
+    denoiser never read (run 4 kept "left" and "right" 5.7% apart at its output)."""
+    vocab = vocab_map()
+    unknown = [w for w in words if w not in vocab]
+    if unknown:
+        raise SystemExit(f"--reseparate-words: not in the caption vocabulary: {' '.join(unknown)}")
+    table = encoders[0].token_embedding.weight
+    rows = torch.randn(len(words), table.shape[1], generator=torch.Generator().manual_seed(seed))
+    rows *= table.detach().norm(dim=1).mean() / rows.norm(dim=1, keepdim=True)
+    with torch.no_grad():
+        for encoder in encoders:
+            encoder.token_embedding.weight[[vocab[w] for w in words]] = rows.to(encoder.token_embedding.weight)
+
+
 def caption_contrast(forward, text_encoder, noisy, sigma, target, pred, captions, drop, args, autocast):
     """``--contrast``: mean over the first ``--contrast-fraction`` of the batch (captions kept, and changed by a
     reversal) of ``relu((1 + margin) * err_true - err_reversed) / err_true``, where ``err_*`` is a sample's
@@ -444,6 +466,13 @@ def main() -> None:
     ap.add_argument("--reversal-pairs", action="store_true",
                     help="half of every batch is the other half played backwards with reversed captions "
                          "(data.reversed_scene): the model must read the caption to know which way time runs")
+    ap.add_argument("--ease", choices=sorted(data.EASES), default="linear",
+                    help="how the training clips' motions, size changes, pans, zooms and light changes progress: "
+                         "linear (steady, as every bundled model was trained) or accel (from rest, speeding up: "
+                         "an arrow of time, so a clip played backwards no longer looks like training data)")
+    ap.add_argument("--reseparate-words", nargs="+", default=[], metavar="WORD",
+                    help="give these caption words fresh random token embeddings before training (e.g. left right "
+                         "up down grows shrinks: words a trained text encoder has merged)")
     ap.add_argument("--contrast", type=float, default=0.0,
                     help="weight of a caption-contrast hinge: on --contrast-fraction of each batch the loss under the "
                          "reversed caption (data.reversed_scene) must exceed the loss under the true one by "
@@ -519,6 +548,9 @@ def main() -> None:
         for model in (components["transformer"], ema_models[0]):
             cut_pooled_text(model)
         print("pooled text cut: the caption reaches the video through joint attention only", flush=True)
+    if args.reseparate_words:
+        reseparate_words((components["text_encoder"], ema_models[1]), args.reseparate_words, args.seed)
+        print(f"fresh token embeddings for {' '.join(args.reseparate_words)}", flush=True)
     transformer = components["transformer"].to(device).train()
     text_encoder = components["text_encoder"].to(device).train()
     ema_models = [m.to(device).eval().requires_grad_(False) for m in ema_models]
@@ -598,7 +630,7 @@ def main() -> None:
         f, h, w, batch = canvases[which]
         t0 = time.time()
         videos, captions = data.sample_batch(batch, frames=f, height=h, width=w, generator=data_gen, device=device,
-                                             reversal_pairs=args.reversal_pairs)
+                                             reversal_pairs=args.reversal_pairs, ease=args.ease)
         drop = torch.rand(batch, generator=data_gen) < args.text_dropout
         ids = encode_words(["" if d else c for c, d in zip(captions, drop.tolist())], MAX_LENGTH).to(device)
         noise = torch.randn(videos.shape, generator=noise_gen, device=device)

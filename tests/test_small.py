@@ -90,6 +90,48 @@ def test_reversal_pairs_are_the_first_half_played_backwards_with_reversed_captio
         assert result[name] >= 0.9, (name, result)
 
 
+def test_accel_ease_speeds_changes_up_and_the_evaluator_still_reads_them():
+    """``ease="accel"`` (an arrow of time in the data): the same scenes and free parameters as the default linear
+    render, but each motion starts from rest and speeds up, so a clip played backwards slows to a stop; the evaluator
+    scores such clips as following their captions."""
+    scenes = [data.Scene((data.ObjectSpec(1, 0, 0, motion, 0),), 0, 0, 0, 0) for motion in range(4)]
+
+    def render(ease):
+        return data.render(scenes, generator=torch.Generator().manual_seed(2), ease=ease, **SMALL_CANVAS)
+
+    linear, accel = render("linear"), render("accel")
+    assert torch.equal(linear, data.render(scenes, generator=torch.Generator().manual_seed(2), **SMALL_CANVAS))
+    assert torch.equal(linear[:, :, 0], accel[:, :, 0]) and torch.equal(linear[:, :, -1], accel[:, :, -1])
+    tracks = data._trajectories(scenes, 8, 64, 96, torch.Generator().manual_seed(2), "accel")
+    xs, ys = tracks[4][:, 0], tracks[5][:, 0]  # the object's centre per frame, (scenes, frames)
+    steps = torch.hypot(xs.diff(dim=1), ys.diff(dim=1))
+    assert torch.all(steps.diff(dim=1) > 0) and torch.all(steps[:, -1] > 5 * steps[:, 0]), steps
+    videos, captions = data.sample_batch(24, generator=torch.Generator().manual_seed(11), ease="accel", **SMALL_CANVAS)
+    result = score(videos_to_frames(videos), captions)
+    for name in ATTRIBUTES:
+        assert result[name] >= 0.95, (name, result)
+
+
+def test_reseparate_words_redraws_only_the_named_rows_in_both_encoders():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_small
+    from sta_search.tiny.text import TinyTextEncoder
+
+    torch.manual_seed(0)
+    encoders = tuple(TinyTextEncoder(vocab_size=len(vocab_map()), dim=32) for _ in range(2))
+    before = [e.token_embedding.weight.detach().clone() for e in encoders]
+    train_small.reseparate_words(encoders, ["left", "right"], seed=3)
+    rows = [vocab_map()[w] for w in ("left", "right")]
+    others = [i for i in range(len(vocab_map())) if i not in rows]
+    after = [e.token_embedding.weight.detach() for e in encoders]
+    assert torch.equal(after[0][rows], after[1][rows])
+    assert torch.equal(after[0][others], before[0][others]) and torch.equal(after[1][others], before[1][others])
+    assert torch.allclose(after[0][rows].norm(dim=1), before[0].norm(dim=1).mean().expand(2))
+    assert torch.nn.functional.cosine_similarity(after[0][rows[0]], after[0][rows[1]], dim=0).abs() < 0.7
+    with pytest.raises(SystemExit, match="sideways"):
+        train_small.reseparate_words(encoders, ["sideways"], seed=3)
+
+
 def test_architecture_builds_and_runs_on_both_canvas_kinds():
     assert TRANSFORMER_CONFIG["attention_head_dim"] in (64, 128)
     torch.manual_seed(0)

@@ -262,12 +262,19 @@ def _floor_second_tone(pattern, wx, wy, period, phase, angle) -> torch.Tensor:
         p == 3, dots, torch.where(p == 4, waves, torch.zeros_like(u)))))
 
 
-def _trajectories(scenes, frames, height, width, generator):
-    """Per-scene camera (cx, cy, zoom, gain) and per-object (x, y, r) tracks, CPU tensors."""
+EASES = {"linear": lambda s: s, "accel": lambda s: s * s}
+"""How a monotone change progresses over a clip: ``linear`` (steady; the default, every bundled model's data) or
+``accel`` (from rest, speeding up: played backwards, such a clip slows to a stop, so it has an arrow of time)."""
+
+
+def _trajectories(scenes, frames, height, width, generator, ease="linear"):
+    """Per-scene camera (cx, cy, zoom, gain) and per-object (x, y, r) tracks, CPU tensors. ``ease``: how the monotone
+    changes (motions, size changes, pans, zooms, dimming and brightening) progress over the clip."""
     n, k = len(scenes), max(len(s.objects) for s in scenes)
     side = min(height, width)
     scale = side / 64.0
-    s = torch.linspace(0.0, 1.0, frames)
+    clock = torch.linspace(0.0, 1.0, frames)
+    s = EASES[ease](clock)
 
     def uniform(low, high):
         return low + (high - low) * float(torch.rand((), generator=generator))
@@ -291,7 +298,7 @@ def _trajectories(scenes, frames, height, width, generator):
             a, b = LIGHT_GAIN[light]
             gain[i] = a + (b - a) * s
         elif light == "flickers":
-            gain[i] = 0.82 + 0.18 * torch.cos(2 * math.pi * uniform(2.0, 3.0) * s + uniform(0, 2 * math.pi))
+            gain[i] = 0.82 + 0.18 * torch.cos(2 * math.pi * uniform(2.0, 3.0) * clock + uniform(0, 2 * math.pi))
         # World box visible in every frame (pans and zooms are monotone: first and last frame suffice).
         half_w = width / 2 / zoom[i, [0, -1]]
         half_h = height / 2 / zoom[i, [0, -1]]
@@ -323,20 +330,22 @@ def _trajectories(scenes, frames, height, width, generator):
             else:  # bounces: hops up from the bottom of the safe box, once or twice
                 hop = min(uniform(0.3, 0.45) * height, hi_y - lo_y)
                 hops = 1 + int(torch.randint(0, 2, (1,), generator=generator))
-                ys[i, j] = hi_y - hop * torch.sin(math.pi * hops * s).abs()
+                ys[i, j] = hi_y - hop * torch.sin(math.pi * hops * clock).abs()
     return cam_x, cam_y, zoom, gain, xs, ys, rs
 
 
 def render(scenes: list[Scene], *, frames: int, height: int, width: int, generator: torch.Generator,
-           device: torch.device | str = "cpu") -> torch.Tensor:
-    """Render `scenes` as videos ``(len(scenes), 3, frames, height, width)`` in [-1, 1].
+           device: torch.device | str = "cpu", ease: str = "linear") -> torch.Tensor:
+    """Render `scenes` as videos ``(len(scenes), 3, frames, height, width)`` in [-1, 1]; ``ease`` names the
+    progress of every monotone change (`EASES`).
 
     Free parameters (positions, speeds, radii, camera and light amounts, texture phase and angle, depth
     order) come from `generator` (CPU), so the same generator state gives the same videos on any device.
     """
     n, k = len(scenes), max(len(s.objects) for s in scenes)
     dev = torch.device(device)
-    cam_x, cam_y, zoom, gain, xs, ys, rs = (t.to(dev) for t in _trajectories(scenes, frames, height, width, generator))
+    cam_x, cam_y, zoom, gain, xs, ys, rs = (t.to(dev) for t in _trajectories(scenes, frames, height, width, generator,
+                                                                            ease))
     phase = (torch.rand(n, generator=generator) * PATTERN_PERIOD).to(dev)
     angle = (torch.randint(0, 4, (n,), generator=generator).float() * math.pi / 4).to(dev)
     # Back to front: the others in a random order, the main object (slot 0) always in front.
@@ -376,14 +385,15 @@ def render(scenes: list[Scene], *, frames: int, height: int, width: int, generat
 
 
 def sample_batch(batch: int, *, frames: int, height: int, width: int, generator: torch.Generator, device="cpu",
-                 held_out: bool | None = False, reversal_pairs: bool = False) -> tuple[torch.Tensor, list[str]]:
+                 held_out: bool | None = False, reversal_pairs: bool = False,
+                 ease: str = "linear") -> tuple[torch.Tensor, list[str]]:
     """A fresh batch of ``(videos, captions)`` (training captions by default), deterministic in the generator.
 
     ``reversal_pairs``: the second half of the batch is the first half played backwards, captioned by
     `reversed_scene` (a reversed caption that is held out is replaced by its scene's own, with its video forwards):
     the same pixels in both orders with opposite words, so only the caption tells the model which way time runs."""
     scenes = sample_scenes(batch - batch // 2 if reversal_pairs else batch, generator, held_out)
-    videos = render(scenes, frames=frames, height=height, width=width, generator=generator, device=device)
+    videos = render(scenes, frames=frames, height=height, width=width, generator=generator, device=device, ease=ease)
     captions = [s.caption for s in scenes]
     if not reversal_pairs:
         return videos, captions
