@@ -46,14 +46,16 @@ def flow_losses(transformer, text_encoder, videos, captions, sigma: float, seed:
     return ((pred.float() - target) ** 2).mean(dim=(1, 2, 3, 4)).cpu()
 
 
-def caption_gaps(transformer, text_encoder, scenes, sigma: float) -> dict[str, list[float]]:
+def caption_gaps(transformer, text_encoder, scenes, sigma: float, ease: str = "linear") -> dict[str, list[float]]:
     """Relative loss increase per video when the main object's motion word is replaced by the opposite one or one
     of the other axis, and when its size change is reversed (``scenes`` rendered with each motion and change in
-    turn at 8 x 64 x 96 px, the same noise under both captions). Positive: the true caption predicts better."""
+    turn at 8 x 64 x 96 px with ``ease``, the same noise under both captions). Positive: the true caption predicts
+    better."""
     from sta_search.small import data
 
     def increase(variants, wrong):
-        videos = data.render(variants, frames=8, height=64, width=96, generator=torch.Generator().manual_seed(1))
+        videos = data.render(variants, frames=8, height=64, width=96, generator=torch.Generator().manual_seed(1),
+                             ease=ease)
         true = flow_losses(transformer, text_encoder, videos, [s.caption for s in variants], sigma, 2)
         other = flow_losses(transformer, text_encoder, videos, [s.caption for s in wrong], sigma, 2)
         return ((other - true) / true).tolist()
@@ -69,7 +71,7 @@ def caption_gaps(transformer, text_encoder, scenes, sigma: float) -> dict[str, l
     return found
 
 
-def symmetries(transformer, text_encoder, scenes, sigmas=(0.3, 0.8)) -> dict:
+def symmetries(transformer, text_encoder, scenes, sigmas=(0.3, 0.8), ease: str = "linear") -> dict:
     """How far the denoiser is from commuting with a frame reversal, a left-right mirror and a frame shuffle:
     ``|f(g x) - g f(x)| / |f(x)|`` on noised generator videos of ``scenes`` (their own captions). Near 0 for the
     reversal means the model cannot tell a video from itself played backwards (so neither "left" from "right" nor
@@ -78,7 +80,8 @@ def symmetries(transformer, text_encoder, scenes, sigmas=(0.3, 0.8)) -> dict:
     from sta_search.small.text import MAX_LENGTH, encode_words
 
     device = next(transformer.parameters()).device
-    videos = data.render(scenes, frames=8, height=64, width=96, generator=torch.Generator().manual_seed(1)).to(device)
+    videos = data.render(scenes, frames=8, height=64, width=96, generator=torch.Generator().manual_seed(1),
+                         ease=ease).to(device)
     noise = torch.randn(videos.shape, generator=torch.Generator().manual_seed(2)).to(device)
     perm = torch.tensor([3, 0, 6, 1, 7, 2, 5, 4], device=device)
     moves = {"reverse frames": (lambda x: x.flip(2), lambda x: x.flip(2)),
@@ -104,6 +107,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--folder", type=Path, default=None,
                         help="a small-format pipeline folder (e.g. a train_small checkpoint; default: the bundled one)")
+    parser.add_argument("--ease", default="linear", choices=["linear", "accel"],
+                        help="how the rendered clips' changes progress (sta_search.small.data.EASES): the ease the "
+                             "model was trained on")
     args = parser.parse_args(argv)
 
     import train_small
@@ -113,18 +119,18 @@ def main(argv=None) -> int:
     transformer, text_encoder = components["transformer"], components["text_encoder"]
     scenes = [data.parse_caption(c) for c in data.prompt_set(args.scenes, train_small.EVAL_SEED)]
 
-    symmetry = symmetries(transformer, text_encoder, scenes[:4])
+    symmetry = symmetries(transformer, text_encoder, scenes[:4], ease=args.ease)
     print("symmetry defects:", json.dumps(symmetry), flush=True)
     result = {}
     for sigma in NOISE_LEVELS:
-        found = caption_gaps(transformer, text_encoder, scenes, sigma)
+        found = caption_gaps(transformer, text_encoder, scenes, sigma, args.ease)
         result[sigma] = {name: {"mean_rel_loss_increase": round(float(np.mean(v)), 6),
                                 "fraction_correct_lower": round(float(np.mean(np.array(v) > 0)), 3), "n": len(v)}
                          for name, v in found.items()}
         print(sigma, json.dumps(result[sigma]), flush=True)
     out = args.out or ROOT / "bench" / "results" / f"small-caption-loss-cpu-{time.strftime('%Y%m%dT%H%MZ', time.gmtime())}.json"
     out.write_text(json.dumps({"bench": "small_caption_loss", "model": str(args.folder or "bundled small"),
-                               "transformer": type(transformer).__name__, "scenes": args.scenes,
+                               "transformer": type(transformer).__name__, "scenes": args.scenes, "ease": args.ease,
                                "canvas_px": [8, 64, 96], "by_noise_level": result,
                                "symmetry_defects_first_4_scenes": symmetry}, indent=1) + "\n")
     print("wrote", out)

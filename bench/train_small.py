@@ -735,9 +735,10 @@ def main() -> None:
 
     if args.eval_prompts:  # part of the evaluation (off with --eval-prompts 0)
         diagnostic_scenes = [data.parse_caption(c) for c in data.prompt_set(4, EVAL_SEED)]
-        gaps = {sigma: caption_gaps(ema_models[0], ema_models[1], diagnostic_scenes, sigma) for sigma in (0.8, 0.95)}
+        gaps = {sigma: caption_gaps(ema_models[0], ema_models[1], diagnostic_scenes, sigma, args.ease)
+                for sigma in (0.8, 0.95)}
         log["direction_diagnostics"] = {
-            "symmetry_defects": symmetries(ema_models[0], ema_models[1], diagnostic_scenes),
+            "symmetry_defects": symmetries(ema_models[0], ema_models[1], diagnostic_scenes, ease=args.ease),
             "text_encoder_separation": text_separation(ema_models[1], diagnostic_scenes),
             "caption_loss_gap": {str(sigma): {name: round(sum(v) / len(v), 6) for name, v in found.items()}
                                  for sigma, found in gaps.items()}}
