@@ -466,10 +466,11 @@ def main() -> None:
     ap.add_argument("--reversal-pairs", action="store_true",
                     help="half of every batch is the other half played backwards with reversed captions "
                          "(data.reversed_scene): the model must read the caption to know which way time runs")
-    ap.add_argument("--ease", choices=sorted(data.EASES), default="linear",
+    ap.add_argument("--ease", choices=sorted(data.EASES), default=None,
                     help="how the training clips' motions, size changes, pans, zooms and light changes progress: "
                          "linear (steady, as every bundled model was trained) or accel (from rest, speeding up: "
-                         "an arrow of time, so a clip played backwards no longer looks like training data)")
+                         "an arrow of time, so a clip played backwards no longer looks like training data); default: "
+                         "the resumed checkpoint's, else linear")
     ap.add_argument("--reseparate-words", nargs="+", default=[], metavar="WORD",
                     help="give these caption words fresh random token embeddings before training (e.g. left right "
                          "up down grows shrinks: words a trained text encoder has merged)")
@@ -532,6 +533,8 @@ def main() -> None:
         torch.manual_seed(args.seed)
         components = build_components(t_over, x_over, family=args.family)
         ema_models = [copy.deepcopy(components["transformer"]), copy.deepcopy(components["text_encoder"])]
+    if args.ease is None:  # a resumed run keeps its checkpoint's data unless told otherwise
+        args.ease = state.get("config", {}).get("ease", "linear")
     joint = is_joint_attention(components["transformer"])
     if args.coordinates:
         if joint:
@@ -688,7 +691,8 @@ def main() -> None:
     state["runs"] = state.get("runs", []) + [{"steps": run_step, "seconds": round(seconds, 1), "device": device_name,
                                               "canvases": args.canvases if not args.smoke else "smoke"}]
     state["config"] = {"canvases": [list(c) for c in canvases], "large_fraction": args.large_fraction,
-                       "ema": args.ema, "text_dropout": args.text_dropout, "pooled_text": pooled_text}
+                       "ema": args.ema, "text_dropout": args.text_dropout, "pooled_text": pooled_text,
+                       "ease": args.ease}
     log.update(steps_this_run=run_step, steps_total=state["step"], train_seconds=round(seconds, 1),
                train_seconds_total=state["train_seconds"], samples_seen_total=state["samples_seen"], warmup=warmup,
                step_seconds={"x".join(map(str, canvases[i][:3])): round(sum(v) / len(v), 4)

@@ -155,7 +155,7 @@ def test_smoke_training_resumes_and_loads(tmp_path):
     script = str(ROOT / "bench" / "train_small.py")
     first, second = tmp_path / "a", tmp_path / "b"
     subprocess.run([sys.executable, script, "--smoke", "--steps", "2", "--out", str(first), "--eval-prompts", "1",
-                    "--sample-prompts", "1"], check=True, env=env, capture_output=True, timeout=300)
+                    "--sample-prompts", "1", "--ease", "accel"], check=True, env=env, capture_output=True, timeout=300)
     log = json.loads((first / "train_log.json").read_text())
     assert log["steps_total"] == 2 and "4x32x48" in log["eval"] and (first / "samples.png").is_file()
     subprocess.run([sys.executable, script, "--smoke", "--steps", "2", "--resume", str(first / "checkpoint"),
@@ -163,6 +163,7 @@ def test_smoke_training_resumes_and_loads(tmp_path):
                    check=True, env=env, capture_output=True, timeout=300)
     log = json.loads((second / "train_log.json").read_text())
     assert log["start_step"] == 2 and log["steps_total"] == 4
+    assert log["args"]["ease"] == "accel"  # a resume without --ease keeps the checkpoint's data
     tars = sorted(second.glob("checkpoint-*.tar"))
     assert tars and all(t.stat().st_size < 15 * 2**20 for t in tars)
 
@@ -170,7 +171,7 @@ def test_smoke_training_resumes_and_loads(tmp_path):
 
     folder = first / "checkpoint"
     state = json.loads((folder / "train_state" / "state.json").read_text())
-    assert state["step"] == 2 and state["data_generator"]
+    assert state["step"] == 2 and state["data_generator"] and state["config"]["ease"] == "accel"
     settings = recommended_settings(folder)
     pipe = load_small(folder=folder)
     frames = pipe(["a big red circle moves left, a small blue square bounces, on a gray floor"],
