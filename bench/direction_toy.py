@@ -83,12 +83,12 @@ def make_videos(labels: torch.Tensor, generator: torch.Generator) -> torch.Tenso
         start[:, axis] = u * SIZE if wrap else moving_lo + u * (moving_hi - moving_lo)
     arrow = TASK["arrow"]
     frame = torch.zeros(B, FRAMES, SIZE, SIZE)
+    grid = torch.arange(SIZE, dtype=torch.float32) + 0.5
     for lag, brightness in enumerate(TRAIL if arrow == "trail" else TRAIL[:1]):
         t = torch.linspace(0, 1, FRAMES) - lag / (FRAMES - 1)  # the trail continues the path back before frame 0
         progress = t.clamp_min(0) ** 2 if arrow == "accel" else t
         rows = start[:, 0, None] + dr[:, None] * travel[:, None] * progress  # (B, F)
         cols = start[:, 1, None] + dc[:, None] * travel[:, None] * progress
-        grid = torch.arange(SIZE, dtype=torch.float32) + 0.5
         offset_r = grid[None, None, :] - rows[..., None]  # (B, F, SIZE)
         offset_c = grid[None, None, :] - cols[..., None]
         if wrap:

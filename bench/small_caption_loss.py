@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
+from sta_search.small.data import EASES  # noqa: E402
 from sta_search.tiny.pipeline import denoise  # noqa: E402
 
 DIRECTIONS = ("moves left", "moves right", "moves up", "moves down")
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--folder", type=Path, default=None,
                         help="a small-format pipeline folder (e.g. a train_small checkpoint; default: the bundled one)")
-    parser.add_argument("--ease", default="linear", choices=["linear", "accel"],
+    parser.add_argument("--ease", default="linear", choices=sorted(EASES),
                         help="how the rendered clips' changes progress (sta_search.small.data.EASES): the ease the "
                              "model was trained on")
     args = parser.parse_args(argv)
