@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ease", default="linear", choices=sorted(EASES),
                         help="how the rendered clips' changes progress (sta_search.small.data.EASES): the ease the "
                              "model was trained on")
+    parser.add_argument("--max-objects", type=int, default=3, choices=(1, 2, 3),
+                        help="objects per probe scene, at most (held-out captions; 1 for a single-object model)")
     args = parser.parse_args(argv)
 
     import train_small
@@ -118,7 +120,8 @@ def main(argv=None) -> int:
 
     components = train_small.bundled_components("cpu", args.folder)
     transformer, text_encoder = components["transformer"], components["text_encoder"]
-    scenes = [data.parse_caption(c) for c in data.prompt_set(args.scenes, train_small.EVAL_SEED)]
+    scenes = [data.parse_caption(c) for c in data.prompt_set(args.scenes, train_small.EVAL_SEED,
+                                                                  args.max_objects)]
 
     symmetry = symmetries(transformer, text_encoder, scenes[:4], ease=args.ease)
     print("symmetry defects:", json.dumps(symmetry), flush=True)
@@ -132,6 +135,7 @@ def main(argv=None) -> int:
     out = args.out or ROOT / "bench" / "results" / f"small-caption-loss-cpu-{time.strftime('%Y%m%dT%H%MZ', time.gmtime())}.json"
     out.write_text(json.dumps({"bench": "small_caption_loss", "model": str(args.folder or "bundled small"),
                                "transformer": type(transformer).__name__, "scenes": args.scenes, "ease": args.ease,
+                               "max_objects": args.max_objects,
                                "canvas_px": [8, 64, 96], "by_noise_level": result,
                                "symmetry_defects_first_4_scenes": symmetry}, indent=1) + "\n")
     print("wrote", out)

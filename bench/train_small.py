@@ -471,6 +471,10 @@ def main() -> None:
                          "linear (steady, as every bundled model was trained) or accel (from rest, speeding up: "
                          "an arrow of time, so a clip played backwards no longer looks like training data); default: "
                          "the resumed checkpoint's, else linear")
+    ap.add_argument("--max-objects", type=int, choices=data.MAX_OBJECTS, default=None,
+                    help="at most this many objects per training scene (default: the resumed checkpoint's, else 3, "
+                         "i.e. 2 or 3 as every bundled model saw); 1 is the direction toy's single-object setting, "
+                         "for a curriculum. Evaluation keeps the standard held-out captions")
     ap.add_argument("--reseparate-words", nargs="+", default=[], metavar="WORD",
                     help="give these caption words fresh random token embeddings before training (e.g. left right "
                          "up down grows shrinks: words a trained text encoder has merged)")
@@ -535,6 +539,8 @@ def main() -> None:
         ema_models = [copy.deepcopy(components["transformer"]), copy.deepcopy(components["text_encoder"])]
     if args.ease is None:  # a resumed run keeps its checkpoint's data unless told otherwise
         args.ease = state.get("config", {}).get("ease", "linear")
+    if args.max_objects is None:
+        args.max_objects = state.get("config", {}).get("max_objects", 3)
     joint = is_joint_attention(components["transformer"])
     if args.coordinates:
         if joint:
@@ -633,7 +639,8 @@ def main() -> None:
         f, h, w, batch = canvases[which]
         t0 = time.time()
         videos, captions = data.sample_batch(batch, frames=f, height=h, width=w, generator=data_gen, device=device,
-                                             reversal_pairs=args.reversal_pairs, ease=args.ease)
+                                             reversal_pairs=args.reversal_pairs, ease=args.ease,
+                                             max_objects=args.max_objects)
         drop = torch.rand(batch, generator=data_gen) < args.text_dropout
         ids = encode_words(["" if d else c for c, d in zip(captions, drop.tolist())], MAX_LENGTH).to(device)
         noise = torch.randn(videos.shape, generator=noise_gen, device=device)
@@ -692,7 +699,7 @@ def main() -> None:
                                               "canvases": args.canvases if not args.smoke else "smoke"}]
     state["config"] = {"canvases": [list(c) for c in canvases], "large_fraction": args.large_fraction,
                        "ema": args.ema, "text_dropout": args.text_dropout, "pooled_text": pooled_text,
-                       "ease": args.ease}
+                       "ease": args.ease, "max_objects": args.max_objects}
     log.update(steps_this_run=run_step, steps_total=state["step"], train_seconds=round(seconds, 1),
                train_seconds_total=state["train_seconds"], samples_seen_total=state["samples_seen"], warmup=warmup,
                step_seconds={"x".join(map(str, canvases[i][:3])): round(sum(v) / len(v), 4)

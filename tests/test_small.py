@@ -90,6 +90,23 @@ def test_reversal_pairs_are_the_first_half_played_backwards_with_reversed_captio
         assert result[name] >= 0.9, (name, result)
 
 
+@pytest.mark.parametrize("max_objects", [1, 2, 3])
+def test_max_objects_caps_the_scene(max_objects):
+    full = data.sample_scenes(40, torch.Generator().manual_seed(3))
+    capped = data.sample_scenes(40, torch.Generator().manual_seed(3), max_objects=max_objects)
+    assert all(len(s.objects) <= max_objects for s in capped) and any(len(s.objects) == max_objects for s in capped)
+    assert capped[0].main == full[0].main and (max_objects < 3 or capped == full)  # the default draws are unchanged
+    assert all(data.parse_caption(s.caption) == s for s in capped)
+    videos, captions = data.sample_batch(2, frames=2, height=32, width=48, generator=torch.Generator().manual_seed(0),
+                                         max_objects=max_objects)
+    assert videos.shape == (2, 3, 2, 32, 48) and all(captions)
+
+
+def test_max_objects_rejects_values_outside_one_to_three():
+    with pytest.raises(ValueError, match="max_objects"):
+        data.sample_scene(torch.Generator().manual_seed(0), max_objects=0)
+
+
 def test_accel_ease_speeds_changes_up_and_the_evaluator_still_reads_them():
     """``ease="accel"`` (an arrow of time in the data): the same scenes and free parameters as the default linear
     render, but each motion starts from rest and speeds up, so a clip played backwards slows to a stop; the evaluator
@@ -155,7 +172,7 @@ def test_smoke_training_resumes_and_loads(tmp_path):
     script = str(ROOT / "bench" / "train_small.py")
     first, second = tmp_path / "a", tmp_path / "b"
     subprocess.run([sys.executable, script, "--smoke", "--steps", "2", "--out", str(first), "--eval-prompts", "1",
-                    "--sample-prompts", "1", "--ease", "accel"], check=True, env=env, capture_output=True, timeout=300)
+                    "--sample-prompts", "1", "--ease", "accel", "--max-objects", "1"], check=True, env=env, capture_output=True, timeout=300)
     log = json.loads((first / "train_log.json").read_text())
     assert log["steps_total"] == 2 and "4x32x48" in log["eval"] and (first / "samples.png").is_file()
     subprocess.run([sys.executable, script, "--smoke", "--steps", "2", "--resume", str(first / "checkpoint"),
@@ -164,6 +181,7 @@ def test_smoke_training_resumes_and_loads(tmp_path):
     log = json.loads((second / "train_log.json").read_text())
     assert log["start_step"] == 2 and log["steps_total"] == 4
     assert log["args"]["ease"] == "accel"  # a resume without --ease keeps the checkpoint's data
+    assert log["args"]["max_objects"] == "1"  # logged args are strings
     tars = sorted(second.glob("checkpoint-*.tar"))
     assert tars and all(t.stat().st_size < 15 * 2**20 for t in tars)
 

@@ -69,6 +69,7 @@ TRAVEL = (0.35, 0.55)  # object travel as a fraction of min(height, width), clam
 PATTERN_PERIOD = 16.0  # texture period in pixels at the reference size
 LIGHT_GAIN = {"dims": (1.0, 0.65), "brightens": (0.7, 1.1)}
 HOLDOUT_MODULUS = 50
+MAX_OBJECTS = (1, 2, 3)  # objects per scene: 2 or 3 by default; fewer for a curriculum (train_small --max-objects)
 
 
 @dataclass(frozen=True)
@@ -191,9 +192,12 @@ def _choice(weights: list[float], generator: torch.Generator) -> int:
     return int(torch.multinomial(torch.tensor(weights, dtype=torch.float), 1, generator=generator))
 
 
-def sample_scene(generator: torch.Generator) -> Scene:
-    """One random scene: 2 or 3 objects of distinct colours, camera still in 30 % and light steady in 45 %."""
-    count = 2 + int(torch.randint(0, 2, (1,), generator=generator))
+def sample_scene(generator: torch.Generator, max_objects: int = 3) -> Scene:
+    """One random scene: 2 or 3 objects of distinct colours (at most ``max_objects``, drawn from the same random
+    stream), camera still in 30 % and light steady in 45 %."""
+    if max_objects not in MAX_OBJECTS:
+        raise ValueError(f"max_objects must be one of {MAX_OBJECTS}, got {max_objects!r}")
+    count = min(2 + int(torch.randint(0, 2, (1,), generator=generator)), max_objects)
     colors = torch.randperm(len(COLORS), generator=generator)[:count].tolist()
     objects = []
     for color in colors:
@@ -208,23 +212,24 @@ def sample_scene(generator: torch.Generator) -> Scene:
     return Scene(tuple(objects), floor, pattern, camera, light)
 
 
-def sample_scenes(count: int, generator: torch.Generator, held_out: bool | None = False) -> list[Scene]:
+def sample_scenes(count: int, generator: torch.Generator, held_out: bool | None = False,
+                  max_objects: int = 3) -> list[Scene]:
     """`count` random scenes. ``held_out=False`` (training) never returns a held-out caption, ``True``
     returns only held-out ones, ``None`` does not filter."""
     scenes = []
     while len(scenes) < count:
-        scene = sample_scene(generator)
+        scene = sample_scene(generator, max_objects)
         if held_out is None or is_held_out(scene.caption) == held_out:
             scenes.append(scene)
     return scenes
 
 
-def prompt_set(count: int, seed: int) -> list[str]:
+def prompt_set(count: int, seed: int, max_objects: int = 3) -> list[str]:
     """`count` distinct held-out captions, deterministic in `seed` (evaluation prompts)."""
     generator = torch.Generator().manual_seed(seed)
     captions: list[str] = []
     while len(captions) < count:
-        caption = sample_scenes(1, generator, held_out=True)[0].caption
+        caption = sample_scenes(1, generator, held_out=True, max_objects=max_objects)[0].caption
         if caption not in captions:
             captions.append(caption)
     return captions
@@ -386,13 +391,13 @@ def render(scenes: list[Scene], *, frames: int, height: int, width: int, generat
 
 def sample_batch(batch: int, *, frames: int, height: int, width: int, generator: torch.Generator, device="cpu",
                  held_out: bool | None = False, reversal_pairs: bool = False,
-                 ease: str = "linear") -> tuple[torch.Tensor, list[str]]:
+                 ease: str = "linear", max_objects: int = 3) -> tuple[torch.Tensor, list[str]]:
     """A fresh batch of ``(videos, captions)`` (training captions by default), deterministic in the generator.
 
     ``reversal_pairs``: the second half of the batch is the first half played backwards, captioned by
     `reversed_scene` (a reversed caption that is held out is replaced by its scene's own, with its video forwards):
     the same pixels in both orders with opposite words, so only the caption tells the model which way time runs."""
-    scenes = sample_scenes(batch - batch // 2 if reversal_pairs else batch, generator, held_out)
+    scenes = sample_scenes(batch - batch // 2 if reversal_pairs else batch, generator, held_out, max_objects)
     videos = render(scenes, frames=frames, height=height, width=width, generator=generator, device=device, ease=ease)
     captions = [s.caption for s in scenes]
     if not reversal_pairs:
