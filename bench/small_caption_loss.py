@@ -113,6 +113,8 @@ def main(argv=None) -> int:
                              "model was trained on")
     parser.add_argument("--max-objects", type=int, default=3, choices=(1, 2, 3),
                         help="objects per probe scene, at most (held-out captions; 1 for a single-object model)")
+    parser.add_argument("--plain-scenes", action="store_true",
+                        help="probe scenes with an untextured floor, a still camera and a steady light")
     args = parser.parse_args(argv)
 
     import train_small
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
     components = train_small.bundled_components("cpu", args.folder)
     transformer, text_encoder = components["transformer"], components["text_encoder"]
     scenes = [data.parse_caption(c) for c in data.prompt_set(args.scenes, train_small.EVAL_SEED,
-                                                                  args.max_objects)]
+                                                                  args.max_objects, args.plain_scenes)]
 
     symmetry = symmetries(transformer, text_encoder, scenes[:4], ease=args.ease)
     print("symmetry defects:", json.dumps(symmetry), flush=True)
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
     out = args.out or ROOT / "bench" / "results" / f"small-caption-loss-cpu-{time.strftime('%Y%m%dT%H%MZ', time.gmtime())}.json"
     out.write_text(json.dumps({"bench": "small_caption_loss", "model": str(args.folder or "bundled small"),
                                "transformer": type(transformer).__name__, "scenes": args.scenes, "ease": args.ease,
-                               "max_objects": args.max_objects,
+                               "max_objects": args.max_objects, "plain_scenes": args.plain_scenes,
                                "canvas_px": [8, 64, 96], "by_noise_level": result,
                                "symmetry_defects_first_4_scenes": symmetry}, indent=1) + "\n")
     print("wrote", out)

@@ -475,6 +475,9 @@ def main() -> None:
                     help="at most this many objects per training scene (default: the resumed checkpoint's, else 3, "
                          "i.e. 2 or 3 as every bundled model saw); 1 is the direction toy's single-object setting, "
                          "for a curriculum. Evaluation keeps the standard held-out captions")
+    ap.add_argument("--plain-scenes", action=argparse.BooleanOptionalAction, default=None,
+                    help="training scenes with an untextured floor, a still camera and a steady light (default: the "
+                         "resumed checkpoint's, else off)")
     ap.add_argument("--reseparate-words", nargs="+", default=[], metavar="WORD",
                     help="give these caption words fresh random token embeddings before training (e.g. left right "
                          "up down grows shrinks: words a trained text encoder has merged)")
@@ -541,6 +544,8 @@ def main() -> None:
         args.ease = state.get("config", {}).get("ease", "linear")
     if args.max_objects is None:
         args.max_objects = state.get("config", {}).get("max_objects", 3)
+    if args.plain_scenes is None:
+        args.plain_scenes = state.get("config", {}).get("plain_scenes", False)
     joint = is_joint_attention(components["transformer"])
     if args.coordinates:
         if joint:
@@ -640,7 +645,7 @@ def main() -> None:
         t0 = time.time()
         videos, captions = data.sample_batch(batch, frames=f, height=h, width=w, generator=data_gen, device=device,
                                              reversal_pairs=args.reversal_pairs, ease=args.ease,
-                                             max_objects=args.max_objects)
+                                             max_objects=args.max_objects, plain=args.plain_scenes)
         drop = torch.rand(batch, generator=data_gen) < args.text_dropout
         ids = encode_words(["" if d else c for c, d in zip(captions, drop.tolist())], MAX_LENGTH).to(device)
         noise = torch.randn(videos.shape, generator=noise_gen, device=device)
@@ -699,7 +704,8 @@ def main() -> None:
                                               "canvases": args.canvases if not args.smoke else "smoke"}]
     state["config"] = {"canvases": [list(c) for c in canvases], "large_fraction": args.large_fraction,
                        "ema": args.ema, "text_dropout": args.text_dropout, "pooled_text": pooled_text,
-                       "ease": args.ease, "max_objects": args.max_objects}
+                       "ease": args.ease, "max_objects": args.max_objects,
+                       "plain_scenes": args.plain_scenes}
     log.update(steps_this_run=run_step, steps_total=state["step"], train_seconds=round(seconds, 1),
                train_seconds_total=state["train_seconds"], samples_seen_total=state["samples_seen"], warmup=warmup,
                step_seconds={"x".join(map(str, canvases[i][:3])): round(sum(v) / len(v), 4)
@@ -745,14 +751,16 @@ def main() -> None:
     from small_caption_probe import text_separation
 
     if args.eval_prompts:  # part of the evaluation (off with --eval-prompts 0)
-        diagnostic_scenes = [data.parse_caption(c) for c in data.prompt_set(4, EVAL_SEED)]
+        diagnostic_scenes = [data.parse_caption(c) for c in  # held-out scenes of the training distribution
+                             data.prompt_set(4, EVAL_SEED, args.max_objects, args.plain_scenes)]
         gaps = {sigma: caption_gaps(ema_models[0], ema_models[1], diagnostic_scenes, sigma, args.ease)
                 for sigma in (0.8, 0.95)}
         log["direction_diagnostics"] = {
             "symmetry_defects": symmetries(ema_models[0], ema_models[1], diagnostic_scenes, ease=args.ease),
             "text_encoder_separation": text_separation(ema_models[1], diagnostic_scenes),
             "caption_loss_gap": {str(sigma): {name: round(sum(v) / len(v), 6) for name, v in found.items()}
-                                 for sigma, found in gaps.items()}}
+                                 for sigma, found in gaps.items()},
+            "scenes": [s.caption for s in diagnostic_scenes]}
         print("direction diagnostics: " + json.dumps(log["direction_diagnostics"]), flush=True)
     log["total_seconds"] = round(time.time() - START, 1)
     (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")

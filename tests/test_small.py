@@ -102,6 +102,15 @@ def test_max_objects_caps_the_scene(max_objects):
     assert videos.shape == (2, 3, 2, 32, 48) and all(captions)
 
 
+def test_plain_scenes_have_no_texture_camera_or_light_change():
+    scenes = data.sample_scenes(40, torch.Generator().manual_seed(4), plain=True)
+    assert all(s.pattern == s.camera == s.light == 0 for s in scenes)
+    assert all("camera" not in s.caption and "light" not in s.caption for s in scenes)
+    assert not any(data.is_held_out(s.caption) for s in scenes)
+    held_out = data.prompt_set(3, 5, max_objects=1, plain=True)
+    assert all(data.is_held_out(c) and c.count(" moves ") + c.count(" bounces") == 1 for c in held_out)
+
+
 def test_max_objects_rejects_values_outside_one_to_three():
     with pytest.raises(ValueError, match="max_objects"):
         data.sample_scene(torch.Generator().manual_seed(0), max_objects=0)
@@ -172,16 +181,18 @@ def test_smoke_training_resumes_and_loads(tmp_path):
     script = str(ROOT / "bench" / "train_small.py")
     first, second = tmp_path / "a", tmp_path / "b"
     subprocess.run([sys.executable, script, "--smoke", "--steps", "2", "--out", str(first), "--eval-prompts", "1",
-                    "--sample-prompts", "1", "--ease", "accel", "--max-objects", "1"], check=True, env=env, capture_output=True, timeout=300)
+                    "--sample-prompts", "1", "--ease", "accel", "--max-objects", "1", "--plain-scenes"], check=True, env=env, capture_output=True, timeout=300)
     log = json.loads((first / "train_log.json").read_text())
     assert log["steps_total"] == 2 and "4x32x48" in log["eval"] and (first / "samples.png").is_file()
+    diagnosed = log["direction_diagnostics"]["scenes"]  # held-out scenes of the run's own (one-object, plain) data
+    assert diagnosed and all(c.count(" moves ") + c.count(" bounces") == 1 and "camera" not in c for c in diagnosed)
     subprocess.run([sys.executable, script, "--smoke", "--steps", "2", "--resume", str(first / "checkpoint"),
                     "--out", str(second), "--pack", "--eval-prompts", "0", "--sample-prompts", "0"],
                    check=True, env=env, capture_output=True, timeout=300)
     log = json.loads((second / "train_log.json").read_text())
     assert log["start_step"] == 2 and log["steps_total"] == 4
     assert log["args"]["ease"] == "accel"  # a resume without --ease keeps the checkpoint's data
-    assert log["args"]["max_objects"] == "1"  # logged args are strings
+    assert log["args"]["max_objects"] == "1" and log["args"]["plain_scenes"] == "True"  # logged args are strings
     tars = sorted(second.glob("checkpoint-*.tar"))
     assert tars and all(t.stat().st_size < 15 * 2**20 for t in tars)
 

@@ -192,9 +192,10 @@ def _choice(weights: list[float], generator: torch.Generator) -> int:
     return int(torch.multinomial(torch.tensor(weights, dtype=torch.float), 1, generator=generator))
 
 
-def sample_scene(generator: torch.Generator, max_objects: int = 3) -> Scene:
+def sample_scene(generator: torch.Generator, max_objects: int = 3, plain: bool = False) -> Scene:
     """One random scene: 2 or 3 objects of distinct colours (at most ``max_objects``, drawn from the same random
-    stream), camera still in 30 % and light steady in 45 %."""
+    stream), camera still in 30 % and light steady in 45 %; ``plain``: always an untextured floor, a still camera and
+    a steady light (the direction toy's setting, for a curriculum or an ablation)."""
     if max_objects not in MAX_OBJECTS:
         raise ValueError(f"max_objects must be one of {MAX_OBJECTS}, got {max_objects!r}")
     count = min(2 + int(torch.randint(0, 2, (1,), generator=generator)), max_objects)
@@ -209,27 +210,29 @@ def sample_scene(generator: torch.Generator, max_objects: int = 3) -> Scene:
     pattern = int(torch.randint(0, len(PATTERNS), (1,), generator=generator))
     camera = _choice([0.3] + [0.7 / (len(CAMERAS) - 1)] * (len(CAMERAS) - 1), generator)
     light = _choice([0.45] + [0.55 / (len(LIGHTS) - 1)] * (len(LIGHTS) - 1), generator)
+    if plain:
+        pattern = camera = light = 0
     return Scene(tuple(objects), floor, pattern, camera, light)
 
 
 def sample_scenes(count: int, generator: torch.Generator, held_out: bool | None = False,
-                  max_objects: int = 3) -> list[Scene]:
-    """`count` random scenes. ``held_out=False`` (training) never returns a held-out caption, ``True``
+                  max_objects: int = 3, plain: bool = False) -> list[Scene]:
+    """`count` random scenes (`sample_scene`). ``held_out=False`` (training) never returns a held-out caption, ``True``
     returns only held-out ones, ``None`` does not filter."""
     scenes = []
     while len(scenes) < count:
-        scene = sample_scene(generator, max_objects)
+        scene = sample_scene(generator, max_objects, plain)
         if held_out is None or is_held_out(scene.caption) == held_out:
             scenes.append(scene)
     return scenes
 
 
-def prompt_set(count: int, seed: int, max_objects: int = 3) -> list[str]:
+def prompt_set(count: int, seed: int, max_objects: int = 3, plain: bool = False) -> list[str]:
     """`count` distinct held-out captions, deterministic in `seed` (evaluation prompts)."""
     generator = torch.Generator().manual_seed(seed)
     captions: list[str] = []
     while len(captions) < count:
-        caption = sample_scenes(1, generator, held_out=True, max_objects=max_objects)[0].caption
+        caption = sample_scenes(1, generator, held_out=True, max_objects=max_objects, plain=plain)[0].caption
         if caption not in captions:
             captions.append(caption)
     return captions
@@ -391,13 +394,13 @@ def render(scenes: list[Scene], *, frames: int, height: int, width: int, generat
 
 def sample_batch(batch: int, *, frames: int, height: int, width: int, generator: torch.Generator, device="cpu",
                  held_out: bool | None = False, reversal_pairs: bool = False,
-                 ease: str = "linear", max_objects: int = 3) -> tuple[torch.Tensor, list[str]]:
+                 ease: str = "linear", max_objects: int = 3, plain: bool = False) -> tuple[torch.Tensor, list[str]]:
     """A fresh batch of ``(videos, captions)`` (training captions by default), deterministic in the generator.
 
     ``reversal_pairs``: the second half of the batch is the first half played backwards, captioned by
     `reversed_scene` (a reversed caption that is held out is replaced by its scene's own, with its video forwards):
     the same pixels in both orders with opposite words, so only the caption tells the model which way time runs."""
-    scenes = sample_scenes(batch - batch // 2 if reversal_pairs else batch, generator, held_out, max_objects)
+    scenes = sample_scenes(batch - batch // 2 if reversal_pairs else batch, generator, held_out, max_objects, plain)
     videos = render(scenes, frames=frames, height=height, width=width, generator=generator, device=device, ease=ease)
     captions = [s.caption for s in scenes]
     if not reversal_pairs:

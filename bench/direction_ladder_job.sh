@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The direction ladder (session 21): `small` from scratch on data that steps from the direction toy's setting to
+# small's own, to find the rung at which the captioned motion direction stops being learnt. One device call:
+#
+#   bash bench/direction_ladder_job.sh OUTDIR [SECONDS] [RUNG...]   # default 480 s, all four rungs at once
+#
+# The runs share the GPU, so fewer rungs get more steps each (the toy needed ~1,900 steps); train_small.py --resume
+# continues a rung (its config keeps --max-objects and --plain-scenes).
+#
+# Why: the direction toy (bench/direction_toy.py, one object on black, a one-word caption as a learned token) reads
+# the direction by ~1,900 steps once its data has an arrow of time; `small` from scratch on accel data does not
+# (run 20: opposite-direction loss gap ~0 after 3,357 steps), nor with one object per scene (run 21, 1,268 steps).
+# Every run: bench/train_small.py from scratch, --ease accel, the small canvas only (8x64x96 px, batch 64), scored on
+# the standard held-out captions (16, guidance 4) and diagnosed on held-out scenes of its own training distribution
+# (train_log.json direction_diagnostics). Rungs:
+#   one-plain     one object, untextured floor, still camera, steady light (closest to the toy)
+#   one           one object, textures, camera moves and light changes
+#   many-plain    2-3 objects, untextured floor, still camera, steady light
+#   many          small's own data (2-3 objects, textures, camera, light)
+# Logs, train_log.json and samples are packed into OUTDIR.tar.gz. With one or two rungs each run's EMA checkpoint comes
+# back too, as OUTDIR-RUNG-checkpoint-NN.tar (train_small.py --pack; a device call returns at most 8 files).
+set -uo pipefail
+OUT=${1:?usage: bench/direction_ladder_job.sh OUTDIR [SECONDS] [RUNG...]}
+SECS=${2:-480}
+RUNGS=("${@:3}")
+[ ${#RUNGS[@]} -eq 0 ] && RUNGS=(one-plain one many-plain many)
+for rung in "${RUNGS[@]}"; do
+    case $rung in one-plain|one|many-plain|many) ;; *) echo "unknown rung $rung (one-plain, one, many-plain, many)" >&2; exit 2 ;; esac
+done
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
+nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+common=(--ease accel --canvases 8x64x96:64 --no-raw-state --time-budget "$SECS" --reserve 60 --eval-prompts 16
+        --eval-guidance 4 --sample-prompts 4 --pack)
+launch() {  # NAME ARGS...: one run in the background, its output under OUT/NAME and its log beside it
+    local name=$1; shift
+    python3 bench/train_small.py "${common[@]}" "$@" --out "$OUT/$name" > "$OUT/$name.log" 2>&1 &
+}
+for rung in "${RUNGS[@]}"; do
+    case $rung in
+        one-plain) launch one-plain --max-objects 1 --plain-scenes ;;
+        one) launch one --max-objects 1 ;;
+        many-plain) launch many-plain --plain-scenes ;;
+        many) launch many ;;
+    esac
+done
+wait
+grep -h "^direction diagnostics\|^eval" "$OUT"/*.log
+for run in "$OUT"/*/; do
+    for tar in "$run"checkpoint-*.tar; do
+        [ -e "$tar" ] || continue
+        if [ ${#RUNGS[@]} -le 2 ]; then mv "$tar" "$OUT-$(basename "$run")-$(basename "$tar")"; else rm "$tar"; fi
+    done
+done
+tar czf "$OUT.tar.gz" -C "$(dirname "$OUT")" "$(basename "$OUT")" && rm -rf "$OUT" && echo "packed $OUT.tar.gz"
