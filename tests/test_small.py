@@ -176,6 +176,28 @@ def test_architecture_builds_and_runs_on_both_canvas_kinds():
     assert len(vocab_map()) == small["text_encoder"].config.vocab_size
 
 
+def test_frozen_text_encoder_stays_fixed_across_a_resume(tmp_path):
+    from safetensors.torch import load_file
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    script = str(ROOT / "bench" / "train_small.py")
+    first, second = tmp_path / "a", tmp_path / "b"
+    quiet = ["--eval-prompts", "0", "--sample-prompts", "0", "--lr", "1e-2"]
+    subprocess.run([sys.executable, script, "--smoke", "--steps", "2", "--out", str(first), "--freeze-text-encoder",
+                    *quiet], check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, script, "--smoke", "--steps", "2", "--resume", str(first / "checkpoint"),
+                    "--out", str(second), *quiet], check=True, env=env, capture_output=True, timeout=300)
+
+    def weights(run, part):
+        return {k: v for f in sorted((run / "checkpoint" / part).glob("*.safetensors")) for k, v in load_file(f).items()}
+
+    assert json.loads((second / "train_log.json").read_text())["args"]["freeze_text_encoder"] == "True"
+    a, b = weights(first, "text_encoder"), weights(second, "text_encoder")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = weights(first, "transformer"), weights(second, "transformer")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the denoiser did train
+
+
 def test_smoke_training_resumes_and_loads(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
     script = str(ROOT / "bench" / "train_small.py")
