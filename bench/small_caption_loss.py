@@ -47,16 +47,17 @@ def flow_losses(transformer, text_encoder, videos, captions, sigma: float, seed:
     return ((pred.float() - target) ** 2).mean(dim=(1, 2, 3, 4)).cpu()
 
 
-def caption_gaps(transformer, text_encoder, scenes, sigma: float, ease: str = "linear") -> dict[str, list[float]]:
+def caption_gaps(transformer, text_encoder, scenes, sigma: float, ease: str = "linear",
+                 canvas: tuple[int, int, int] = (8, 64, 96)) -> dict[str, list[float]]:
     """Relative loss increase per video when the main object's motion word is replaced by the opposite one or one
     of the other axis, and when its size change is reversed (``scenes`` rendered with each motion and change in
-    turn at 8 x 64 x 96 px with ``ease``, the same noise under both captions). Positive: the true caption predicts
+    turn at ``canvas`` (frames, height, width px) with ``ease``, the same noise under both captions). Positive: the true caption predicts
     better."""
     from sta_search.small import data
 
     def increase(variants, wrong):
-        videos = data.render(variants, frames=8, height=64, width=96, generator=torch.Generator().manual_seed(1),
-                             ease=ease)
+        videos = data.render(variants, frames=canvas[0], height=canvas[1], width=canvas[2],
+                             generator=torch.Generator().manual_seed(1), ease=ease)
         true = flow_losses(transformer, text_encoder, videos, [s.caption for s in variants], sigma, 2)
         other = flow_losses(transformer, text_encoder, videos, [s.caption for s in wrong], sigma, 2)
         return ((other - true) / true).tolist()
@@ -72,7 +73,8 @@ def caption_gaps(transformer, text_encoder, scenes, sigma: float, ease: str = "l
     return found
 
 
-def symmetries(transformer, text_encoder, scenes, sigmas=(0.3, 0.8), ease: str = "linear") -> dict:
+def symmetries(transformer, text_encoder, scenes, sigmas=(0.3, 0.8), ease: str = "linear",
+               canvas: tuple[int, int, int] = (8, 64, 96)) -> dict:
     """How far the denoiser is from commuting with a frame reversal, a left-right mirror and a frame shuffle:
     ``|f(g x) - g f(x)| / |f(x)|`` on noised generator videos of ``scenes`` (their own captions). Near 0 for the
     reversal means the model cannot tell a video from itself played backwards (so neither "left" from "right" nor
@@ -81,8 +83,8 @@ def symmetries(transformer, text_encoder, scenes, sigmas=(0.3, 0.8), ease: str =
     from sta_search.small.text import MAX_LENGTH, encode_words
 
     device = next(transformer.parameters()).device
-    videos = data.render(scenes, frames=8, height=64, width=96, generator=torch.Generator().manual_seed(1),
-                         ease=ease).to(device)
+    videos = data.render(scenes, frames=canvas[0], height=canvas[1], width=canvas[2],
+                         generator=torch.Generator().manual_seed(1), ease=ease).to(device)
     noise = torch.randn(videos.shape, generator=torch.Generator().manual_seed(2)).to(device)
     perm = torch.tensor([3, 0, 6, 1, 7, 2, 5, 4], device=device)
     moves = {"reverse frames": (lambda x: x.flip(2), lambda x: x.flip(2)),

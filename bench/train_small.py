@@ -489,6 +489,12 @@ def main() -> None:
                     help="keep the text encoder as it is (fresh: its random initialisation, like the frozen umT5 of "
                          "a real Wan, which cannot merge words the denoiser does not read yet); default: the resumed "
                          "checkpoint's, else trained jointly")
+    ap.add_argument("--model-overrides", type=json.loads, default={}, metavar="JSON",
+                    help='fresh runs: transformer config overrides, e.g. \'{"num_layers": 4, "ffn_dim": 512}\' (a '
+                         'smaller model for a CPU experiment); a resume keeps the checkpoint\'s architecture')
+    ap.add_argument("--text-overrides", type=json.loads, default={}, metavar="JSON",
+                    help="fresh runs: text encoder config overrides, e.g. '{\"dim\": 128}' (the transformer's text "
+                         "width follows)")
     ap.add_argument("--reseparate-words", nargs="+", default=[], metavar="WORD",
                     help="give these caption words fresh random token embeddings before training (e.g. left right "
                          "up down grows shrinks: words a trained text encoder has merged)")
@@ -529,14 +535,15 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     settings = dict(SETTINGS)
     canvases = parse_canvases(args.canvases)
-    t_over, x_over = {}, {}
+    t_over, x_over = dict(args.model_overrides), dict(args.text_overrides)
     if args.smoke:
         canvases = [(4, 32, 48, 2), (2, 16, 24, 2)]
         settings.update(height=32, width=48, frames=4, steps=2, tile=[2, 4, 4])
         t_over = (dict(num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=32,
                        rope_axes_dim=(8, 12, 12)) if args.family == "hunyuan_video"
                   else dict(num_layers=2, num_attention_heads=2, attention_head_dim=32, ffn_dim=128, freq_dim=64))
-        x_over = dict(dim=64, num_layers=1)
+        t_over.update(args.model_overrides)
+        x_over = {"dim": 64, "num_layers": 1, **args.text_overrides}
         args.eval_prompts = min(args.eval_prompts, 2)
         args.sample_prompts = min(args.sample_prompts, 2)
     settings["resolutions"] = [list(c[:3]) for c in canvases]
@@ -772,10 +779,12 @@ def main() -> None:
     if args.eval_prompts:  # part of the evaluation (off with --eval-prompts 0)
         diagnostic_scenes = [data.parse_caption(c) for c in  # held-out scenes of the training distribution
                              data.prompt_set(4, EVAL_SEED, args.max_objects, args.plain_scenes)]
-        gaps = {sigma: caption_gaps(ema_models[0], ema_models[1], diagnostic_scenes, sigma, args.ease)
+        probe_canvas = (8, *canvases[-1][1:3])  # 8 frames (the shuffle test's) at the smallest canvas trained on
+        gaps = {sigma: caption_gaps(ema_models[0], ema_models[1], diagnostic_scenes, sigma, args.ease, probe_canvas)
                 for sigma in (0.8, 0.95)}
         log["direction_diagnostics"] = {
-            "symmetry_defects": symmetries(ema_models[0], ema_models[1], diagnostic_scenes, ease=args.ease),
+            "symmetry_defects": symmetries(ema_models[0], ema_models[1], diagnostic_scenes, ease=args.ease,
+                                           canvas=probe_canvas),
             "text_encoder_separation": text_separation(ema_models[1], diagnostic_scenes),
             "caption_loss_gap": {str(sigma): {name: round(sum(v) / len(v), 6) for name, v in found.items()}
                                  for sigma, found in gaps.items()},

@@ -184,7 +184,9 @@ def test_frozen_text_encoder_stays_fixed_across_a_resume(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     quiet = ["--eval-prompts", "0", "--sample-prompts", "0", "--lr", "1e-2"]
     subprocess.run([sys.executable, script, "--smoke", "--steps", "2", "--out", str(first), "--freeze-text-encoder",
-                    *quiet], check=True, env=env, capture_output=True, timeout=300)
+                    "--model-overrides", '{"num_layers": 1}', *quiet], check=True, env=env, capture_output=True,
+                   timeout=300)
+    assert json.loads((first / "checkpoint" / "transformer" / "config.json").read_text())["num_layers"] == 1
     subprocess.run([sys.executable, script, "--smoke", "--steps", "2", "--resume", str(first / "checkpoint"),
                     "--out", str(second), *quiet], check=True, env=env, capture_output=True, timeout=300)
 
