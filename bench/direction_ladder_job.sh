@@ -4,8 +4,11 @@
 #
 #   bash bench/direction_ladder_job.sh OUTDIR [SECONDS] [RUNG...]   # default 480 s, all four rungs at once
 #
-# The runs share the GPU, so fewer rungs get more steps each (the toy needed ~1,900 steps); train_small.py --resume
-# continues a rung (its config keeps --max-objects and --plain-scenes).
+# The runs share the GPU, so fewer rungs get more steps each (the toy needed ~1,900 steps). A rung continues from
+# ckpt/RUNG/ (or $RESUME/RUNG/) when that folder exists (its checkpoint-NN.tar, as returned below; the checkpoint
+# keeps --max-objects, --plain-scenes and --freeze-text-encoder). To carry returned tars to the next call:
+#   mkdir -p R/RUNG && for f in OUT-RUNG-checkpoint-*.tar; do cp "$f" R/RUNG/"${f##*-RUNG-}"; done
+#   bash bench/checkpoint_carry.sh prep R        # then the call with carry [".whl", "ckpt"]; restore afterwards
 #
 # Why: the direction toy (bench/direction_toy.py, one object on black, a one-word caption as a learned token) reads
 # the direction by ~1,900 steps once its data has an arrow of time; `small` from scratch on accel data does not
@@ -26,6 +29,7 @@
 set -uo pipefail
 OUT=${1:?usage: bench/direction_ladder_job.sh OUTDIR [SECONDS] [RUNG...]}
 SECS=${2:-480}
+RESUME=$(realpath -m "${RESUME:-ckpt}")
 RUNGS=("${@:3}")
 [ ${#RUNGS[@]} -eq 0 ] && RUNGS=(one-plain one many-plain many)
 for rung in "${RUNGS[@]}"; do
@@ -43,7 +47,9 @@ common=(--ease accel --canvases 8x64x96:64 --no-raw-state --time-budget "$SECS" 
         --eval-guidance 4 --sample-prompts 4 --pack)
 launch() {  # NAME ARGS...: one run in the background, its output under OUT/NAME and its log beside it
     local name=$1; shift
-    python3 bench/train_small.py "${common[@]}" "$@" --out "$OUT/$name" > "$OUT/$name.log" 2>&1 &
+    local resume=()
+    [ -d "$RESUME/$name" ] && resume=(--resume "$RESUME/$name")
+    python3 bench/train_small.py "${common[@]}" "$@" "${resume[@]}" --out "$OUT/$name" > "$OUT/$name.log" 2>&1 &
 }
 for rung in "${RUNGS[@]}"; do
     frozen=(); [ "$rung" != "${rung%-frozen}" ] && frozen=(--freeze-text-encoder)
