@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from sta_search.small.data import EASES  # noqa: E402
+from sta_search.small.data import EASES, MAX_OBJECTS  # noqa: E402
 from sta_search.tiny.pipeline import denoise  # noqa: E402
 
 DIRECTIONS = ("moves left", "moves right", "moves up", "moves down")
@@ -51,8 +51,8 @@ def caption_gaps(transformer, text_encoder, scenes, sigma: float, ease: str = "l
                  canvas: tuple[int, int, int] = (8, 64, 96)) -> dict[str, list[float]]:
     """Relative loss increase per video when the main object's motion word is replaced by the opposite one or one
     of the other axis, and when its size change is reversed (``scenes`` rendered with each motion and change in
-    turn at ``canvas`` (frames, height, width px) with ``ease``, the same noise under both captions). Positive: the true caption predicts
-    better."""
+    turn at ``canvas`` (frames, height, width px) with ``ease``, the same noise under both captions). Positive: the
+    true caption predicts better."""
     from sta_search.small import data
 
     def increase(variants, wrong):
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ease", default="linear", choices=sorted(EASES),
                         help="how the rendered clips' changes progress (sta_search.small.data.EASES): the ease the "
                              "model was trained on")
-    parser.add_argument("--max-objects", type=int, default=3, choices=(1, 2, 3),
+    parser.add_argument("--max-objects", type=int, default=3, choices=MAX_OBJECTS,
                         help="objects per probe scene, at most (held-out captions; 1 for a single-object model)")
     parser.add_argument("--plain-scenes", action="store_true",
                         help="probe scenes with an untextured floor, a still camera and a steady light")

@@ -48,7 +48,8 @@ def main(argv=None) -> int:
     for name, encoder in encoders.items():
         result[name] = text_separation(encoder.eval(), scenes)
         print(name, json.dumps(result[name]), flush=True)
-    out = args.out or ROOT / "bench" / "results" / f"small-text-separation-{time.strftime('%Y%m%dT%H%MZ', time.gmtime())}.json"
+    stamp = time.strftime("%Y%m%dT%H%MZ", time.gmtime())
+    out = args.out or ROOT / "bench" / "results" / f"small-text-separation-{stamp}.json"
     out.write_text(json.dumps({"bench": "small_text_separation", "scenes": args.scenes, "torch": torch.__version__,
                                "folders": dict(item.split("=", 1) for item in args.folder),
                                "separation": result}, indent=1) + "\n")

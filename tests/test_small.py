@@ -191,7 +191,8 @@ def test_frozen_text_encoder_stays_fixed_across_a_resume(tmp_path):
                     "--out", str(second), *quiet], check=True, env=env, capture_output=True, timeout=300)
 
     def weights(run, part):
-        return {k: v for f in sorted((run / "checkpoint" / part).glob("*.safetensors")) for k, v in load_file(f).items()}
+        files = sorted((run / "checkpoint" / part).glob("*.safetensors"))
+        return {k: v for f in files for k, v in load_file(f).items()}
 
     assert json.loads((second / "train_log.json").read_text())["args"]["freeze_text_encoder"] == "True"
     a, b = weights(first, "text_encoder"), weights(second, "text_encoder")
@@ -205,7 +206,8 @@ def test_smoke_training_resumes_and_loads(tmp_path):
     script = str(ROOT / "bench" / "train_small.py")
     first, second = tmp_path / "a", tmp_path / "b"
     subprocess.run([sys.executable, script, "--smoke", "--steps", "2", "--out", str(first), "--eval-prompts", "1",
-                    "--sample-prompts", "1", "--ease", "accel", "--max-objects", "1", "--plain-scenes"], check=True, env=env, capture_output=True, timeout=300)
+                    "--sample-prompts", "1", "--ease", "accel", "--max-objects", "1", "--plain-scenes"],
+                   check=True, env=env, capture_output=True, timeout=300)
     log = json.loads((first / "train_log.json").read_text())
     assert log["steps_total"] == 2 and "4x32x48" in log["eval"] and (first / "samples.png").is_file()
     diagnosed = log["direction_diagnostics"]["scenes"]  # held-out scenes of the run's own (one-object, plain) data
@@ -509,3 +511,17 @@ def test_caption_gaps_are_zero_exactly_when_the_text_is_cut_off():
             block.attn2.to_out[0].bias.zero_()
     blind = caption_gaps(transformer, text_encoder, scenes, 0.8)
     assert all(x == 0 for v in blind.values() for x in v)
+
+
+def test_text_separation_script_shows_the_bundled_encoder_merging_left_and_right(tmp_path):
+    """bench/small_text_separation.py: the bundled `small` (run 4) keeps the motion axes apart and merges the signs,
+    which a fresh encoder does not (session 21)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from small_text_separation import main
+
+    out = tmp_path / "sep.json"
+    assert main(["--scenes", "2", "--out", str(out)]) == 0
+    found = json.loads(out.read_text())["separation"]
+    fresh, bundled = found["init (torch seed 0)"], found["bundled small"]
+    assert bundled["moves left / moves right"] < 0.5 * fresh["moves left / moves right"]
+    assert bundled["moves left / moves up"] > 2 * bundled["moves left / moves right"]
