@@ -14,8 +14,9 @@
 # the direction by ~1,900 steps once its data has an arrow of time; `small` from scratch on accel data does not
 # (run 20: opposite-direction loss gap ~0 after 3,357 steps), nor with one object per scene (run 21, 1,268 steps).
 # Every run: bench/train_small.py from scratch, --ease accel, the small canvas only (8x64x96 px, batch 64), scored on
-# the standard held-out captions (16, guidance 4) and diagnosed on held-out scenes of its own training distribution
-# (train_log.json direction_diagnostics). Rungs:
+# the standard held-out captions (16, guidance 4) and on held-out captions of its own kind of scene (train_log.json
+# eval_own_distribution: the toy's score, for the one-object rungs), and diagnosed on held-out scenes of its own
+# distribution (direction_diagnostics). Rungs:
 #   one-plain     one object, untextured floor, still camera, steady light (closest to the toy)
 #   one           one object, textures, camera moves and light changes
 #   many-plain    2-3 objects, untextured floor, still camera, steady light

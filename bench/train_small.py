@@ -771,6 +771,16 @@ def main() -> None:
                 print(f"eval {key}: " + json.dumps({k: v for k, v in result.items() if not k.startswith("objects")}),
                       flush=True)
             (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    if args.eval_prompts and (args.max_objects < 3 or args.plain_scenes):  # also on its own kind of scene
+        own = data.prompt_set(args.eval_prompts, EVAL_SEED, args.max_objects, args.plain_scenes)
+        canvas, t0 = canvases[-1], time.time()
+        videos = generate(ema_components, own, canvas, eval_steps, guidances[0], args.seed)
+        result = evaluate.score(evaluate.videos_to_frames(videos), own)
+        result.update(seconds=round(time.time() - t0, 1), guidance=guidances[0])
+        log["eval_own_distribution"] = {"prompts": own, "x".join(map(str, canvas[:3])): result}
+        print("eval on its own distribution: " + json.dumps({k: v for k, v in result.items()
+                                                            if not k.startswith("objects")}), flush=True)
+        (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
     # Why motion fails (session 11): does the model tell a video from itself played backwards, and does its text
     # encoder keep the direction words apart? (bench/small_caption_loss.py, bench/small_caption_probe.py)
     from small_caption_loss import caption_gaps, symmetries

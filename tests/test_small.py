@@ -211,6 +211,8 @@ def test_smoke_training_resumes_and_loads(tmp_path):
     log = json.loads((first / "train_log.json").read_text())
     assert log["steps_total"] == 2 and "4x32x48" in log["eval"] and (first / "samples.png").is_file()
     diagnosed = log["direction_diagnostics"]["scenes"]  # held-out scenes of the run's own (one-object, plain) data
+    own = log["eval_own_distribution"]  # scored on held-out captions of that kind too
+    assert own["prompts"] and all(" moves " in c or " bounces" in c for c in own["prompts"]) and "2x16x24" in own
     assert diagnosed and all(c.count(" moves ") + c.count(" bounces") == 1 and "camera" not in c for c in diagnosed)
     subprocess.run([sys.executable, script, "--smoke", "--steps", "2", "--resume", str(first / "checkpoint"),
                     "--out", str(second), "--pack", "--eval-prompts", "0", "--sample-prompts", "0"],
