@@ -132,6 +132,7 @@ def main(argv=None) -> int:
     conditions = {"full": scenes,
                   "plain": [dataclasses.replace(s, pattern=0, camera=0, light=0) for s in scenes]}
     result = {"bench": "small_caption_probe", "utc": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+              "model": str(args.folder or "bundled small"), "max_objects": args.max_objects,
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
               "torch": torch.__version__, "threads": torch.get_num_threads(), "canvas_px": [8, 64, 96],
               "steps": args.steps, "guidance": args.guidance, "motions": list(data.MOTIONS), "conditions": {}}

@@ -368,8 +368,8 @@ def bundled_components(device, folder=None) -> dict:
 
 def probe_setup(doc: str, scenes: int, argv=None):
     """What the CPU probes of the bundled model share (bench/small_caption_probe.py, small_binding_probe.py): their
-    arguments (``--scenes``, ``--steps``, ``--guidance``, ``--device``, ``--out``), the bundled components and the
-    held-out evaluation scenes. Returns ``(args, components, scenes)``."""
+    arguments (``--scenes``, ``--steps``, ``--guidance``, ``--device``, ``--out``, ``--folder``, ``--max-objects``),
+    the bundled (or ``--folder``'s) components and the held-out evaluation scenes. Returns ``(args, components, scenes)``."""
     import argparse
 
     from sta_search.small import data
@@ -380,9 +380,13 @@ def probe_setup(doc: str, scenes: int, argv=None):
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--folder", type=Path, default=None,
+                        help="a small-format pipeline folder (e.g. a train_small checkpoint; default: the bundled one)")
+    parser.add_argument("--max-objects", type=int, default=3, choices=data.MAX_OBJECTS,
+                        help="objects per held-out scene, at most (1 for a model trained with --max-objects 1)")
     args = parser.parse_args(argv)
-    held_out = [data.parse_caption(c) for c in data.prompt_set(args.scenes, EVAL_SEED)]
-    return args, bundled_components(args.device), held_out
+    held_out = [data.parse_caption(c) for c in data.prompt_set(args.scenes, EVAL_SEED, args.max_objects)]
+    return args, bundled_components(args.device, args.folder), held_out
 
 
 @torch.no_grad()

@@ -527,3 +527,20 @@ def test_text_separation_script_shows_the_bundled_encoder_merging_left_and_right
     fresh, bundled = found["init (torch seed 0)"], found["bundled small"]
     assert bundled["moves left / moves right"] < 0.5 * fresh["moves left / moves right"]
     assert bundled["moves left / moves up"] > 2 * bundled["moves left / moves right"]
+
+
+def test_probe_setup_takes_a_folder_and_one_object_scenes(tmp_path):
+    """train_small.probe_setup (bench/small_caption_probe.py, small_binding_probe.py): ``--max-objects 1`` gives
+    one-object held-out scenes, ``--folder`` loads that pipeline folder instead of the bundled one."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_small
+
+    args, components, scenes = train_small.probe_setup("", 3, ["--out", str(tmp_path / "x.json"), "--device", "cpu",
+                                                              "--max-objects", "1"])
+    assert len(scenes) == 3 and all(len(s.objects) == 1 and data.is_held_out(s.caption) for s in scenes)
+    assert args.folder is None and components["transformer"].config.num_layers == TRANSFORMER_CONFIG["num_layers"]
+    from sta_search.errors import UserError
+
+    with pytest.raises(UserError, match="model_index.json"):  # a folder that is not a pipeline
+        train_small.probe_setup("", 1, ["--out", str(tmp_path / "x.json"), "--device", "cpu", "--folder",
+                                        str(tmp_path)])
