@@ -29,6 +29,7 @@ from sta_search.small.data import EASES, MAX_OBJECTS  # noqa: E402
 from sta_search.tiny.pipeline import denoise  # noqa: E402
 
 DIRECTIONS = ("moves left", "moves right", "moves up", "moves down")
+CANVAS = (8, 64, 96)  # frames, height, width px of the probe clips (train_small passes its own smallest canvas)
 OPPOSITE = {"moves left": "moves right", "moves right": "moves left", "moves up": "moves down", "moves down": "moves up"}
 OTHER_AXIS = {"moves left": "moves up", "moves right": "moves down", "moves up": "moves left", "moves down": "moves right"}
 NOISE_LEVELS = (0.5, 0.8, 0.95)
@@ -48,7 +49,7 @@ def flow_losses(transformer, text_encoder, videos, captions, sigma: float, seed:
 
 
 def caption_gaps(transformer, text_encoder, scenes, sigma: float, ease: str = "linear",
-                 canvas: tuple[int, int, int] = (8, 64, 96)) -> dict[str, list[float]]:
+                 canvas: tuple[int, int, int] = CANVAS) -> dict[str, list[float]]:
     """Relative loss increase per video when the main object's motion word is replaced by the opposite one or one
     of the other axis, and when its size change is reversed (``scenes`` rendered with each motion and change in
     turn at ``canvas`` (frames, height, width px) with ``ease``, the same noise under both captions). Positive: the
@@ -74,7 +75,7 @@ def caption_gaps(transformer, text_encoder, scenes, sigma: float, ease: str = "l
 
 
 def symmetries(transformer, text_encoder, scenes, sigmas=(0.3, 0.8), ease: str = "linear",
-               canvas: tuple[int, int, int] = (8, 64, 96)) -> dict:
+               canvas: tuple[int, int, int] = CANVAS) -> dict:
     """How far the denoiser is from commuting with a frame reversal, a left-right mirror and a frame shuffle:
     ``|f(g x) - g f(x)| / |f(x)|`` on noised generator videos of ``scenes`` (their own captions). Near 0 for the
     reversal means the model cannot tell a video from itself played backwards (so neither "left" from "right" nor
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     out.write_text(json.dumps({"bench": "small_caption_loss", "model": str(args.folder or "bundled small"),
                                "transformer": type(transformer).__name__, "scenes": args.scenes, "ease": args.ease,
                                "max_objects": args.max_objects, "plain_scenes": args.plain_scenes,
-                               "canvas_px": [8, 64, 96], "by_noise_level": result,
+                               "canvas_px": list(CANVAS), "by_noise_level": result,
                                "symmetry_defects_first_4_scenes": symmetry}, indent=1) + "\n")
     print("wrote", out)
     return 0

@@ -130,7 +130,7 @@ def main(argv=None) -> int:
 
     args, components, scenes = train_small.probe_setup(__doc__, 6, argv)
     conditions = {"full": scenes,
-                  "plain": [dataclasses.replace(s, pattern=0, camera=0, light=0) for s in scenes]}
+                  "plain": [s.as_plain() for s in scenes]}
     result = {"bench": "small_caption_probe", "utc": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
               "model": str(args.folder or "bundled small"), "max_objects": args.max_objects,
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",

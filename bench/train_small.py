@@ -402,6 +402,11 @@ def generate(components: dict, prompts: list[str], canvas, steps: int, guidance:
     return torch.cat(out)
 
 
+RESUMED_SETTINGS = {"ease": "linear", "max_objects": 3, "plain_scenes": False, "freeze_text_encoder": False}
+"""Options (by argparse name) a resume takes from the checkpoint's ``state.json`` config unless given, and their
+defaults for a fresh run."""
+
+
 def reseparate_words(encoders, words: list[str], seed: int) -> None:
     """Give each of ``words`` a fresh random token embedding, at the table's mean row norm, in every encoder of
     ``encoders`` (the trained one and its EMA get the same rows). For a trained encoder that has merged words its
@@ -562,14 +567,9 @@ def main() -> None:
         torch.manual_seed(args.seed)
         components = build_components(t_over, x_over, family=args.family)
         ema_models = [copy.deepcopy(components["transformer"]), copy.deepcopy(components["text_encoder"])]
-    if args.ease is None:  # a resumed run keeps its checkpoint's data unless told otherwise
-        args.ease = state.get("config", {}).get("ease", "linear")
-    if args.max_objects is None:
-        args.max_objects = state.get("config", {}).get("max_objects", 3)
-    if args.plain_scenes is None:
-        args.plain_scenes = state.get("config", {}).get("plain_scenes", False)
-    if args.freeze_text_encoder is None:
-        args.freeze_text_encoder = state.get("config", {}).get("text_encoder_frozen", False)
+    for name, default in RESUMED_SETTINGS.items():  # a resumed run keeps its checkpoint's unless told otherwise
+        if getattr(args, name) is None:
+            setattr(args, name, state.get("config", {}).get(name, default))
     joint = is_joint_attention(components["transformer"])
     if args.coordinates:
         if joint:
@@ -734,8 +734,7 @@ def main() -> None:
                                               "canvases": args.canvases if not args.smoke else "smoke"}]
     state["config"] = {"canvases": [list(c) for c in canvases], "large_fraction": args.large_fraction,
                        "ema": args.ema, "text_dropout": args.text_dropout, "pooled_text": pooled_text,
-                       "ease": args.ease, "max_objects": args.max_objects,
-                       "plain_scenes": args.plain_scenes, "text_encoder_frozen": args.freeze_text_encoder}
+                       **{name: getattr(args, name) for name in RESUMED_SETTINGS}}
     log.update(steps_this_run=run_step, steps_total=state["step"], train_seconds=round(seconds, 1),
                train_seconds_total=state["train_seconds"], samples_seen_total=state["samples_seen"], warmup=warmup,
                step_seconds={"x".join(map(str, canvases[i][:3])): round(sum(v) / len(v), 4)

@@ -102,6 +102,10 @@ class Scene:
     def main(self) -> ObjectSpec:
         return self.objects[0]
 
+    def as_plain(self) -> "Scene":
+        """This scene on an untextured floor, with a still camera and a steady light."""
+        return dataclasses.replace(self, pattern=0, camera=0, light=0)
+
     def with_main(self, **changes) -> "Scene":
         """This scene with attributes of its main object replaced (``motion=...``, ``color=...``)."""
         return dataclasses.replace(self, objects=(dataclasses.replace(self.main, **changes), *self.objects[1:]))
@@ -210,9 +214,8 @@ def sample_scene(generator: torch.Generator, max_objects: int = 3, plain: bool =
     pattern = int(torch.randint(0, len(PATTERNS), (1,), generator=generator))
     camera = _choice([0.3] + [0.7 / (len(CAMERAS) - 1)] * (len(CAMERAS) - 1), generator)
     light = _choice([0.45] + [0.55 / (len(LIGHTS) - 1)] * (len(LIGHTS) - 1), generator)
-    if plain:
-        pattern = camera = light = 0
-    return Scene(tuple(objects), floor, pattern, camera, light)
+    scene = Scene(tuple(objects), floor, pattern, camera, light)
+    return scene.as_plain() if plain else scene
 
 
 def sample_scenes(count: int, generator: torch.Generator, held_out: bool | None = False,
