@@ -24,7 +24,8 @@
 # and any rung with "-frozen" (e.g. one-plain-frozen, many-frozen): the text encoder stays at its random
 # initialisation (--freeze-text-encoder), as a real Wan's umT5 stays frozen. Why: the jointly trained encoder merges
 # the direction words (output at the word 23-27% apart at initialisation, 5-7% after run 20's 3,357 steps, while
-# colours go to 63%), perhaps before the denoiser has learnt to read them.
+# colours go to 63%), perhaps before the denoiser has learnt to read them. Session 22 (bench/results/small_train/ladder22/):
+# one-plain-frozen reads the size words and the motion axis by ~2,600 steps, one-plain does not; neither the sign.
 # Logs, train_log.json and samples are packed into OUTDIR.tar.gz. With one or two rungs each run's EMA checkpoint comes
 # back too, as OUTDIR-RUNG-checkpoint-NN.tar (train_small.py --pack; a device call returns at most 8 files).
 set -uo pipefail

@@ -47,7 +47,9 @@ object per scene; an untextured floor, a still camera and a steady light; the te
 (fresh: random, like the frozen umT5 of a real Wan). `bench/direction_ladder_job.sh` trains rungs between the
 direction toy's setting and small's own in parallel. From scratch on accel data (runs 19-21,
 ``bench/results/small_train/run19/``) the motion word is not read after 3,357 steps, nor with one object per scene
-after 1,268, while the jointly trained encoder merges the motion words.
+after 1,268, while the jointly trained encoder merges the motion words. With the encoder frozen (session 22, one
+object on a plain floor, 2,581 steps, ``bench/results/small_train/ladder22/``) the size words and the motion axis are
+read, the sign not yet.
 
 ``--no-pooled-text`` (session 18, hunyuan_video only): the input weights of HunyuanVideo's pooled-text projection are
 zeroed and frozen, so the caption reaches the video only through joint attention (the direction toy's "pooled text
