@@ -32,6 +32,7 @@ def _mean_or_none(values):
 
 def main(argv=None) -> int:
     import train_small
+    from small_caption_loss import CANVAS
     from sta_search.small import data, evaluate
 
     args, components, scenes = train_small.probe_setup(__doc__, 16, argv)
@@ -41,12 +42,12 @@ def main(argv=None) -> int:
                   "alone": [dataclasses.replace(s, objects=s.objects[:1]) for s in scenes]}
     result = {"bench": "small_binding_probe", "utc": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "canvas_px": [8, 64, 96],
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "canvas_px": list(CANVAS),
               "steps": args.steps, "guidance": args.guidance, "scenes": args.scenes, "conditions": {}}
     t0 = time.time()
     for name, base in conditions.items():
         captions = [scene.caption for scene in base]
-        videos = train_small.generate(components, captions, (8, 64, 96), args.steps, args.guidance, 0,
+        videos = train_small.generate(components, captions, CANVAS, args.steps, args.guidance, 0,
                                       batch=len(captions))
         rows = []
         for caption, video in zip(captions, evaluate.videos_to_frames(videos)):

@@ -126,6 +126,7 @@ def text_separation(text_encoder, scenes) -> dict:
 
 def main(argv=None) -> int:
     import train_small
+    from small_caption_loss import CANVAS
     from sta_search.small import data, evaluate
 
     args, components, scenes = train_small.probe_setup(__doc__, 6, argv)
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
     result = {"bench": "small_caption_probe", "utc": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
               "model": str(args.folder or "bundled small"), "max_objects": args.max_objects,
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "canvas_px": [8, 64, 96],
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "canvas_px": list(CANVAS),
               "steps": args.steps, "guidance": args.guidance, "motions": list(data.MOTIONS), "conditions": {}}
     result["text_encoder_separation"] = text_separation(components["text_encoder"], scenes)
     print("text encoder output change at the swapped word:", result["text_encoder_separation"], flush=True)
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
         rows = []
         for motion in range(len(data.MOTIONS)):
             captions = [scene.with_main(motion=motion).caption for scene in base]
-            videos = train_small.generate(components, captions, (8, 64, 96), args.steps, args.guidance, 0,
+            videos = train_small.generate(components, captions, CANVAS, args.steps, args.guidance, 0,
                                           batch=len(captions))  # one batch, one seed: the same noise per scene
             frames = evaluate.videos_to_frames(videos)
             for index, (caption, video) in enumerate(zip(captions, frames)):
