@@ -404,6 +404,15 @@ def generate(components: dict, prompts: list[str], canvas, steps: int, guidance:
     return torch.cat(out)
 
 
+def scored(videos, prompts: list[str], t0: float, guidance: float, label: str) -> dict:
+    """The evaluator's scores of generated ``videos`` against ``prompts``, with the seconds since ``t0`` and the
+    guidance; printed as ``label: {...}`` without the per-object scores."""
+    result = evaluate.score(evaluate.videos_to_frames(videos), prompts)
+    result.update(seconds=round(time.time() - t0, 1), guidance=guidance)
+    print(f"{label}: " + json.dumps({k: v for k, v in result.items() if not k.startswith("objects")}), flush=True)
+    return result
+
+
 RESUMED_SETTINGS = {"ease": "linear", "max_objects": 3, "plain_scenes": False, "freeze_text_encoder": False}
 """Options (by argparse name) a resume takes from the checkpoint's ``state.json`` config unless given, and their
 defaults for a fresh run."""
@@ -768,23 +777,15 @@ def main() -> None:
                 write_png(args.out / "samples.png", video_grid(videos[: args.sample_prompts]))
                 log["sample_prompts"] = prompts[: args.sample_prompts]
             if args.eval_prompts:
-                result = evaluate.score(evaluate.videos_to_frames(videos[: args.eval_prompts]),
-                                        prompts[: args.eval_prompts])
-                result["seconds"] = round(time.time() - t0, 1)
-                result["guidance"] = guidance
-                log["eval"][key] = result
-                print(f"eval {key}: " + json.dumps({k: v for k, v in result.items() if not k.startswith("objects")}),
-                      flush=True)
+                log["eval"][key] = scored(videos[: args.eval_prompts], prompts[: args.eval_prompts], t0, guidance,
+                                          f"eval {key}")
             (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
     if args.eval_prompts and (args.max_objects < 3 or args.plain_scenes):  # also on its own kind of scene
         own = data.prompt_set(args.eval_prompts, EVAL_SEED, args.max_objects, args.plain_scenes)
         canvas, t0 = canvases[-1], time.time()
         videos = generate(ema_components, own, canvas, eval_steps, guidances[0], args.seed)
-        result = evaluate.score(evaluate.videos_to_frames(videos), own)
-        result.update(seconds=round(time.time() - t0, 1), guidance=guidances[0])
-        log["eval_own_distribution"] = {"prompts": own, "x".join(map(str, canvas[:3])): result}
-        print("eval on its own distribution: " + json.dumps({k: v for k, v in result.items()
-                                                            if not k.startswith("objects")}), flush=True)
+        log["eval_own_distribution"] = {"prompts": own, "x".join(map(str, canvas[:3])): scored(
+            videos, own, t0, guidances[0], "eval on its own distribution")}
         (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
     # Why motion fails (session 11): does the model tell a video from itself played backwards, and does its text
     # encoder keep the direction words apart? (bench/small_caption_loss.py, bench/small_caption_probe.py)
