@@ -45,8 +45,12 @@ OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/gpu.txt" 2>&1
-common=(--ease accel --canvases 8x64x96:64 --no-raw-state --time-budget "$SECS" --reserve 60 --eval-prompts 16
-        --eval-guidance 4 --sample-prompts 4 --pack)
+# --ema 0.99: a call keeps only the EMA weights (--no-raw-state, so that two rungs fit one carry) and the next call
+# restarts from them, so the EMA's horizon is lost at every call. train_small's EMA ramps as (1+s)/(10+s) towards
+# --ema; under the default 0.999 that horizon is ~s/9 steps (~570 at step 5,140: half of an 850-step call), while
+# 0.99 caps it at 100 (session 23; each call's train_log.json has the gaps of the raw weights beside the EMA's).
+common=(--ease accel --canvases 8x64x96:64 --no-raw-state --ema 0.99 --time-budget "$SECS" --reserve 60
+        --eval-prompts 16 --eval-guidance 4 --sample-prompts 4 --pack)
 launch() {  # NAME ARGS...: one run in the background, its output under OUT/NAME and its log beside it
     local name=$1; shift
     local resume=()

@@ -229,6 +229,11 @@ def load_sharded(folder: Path, stem: str) -> dict[str, torch.Tensor]:
     return out
 
 
+def mean_gaps(gaps: dict) -> dict:
+    """``{sigma: {comparison: [relative loss increases]}}`` -> ``{"sigma": {comparison: mean}}`` (JSON-ready)."""
+    return {str(sigma): {name: round(sum(v) / len(v), 6) for name, v in found.items()} for sigma, found in gaps.items()}
+
+
 def write_checkpoint(folder: Path, components: dict, ema: list, state: dict, settings: dict,
                      raw_state: bool = True) -> None:
     """Pipeline folder (EMA weights, bf16) + train_state/ (raw fp32 weights unless not ``raw_state``, and
@@ -750,6 +755,16 @@ def main() -> None:
                train_seconds_total=state["train_seconds"], samples_seen_total=state["samples_seen"], warmup=warmup,
                step_seconds={"x".join(map(str, canvases[i][:3])): round(sum(v) / len(v), 4)
                              for i, v in step_time.items() if v})
+    decay = min(args.ema, (1 + state["step"] - 1) / (10 + state["step"] - 1))  # the last step's
+    with torch.no_grad():
+        trained_params = [(p.float(), e.float()) for m, e in trained for p, e in zip(m.parameters(), e.parameters())]
+        gap = sum(float((p - e).square().sum()) for p, e in trained_params)
+        norm = sum(float(p.square().sum()) for p, _ in trained_params)
+    # How far the EMA trails the raw weights. Without the raw state a resume restarts from the EMA, which loses about
+    # horizon_steps of progress (1 - exp(-run/horizon) of them) per call (session 23).
+    log["ema"] = {"decay_at_end": round(decay, 6), "horizon_steps": round(1 / (1 - decay)),
+                  "relative_distance_to_raw": round((gap / max(norm, 1e-30)) ** 0.5, 6),
+                  "resume_restarts_from_ema": bool(args.no_raw_state)}
     ema_components = dict(components, transformer=ema_models[0], text_encoder=ema_models[1])
     ckpt = (scratch / "checkpoint") if args.pack else (args.out / "checkpoint")
     write_checkpoint(ckpt, components, ema_models, state, settings, raw_state=not args.no_raw_state)
@@ -802,9 +817,13 @@ def main() -> None:
             "symmetry_defects": symmetries(ema_models[0], ema_models[1], diagnostic_scenes, ease=args.ease,
                                            canvas=probe_canvas),
             "text_encoder_separation": text_separation(ema_models[1], diagnostic_scenes),
-            "caption_loss_gap": {str(sigma): {name: round(sum(v) / len(v), 6) for name, v in found.items()}
-                                 for sigma, found in gaps.items()},
+            "caption_loss_gap": mean_gaps(gaps),
             "scenes": [s.caption for s in diagnostic_scenes]}
+        if args.no_raw_state:  # the raw weights are dropped: how much further they read the words than the EMA
+            transformer.eval(), text_encoder.eval()
+            log["direction_diagnostics"]["caption_loss_gap_raw_weights"] = mean_gaps(
+                {sigma: caption_gaps(transformer, text_encoder, diagnostic_scenes, sigma, args.ease, probe_canvas)
+                 for sigma in (0.8, 0.95)})
         print("direction diagnostics: " + json.dumps(log["direction_diagnostics"]), flush=True)
     log["total_seconds"] = round(time.time() - START, 1)
     (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")

@@ -206,10 +206,14 @@ def test_smoke_training_resumes_and_loads(tmp_path):
     script = str(ROOT / "bench" / "train_small.py")
     first, second = tmp_path / "a", tmp_path / "b"
     subprocess.run([sys.executable, script, "--smoke", "--steps", "2", "--out", str(first), "--eval-prompts", "1",
-                    "--sample-prompts", "1", "--ease", "accel", "--max-objects", "1", "--plain-scenes"],
-                   check=True, env=env, capture_output=True, timeout=300)
+                    "--sample-prompts", "1", "--ease", "accel", "--max-objects", "1", "--plain-scenes",
+                    "--no-raw-state", "--ema", "0.99"], check=True, env=env, capture_output=True, timeout=300)
     log = json.loads((first / "train_log.json").read_text())
     assert log["steps_total"] == 2 and "4x32x48" in log["eval"] and (first / "samples.png").is_file()
+    assert log["ema"]["decay_at_end"] == pytest.approx(2 / 11) and log["ema"]["horizon_steps"] == 1
+    assert 0 < log["ema"]["relative_distance_to_raw"] < 1 and log["ema"]["resume_restarts_from_ema"]
+    raw_gaps = log["direction_diagnostics"]["caption_loss_gap_raw_weights"]  # the raw weights are not kept
+    assert raw_gaps.keys() == log["direction_diagnostics"]["caption_loss_gap"].keys() == {"0.8", "0.95"}
     diagnosed = log["direction_diagnostics"]["scenes"]  # held-out scenes of the run's own (one-object, plain) data
     own = log["eval_own_distribution"]  # scored on held-out captions of that kind too
     assert own["prompts"] and all(" moves " in c or " bounces" in c for c in own["prompts"]) and "2x16x24" in own
