@@ -26,6 +26,10 @@
 # the direction words (output at the word 23-27% apart at initialisation, 5-7% after run 20's 3,357 steps, while
 # colours go to 63%), perhaps before the denoiser has learnt to read them. Session 22 (bench/results/small_train/ladder22/):
 # one-plain-frozen reads the size words and the motion axis by ~2,600 steps, one-plain does not; neither the sign.
+# Session 23 added "-pretrained" (e.g. many-pretrained): the text encoder is pretrained on captions alone
+# (bench/pretrain_text_encoder.py: every token predicts its object's attributes) and then frozen, as umT5 is pretrained.
+# A fresh such rung takes the encoder from $RESUME/text_encoder-pretrained/ (committed beside the ladder's checkpoints,
+# so `checkpoint_carry.sh prep` carries it) or else pretrains one here first (~1-3 minutes on the CPU).
 # Logs, train_log.json and samples are packed into OUTDIR.tar.gz. With one or two rungs each run's EMA checkpoint comes
 # back too, as OUTDIR-RUNG-checkpoint-NN.tar (train_small.py --pack; a device call returns at most 8 files).
 set -uo pipefail
@@ -34,10 +38,12 @@ SECS=${2:-480}
 RESUME=$(realpath -m "${RESUME:-ckpt}")
 RUNGS=("${@:3}")
 [ ${#RUNGS[@]} -eq 0 ] && RUNGS=(one-plain one many-plain many)
+base() { local r=${1%-frozen}; echo "${r%-pretrained}"; }
 for rung in "${RUNGS[@]}"; do
-    case ${rung%-frozen} in
+    case $(base "$rung") in
         one-plain|one|many-plain|many) ;;
-        *) echo "unknown rung $rung (one-plain, one, many-plain, many, each optionally with -frozen)" >&2; exit 2 ;;
+        *) echo "unknown rung $rung (one-plain, one, many-plain, many, each optionally with -frozen or -pretrained)" >&2
+           exit 2 ;;
     esac
 done
 mkdir -p "$OUT"
@@ -59,7 +65,18 @@ launch() {  # NAME ARGS...: one run in the background, its output under OUT/NAME
 }
 for rung in "${RUNGS[@]}"; do
     frozen=(); [ "$rung" != "${rung%-frozen}" ] && frozen=(--freeze-text-encoder)
-    case ${rung%-frozen} in
+    if [ "$rung" != "${rung%-pretrained}" ]; then
+        frozen=(--freeze-text-encoder)
+        if [ ! -d "$RESUME/$rung" ]; then  # fresh: start from a pretrained encoder (a resume keeps its own)
+            encoder=$RESUME/text_encoder-pretrained
+            if [ ! -f "$encoder/config.json" ]; then
+                python3 bench/pretrain_text_encoder.py --out "$OUT/$rung-text" > "$OUT/$rung-text.log" 2>&1 || exit 1
+                encoder=$OUT/$rung-text/text_encoder
+            fi
+            frozen+=(--text-encoder "$encoder")
+        fi
+    fi
+    case $(base "$rung") in
         one-plain) launch "$rung" --max-objects 1 --plain-scenes "${frozen[@]}" ;;
         one) launch "$rung" --max-objects 1 "${frozen[@]}" ;;
         many-plain) launch "$rung" --plain-scenes "${frozen[@]}" ;;

@@ -514,6 +514,10 @@ def main() -> None:
                     help="keep the text encoder as it is (fresh: its random initialisation, like the frozen umT5 of "
                          "a real Wan, which cannot merge words the denoiser does not read yet); default: the resumed "
                          "checkpoint's, else trained jointly")
+    ap.add_argument("--text-encoder", type=Path, default=None, metavar="FOLDER",
+                    help="a fresh run starts its text encoder from FOLDER (TinyTextEncoder.save_pretrained, e.g. "
+                         "bench/pretrain_text_encoder.py's DIR/text_encoder) instead of a random one; with "
+                         "--freeze-text-encoder it stays so, as a real Wan's pretrained umT5 does")
     ap.add_argument("--model-overrides", type=json.loads, default={}, metavar="JSON",
                     help='fresh runs: transformer config overrides, e.g. \'{"num_layers": 4, "ffn_dim": 512}\' (a '
                          'smaller model for a CPU experiment); a resume keeps the checkpoint\'s architecture')
@@ -577,11 +581,21 @@ def main() -> None:
 
     state = {"step": 0, "samples_seen": 0, "train_seconds": 0.0, "runs": [], "seed": args.seed}
     if args.resume is not None:
+        if args.text_encoder is not None:
+            ap.error("--text-encoder: only for a fresh run (a resumed run keeps its checkpoint's encoder)")
         components, ema_models, state = load_checkpoint(resolve_resume(args.resume, scratch))
         print(f"resumed from {args.resume} at step {state['step']}", flush=True)
     else:
         torch.manual_seed(args.seed)
         components = build_components(t_over, x_over, family=args.family)
+        if args.text_encoder is not None:
+            pretrained = TinyTextEncoder.from_pretrained(str(args.text_encoder), dtype=torch.float32)
+            shape = {k: v for k, v in pretrained.config.items() if not k.startswith("_")}
+            wanted = {k: v for k, v in components["text_encoder"].config.items() if not k.startswith("_")}
+            if shape != wanted:
+                ap.error(f"--text-encoder {args.text_encoder}: its config {shape} is not this run's {wanted}")
+            components["text_encoder"] = pretrained
+            state["text_encoder_from"] = str(args.text_encoder)
         ema_models = [copy.deepcopy(components["transformer"]), copy.deepcopy(components["text_encoder"])]
     for name, default in RESUMED_SETTINGS.items():  # a resumed run keeps its checkpoint's unless told otherwise
         if getattr(args, name) is None:

@@ -201,6 +201,57 @@ def test_frozen_text_encoder_stays_fixed_across_a_resume(tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the denoiser did train
 
 
+def test_pretraining_targets_bind_every_token_to_its_object():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import pretrain_text_encoder as pretrain
+    from sta_search.small.text import encode_words
+
+    scenes = pretrain.draw(30, torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little")), held_out=False)
+    ids, targets, colour_at = pretrain.encode(scenes)
+    assert torch.equal(ids, encode_words([s.caption for s in scenes]))
+    heads = list(pretrain.HEADS)
+    for row, scene in enumerate(scenes):
+        words = [w for w in scene.caption.replace(",", " ,").split()]
+        assert words[colour_at[row]] == data.COLORS[scene.main.color]
+        second = words.index(",", words.index(",") + 1) if len(scene.objects) > 1 else None
+        for position, word in enumerate(words):
+            labels = targets[row, position]
+            if word == ",":
+                assert (labels == pretrain.IGNORE).all()
+            elif position < words.index(","):  # the main object's clause: all its attributes, nothing else
+                assert labels[heads.index("motion")] == scene.main.motion
+                assert labels[heads.index("color")] == scene.main.color
+                assert labels[heads.index("floor")] == pretrain.IGNORE
+            elif second is not None and position < second:
+                assert labels[heads.index("shape")] == scene.objects[1].shape
+        assert (targets[row, len(words):] == pretrain.IGNORE).all()
+
+
+def test_fresh_run_starts_from_a_pretrained_text_encoder(tmp_path):
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import pretrain_text_encoder as pretrain
+
+    assert pretrain.main(["--out", str(tmp_path / "pre"), "--steps", "2", "--batch", "3", "--eval-captions", "6"]) == 0
+    report = json.loads((tmp_path / "pre" / "pretrain_text_encoder.json").read_text())
+    assert set(report["held_out_accuracy"]) == set(pretrain.HEADS) and report["text_separation"]["random"]
+    encoder = tmp_path / "pre" / "text_encoder"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    script = str(ROOT / "bench" / "train_small.py")
+    quiet = ["--smoke", "--steps", "1", "--eval-prompts", "0", "--sample-prompts", "0", "--freeze-text-encoder"]
+    wrong = subprocess.run([sys.executable, script, *quiet, "--out", str(tmp_path / "a"), "--text-encoder",
+                            str(encoder)], env=env, capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "--text-encoder" in wrong.stderr.splitlines()[-1]  # smoke's encoder is smaller
+    subprocess.run([sys.executable, script, *quiet, "--out", str(tmp_path / "b"), "--text-encoder", str(encoder),
+                    "--text-overrides", '{"dim": 192, "num_layers": 2}'], env=env, check=True, capture_output=True,
+                   timeout=300)
+    saved = {k: v for f in (tmp_path / "b" / "checkpoint" / "text_encoder").glob("*.safetensors")
+             for k, v in load_file(f).items()}
+    given = {k: v for f in encoder.glob("*.safetensors") for k, v in load_file(f).items()}
+    assert saved.keys() == given.keys() and all(torch.equal(saved[k], given[k].to(saved[k].dtype)) for k in given)
+
+
 def test_smoke_training_resumes_and_loads(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
     script = str(ROOT / "bench" / "train_small.py")
