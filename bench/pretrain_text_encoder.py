@@ -15,8 +15,9 @@ its own word and its whole object: a cross-attention query that finds the object
 it. Captions come from `data.sample_scene` with 1-3 objects, plain or not (the ladder's rungs), training captions only.
 
 Reports on held-out captions: attribute accuracy from all clause tokens and from the colour word alone (binding:
-the colour word's output names the object's motion), and `text_separation` (output change at the swapped motion word
-/ colour word) for this encoder and a random one. Writes ``DIR/text_encoder/`` (loadable with
+the colour word's output names the object's motion), `text_separation` (output change at the swapped motion word /
+colour word) and `object_similarity` (cosine between tokens of one object, and of two objects) for this encoder and a
+random one. Writes ``DIR/text_encoder/`` (loadable with
 `TinyTextEncoder.from_pretrained`, the config of `small`'s encoder) and ``DIR/pretrain_text_encoder.json``.
 """
 
@@ -119,6 +120,25 @@ def accuracy(encoder, heads, ids, targets, colour_at) -> dict:
     return found
 
 
+def object_similarity(encoder, scenes: list[data.Scene]) -> dict:
+    """Mean cosine similarity of the encoder's outputs between tokens of the main object's clause, and between the
+    main object's and the second object's tokens (commas left out), over ``scenes`` with two objects or more."""
+    scenes = [s for s in scenes if len(s.objects) > 1]
+    ids, targets, _ = encode(scenes)
+    with torch.no_grad():
+        out = torch.nn.functional.normalize(encoder(ids), dim=-1)
+    within, across = [], []
+    for row, scene in enumerate(scenes):
+        words = [w for w in scene.caption.replace(",", " ,").split()]
+        first = words.index(",")
+        second = words.index(",", first + 1)
+        main, other = out[row, :first], out[row, first + 1:second]
+        within.append(float((main @ main.T).mean()))
+        across.append(float((main @ other.T).mean()))
+    return {"within_main_object": round(sum(within) / len(within), 4),
+            "main_to_second_object": round(sum(across) / len(across), 4), "captions": len(scenes)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -166,11 +186,13 @@ def main(argv=None) -> int:
         "held_out_accuracy": accuracy(encoder, heads, held_ids, held_targets, held_colour),
         "text_separation": {"pretrained": text_separation(encoder, separation_scenes),
                             "random": text_separation(random_encoder, separation_scenes)},
+        "object_similarity": {"pretrained": object_similarity(encoder, separation_scenes),
+                              "random": object_similarity(random_encoder, separation_scenes)},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     encoder.save_pretrained(str(args.out / "text_encoder"))
     (args.out / "pretrain_text_encoder.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps({k: report[k] for k in ("held_out_accuracy", "text_separation")}), flush=True)
+    print(json.dumps({k: report[k] for k in ("held_out_accuracy", "text_separation", "object_similarity")}), flush=True)
     return 0
 
 

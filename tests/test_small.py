@@ -236,6 +236,9 @@ def test_fresh_run_starts_from_a_pretrained_text_encoder(tmp_path):
     assert pretrain.main(["--out", str(tmp_path / "pre"), "--steps", "2", "--batch", "3", "--eval-captions", "6"]) == 0
     report = json.loads((tmp_path / "pre" / "pretrain_text_encoder.json").read_text())
     assert set(report["held_out_accuracy"]) == set(pretrain.HEADS) and report["text_separation"]["random"]
+    similarity = report["object_similarity"]["random"]
+    assert similarity["captions"] > 0 and all(-1 <= similarity[k] <= 1 for k in ("main_to_second_object",
+                                                                                "within_main_object"))
     encoder = tmp_path / "pre" / "text_encoder"
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
     script = str(ROOT / "bench" / "train_small.py")
