@@ -769,13 +769,14 @@ def main() -> None:
                train_seconds_total=state["train_seconds"], samples_seen_total=state["samples_seen"], warmup=warmup,
                step_seconds={"x".join(map(str, canvases[i][:3])): round(sum(v) / len(v), 4)
                              for i, v in step_time.items() if v})
-    decay = min(args.ema, (1 + state["step"] - 1) / (10 + state["step"] - 1))  # the last step's
+    last_step = state["step"] - 1
+    decay = min(args.ema, (1 + last_step) / (10 + last_step))  # as at the last step
     with torch.no_grad():
-        trained_params = [(p.float(), e.float()) for m, e in trained for p, e in zip(m.parameters(), e.parameters())]
+        trained_params = [(p.float(), e.float()) for m, ema_m in trained for p, e in zip(m.parameters(), ema_m.parameters())]
         gap = sum(float((p - e).square().sum()) for p, e in trained_params)
         norm = sum(float(p.square().sum()) for p, _ in trained_params)
-    # How far the EMA trails the raw weights. Without the raw state a resume restarts from the EMA, which loses about
-    # horizon_steps of progress (1 - exp(-run/horizon) of them) per call (session 23).
+    # How far the EMA trails the raw weights. Without the raw state a resume restarts from the EMA: on a straight
+    # path that is horizon * (1 - exp(-run / horizon)) steps of this run's progress lost (session 23).
     log["ema"] = {"decay_at_end": round(decay, 6), "horizon_steps": round(1 / (1 - decay)),
                   "relative_distance_to_raw": round((gap / max(norm, 1e-30)) ** 0.5, 6),
                   "resume_restarts_from_ema": bool(args.no_raw_state)}
