@@ -772,7 +772,8 @@ def main() -> None:
     last_step = state["step"] - 1
     decay = min(args.ema, (1 + last_step) / (10 + last_step))  # as at the last step
     with torch.no_grad():
-        trained_params = [(p.float(), e.float()) for m, ema_m in trained for p, e in zip(m.parameters(), ema_m.parameters())]
+        trained_params = [(p.float(), e.float())
+                          for m, ema_m in trained for p, e in zip(m.parameters(), ema_m.parameters())]
         gap = sum(float((p - e).square().sum()) for p, e in trained_params)
         norm = sum(float(p.square().sum()) for p, _ in trained_params)
     # How far the EMA trails the raw weights. Without the raw state a resume restarts from the EMA: on a straight
