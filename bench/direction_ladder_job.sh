@@ -30,6 +30,12 @@
 # (bench/pretrain_text_encoder.py: every token predicts its object's attributes) and then frozen, as umT5 is pretrained.
 # A fresh such rung takes the encoder from $RESUME/text_encoder-pretrained/ (committed beside the ladder's checkpoints,
 # so `checkpoint_carry.sh prep` carries it) or else pretrains one here first (~1-3 minutes on the CPU).
+# Session 24 (bench/results/small_train/ladder24/): with it, many-pretrained reads the axis and size words by ~1,750
+# steps (gaps 2-5%; many-frozen: ~0.01% at 1,681) and one-plain-pretrained reads them about as well at 2,496 steps as
+# one-plain-frozen at 5,140.
+# LADDER_EXTRA (environment) adds train_small.py arguments to every rung, after the ladder's own (argparse keeps the
+# last): session 26 continued many-pretrained on the bundled recipe's two canvases as small run 22, to 6,965 steps
+# (LADDER_EXTRA="--canvases 16x96x160:12,8x64x96:64 --large-fraction 0.3 --reserve 110", --decay on the last call).
 # Logs, train_log.json and samples are packed into OUTDIR.tar.gz. With one or two rungs each run's EMA checkpoint comes
 # back too, as OUTDIR-RUNG-checkpoint-NN.tar (train_small.py --pack; a device call returns at most 8 files).
 set -uo pipefail
@@ -57,6 +63,8 @@ nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 # 0.99 caps it at 100 (session 23; each call's train_log.json has the gaps of the raw weights beside the EMA's).
 common=(--ease accel --canvases 8x64x96:64 --no-raw-state --ema 0.99 --time-budget "$SECS" --reserve 60
         --eval-prompts 16 --eval-guidance 4 --sample-prompts 4 --pack)
+read -ra extra <<< "${LADDER_EXTRA:-}"  # e.g. LADDER_EXTRA=--decay for a last call that anneals the lr
+common+=("${extra[@]}")
 launch() {  # NAME ARGS...: one run in the background, its output under OUT/NAME and its log beside it
     local name=$1; shift
     local resume=()

@@ -3,7 +3,7 @@
     python3 bench/small_sampling_steps.py --prompts 16 --steps 16,48 --guidance 4 --out FILE.json
 
 Generates the training script's held-out evaluation captions (`train_small.EVAL_SEED`) at the small canvas
-(8x64x96 px) with the bundled weights in float32, at each number of sampling steps and guidance scale, and scores
+(8x64x96 px) with the bundled weights (or ``--folder``) in float32, at each number of sampling steps and guidance scale, and scores
 them with `sta_search.small.evaluate` (colour, shape, motion, size of the main object; ``objects_*``: of every
 object). On the 2-core CPU box 16 captions take ~8 minutes at 16 steps and ~25 at 48.
 """
@@ -30,16 +30,18 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance", default="4", help="comma-separated guidance scales")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--folder", type=Path, default=None,
+                        help="a small-format pipeline folder (e.g. an unpacked checkpoint) instead of the bundled weights")
     args = parser.parse_args(argv)
 
     import train_small
     from sta_search.small import data, evaluate
 
-    components = train_small.bundled_components(args.device)
+    components = train_small.bundled_components(args.device, args.folder)
     prompts = data.prompt_set(args.prompts, train_small.EVAL_SEED)
     result = {"bench": "small_sampling_steps", "utc": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "canvas_px": [8, 64, 96],
+              "torch": torch.__version__, "weights": str(args.folder or "bundled"), "threads": torch.get_num_threads(), "canvas_px": [8, 64, 96],
               "prompts": prompts, "results": {}}
     for steps in (int(s) for s in args.steps.split(",")):
         for guidance in (float(g) for g in args.guidance.split(",")):

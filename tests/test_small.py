@@ -573,9 +573,10 @@ def test_caption_gaps_are_zero_exactly_when_the_text_is_cut_off():
     assert all(x == 0 for v in blind.values() for x in v)
 
 
-def test_text_separation_script_shows_the_bundled_encoder_merging_left_and_right(tmp_path):
-    """bench/small_text_separation.py: the bundled `small` (run 4) keeps the motion axes apart and merges the signs,
-    which a fresh encoder does not (session 21)."""
+def test_text_separation_script_shows_the_bundled_encoder_keeping_the_directions_apart(tmp_path):
+    """bench/small_text_separation.py: the bundled `small` (run 22) froze a text encoder pretrained on captions alone,
+    which keeps every pair of motion words far further apart than a fresh encoder does (run 4's jointly trained
+    encoder had merged the signs, session 21)."""
     sys.path.insert(0, str(ROOT / "bench"))
     from small_text_separation import main
 
@@ -583,8 +584,10 @@ def test_text_separation_script_shows_the_bundled_encoder_merging_left_and_right
     assert main(["--scenes", "2", "--out", str(out)]) == 0
     found = json.loads(out.read_text())["separation"]
     fresh, bundled = found["init (torch seed 0)"], found["bundled small"]
-    assert bundled["moves left / moves right"] < 0.5 * fresh["moves left / moves right"]
-    assert bundled["moves left / moves up"] > 2 * bundled["moves left / moves right"]
+    directions = [k for k in fresh if k.startswith("moves")]
+    assert len(directions) == 6
+    for pair in directions:
+        assert bundled[pair] > 2 * fresh[pair], pair
 
 
 def test_probe_setup_takes_a_folder_and_one_object_scenes(tmp_path):
