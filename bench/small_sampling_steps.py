@@ -5,7 +5,7 @@
 Generates the training script's held-out evaluation captions (`train_small.EVAL_SEED`) at the small canvas
 (8x64x96 px) with the bundled weights (or ``--folder``) in float32, at each number of sampling steps and guidance scale, and scores
 them with `sta_search.small.evaluate` (colour, shape, motion, size of the main object; ``objects_*``: of every
-object). On the 2-core CPU box 16 captions take ~8 minutes at 16 steps and ~25 at 48.
+object; ``main_object``: the main object's checks per caption; ``shape_by_captioned_shape``: [passed, captions]). On the 2-core CPU box 16 captions take ~8 minutes at 16 steps and ~25 at 48.
 """
 
 from __future__ import annotations
@@ -47,10 +47,17 @@ def main(argv=None) -> int:
         for guidance in (float(g) for g in args.guidance.split(",")):
             t0 = time.time()
             videos = train_small.generate(components, prompts, (8, 64, 96), steps, guidance, 0)
-            scores = evaluate.score(evaluate.videos_to_frames(videos), prompts)
+            frames = evaluate.videos_to_frames(videos)
+            scores = evaluate.score(frames, prompts)
             scores["seconds"] = round(time.time() - t0, 1)
+            main = [evaluate.check_video(f, p)[0] for f, p in zip(frames, prompts)]
+            scores["main_object"] = [{a: bool(getattr(c, a)) for a in evaluate.ATTRIBUTES} for c in main]
+            by_shape: dict[str, list[bool]] = {}
+            for caption, check in zip(prompts, main):
+                by_shape.setdefault(data.SHAPES[data.parse_caption(caption).main.shape], []).append(check.shape)
+            scores["shape_by_captioned_shape"] = {k: [sum(v), len(v)] for k, v in sorted(by_shape.items())}
             result["results"][f"steps{steps}-g{guidance:g}"] = scores
-            print(steps, guidance, json.dumps(scores), flush=True)
+            print(steps, guidance, json.dumps({k: v for k, v in scores.items() if k != "main_object"}), flush=True)
             args.out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
