@@ -605,3 +605,22 @@ def test_probe_setup_takes_a_folder_and_one_object_scenes(tmp_path):
     with pytest.raises(UserError, match="model_index.json"):  # a folder that is not a pipeline
         train_small.probe_setup("", 1, ["--out", str(tmp_path / "x.json"), "--device", "cpu", "--folder",
                                         str(tmp_path)])
+
+
+def test_sampling_steps_script_reports_checks_per_caption_and_by_shape(tmp_path):
+    """bench/small_sampling_steps.py: the aggregate scores agree with the per-caption main-object checks and the
+    per-shape counts it writes beside them."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from small_sampling_steps import main
+
+    out = tmp_path / "steps.json"
+    assert main(["--prompts", "3", "--steps", "2", "--device", "cpu", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    scores = result["results"]["steps2-g4"]
+    assert scores["videos"] == 3 and len(scores["main_object"]) == 3 and result["weights"] == "bundled"
+    for name in ATTRIBUTES:
+        assert scores[name] == sum(c[name] for c in scores["main_object"]) / 3
+    by_shape = scores["shape_by_captioned_shape"]
+    assert sum(n for _, n in by_shape.values()) == 3
+    assert sum(k for k, _ in by_shape.values()) == sum(c["shape"] for c in scores["main_object"])
+    assert set(by_shape) <= set(data.SHAPES)
