@@ -3,9 +3,11 @@
     python3 bench/small_sampling_steps.py --prompts 16 --steps 16,48 --guidance 4 --out FILE.json
 
 Generates the training script's held-out evaluation captions (`train_small.EVAL_SEED`) at the small canvas
-(8x64x96 px) with the bundled weights (or ``--folder``) in float32, at each number of sampling steps and guidance scale, and scores
-them with `sta_search.small.evaluate` (colour, shape, motion, size of the main object; ``objects_*``: of every
-object; ``main_object``: the main object's checks per caption; ``shape_by_captioned_shape``: [passed, captions]). On the 2-core CPU box 16 captions take ~8 minutes at 16 steps and ~25 at 48.
+(8x64x96 px) with the bundled weights (or ``--folder``) in float32, at each number of sampling steps and guidance
+scale, and scores them with `sta_search.small.evaluate` (colour, shape, motion, size of the main object;
+``objects_*``: of every object; ``main_object``: the main object's checks per caption;
+``shape_by_captioned_shape``: [passed, captions]). On the 2-core CPU box 16 captions take ~8 minutes at 16 steps
+and ~25 at 48.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--folder", type=Path, default=None,
-                        help="a small-format pipeline folder (e.g. an unpacked checkpoint) instead of the bundled weights")
+                        help="a small-format pipeline folder (e.g. an unpacked checkpoint) instead of the bundled one")
     args = parser.parse_args(argv)
 
     import train_small
@@ -41,16 +43,17 @@ def main(argv=None) -> int:
     prompts = data.prompt_set(args.prompts, train_small.EVAL_SEED)
     result = {"bench": "small_sampling_steps", "utc": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-              "torch": torch.__version__, "weights": str(args.folder or "bundled"), "threads": torch.get_num_threads(), "canvas_px": [8, 64, 96],
+              "torch": torch.__version__, "weights": str(args.folder or "bundled"),
+              "threads": torch.get_num_threads(), "canvas_px": [8, 64, 96],
               "prompts": prompts, "results": {}}
     for steps in (int(s) for s in args.steps.split(",")):
         for guidance in (float(g) for g in args.guidance.split(",")):
             t0 = time.time()
             videos = train_small.generate(components, prompts, (8, 64, 96), steps, guidance, 0)
-            frames = evaluate.videos_to_frames(videos)
-            scores = evaluate.score(frames, prompts)
+            checks = [evaluate.check_video(f, p) for f, p in zip(evaluate.videos_to_frames(videos), prompts)]
+            scores = evaluate.summarize(checks)
             scores["seconds"] = round(time.time() - t0, 1)
-            main = [evaluate.check_video(f, p)[0] for f, p in zip(frames, prompts)]
+            main = [c[0] for c in checks]
             scores["main_object"] = [{a: bool(getattr(c, a)) for a in evaluate.ATTRIBUTES} for c in main]
             by_shape: dict[str, list[bool]] = {}
             for caption, check in zip(prompts, main):

@@ -1,8 +1,9 @@
 """The bundled `small` video model: a pixel-space diffusers `WanTransformer3DModel` (9.1 M parameters,
 8 layers x 4 heads of dimension 64, patch 1x4x4) trained by ``bench/train_small.py`` on procedural
 multi-object videos (`sta_search.small.data`, changes eased from rest: ``--ease accel``) with a text encoder
-pretrained on the captions alone and then frozen (``bench/pretrain_text_encoder.py``), at two canvases: 16 x 96 x 160 px (token canvas 16 x 24 x 40
-= 15,360) and 8 x 64 x 96 px (8 x 16 x 24), shipped as a pipeline folder in ``sta_search/small/weights``.
+pretrained on the captions alone and then frozen (``bench/pretrain_text_encoder.py``), at two canvases:
+16 x 96 x 160 px (token canvas 16 x 24 x 40 = 15,360) and 8 x 64 x 96 px (8 x 16 x 24), shipped as a pipeline
+folder in ``sta_search/small/weights``.
 
     from sta_search.small import load_small, recommended_settings
     pipe = load_small(device="cpu")

@@ -176,7 +176,11 @@ def check_video(frames: np.ndarray, caption: str) -> list[ObjectCheck]:
 def score(videos, captions: list[str]) -> dict:
     """Fraction of videos whose main object passes each check (and all of them), plus ``objects_*``: the
     same over every captioned object."""
-    checks = [check_video(v, c) for v, c in zip(videos, captions)]
+    return summarize([check_video(v, c) for v, c in zip(videos, captions)])
+
+
+def summarize(checks: list[list[ObjectCheck]]) -> dict:
+    """`score` from already computed `check_video` results (one list per video, the main object first)."""
     main = [c[0] for c in checks]
     every = [o for c in checks for o in c]
     out: dict = {}
