@@ -2,8 +2,8 @@
 
     python3 bench/small_sampling_steps.py --prompts 16 --steps 16,48 --guidance 4 --out FILE.json
 
-Generates the training script's held-out evaluation captions (`train_small.EVAL_SEED`) at the small canvas
-(8x64x96 px) with the bundled weights (or ``--folder``) in float32, at each number of sampling steps and guidance
+Generates the training script's held-out evaluation captions (`train_small.EVAL_SEED`) at ``--canvas`` (default the
+small one, 8x64x96 px) with the bundled weights (or ``--folder``) in float32, at each number of sampling steps and guidance
 scale, and scores them with `sta_search.small.evaluate` (colour, shape, motion, size of the main object;
 ``objects_*``: of every object; ``main_object``: the main object's checks per caption;
 ``shape_by_captioned_shape``: [passed, captions]). On the 2-core CPU box 16 captions take ~8 minutes at 16 steps
@@ -30,11 +30,19 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--steps", default="16,48", help="comma-separated sampling step counts")
     parser.add_argument("--guidance", default="4", help="comma-separated guidance scales")
+    parser.add_argument("--canvas", default="8x64x96",
+                        help="FxHxW in pixels: 8x64x96 (the small canvas) or 16x96x160 (the large one)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--folder", type=Path, default=None,
                         help="a small-format pipeline folder (e.g. an unpacked checkpoint) instead of the bundled one")
     args = parser.parse_args(argv)
+    try:
+        canvas = tuple(int(n) for n in args.canvas.lower().split("x"))
+        if len(canvas) != 3 or min(canvas) <= 0:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--canvas {args.canvas!r}: expected FxHxW in pixels, e.g. 16x96x160")
 
     import train_small
     from sta_search.small import data, evaluate
@@ -44,12 +52,12 @@ def main(argv=None) -> int:
     result = {"bench": "small_sampling_steps", "utc": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
               "torch": torch.__version__, "weights": str(args.folder or "bundled"),
-              "threads": torch.get_num_threads(), "canvas_px": [8, 64, 96],
+              "threads": torch.get_num_threads(), "canvas_px": list(canvas),
               "prompts": prompts, "results": {}}
     for steps in (int(s) for s in args.steps.split(",")):
         for guidance in (float(g) for g in args.guidance.split(",")):
             t0 = time.time()
-            videos = train_small.generate(components, prompts, (8, 64, 96), steps, guidance, 0)
+            videos = train_small.generate(components, prompts, canvas, steps, guidance, 0)
             checks = [evaluate.check_video(f, p) for f, p in zip(evaluate.videos_to_frames(videos), prompts)]
             scores = evaluate.summarize(checks)
             scores["seconds"] = round(time.time() - t0, 1)
