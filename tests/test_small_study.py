@@ -231,3 +231,38 @@ def test_step_calibrated_variant_takes_the_measured_weights(quality, seed):
     results = {"per_seed": per_seed, "aggregate": quality.aggregate(per_seed, [0.3], "v2")}
     target = quality.v2_targets(results)["solver_error_step_calibrated_minus_argmin_capped_matched@0.3"]
     assert target["value_db"] == pytest.approx(0.4) and target["holds"] is False and target["holds_in_seeds"] == "0/1"
+
+
+def test_merge_of_seed_groups_equals_one_study(quality):
+    merge = _load("quality_merge").merge
+
+    def entry(psnr, density=0.2):
+        return {"density": density, "mean_psnr_db": psnr, "mean_ssim": 0.9, "mean_tpsnr_db": psnr + 1,
+                "per_prompt": [{"prompt": "p", "psnr_db": psnr, "ssim": 0.9}]}
+
+    rng = np.random.default_rng()
+    settings = {"densities": [0.2, 0.42], "steps": 16}
+    per_seed = {str(s): {"settings": {**settings, "generation_seed": s, "profile_seed": s}, "configs": {
+        "solver-error-step@0.2": entry(30.0 + rng.normal()), "uniform@0.2": entry(28.0 + rng.normal()),
+        "solver-error-step@argmin-capped0.2": entry(29.0 + rng.normal()), "argmin-capped@0.2": entry(28.8),
+        "paper-fixed@0.2": entry(27.0), "solver-error-step@0.42": entry(31.0 + rng.normal(), 0.42)}}
+        for s in range(5)}
+    head = {"schema": "sta-search/quality/v2", "plan": "v2", "model": "small", "model_kind": "small",
+            "vary_prompts": True, "versions": {"torch": "x"}, "device": {"name": "gpu"}}
+    part_a = {**head, "per_seed": {s: per_seed[s] for s in ("0", "1")}, "timings": {"total_s": 1.0}}
+    part_b = {**head, "per_seed": {s: per_seed[s] for s in ("2", "3", "4")}, "timings": {"total_s": 2.0}}
+
+    merged = merge([part_b, part_a], ["b.json", "a.json"])
+    whole = {"per_seed": per_seed, "aggregate": quality.aggregate(per_seed, [0.2, 0.42], "v2")}
+    assert merged["seeds"] == [0, 1, 2, 3, 4]
+    assert merged["aggregate"] == whole["aggregate"]
+    assert merged["targets"] == quality.v2_targets(whole)
+    assert merged["timings"]["total_s"] == 3.0
+
+    with pytest.raises(ValueError, match="seed 1 is also in"):
+        merge([part_a, {**head, "per_seed": {"1": per_seed["1"]}}], ["a.json", "c.json"])
+    changed = {"9": {**per_seed["4"], "settings": {**settings, "steps": 8}}}
+    with pytest.raises(ValueError, match="settings differ in steps"):
+        merge([part_a, {**head, "per_seed": changed}], ["a.json", "d.json"])
+    with pytest.raises(ValueError, match="device"):
+        merge([part_a, {**part_b, "device": {"name": "other"}}], ["a.json", "e.json"])
