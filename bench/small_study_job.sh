@@ -3,7 +3,7 @@
 # one go, writing flat into OUTDIR (5 files: quality_small.json, quality_small.png, locality_small.json,
 # locality_small.png, job.log; each well under 15 MB).
 #
-#   bash bench/small_study_job.sh OUTDIR            # H200: estimated ~3-3.5 min (not measured); at most ~4 min (hard limits)
+#   bash bench/small_study_job.sh OUTDIR            # H200: ~75 s a seed (run 22, 2026-12-04), ~7 min; at most ~8.5 min
 #   bash bench/small_study_job.sh OUTDIR --quick    # CPU smoke: 8x64x96 px, 3 steps, 2 seeds, 2+2 prompts
 #
 # Stage 1 (bench/quality.py, plan v2): 5 seeds (each its own training/held-out caption split), 4 training
@@ -13,7 +13,7 @@
 # that profile is missing it profiles LOCALITY_PROMPTS captions itself within LOCALITY_BUDGET seconds.
 # Every stage runs under `timeout` as a last resort (HARD_* seconds), so the job ends even if one hangs.
 #
-# Knobs (environment): QUALITY_BUDGET (default 165), HARD_QUALITY (200), LOCALITY_BUDGET (30),
+# Knobs (environment): QUALITY_BUDGET (default 420), HARD_QUALITY (470), LOCALITY_BUDGET (30),
 # HARD_LOCALITY (40), SEEDS ("0 1 2 3 4"), DEVICE (cuda when available), PYTHON (python3), OBJECTIVES (extra
 # solver objectives at argmin-capped's density, e.g. "squared-error"; default none), SOLVER_VARIANTS (extra solver
 # variants there: "budget-per-step", "layer", "step-calibrated" (step weights measured per seed; it also runs at
@@ -31,8 +31,8 @@ PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-$($PY -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}
 SEEDS=${SEEDS:-0 1 2 3 4}
 if [ "$QUICK" = 1 ]; then big=100000; else big=""; fi  # the CPU smoke has no time limits unless given
-QUALITY_BUDGET=${QUALITY_BUDGET:-${big:-165}}
-HARD_QUALITY=${HARD_QUALITY:-${big:-200}}
+QUALITY_BUDGET=${QUALITY_BUDGET:-${big:-420}}  # 5 seeds x ~75 s on the H200 (session 27: 165 s fitted two)
+HARD_QUALITY=${HARD_QUALITY:-${big:-470}}
 LOCALITY_BUDGET=${LOCALITY_BUDGET:-${big:-30}}
 HARD_LOCALITY=${HARD_LOCALITY:-${big:-40}}
 WORK=$(mktemp -d /tmp/sta-small-study.XXXXXX)
