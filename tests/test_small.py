@@ -624,3 +624,28 @@ def test_sampling_steps_script_reports_checks_per_caption_and_by_shape(tmp_path)
     assert sum(n for _, n in by_shape.values()) == 3
     assert sum(k for k, _ in by_shape.values()) == sum(c["shape"] for c in scores["main_object"])
     assert set(by_shape) <= set(data.SHAPES)
+
+
+def test_shape_fill_reads_rendered_squares_and_circles():
+    """bench/small_shape_fill.py on rendered clips: squares fill their box (label square), circles ~0.79."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("small_shape_fill", Path(__file__).parents[1] / "bench" /
+                                                  "small_shape_fill.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    seed = int(np.random.default_rng().integers(1 << 20))
+    captions = ["a big red square moves left, on a black floor", "a small cyan circle moves up, on a gray floor"]
+    frames = videos_to_frames(data.render([data.parse_caption(c) for c in captions],
+                                          generator=torch.Generator().manual_seed(seed), ease="accel", **SMALL_CANVAS))
+    rows = []
+    for caption, clip, shape, size in zip(captions, frames, ("square", "circle"), ("big", "small")):
+        votes = module.main_object_votes(clip, caption)
+        assert votes, (seed, caption)
+        assert all(len(v) == 4 and v[1] > 0 and v[2] > 0 for v in votes)
+        rows.append({"caption": caption, "shape": shape, "size": size, "generated": votes[:1], "ground_truth": votes})
+    assert np.median([v[0] for v in rows[0]["ground_truth"]]) > 0.89, seed
+    assert 0.65 < np.median([v[0] for v in rows[1]["ground_truth"]]) < 0.89, seed  # 0.73-0.85 over 40 seeds
+    summary = module.summarize(rows)
+    assert summary["big square"]["captions"] == 1 and summary["big square"]["right_ground_truth"] == 1
+    assert summary["small circle"]["right_ground_truth"] == 1
