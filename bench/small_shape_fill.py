@@ -2,8 +2,8 @@
 
     python3 bench/small_shape_fill.py --prompts 48 --canvas 8x64x96 --out FILE.json   # ~14 min on the 2-core CPU
 
-For the held-out evaluation captions (`train_small.EVAL_SEED`) whose main object is a square or a circle, generates
-each (bundled weights, float32, guidance 4, 16 steps) and renders its ground truth (`data.render`, accel ease), then
+For the held-out evaluation captions (`train_small.EVAL_SEED`) whose main object is one of ``--shapes`` (square,
+circle), generates each (bundled weights, float32, ``--guidance`` 4, ``--steps`` 16) and renders its ground truth (`data.render`, accel ease), then
 records for the main object, in every frame the evaluator votes on (>= 70% of its largest area), the box fill ratio
 of its largest region, the box's height and width in pixels and the classifier's label
 (`sta_search.small.evaluate.classify_shape`: fill > 0.89 square, > 0.71 circle). The summary groups the captions by
@@ -68,6 +68,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=48)
     parser.add_argument("--canvas", default="8x64x96", help="FxHxW in pixels")
+    parser.add_argument("--shapes", default="square,circle", help="comma-separated main-object shapes to keep")
+    parser.add_argument("--steps", type=int, default=16, help="sampling steps")
+    parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -76,10 +79,15 @@ def main(argv=None) -> int:
     import train_small
 
     t0 = time.time()
+    shapes = args.shapes.split(",")
+    unknown = [s for s in shapes if s not in data.SHAPES]
+    if unknown:
+        parser.error(f"--shapes: unknown shape {unknown[0]!r} (one of {', '.join(data.SHAPES)})")
     prompts = [p for p in data.prompt_set(args.prompts, train_small.EVAL_SEED)
-               if data.SHAPES[data.parse_caption(p).main.shape] in ("square", "circle")]
+               if data.SHAPES[data.parse_caption(p).main.shape] in shapes]
     components = train_small.bundled_components(args.device)
-    generated = evaluate.videos_to_frames(train_small.generate(components, prompts, (frames, height, width), 16, 4.0, 0))
+    generated = evaluate.videos_to_frames(train_small.generate(components, prompts, (frames, height, width), args.steps,
+                                                               args.guidance, 0))
     truth = evaluate.videos_to_frames(data.render([data.parse_caption(p) for p in prompts], frames=frames,
                                                   height=height, width=width,
                                                   generator=torch.Generator().manual_seed(0), ease="accel"))
@@ -90,7 +98,7 @@ def main(argv=None) -> int:
                      "generated": main_object_votes(gen, caption), "ground_truth": main_object_votes(real, caption)})
     result = {"bench": "small_shape_fill", "utc": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-              "torch": torch.__version__, "canvas_px": [frames, height, width], "steps": 16, "guidance": 4.0,
+              "torch": torch.__version__, "canvas_px": [frames, height, width], "steps": args.steps, "guidance": args.guidance,
               "square_threshold": "fill > 0.89 (evaluate.classify_shape)", "summary": summarize(rows),
               "seconds": round(time.time() - t0), "rows": rows}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
