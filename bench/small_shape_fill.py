@@ -29,7 +29,8 @@ from sta_search.small import data, evaluate  # noqa: E402
 
 
 def main_object_votes(frames: np.ndarray, caption: str) -> list[tuple[float, int, int, str]]:
-    """(fill ratio, box height, box width, label) of the caption's main object in each frame the evaluator votes on."""
+    """(fill ratio, box height, box width, label) of the caption's main object in each frame the evaluator votes on,
+    largest frame first (the order the evaluator's tie-break uses)."""
     obj = data.parse_caption(caption).main
     raw = evaluate.color_labels(frames) == obj.color
     mask = evaluate._denoise(raw)
@@ -38,7 +39,8 @@ def main_object_votes(frames: np.ndarray, caption: str) -> list[tuple[float, int
     if areas.max() == 0:
         return []
     votes = []
-    for i in np.flatnonzero(areas >= 0.7 * areas.max()):
+    big = np.flatnonzero(areas >= 0.7 * areas.max())
+    for i in big[np.argsort(-areas[big], kind="stable")]:  # largest first, as the evaluator votes
         region = evaluate.largest_component(outline[i])
         ys, xs = np.nonzero(region)
         h, w = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
@@ -55,7 +57,7 @@ def summarize(rows: list[dict]) -> dict:
         g["captions"] += 1
         for kind in ("generated", "ground_truth"):
             labels = [v[3] for v in row[kind]]
-            g[f"right_{kind}"] += bool(labels) and max(set(labels), key=labels.count) == row["shape"]
+            g[f"right_{kind}"] += bool(labels) and evaluate.majority_shape(labels) == row["shape"]
             g[f"fills_{kind}"] += [v[0] for v in row[kind]]
     for g in groups.values():
         for kind in ("generated", "ground_truth"):

@@ -649,3 +649,17 @@ def test_shape_fill_reads_rendered_squares_and_circles():
     summary = module.summarize(rows)
     assert summary["big square"]["captions"] == 1 and summary["big square"]["right_ground_truth"] == 1
     assert summary["small circle"]["right_ground_truth"] == 1
+
+
+def test_shape_vote_tie_goes_to_the_first_vote_in_every_process():
+    """A tied shape vote is decided by the first (largest-frame) vote, whatever the process's string hashing."""
+    from sta_search.small.evaluate import majority_shape
+
+    assert majority_shape(["square", "circle", "circle", "square"]) == "square"
+    assert majority_shape(["circle", "square", "square", "circle"]) == "circle"
+    assert majority_shape(["circle", "square", "square"]) == "square"
+    code = ("from sta_search.small.evaluate import majority_shape as m; "
+            "print(m(['square', 'circle', 'triangle', 'triangle', 'circle', 'square']))")
+    outs = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)},
+                           capture_output=True, text=True, check=True).stdout.strip() for seed in range(6)}
+    assert outs == {"square"}

@@ -8,8 +8,8 @@ is the nearest and closer than `COLOR_TOLERANCE` (isolated pixels are dropped). 
 object:
 
 - ``color``: visible (>= `min_pixels`) in at least 3/4 of the frames;
-- ``shape``: majority vote over the frames where the object is largest (>= 70 % of its largest area,
-  i.e. not occluded) of a classifier on its largest connected region: hollow centre -> ring, else box fill ratio ->
+- ``shape``: majority vote (a tie goes to the largest frame's label) over the frames where the object is largest
+  (>= 70 % of its largest area, i.e. not occluded) of a classifier on its largest connected region: hollow centre -> ring, else box fill ratio ->
   square (~1), circle (~0.79), triangle (~0.5-0.65 with antialiased edges);
 - ``motion``: the centroid (mean of the first two / last two visible frames) moves >= `MIN_TRAVEL`
   the captioned way and more along that axis than across it; bounces: goes up then comes down;
@@ -23,6 +23,7 @@ On the data generator's own videos it scores >= 0.95 per attribute (a test check
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,6 +116,13 @@ def classify_shape(mask: np.ndarray) -> str:
     return "square" if fill > 0.89 else "circle" if fill > 0.71 else "triangle"
 
 
+def majority_shape(votes: list[str]) -> str:
+    """The most frequent label of ``votes``; a tie goes to the tied label voted first (callers order the votes
+    largest frame first). Deterministic, unlike ``max(set(votes), key=votes.count)``, whose tie-break followed the
+    process's string hashing (before session 27)."""
+    return Counter(votes).most_common(1)[0][0]
+
+
 def check_object(labels: np.ndarray, color: int, shape: int, motion: int, change: int) -> ObjectCheck:
     """Check one object (attribute indices as in `ObjectSpec`) against the label map of a video."""
     f, height, width = labels.shape
@@ -130,8 +138,8 @@ def check_object(labels: np.ndarray, color: int, shape: int, motion: int, change
         return ObjectCheck(bool(color_ok), False, False, False)
 
     big = np.flatnonzero(areas >= 0.7 * areas.max())
-    votes = [classify_shape(outline[i]) for i in big]
-    shape_ok = max(set(votes), key=votes.count) == SHAPES[shape]
+    big = big[np.argsort(-areas[big], kind="stable")]  # largest first: a tied vote goes to the largest frame's label
+    shape_ok = majority_shape([classify_shape(outline[i]) for i in big]) == SHAPES[shape]
 
     idx = np.flatnonzero(visible)
     if len(idx) >= 2:
