@@ -37,15 +37,14 @@ def main(argv=None) -> int:
     parser.add_argument("--folder", type=Path, default=None,
                         help="a small-format pipeline folder (e.g. an unpacked checkpoint) instead of the bundled one")
     args = parser.parse_args(argv)
+    from sta_search.small import data, evaluate
+
     try:
-        canvas = tuple(int(n) for n in args.canvas.lower().split("x"))
-        if len(canvas) != 3 or min(canvas) <= 0:
-            raise ValueError
-    except ValueError:
-        parser.error(f"--canvas {args.canvas!r}: expected FxHxW in pixels, e.g. 16x96x160")
+        canvas = data.parse_pixel_canvas(args.canvas)
+    except ValueError as exc:
+        parser.error(f"--canvas: {exc}")
 
     import train_small
-    from sta_search.small import data, evaluate
 
     components = train_small.bundled_components(args.device, args.folder)
     prompts = data.prompt_set(args.prompts, train_small.EVAL_SEED)

@@ -31,16 +31,11 @@ from sta_search.small import data, evaluate  # noqa: E402
 def main_object_votes(frames: np.ndarray, caption: str) -> list[tuple[float, int, int, str]]:
     """(fill ratio, box height, box width, label) of the caption's main object in each frame the evaluator votes on,
     largest frame first (the order the evaluator's tie-break uses)."""
-    obj = data.parse_caption(caption).main
-    raw = evaluate.color_labels(frames) == obj.color
-    mask = evaluate._denoise(raw)
-    outline = raw & evaluate._dilate(mask)
-    areas = mask.sum(axis=(1, 2)).astype(float)
+    _, outline, areas = evaluate.object_masks(evaluate.color_labels(frames), data.parse_caption(caption).main.color)
     if areas.max() == 0:
         return []
     votes = []
-    big = np.flatnonzero(areas >= 0.7 * areas.max())
-    for i in big[np.argsort(-areas[big], kind="stable")]:  # largest first, as the evaluator votes
+    for i in evaluate.shape_voting_frames(areas):
         region = evaluate.largest_component(outline[i])
         ys, xs = np.nonzero(region)
         h, w = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
@@ -76,15 +71,18 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    frames, height, width = (int(n) for n in args.canvas.split("x"))
-
-    import train_small
-
-    t0 = time.time()
+    try:
+        frames, height, width = data.parse_pixel_canvas(args.canvas)
+    except ValueError as exc:
+        parser.error(f"--canvas: {exc}")
     shapes = args.shapes.split(",")
     unknown = [s for s in shapes if s not in data.SHAPES]
     if unknown:
         parser.error(f"--shapes: unknown shape {unknown[0]!r} (one of {', '.join(data.SHAPES)})")
+
+    import train_small
+
+    t0 = time.time()
     prompts = [p for p in data.prompt_set(args.prompts, train_small.EVAL_SEED)
                if data.SHAPES[data.parse_caption(p).main.shape] in shapes]
     components = train_small.bundled_components(args.device)

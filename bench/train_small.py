@@ -202,7 +202,7 @@ def parse_canvases(text: str) -> list[tuple[int, int, int, int]]:
     out = []
     for item in text.split(","):
         size, _, batch = item.partition(":")
-        f, h, w = (int(v) for v in size.lower().split("x"))
+        f, h, w = data.parse_pixel_canvas(size)
         out.append((f, h, w, int(batch or 8)))
     return out
 

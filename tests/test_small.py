@@ -663,3 +663,13 @@ def test_shape_vote_tie_goes_to_the_first_vote_in_every_process():
     outs = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)},
                            capture_output=True, text=True, check=True).stdout.strip() for seed in range(6)}
     assert outs == {"square"}
+
+
+@pytest.mark.parametrize("text", ["8x64", "8x64x96x2", "0x64x96", "8x-64x96", "8xax96", ""])
+def test_pixel_canvas_parser_names_a_bad_canvas(text):
+    with pytest.raises(ValueError, match="expected FxHxW"):
+        data.parse_pixel_canvas(text)
+
+
+def test_pixel_canvas_parser_reads_frames_height_width():
+    assert data.parse_pixel_canvas("16X96x160") == (16, 96, 160)

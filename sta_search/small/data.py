@@ -121,6 +121,18 @@ class Scene:
         return ", ".join(clauses)
 
 
+def parse_pixel_canvas(text: str) -> tuple[int, int, int]:
+    """``"FxHxW"`` in pixels (e.g. ``16x96x160``) -> (frames, height, width); ValueError naming ``text`` unless it
+    is three positive integers."""
+    try:
+        canvas = tuple(int(n) for n in str(text).lower().split("x"))
+    except ValueError:
+        canvas = ()
+    if len(canvas) != 3 or min(canvas) <= 0:
+        raise ValueError(f"canvas {text!r}: expected FxHxW in pixels, e.g. 16x96x160")
+    return canvas  # type: ignore[return-value]
+
+
 def vocabulary() -> list[str]:
     """Every token the grammar produces (words and the comma), in a fixed order."""
     words: list[str] = []

@@ -123,23 +123,33 @@ def majority_shape(votes: list[str]) -> str:
     return Counter(votes).most_common(1)[0][0]
 
 
+def object_masks(labels: np.ndarray, color: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mask, outline, areas) of colour ``color`` in a label map (F, H, W): the denoised mask, the same with its
+    one-pixel rim back (for shapes), and the mask's area per frame."""
+    raw = labels == color
+    mask = _denoise(raw)
+    return mask, raw & _dilate(mask), mask.sum(axis=(1, 2)).astype(float)
+
+
+def shape_voting_frames(areas: np.ndarray) -> np.ndarray:
+    """The frames that vote on an object's shape: those where it covers >= 70 % of its largest area (not
+    occluded), largest first, so that a tied vote goes to the largest frame's label (`majority_shape`)."""
+    big = np.flatnonzero(areas >= 0.7 * areas.max())
+    return big[np.argsort(-areas[big], kind="stable")]
+
+
 def check_object(labels: np.ndarray, color: int, shape: int, motion: int, change: int) -> ObjectCheck:
     """Check one object (attribute indices as in `ObjectSpec`) against the label map of a video."""
     f, height, width = labels.shape
     scale = min(height, width) / 64.0
-    raw = labels == color
-    mask = _denoise(raw)
-    outline = raw & _dilate(mask)  # the denoised mask with its one-pixel rim back (for shapes)
-    areas = mask.sum(axis=(1, 2)).astype(float)
+    mask, outline, areas = object_masks(labels, color)
     visible = areas >= MIN_PIXELS * scale * scale
     color_ok = visible.sum() >= max(1, round(0.75 * f))
     shape_ok = motion_ok = size_ok = False
     if not visible.any():
         return ObjectCheck(bool(color_ok), False, False, False)
 
-    big = np.flatnonzero(areas >= 0.7 * areas.max())
-    big = big[np.argsort(-areas[big], kind="stable")]  # largest first: a tied vote goes to the largest frame's label
-    shape_ok = majority_shape([classify_shape(outline[i]) for i in big]) == SHAPES[shape]
+    shape_ok = majority_shape([classify_shape(outline[i]) for i in shape_voting_frames(areas)]) == SHAPES[shape]
 
     idx = np.flatnonzero(visible)
     if len(idx) >= 2:
