@@ -7,7 +7,8 @@ Fresh procedural videos + captions (`sta_search.small.data`, held-out captions e
 the device every step. The transformer (diffusers `WanTransformer3DModel`, RGB pixels, patch 1x4x4,
 9.1 M parameters: 8 layers, 4 heads x 64, FFN 1024) and tiny's word-level text encoder (dim 192, 2
 layers) are trained jointly with the rectified-flow objective of `FlowMatchEulerDiscreteScheduler`
-(x_s = (1 - s) x0 + s noise, target noise - x0, timestep 1000 s, logit-normal s with shift 3), bf16
+(x_s = (1 - s) x0 + s noise, target noise - x0, timestep 1000 s, logit-normal s with shift 3 or
+``--train-shift``), bf16
 autocast on CUDA, AdamW, EMA 0.999. Multi-resolution: each step uses one canvas of ``--canvases``
 (default 16x96x160 px, batch 12 -> token canvas 16x24x40; and 8x64x96 px, batch 64 -> 8x16x24);
 a fraction ``--large-fraction`` of the steps (deterministic in the step index) uses the first one.
@@ -471,6 +472,14 @@ def caption_contrast(forward, text_encoder, noisy, sigma, target, pred, captions
     return (torch.relu((1 + args.contrast_margin) * err_true - err_wrong) / err_true.detach()).mean()
 
 
+def noise_levels(batch: int, shifts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Training noise levels: logit-normal, shifted by one of ``shifts`` drawn per sample (none drawn for one)."""
+    u = torch.sigmoid(torch.randn(batch, generator=generator, device=shifts.device))
+    shift = (shifts[torch.randint(len(shifts), (batch,), generator=generator, device=shifts.device)]
+             if len(shifts) > 1 else shifts[0])
+    return shift * u / (1 + (shift - 1) * u)
+
+
 # ------------------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -484,6 +493,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 300; 100 on --resume)")
     ap.add_argument("--decay", action="store_true", help="cosine-anneal the lr to 10%% over this run (final run)")
+    ap.add_argument("--train-shift", default=None, metavar="S[,S...]",
+                    help="shift of the logit-normal noise levels trained on (default: the scheduler's, 3); several, "
+                         "comma-separated: each sample draws one of them. Shift 3 puts 0.7%% of the samples below "
+                         "noise 0.2, where sampling finishes an object's edges and corners, and 39%% above 0.8, where "
+                         "it lays out the motion; shift 1 puts 8%% in each, the mixture 3,1 4.5%% and 23%% (small run "
+                         "23 trained its last call with 3,1: small squares had come out with soft corners)")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--text-dropout", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
@@ -645,7 +660,14 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device {device_name} params {n_params} canvases {canvases}", flush=True)
 
-    shift = components["scheduler"].config.shift
+    try:
+        shifts = ([float(v) for v in args.train_shift.split(",")] if args.train_shift is not None
+                  else [float(components["scheduler"].config.shift)])
+    except ValueError:
+        ap.error(f"--train-shift: expected comma-separated numbers, got {args.train_shift!r}")
+    if min(shifts) <= 0:
+        ap.error(f"--train-shift must be > 0, got {args.train_shift}")
+    shift_choices = torch.tensor(shifts, device=device)
     warmup = args.warmup if args.warmup is not None else (100 if args.resume is not None else 300)
     if args.smoke:
         warmup = 1
@@ -709,8 +731,7 @@ def main() -> None:
         drop = torch.rand(batch, generator=data_gen) < args.text_dropout
         ids = encode_words(["" if d else c for c, d in zip(captions, drop.tolist())], MAX_LENGTH).to(device)
         noise = torch.randn(videos.shape, generator=noise_gen, device=device)
-        u = torch.sigmoid(torch.randn(batch, generator=noise_gen, device=device))
-        sigma = shift * u / (1 + (shift - 1) * u)
+        sigma = noise_levels(batch, shift_choices, noise_gen)
         s = sigma.view(-1, 1, 1, 1, 1)
         noisy, target = (1 - s) * videos + s * noise, noise - videos
         for group in opt.param_groups:

@@ -255,6 +255,31 @@ def test_fresh_run_starts_from_a_pretrained_text_encoder(tmp_path):
     assert saved.keys() == given.keys() and all(torch.equal(saved[k], given[k].to(saved[k].dtype)) for k in given)
 
 
+@pytest.mark.parametrize("shifts, below_02, above_08", [((3.0,), 0.0065, 0.387), ((1.0,), 0.083, 0.083),
+                                                      ((3.0, 1.0), 0.045, 0.235)], ids=["shift3", "shift1", "mix3-1"])
+def test_training_noise_levels_follow_the_shifted_logit_normal(shifts, below_02, above_08):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_small
+
+    seed = int.from_bytes(os.urandom(4), "little")
+    sigma = train_small.noise_levels(200_000, torch.tensor(shifts), torch.Generator().manual_seed(seed))
+    assert 0 < sigma.min() and sigma.max() < 1
+    assert (sigma < 0.2).float().mean().item() == pytest.approx(below_02, abs=0.003)
+    assert (sigma > 0.8).float().mean().item() == pytest.approx(above_08, abs=0.006)
+    if len(shifts) == 1:  # one shift draws nothing more: the noise stream of earlier runs is unchanged
+        u = torch.sigmoid(torch.randn(200_000, generator=torch.Generator().manual_seed(seed)))
+        assert torch.allclose(sigma, shifts[0] * u / (1 + (shifts[0] - 1) * u))
+
+
+@pytest.mark.parametrize("value", ["0", "3,x", "-1,3"])
+def test_bad_train_shift_exits_2_naming_it(tmp_path, value):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "train_small.py"), "--smoke", "--steps", "1",
+                           "--out", str(tmp_path), "--train-shift", value], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and "--train-shift" in done.stderr.splitlines()[-1]
+
+
 def test_smoke_training_resumes_and_loads(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
     script = str(ROOT / "bench" / "train_small.py")
