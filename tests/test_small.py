@@ -639,16 +639,20 @@ def test_sampling_steps_script_reports_checks_per_caption_and_by_shape(tmp_path)
     from small_sampling_steps import main
 
     out = tmp_path / "steps.json"
-    assert main(["--prompts", "3", "--steps", "2", "--device", "cpu", "--out", str(out)]) == 0
+    assert main(["--prompts", "3", "--steps", "2", "--device", "cpu", "--seeds", "0,1000", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    scores = result["results"]["steps2-g4"]
-    assert scores["videos"] == 3 and len(scores["main_object"]) == 3 and result["weights"] == "bundled"
-    for name in ATTRIBUTES:
-        assert scores[name] == sum(c[name] for c in scores["main_object"]) / 3
-    by_shape = scores["shape_by_captioned_shape"]
-    assert sum(n for _, n in by_shape.values()) == 3
-    assert sum(k for k, _ in by_shape.values()) == sum(c["shape"] for c in scores["main_object"])
-    assert set(by_shape) <= set(data.SHAPES)
+    assert set(result["results"]) == {"steps2-g4", "steps2-g4-seed1000"} and result["weights"] == "bundled"
+    for scores in result["results"].values():
+        assert scores["videos"] == 3 and len(scores["main_object"]) == 3
+        for name in ATTRIBUTES:
+            assert scores[name] == sum(c[name] for c in scores["main_object"]) / 3
+        by_shape = scores["shape_by_captioned_shape"]
+        assert sum(n for _, n in by_shape.values()) == 3
+        assert sum(k for k, _ in by_shape.values()) == sum(c["shape"] for c in scores["main_object"])
+        assert set(by_shape) <= set(data.SHAPES)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--seeds", "1,x", "--out", str(out)])
+    assert exit_info.value.code == 2
 
 
 def test_shape_fill_reads_rendered_squares_and_circles():
