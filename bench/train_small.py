@@ -569,6 +569,14 @@ def main() -> None:
                          "backend first (and the data drawing) and keeps the fastest")
     ap.add_argument("--smoke", action="store_true", help="tiny model and canvases, for a CPU check in seconds")
     args = ap.parse_args()
+    train_shifts = None  # None: the scheduler's, read once the model is built
+    if args.train_shift is not None:
+        try:
+            train_shifts = [float(v) for v in args.train_shift.split(",")]
+        except ValueError:
+            ap.error(f"--train-shift: expected comma-separated numbers, got {args.train_shift!r}")
+        if min(train_shifts) <= 0:
+            ap.error(f"--train-shift must be > 0, got {args.train_shift}")
 
     from diffusers.utils import logging as diffusers_logging
 
@@ -660,13 +668,7 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device {device_name} params {n_params} canvases {canvases}", flush=True)
 
-    try:
-        shifts = ([float(v) for v in args.train_shift.split(",")] if args.train_shift is not None
-                  else [float(components["scheduler"].config.shift)])
-    except ValueError:
-        ap.error(f"--train-shift: expected comma-separated numbers, got {args.train_shift!r}")
-    if min(shifts) <= 0:
-        ap.error(f"--train-shift must be > 0, got {args.train_shift}")
+    shifts = train_shifts or [float(components["scheduler"].config.shift)]
     shift_choices = torch.tensor(shifts, device=device)
     warmup = args.warmup if args.warmup is not None else (100 if args.resume is not None else 300)
     if args.smoke:

@@ -275,9 +275,10 @@ def test_training_noise_levels_follow_the_shifted_logit_normal(shifts, below_02,
 def test_bad_train_shift_exits_2_naming_it(tmp_path, value):
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "train_small.py"), "--smoke", "--steps", "1",
-                           "--out", str(tmp_path), "--train-shift", value], env=env, capture_output=True, text=True,
+                           "--out", str(tmp_path / "run"), "--train-shift", value], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 2 and "--train-shift" in done.stderr.splitlines()[-1]
+    assert not (tmp_path / "run").exists()  # refused before the output folder is made
 
 
 def test_smoke_training_resumes_and_loads(tmp_path):
