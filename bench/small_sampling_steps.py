@@ -40,17 +40,19 @@ def main(argv=None) -> int:
     parser.add_argument("--folder", type=Path, default=None,
                         help="a small-format pipeline folder (e.g. an unpacked checkpoint) instead of the bundled one")
     args = parser.parse_args(argv)
+    from sta_search.options import parse_numbers
     from sta_search.small import data, evaluate
 
     try:
         canvas = data.parse_pixel_canvas(args.canvas)
     except ValueError as exc:
         parser.error(f"--canvas: {exc}")
-
     try:
-        seeds = [int(v) for v in args.seeds.split(",")]
-    except ValueError:
-        parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+        step_counts = parse_numbers(args.steps, "--steps", int)
+        guidances = parse_numbers(args.guidance, "--guidance")
+        seeds = parse_numbers(args.seeds, "--seeds", int)
+    except ValueError as exc:
+        parser.error(str(exc))
     import train_small
 
     components = train_small.bundled_components(args.device, args.folder)
@@ -60,8 +62,8 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "weights": str(args.folder or "bundled"),
               "threads": torch.get_num_threads(), "canvas_px": list(canvas),
               "prompts": prompts, "results": {}}
-    for steps in (int(s) for s in args.steps.split(",")):
-        for guidance in (float(g) for g in args.guidance.split(",")):
+    for steps in step_counts:
+        for guidance in guidances:
             for seed in seeds:
                 t0 = time.time()
                 videos = train_small.generate(components, prompts, canvas, steps, guidance, seed)

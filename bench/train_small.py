@@ -113,6 +113,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from safetensors.torch import load_file, save_file  # noqa: E402
 from train_tiny import video_grid, write_png  # noqa: E402
 
+from sta_search.options import parse_numbers  # noqa: E402
 from sta_search.small import PIPELINE_CLASS, SETTINGS_FILE, data, evaluate  # noqa: E402
 from sta_search.small.pipeline import (FAMILIES, SmallVideoPipeline, build_components,  # noqa: E402
                                        build_scheduler)
@@ -569,14 +570,17 @@ def main() -> None:
                          "backend first (and the data drawing) and keeps the fastest")
     ap.add_argument("--smoke", action="store_true", help="tiny model and canvases, for a CPU check in seconds")
     args = ap.parse_args()
-    train_shifts = None  # None: the scheduler's, read once the model is built
-    if args.train_shift is not None:
-        try:
-            train_shifts = [float(v) for v in args.train_shift.split(",")]
-        except ValueError:
-            ap.error(f"--train-shift: expected comma-separated numbers, got {args.train_shift!r}")
-        if min(train_shifts) <= 0:
-            ap.error(f"--train-shift must be > 0, got {args.train_shift}")
+    # None: the scheduler's shift and the bundled guidance scale, read once the model is built
+    train_shifts = eval_guidances = None
+    try:
+        if args.train_shift is not None:
+            train_shifts = parse_numbers(args.train_shift, "--train-shift")
+        if args.eval_guidance:
+            eval_guidances = parse_numbers(args.eval_guidance, "--eval-guidance")
+    except ValueError as exc:
+        ap.error(str(exc))
+    if train_shifts is not None and min(train_shifts) <= 0:
+        ap.error(f"--train-shift must be > 0, got {args.train_shift}")
 
     from diffusers.utils import logging as diffusers_logging
 
@@ -817,7 +821,7 @@ def main() -> None:
         m.float()
     eval_steps = args.eval_steps or settings["steps"]
     prompts = data.prompt_set(max(args.eval_prompts, args.sample_prompts), EVAL_SEED)
-    guidances = [float(x) for x in args.eval_guidance.split(",")] if args.eval_guidance else [settings["guidance_scale"]]
+    guidances = eval_guidances or [settings["guidance_scale"]]
     log["eval"] = {"steps": eval_steps, "guidance": guidances[0], "prompts": prompts[:args.eval_prompts]}
     for gi, guidance in enumerate(guidances):
         for i, canvas in enumerate(canvases):

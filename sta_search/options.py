@@ -12,7 +12,8 @@ prints it on one line and exits 2):
 - prompts: :func:`read_prompts` (a file, or a bundled set ``default`` / ``quick`` shipped inside the
   package) and :func:`prompts_from` (exactly one of ``--prompt TEXT`` / ``--prompts FILE``);
 - :func:`positive_int` / :func:`non_negative_int`: counts where 0 (or a negative) is an error, never a
-  silent "use the default".
+  silent "use the default";
+- :func:`parse_numbers`: comma-separated numbers (the bench scripts' lists of seeds, steps, guidance scales).
 
 The ``*_option`` functions return typer option declarations whose callbacks run these parsers while the
 command line is parsed, so command modules only declare options and call the library with parsed values.
@@ -138,6 +139,15 @@ def non_negative_int(value: int | None, what: str, maximum: int | None = None) -
     if value is not None and maximum is not None and int(value) > maximum:
         raise UserError(f"{what} must be <= {maximum}, got {value}")
     return value
+
+
+def parse_numbers(value: str, what: str, kind: type = float) -> list:
+    """Comma-separated numbers of one ``kind`` (int or float), e.g. ``--seeds 0,1000`` -> ``[0, 1000]``."""
+    try:
+        return [kind(v) for v in str(value).split(",")]
+    except ValueError:
+        noun = "integers" if kind is int else "numbers"
+        raise UserError(f"{what}: expected comma-separated {noun}, got {value!r}") from None
 
 
 def seed(value: int | None, what: str = "--seed") -> int | None:

@@ -172,6 +172,11 @@ def test_options_parsers():
     assert options.parse_profile_steps("all", 4) == [0, 1, 2, 3] and options.parse_profile_steps("3", 10) == [0, 3, 6, 9]
     with pytest.raises(UserError, match="-1"):
         options.parse_profile_steps("-1", 4)
+    assert options.parse_numbers("0,1000", "--seeds", int) == [0, 1000] and options.parse_numbers("3,1.5", "s") == [3.0, 1.5]
+    with pytest.raises(UserError, match=r"^--seeds: expected comma-separated integers, got '1,2\.5'$"):
+        options.parse_numbers("1,2.5", "--seeds", int)
+    with pytest.raises(UserError, match="--guidance: expected comma-separated numbers"):
+        options.parse_numbers("4,", "--guidance")
     import torch
 
     assert options.resolve_device("cpu") == torch.device("cpu")

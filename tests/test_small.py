@@ -271,14 +271,15 @@ def test_training_noise_levels_follow_the_shifted_logit_normal(shifts, below_02,
         assert torch.allclose(sigma, shifts[0] * u / (1 + (shifts[0] - 1) * u))
 
 
-@pytest.mark.parametrize("value", ["0", "3,x", "-1,3"])
-def test_bad_train_shift_exits_2_naming_it(tmp_path, value):
+@pytest.mark.parametrize("flag, value", [("--train-shift", "0"), ("--train-shift", "3,x"), ("--train-shift", "-1,3"),
+                                         ("--eval-guidance", "4,x")])
+def test_bad_number_list_exits_2_naming_it(tmp_path, flag, value):
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "train_small.py"), "--smoke", "--steps", "1",
-                           "--out", str(tmp_path / "run"), "--train-shift", value], env=env, capture_output=True, text=True,
+                           "--out", str(tmp_path / "run"), flag, value], env=env, capture_output=True, text=True,
                           timeout=300)
-    assert done.returncode == 2 and "--train-shift" in done.stderr.splitlines()[-1]
-    assert not (tmp_path / "run").exists()  # refused before the output folder is made
+    assert done.returncode == 2 and flag in done.stderr.splitlines()[-1]
+    assert not (tmp_path / "run").exists()  # refused before the output folder is made (not after training)
 
 
 def test_smoke_training_resumes_and_loads(tmp_path):
@@ -651,9 +652,10 @@ def test_sampling_steps_script_reports_checks_per_caption_and_by_shape(tmp_path)
         assert sum(n for _, n in by_shape.values()) == 3
         assert sum(k for k, _ in by_shape.values()) == sum(c["shape"] for c in scores["main_object"])
         assert set(by_shape) <= set(data.SHAPES)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--seeds", "1,x", "--out", str(out)])
-    assert exit_info.value.code == 2
+    for flag in ("--seeds", "--steps", "--guidance"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([flag, "1,x", "--out", str(out)])
+        assert exit_info.value.code == 2
 
 
 def test_shape_fill_reads_rendered_squares_and_circles():
